@@ -1,0 +1,33 @@
+# Two commands do all set-up on a fresh machine: `make accept` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+ENV    ?= local
+PYTEST_ARGS ?=
+
+.PHONY: accept test test-fast install lint bench clean
+
+$(BIN)/dcforge: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first, from the pinned CPU build, so nothing else can pull a CUDA build
+	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(BIN)/dcforge
+
+install: $(BIN)/dcforge
+
+accept: install
+	$(BIN)/dcforge accept --env $(ENV)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) reports build *.egg-info

@@ -1,0 +1,26 @@
+"""The registry of acceptance checks: one module per check, imported only when it runs or is validated.
+
+Check modules keep heavy imports (torch, locust, pulumi) inside `run`, so validating an environment stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from dcforge.harness.check import Check, CheckConfig
+
+# name -> "module:Class". The order is the default run order.
+CHECKS: dict[str, str] = {
+    "system": "dcforge.checks.system:SystemCheck",
+}
+
+
+def load_check(name: str) -> Check:
+    module_name, _, class_name = CHECKS[name].partition(":")
+    check_class = getattr(importlib.import_module(module_name), class_name)
+    return check_class()
+
+
+def check_config_model(name: str) -> type[CheckConfig]:
+    module_name, _, class_name = CHECKS[name].partition(":")
+    return getattr(importlib.import_module(module_name), class_name).Config

@@ -1,0 +1,161 @@
+"""`system`: hardware and software inventory of the machine acceptance runs on.
+
+Fails when the environment declares GPUs for this node and fewer are visible, when the visible GPU model differs
+from the declared one, or when the loaded driver is not the pinned one.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import Field
+
+from dcforge.harness.check import CheckConfig, CheckContext
+from dcforge.harness.result import CheckResult
+from dcforge.spec.gpus import gpu_model_for_device_name
+from dcforge.spec.loader import REPO_ROOT
+
+
+class SystemConfig(CheckConfig):
+    expected_gpus: int | None = Field(default=None, ge=0)
+    """GPUs that must be visible; default: gpusPerNode of the acceptance pool (0 when the env has no pools)."""
+    min_memory_gi: float = Field(default=0.0, ge=0)
+    """Fail below this much system memory."""
+    check_driver_pin: bool = Field(default=True)
+    """Fail when GPUs are visible and the loaded driver differs from dcforge:versions.driver."""
+
+
+@dataclass
+class VisibleGpu:
+    name: str
+    memory_mib: float
+    driver: str
+
+
+def visible_gpus() -> list[VisibleGpu]:
+    """GPUs as NVML sees them through nvidia-smi, else through torch.cuda, else none."""
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run(
+                [smi, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader,nounits"],
+                capture_output=True, text=True, timeout=30, check=True,
+            ).stdout
+            gpus = []
+            for line in out.strip().splitlines():
+                name, memory, driver = (part.strip() for part in line.split(","))
+                gpus.append(VisibleGpu(name, float(memory), driver))
+            return gpus
+        except (subprocess.SubprocessError, ValueError, OSError):
+            pass
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return [
+                VisibleGpu(torch.cuda.get_device_name(i), torch.cuda.get_device_properties(i).total_memory / 2**20, "")
+                for i in range(torch.cuda.device_count())
+            ]
+    except Exception:  # a broken CUDA install must not hide the rest of the inventory
+        pass
+    return []
+
+
+def memory_gib() -> float:
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 2**20
+    return 0.0
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit(repo: Path = REPO_ROOT) -> str:
+    try:
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return f"{commit}{'-dirty' if dirty else ''}" if commit else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def torch_versions() -> dict[str, str]:
+    try:
+        import torch
+    except ImportError:
+        return {"torch": "not installed"}
+    versions = {"torch": torch.__version__, "torch_cuda": str(torch.version.cuda or "none")}
+    if torch.cuda.is_available():
+        try:
+            versions["nccl"] = ".".join(str(part) for part in torch.cuda.nccl.version())
+        except Exception:
+            versions["nccl"] = "unknown"
+    return versions
+
+
+class SystemCheck:
+    name = "system"
+    description = "Hardware and software inventory; GPUs the environment declares must be visible."
+    Config = SystemConfig
+
+    def run(self, ctx: CheckContext, config: SystemConfig) -> CheckResult:
+        result = CheckResult(self.name)
+        spec = ctx.env.spec
+        gpus = visible_gpus()
+        cpus = os.cpu_count() or 0
+        memory = memory_gib()
+        result.add_metric("cpu_count", cpus, "cores")
+        result.add_metric("memory_gi", round(memory, 2), "GiB")
+        result.add_metric("gpu_count", len(gpus), "GPUs")
+        result.details = {
+            "hostname": socket.gethostname(),
+            "cpu_model": cpu_model(),
+            "kernel": platform.release(),
+            "os": platform.platform(),
+            "python": platform.python_version(),
+            **torch_versions(),
+            "gpus": [gpu.__dict__ for gpu in gpus],
+            "driver": gpus[0].driver if gpus else "none",
+            "repo_commit": git_commit(),
+            "env_file": str(ctx.env.path),
+            "env_sha256": ctx.env.sha256,
+            "pinned_versions": spec.versions.model_dump(by_alias=True),
+        }
+        ctx.log(f"{cpus} CPUs, {memory:.1f} GiB, {len(gpus)} GPUs")
+
+        pool = None
+        if spec.gpu_pools:
+            pool = spec.pool(spec.acceptance.pool) if spec.acceptance.pool else spec.gpu_pools[0]
+        expected = config.expected_gpus if config.expected_gpus is not None else (pool.gpus_per_node if pool else 0)
+        result.details["expected_gpus"] = expected
+        if len(gpus) < expected:
+            where = f"pool {pool.name!r} declares {expected} {pool.gpu_model} per node" if pool else \
+                f"expectedGpus is {expected}"
+            result.fail(f"{where}, but {len(gpus)} GPUs are visible (nvidia-smi/torch.cuda)")
+        if pool and gpus:
+            seen = {gpu.name for gpu in gpus}
+            models = {getattr(gpu_model_for_device_name(name), "name", name) for name in seen}
+            if models != {pool.gpu_model}:
+                result.fail(f"pool {pool.name!r} declares {pool.gpu_model}, visible GPUs are {sorted(seen)}")
+        if gpus and config.check_driver_pin and gpus[0].driver and gpus[0].driver != spec.versions.driver:
+            result.fail(f"driver {gpus[0].driver} is loaded, the environment pins {spec.versions.driver}")
+        if memory < config.min_memory_gi:
+            result.fail(f"{memory:.1f} GiB of memory, below minMemoryGi {config.min_memory_gi}")
+        return result

@@ -1,0 +1,352 @@
+"""Pydantic models of one environment (`stacks/Pulumi.<env>.yaml`, `dcforge:` config namespace).
+
+Keys are camelCase in the file (Pulumi's convention) and snake_case in Python. Every model forbids unknown keys so
+that a typo is an error naming the key, not a silently ignored setting. Cross-field rules that need the whole
+environment live in `dcforge.spec.validation`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from dcforge.spec.gpus import GPU_MODELS
+
+# Kubernetes names: RFC 1123 labels (namespaces, pools, classes).
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+# key=value:Effect or key:Effect, as `kubectl taint` writes them.
+TAINT_PATTERN = re.compile(
+    r"^(?P<key>[A-Za-z0-9]([-A-Za-z0-9_./]{0,251}[A-Za-z0-9])?)"
+    r"(=(?P<value>[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?)?"
+    r":(?P<effect>NoSchedule|PreferNoSchedule|NoExecute)$"
+)
+VERSION_PATTERN = r"^v?\d+(\.\d+){1,3}$"
+QUANTITY_PATTERN = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P|m)?$")
+
+
+class SpecModel(BaseModel):
+    """Base of every spec model: camelCase aliases, unknown keys refused, values immutable."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class Taint(SpecModel):
+    key: str
+    value: str = ""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
+
+    @classmethod
+    def parse(cls, text: str) -> "Taint":
+        match = TAINT_PATTERN.match(text)
+        if not match:
+            raise ValueError(
+                f"taint {text!r} is not 'key=value:Effect' with Effect NoSchedule, PreferNoSchedule or NoExecute"
+            )
+        return cls(key=match["key"], value=match["value"] or "", effect=match["effect"])
+
+    def __str__(self) -> str:
+        return f"{self.key}={self.value}:{self.effect}" if self.value else f"{self.key}:{self.effect}"
+
+
+class GpuSharing(SpecModel):
+    """How one physical GPU is shared between pods."""
+
+    mode: Literal["none", "mig", "time-slicing"] = "none"
+    mig_strategy: Literal["single", "mixed"] = "single"
+    """MIG strategy of the device plugin (`single`: every GPU cut the same way)."""
+    mig_profile: str | None = Field(default=None, pattern=r"^\d+g\.\d+gb$")
+    """MIG profile applied to every GPU with the single strategy, e.g. `1g.10gb`."""
+    replicas: int = Field(default=1, ge=1, le=64)
+    """Time-slicing: how many pods share one GPU."""
+
+    @model_validator(mode="after")
+    def _mode_settings_agree(self) -> "GpuSharing":
+        if self.mode == "mig" and self.mig_strategy == "single" and not self.mig_profile:
+            raise ValueError("mode 'mig' with migStrategy 'single' needs migProfile (e.g. '1g.10gb')")
+        if self.mode == "time-slicing" and self.replicas < 2:
+            raise ValueError("mode 'time-slicing' needs replicas >= 2")
+        return self
+
+
+class PoolQuota(SpecModel):
+    """Kueue ClusterQueue nominal quota of a pool (whole pool capacity when omitted)."""
+
+    gpus: int | None = Field(default=None, ge=0)
+    cpu: int | None = Field(default=None, ge=0)
+    memory_gi: int | None = Field(default=None, ge=0)
+
+
+class GpuPool(SpecModel):
+    """A set of identical GPU nodes (bare metal named nodes, or a node count for a cloud node group)."""
+
+    name: str = Field(pattern=DNS_LABEL)
+    gpu_model: str
+    """A key of `dcforge/spec/data/gpus.yaml`, e.g. `H100-SXM`."""
+    gpus_per_node: int = Field(ge=1, le=16)
+    node_count: int | None = Field(default=None, ge=1)
+    nodes: list[str] = Field(default_factory=list)
+    """Names of existing bare-metal nodes; when set, nodeCount may be omitted and must equal its length."""
+    cpus_per_node: int = Field(default=128, ge=1)
+    memory_gi_per_node: int = Field(default=1024, ge=1)
+    purpose: Literal["training", "inference", "general"] = "general"
+    labels: dict[str, str] = Field(default_factory=dict)
+    taints: list[Taint] = Field(default_factory=list)
+    sharing: GpuSharing = Field(default_factory=GpuSharing)
+    quota: PoolQuota = Field(default_factory=PoolQuota)
+    rdma: bool = False
+    """Whether the pool's nodes carry RDMA NICs attached to the secondary network."""
+
+    @field_validator("gpu_model")
+    @classmethod
+    def _known_gpu_model(cls, value: str) -> str:
+        if value not in GPU_MODELS:
+            raise ValueError(f"unknown GPU model {value!r}; known: {', '.join(sorted(GPU_MODELS))}")
+        return value
+
+    @field_validator("taints", mode="before")
+    @classmethod
+    def _parse_taints(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [Taint.parse(item) if isinstance(item, str) else item for item in value]
+        return value
+
+    @model_validator(mode="after")
+    def _nodes_and_capacity(self) -> "GpuPool":
+        if self.node_count is None and not self.nodes:
+            raise ValueError("give nodeCount or nodes")
+        if self.nodes and self.node_count is not None and self.node_count != len(self.nodes):
+            raise ValueError(f"nodeCount {self.node_count} differs from the {len(self.nodes)} names in nodes")
+        if len(set(self.nodes)) != len(self.nodes):
+            raise ValueError("nodes lists a node twice")
+        if self.sharing.mode == "mig" and not GPU_MODELS[self.gpu_model].mig_capable:
+            raise ValueError(f"GPU model {self.gpu_model} does not support MIG")
+        for field, capacity in (
+            ("gpus", self.total_gpus),
+            ("cpu", self.cpus_per_node * self.size),
+            ("memoryGi", self.memory_gi_per_node * self.size),
+        ):
+            asked = getattr(self.quota, "memory_gi" if field == "memoryGi" else field)
+            if asked is not None and asked > capacity:
+                raise ValueError(f"quota.{field} {asked} exceeds the pool's capacity {capacity}")
+        return self
+
+    @property
+    def size(self) -> int:
+        return len(self.nodes) if self.nodes else int(self.node_count or 0)
+
+    @property
+    def total_gpus(self) -> int:
+        return self.size * self.gpus_per_node
+
+
+class StorageClassSpec(SpecModel):
+    name: str = Field(pattern=DNS_LABEL)
+    kind: Literal["block", "filesystem"] = "block"
+    purpose: Literal["checkpoints", "datasets", "general"] = "general"
+    replication: int = Field(default=3, ge=1, le=7)
+    encrypted: bool = True
+    reclaim_policy: Literal["Delete", "Retain"] = "Retain"
+    default: bool = False
+
+
+class CephSettings(SpecModel):
+    mons: int = Field(default=3, ge=1, le=9)
+    osd_device_filter: str = "^nvme[0-9]+n1$"
+    storage_nodes: list[str] = Field(default_factory=list)
+    """Nodes that host OSDs; empty means every node that matches the device filter."""
+    failure_domain: Literal["host", "rack", "zone"] = "host"
+    operator_chart_version: str = Field(default="v1.16.6", pattern=VERSION_PATTERN)
+    ceph_image: str = "quay.io/ceph/ceph:v19.2.2"
+
+    @field_validator("mons")
+    @classmethod
+    def _odd_mons(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError(f"mons must be odd for a Paxos quorum, got {value}")
+        return value
+
+
+class NfsSettings(SpecModel):
+    server: str
+    path: str = Field(pattern=r"^/")
+
+
+class Storage(SpecModel):
+    backend: Literal["rook-ceph", "local-path", "nfs"]
+    classes: list[StorageClassSpec] = Field(default_factory=list)
+    ceph: CephSettings | None = None
+    nfs: NfsSettings | None = None
+
+    @model_validator(mode="after")
+    def _backend_settings(self) -> "Storage":
+        if self.backend == "nfs" and self.nfs is None:
+            raise ValueError("backend 'nfs' needs the nfs settings (server, path)")
+        if self.backend == "rook-ceph" and self.ceph is None:
+            object.__setattr__(self, "ceph", CephSettings())
+        if self.backend != "rook-ceph":
+            too_replicated = [c.name for c in self.classes if c.replication > 1 and self.backend == "local-path"]
+            if too_replicated:
+                raise ValueError(f"backend 'local-path' cannot replicate; set replication 1 for {too_replicated}")
+        if sum(1 for c in self.classes if c.default) > 1:
+            raise ValueError("more than one storage class is marked default")
+        return self
+
+
+class NamespaceSpec(SpecModel):
+    name: str = Field(pattern=DNS_LABEL)
+    purpose: Literal["training", "inference", "acceptance", "platform", "gateway", "general"] = "general"
+    pod_security: Literal["restricted", "baseline", "privileged"] = "restricted"
+
+
+class RdmaNetwork(SpecModel):
+    enabled: bool = False
+    mode: Literal["sriov", "shared", "host-device"] = "shared"
+    interfaces: list[str] = Field(default_factory=list)
+    """Host RDMA interfaces (e.g. `ibp12s0`) handed to pods."""
+    cidr: str | None = None
+    """IP range of the secondary (RDMA) network."""
+
+    @model_validator(mode="after")
+    def _enabled_needs_interfaces(self) -> "RdmaNetwork":
+        if self.enabled and not self.interfaces:
+            raise ValueError("enabled RDMA needs at least one interface")
+        return self
+
+
+class Network(SpecModel):
+    pod_cidr: str = "10.244.0.0/16"
+    service_cidr: str = "10.96.0.0/12"
+    node_cidr: str | None = None
+    namespaces: list[NamespaceSpec] = Field(default_factory=list)
+    rdma: RdmaNetwork = Field(default_factory=RdmaNetwork)
+    gateway_namespace: str = "inference-gateway"
+    """The only namespace allowed to expose NodePort/LoadBalancer services."""
+    cluster_dns_namespace: str = "kube-system"
+
+    @field_validator("pod_cidr", "service_cidr", "node_cidr")
+    @classmethod
+    def _valid_cidr(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ipaddress.ip_network(value, strict=True)
+            except ValueError as error:
+                raise ValueError(f"not a network in CIDR form: {error}") from None
+        return value
+
+
+class Team(SpecModel):
+    name: str = Field(pattern=DNS_LABEL)
+    namespace: str = Field(pattern=DNS_LABEL)
+    groups: dict[Literal["ml-engineer", "ml-viewer"], list[str]] = Field(default_factory=dict)
+    """Identity-provider groups bound to each role in the team namespace."""
+    gpu_quota: dict[str, int] = Field(default_factory=dict)
+    """GPUs per pool name this team may use (Kueue LocalQueue into the pool's ClusterQueue)."""
+    cpu_quota: int = Field(default=64, ge=1)
+    memory_quota_gi: int = Field(default=512, ge=1)
+
+    @field_validator("gpu_quota")
+    @classmethod
+    def _non_negative(cls, value: dict[str, int]) -> dict[str, int]:
+        negative = {k: v for k, v in value.items() if v < 0}
+        if negative:
+            raise ValueError(f"GPU quotas must be >= 0, got {negative}")
+        return value
+
+
+class TlsIssuer(SpecModel):
+    kind: Literal["self-signed-ca", "acme", "ca-secret"] = "self-signed-ca"
+    acme_server: str | None = None
+    acme_email: str | None = None
+    ca_secret_name: str | None = None
+
+    @model_validator(mode="after")
+    def _kind_settings(self) -> "TlsIssuer":
+        if self.kind == "acme" and not (self.acme_server and self.acme_email):
+            raise ValueError("kind 'acme' needs acmeServer and acmeEmail")
+        if self.kind == "ca-secret" and not self.ca_secret_name:
+            raise ValueError("kind 'ca-secret' needs caSecretName")
+        return self
+
+
+class Security(SpecModel):
+    teams: list[Team] = Field(default_factory=list)
+    platform_admin_groups: list[str] = Field(default_factory=lambda: ["platform-admins"])
+    tls_issuer: TlsIssuer = Field(default_factory=TlsIssuer)
+    pod_security: Literal["restricted", "baseline"] = "restricted"
+    """Default Pod Security Admission level of workload namespaces."""
+    cert_manager_chart_version: str = Field(default="v1.16.2", pattern=VERSION_PATTERN)
+    inference_hostnames: list[str] = Field(default_factory=list)
+
+
+class Versions(SpecModel):
+    """The pinned software stack of every GPU node. Checked against `data/compatibility.yaml`."""
+
+    driver: str = Field(pattern=r"^\d{3}\.\d+(\.\d+)?$")
+    kernel_module_type: Literal["open", "proprietary"] = "open"
+    cuda: str = Field(pattern=r"^\d+\.\d+$")
+    nccl: str = Field(pattern=r"^\d+\.\d+\.\d+$")
+    container_toolkit: str = Field(pattern=r"^\d+\.\d+\.\d+$")
+    fabric_manager: str | None = Field(default=None, pattern=r"^\d{3}\.\d+(\.\d+)?$")
+    """Defaults to the driver version (they must be equal)."""
+    dcgm: str = Field(pattern=r"^\d+\.\d+\.\d+$")
+    gpu_operator: str = Field(pattern=r"^v\d+\.\d+\.\d+$")
+    kubernetes: str = Field(default="1.31", pattern=r"^\d+\.\d+$")
+
+    @property
+    def driver_branch(self) -> str:
+        return self.driver.split(".", 1)[0]
+
+    @property
+    def effective_fabric_manager(self) -> str:
+        return self.fabric_manager or self.driver
+
+
+class Acceptance(SpecModel):
+    """What `dcforge accept` runs and the SLOs it judges (DESIGN.md §5)."""
+
+    checks: list[str] = Field(default_factory=lambda: ["system"])
+    settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Per-check settings, validated by each check's own Config model."""
+    slos: dict[str, str | list[str]] = Field(default_factory=dict)
+    """`<check>.<metric>[.<stat>]: "<op> <number>"`, or a list of such expressions that must all hold."""
+    timeouts_s: dict[str, float] = Field(default_factory=dict)
+    """Per-check wall-clock limit in seconds; a check that runs over is an error."""
+    default_timeout_s: float = Field(default=900.0, gt=0)
+    target: Literal["local", "kubernetes"] = "local"
+    pool: str | None = None
+    """Pool whose node this acceptance runs on (node-level acceptance); defaults to the first pool."""
+
+
+class EnvironmentMeta(SpecModel):
+    description: str = ""
+    kind: Literal["local", "dev", "staging", "prod"] = "dev"
+    """`prod` environments get the strictest cross-field rules (LTS driver branches only)."""
+
+
+class Environment(SpecModel):
+    """One environment file, validated."""
+
+    name: str
+    environment: EnvironmentMeta = Field(default_factory=EnvironmentMeta)
+    gpu_pools: list[GpuPool] = Field(default_factory=list)
+    storage: Storage
+    network: Network = Field(default_factory=Network)
+    security: Security = Field(default_factory=Security)
+    versions: Versions
+    acceptance: Acceptance = Field(default_factory=Acceptance)
+
+    @property
+    def total_gpus(self) -> int:
+        return sum(pool.total_gpus for pool in self.gpu_pools)
+
+    def pool(self, name: str) -> GpuPool:
+        for pool in self.gpu_pools:
+            if pool.name == name:
+                return pool
+        raise KeyError(name)

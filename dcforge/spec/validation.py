@@ -1,0 +1,180 @@
+"""Cross-field rules over a whole environment: what single-field validation cannot see.
+
+Each rule returns (key path, message) pairs; key paths are written as in the file (`dcforge:gpuPools[1].name`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+from dcforge.spec.compat import version_problems
+from dcforge.spec.gpus import GPU_MODELS
+from dcforge.spec.models import Environment
+
+Problem = tuple[str, str]
+
+
+def _duplicates(names: list[str]) -> list[str]:
+    return sorted(name for name, count in Counter(names).items() if count > 1)
+
+
+def duplicate_names(env: Environment) -> Iterator[Problem]:
+    for key, names in (
+        ("dcforge:gpuPools", [p.name for p in env.gpu_pools]),
+        ("dcforge:network.namespaces", [n.name for n in env.network.namespaces]),
+        ("dcforge:storage.classes", [c.name for c in env.storage.classes]),
+        ("dcforge:security.teams", [t.name for t in env.security.teams]),
+        ("dcforge:security.teams[].namespace", [t.namespace for t in env.security.teams]),
+        ("dcforge:gpuPools[].nodes", [node for p in env.gpu_pools for node in p.nodes]),
+    ):
+        for name in _duplicates(names):
+            yield key, f"duplicate name {name!r}"
+    platform = {n.name for n in env.network.namespaces}
+    for index, team in enumerate(env.security.teams):
+        if team.namespace in platform:
+            yield (f"dcforge:security.teams[{index}].namespace",
+                   f"namespace {team.namespace!r} is also declared in network.namespaces; team namespaces are "
+                   "created from the team and must not be declared twice")
+
+
+def overlapping_cidrs(env: Environment) -> Iterator[Problem]:
+    ranges = {
+        "podCidr": env.network.pod_cidr,
+        "serviceCidr": env.network.service_cidr,
+        "nodeCidr": env.network.node_cidr,
+        "rdma.cidr": env.network.rdma.cidr,
+    }
+    networks = {k: ipaddress.ip_network(v) for k, v in ranges.items() if v}
+    keys = list(networks)
+    for i, first in enumerate(keys):
+        for second in keys[i + 1:]:
+            if networks[first].overlaps(networks[second]):
+                yield (f"dcforge:network.{second}",
+                       f"{networks[second]} overlaps {first} {networks[first]}")
+
+
+def gpu_capacity(pool) -> int:
+    """Schedulable GPU units of a pool: time-slicing multiplies by replicas."""
+    replicas = pool.sharing.replicas if pool.sharing.mode == "time-slicing" else 1
+    return pool.total_gpus * replicas
+
+
+def team_quotas(env: Environment) -> Iterator[Problem]:
+    pools = {p.name: p for p in env.gpu_pools}
+    totals: Counter[str] = Counter()
+    for index, team in enumerate(env.security.teams):
+        for pool_name, gpus in team.gpu_quota.items():
+            key = f"dcforge:security.teams[{index}].gpuQuota.{pool_name}"
+            if pool_name not in pools:
+                yield key, f"unknown pool {pool_name!r}; pools: {', '.join(pools) or 'none'}"
+                continue
+            capacity = gpu_capacity(pools[pool_name])
+            if gpus > capacity:
+                yield key, f"quota of {gpus} GPUs exceeds pool {pool_name!r} capacity of {capacity}"
+            totals[pool_name] += gpus
+    for pool_name, total in totals.items():
+        capacity = gpu_capacity(pools[pool_name])
+        if total > capacity:
+            yield ("dcforge:security.teams",
+                   f"team GPU quotas on pool {pool_name!r} add up to {total}, above its capacity of {capacity}")
+
+
+def storage_rules(env: Environment) -> Iterator[Problem]:
+    ceph = env.storage.ceph
+    if env.storage.backend == "rook-ceph" and ceph and ceph.storage_nodes:
+        for index, cls in enumerate(env.storage.classes):
+            if cls.replication > len(ceph.storage_nodes) and ceph.failure_domain == "host":
+                yield (f"dcforge:storage.classes[{index}].replication",
+                       f"replication {cls.replication} needs {cls.replication} storage hosts, "
+                       f"only {len(ceph.storage_nodes)} in ceph.storageNodes")
+
+
+def rdma_rules(env: Environment) -> Iterator[Problem]:
+    for index, pool in enumerate(env.gpu_pools):
+        if pool.rdma and not env.network.rdma.enabled:
+            yield f"dcforge:gpuPools[{index}].rdma", "pool asks for RDMA but network.rdma.enabled is false"
+
+
+def versions_rules(env: Environment) -> Iterator[Problem]:
+    models = sorted({p.gpu_model for p in env.gpu_pools})
+    for key, message in version_problems(env.versions, [GPU_MODELS[m] for m in models],
+                                         prod=env.environment.kind == "prod"):
+        yield f"dcforge:versions.{key}", message
+    if env.versions.fabric_manager and not any(GPU_MODELS[m].nvswitch for m in models):
+        yield "dcforge:versions.fabricManager", "set, but no pool has NVSwitch GPUs that need a fabric manager"
+
+
+def acceptance_rules(env: Environment) -> Iterator[Problem]:
+    # Imported here: the harness imports the spec, not the other way round at module load.
+    from dcforge.checks import CHECKS, check_config_model
+    from dcforge.harness.slo import SloSyntaxError, parse_slo
+
+    acceptance = env.acceptance
+    for index, name in enumerate(acceptance.checks):
+        if name not in CHECKS:
+            yield f"dcforge:acceptance.checks[{index}]", f"unknown check {name!r}; known: {', '.join(CHECKS)}"
+    for name in _duplicates(acceptance.checks):
+        yield "dcforge:acceptance.checks", f"check {name!r} listed twice"
+    for name, settings in acceptance.settings.items():
+        key = f"dcforge:acceptance.settings.{name}"
+        if name not in CHECKS:
+            yield key, f"settings for unknown check {name!r}"
+            continue
+        model = check_config_model(name)
+        try:
+            model.model_validate(settings)
+        except Exception as error:  # pydantic.ValidationError: re-raised as one line per field
+            for detail in getattr(error, "errors", lambda: [])():
+                loc = ".".join(str(part) for part in detail["loc"])
+                yield f"{key}.{loc}" if loc else key, _pydantic_message(detail)
+    for metric, expressions in acceptance.slos.items():
+        key = f"dcforge:acceptance.slos.{metric}"
+        check = metric.split(".", 1)[0]
+        if "." not in metric:
+            yield key, "SLO key must be '<check>.<metric>', e.g. 'train.tokens_per_s'"
+        elif check not in CHECKS:
+            yield key, f"unknown check {check!r}; known: {', '.join(CHECKS)}"
+        elif check not in acceptance.checks:
+            yield key, f"check {check!r} is not in acceptance.checks, so this SLO could never be judged"
+        for expression in [expressions] if isinstance(expressions, str) else expressions:
+            try:
+                parse_slo(metric, expression)
+            except SloSyntaxError as error:
+                yield key, str(error)
+    for name in acceptance.timeouts_s:
+        if name not in CHECKS:
+            yield f"dcforge:acceptance.timeoutsS.{name}", f"timeout for unknown check {name!r}"
+    if acceptance.pool is not None and acceptance.pool not in {p.name for p in env.gpu_pools}:
+        yield "dcforge:acceptance.pool", f"unknown pool {acceptance.pool!r}"
+
+
+def _pydantic_message(detail: dict) -> str:
+    message = str(detail.get("msg", "invalid value"))
+    message = message.removeprefix("Value error, ")
+    kind = detail.get("type")
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if "input" in detail and kind not in ("model_type", "dict_type", "list_type"):
+        value = detail["input"]
+        if not isinstance(value, (dict, list)):
+            message = f"{message} (got {value!r})"
+    return message
+
+
+RULES: list[Callable[[Environment], Iterator[Problem]]] = [
+    duplicate_names,
+    overlapping_cidrs,
+    team_quotas,
+    storage_rules,
+    rdma_rules,
+    versions_rules,
+    acceptance_rules,
+]
+
+
+def cross_field_problems(env: Environment) -> list[Problem]:
+    return [problem for rule in RULES for problem in rule(env)]
