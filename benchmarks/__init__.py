@@ -1,0 +1,1 @@
+"""Ratio benchmarks: each module prints figures measured side by side in one run."""

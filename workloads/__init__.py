@@ -1,0 +1,1 @@
+"""Bundled workloads: GPT model, torchrun training, all-reduce sweep, OpenAI-compatible server."""
