@@ -1,0 +1,166 @@
+"""The `dcforge` command line: validate, accept, report (and synth, up, preview, provision).
+
+Exit codes: 0 success, 1 an acceptance check or SLO failed, 2 bad input (one clear line, no traceback).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from dcforge import __version__
+from dcforge.errors import DcforgeError
+
+app = typer.Typer(
+    help="Declarative AI GPU data centers: one spec per environment, provisioned and then proven by acceptance "
+         "benchmarks judged against that environment's SLOs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)
+
+EnvOption = typer.Option("local", "--env", "-e", help="Environment name: reads stacks/Pulumi.<env>.yaml.")
+EnvFileOption = typer.Option(None, "--env-file", help="Read this environment file instead of stacks/Pulumi.<env>.yaml.",
+                             exists=False, dir_okay=False)
+
+
+def _load(env: str, env_file: Optional[Path]):
+    from dcforge.spec import load_environment
+
+    return load_environment(None if env_file else env, path=env_file)
+
+
+def _split(values: Optional[list[str]]) -> list[str]:
+    return [name.strip() for value in values or [] for name in value.split(",") if name.strip()]
+
+
+@app.callback()
+def _version(version: bool = typer.Option(False, "--version", help="Print the dcforge version and exit.")) -> None:
+    if version:
+        console.print(f"dcforge {__version__}")
+        raise typer.Exit(0)
+
+
+@app.command()
+def validate(env: str = EnvOption, env_file: Optional[Path] = EnvFileOption) -> None:
+    """Validate an environment: schema, cross-field rules and the driver/CUDA/NCCL/fabric-manager table."""
+    loaded = _load(env, env_file)
+    spec = loaded.spec
+    console.print(f"[green]✓[/] {loaded.path}: environment [bold]{spec.name}[/] is valid — "
+                  f"{len(spec.gpu_pools)} GPU pools, {spec.total_gpus} GPUs, storage {spec.storage.backend}, "
+                  f"driver {spec.versions.driver} / CUDA {spec.versions.cuda} / NCCL {spec.versions.nccl}, "
+                  f"{len(spec.acceptance.checks)} acceptance checks, {len(spec.acceptance.slos)} SLOs")
+
+
+@app.command()
+def accept(
+    env: str = EnvOption,
+    env_file: Optional[Path] = EnvFileOption,
+    only: Optional[list[str]] = typer.Option(None, "--only", help="Run only these checks (repeat or comma-separate)."),
+    skip: Optional[list[str]] = typer.Option(None, "--skip", help="Skip these checks (repeat or comma-separate)."),
+    reports: Path = typer.Option(Path("reports"), "--reports", help="Root folder of reports/<env>/<UTC time>/."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="A previous report.json to compare against."),
+    tolerance: float = typer.Option(0.05, "--tolerance", min=0.0, help="Relative change that counts as a regression."),
+    fail_on_regression: bool = typer.Option(False, "--fail-on-regression", help="Exit 1 when the baseline shows a regression."),
+) -> None:
+    """Run the environment's acceptance checks, judge its SLOs, write JSON + JUnit + HTML reports."""
+    from dcforge.harness.runner import RunState, run_acceptance, select_checks, utc_now
+    from dcforge.report import build_report, write_report_files
+    from dcforge.report.baseline import load_baseline
+
+    loaded = _load(env, env_file)
+    selected = select_checks(loaded.spec.acceptance.checks, _split(only), _split(skip))
+    baseline_report = load_baseline(baseline) if baseline else None
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    report_dir = reports / loaded.spec.name / stamp
+    report_dir.mkdir(parents=True, exist_ok=False)
+    state = RunState(env=loaded, report_dir=report_dir, selected=selected, started_at=utc_now())
+
+    def write(current: RunState) -> None:
+        report = build_report(current, baseline=baseline_report, baseline_path=str(baseline) if baseline else None,
+                              tolerance=tolerance)
+        write_report_files(report, report_dir)
+        current.last_report = report  # type: ignore[attr-defined]
+
+    console.print(f"dcforge accept: environment [bold]{loaded.spec.name}[/] ({loaded.path}), "
+                  f"{len(selected)} checks → {report_dir}")
+    with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("starting", total=None)
+
+        def log(line: str) -> None:
+            progress.console.print(f"  [dim]{state.running or ''}: {line}[/]")
+
+        def started(name: str) -> None:
+            progress.update(task, description=f"{name} ({selected.index(name) + 1}/{len(selected)})")
+
+        def finished(result) -> None:
+            colour = {"pass": "green", "fail": "red", "error": "magenta", "skipped": "yellow"}[result.status.value]
+            reason = f" — {result.reason}" if result.reason else ""
+            progress.console.print(f"[{colour}]{result.status.value.upper():7}[/] {result.name} "
+                                   f"({result.duration_s:.1f} s){reason}")
+
+        run_acceptance(state, write, log=log, on_check_start=started, on_check_end=finished)
+
+    report = state.last_report  # type: ignore[attr-defined]
+    _print_summary(report)
+    console.print(f"Report: {report_dir / 'report.html'}  (also report.json, junit.xml)")
+    code = state.exit_code
+    if state.interrupted:
+        errors.print("interrupted: results measured so far are in the report")
+        raise typer.Exit(130)
+    if fail_on_regression and report.get("baseline") and report["baseline"]["regressions"]:
+        code = 1
+    raise typer.Exit(code)
+
+
+def _print_summary(report: dict) -> None:
+    if report["slos"]:
+        table = Table(title="SLOs", show_lines=False)
+        for column in ("metric", "SLO", "value", "verdict", "reason"):
+            table.add_column(column)
+        for slo in report["slos"]:
+            colour = {"pass": "green", "fail": "red", "error": "magenta", "skipped": "yellow"}[slo["verdict"]]
+            value = "—" if slo["value"] is None else f"{slo['value']:.4g}"
+            table.add_row(slo["metric"], slo["expression"], value, f"[{colour}]{slo['verdict']}[/]", slo["reason"])
+        console.print(table)
+    if report.get("baseline"):
+        for metric in report["baseline"]["regressions"]:
+            comparison = next(c for c in report["baseline"]["comparisons"] if c["metric"] == metric)
+            console.print(f"[red]regression[/] {metric}: {comparison['baseline']:.4g} → {comparison['current']:.4g} "
+                          f"({comparison['change']:+.1%}, {comparison['better']} is better)")
+    colour = "green" if report["status"] == "pass" else "red"
+    counts = ", ".join(f"{n} {status}" for status, n in report["summary"]["checks"].items())
+    console.print(f"[bold {colour}]{report['status'].upper()}[/]: checks {counts}")
+
+
+@app.command()
+def report(path: Path = typer.Argument(..., help="A report directory (or its report.json).")) -> None:
+    """Re-render junit.xml and report.html from a report.json."""
+    from dcforge.report import rerender
+
+    directory = rerender(path)
+    console.print(f"Rendered {directory / 'report.html'} and {directory / 'junit.xml'}")
+
+
+def main() -> None:
+    """Console entry point: bad input is one line on stderr and exit code 2, never a traceback."""
+    try:
+        app()
+    except DcforgeError as error:
+        for line in str(error).splitlines():
+            errors.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(error.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Run the acceptance checks of an environment, judge the SLOs, write the report after every check.
+
+Rules (DESIGN.md §5): a check that errors fails the run; a skipped check is reported with its reason and never as
+passed; an SLO on a metric that no check produced is an error. Exit 0 when everything passed, 1 otherwise.
+Ctrl-C keeps every result measured so far: the report is rewritten after each check and once more on interrupt.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from dcforge.checks import CHECKS, load_check
+from dcforge.errors import DcforgeError
+from dcforge.harness.check import CheckContext
+from dcforge.harness.result import CheckResult, CheckSkipped, Status
+from dcforge.harness.slo import SloResult, evaluate, parse_slos
+from dcforge.spec.loader import LoadedEnvironment
+
+
+class CheckTimeout(BaseException):
+    """Raised inside a check that ran past its limit. BaseException so a check's `except Exception` cannot
+    swallow it; its `finally` blocks still run and stop its child processes."""
+
+
+@dataclass
+class RunState:
+    """Everything the report is made of, updated as the run goes."""
+
+    env: LoadedEnvironment
+    report_dir: Path
+    selected: list[str]
+    started_at: str
+    results: dict[str, CheckResult] = field(default_factory=dict)
+    slo_results: list[SloResult] = field(default_factory=list)
+    finished_at: str = ""
+    interrupted: bool = False
+    running: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return (all(r.status in (Status.PASS, Status.SKIPPED) for r in self.results.values())
+                and all(s.verdict in ("pass", "skipped") for s in self.slo_results))
+
+    @property
+    def status(self) -> str:
+        if self.finished_at == "":
+            return "running"
+        if self.interrupted:
+            return "interrupted"
+        return "pass" if self.passed else "fail"
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.status == "pass" else 1
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def select_checks(configured: list[str], only: list[str] | None, skip: list[str] | None) -> list[str]:
+    """The checks to run, in the environment's order. Unknown names are bad input (exit 2)."""
+    for option, names in (("--only", only or []), ("--skip", skip or [])):
+        unknown = [n for n in names if n not in configured]
+        if unknown:
+            raise DcforgeError(f"{option}: {', '.join(unknown)} not among this environment's checks "
+                               f"({', '.join(configured)})")
+    return [n for n in configured if (not only or n in only) and n not in (skip or [])]
+
+
+@contextmanager
+def time_limit(seconds: float):
+    """Interrupt the body with CheckTimeout after `seconds` (main thread only; elsewhere the deadline in the
+    context is advisory)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise CheckTimeout()
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def run_one(name: str, state: RunState, log: Callable[[str], None], shared: dict) -> CheckResult:
+    acceptance = state.env.spec.acceptance
+    timeout = acceptance.timeouts_s.get(name, acceptance.default_timeout_s)
+    started = time.monotonic()
+    result = CheckResult(name)
+    try:
+        check = load_check(name)
+        config = check.Config.model_validate(acceptance.settings.get(name, {}))
+        ctx = CheckContext(env=state.env, report_dir=state.report_dir, deadline=started + timeout,
+                           results=dict(state.results), log=log, state=shared)
+        with time_limit(timeout):
+            result = check.run(ctx, config)
+    except CheckSkipped as skipped:
+        result = CheckResult(name, Status.SKIPPED, reason=str(skipped))
+    except CheckTimeout:
+        result = CheckResult(name, Status.ERROR, reason=f"timed out after {timeout:g} s "
+                                                         f"(dcforge:acceptance.timeoutsS.{name})")
+    except ValidationError as error:  # settings were validated at load time; kept for direct callers
+        result = CheckResult(name, Status.ERROR, reason=f"bad settings: {error.errors()[0]['msg']}")
+    except KeyboardInterrupt:
+        result = CheckResult(name, Status.ERROR, reason="interrupted (Ctrl-C) while running")
+        raise
+    except Exception as error:  # a check that crashes is an error of the run, with its traceback kept
+        result = CheckResult(name, Status.ERROR, reason=f"{type(error).__name__}: {error}")
+        trace_path = state.report_dir / "artefacts" / name / "traceback.txt"
+        trace_path.parent.mkdir(parents=True, exist_ok=True)
+        trace_path.write_text(traceback.format_exc())
+        result.artefacts["traceback"] = str(trace_path.relative_to(state.report_dir))
+    finally:
+        result.name = name
+        result.started_at = result.started_at or dt.datetime.fromtimestamp(
+            time.time() - (time.monotonic() - started), dt.timezone.utc).isoformat(timespec="seconds")
+        result.duration_s = round(time.monotonic() - started, 3)
+        state.results[name] = result
+    return result
+
+
+def run_acceptance(state: RunState, write: Callable[[RunState], None],
+                   log: Callable[[str], None] = print,
+                   on_check_start: Callable[[str], None] = lambda name: None,
+                   on_check_end: Callable[[CheckResult], None] = lambda result: None) -> RunState:
+    """Run `state.selected` in order; `write(state)` persists the report after every step."""
+    slos = parse_slos(state.env.spec.acceptance.slos)
+    shared: dict = {}
+    configured = state.env.spec.acceptance.checks
+    for name in configured:
+        if name not in state.selected:
+            state.results[name] = CheckResult(name, Status.SKIPPED, reason="not selected (--only/--skip)")
+    write(state)
+    try:
+        for name in state.selected:
+            state.running = name
+            on_check_start(name)
+            result = run_one(name, state, log, shared)
+            state.running = None
+            state.slo_results = [evaluate(slo, state.results) for slo in slos]
+            on_check_end(result)
+            write(state)
+    except KeyboardInterrupt:
+        state.interrupted = True
+        for name in state.selected:
+            if name not in state.results:
+                state.results[name] = CheckResult(name, Status.SKIPPED, reason="not run: interrupted (Ctrl-C)")
+    finally:
+        state.running = None
+        state.slo_results = [evaluate(slo, state.results) for slo in slos]
+        state.finished_at = utc_now()
+        write(state)
+    return state
+
+
+def known_checks() -> list[str]:
+    return list(CHECKS)

@@ -1,0 +1,110 @@
+"""Reports of an acceptance run: `report.json` (versioned schema), `junit.xml`, self-contained `report.html`.
+
+Files are written atomically (temp file + rename) after every check, so Ctrl-C or a crash leaves a complete,
+readable report of everything measured so far.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+from dcforge import __version__
+from dcforge.report.baseline import DEFAULT_TOLERANCE, compare
+from dcforge.report.html import render_html
+from dcforge.report.junit import junit_xml
+
+SCHEMA = "dcforge.report/v1"
+FILES = ("report.json", "junit.xml", "report.html")
+
+
+def build_report(state, *, baseline: dict | None = None, baseline_path: str | None = None,
+                 tolerance: float = DEFAULT_TOLERANCE) -> dict:
+    """The report.json document of a RunState (see dcforge.harness.runner)."""
+    from dcforge.checks.system import git_commit
+
+    env = state.env
+    checks = [state.results[name].to_dict() for name in env.spec.acceptance.checks if name in state.results]
+    report = {
+        "schema": SCHEMA,
+        "status": state.status,
+        "metadata": {
+            "environment": env.spec.name,
+            "env_file": str(env.path),
+            "env_sha256": env.sha256,
+            "dcforge_version": __version__,
+            "git_commit": git_commit(),
+            "hostname": socket.gethostname(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "started_at": state.started_at,
+            "finished_at": state.finished_at,
+            "selected_checks": state.selected,
+            "running": state.running,
+            "interrupted": state.interrupted,
+        },
+        "summary": {
+            "checks": _count(c["status"] for c in checks),
+            "slos": _count(s.verdict for s in state.slo_results),
+        },
+        "checks": checks,
+        "slos": [slo.to_dict() for slo in state.slo_results],
+        "baseline": None,
+    }
+    if baseline is not None:
+        comparisons = compare(report, baseline, tolerance)
+        report["baseline"] = {"path": baseline_path or "", "tolerance": tolerance,
+                              "comparisons": [c.to_dict() for c in comparisons],
+                              "regressions": [c.metric for c in comparisons if c.regressed]}
+    return report
+
+
+def _count(statuses) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for status in statuses:
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.chmod(temporary, 0o644)  # mkstemp creates 0600; reports are meant to be shared and served
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_report_files(report: dict, directory: Path, *, html: bool = True) -> None:
+    """Write report.json first (the source of truth), then what is rendered from it."""
+    write_atomic(directory / "report.json", json.dumps(report, indent=2, default=str) + "\n")
+    write_atomic(directory / "junit.xml", junit_xml(report))
+    if html:
+        write_atomic(directory / "report.html", render_html(report))
+
+
+def load_report(directory_or_file: Path) -> dict:
+    from dcforge.report.baseline import load_baseline
+
+    path = Path(directory_or_file)
+    return load_baseline(path / "report.json" if path.is_dir() else path)
+
+
+def rerender(directory_or_file: Path) -> Path:
+    """`dcforge report DIR`: regenerate junit.xml and report.html from report.json."""
+    path = Path(directory_or_file)
+    directory = path if path.is_dir() else path.parent
+    report = load_report(path)
+    write_atomic(directory / "junit.xml", junit_xml(report))
+    write_atomic(directory / "report.html", render_html(report))
+    return directory

@@ -1,0 +1,67 @@
+"""Compare a run against a baseline report: flag every metric more than `tolerance` worse, direction-aware."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from dcforge.errors import ConfigError
+
+DEFAULT_TOLERANCE = 0.05
+
+
+@dataclass(frozen=True)
+class Comparison:
+    metric: str
+    """`<check>.<metric>`."""
+    baseline: float
+    current: float
+    change: float
+    """Relative change (current - baseline) / |baseline|; positive means the number went up."""
+    better: str
+    regressed: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_baseline(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as error:
+        raise ConfigError(path, None, f"cannot read baseline: {error.strerror}") from None
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}:{error.lineno}", None, f"baseline is not JSON: {error.msg}") from None
+    if not isinstance(data, dict) or not str(data.get("schema", "")).startswith("dcforge.report/"):
+        raise ConfigError(path, "schema", "not a dcforge report.json (expected schema 'dcforge.report/v1')")
+    return data
+
+
+def metric_values(report: dict) -> dict[str, tuple[float, str | None]]:
+    """`check.metric` -> (value, better) for every metric of every check that did not error or skip."""
+    values = {}
+    for check in report.get("checks", []):
+        if check.get("status") not in ("pass", "fail"):
+            continue
+        for name, metric in check.get("metrics", {}).items():
+            values[f"{check['name']}.{name}"] = (float(metric["value"]), metric.get("better"))
+    return values
+
+
+def compare(current: dict, baseline: dict, tolerance: float = DEFAULT_TOLERANCE) -> list[Comparison]:
+    """Every directional metric present in both reports, with `regressed` set when worse by more than tolerance."""
+    now, before = metric_values(current), metric_values(baseline)
+    comparisons = []
+    for key in sorted(set(now) & set(before)):
+        value, better = now[key]
+        base, _ = before[key]
+        if better not in ("higher", "lower"):
+            continue
+        if base == 0:
+            change = 0.0 if value == 0 else float("inf") if value > 0 else float("-inf")
+        else:
+            change = (value - base) / abs(base)
+        worse = -change if better == "higher" else change
+        comparisons.append(Comparison(key, base, value, change, better, worse > tolerance))
+    return comparisons

@@ -1,0 +1,140 @@
+"""A self-contained HTML report (tables + plotly charts, plotly.js inlined once): opens offline in any browser."""
+
+from __future__ import annotations
+
+import html
+import json
+from functools import lru_cache
+
+STATUS_COLOURS = {"pass": "#1a7f37", "fail": "#cf222e", "error": "#bf3989", "skipped": "#6e7781",
+                  "running": "#9a6700", "interrupted": "#bc4c00"}
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;color:#1f2328}
+h1{margin-bottom:.2rem} h2{border-bottom:1px solid #d0d7de;padding-bottom:.3rem;margin-top:2rem}
+table{border-collapse:collapse;width:100%;margin:.5rem 0 1rem} th,td{border:1px solid #d0d7de;padding:.35rem .6rem;
+text-align:left;vertical-align:top;font-size:.92rem} th{background:#f6f8fa}
+.badge{display:inline-block;padding:.1rem .55rem;border-radius:1rem;color:#fff;font-weight:600;font-size:.85rem}
+.muted{color:#59636e} code,pre{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.85rem}
+pre{background:#f6f8fa;padding:.6rem;overflow-x:auto} td.num{text-align:right;font-variant-numeric:tabular-nums}
+details{margin:.4rem 0}
+"""
+
+
+def badge(status: str) -> str:
+    colour = STATUS_COLOURS.get(status, "#6e7781")
+    return f'<span class="badge" style="background:{colour}">{html.escape(status.upper())}</span>'
+
+
+@lru_cache(maxsize=1)
+def _plotly_js() -> str:
+    from plotly.offline import get_plotlyjs
+
+    return get_plotlyjs()
+
+
+def plot_html(plot: dict, div_id: str) -> str:
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    for series in plot.get("series", []):
+        if plot.get("kind") == "histogram":
+            figure.add_trace(go.Histogram(x=series["y"], name=series["name"], opacity=0.75))
+        elif plot.get("kind") == "bar":
+            figure.add_trace(go.Bar(x=series["x"], y=series["y"], name=series["name"]))
+        else:
+            mode = "lines+markers" if plot.get("kind") == "line" else "markers"
+            figure.add_trace(go.Scatter(x=series["x"], y=series["y"], name=series["name"], mode=mode))
+    for marker in plot.get("markers", []):
+        figure.add_vline(x=marker["x"], line_dash="dash", line_color="#cf222e",
+                         annotation_text=str(marker.get("label", "")))
+    figure.update_layout(title=plot.get("title", ""), xaxis_title=plot.get("x_label", ""),
+                         yaxis_title=plot.get("y_label", ""), height=380, margin=dict(l=60, r=20, t=50, b=50),
+                         barmode="overlay" if plot.get("kind") == "histogram" else None)
+    if plot.get("log_x"):
+        figure.update_xaxes(type="log")
+    if plot.get("log_y"):
+        figure.update_yaxes(type="log")
+    return figure.to_html(full_html=False, include_plotlyjs=False, div_id=div_id)
+
+
+def _format(value) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 1e6 else f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def render_html(report: dict) -> str:
+    meta = report["metadata"]
+    e = html.escape
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>dcforge acceptance — {e(meta['environment'])}</title><style>{STYLE}</style>",
+        f"<script>{_plotly_js()}</script></head><body>",
+        f"<h1>dcforge acceptance: {e(meta['environment'])} {badge(report['status'])}</h1>",
+        f"<p class='muted'>started {e(meta.get('started_at', ''))} · finished {e(meta.get('finished_at') or '—')} · "
+        f"host {e(meta.get('hostname', ''))} · dcforge {e(meta.get('dcforge_version', ''))} · commit "
+        f"<code>{e(meta.get('git_commit', ''))}</code> · env file <code>{e(meta.get('env_file', ''))}</code> "
+        f"(sha256 <code>{e(meta.get('env_sha256', '')[:16])}</code>)</p>",
+        "<h2>Checks</h2><table><tr><th>check</th><th>status</th><th>duration</th><th>reason</th></tr>",
+    ]
+    for check in report.get("checks", []):
+        parts.append(f"<tr><td><a href='#check-{e(check['name'])}'>{e(check['name'])}</a></td>"
+                     f"<td>{badge(check['status'])}</td><td class='num'>{check.get('duration_s', 0):.1f} s</td>"
+                     f"<td>{e(check.get('reason', ''))}</td></tr>")
+    parts.append("</table>")
+
+    parts.append("<h2>SLOs</h2>")
+    if report.get("slos"):
+        parts.append("<table><tr><th>metric</th><th>SLO</th><th>value</th><th>verdict</th><th>reason</th></tr>")
+        for slo in report["slos"]:
+            parts.append(f"<tr><td><code>{e(slo['metric'])}</code></td><td><code>{e(slo['expression'])}</code></td>"
+                         f"<td class='num'>{_format(slo['value'])}</td><td>{badge(slo['verdict'])}</td>"
+                         f"<td>{e(slo.get('reason', ''))}</td></tr>")
+        parts.append("</table>")
+    else:
+        parts.append("<p class='muted'>This environment declares no SLOs.</p>")
+
+    baseline = report.get("baseline")
+    if baseline:
+        regressions = [c for c in baseline["comparisons"] if c["regressed"]]
+        parts.append(f"<h2>Baseline</h2><p>Compared with <code>{e(baseline['path'])}</code> (tolerance "
+                     f"{baseline['tolerance']:.0%}): {len(regressions)} regression(s) in "
+                     f"{len(baseline['comparisons'])} directional metrics.</p>")
+        parts.append("<table><tr><th>metric</th><th>baseline</th><th>current</th><th>change</th><th>better</th>"
+                     "<th></th></tr>")
+        for c in baseline["comparisons"]:
+            flag = badge("fail") if c["regressed"] else ""
+            parts.append(f"<tr><td><code>{e(c['metric'])}</code></td><td class='num'>{_format(c['baseline'])}</td>"
+                         f"<td class='num'>{_format(c['current'])}</td><td class='num'>{c['change']:+.1%}</td>"
+                         f"<td>{e(c['better'])}</td><td>{flag}</td></tr>")
+        parts.append("</table>")
+
+    plot_number = 0
+    for check in report.get("checks", []):
+        parts.append(f"<h2 id='check-{e(check['name'])}'>{e(check['name'])} {badge(check['status'])}</h2>")
+        if check.get("reason"):
+            parts.append(f"<p>{e(check['reason'])}</p>")
+        if check.get("metrics"):
+            parts.append("<table><tr><th>metric</th><th>value</th><th>unit</th><th>better</th><th>formula</th></tr>")
+            for name, metric in check["metrics"].items():
+                parts.append(f"<tr><td><code>{e(name)}</code></td><td class='num'>{_format(metric['value'])}</td>"
+                             f"<td>{e(metric.get('unit', ''))}</td><td>{e(metric.get('better') or '')}</td>"
+                             f"<td><code>{e(metric.get('formula', ''))}</code></td></tr>")
+            parts.append("</table>")
+        for plot in check.get("plots", []):
+            plot_number += 1
+            parts.append(plot_html(plot, f"plot-{plot_number}"))
+        if check.get("artefacts"):
+            links = " · ".join(f"<a href='{e(path)}'>{e(name)}</a>" for name, path in check["artefacts"].items())
+            parts.append(f"<p>Artefacts: {links}</p>")
+        if check.get("details"):
+            parts.append("<details><summary>details</summary><pre>"
+                         f"{e(json.dumps(check['details'], indent=2, default=str))}</pre></details>")
+    parts.append("<h2>Metric formulas</h2><p class='muted'>Every metric names the formula it was computed with; "
+                 "definitions follow DESIGN.md §4 (nccl-tests bus bandwidth, torchtitan FLOPs per token, "
+                 "vLLM goodput, exact percentiles from per-request logs).</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
