@@ -1,0 +1,255 @@
+"""Distributed checkpoints with `torch.distributed.checkpoint` (DCP), committed atomically.
+
+Layout under the checkpoint root:
+
+    step_00000012/            a complete checkpoint: DCP files, rng_rank<r>.pt, checksums_rank<r>.json, COMPLETE
+    .partial-step_00000016/   a save in progress (or killed mid-save): never loaded, removed by the next save
+
+A save writes everything into `.partial-step_N`, waits for every rank, then rank 0 writes the `COMPLETE` marker
+(training state, model config, checksum summary), fsyncs it and renames the directory to `step_N`. The rename is
+atomic, so a kill at any moment leaves either the old set of checkpoints or the old set plus the new one.
+Every tensor's SHA-256 is recorded at save time and verified after load: a corrupted checkpoint raises
+`CheckpointCorruptError` instead of being loaded silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+
+from workloads.model import GPT, GPTConfig
+
+MARKER = "COMPLETE"
+STEP_DIR = re.compile(r"^step_(\d{8})$")
+PARTIAL_PREFIX = ".partial-"
+
+
+class CheckpointError(Exception):
+    """The checkpoint root is unusable (not writable, nothing to load)."""
+
+
+class CheckpointCorruptError(CheckpointError):
+    """Loaded tensors do not match the checksums recorded when they were saved."""
+
+
+@dataclass
+class SaveStats:
+    step: int
+    path: Path
+    bytes: int
+    """Bytes of tensor data in the checkpoint (all ranks' files together)."""
+    seconds: float
+    """Wall time of the DCP save plus the commit (checksums excluded: they are computed before)."""
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def ensure_writable(root: str | Path) -> Path:
+    """Create the root if needed and prove it is writable; otherwise a CheckpointError naming the path."""
+    root = Path(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as error:
+        raise CheckpointError(f"checkpoint directory {root} is not writable: {error.strerror or error}") from None
+    return root
+
+
+def complete_checkpoints(root: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of every checkpoint with a completion marker, oldest first; anything else is ignored."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for entry in root.iterdir():
+        match = STEP_DIR.match(entry.name)
+        if match and (entry / MARKER).is_file():
+            found.append((int(match.group(1)), entry))
+    return sorted(found)
+
+
+def latest_checkpoint(root: str | Path) -> tuple[int, Path] | None:
+    found = complete_checkpoints(root)
+    return found[-1] if found else None
+
+
+def read_marker(path: Path) -> dict[str, Any]:
+    return json.loads((path / MARKER).read_text())
+
+
+def tensor_checksums(state: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """SHA-256 of every tensor's bytes (local shard for DTensors), keyed by its flattened name."""
+    sums: dict[str, str] = {}
+    for key, value in state.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            sums.update(tensor_checksums(value, f"{name}."))
+        elif isinstance(value, torch.Tensor):
+            local = value.to_local() if hasattr(value, "to_local") else value
+            data = local.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+            sums[name] = hashlib.sha256(data).hexdigest()
+    return sums
+
+
+def state_nbytes(state: dict[str, Any]) -> int:
+    total = 0
+    for value in state.values():
+        if isinstance(value, dict):
+            total += state_nbytes(value)
+        elif isinstance(value, torch.Tensor):
+            local = value.to_local() if hasattr(value, "to_local") else value
+            total += local.numel() * local.element_size()
+    return total
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(root: str | Path, step: int, tensors: dict[str, Any], training_state: dict[str, Any],
+                    model_config: GPTConfig, keep: int = 2, rng_state: dict[str, Any] | None = None) -> SaveStats:
+    """Collective: every rank calls it with its state dict of tensors ({"model": ..., "optim": ...}).
+
+    `training_state` (step, LR schedule, data position; identical on every rank) goes into the marker;
+    `rng_state` is per rank. Keeps the newest `keep` complete checkpoints.
+    """
+    root = Path(root)
+    rank = _rank()
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    final = root / step_dir_name(step)
+    partial = root / f"{PARTIAL_PREFIX}{step_dir_name(step)}"
+    checksums = tensor_checksums(tensors)
+    local_bytes = state_nbytes(tensors)
+    if rank == 0 and partial.exists():
+        shutil.rmtree(partial)  # left by a save that was killed
+    _barrier()
+    started = time.perf_counter()
+    dcp.save(tensors, checkpoint_id=partial)  # collective; creates the directory
+    torch.save(rng_state or {}, partial / f"rng_rank{rank}.pt")
+    (partial / f"checksums_rank{rank}.json").write_text(json.dumps(checksums))
+    _barrier()
+    if rank == 0:
+        marker = {"step": step, "world_size": world, "model_config": dataclasses.asdict(model_config),
+                  "training_state": training_state, "tensors": len(checksums), "saved_at": time.time()}
+        with open(partial / MARKER, "w") as handle:
+            json.dump(marker, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if final.exists():  # the same step saved again (e.g. after a restart): replace it
+            shutil.rmtree(final)
+        os.rename(partial, final)
+        _fsync_dir(root)
+        _prune(root, keep)
+    _barrier()
+    seconds = time.perf_counter() - started
+    total_bytes = local_bytes
+    if dist.is_available() and dist.is_initialized():
+        # Replicated (DDP) state is written once, so the checkpoint holds one copy: what rank 0 holds.
+        # Sharded (FSDP) state is split across ranks, so the checkpoint holds the sum.
+        sharded = any(hasattr(v, "to_local") for v in _leaves(tensors))
+        if sharded:
+            summed = torch.tensor([local_bytes], dtype=torch.float64)
+            dist.all_reduce(summed)
+            total_bytes = int(summed.item())
+    return SaveStats(step=step, path=final, bytes=total_bytes, seconds=seconds)
+
+
+def _leaves(state: dict[str, Any]):
+    for value in state.values():
+        if isinstance(value, dict):
+            yield from _leaves(value)
+        else:
+            yield value
+
+
+def _prune(root: Path, keep: int) -> None:
+    for _, path in complete_checkpoints(root)[:-keep] if keep > 0 else []:
+        shutil.rmtree(path, ignore_errors=True)
+    for entry in root.iterdir():
+        if entry.name.startswith(PARTIAL_PREFIX):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def load_checkpoint(path: Path, tensors: dict[str, Any], verify: bool = True) -> dict[str, Any]:
+    """Collective: fill `tensors` in place from the checkpoint at `path`; returns this rank's RNG state.
+
+    With `verify`, every loaded tensor's checksum is compared with the one recorded by the same rank at save time
+    (when the world size is unchanged; otherwise rank 0's record, which covers all replicated state).
+    """
+    if not (path / MARKER).is_file():
+        raise CheckpointError(f"{path} has no {MARKER} marker: it is not a complete checkpoint")
+    rank = _rank()
+    try:
+        dcp.load(tensors, checkpoint_id=path)
+    except Exception as error:  # truncated or garbled DCP files fail inside the reader
+        raise CheckpointCorruptError(f"checkpoint {path} could not be read: {str(error).splitlines()[0][:300]}") \
+            from error
+    if verify:
+        verify_checksums(path, tensors, rank)
+    rng_file = path / f"rng_rank{rank}.pt"
+    return torch.load(rng_file, weights_only=False) if rng_file.is_file() else {}
+
+
+def verify_checksums(path: Path, tensors: dict[str, Any], rank: int = 0) -> None:
+    record = path / f"checksums_rank{rank}.json"
+    if not record.is_file():
+        record = path / "checksums_rank0.json"
+    try:
+        expected = json.loads(record.read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointCorruptError(f"checkpoint {path}: checksum record {record.name} unreadable: {error}") \
+            from None
+    actual = tensor_checksums(tensors)
+    mismatched = sorted(name for name, digest in actual.items() if name in expected and expected[name] != digest)
+    missing = sorted(set(actual) - set(expected))
+    if mismatched or missing:
+        what = mismatched or missing
+        raise CheckpointCorruptError(
+            f"checkpoint {path}: {len(mismatched)} tensors differ from their saved checksums and {len(missing)} "
+            f"have none (first: {what[0]})")
+
+
+def load_for_inference(checkpoint_root: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, GPTConfig]:
+    """The newest complete checkpoint's model, in one plain process (no process group), checksums verified."""
+    found = latest_checkpoint(checkpoint_root)
+    if found is None:
+        raise CheckpointError(f"no complete checkpoint (step_*/{MARKER}) under {checkpoint_root}")
+    _, path = found
+    config = GPTConfig(**read_marker(path)["model_config"])
+    model = GPT(config)
+    tensors = {"model": model.state_dict()}
+    with warnings.catch_warnings():  # DCP warns that it runs without a process group: that is the intent here
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        load_checkpoint(path, tensors)
+    model.load_state_dict(tensors["model"])
+    return model.to(device).eval(), config
