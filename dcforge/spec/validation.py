@@ -160,7 +160,7 @@ def _pydantic_message(detail: dict) -> str:
         return "unknown key"
     if "input" in detail and kind not in ("model_type", "dict_type", "list_type"):
         value = detail["input"]
-        if not isinstance(value, (dict, list)):
+        if not isinstance(value, (dict, list)) and repr(value) not in message:
             message = f"{message} (got {value!r})"
     return message
 

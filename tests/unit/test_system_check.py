@@ -1,0 +1,40 @@
+"""The system check: inventory on this machine, and a clear failure when declared GPUs are not visible."""
+
+from __future__ import annotations
+
+import time
+
+from dcforge.checks.system import SystemCheck, SystemConfig, visible_gpus
+from dcforge.harness.check import CheckContext
+from dcforge.harness.result import Status
+from dcforge.spec import load_environment
+
+
+def run(env_name: str, tmp_path, **settings):
+    ctx = CheckContext(env=load_environment(env_name), report_dir=tmp_path, deadline=time.monotonic() + 60,
+                       log=lambda line: None)
+    return SystemCheck().run(ctx, SystemConfig(**settings))
+
+
+def test_local_inventory(tmp_path):
+    result = run("local", tmp_path)
+    assert result.status == Status.PASS, result.reason
+    assert result.metrics["cpu_count"].value >= 1 and result.metrics["memory_gi"].value > 0
+    details = result.details
+    assert details["kernel"] and details["torch"].startswith("2.")
+    assert len(details["env_sha256"]) == 64 and details["repo_commit"]
+    assert details["expected_gpus"] == 0
+
+
+def test_declared_gpus_missing_fails_with_reason(tmp_path):
+    result = run("prod", tmp_path)
+    visible = len(visible_gpus())
+    if visible >= 8:  # a real HGX node: the check must judge the model and driver instead
+        return
+    assert result.status == Status.FAIL
+    assert f"pool 'train-a' declares 8 H100-SXM per node, but {visible} GPUs are visible" in result.reason
+
+
+def test_memory_floor(tmp_path):
+    result = run("local", tmp_path, min_memory_gi=10**6)
+    assert result.status == Status.FAIL and "below minMemoryGi" in result.reason
