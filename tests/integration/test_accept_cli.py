@@ -1,0 +1,69 @@
+"""`dcforge accept` end to end as a user runs it: real subprocess, real report files, baseline, re-render."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def dcforge(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dcforge.cli", *args], capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+
+
+def only_report(cwd: Path) -> Path:
+    (directory,) = (cwd / "reports" / "local").iterdir()
+    return directory
+
+
+def test_accept_system_writes_three_reports_and_rerenders(tmp_path):
+    proc = dcforge("accept", "--env", "local", "--only", "system", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    directory = only_report(tmp_path)
+    assert f"Report: reports/local/{directory.name}/report.html" in proc.stdout
+    report = json.loads((directory / "report.json").read_text())
+    assert report["status"] == "pass" and report["metadata"]["environment"] == "local"
+    system = next(c for c in report["checks"] if c["name"] == "system")
+    assert system["status"] == "pass" and system["metrics"]["cpu_count"]["value"] >= 1
+    others = [c for c in report["checks"] if c["name"] != "system"]
+    assert all(c["status"] == "skipped" and "not selected" in c["reason"] for c in others)
+    ET.parse(directory / "junit.xml")
+    html = (directory / "report.html").read_text()
+    assert "<h1>dcforge acceptance: local" in html and "system" in html
+
+    (directory / "report.html").unlink()
+    proc = dcforge("report", str(directory), cwd=tmp_path)
+    assert proc.returncode == 0 and (directory / "report.html").exists()
+
+
+def test_baseline_is_recorded_and_informational_metrics_never_regress(tmp_path):
+    baseline = tmp_path / "baseline.json"
+    proc = dcforge("accept", "--only", "system", cwd=tmp_path)
+    assert proc.returncode == 0
+    report = json.loads((only_report(tmp_path) / "report.json").read_text())
+    # a baseline from a "bigger" machine that (wrongly) marked memory as directional
+    system = next(c for c in report["checks"] if c["name"] == "system")
+    system["metrics"]["memory_gi"]["value"] *= 10
+    system["metrics"]["memory_gi"]["better"] = "higher"
+    baseline.write_text(json.dumps(report))
+    run_dir = tmp_path / "second"
+    run_dir.mkdir()
+    # the current run reports memory as informational (better=None): inventory is never a regression
+    proc = dcforge("accept", "--only", "system", "--baseline", str(baseline), "--fail-on-regression", cwd=run_dir)
+    assert proc.returncode == 0, proc.stdout
+    current = json.loads((only_report(run_dir) / "report.json").read_text())
+    assert current["baseline"]["path"] == str(baseline)
+    assert current["baseline"]["regressions"] == []
+
+
+def test_bad_baseline_is_bad_input(tmp_path):
+    (tmp_path / "b.json").write_text("{}")
+    proc = dcforge("accept", "--only", "system", "--baseline", str(tmp_path / "b.json"), cwd=tmp_path)
+    assert proc.returncode == 2 and "not a dcforge report.json" in proc.stderr and "Traceback" not in proc.stderr
