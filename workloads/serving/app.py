@@ -1,0 +1,269 @@
+"""The FastAPI app of one replica: OpenAI-compatible routes, API-key auth, limits, SSE streaming, metrics.
+
+Every refusal is an `APIError` rendered in OpenAI's error shape with a 4xx status; bodies are parsed by hand
+(content type, size, JSON, schema) so that no malformed input can reach a code path that answers 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from workloads.serving import metrics
+from workloads.serving.engine import BatchingEngine, EngineOverloaded, SamplingParams, load_model
+from workloads.serving.protocol import (APIError, ChatCompletionRequest, CompletionRequest, chat_body, chat_chunk,
+                                        completion_body, completion_chunk, new_id, sse, usage_chunk,
+                                        validation_message)
+from workloads.serving.settings import ServerSettings
+
+REPLICA_HEADER = "x-dcforge-replica"
+"""Response header naming the replica (worker pid) that served the request; the failover check uses it."""
+_ROUTES = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/ready", "/metrics"}
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class ServingMiddleware:
+    """Pure ASGI (streaming-safe): body-size limit, replica header, request metrics."""
+
+    def __init__(self, app: Any, max_body_bytes: int):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.replica = str(os.getpid()).encode()
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        route = scope["path"] if scope["path"] in _ROUTES else "other"
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_tagged(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                message["headers"] = [*message.get("headers", []), (REPLICA_HEADER.encode(), self.replica)]
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                metrics.REQUESTS.labels(route, str(status["code"])).inc()
+                metrics.REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
+
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None:
+            refusal = None
+            if not declared.isdigit():
+                refusal = APIError(400, "Content-Length is not a number")
+            elif int(declared) > self.max_body_bytes:
+                refusal = APIError(413, f"request body exceeds {self.max_body_bytes} bytes")
+            if refusal:
+                return await JSONResponse(refusal.body(), refusal.status)(scope, receive, send_tagged)
+        received = 0
+
+        async def limited_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise BodyTooLarge()
+            return message
+
+        await self.app(scope, limited_receive, send_tagged)
+
+
+def create_app(settings: ServerSettings) -> FastAPI:
+    if not settings.api_key:
+        raise ValueError("an API key is required: set DCFORGE_API_KEY or DCFORGE_API_KEY_FILE")
+    served = settings.model.served_name
+    limits = settings.limits
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        torch.set_num_threads(settings.engine.torch_threads)
+        model, config = await asyncio.to_thread(load_model, settings.model)
+        engine = BatchingEngine(model, config, settings.engine, max_pending=limits.max_pending,
+                                observer=metrics.observe_step)
+        await asyncio.to_thread(engine.warm_up)
+        engine.start()
+        app.state.engine = engine
+        ready_file = settings.state_dir / f"ready-{os.getpid()}" if settings.state_dir else None
+        if ready_file:
+            ready_file.write_text(str(time.time()))
+        try:
+            yield
+        finally:
+            engine.stop()
+            if ready_file:
+                ready_file.unlink(missing_ok=True)
+
+    app = FastAPI(title="dcforge OpenAI-compatible server", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.add_middleware(ServingMiddleware, max_body_bytes=limits.max_body_bytes)
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, error: APIError) -> JSONResponse:
+        return JSONResponse(error.body(), error.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = "not_found" if error.status_code == 404 else None
+        return JSONResponse(APIError(error.status_code, str(error.detail), code=code).body(), error.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, error: Exception) -> JSONResponse:
+        return JSONResponse(APIError(500, f"internal error: {type(error).__name__}", "server_error").body(), 500)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+        return JSONResponse(APIError(400, str(error.errors()[:1])).body(), 400)
+
+    def require_api_key(request: Request) -> None:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        # compare_digest: the time taken must not reveal how many leading characters were right.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), settings.api_key.encode()):
+            raise APIError(401, "Incorrect or missing API key; send 'Authorization: Bearer <key>'.",
+                           "invalid_request_error", code="invalid_api_key")
+
+    async def parse(request: Request, model_class: type) -> Any:
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise APIError(415, f"Content-Type must be application/json, got {content_type or 'none'!r}")
+        try:
+            raw = await request.body()
+        except BodyTooLarge:
+            raise APIError(413, f"request body exceeds {limits.max_body_bytes} bytes") from None
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise APIError(400, "request body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise APIError(400, "request body must be a JSON object")
+        try:
+            parsed = model_class.model_validate(data)
+        except ValidationError as error:
+            message, param = validation_message(error)
+            raise APIError(400, message, param=param) from None
+        if parsed.model != served:
+            raise APIError(404, f"The model {parsed.model!r} does not exist; this server serves {served!r}.",
+                           param="model", code="model_not_found")
+        return parsed
+
+    def submit(request: Request, body: CompletionRequest | ChatCompletionRequest):
+        engine: BatchingEngine = request.app.state.engine
+        prompt_ids = body.prompt_ids(engine.tokenizer)
+        max_tokens = body.requested_max_tokens()
+        if not 1 <= max_tokens <= limits.max_tokens:
+            raise APIError(400, f"max_tokens must be between 1 and {limits.max_tokens}, got {max_tokens}",
+                           param="max_tokens")
+        if len(prompt_ids) > limits.max_prompt_tokens:
+            raise APIError(400, f"the prompt has {len(prompt_ids)} tokens, the limit is {limits.max_prompt_tokens}",
+                           param="prompt", code="context_length_exceeded")
+        if len(prompt_ids) + max_tokens > engine.max_context:
+            raise APIError(400, f"This model's maximum context length is {engine.max_context} tokens; the prompt "
+                           f"has {len(prompt_ids)} and max_tokens is {max_tokens}.", param="max_tokens",
+                           code="context_length_exceeded")
+        params = SamplingParams(max_tokens=max_tokens, temperature=body.temperature, seed=body.seed,
+                                stop=body.stop_strings())
+        try:
+            handle = engine.submit(prompt_ids, params)
+        except EngineOverloaded as error:
+            raise APIError(429, f"server overloaded: {error}", "rate_limit_error") from None
+        metrics.PROMPT_TOKENS.inc(len(prompt_ids))
+        return handle
+
+    async def respond(request: Request, body: CompletionRequest | ChatCompletionRequest, chat: bool) -> Response:
+        handle = submit(request, body)
+        request_id = new_id("chatcmpl" if chat else "cmpl")
+        submitted = time.perf_counter()
+        if body.stream:
+            return StreamingResponse(stream(handle, request_id, body, chat, submitted),
+                                     media_type="text/event-stream", headers={"cache-control": "no-cache"})
+        pieces, event = [], None
+        try:
+            async for event in handle.events():
+                if not pieces:
+                    metrics.TTFT_SECONDS.observe(time.perf_counter() - submitted)
+                pieces.append(event.text)
+        finally:
+            handle.cancel()
+        metrics.GENERATED_TOKENS.inc(event.completion_tokens)
+        if event.finish_reason == "error":
+            raise APIError(500, "generation failed on the server", "server_error")
+        build = chat_body if chat else completion_body
+        return JSONResponse(build(request_id, served, "".join(pieces), event.finish_reason, handle.prompt_tokens,
+                                  event.completion_tokens))
+
+    async def stream(handle, request_id: str, body, chat: bool, submitted: float) -> AsyncIterator[bytes]:
+        kind = "chat.completion.chunk" if chat else "text_completion"
+        first = True
+        try:
+            if chat:  # OpenAI opens a chat stream with the assistant role and empty content
+                yield sse(chat_chunk(request_id, served, {"role": "assistant", "content": ""}, None))
+            async for event in handle.events():
+                if first:
+                    metrics.TTFT_SECONDS.observe(time.perf_counter() - submitted)
+                    first = False
+                if event.finish_reason == "error":
+                    yield sse(APIError(500, "generation failed on the server", "server_error").body())
+                    break
+                if event.text:
+                    yield sse(chat_chunk(request_id, served, {"content": event.text}, None) if chat
+                              else completion_chunk(request_id, served, event.text, None))
+                if event.finish_reason:
+                    metrics.GENERATED_TOKENS.inc(event.completion_tokens)
+                    yield sse(chat_chunk(request_id, served, {}, event.finish_reason) if chat
+                              else completion_chunk(request_id, served, "", event.finish_reason))
+                    if body.include_usage_in_stream():
+                        yield sse(usage_chunk(request_id, served, kind, handle.prompt_tokens,
+                                              event.completion_tokens))
+            yield sse("[DONE]")
+        finally:
+            handle.cancel()  # a client that went away frees its batch slot at the next step
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready(request: Request) -> JSONResponse:
+        engine = getattr(request.app.state, "engine", None)
+        if engine is None:
+            return JSONResponse({"status": "loading"}, 503)
+        return JSONResponse({"status": "ready", "replica": os.getpid(), "queue_depth": engine.queue_depth,
+                             "active_sequences": engine.active_sequences})
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        payload, content_type = metrics.render()
+        return Response(payload, media_type=content_type)
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> dict[str, Any]:
+        require_api_key(request)
+        return {"object": "list", "data": [{"id": served, "object": "model", "created": 0, "owned_by": "dcforge"}]}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        require_api_key(request)
+        return await respond(request, await parse(request, CompletionRequest), chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        require_api_key(request)
+        return await respond(request, await parse(request, ChatCompletionRequest), chat=True)
+
+    return app

@@ -1,0 +1,301 @@
+"""Continuous batching over the GPT's slot-based KV cache.
+
+One engine thread owns the model. Between decode steps it admits waiting requests into free cache slots and
+prefills them (B=1, T=prompt); then one forward pass decodes the next token of every active sequence (B=active,
+T=1). Requests join and leave the batch at token granularity, so a long generation never holds up short ones.
+Tokens travel to the asyncio side through a per-request queue (`GenerationHandle`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from workloads.model import GPT, ByteTokenizer, GPTConfig, KVCache, StreamDecoder, get_preset
+from workloads.serving.settings import EngineSettings, ModelSettings
+
+log = logging.getLogger("dcforge.serve")
+
+
+class EngineOverloaded(Exception):
+    """More requests are waiting than `max_pending` allows; the API answers 429."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    """Tokens to generate at most (finish_reason "length" when reached)."""
+    temperature: float = 1.0
+    """0 is greedy decoding; otherwise logits are divided by it before sampling."""
+    seed: int | None = None
+    """Seeds this request's sampler, so the same request gives the same tokens."""
+    stop: tuple[str, ...] = ()
+    """Generation ends before the first occurrence of any of these strings (finish_reason "stop")."""
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    text: str
+    """Text added since the previous event (may be empty on the final event)."""
+    completion_tokens: int
+    """Tokens generated so far."""
+    finish_reason: str | None = None
+    """None while generating; then "stop", "length" or "error"."""
+
+
+class GenerationHandle:
+    """The asyncio side of one request: iterate it for TokenEvents; `cancel()` frees its slot early."""
+
+    def __init__(self, prompt_ids: list[int], params: SamplingParams, loop: asyncio.AbstractEventLoop):
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.cancelled = False
+        self._loop = loop
+        self._queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
+
+    def publish(self, event: TokenEvent) -> None:
+        """Called from the engine thread."""
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+        except RuntimeError:  # the client's event loop is gone (worker shutting down): nobody is listening
+            self.cancelled = True
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    async def events(self) -> AsyncIterator[TokenEvent]:
+        while True:
+            event = await self._queue.get()
+            yield event
+            if event.finish_reason is not None:
+                return
+
+
+@dataclass
+class _Sequence:
+    handle: GenerationHandle
+    slot: int
+    generator: torch.Generator
+    decoder: StreamDecoder
+    length: int = 0
+    """Tokens of this sequence already in the KV cache."""
+    last_token: int = 0
+    generated: int = 0
+    emitted: str = ""
+    pending: str = ""
+    """Decoded text held back because it could be the start of a stop string."""
+
+
+def load_model(settings: ModelSettings) -> tuple[GPT, GPTConfig]:
+    """Random weights of a preset (seeded: every replica serves the same model) or a training checkpoint."""
+    if settings.checkpoint is not None:
+        from workloads.checkpointing import load_for_inference  # the training side owns the checkpoint format
+
+        model, config = load_for_inference(Path(settings.checkpoint))
+    else:
+        config = get_preset(settings.preset)
+        torch.manual_seed(settings.seed)
+        model = GPT(config)
+    return model.eval(), config
+
+
+StepObserver = Callable[[str, int, float, int, int], None]
+"""(phase "prefill"|"decode", batch size, seconds, queue depth, active sequences) after every forward pass."""
+
+
+class BatchingEngine:
+    def __init__(self, model: GPT, config: GPTConfig, settings: EngineSettings, *, max_pending: int = 256,
+                 observer: StepObserver | None = None):
+        self.model = model
+        self.config = config
+        self.settings = settings
+        self.max_context = min(settings.max_context or config.max_seq_len, config.max_seq_len)
+        self.max_pending = max_pending
+        self.tokenizer = ByteTokenizer()
+        self._observer = observer
+        self._cache = KVCache(config, settings.max_batch, self.max_context)
+        self._free_slots = list(range(settings.max_batch))
+        self._pending: deque[GenerationHandle] = deque()
+        self._active: list[_Sequence] = []
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    # -- asyncio side -------------------------------------------------------------------------------------------
+    def submit(self, prompt_ids: list[int], params: SamplingParams) -> GenerationHandle:
+        if not prompt_ids:
+            raise ValueError("the prompt must have at least one token")
+        if len(prompt_ids) + 1 > self.max_context:
+            raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the context holds {self.max_context}")
+        handle = GenerationHandle(list(prompt_ids), params, asyncio.get_running_loop())
+        with self._cond:
+            if len(self._pending) >= self.max_pending:
+                raise EngineOverloaded(f"{len(self._pending)} requests are already waiting")
+            self._pending.append(handle)
+            self._cond.notify()
+        return handle
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._pending)
+
+    @property
+    def active_sequences(self) -> int:
+        return len(self._active)
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="batching-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread:
+            self._thread.join(timeout_s)
+
+    def warm_up(self) -> None:
+        """One prefill and one decode, so the first real request does not pay for lazy initialisation."""
+        with torch.inference_mode():
+            slots = torch.tensor([0])
+            self.model(torch.tensor([[self.tokenizer.bos_id, 65]]), cache=self._cache, slots=slots,
+                       positions=torch.tensor([[0, 1]]))
+            self.model(torch.tensor([[66]]), cache=self._cache, slots=slots, positions=torch.tensor([[2]]))
+
+    # -- engine thread ------------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        torch.set_num_threads(self.settings.torch_threads)
+        with torch.inference_mode():
+            while True:
+                admitted = self._admit()
+                if admitted is None:
+                    return
+                for sequence in admitted:
+                    self._guarded(self._prefill, [sequence])
+                if self._active:
+                    self._guarded(self._decode_step, list(self._active))
+
+    def _admit(self) -> list[_Sequence] | None:
+        """New sequences for free slots; blocks while idle. None when the engine is stopping."""
+        max_wait_s = self.settings.max_wait_ms / 1000
+        with self._cond:
+            if not self._active:
+                while not self._pending and not self._stopping:
+                    self._cond.wait()
+                # Idle engine: let concurrent arrivals gather for up to max_wait so they share the first batch.
+                deadline = time.monotonic() + max_wait_s
+                while (len(self._pending) < len(self._free_slots) and not self._stopping
+                       and (remaining := deadline - time.monotonic()) > 0):
+                    self._cond.wait(remaining)
+            if self._stopping:
+                for handle in self._pending:
+                    handle.publish(TokenEvent("", 0, "error"))
+                self._pending.clear()
+                return None
+            admitted = []
+            while self._pending and self._free_slots:
+                handle = self._pending.popleft()
+                if handle.cancelled:
+                    continue
+                seed = handle.params.seed if handle.params.seed is not None else random.getrandbits(63)
+                admitted.append(_Sequence(handle, self._free_slots.pop(), torch.Generator().manual_seed(seed),
+                                          self.tokenizer.stream_decoder()))
+            return admitted
+
+    def _guarded(self, step: Callable[[list[_Sequence]], None], sequences: list[_Sequence]) -> None:
+        """A failing forward pass ends the sequences it carried with finish_reason "error", never the engine."""
+        try:
+            step(sequences)
+        except Exception:
+            log.exception("forward pass failed; ending %d sequences", len(sequences))
+            for sequence in sequences:
+                sequence.handle.publish(TokenEvent("", sequence.generated, "error"))
+                self._release(sequence)
+
+    def _prefill(self, sequences: list[_Sequence]) -> None:
+        sequence = sequences[0]
+        prompt = sequence.handle.prompt_ids
+        started = time.perf_counter()
+        logits = self.model(torch.tensor([prompt]), cache=self._cache, slots=torch.tensor([sequence.slot]),
+                            positions=torch.arange(len(prompt))[None, :])
+        self._observe("prefill", 1, started)
+        sequence.length = len(prompt)
+        self._active.append(sequence)
+        self._advance(sequence, self._sample(logits[0, -1], sequence))
+
+    def _decode_step(self, sequences: list[_Sequence]) -> None:
+        live = [s for s in sequences if not s.handle.cancelled]
+        for sequence in sequences:
+            if sequence.handle.cancelled:
+                self._release(sequence)
+        if not live:
+            return
+        started = time.perf_counter()
+        logits = self.model(torch.tensor([[s.last_token] for s in live]),
+                            cache=self._cache, slots=torch.tensor([s.slot for s in live]),
+                            positions=torch.tensor([[s.length] for s in live]))
+        self._observe("decode", len(live), started)
+        for row, sequence in enumerate(live):
+            sequence.length += 1
+            self._advance(sequence, self._sample(logits[row, -1], sequence))
+
+    def _sample(self, logits: torch.Tensor, sequence: _Sequence) -> int:
+        temperature = sequence.handle.params.temperature
+        if temperature <= 0:
+            return int(torch.argmax(logits))
+        probabilities = torch.softmax(logits.float() / temperature, dim=-1)
+        return int(torch.multinomial(probabilities, 1, generator=sequence.generator))
+
+    def _advance(self, sequence: _Sequence, token: int) -> None:
+        """Account one sampled token: stream its text, or finish the sequence."""
+        params = sequence.handle.params
+        if token == self.tokenizer.eos_id:
+            return self._finish(sequence, "stop", sequence.decoder.flush())
+        sequence.generated += 1
+        sequence.last_token = token
+        sequence.pending += sequence.decoder.push(token)
+        if params.stop:
+            text = sequence.emitted + sequence.pending
+            search_from = max(0, len(sequence.emitted) - max(map(len, params.stop)) + 1)
+            hits = [i for i in (text.find(stop, search_from) for stop in params.stop) if i >= 0]
+            if hits:
+                return self._finish(sequence, "stop", text[len(sequence.emitted):min(hits)], flush=False)
+        if sequence.generated >= params.max_tokens or sequence.length + 1 >= self.max_context:
+            return self._finish(sequence, "length", sequence.decoder.flush())
+        # Hold back as many characters as a stop string could still need to complete.
+        hold = max(map(len, params.stop)) - 1 if params.stop else 0
+        ready = sequence.pending[:len(sequence.pending) - hold] if hold else sequence.pending
+        if ready:
+            sequence.pending = sequence.pending[len(ready):]
+            sequence.emitted += ready
+            sequence.handle.publish(TokenEvent(ready, sequence.generated))
+
+    def _finish(self, sequence: _Sequence, reason: str, tail: str, *, flush: bool = True) -> None:
+        text = (sequence.pending + tail) if flush else tail
+        sequence.handle.publish(TokenEvent(text, sequence.generated, reason))
+        self._release(sequence)
+
+    def _release(self, sequence: _Sequence) -> None:
+        if sequence in self._active:
+            self._active.remove(sequence)
+        with self._cond:
+            if sequence.slot not in self._free_slots:
+                self._free_slots.append(sequence.slot)
+
+    def _observe(self, phase: str, batch: int, started: float) -> None:
+        if self._observer:
+            self._observer(phase, batch, time.perf_counter() - started, len(self._pending), len(self._active))

@@ -1,0 +1,177 @@
+"""The OpenAI wire format: request models (validated strictly enough that bad input is a 400, never a 500),
+response and SSE chunk builders, and the OpenAI-style error body."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+
+from workloads.model import ByteTokenizer
+
+
+class APIError(Exception):
+    """Any request the server refuses: rendered as {"error": {...}} with a 4xx (or 5xx) status."""
+
+    def __init__(self, status: int, message: str, error_type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.error_type = error_type
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
+
+
+class StreamOptions(BaseModel):
+    include_usage: StrictBool = False
+
+
+class _Request(BaseModel):
+    # Unknown fields (top_p, presence_penalty, user, ...) are accepted and ignored, as many servers do, so
+    # clients that always send them keep working; the fields we honour are typed strictly.
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr
+    max_tokens: StrictInt | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
+    seed: StrictInt | None = None
+    stop: StrictStr | list[StrictStr] | None = None
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    n: Annotated[StrictInt, Field(ge=1, le=1)] = 1
+    """Only one choice per request is supported."""
+
+    @field_validator("temperature", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError("must be a number")
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        stops = [value] if isinstance(value, str) else (value or [])
+        if len(stops) > 4 or any(not stop for stop in stops):
+            raise ValueError("at most 4 non-empty stop strings")
+        return value
+
+    def stop_strings(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+    def requested_max_tokens(self) -> int:
+        return 16 if self.max_tokens is None else self.max_tokens
+
+    def include_usage_in_stream(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class CompletionRequest(_Request):
+    prompt: StrictStr | Annotated[list[StrictStr], Field(min_length=1, max_length=1)] | \
+        Annotated[list[StrictInt], Field(min_length=1)]
+
+    def prompt_ids(self, tokenizer: ByteTokenizer) -> list[int]:
+        if isinstance(self.prompt, str):
+            return [tokenizer.bos_id, *tokenizer.encode(self.prompt)]
+        if isinstance(self.prompt[0], str):
+            return [tokenizer.bos_id, *tokenizer.encode(self.prompt[0])]
+        if any(not 0 <= token < tokenizer.vocab_size for token in self.prompt):
+            raise APIError(400, f"prompt token ids must lie in [0, {tokenizer.vocab_size})", param="prompt")
+        return list(self.prompt)
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: StrictStr
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: StrictStr | list[TextPart] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class ChatCompletionRequest(_Request):
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_completion_tokens: StrictInt | None = None
+
+    def requested_max_tokens(self) -> int:
+        if self.max_completion_tokens is not None:
+            return self.max_completion_tokens
+        return super().requested_max_tokens()
+
+    def prompt_ids(self, tokenizer: ByteTokenizer) -> list[int]:
+        # A plain-text chat template: the byte-level model has no special role tokens.
+        rendered = "".join(f"<|{message.role}|>\n{message.text()}\n" for message in self.messages)
+        return [tokenizer.bos_id, *tokenizer.encode(rendered + "<|assistant|>\n")]
+
+
+def validation_message(error: Exception) -> tuple[str, str | None]:
+    """A one-line message and the offending parameter from a pydantic ValidationError."""
+    errors = getattr(error, "errors", lambda: [])()
+    if not errors:
+        return str(error), None
+    first = errors[0]
+    param = ".".join(str(part) for part in first.get("loc", ())) or None
+    return f"{param}: {first.get('msg', 'invalid value')}" if param else first.get("msg", "invalid"), param
+
+
+# -- responses -----------------------------------------------------------------------------------------------------
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def completion_body(request_id: str, model: str, text: str, finish_reason: str, prompt_tokens: int,
+                    completion_tokens: int) -> dict[str, Any]:
+    return {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
+            "usage": usage(prompt_tokens, completion_tokens)}
+
+
+def chat_body(request_id: str, model: str, text: str, finish_reason: str, prompt_tokens: int,
+              completion_tokens: int) -> dict[str, Any]:
+    return {"id": request_id, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                         "finish_reason": finish_reason}],
+            "usage": usage(prompt_tokens, completion_tokens)}
+
+
+def completion_chunk(request_id: str, model: str, text: str, finish_reason: str | None) -> dict[str, Any]:
+    return {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}]}
+
+
+def chat_chunk(request_id: str, model: str, delta: dict[str, str], finish_reason: str | None) -> dict[str, Any]:
+    return {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+
+
+def usage_chunk(request_id: str, model: str, kind: str, prompt_tokens: int, completion_tokens: int) -> dict:
+    """The final chunk of `stream_options.include_usage`: no choices, only usage."""
+    return {"id": request_id, "object": kind, "created": int(time.time()), "model": model, "choices": [],
+            "usage": usage(prompt_tokens, completion_tokens)}
+
+
+def sse(data: dict[str, Any] | str) -> bytes:
+    """One server-sent event; the stream ends with sse("[DONE]")."""
+    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return f"data: {payload}\n\n".encode()
