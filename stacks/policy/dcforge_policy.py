@@ -1,0 +1,105 @@
+"""CrossGuard policies built from `dcforge.compliance.RULES`: the same rule functions as `dcforge validate`.
+
+Resource rules become one `ResourceValidationPolicy` each (judging one resource's inputs as a manifest dict); set
+rules (default-deny NetworkPolicy in every namespace, a PDB for every inference Deployment, ...) become one
+`StackValidationPolicy` each over every Kubernetes resource of the stack. Violations covered by the namespace-
+scoped GPU exceptions are not reported here; `dcforge validate` lists them.
+
+The `PolicyPack` itself is created only in `__main__.py`: constructing one starts a gRPC server and blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from pulumi_policy import (
+    EnforcementLevel,
+    ReportViolation,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+    Severity,
+    StackValidationArgs,
+    StackValidationPolicy,
+)
+
+from dcforge.compliance import GPU_EXCEPTIONS, RULES, Rule, RuleException, evaluate, resource_id
+from dcforge.manifests import HELM_RELEASE_API_VERSION
+
+POLICY_PACK_NAME = "dcforge-compliance"
+HELM_RELEASE_TYPES = ("kubernetes:helm.sh/v3:Release", "kubernetes:helm.sh/v4:Release")
+_SEVERITY = {"high": Severity.HIGH, "medium": Severity.MEDIUM, "low": Severity.LOW}
+# High and medium findings block `pulumi up`; low ones are advisory (reported, not blocking), as in the report.
+_ENFORCEMENT = {"high": EnforcementLevel.MANDATORY, "medium": EnforcementLevel.MANDATORY,
+                "low": EnforcementLevel.ADVISORY}
+
+
+def manifest_from_props(resource_type: str, props: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest dict a pulumi-kubernetes resource was declared from, or None for other resources.
+
+    Kubernetes resources carry their wire-form object as inputs (apiVersion, kind, metadata, spec, ...); a Helm
+    release becomes the same pseudo-manifest `dcforge synth` writes for it, so release rules see one form.
+    """
+    if resource_type in HELM_RELEASE_TYPES:
+        return {
+            "apiVersion": HELM_RELEASE_API_VERSION,
+            "kind": "HelmRelease",
+            "metadata": {"name": props.get("name", ""), "namespace": props.get("namespace", "default")},
+            "spec": {
+                "chart": props.get("chart", ""),
+                "version": props.get("version", ""),
+                "repository": (props.get("repositoryOpts") or {}).get("repo", ""),
+                "values": props.get("values") or {},
+            },
+        }
+    if resource_type.startswith("kubernetes:") and "apiVersion" in props and "kind" in props:
+        return dict(props)
+    return None
+
+
+def _resource_policy(rule: Rule, exceptions: tuple[RuleException, ...]) -> ResourceValidationPolicy:
+    def validate(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
+        manifest = manifest_from_props(args.resource_type, dict(args.props))
+        if manifest is None:
+            return
+        for violation in evaluate([manifest], exceptions, rules=[rule]):
+            if not violation.excepted:
+                report_violation(f"{violation.resource}: {violation.message}", None)
+
+    return ResourceValidationPolicy(
+        name=rule.id,
+        description=f"{rule.title} ({rule.source})",
+        validate=validate,
+        enforcement_level=_ENFORCEMENT[rule.severity],
+        severity=_SEVERITY[rule.severity],
+    )
+
+
+def _stack_policy(rule: Rule, exceptions: tuple[RuleException, ...]) -> StackValidationPolicy:
+    def validate(args: StackValidationArgs, report_violation: ReportViolation) -> None:
+        manifests: list[dict[str, Any]] = []
+        urns: dict[str, str] = {}
+        for resource in args.resources:
+            manifest = manifest_from_props(resource.resource_type, dict(resource.props))
+            if manifest is not None:
+                manifests.append(manifest)
+                urns[resource_id(manifest)] = resource.urn
+        for violation in evaluate(manifests, exceptions, rules=[rule]):
+            if not violation.excepted:
+                report_violation(f"{violation.resource}: {violation.message}", urns.get(violation.resource))
+
+    return StackValidationPolicy(
+        name=rule.id,
+        description=f"{rule.title} ({rule.source})",
+        validate=validate,
+        enforcement_level=_ENFORCEMENT[rule.severity],
+        severity=_SEVERITY[rule.severity],
+    )
+
+
+def build_policies(rules: Iterable[Rule] = RULES,
+                   exceptions: Iterable[RuleException] = GPU_EXCEPTIONS) -> list[ResourceValidationPolicy | StackValidationPolicy]:
+    """One policy per compliance rule, named by the rule id."""
+    waivers = tuple(exceptions)
+    return [_resource_policy(rule, waivers) if rule.scope == "resource" else _stack_policy(rule, waivers)
+            for rule in rules]
