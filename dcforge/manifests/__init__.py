@@ -1,0 +1,94 @@
+"""Pure functions: environment spec -> Kubernetes manifest dicts (wire form, camelCase).
+
+The Pulumi components in `stacks/`, offline `dcforge synth`, the compliance rules and the golden-file tests all see
+the same dicts. Nothing here talks to a cluster or to Pulumi.
+
+Conventions the stacks engineer relies on:
+- `ComponentManifests.manifests` is in dependency order (Namespaces before the objects placed in them, CRD users
+  after the release that installs the CRD).
+- Named bare-metal nodes appear as `{"apiVersion": "v1", "kind": "Node", "metadata": {"name", "labels"},
+  "spec": {"taints": [...]}}` (applied as a NodePatch).
+- Secrets are `kind: Secret` dicts with `stringData` (turned into Pulumi secrets).
+- Custom resources (Kueue, Rook-Ceph, cert-manager, NetworkAttachmentDefinition) are plain dicts too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+HELM_RELEASE_API_VERSION = "dcforge.io/v1alpha1"
+
+
+@dataclass(frozen=True)
+class HelmRelease:
+    """A Helm chart installation, pinned; `values` are derived from the spec."""
+
+    name: str
+    """Release name."""
+    namespace: str
+    """Namespace the release installs into (created by the component when missing)."""
+    chart: str
+    """Chart name inside the repository, e.g. `gpu-operator`."""
+    version: str
+    """Pinned chart version, e.g. `v24.9.2`."""
+    repository: str
+    """Chart repository URL."""
+    values: dict[str, Any] = field(default_factory=dict)
+    """Chart values (camelCase, as the chart expects)."""
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The release as a pseudo-manifest for `dcforge synth` output (GitOps readable, not a cluster kind)."""
+        return {
+            "apiVersion": HELM_RELEASE_API_VERSION,
+            "kind": "HelmRelease",
+            "metadata": {"name": self.name, "namespace": self.namespace},
+            "spec": {
+                "chart": self.chart,
+                "version": self.version,
+                "repository": self.repository,
+                "values": self.values,
+            },
+        }
+
+
+@dataclass(frozen=True)
+class ComponentManifests:
+    """Everything one Pulumi component declares."""
+
+    component: str
+    """Component type name: GpuNodePool, GpuOperator, DistributedStorage, ClusterNetwork, SecurityBaseline, Acceptance."""
+    name: str
+    """Resource name of the component, e.g. the pool name or `platform`."""
+    manifests: list[dict[str, Any]] = field(default_factory=list)
+    """Kubernetes objects in wire form, in dependency order."""
+    releases: list[HelmRelease] = field(default_factory=list)
+    """Helm releases the component installs (before its manifests that use their CRDs)."""
+
+    def all_objects(self) -> list[dict[str, Any]]:
+        """Releases (as pseudo-manifests) followed by the manifests, the order synth writes them."""
+        return [release.to_manifest() for release in self.releases] + list(self.manifests)
+
+
+from dcforge.manifests.build import (  # noqa: E402  (the types above must exist before the builders import them)
+    acceptance,
+    build_all,
+    cluster_network,
+    distributed_storage,
+    gpu_node_pool,
+    gpu_operator,
+    security_baseline,
+)
+
+__all__ = [
+    "HELM_RELEASE_API_VERSION",
+    "ComponentManifests",
+    "HelmRelease",
+    "acceptance",
+    "build_all",
+    "cluster_network",
+    "distributed_storage",
+    "gpu_node_pool",
+    "gpu_operator",
+    "security_baseline",
+]

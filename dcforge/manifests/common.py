@@ -1,0 +1,145 @@
+"""Shared pieces of every component's manifests: object metadata, namespaces with their network policies.
+
+Every namespace dcforge creates gets the same baseline (Pod Security Admission labels and a default-deny
+NetworkPolicy for ingress and egress) from `namespace_bundle`, so the compliance rules hold by construction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dcforge.spec.models import Environment
+
+MANAGED_BY = {"app.kubernetes.io/managed-by": "dcforge"}
+PURPOSE_LABEL = "dcforge.io/purpose"
+TEAM_LABEL = "dcforge.io/team"
+POOL_LABEL = "dcforge.io/pool"
+RDMA_LABEL = "dcforge.io/rdma"
+
+# Platform namespaces created by the components that install into them.
+GPU_OPERATOR_NAMESPACE = "gpu-operator"
+KUEUE_NAMESPACE = "kueue-system"
+ROOK_NAMESPACE = "rook-ceph"
+NFS_CSI_NAMESPACE = "csi-nfs"
+CERT_MANAGER_NAMESPACE = "cert-manager"
+NETWORK_OPERATOR_NAMESPACE = "nvidia-network-operator"
+DEFAULT_ACCEPTANCE_NAMESPACE = "acceptance"
+
+# The API server is not a pod, so it cannot be selected by labels; operators reach it on these ports.
+API_SERVER_PORTS = (443, 6443)
+
+
+def metadata(name: str, namespace: str | None = None, labels: dict[str, str] | None = None,
+             annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name}
+    if namespace is not None:
+        meta["namespace"] = namespace
+    meta["labels"] = {**MANAGED_BY, **(labels or {})}
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    return meta
+
+
+def k8s_version_label(spec: Environment) -> str:
+    """Pod Security Admission policy version pinned to the cluster's minor version, e.g. `v1.31`."""
+    return f"v{spec.versions.kubernetes}"
+
+
+def namespace(spec: Environment, name: str, purpose: str, pod_security: str,
+              extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
+    version = k8s_version_label(spec)
+    labels = {
+        PURPOSE_LABEL: purpose,
+        "pod-security.kubernetes.io/enforce": pod_security,
+        "pod-security.kubernetes.io/enforce-version": version,
+        # audit and warn at restricted everywhere: shows what a privileged namespace would break if tightened.
+        "pod-security.kubernetes.io/audit": "restricted",
+        "pod-security.kubernetes.io/audit-version": version,
+        "pod-security.kubernetes.io/warn": "restricted",
+        "pod-security.kubernetes.io/warn-version": version,
+        **(extra_labels or {}),
+    }
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": metadata(name, labels=labels)}
+
+
+def network_policy(name: str, namespace_name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata(name, namespace_name),
+        "spec": spec,
+    }
+
+
+def namespace_selector(name: str) -> dict[str, Any]:
+    return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}}
+
+
+def default_deny(namespace_name: str) -> dict[str, Any]:
+    return network_policy("default-deny-all", namespace_name,
+                          {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]})
+
+
+def allow_dns(spec: Environment, namespace_name: str) -> dict[str, Any]:
+    dns_peer = {**namespace_selector(spec.network.cluster_dns_namespace),
+                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
+    return network_policy("allow-dns", namespace_name, {
+        "podSelector": {},
+        "policyTypes": ["Egress"],
+        "egress": [{"to": [dns_peer], "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}],
+    })
+
+
+def allow_same_namespace(namespace_name: str) -> dict[str, Any]:
+    """Pods of one namespace talk freely to each other (NCCL between ranks of a job, operator components)."""
+    return network_policy("allow-same-namespace", namespace_name, {
+        "podSelector": {},
+        "policyTypes": ["Ingress", "Egress"],
+        "ingress": [{"from": [{"podSelector": {}}]}],
+        "egress": [{"to": [{"podSelector": {}}]}],
+    })
+
+
+def allow_api_server(namespace_name: str) -> dict[str, Any]:
+    return network_policy("allow-api-server", namespace_name, {
+        "podSelector": {},
+        "policyTypes": ["Egress"],
+        "egress": [{"ports": [{"protocol": "TCP", "port": port} for port in API_SERVER_PORTS]}],
+    })
+
+
+def allow_webhook(namespace_name: str, port: int) -> dict[str, Any]:
+    """Admission webhooks are called by the API server, whose source address is a node, not a pod."""
+    return network_policy("allow-webhook", namespace_name, {
+        "podSelector": {},
+        "policyTypes": ["Ingress"],
+        "ingress": [{"ports": [{"protocol": "TCP", "port": port}]}],
+    })
+
+
+def platform_namespace(spec: Environment, name: str, pod_security: str,
+                       webhook_port: int | None = None) -> list[dict[str, Any]]:
+    """An operator's namespace: baseline policies plus the API server access every operator needs."""
+    objects = namespace_bundle(spec, name, "platform", pod_security)
+    objects.append(allow_same_namespace(name))
+    objects.append(allow_api_server(name))
+    if webhook_port is not None:
+        objects.append(allow_webhook(name, webhook_port))
+    return objects
+
+
+def namespace_bundle(spec: Environment, name: str, purpose: str, pod_security: str,
+                     extra_labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Namespace + default-deny + DNS egress: the minimum every namespace gets."""
+    return [namespace(spec, name, purpose, pod_security, extra_labels), default_deny(name), allow_dns(spec, name)]
+
+
+def acceptance_namespace(spec: Environment) -> str:
+    for ns in spec.network.namespaces:
+        if ns.purpose == "acceptance":
+            return ns.name
+    return DEFAULT_ACCEPTANCE_NAMESPACE
+
+
+def namespaces_with_purpose(spec: Environment, purpose: str) -> list[str]:
+    return [ns.name for ns in spec.network.namespaces if ns.purpose == purpose]

@@ -1,0 +1,76 @@
+"""Acceptance: the namespace, ServiceAccount and least-privilege roles `dcforge accept` needs on a cluster."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dcforge.manifests import ComponentManifests
+from dcforge.manifests.common import (
+    acceptance_namespace,
+    allow_api_server,
+    allow_same_namespace,
+    metadata,
+    namespace_bundle,
+    namespace_selector,
+    namespaces_with_purpose,
+    network_policy,
+)
+from dcforge.manifests.security import RBAC_API
+from dcforge.spec.models import Environment
+
+HARNESS_NAME = "dcforge-acceptance"
+
+
+def harness_role(namespace_name: str) -> dict[str, Any]:
+    """Runs the benchmark jobs and reads their logs, in its own namespace only."""
+    return {"apiVersion": RBAC_API, "kind": "Role", "metadata": metadata(HARNESS_NAME, namespace_name), "rules": [
+        {"apiGroups": [""], "resources": ["pods", "services", "configmaps"],
+         "verbs": ["get", "list", "watch", "create", "delete"]},
+        {"apiGroups": [""], "resources": ["pods/log", "events"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "delete"]},
+        {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads"], "verbs": ["get", "list", "watch"]},
+    ]}
+
+
+def harness_cluster_reader() -> dict[str, Any]:
+    """Cluster-wide reads the checks need: GPUs per node and the objects the compliance check judges (no Secrets)."""
+    return {"apiVersion": RBAC_API, "kind": "ClusterRole", "metadata": metadata(f"{HARNESS_NAME}-reader"), "rules": [
+        {"apiGroups": [""], "resources": ["nodes", "namespaces", "services", "serviceaccounts", "pods"],
+         "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets", "daemonsets"], "verbs": ["get", "list"]},
+        {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "list"]},
+        {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["get", "list"]},
+        {"apiGroups": ["storage.k8s.io"], "resources": ["storageclasses"], "verbs": ["get", "list"]},
+        {"apiGroups": ["rbac.authorization.k8s.io"],
+         "resources": ["roles", "rolebindings", "clusterroles", "clusterrolebindings"], "verbs": ["get", "list"]},
+    ]}
+
+
+def binding(kind: str, name: str, binding_namespace: str | None, role_kind: str,
+            harness_namespace: str) -> dict[str, Any]:
+    return {"apiVersion": RBAC_API, "kind": kind, "metadata": metadata(name, binding_namespace),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": HARNESS_NAME, "namespace": harness_namespace}]}
+
+
+def acceptance(spec: Environment) -> ComponentManifests:
+    name = acceptance_namespace(spec)
+    pod_security = next((ns.pod_security for ns in spec.network.namespaces if ns.name == name), "restricted")
+    targets = namespaces_with_purpose(spec, "inference") + namespaces_with_purpose(spec, "gateway")
+    manifests = [
+        *namespace_bundle(spec, name, "acceptance", pod_security),
+        allow_same_namespace(name),  # the harness's training/all-reduce jobs talk rank to rank
+        allow_api_server(name),
+        network_policy("allow-to-inference", name, {
+            "podSelector": {}, "policyTypes": ["Egress"],
+            "egress": [{"to": [namespace_selector(ns) for ns in targets]}]}),
+        # Token not mounted by default (CIS 5.1.6): the harness's own pod opts in with
+        # automountServiceAccountToken: true in its pod spec; the benchmark jobs it starts do not.
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata(HARNESS_NAME, name),
+         "automountServiceAccountToken": False},
+        harness_role(name),
+        binding("RoleBinding", HARNESS_NAME, name, "Role", name),
+        harness_cluster_reader(),
+        binding("ClusterRoleBinding", f"{HARNESS_NAME}-reader", None, "ClusterRole", name),
+    ]
+    return ComponentManifests(component="Acceptance", name="acceptance", manifests=manifests)

@@ -1,0 +1,131 @@
+"""GpuNodePool: node labels and taints, Kueue flavor/queues and the pool's device-plugin selection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dcforge.manifests import ComponentManifests
+from dcforge.manifests.common import POOL_LABEL, PURPOSE_LABEL, metadata, namespaces_with_purpose
+from dcforge.spec.models import Environment, GpuPool
+
+KUEUE_API = "kueue.x-k8s.io/v1beta1"
+GPU_RESOURCE = "nvidia.com/gpu"
+# GPU Operator node labels that pick a key of the device-plugin ConfigMap and a mig-parted profile.
+DEVICE_PLUGIN_CONFIG_LABEL = "nvidia.com/device-plugin.config"
+MIG_CONFIG_LABEL = "nvidia.com/mig.config"
+# Slices of one GPU per MIG compute size (A100/H100/H200 have 7 compute slices).
+MIG_SLICES_PER_GPU = {"1g": 7, "2g": 3, "3g": 2, "4g": 1, "7g": 1}
+
+
+def mig_slices(profile: str) -> int:
+    return MIG_SLICES_PER_GPU[profile.split(".", 1)[0]]
+
+
+def gpu_resource_name(pool: GpuPool) -> str:
+    """The extended resource pods request on this pool (MIG mixed strategy exposes one resource per profile)."""
+    sharing = pool.sharing
+    if sharing.mode == "mig" and sharing.mig_strategy == "mixed" and sharing.mig_profile:
+        return f"nvidia.com/mig-{sharing.mig_profile}"
+    return GPU_RESOURCE
+
+
+def schedulable_gpus(pool: GpuPool) -> int:
+    """GPU units the device plugin advertises: time-slicing replicas or MIG slices multiply physical GPUs."""
+    sharing = pool.sharing
+    if sharing.mode == "time-slicing":
+        return pool.total_gpus * sharing.replicas
+    if sharing.mode == "mig" and sharing.mig_profile:
+        return pool.total_gpus * mig_slices(sharing.mig_profile)
+    return pool.total_gpus
+
+
+def pool_node_labels(pool: GpuPool) -> dict[str, str]:
+    labels = {POOL_LABEL: pool.name, PURPOSE_LABEL: pool.purpose, **pool.labels}
+    if pool.sharing.mode == "time-slicing":
+        labels[DEVICE_PLUGIN_CONFIG_LABEL] = pool.name
+    if pool.sharing.mode == "mig":
+        labels[MIG_CONFIG_LABEL] = (f"all-{pool.sharing.mig_profile}" if pool.sharing.mig_profile
+                                    else "all-balanced")
+    return labels
+
+
+def pool_taints(pool: GpuPool) -> list[dict[str, str]]:
+    return [{"key": t.key, "value": t.value, "effect": t.effect} if t.value else {"key": t.key, "effect": t.effect}
+            for t in pool.taints]
+
+
+def pool_tolerations(pool: GpuPool) -> list[dict[str, str]]:
+    return [{**taint, "operator": "Equal" if "value" in taint else "Exists"} for taint in pool_taints(pool)]
+
+
+def queue_namespaces(spec: Environment, pool: GpuPool) -> list[str]:
+    """Namespaces that may submit to this pool: teams with a quota on it, the platform namespaces of its purpose
+    and the acceptance namespace when acceptance runs on this pool."""
+    names = [team.namespace for team in spec.security.teams if team.gpu_quota.get(pool.name, 0) > 0]
+    if pool.purpose in ("training", "inference"):
+        names += namespaces_with_purpose(spec, pool.purpose)
+    acceptance_pool = spec.acceptance.pool or (spec.gpu_pools[0].name if spec.gpu_pools else None)
+    if acceptance_pool == pool.name:
+        names += namespaces_with_purpose(spec, "acceptance") or ["acceptance"]
+    return list(dict.fromkeys(names))
+
+
+def resource_flavor(pool: GpuPool) -> dict[str, Any]:
+    spec: dict[str, Any] = {"nodeLabels": {POOL_LABEL: pool.name}}
+    if pool.taints:
+        spec["nodeTaints"] = pool_taints(pool)
+        spec["tolerations"] = pool_tolerations(pool)
+    return {"apiVersion": KUEUE_API, "kind": "ResourceFlavor", "metadata": metadata(pool.name), "spec": spec}
+
+
+def cluster_queue(spec: Environment, pool: GpuPool) -> dict[str, Any]:
+    quota = pool.quota
+    gpu_resource = gpu_resource_name(pool)
+    nominal = {
+        "cpu": quota.cpu if quota.cpu is not None else pool.cpus_per_node * pool.size,
+        "memory": f"{quota.memory_gi if quota.memory_gi is not None else pool.memory_gi_per_node * pool.size}Gi",
+        gpu_resource: quota.gpus if quota.gpus is not None else schedulable_gpus(pool),
+    }
+    return {
+        "apiVersion": KUEUE_API,
+        "kind": "ClusterQueue",
+        "metadata": metadata(pool.name, labels={POOL_LABEL: pool.name}),
+        "spec": {
+            "namespaceSelector": {"matchExpressions": [{
+                "key": "kubernetes.io/metadata.name", "operator": "In", "values": queue_namespaces(spec, pool)}]},
+            "queueingStrategy": "BestEffortFIFO",
+            "preemption": {"withinClusterQueue": "LowerPriority", "reclaimWithinCohort": "Any"},
+            "resourceGroups": [{
+                "coveredResources": list(nominal),
+                "flavors": [{"name": pool.name, "resources": [
+                    {"name": name, "nominalQuota": value} for name, value in nominal.items()]}],
+            }],
+        },
+    }
+
+
+def local_queue(pool: GpuPool, namespace_name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": KUEUE_API,
+        "kind": "LocalQueue",
+        "metadata": metadata(pool.name, namespace_name, labels={POOL_LABEL: pool.name}),
+        "spec": {"clusterQueue": pool.name},
+    }
+
+
+def node_patch(pool: GpuPool, node_name: str) -> dict[str, Any]:
+    """A named bare-metal node: only labels and taints are declared (the stacks apply it as a NodePatch)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": node_name, "labels": pool_node_labels(pool)},
+        "spec": {"taints": pool_taints(pool)},
+    }
+
+
+def gpu_node_pool(spec: Environment, pool: GpuPool) -> ComponentManifests:
+    manifests = [node_patch(pool, node) for node in pool.nodes]
+    manifests.append(resource_flavor(pool))
+    manifests.append(cluster_queue(spec, pool))
+    manifests.extend(local_queue(pool, ns) for ns in queue_namespaces(spec, pool))
+    return ComponentManifests(component="GpuNodePool", name=pool.name, manifests=manifests)
