@@ -177,7 +177,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                            f"has {len(prompt_ids)} and max_tokens is {max_tokens}.", param="max_tokens",
                            code="context_length_exceeded")
         params = SamplingParams(max_tokens=max_tokens, temperature=body.temperature, seed=body.seed,
-                                stop=body.stop_strings())
+                                stop=body.stop_strings(), ignore_eos=body.ignore_eos)
         try:
             handle = engine.submit(prompt_ids, params)
         except EngineOverloaded as error:

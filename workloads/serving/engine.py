@@ -40,6 +40,8 @@ class SamplingParams:
     """Seeds this request's sampler, so the same request gives the same tokens."""
     stop: tuple[str, ...] = ()
     """Generation ends before the first occurrence of any of these strings (finish_reason "stop")."""
+    ignore_eos: bool = False
+    """Never sample EOS (vLLM's extension): load tests use it so every answer has exactly max_tokens tokens."""
 
 
 @dataclass(frozen=True)
@@ -255,6 +257,9 @@ class BatchingEngine:
 
     def _sample(self, logits: torch.Tensor, sequence: _Sequence) -> int:
         temperature = sequence.handle.params.temperature
+        if sequence.handle.params.ignore_eos:
+            logits = logits.clone()
+            logits[self.tokenizer.eos_id] = float("-inf")
         if temperature <= 0:
             return int(torch.argmax(logits))
         probabilities = torch.softmax(logits.float() / temperature, dim=-1)

@@ -47,6 +47,8 @@ class _Request(BaseModel):
     stream_options: StreamOptions | None = None
     n: Annotated[StrictInt, Field(ge=1, le=1)] = 1
     """Only one choice per request is supported."""
+    ignore_eos: StrictBool = False
+    """vLLM's extension: generate exactly max_tokens tokens."""
 
     @field_validator("temperature", mode="before")
     @classmethod

@@ -1,0 +1,151 @@
+"""The parts of the LLM Locust user that do not need Locust: prompts, request bodies, SSE parsing and the
+per-request JSONL log. Kept apart so they are unit-tested without gevent's monkey-patching."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+_WORDS = ("data centre GPU training serving token latency cluster network storage model batch cache kernel "
+          "memory bandwidth throughput replica request stream").split()
+
+
+def make_prompt(rng: random.Random, approx_tokens: int) -> str:
+    """Text of about `approx_tokens` tokens for byte tokenizers (one token per byte); subword tokenizers see
+    fewer, and the log records the server's own count from `usage`."""
+    words: list[str] = []
+    length = 0
+    while length < approx_tokens:
+        word = rng.choice(_WORDS)
+        words.append(word)
+        length += len(word) + 1
+    return " ".join(words)[:max(1, approx_tokens)]
+
+
+def request_body(endpoint: str, model: str, prompt: str, max_tokens: int, stream: bool, temperature: float,
+                 ignore_eos: bool = True) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "temperature": temperature, "stream": stream}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    if ignore_eos:
+        # vLLM extension: generate exactly max_tokens so every request has the same output length; servers
+        # that do not know the field ignore it.
+        body["ignore_eos"] = True
+    if endpoint == "chat":
+        body["messages"] = [{"role": "user", "content": prompt}]
+    else:
+        body["prompt"] = prompt
+    return body
+
+
+def time_per_output_token_s(e2e_s: float, ttft_s: float, output_tokens: int) -> float | None:
+    """TPOT = (e2e - TTFT) / (output_tokens - 1) (DESIGN.md §4); None with fewer than two tokens."""
+    return (e2e_s - ttft_s) / (output_tokens - 1) if output_tokens > 1 else None
+
+
+def endpoint_path(endpoint: str) -> str:
+    return "/v1/chat/completions" if endpoint == "chat" else "/v1/completions"
+
+
+@dataclass
+class SseEvent:
+    done: bool = False
+    """The `[DONE]` sentinel."""
+    text: str = ""
+    """Generated text carried by this chunk (choice text or delta content)."""
+    usage: dict[str, int] | None = None
+    error: str | None = None
+    finish_reason: str | None = None
+
+
+def parse_sse_line(line: str) -> SseEvent | None:
+    """One line of an OpenAI stream; None for blank lines, comments and non-data fields."""
+    line = line.strip()
+    if not line.startswith("data:"):
+        return None
+    payload = line[5:].strip()
+    if payload == "[DONE]":
+        return SseEvent(done=True)
+    try:
+        chunk = json.loads(payload)
+    except ValueError:
+        return SseEvent(error=f"malformed SSE payload: {payload[:80]!r}")
+    if not isinstance(chunk, dict):
+        return SseEvent(error="SSE payload is not an object")
+    if chunk.get("error"):
+        error = chunk["error"]
+        return SseEvent(error=str(error.get("message", error) if isinstance(error, dict) else error))
+    event = SseEvent(usage=chunk.get("usage") or None)
+    for choice in chunk.get("choices") or []:
+        delta = choice.get("delta") or {}
+        event.text += choice.get("text") or delta.get("content") or ""
+        event.finish_reason = choice.get("finish_reason") or event.finish_reason
+    return event
+
+
+@dataclass
+class RequestRecord:
+    """One line of the per-request log: everything the metric formulas (DESIGN.md §4) need."""
+
+    start: float
+    """Send time, seconds since the epoch (comparable across Locust processes and with the kill time)."""
+    end: float
+    ok: bool
+    status: int = 0
+    """HTTP status; 0 when no response arrived (connection refused/reset, timeout)."""
+    error: str = ""
+    ttft_s: float | None = None
+    """First non-empty token time - send time; None without a streamed token."""
+    e2e_s: float = 0.0
+    token_times_s: list[float] = field(default_factory=list)
+    """Arrival time (s after send) of every non-empty chunk; ITL = gaps between consecutive ones."""
+    output_tokens: int = 0
+    """The server's `usage.completion_tokens` when given, else the count of non-empty chunks."""
+    prompt_tokens: int | None = None
+    replica: str = ""
+    """The x-dcforge-replica response header (which server process answered), when the server sends it."""
+    stream: bool = True
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["token_times_s"] = [round(t, 6) for t in self.token_times_s]
+        return json.dumps(data, separators=(",", ":"))
+
+
+class RequestLog:
+    """Appends records as JSON lines. `{pid}` in the path is replaced, so `--processes N` workers each write
+    their own file and never interleave partial lines."""
+
+    def __init__(self, path_template: str | os.PathLike[str]):
+        self.path = Path(str(path_template).replace("{pid}", str(os.getpid())))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._file: TextIO | None = open(self.path, "a", buffering=1)
+
+    def write(self, record: RequestRecord) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.write(record.to_json() + "\n")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
+def read_records(paths: list[Path]) -> list[dict[str, Any]]:
+    """Every record of the given JSONL files, sorted by send time; a torn last line (killed writer) is skipped."""
+    records = []
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return sorted(records, key=lambda record: record["start"])

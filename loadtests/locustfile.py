@@ -1,0 +1,209 @@
+"""Locust user for any OpenAI-compatible LLM endpoint (the bundled server, vLLM, TGI, ...).
+
+    OPENAI_API_KEY=... locust -f loadtests/locustfile.py --host http://127.0.0.1:8000 --llm-model my-model
+
+Each request streams (unless --llm-no-stream) and is timed as users feel it: time to first token (TTFT), time per
+output token (TPOT), inter-token latency (ITL) and end-to-end latency. TTFT and TPOT are also reported as custom
+Locust request types ("LLM ttft", "LLM tpot") so the web UI charts them; the exact numbers go to a per-request
+JSONL log (--llm-request-log, `{pid}` replaced per process) from which percentiles are computed exactly.
+
+Arrivals: `--llm-arrival closed` (each user sends, waits for the answer, sends again), or open-loop `constant` /
+`poisson` at `--llm-rate` requests/s in total, spread over the users, where every arrival runs in its own greenlet
+so slow answers never slow the arrivals. Works with `--processes N`. The API key comes from OPENAI_API_KEY or the
+file named by --llm-api-key-file / LLM_API_KEY_FILE, never from the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import gevent
+from locust import FastHttpUser, constant, events, task
+
+try:
+    from loadtests.llm_protocol import (RequestLog, RequestRecord, endpoint_path, make_prompt, parse_sse_line,
+                                        request_body, time_per_output_token_s)
+except ImportError:  # `locust -f path/to/locustfile.py` outside an install: Locust puts this directory on sys.path
+    from llm_protocol import (RequestLog, RequestRecord, endpoint_path, make_prompt,  # type: ignore[no-redef]
+                              parse_sse_line, request_body, time_per_output_token_s)
+
+_request_log: RequestLog | None = None
+
+
+@events.init_command_line_parser.add_listener
+def _add_options(parser) -> None:
+    group = parser.add_argument_group("LLM user")
+    group.add_argument("--llm-model", default="", env_var="LLM_MODEL", help="model id; default: first of /v1/models")
+    group.add_argument("--llm-endpoint", choices=["chat", "completions"], default="chat", env_var="LLM_ENDPOINT")
+    group.add_argument("--llm-api-key-file", default="", env_var="LLM_API_KEY_FILE",
+                       help="file whose first line is the API key (else OPENAI_API_KEY)")
+    group.add_argument("--llm-prompt-tokens", type=int, default=64, env_var="LLM_PROMPT_TOKENS")
+    group.add_argument("--llm-prompt-tokens-spread", type=float, default=0.25, env_var="LLM_PROMPT_TOKENS_SPREAD",
+                       help="prompt length is uniform in tokens * (1 +/- spread)")
+    group.add_argument("--llm-max-tokens", type=int, default=32, env_var="LLM_MAX_TOKENS")
+    group.add_argument("--llm-temperature", type=float, default=1.0, env_var="LLM_TEMPERATURE")
+    group.add_argument("--llm-no-stream", action="store_true", env_var="LLM_NO_STREAM")
+    group.add_argument("--llm-arrival", choices=["closed", "constant", "poisson"], default="closed",
+                       env_var="LLM_ARRIVAL")
+    group.add_argument("--llm-rate", type=float, default=1.0, env_var="LLM_RATE",
+                       help="open-loop arrivals per second, all users together")
+    group.add_argument("--llm-max-inflight", type=int, default=64, env_var="LLM_MAX_INFLIGHT",
+                       help="open loop: in-flight requests per user; arrivals beyond are logged as dropped")
+    group.add_argument("--llm-timeout", type=float, default=60.0, env_var="LLM_TIMEOUT",
+                       help="seconds before a request counts as timed out")
+    group.add_argument("--llm-request-log", default="", env_var="LLM_REQUEST_LOG",
+                       help="per-request JSONL log path; {pid} is replaced by the process id")
+
+
+@events.test_start.add_listener
+def _open_log(environment, **_kwargs) -> None:
+    global _request_log
+    options = environment.parsed_options
+    if options is not None and options.llm_request_log and _request_log is None:
+        _request_log = RequestLog(options.llm_request_log)
+
+
+@events.quitting.add_listener
+def _close_log(**_kwargs) -> None:
+    if _request_log is not None:
+        _request_log.close()
+
+
+def _api_key(options) -> str:
+    if options.llm_api_key_file:
+        return Path(options.llm_api_key_file).read_text().splitlines()[0].strip()
+    return os.environ.get("OPENAI_API_KEY", "")
+
+
+class LlmUser(FastHttpUser):
+    """One simulated client of an OpenAI-compatible endpoint."""
+
+    abstract = False
+    wait_time = constant(0)
+    network_timeout = 60.0
+    connection_timeout = 10.0
+    insecure = True  # the bundled check serves a self-signed certificate when TLS is on
+
+    def on_start(self) -> None:
+        self.options = self.environment.parsed_options
+        self.network_timeout = self.options.llm_timeout
+        self.headers = {"Authorization": f"Bearer {_api_key(self.options)}"}
+        self.rng = random.Random()
+        self.model = self.options.llm_model or self._first_model()
+        self.inflight = 0
+        users = max(1, getattr(self.options, "num_users", 1) or 1)
+        self.user_rate = self.options.llm_rate / users
+
+    def _first_model(self) -> str:
+        with self.client.get("/v1/models", headers=self.headers, name="/v1/models", catch_response=True) as resp:
+            try:
+                return resp.json()["data"][0]["id"]
+            except Exception:
+                resp.failure("cannot list models; pass --llm-model")
+                return "default"
+
+    @task
+    def generate(self) -> None:
+        if self.options.llm_arrival == "closed":
+            self.send_request()
+            return
+        mean_gap = 1.0 / self.user_rate if self.user_rate > 0 else 1.0
+        gevent.sleep(self.rng.expovariate(1.0 / mean_gap) if self.options.llm_arrival == "poisson" else mean_gap)
+        if self.inflight >= self.options.llm_max_inflight:
+            now = time.time()
+            self._record(RequestRecord(start=now, end=now, ok=False, error="dropped: client at max in-flight"))
+            return
+        self.inflight += 1
+        gevent.spawn(self._send_counted)
+
+    def _send_counted(self) -> None:
+        try:
+            self.send_request()
+        finally:
+            self.inflight -= 1
+
+    def send_request(self) -> None:
+        options = self.options
+        spread = options.llm_prompt_tokens_spread
+        prompt_tokens = max(1, round(options.llm_prompt_tokens * self.rng.uniform(1 - spread, 1 + spread)))
+        stream = not options.llm_no_stream
+        body = request_body(options.llm_endpoint, self.model, make_prompt(self.rng, prompt_tokens),
+                            options.llm_max_tokens, stream, options.llm_temperature)
+        path = endpoint_path(options.llm_endpoint)
+        record = RequestRecord(start=time.time(), end=0.0, ok=False, stream=stream)
+        started = time.perf_counter()
+        with self.client.post(path, data=json.dumps(body), headers={**self.headers, "Content-Type": "application/json"},
+                              stream=stream, catch_response=True, name=path) as resp:
+            record.status = resp.status_code or 0
+            record.replica = (resp.headers or {}).get("x-dcforge-replica", "") if record.status else ""
+            try:
+                if record.status != 200:
+                    record.error = getattr(resp, "error", None) and repr(resp.error) or f"HTTP {record.status}: " \
+                        f"{(resp.text or '')[:200]}"
+                elif stream:
+                    self._read_stream(resp, record, started)
+                else:
+                    data = resp.json()
+                    record.output_tokens = int(data["usage"]["completion_tokens"])
+                    record.prompt_tokens = int(data["usage"]["prompt_tokens"])
+                    record.ok = True
+            except Exception as error:  # a dropped connection mid-stream is a failed request, not a crash
+                record.error = f"{type(error).__name__}: {error}"[:300]
+                record.ok = False
+            record.e2e_s = time.perf_counter() - started
+            record.end = record.start + record.e2e_s
+            resp.request_meta["response_time"] = record.e2e_s * 1000
+            resp.request_meta["response_length"] = record.output_tokens
+            if record.ok:
+                resp.success()
+            else:
+                resp.failure(record.error or "failed")
+        self._record(record)
+        self._fire_token_events(record)
+
+    def _read_stream(self, resp, record: RequestRecord, started: float) -> None:
+        raw = resp._response  # geventhttpclient response: readline returns each SSE line as soon as it arrives
+        saw_done = False
+        chunks = 0
+        while True:
+            line = raw.readline(b"\n")
+            if not line:
+                break
+            event = parse_sse_line(line.decode("utf-8", errors="replace"))
+            if event is None:
+                continue
+            if event.error:
+                raise RuntimeError(f"server error in stream: {event.error}")
+            if event.done:
+                saw_done = True
+                break
+            if event.text:
+                chunks += 1
+                record.token_times_s.append(time.perf_counter() - started)
+            if event.usage:
+                record.output_tokens = int(event.usage.get("completion_tokens", 0))
+                record.prompt_tokens = event.usage.get("prompt_tokens")
+        if not saw_done:
+            raise ConnectionError("stream ended before [DONE]")
+        record.output_tokens = record.output_tokens or chunks
+        record.ttft_s = record.token_times_s[0] if record.token_times_s else None
+        record.ok = True
+
+    def _record(self, record: RequestRecord) -> None:
+        if _request_log is not None:
+            _request_log.write(record)
+
+    def _fire_token_events(self, record: RequestRecord) -> None:
+        if not record.ok or record.ttft_s is None:
+            return
+        fire = self.environment.events.request.fire
+        fire(request_type="LLM", name="ttft", response_time=record.ttft_s * 1000, response_length=record.output_tokens,
+             exception=None, context={})
+        tpot_s = time_per_output_token_s(record.e2e_s, record.ttft_s, record.output_tokens)
+        if tpot_s is not None:
+            fire(request_type="LLM", name="tpot", response_time=tpot_s * 1000, response_length=record.output_tokens,
+                 exception=None, context={})
