@@ -152,6 +152,15 @@ def report(path: Path = typer.Argument(..., help="A report directory (or its rep
     console.print(f"Rendered {directory / 'report.html'} and {directory / 'junit.xml'}")
 
 
+@app.command()
+def synth(env: str = EnvOption, env_file: Optional[Path] = EnvFileOption,
+          out: Path = typer.Option(..., "--out", "-o", help="Directory to write the manifests to (GitOps).")) -> None:
+    """Write every cluster manifest of an environment as YAML, schema-validated and compliance-checked."""
+    from dcforge.synth import synth_command
+
+    raise typer.Exit(synth_command(env, out, env_file))
+
+
 def main() -> None:
     """Console entry point: bad input is one line on stderr and exit code 2, never a traceback."""
     try:

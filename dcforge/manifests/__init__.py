@@ -63,11 +63,14 @@ class ComponentManifests:
     manifests: list[dict[str, Any]] = field(default_factory=list)
     """Kubernetes objects in wire form, in dependency order."""
     releases: list[HelmRelease] = field(default_factory=list)
-    """Helm releases the component installs (before its manifests that use their CRDs)."""
+    """Helm releases the component installs: after its own Namespaces, before the custom resources they serve."""
 
     def all_objects(self) -> list[dict[str, Any]]:
-        """Releases (as pseudo-manifests) followed by the manifests, the order synth writes them."""
-        return [release.to_manifest() for release in self.releases] + list(self.manifests)
+        """Apply order, as synth writes it: own Namespaces, then the releases (which install into them and bring
+        the CRDs), then every other manifest."""
+        namespaces = [m for m in self.manifests if m.get("kind") == "Namespace"]
+        others = [m for m in self.manifests if m.get("kind") != "Namespace"]
+        return namespaces + [release.to_manifest() for release in self.releases] + others
 
 
 from dcforge.manifests.build import (  # noqa: E402  (the types above must exist before the builders import them)

@@ -1,0 +1,101 @@
+"""`compliance`: the environment's cluster manifests judged by the compliance rules and the Kubernetes schema.
+
+What is judged is what `dcforge synth` writes for this environment (the same dicts the Pulumi stack declares), so
+the verdict holds before anything is deployed; exceptions (GPU Operator, RDMA, storage daemons) are reported with
+their reasons and not counted. Metrics: `violations` (not excepted, every severity), `violations_high|medium|low`,
+`excepted`, `schema_errors`, `objects`, `rules`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict
+from typing import Literal
+
+from pydantic import Field
+
+from dcforge.harness.check import CheckConfig, CheckContext
+from dcforge.harness.result import CheckResult, Plot, Series
+
+SEVERITY_ORDER = ("high", "medium", "low")
+
+
+class ComplianceConfig(CheckConfig):
+    fail_on_severity: Literal["high", "medium", "low", "never"] = "medium"
+    """Fail the check when a non-excepted violation of this severity or worse exists (`never`: leave it to SLOs)."""
+    fail_on_schema_errors: bool = True
+    """Fail when a synthesized object does not validate against the Kubernetes schema of versions.kubernetes."""
+    write_manifests: bool = Field(default=True)
+    """Keep the synthesized manifests under the report's artefacts (what exactly was judged)."""
+
+
+class ComplianceCheck:
+    name = "compliance"
+    description = "Compliance rules (CIS, NSA/CISA, Kyverno restricted, Checkov) and schema over the cluster manifests."
+    Config = ComplianceConfig
+
+    def run(self, ctx: CheckContext, config: ComplianceConfig) -> CheckResult:
+        from dcforge.compliance import RULES, RULES_BY_ID, exceptions_for
+        from dcforge.synth import summary_line, synthesize, verify_objects, write_files
+
+        result = CheckResult(self.name)
+        spec = ctx.env.spec
+        files = synthesize(spec)
+        objects = [obj for chunk in files.values() for obj in chunk]
+        verification = verify_objects(spec, objects)
+        failures = verification.failures
+        by_severity = Counter(RULES_BY_ID[v.rule_id].severity for v in failures)
+
+        result.add_metric("violations", len(failures), "violations", better="lower")
+        for severity in SEVERITY_ORDER:
+            result.add_metric(f"violations_{severity}", by_severity[severity], "violations", better="lower")
+        result.add_metric("excepted", len(verification.violations) - len(failures), "violations")
+        result.add_metric("schema_errors", len(verification.schema.errors), "objects", better="lower")
+        result.add_metric("objects", len(objects), "objects")
+        result.add_metric("rules", len(RULES), "rules")
+        ctx.log(summary_line(verification))
+
+        per_rule = Counter(v.rule_id for v in failures)
+        per_rule_excepted = Counter(v.rule_id for v in verification.violations if v.excepted)
+        rule_ids = sorted(set(per_rule) | set(per_rule_excepted))
+        if rule_ids:
+            result.plots.append(Plot(
+                title="Findings per rule", x_label="rule", y_label="objects", kind="bar",
+                series=[Series("violations", list(range(len(rule_ids))), [per_rule[r] for r in rule_ids]),
+                        Series("excepted", list(range(len(rule_ids))), [per_rule_excepted[r] for r in rule_ids])]))
+        exceptions = exceptions_for(spec)
+        findings = {
+            "kubernetes_version": verification.schema.kubernetes_version,
+            "rules": [{"id": r.id, "title": r.title, "severity": r.severity, "source": r.source, "scope": r.scope}
+                      for r in RULES],
+            "exceptions": [asdict(e) for e in exceptions],
+            "violations": [asdict(v) for v in verification.violations],
+            "schema_errors": [asdict(e) for e in verification.schema.errors],
+            "schema_skipped": dict(verification.schema.skipped),
+        }
+        folder = ctx.artefact_dir(self.name)
+        (folder / "findings.json").write_text(json.dumps(findings, indent=2))
+        result.artefacts["findings"] = ctx.relative(folder / "findings.json")
+        if config.write_manifests:
+            write_files(files, folder / "manifests")
+            result.artefacts["manifests"] = ctx.relative(folder / "manifests")
+        result.details = {
+            "plot_rules": rule_ids,
+            "exceptions": [f"{e.id} ({', '.join(e.namespaces)}): {e.reason}" for e in exceptions],
+            "excepted": [f"{v.rule_id} {v.resource} ({v.exception})" for v in verification.violations if v.excepted],
+            "schema_skipped": dict(verification.schema.skipped),
+        }
+
+        if config.fail_on_schema_errors and verification.schema.errors:
+            first = verification.schema.errors[0]
+            result.fail(f"{len(verification.schema.errors)} objects fail the Kubernetes "
+                        f"{verification.schema.kubernetes_version} schema, first {first.resource}: {first.message}")
+        if config.fail_on_severity != "never":
+            worst = SEVERITY_ORDER[: SEVERITY_ORDER.index(config.fail_on_severity) + 1]
+            blocking = [v for v in failures if RULES_BY_ID[v.rule_id].severity in worst]
+            if blocking:
+                first = blocking[0]
+                result.fail(f"{len(blocking)} violations of severity {config.fail_on_severity} or worse, first "
+                            f"{first.rule_id} {first.resource}: {first.message}")
+        return result

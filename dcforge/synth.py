@@ -1,0 +1,158 @@
+"""`dcforge synth`: every manifest of an environment as YAML files, schema-validated and compliance-checked.
+
+The output is usable for GitOps: one multi-document file per component, in the order the components depend on
+each other (`00-ClusterNetwork-platform.yaml`, ...). Helm releases are written as `HelmRelease` pseudo-manifests
+(chart, version, repository, values) because chart contents cannot be expanded offline.
+
+Schema validation uses the Kubernetes OpenAPI schemas bundled with kubernetes-validate for the environment's
+`versions.kubernetes`, in strict mode (unknown fields are errors). Custom resources (Kueue, Rook-Ceph,
+cert-manager, NetworkAttachmentDefinition, NicClusterPolicy) have no bundled schema and are counted as skipped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dcforge.compliance import Violation, evaluate, exceptions_for, unexcepted
+from dcforge.compliance import resource_id as object_id
+from dcforge.manifests import HELM_RELEASE_API_VERSION, ComponentManifests, build_all
+from dcforge.spec.models import Environment
+
+# Files synth owns in its output directory: rewritten on every run, stale ones (a removed pool) deleted.
+SYNTH_FILE = re.compile(r"^\d{2}-[A-Za-z]+-[a-z0-9-]+\.yaml$")
+
+
+@dataclass(frozen=True)
+class SchemaError:
+    resource: str
+    path: str
+    """Dotted path of the offending field inside the object."""
+    message: str
+
+
+@dataclass
+class SchemaReport:
+    kubernetes_version: str
+    validated: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    """Kinds without a bundled schema (custom resources, HelmRelease pseudo-manifests) and how many of each."""
+    errors: list[SchemaError] = field(default_factory=list)
+
+
+@dataclass
+class Verification:
+    """Schema and compliance verdicts over one environment's synthesized manifests."""
+
+    schema: SchemaReport
+    violations: list[Violation]
+    """Every violation, excepted ones included (marked)."""
+
+    @property
+    def failures(self) -> list[Violation]:
+        return unexcepted(self.violations)
+
+    @property
+    def ok(self) -> bool:
+        return not self.schema.errors and not self.failures
+
+    def lines(self) -> list[str]:
+        """Human-readable problems, one per line (what `dcforge validate` and `synth` print)."""
+        out = [f"schema: {e.resource}: {e.path or '<root>'}: {e.message}" for e in self.schema.errors]
+        out += [f"compliance {v.rule_id}: {v.resource}: {v.message}" for v in self.failures]
+        return out
+
+
+def component_file_name(index: int, component: ComponentManifests) -> str:
+    return f"{index:02d}-{component.component}-{component.name}.yaml"
+
+
+def render_yaml(objects: list[dict[str, Any]]) -> str:
+    """Multi-document YAML, keys in declaration order (apiVersion, kind, metadata first), stable across runs."""
+    return "".join("---\n" + yaml.safe_dump(obj, sort_keys=False, default_flow_style=False, width=120)
+                   for obj in objects)
+
+
+def synthesize(spec: Environment) -> dict[str, list[dict[str, Any]]]:
+    """File name -> objects of that file, in apply order."""
+    return {component_file_name(i, c): c.all_objects() for i, c in enumerate(build_all(spec))}
+
+
+def write_files(files: dict[str, list[dict[str, Any]]], out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.iterdir():
+        if stale.is_file() and SYNTH_FILE.match(stale.name) and stale.name not in files:
+            stale.unlink()
+    written = []
+    for name, objects in files.items():
+        path = out_dir / name
+        path.write_text(render_yaml(objects))
+        written.append(path)
+    return written
+
+
+def schema_validate(objects: list[dict[str, Any]], kubernetes_version: str) -> SchemaReport:
+    import kubernetes_validate
+    from kubernetes_validate.utils import SchemaNotFoundError
+
+    report = SchemaReport(kubernetes_version=kubernetes_version)
+    for obj in objects:
+        kind = obj.get("kind", "?")
+        if obj.get("apiVersion") == HELM_RELEASE_API_VERSION:
+            report.skipped[kind] += 1
+            continue
+        try:
+            kubernetes_validate.validate(obj, kubernetes_version, strict=True)
+            report.validated += 1
+        except SchemaNotFoundError:
+            report.skipped[kind] += 1
+        except kubernetes_validate.ValidationError as error:
+            report.errors.append(SchemaError(object_id(obj), ".".join(str(p) for p in error.path), error.message))
+    return report
+
+
+def verify_objects(spec: Environment, objects: list[dict[str, Any]]) -> Verification:
+    return Verification(schema=schema_validate(objects, spec.versions.kubernetes),
+                        violations=evaluate(objects, exceptions_for(spec)))
+
+
+def verify_environment(spec: Environment) -> Verification:
+    """Schema + compliance of everything `dcforge synth` would write for this environment (for `dcforge validate`
+    and the `compliance` acceptance check)."""
+    return verify_objects(spec, [obj for objects in synthesize(spec).values() for obj in objects])
+
+
+def synth_command(env: str, out_dir: Path, env_file: Path | None = None) -> int:
+    """Write the environment's manifests to `out_dir`, print what was written and verified; 0 when schema and
+    compliance hold, 1 otherwise (the files are written either way, so the problems can be inspected)."""
+    from dcforge.spec import load_environment
+
+    loaded = load_environment(None if env_file else env, path=env_file)
+    spec = loaded.spec
+    files = synthesize(spec)
+    written = write_files(files, Path(out_dir))
+    objects = [obj for chunk in files.values() for obj in chunk]
+    verification = verify_objects(spec, objects)
+    print(f"dcforge synth: environment {spec.name} ({loaded.path}) -> {out_dir}: {len(written)} files, "
+          f"{len(objects)} objects")
+    print(summary_line(verification))
+    for line in verification.lines():
+        print(line)
+    for violation in verification.violations:
+        if violation.excepted:
+            print(f"excepted {violation.rule_id}: {violation.resource} ({violation.exception})")
+    return 0 if verification.ok else 1
+
+
+def summary_line(verification: Verification) -> str:
+    schema = verification.schema
+    skipped = ", ".join(f"{kind} x{n}" for kind, n in sorted(schema.skipped.items())) or "none"
+    excepted = sum(1 for v in verification.violations if v.excepted)
+    return (f"schema (Kubernetes {schema.kubernetes_version}, strict): {schema.validated} valid, "
+            f"{len(schema.errors)} invalid, skipped (no schema): {skipped}; compliance: "
+            f"{len(verification.failures)} violations, {excepted} excepted")
