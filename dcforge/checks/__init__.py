@@ -12,6 +12,7 @@ from dcforge.harness.check import Check, CheckConfig
 # name -> "module:Class". The order is the default run order.
 CHECKS: dict[str, str] = {
     "system": "dcforge.checks.system:SystemCheck",
+    "compliance": "dcforge.checks.compliance:ComplianceCheck",
 }
 
 
