@@ -108,3 +108,50 @@ def run_stack_program(env_name: str, config: dict[str, Any], *, preview: bool = 
 def stack_config(raw_config: dict[str, Any]) -> dict[str, Any]:
     """`LoadedEnvironment.raw_config` (keys without namespace) -> engine config keys (`dcforge:<key>`)."""
     return {f"dcforge:{key}": value for key, value in raw_config.items()}
+
+
+# Inputs worth seeing in a golden graph, per resource kind (dotted paths into the inputs). Everything else about the
+# objects is covered by the golden files of the synthesized manifests; the graph is about structure.
+GOLDEN_INPUTS: dict[str, tuple[str, ...]] = {
+    "Release": ("chart", "version", "namespace", "repositoryOpts.repo", "createNamespace"),
+    "Namespace": ("metadata.labels",),
+    "NodePatch": ("metadata.labels", "spec.taints"),
+    "ClusterQueue": ("spec.resourceGroups",),
+    "StorageClass": ("provisioner", "parameters"),
+    "ServiceAccount": ("automountServiceAccountToken",),
+    "NetworkPolicy": ("spec.policyTypes",),
+}
+
+
+def _short_urn(urn: str) -> str:
+    """`urn:pulumi:s::p::a$b$kubernetes:core/v1:Namespace::training` -> `kubernetes:core/v1:Namespace::training`."""
+    if not urn:
+        return ""
+    _, _, qualified_type, name = urn.split("::", 3)
+    return f"{qualified_type.rsplit('$', 1)[-1]}::{name}"
+
+
+def _dig(inputs: dict[str, Any], path: str) -> Any:
+    value: Any = inputs
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def graph_snapshot(registered: list[Registered]) -> list[dict[str, Any]]:
+    """A stable, reviewable view of a mocked resource graph: type, name, parent, dependencies, key inputs."""
+    nodes = []
+    for resource in registered:
+        node: dict[str, Any] = {"type": resource.type, "name": resource.name, "parent": _short_urn(resource.parent)}
+        if resource.dependencies:
+            node["dependsOn"] = sorted(_short_urn(urn) for urn in resource.dependencies)
+        if resource.secret_inputs:
+            node["secretInputs"] = sorted(resource.secret_inputs)
+        for path in GOLDEN_INPUTS.get(resource.type.rsplit(":", 1)[-1], ()):
+            value = _dig(resource.inputs, path)
+            if value is not None:
+                node.setdefault("inputs", {})[path] = value
+        nodes.append(node)
+    return sorted(nodes, key=lambda node: (node["type"], node["name"]))

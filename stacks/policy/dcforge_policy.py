@@ -3,14 +3,17 @@
 Resource rules become one `ResourceValidationPolicy` each (judging one resource's inputs as a manifest dict); set
 rules (default-deny NetworkPolicy in every namespace, a PDB for every inference Deployment, ...) become one
 `StackValidationPolicy` each over every Kubernetes resource of the stack. Violations covered by the namespace-
-scoped GPU exceptions are not reported here; `dcforge validate` lists them.
+scoped GPU exceptions are not reported here; `dcforge validate` lists them. The exceptions are the stack's own
+(`exceptions_for(spec)`, e.g. IPC_LOCK only where RDMA is attached): the stack name is read from the resource URN
+and its environment file loaded; the generic `GPU_EXCEPTIONS` apply when that file cannot be read.
 
 The `PolicyPack` itself is created only in `__main__.py`: constructing one starts a gRPC server and blocks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pulumi_policy import (
@@ -23,7 +26,8 @@ from pulumi_policy import (
     StackValidationPolicy,
 )
 
-from dcforge.compliance import GPU_EXCEPTIONS, RULES, Rule, RuleException, evaluate, resource_id
+from dcforge.compliance import GPU_EXCEPTIONS, RULES, Rule, RuleException, evaluate, exceptions_for, resource_id
+from dcforge.errors import DcforgeError
 from dcforge.manifests import HELM_RELEASE_API_VERSION
 
 POLICY_PACK_NAME = "dcforge-compliance"
@@ -57,12 +61,32 @@ def manifest_from_props(resource_type: str, props: dict[str, Any]) -> dict[str, 
     return None
 
 
-def _resource_policy(rule: Rule, exceptions: tuple[RuleException, ...]) -> ResourceValidationPolicy:
+ExceptionsOf = Callable[[str], tuple[RuleException, ...]]
+"""Stack name -> the exceptions that apply to it."""
+
+
+def stack_of(urn: str) -> str:
+    """`urn:pulumi:<stack>::<project>::<type>::<name>` -> `<stack>`."""
+    return urn.removeprefix("urn:pulumi:").split("::", 1)[0]
+
+
+@functools.lru_cache(maxsize=None)
+def environment_exceptions(stack: str) -> tuple[RuleException, ...]:
+    """Exceptions of environment `stack` (its Pulumi.<stack>.yaml), or the generic GPU exceptions."""
+    from dcforge.spec import load_environment
+
+    try:
+        return tuple(exceptions_for(load_environment(stack).spec))
+    except (DcforgeError, OSError):
+        return tuple(GPU_EXCEPTIONS)
+
+
+def _resource_policy(rule: Rule, exceptions_of: ExceptionsOf) -> ResourceValidationPolicy:
     def validate(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
         manifest = manifest_from_props(args.resource_type, dict(args.props))
         if manifest is None:
             return
-        for violation in evaluate([manifest], exceptions, rules=[rule]):
+        for violation in evaluate([manifest], exceptions_of(stack_of(args.urn)), rules=[rule]):
             if not violation.excepted:
                 report_violation(f"{violation.resource}: {violation.message}", None)
 
@@ -75,7 +99,7 @@ def _resource_policy(rule: Rule, exceptions: tuple[RuleException, ...]) -> Resou
     )
 
 
-def _stack_policy(rule: Rule, exceptions: tuple[RuleException, ...]) -> StackValidationPolicy:
+def _stack_policy(rule: Rule, exceptions_of: ExceptionsOf) -> StackValidationPolicy:
     def validate(args: StackValidationArgs, report_violation: ReportViolation) -> None:
         manifests: list[dict[str, Any]] = []
         urns: dict[str, str] = {}
@@ -84,7 +108,8 @@ def _stack_policy(rule: Rule, exceptions: tuple[RuleException, ...]) -> StackVal
             if manifest is not None:
                 manifests.append(manifest)
                 urns[resource_id(manifest)] = resource.urn
-        for violation in evaluate(manifests, exceptions, rules=[rule]):
+        stack = stack_of(args.resources[0].urn) if args.resources else ""
+        for violation in evaluate(manifests, exceptions_of(stack), rules=[rule]):
             if not violation.excepted:
                 report_violation(f"{violation.resource}: {violation.message}", urns.get(violation.resource))
 
@@ -97,9 +122,16 @@ def _stack_policy(rule: Rule, exceptions: tuple[RuleException, ...]) -> StackVal
     )
 
 
-def build_policies(rules: Iterable[Rule] = RULES,
-                   exceptions: Iterable[RuleException] = GPU_EXCEPTIONS) -> list[ResourceValidationPolicy | StackValidationPolicy]:
-    """One policy per compliance rule, named by the rule id."""
-    waivers = tuple(exceptions)
-    return [_resource_policy(rule, waivers) if rule.scope == "resource" else _stack_policy(rule, waivers)
+def build_policies(rules: Iterable[Rule] = RULES, exceptions: Iterable[RuleException] | None = None,
+                   ) -> list[ResourceValidationPolicy | StackValidationPolicy]:
+    """One policy per compliance rule, named by the rule id.
+
+    `exceptions`: fixed waivers for every stack; None (the pack's default) derives them per stack from its spec.
+    """
+    if exceptions is None:
+        exceptions_of: ExceptionsOf = environment_exceptions
+    else:
+        fixed = tuple(exceptions)
+        exceptions_of = lambda stack: fixed  # noqa: E731
+    return [_resource_policy(rule, exceptions_of) if rule.scope == "resource" else _stack_policy(rule, exceptions_of)
             for rule in rules]
