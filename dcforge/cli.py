@@ -161,6 +161,25 @@ def synth(env: str = EnvOption, env_file: Optional[Path] = EnvFileOption,
     raise typer.Exit(synth_command(env, out, env_file))
 
 
+PolicyOption = typer.Option(True, "--policy/--no-policy", help="Run the compliance policy pack in stacks/policy.")
+
+
+@app.command()
+def up(env: str = EnvOption, policy: bool = PolicyOption) -> None:
+    """Deploy the environment's cluster platform: `pulumi up` of stacks/ through the Automation API."""
+    from dcforge.deploy import deploy_command
+
+    raise typer.Exit(deploy_command(env, preview=False, policy_pack=policy))
+
+
+@app.command()
+def preview(env: str = EnvOption, policy: bool = PolicyOption) -> None:
+    """Show what `dcforge up` would change (`pulumi preview` of stacks/), policy pack included."""
+    from dcforge.deploy import deploy_command
+
+    raise typer.Exit(deploy_command(env, preview=True, policy_pack=policy))
+
+
 def main() -> None:
     """Console entry point: bad input is one line on stderr and exit code 2, never a traceback."""
     try:

@@ -120,3 +120,12 @@ def _last_error_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     errors = [line for line in lines if "error" in line.lower()]
     return (errors or lines or ["no output"])[-1]
+
+
+def deploy_command(env_name: str, preview: bool, policy_pack: bool = True) -> int:
+    """`dcforge up|preview`: stream Pulumi's output, then one summary line; returns the exit code (0)."""
+    result = up(env_name, preview, policy_pack=policy_pack)
+    changes = ", ".join(f"{count} {operation}" for operation, count in sorted(result.changes.items()) if count)
+    verb = "preview of" if preview else "updated"
+    print(f"dcforge: {verb} stack {env_name!r} ({result.backend_url}): {changes or 'no changes'}")
+    return 0
