@@ -13,6 +13,8 @@ from dcforge.harness.check import Check, CheckConfig
 CHECKS: dict[str, str] = {
     "system": "dcforge.checks.system:SystemCheck",
     "compliance": "dcforge.checks.compliance:ComplianceCheck",
+    "inference": "dcforge.checks.inference:InferenceCheck",
+    "inference_failover": "dcforge.checks.inference_failover:InferenceFailoverCheck",
 }
 
 

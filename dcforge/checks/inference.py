@@ -1,0 +1,48 @@
+"""`inference`: what LLM users feel from the bundled server under Locust load -- throughput, TTFT/TPOT/ITL/e2e
+percentiles, error rate, goodput -- plus endpoint compliance (401 without a key, TLS >= 1.2 when TLS is on).
+
+N replicas run on 127.0.0.1 under gunicorn; Locust runs headless in a subprocess with a hard timeout and writes a
+per-request log from which every figure is computed exactly (DESIGN.md §4). Every process is stopped at the end.
+"""
+
+from __future__ import annotations
+
+from dcforge.checks._serving import (ServingLoadConfig, add_summary_metrics, decode_batch_mean, latency_plots,
+                                     run_load, serving_session)
+from dcforge.harness.check import CheckContext
+from dcforge.harness.result import CheckResult
+
+
+class InferenceConfig(ServingLoadConfig):
+    """Everything is shared with inference_failover (see ServingLoadConfig)."""
+
+
+class InferenceCheck:
+    name = "inference"
+    description = "OpenAI-compatible serving under Locust load: TTFT, TPOT, throughput, goodput, endpoint security."
+    Config = InferenceConfig
+
+    def run(self, ctx: CheckContext, config: InferenceConfig) -> CheckResult:
+        from dcforge.compliance.endpoint import check_endpoint
+        from loadtests.metrics import RequestSlo, summarize
+
+        result = CheckResult(self.name)
+        with serving_session(ctx, config, self.name, result) as session:
+            findings = check_endpoint(session.server.base_url, session.served_name)
+            result.details["endpoint_compliance"] = [finding.__dict__ for finding in findings]
+            result.add_metric("endpoint_compliance_failures", sum(not f.passed for f in findings), "findings",
+                              "lower", "dynamic endpoint rules that failed (API key required, TLS floor)")
+            for finding in findings:
+                if not finding.passed:
+                    result.fail(f"{finding.rule}: {finding.detail}")
+            records, t_start = run_load(ctx, config, session, result)
+            batch = decode_batch_mean(session.server.scrape_metrics())
+        if batch is not None:
+            result.add_metric("decode_batch_mean", batch, "sequences", "higher",
+                              "mean sequences per decode forward pass (server histogram)")
+        summary = summarize(records, RequestSlo(ttft_ms=config.goodput_ttft_ms, tpot_ms=config.goodput_tpot_ms))
+        add_summary_metrics(result, summary)
+        result.plots.extend(latency_plots(records, t_start))
+        ctx.log(f"{summary['rps']:.1f} req/s, {summary['output_tokens_per_s']:.0f} output tokens/s, "
+                f"TTFT p95 {summary['ttft_ms.p95']:.0f} ms, errors {summary['error_rate']:.2%}")
+        return result
