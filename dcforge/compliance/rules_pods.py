@@ -19,6 +19,7 @@ SAFE_SYSCTLS = {"kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.i
                 "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
                 "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
                 "net.ipv4.tcp_keepalive_probes"}
+ALLOWED_SELINUX_TYPES = ("container_t", "container_init_t", "container_kvm_t", "container_engine_t")
 DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 
 
@@ -196,13 +197,27 @@ def secrets_as_files(manifest, pod):
                 yield f"container {container_name(c)} loads a whole secret into its environment"
 
 
-@pod_rule("DCF-POD-019", "Pods with no API access do not mount a token", "medium",
-          "CIS 5.1.6; Checkov CKV_K8S_38")
-def token_only_when_needed(manifest, pod):
-    # A pod that opts in explicitly (true) is a decision; one that says nothing inherits the ServiceAccount's
-    # setting, which dcforge sets to false; only pods that run on the default account are ambiguous.
-    if pod.get("automountServiceAccountToken") is None and pod.get("serviceAccountName", "default") == "default":
-        yield "pod inherits a mounted token from the default ServiceAccount"
+@pod_rule("DCF-POD-019", "AppArmor is not disabled", "medium",
+          "Kyverno restrict-apparmor-profiles; PSS baseline")
+def apparmor_not_unconfined(manifest, pod):
+    annotations = (manifest.get("metadata") or {}).get("annotations") or {}
+    template_annotations = ((manifest.get("spec") or {}).get("template") or {}).get("metadata", {}) or {}
+    annotations = {**annotations, **(template_annotations.get("annotations") or {})}
+    for c in containers(pod):
+        profile = effective(pod, c, "appArmorProfile") or {}
+        legacy = annotations.get(f"container.apparmor.security.beta.kubernetes.io/{container_name(c)}")
+        if profile.get("type") == "Unconfined" or legacy == "unconfined":
+            yield f"container {container_name(c)} runs without AppArmor (Unconfined)"
+
+
+@pod_rule("DCF-POD-020", "SELinux options are not overridden", "medium", "Kyverno disallow-selinux; PSS baseline")
+def selinux_not_overridden(manifest, pod):
+    for c in containers(pod):
+        options = effective(pod, c, "seLinuxOptions") or {}
+        if options.get("user") or options.get("role"):
+            yield f"container {container_name(c)} sets SELinux user/role"
+        if options.get("type") not in (None, *ALLOWED_SELINUX_TYPES):
+            yield f"container {container_name(c)} sets SELinux type {options['type']}"
 
 
 @resource_rule("DCF-SA-001", "ServiceAccounts do not automount tokens", "medium", "CIS 5.1.6; Checkov CKV_K8S_38")
