@@ -180,6 +180,23 @@ def preview(env: str = EnvOption, policy: bool = PolicyOption) -> None:
     raise typer.Exit(deploy_command(env, preview=True, policy_pack=policy))
 
 
+@app.command()
+def provision(
+    env: str = EnvOption,
+    env_file: Optional[Path] = EnvFileOption,
+    check: bool = typer.Option(False, "--check", help="Ansible check mode: show what would change, change nothing."),
+    limit: Optional[str] = typer.Option(None, "--limit", help="Only these hosts or groups (Ansible pattern)."),
+    tags: Optional[list[str]] = typer.Option(None, "--tags", help="Only these roles' tags (repeat or comma-separate)."),
+    inventory: Optional[Path] = typer.Option(None, "--inventory", "-i", help="Instead of playbooks/inventories/<env>/."),
+    playbook: str = typer.Option("site.yml", "--playbook", help="Playbook under playbooks/ (gpu-node.yml, verify.yml)."),
+) -> None:
+    """Provision the environment's GPU hosts with the pinned stack: Ansible (playbooks/) through ansible-runner."""
+    from dcforge.provision import provision_command
+
+    raise typer.Exit(provision_command(env, check=check, limit=limit, tags=_split(tags), inventory=inventory,
+                                       playbook=playbook, env_file=env_file, console=console))
+
+
 def main() -> None:
     """Console entry point: bad input is one line on stderr and exit code 2, never a traceback."""
     try:
