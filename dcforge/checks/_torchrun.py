@@ -1,0 +1,122 @@
+"""What the torch checks share: launching torchrun safely, reading its JSONL, percentiles, the CPU peak.
+
+torchrun always runs inside a ManagedProcess (its whole process group dies with the check) with a hard timeout,
+and with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: elastic restarts hang on this platform without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from dcforge.harness.check import CheckContext
+from dcforge.harness.processes import ManagedProcess
+
+WORKLOADS_DIR = Path(__file__).resolve().parents[2] / "workloads"
+
+
+class TorchrunFailed(RuntimeError):
+    """torchrun exited non-zero or ran out of time; the message carries the tail of its log."""
+
+
+def default_nproc() -> int:
+    """One rank per visible GPU, else two CPU ranks (enough to exercise collectives on a small machine)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.device_count()
+    except ImportError:
+        pass
+    return 2
+
+
+def torchrun_command(script: str, args: list[str], nproc: int, max_restarts: int = 0) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            f"--max-restarts={max_restarts}", "--monitor-interval=0.2", str(WORKLOADS_DIR / script), *args]
+
+
+def torchrun_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
+    env.setdefault("OMP_NUM_THREADS", "1")  # ranks set their own thread count; this silences torchrun's banner
+    return env
+
+
+def run_torchrun(ctx: CheckContext, script: str, args: list[str], *, nproc: int, timeout_s: float,
+                 log_path: Path, max_restarts: int = 0) -> float:
+    """Run to completion; returns wall seconds. Raises TorchrunFailed on a non-zero exit or timeout."""
+    timeout_s = min(timeout_s, max(1.0, ctx.remaining_s()))
+    command = torchrun_command(script, args, nproc, max_restarts)
+    ctx.log(f"torchrun {script} x{nproc}: {' '.join(args)}")
+    started = time.monotonic()
+    with ManagedProcess(command, env=torchrun_env(), log_path=log_path) as process:
+        try:
+            code = process.wait(timeout_s)
+        except TimeoutError:
+            raise TorchrunFailed(f"torchrun {script} did not finish within {timeout_s:.0f} s; "
+                                 f"log tail:\n{log_tail(log_path)}") from None
+    if code != 0:
+        raise TorchrunFailed(f"torchrun {script} exited with {code}; log tail:\n{log_tail(log_path)}")
+    return time.monotonic() - started
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    errors = [line for line in text if "error" in line.lower()]
+    return "\n".join((errors[-3:] if errors else []) + text[-lines:])
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    records = []
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            records.append(json.loads(line))
+    return records
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Exact percentile with linear interpolation (numpy's default)."""
+    import numpy
+
+    return float(numpy.percentile(numpy.asarray(values, dtype=float), q))
+
+
+MATMUL_PEAK_FORMULA = "peak = max over n of 2·n³ / t(matmul n×n, fp32)"
+
+
+def cpu_matmul_peak_flops(threads: int, sizes: tuple[int, ...] = (512, 1024, 2048), seconds: float = 0.3) -> float:
+    """Measured fp32 matmul FLOP/s with `threads` intra-op threads: the CPU's MFU denominator (DESIGN.md §4)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    best = 0.0
+    try:
+        for n in sizes:
+            a, b = torch.randn(n, n), torch.randn(n, n)
+            a @ b  # warm-up: thread pool start, page faults
+            runs, started = 0, time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                a @ b
+                runs += 1
+            best = max(best, 2 * n**3 * runs / (time.perf_counter() - started))
+    finally:
+        torch.set_num_threads(previous)
+    return best
+
+
+def cpu_peak_per_rank(ctx: CheckContext, nproc: int) -> float:
+    """The matmul peak of one rank's share of the cores, measured once per run and shared between checks."""
+    threads = max(1, (os.cpu_count() or 1) // nproc)
+    key = f"cpu_matmul_peak_flops.threads{threads}"
+    if key not in ctx.state:
+        ctx.state[key] = cpu_matmul_peak_flops(threads)
+    return ctx.state[key]

@@ -1,0 +1,91 @@
+"""`allreduce`: collective bandwidth across the ranks of this node (NCCL on GPUs, gloo on CPU).
+
+busbw at the largest message size is the headline (nccl-tests: algbw = bytes / t, busbw = algbw · 2(n−1)/n);
+the whole sweep is a plot. Any size whose sum comes back wrong fails the check.
+"""
+
+from __future__ import annotations
+
+import json
+
+from pydantic import Field, field_validator
+
+from dcforge.checks._torchrun import default_nproc, run_torchrun
+from dcforge.harness.check import CheckConfig, CheckContext
+from dcforge.harness.result import CheckResult, Plot, Series
+
+
+def _size(value: str | int) -> str:
+    from workloads.allreduce import parse_size  # torch is imported there, but only inside functions' bodies
+
+    parse_size(str(value))
+    return str(value)
+
+
+class AllreduceCheckConfig(CheckConfig):
+    min_bytes: str = "1K"
+    """Smallest message, e.g. 1K (binary units K, M, G)."""
+    max_bytes: str = "1G"
+    """Largest message; its busbw is the headline metric."""
+    factor: int = Field(default=2, ge=2)
+    """Size multiplier between steps of the sweep."""
+    warmup: int = Field(default=5, ge=5)
+    """Untimed iterations per size (nccl-tests uses 5)."""
+    iterations: int = Field(default=20, ge=20)
+    """Timed iterations per size."""
+    dtype: str = Field(default="float32", pattern="^(float32|bfloat16|float16)$")
+    """Element type of the buffers."""
+    nproc_per_node: int | None = Field(default=None, ge=2)
+    """Ranks; default one per GPU, or 2 on CPU. A single rank has no bus to measure."""
+    timeout_s: float = Field(default=600.0, gt=0)
+    """Hard limit for the torchrun."""
+
+    @field_validator("min_bytes", "max_bytes", mode="before")
+    @classmethod
+    def _valid_size(cls, value: str | int) -> str:
+        return _size(value)
+
+
+class AllreduceCheck:
+    name = "allreduce"
+    description = "All-reduce sweep over message sizes: busbw per nccl-tests, correctness per size."
+    Config = AllreduceCheckConfig
+
+    def run(self, ctx: CheckContext, config: AllreduceCheckConfig) -> CheckResult:
+        from workloads.allreduce import ALGBW_FORMULA, BUSBW_FORMULA
+
+        result = CheckResult(self.name)
+        nproc = config.nproc_per_node or default_nproc()
+        workdir = ctx.artefact_dir(self.name)
+        output = workdir / "sweep.json"
+        args = ["--min-bytes", config.min_bytes, "--max-bytes", config.max_bytes, "--factor", str(config.factor),
+                "--warmup", str(config.warmup), "--iters", str(config.iterations), "--dtype", config.dtype,
+                "--output", str(output)]
+        run_torchrun(ctx, "allreduce.py", args, nproc=nproc, timeout_s=config.timeout_s,
+                     log_path=workdir / "torchrun.log")
+        sweep = json.loads(output.read_text())
+        rows = sweep["results"]
+        largest = rows[-1]
+        result.add_metric("busbw_gbps", largest["busbw_gbps"], "GB/s", "higher",
+                          f"{BUSBW_FORMULA} at {largest['bytes']} bytes")
+        result.add_metric("algbw_gbps", largest["algbw_gbps"], "GB/s", "higher",
+                          f"{ALGBW_FORMULA} at {largest['bytes']} bytes")
+        result.add_metric("busbw_gbps.max", max(row["busbw_gbps"] for row in rows), "GB/s", "higher",
+                          f"{BUSBW_FORMULA}, best size of the sweep")
+        result.add_metric("latency_us", rows[0]["time_s"] * 1e6, "µs", "lower",
+                          f"mean all-reduce time at {rows[0]['bytes']} bytes")
+        wrong = [row["bytes"] for row in rows if not row["correct"]]
+        result.add_metric("sizes_incorrect", len(wrong), "sizes", "lower", "sizes whose all-reduce sum was wrong")
+        if wrong:
+            result.fail(f"all-reduce returned wrong sums at {len(wrong)} sizes (first: {wrong[0]} bytes)")
+        result.details = {**sweep["environment"], "dtype": sweep["dtype"], "warmup": sweep["warmup"],
+                          "iterations": sweep["iterations"], "sweep": rows}
+        result.artefacts["sweep"] = ctx.relative(output)
+        result.artefacts["torchrun_log"] = ctx.relative(workdir / "torchrun.log")
+        sizes = [float(row["bytes"]) for row in rows]
+        result.plots.append(Plot(f"All-reduce bus bandwidth ({sweep['environment']['backend']}, {nproc} ranks)",
+                                 "message size (bytes)", "GB/s",
+                                 [Series("busbw", sizes, [row["busbw_gbps"] for row in rows]),
+                                  Series("algbw", sizes, [row["algbw_gbps"] for row in rows])],
+                                 log_x=True))
+        return result

@@ -1,0 +1,101 @@
+"""`checkpoint`: how fast training state goes to and comes back from the checkpoint storage, intact.
+
+save/load GB/s = checkpoint bytes / wall time (DESIGN.md §4), compared with a raw sequential fsynced write of the
+same bytes to the same directory; integrity = a CRC-32 of every tensor, compared after the round trip; a
+deliberately corrupted checkpoint must be refused.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import Field, field_validator
+
+from dcforge.checks._torchrun import default_nproc, run_torchrun
+from dcforge.checks.train import check_preset, settings_error
+from dcforge.harness.check import CheckConfig, CheckContext
+from dcforge.harness.result import CheckResult, Plot, Series
+
+BANDWIDTH_FORMULA = "GB/s = checkpoint bytes / wall time"
+
+
+class CheckpointCheckConfig(CheckConfig):
+    directory: str | None = None
+    """Checkpoint directory on the storage under test (a mounted volume); default: the run's artefact dir."""
+    preset: str = "125m"
+    """Model whose state is saved (workloads.model.PRESETS)."""
+    with_optimizer: bool = True
+    """Include AdamW state (3x the model's bytes), as a training checkpoint does."""
+    rounds: int = Field(default=2, ge=1)
+    """Save and raw-write rounds, order alternating, summed."""
+    nproc_per_node: int | None = Field(default=None, ge=1)
+    """Ranks saving together; default one per GPU, or 2 on CPU."""
+    corruption_test: bool = True
+    """Corrupt the saved checkpoint at the end and require that loading it fails."""
+    timeout_s: float = Field(default=600.0, gt=0)
+    """Hard limit for the torchrun."""
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        return check_preset(value)
+
+
+class CheckpointCheck:
+    name = "checkpoint"
+    description = "DCP checkpoint save/load GB/s against a raw write to the same storage; checksums round trip."
+    Config = CheckpointCheckConfig
+
+    def run(self, ctx: CheckContext, config: CheckpointCheckConfig) -> CheckResult:
+        from workloads.checkpointing import CheckpointError, ensure_writable
+
+        result = CheckResult(self.name)
+        nproc = config.nproc_per_node or default_nproc()
+        workdir = ctx.artefact_dir(self.name)
+        directory = Path(config.directory) if config.directory else workdir / "checkpoints"
+        try:
+            ensure_writable(directory)
+        except CheckpointError as error:
+            raise settings_error(ctx, self.name, "directory", str(error)) from None
+        output = workdir / "checkpoint.json"
+        args = ["--preset", config.preset, "--directory", str(directory), "--output", str(output),
+                "--rounds", str(config.rounds),
+                "--with-optimizer" if config.with_optimizer else "--no-with-optimizer",
+                "--corruption-test" if config.corruption_test else "--no-corruption-test"]
+        try:
+            run_torchrun(ctx, "train_checkpoint_bench.py", args, nproc=nproc, timeout_s=config.timeout_s,
+                         log_path=workdir / "torchrun.log")
+            measured = json.loads(output.read_text())
+        finally:
+            if not config.directory:  # our own scratch copy: gigabytes that nobody will read
+                import shutil
+
+                shutil.rmtree(directory, ignore_errors=True)
+        result.artefacts["result"] = ctx.relative(output)
+        result.artefacts["torchrun_log"] = ctx.relative(workdir / "torchrun.log")
+        result.add_metric("save_gbps", measured["save_gbps"], "GB/s", "higher", BANDWIDTH_FORMULA + " (save+commit)")
+        result.add_metric("load_gbps", measured["load_gbps"], "GB/s", "higher",
+                          BANDWIDTH_FORMULA + " (load, page cache dropped)")
+        result.add_metric("raw_write_gbps", measured["raw_write_gbps"], "GB/s", "higher",
+                          BANDWIDTH_FORMULA + " (sequential write + fsync, same bytes, same directory)")
+        result.add_metric("save_ratio_to_raw", measured["save_gbps"] / measured["raw_write_gbps"], "ratio", "higher",
+                          "save_gbps / raw_write_gbps")
+        result.add_metric("checkpoint_gb", measured["bytes"] / 1e9, "GB", None, "bytes in the checkpoint's files")
+        result.add_metric("checksum_match", 1.0 if measured["checksum_match"] else 0.0, "bool", "higher",
+                          "every tensor's CRC-32 after load equals the one recorded at save")
+        if not measured["checksum_match"]:
+            result.fail("loaded tensors differ from their checksums recorded at save time")
+        if measured["corruption_detected"] is not None:
+            result.add_metric("corruption_detected", 1.0 if measured["corruption_detected"] else 0.0, "bool",
+                              "higher", "loading a checkpoint with flipped bytes fails")
+            if not measured["corruption_detected"]:
+                result.fail("a corrupted checkpoint was loaded without an error")
+        result.details = {**measured, "nproc": nproc}
+        result.plots.append(Plot("Checkpoint bandwidth", "operation", "GB/s",
+                                 [Series("GB/s", [0.0, 1.0, 2.0], [measured["save_gbps"], measured["load_gbps"],
+                                                                   measured["raw_write_gbps"]])],
+                                 kind="bar", markers=[{"x": 0.0, "label": "DCP save"},
+                                                      {"x": 1.0, "label": "DCP load"},
+                                                      {"x": 2.0, "label": "raw write"}]))
+        return result

@@ -1,0 +1,131 @@
+"""`train`: can this machine (or node) train? Tokens/s, step time, MFU and a falling loss, from a real torchrun.
+
+Formulas (DESIGN.md §4): tokens/s per device = tokens since the last log / (Δt · devices); MFU =
+flops_per_token · tokens/s / peak, flops_per_token = 6·N_non_embedding + 6·L·H·Q·T (torchtitan); peak is the GPU
+table's dense BF16 figure on GPUs and a measured fp32 matmul peak of one rank's cores on CPU.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from dcforge.checks._torchrun import (MATMUL_PEAK_FORMULA, cpu_peak_per_rank, default_nproc, percentile,
+                                      read_jsonl, run_torchrun)
+from dcforge.errors import ConfigError
+from dcforge.harness.check import CheckConfig, CheckContext
+from dcforge.harness.result import CheckResult, Plot, Series
+
+TOKENS_FORMULA = "tokens/s per device = tokens since last log / (Δt · devices)"
+MFU_FORMULA = "MFU = flops_per_token · tokens/s / peak; flops_per_token = 6·N + 6·L·H·Q·T"
+
+
+def check_preset(value: str) -> str:
+    from workloads.model import PRESETS  # imports torch (~1 s): the price of one preset table for all users
+
+    if value not in PRESETS:
+        raise ValueError(f"unknown model preset {value!r}; known presets: {', '.join(PRESETS)}")
+    return value
+
+
+def settings_error(ctx: CheckContext, check: str, key: str, message: str) -> ConfigError:
+    return ConfigError(ctx.env.path, f"dcforge:acceptance.settings.{check}.{key}", message)
+
+
+class TrainCheckConfig(CheckConfig):
+    preset: str = "tiny"
+    """Model size (workloads.model.PRESETS)."""
+    seq_len: int = Field(default=128, ge=1)
+    """Tokens per sequence."""
+    global_batch_size: int = Field(default=8, ge=1)
+    """Sequences per step over all ranks; must be divisible by nprocPerNode."""
+    steps: int = Field(default=20, ge=2)
+    """Optimizer steps to run."""
+    warmup_steps_excluded: int = Field(default=3, ge=0)
+    """First steps left out of throughput and step-time statistics (allocator and thread-pool warm-up)."""
+    nproc_per_node: int | None = Field(default=None, ge=1)
+    """Ranks to launch; default one per GPU, or 2 on CPU."""
+    parallelism: str = Field(default="ddp", pattern="^(ddp|fsdp)$")
+    """ddp or fsdp (FSDP2 fully_shard, GPU)."""
+    compile: bool = False
+    """torch.compile the model."""
+    timeout_s: float = Field(default=300.0, gt=0)
+    """Hard limit for the torchrun."""
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        return check_preset(value)
+
+
+class TrainCheck:
+    name = "train"
+    description = "Trains the bundled GPT with torchrun: tokens/s, step time, MFU, loss goes down."
+    Config = TrainCheckConfig
+
+    def run(self, ctx: CheckContext, config: TrainCheckConfig) -> CheckResult:
+        from workloads.train_config import TrainConfig
+
+        result = CheckResult(self.name)
+        nproc = config.nproc_per_node or default_nproc()
+        workdir = ctx.artefact_dir(self.name)
+        metrics_file, checkpoint_dir = workdir / "metrics.jsonl", workdir / "checkpoints"
+        metrics_file.unlink(missing_ok=True)
+        peak = None
+        import torch
+
+        if not torch.cuda.is_available():
+            peak = cpu_peak_per_rank(ctx, nproc)
+        train_config = TrainConfig(preset=config.preset, seq_len=config.seq_len,
+                                   global_batch_size=config.global_batch_size, steps=config.steps,
+                                   parallelism=config.parallelism, compile=config.compile,
+                                   metrics_file=str(metrics_file), checkpoint_dir=str(checkpoint_dir),
+                                   checkpoint_every=config.steps, keep_checkpoints=1, resume=False,
+                                   peak_flops=peak, log_every=5)
+        try:
+            train_config.validate(nproc)
+        except ValueError as error:
+            key = "globalBatchSize" if "global_batch_size" in str(error) else "seqLen"
+            raise settings_error(ctx, self.name, key, str(error)) from None
+        run_torchrun(ctx, "train.py", train_config.to_args(), nproc=nproc, timeout_s=config.timeout_s,
+                     log_path=workdir / "torchrun.log")
+        result.artefacts["metrics"] = ctx.relative(metrics_file)
+        result.artefacts["torchrun_log"] = ctx.relative(workdir / "torchrun.log")
+        ctx.state["train.checkpoint_dir"] = str(checkpoint_dir)  # later checks may serve what was trained
+        summarize(result, read_jsonl(metrics_file), config, nproc, peak)
+        return result
+
+
+def summarize(result: CheckResult, records: list[dict], config: TrainCheckConfig, nproc: int,
+              peak: float | None) -> None:
+    steps = [r for r in records if "loss" in r and "event" not in r]
+    if len(steps) < config.steps:
+        result.fail(f"{len(steps)} of {config.steps} steps logged")
+        if not steps:
+            return
+    steady = steps[config.warmup_steps_excluded:] or steps
+    tokens_per_device = sum(r["tokens_per_s"] * r["step_time_s"] for r in steady)
+    elapsed = sum(r["step_time_s"] for r in steady)
+    tokens_per_s = tokens_per_device / elapsed
+    step_ms = [r["step_time_s"] * 1000 for r in steady]
+    result.add_metric("tokens_per_s", tokens_per_s, "tokens/s/device", "higher", TOKENS_FORMULA)
+    result.add_metric("tokens_per_s_total", tokens_per_s * nproc, "tokens/s", "higher",
+                      "tokens/s per device · devices")
+    result.add_metric("step_time_ms.p50", percentile(step_ms, 50), "ms", "lower", "exact percentile of step times")
+    result.add_metric("step_time_ms.p95", percentile(step_ms, 95), "ms", "lower", "exact percentile of step times")
+    mfus = [r["mfu"] for r in steady if r.get("mfu") is not None]
+    if mfus:
+        mfu = sum(r["mfu"] * r["step_time_s"] for r in steady) / elapsed  # time-weighted, like tokens/s
+        source = f"{'measured CPU matmul peak, ' + MATMUL_PEAK_FORMULA if peak else 'GPU table peak'}"
+        result.add_metric("mfu", mfu, "ratio", "higher", f"{MFU_FORMULA}; {source}")
+    loss_start, loss_end = steps[0]["loss"], steps[-1]["loss"]
+    result.add_metric("loss_start", loss_start, "nats", None, "mean cross-entropy of the first step")
+    result.add_metric("loss_end", loss_end, "nats", "lower", "mean cross-entropy of the last step")
+    if not loss_end < loss_start:
+        result.fail(f"loss did not fall: {loss_start:.4f} at step 1, {loss_end:.4f} at step {steps[-1]['step']}")
+    result.details.update({"nproc": nproc, "preset": config.preset, "seq_len": config.seq_len,
+                           "global_batch_size": config.global_batch_size,
+                           "peak_flops_per_device": peak, "steps_in_statistics": len(steady)})
+    xs = [float(r["step"]) for r in steps]
+    result.plots.append(Plot("Training loss", "step", "loss (nats)", [Series("loss", xs, [r["loss"] for r in steps])]))
+    result.plots.append(Plot("Training throughput", "step", "tokens/s per device",
+                             [Series("tokens/s", xs, [r["tokens_per_s"] for r in steps])]))

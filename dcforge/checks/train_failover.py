@@ -1,0 +1,167 @@
+"""`train_failover`: a rank dies mid-training; torchrun restarts the job and it resumes from its last checkpoint.
+
+DESIGN.md §4: steps lost = failure step − resumed step; time to resume = first completed step after the restart
+− the failure. On CPU the final parameters must equal those of an uninterrupted run with the same seed, bit for
+bit: the checkpoint restored everything (weights, optimizer moments, LR schedule, data position, RNG, step).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator, model_validator
+
+from dcforge.checks._torchrun import default_nproc, read_jsonl, run_torchrun
+from dcforge.checks.train import check_preset, settings_error
+from dcforge.harness.check import CheckConfig, CheckContext
+from dcforge.harness.result import CheckResult, Plot, Series
+
+STEPS_LOST_FORMULA = "steps lost = failure step − resumed step"
+RESUME_FORMULA = "time to resume = first completed step after restart − failure time"
+
+
+class TrainFailoverConfig(CheckConfig):
+    preset: str = "tiny"
+    """Model size (workloads.model.PRESETS)."""
+    seq_len: int = Field(default=64, ge=1)
+    """Tokens per sequence (short: this check is about recovery, not throughput)."""
+    global_batch_size: int = Field(default=4, ge=1)
+    """Sequences per step over all ranks; must be divisible by nprocPerNode."""
+    steps: int = Field(default=12, ge=2)
+    """Steps of both runs."""
+    checkpoint_every: int = Field(default=4, ge=1)
+    """Checkpoint interval; no more than this many steps may be lost."""
+    fail_at_step: int = Field(default=7, ge=2)
+    """The step during which one rank is SIGKILLed (first attempt only)."""
+    fail_rank: int = Field(default=1, ge=0)
+    """The rank that dies."""
+    compare_with_uninterrupted: bool = True
+    """Also run without the fault and require bit-identical final parameters (CPU only: GPU kernels are not
+    deterministic by default)."""
+    nproc_per_node: int | None = Field(default=None, ge=2)
+    """Ranks; default one per GPU, or 2 on CPU."""
+    timeout_s: float = Field(default=300.0, gt=0)
+    """Hard limit for each torchrun."""
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        return check_preset(value)
+
+    @model_validator(mode="after")
+    def _fault_inside_the_run(self) -> "TrainFailoverConfig":
+        if self.fail_at_step > self.steps:
+            raise ValueError(f"failAtStep {self.fail_at_step} is after the last step {self.steps}")
+        if self.checkpoint_every >= self.fail_at_step:
+            raise ValueError(f"checkpointEvery {self.checkpoint_every} must be below failAtStep "
+                             f"{self.fail_at_step}, or there is no checkpoint to resume from")
+        return self
+
+
+class TrainFailoverCheck:
+    name = "train_failover"
+    description = "Kills one training rank mid-run; torchrun restarts; resume step, steps lost, time to resume."
+    Config = TrainFailoverConfig
+
+    def run(self, ctx: CheckContext, config: TrainFailoverConfig) -> CheckResult:
+        import torch
+
+        from workloads.train_config import TrainConfig
+
+        result = CheckResult(self.name)
+        nproc = config.nproc_per_node or default_nproc()
+        workdir = ctx.artefact_dir(self.name)
+        common = dict(preset=config.preset, seq_len=config.seq_len, global_batch_size=config.global_batch_size,
+                      steps=config.steps, log_every=0)
+        faulted = TrainConfig(**common, checkpoint_dir=str(workdir / "checkpoints"),
+                              checkpoint_every=config.checkpoint_every, metrics_file=str(workdir / "faulted.jsonl"),
+                              fail_at_step=config.fail_at_step, fail_rank=config.fail_rank, resume=True)
+        try:
+            faulted.validate(nproc)
+        except ValueError as error:
+            key = "failRank" if "fail_rank" in str(error) else "globalBatchSize"
+            raise settings_error(ctx, self.name, key, str(error)) from None
+        for leftover in (workdir / "faulted.jsonl", workdir / "reference.jsonl"):
+            leftover.unlink(missing_ok=True)
+        if (workdir / "checkpoints").exists():  # a previous run's checkpoints would be resumed from
+            import shutil
+
+            shutil.rmtree(workdir / "checkpoints")
+        run_torchrun(ctx, "train.py", faulted.to_args(), nproc=nproc, timeout_s=config.timeout_s,
+                     log_path=workdir / "faulted.log", max_restarts=1)
+        records = read_jsonl(workdir / "faulted.jsonl")
+        result.artefacts.update(metrics=ctx.relative(workdir / "faulted.jsonl"),
+                                torchrun_log=ctx.relative(workdir / "faulted.log"))
+        judge_recovery(result, records, config)
+
+        deterministic = not torch.cuda.is_available()
+        if config.compare_with_uninterrupted and deterministic:
+            reference = TrainConfig(**common, metrics_file=str(workdir / "reference.jsonl"))
+            run_torchrun(ctx, "train.py", reference.to_args(), nproc=nproc, timeout_s=config.timeout_s,
+                         log_path=workdir / "reference.log")
+            expected = final_hash(read_jsonl(workdir / "reference.jsonl"))
+            actual = final_hash(records)
+            match = expected is not None and expected == actual
+            result.add_metric("final_params_match", 1.0 if match else 0.0, "bool", "higher",
+                              "SHA-256 of all final parameters equals the uninterrupted run's (same seed)")
+            result.details.update(final_params_sha256=actual, reference_params_sha256=expected)
+            if not match:
+                result.fail("final parameters differ from an uninterrupted run with the same seed: the resume "
+                            "did not restore the full training state")
+        result.details["nproc"] = nproc
+        return result
+
+
+def final_hash(records: list[dict]) -> str | None:
+    finals = [r for r in records if r.get("event") == "final"]
+    return finals[-1].get("params_sha256") if finals else None
+
+
+def judge_recovery(result: CheckResult, records: list[dict], config: TrainFailoverConfig) -> None:
+    faults = [r for r in records if r.get("event") == "fault"]
+    starts = [r for r in records if r.get("event") == "start"]
+    restarted = [r for r in starts if r["attempt"] > 0]
+    if not faults:
+        result.fail("the fault was never injected (no fault event)")
+        return
+    if not restarted:
+        result.fail("torchrun did not restart the workers after the fault")
+        return
+    fault, restart = faults[0], restarted[0]
+    resumed = restart.get("resumed_from_step")
+    after = [r for r in records if r.get("attempt", 0) > 0 and "loss" in r and "event" not in r]
+    if resumed is None:
+        result.fail("the restarted workers did not resume from a checkpoint (started from scratch)")
+        resumed = 0
+    steps_lost = fault["step"] - resumed
+    expected_resume = (fault["step"] - 1) // config.checkpoint_every * config.checkpoint_every
+    result.add_metric("failure_step", fault["step"], "step", None, "step during which the rank was killed")
+    result.add_metric("resumed_step", resumed, "step", None, "checkpoint step the restarted job loaded")
+    result.add_metric("steps_lost", steps_lost, "steps", "lower", STEPS_LOST_FORMULA)
+    result.add_metric("restarts", len(restarted), "restarts", None, "worker group restarts by torchrun")
+    if resumed != expected_resume:
+        result.fail(f"resumed from step {resumed}, but the newest checkpoint before the failure is step "
+                    f"{expected_resume}")
+    if steps_lost > config.checkpoint_every:
+        result.fail(f"{steps_lost} steps lost, more than the checkpoint interval {config.checkpoint_every}")
+    if after:
+        result.add_metric("time_to_resume_s", after[0]["time"] - fault["time"], "s", "lower", RESUME_FORMULA)
+    else:
+        result.fail("no step completed after the restart")
+    finished = [r for r in records if "loss" in r and "event" not in r and r["step"] == config.steps]
+    if not finished:
+        result.fail(f"the run did not reach step {config.steps} after the restart")
+    timeline(result, records, fault, restart)
+
+
+def timeline(result: CheckResult, records: list[dict], fault: dict, restart: dict) -> None:
+    origin = records[0]["time"]
+    series = []
+    for attempt in sorted({r.get("attempt", 0) for r in records if "loss" in r}):
+        steps = [r for r in records if r.get("attempt") == attempt and "loss" in r and "event" not in r]
+        series.append(Series(f"attempt {attempt}", [r["time"] - origin for r in steps],
+                             [float(r["step"]) for r in steps]))
+    markers = [{"x": fault["time"] - origin, "label": f"rank {fault['rank']} killed at step {fault['step']}"},
+               {"x": restart["time"] - origin, "label": f"restart, resumed from step {restart['resumed_from_step']}"}]
+    markers += [{"x": r["time"] - origin, "label": f"checkpoint {r['step']}"} for r in records
+                if r.get("event") == "checkpoint"]
+    result.plots.append(Plot("Training failover timeline", "seconds since start", "step", series, kind="scatter",
+                             markers=markers))

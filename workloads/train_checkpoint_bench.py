@@ -1,0 +1,185 @@
+"""Checkpoint save/load speed and integrity under torchrun, with a raw sequential write as the yardstick.
+
+    torchrun --nproc_per_node=2 workloads/train_checkpoint_bench.py --preset 125m --directory /mnt/ckpt --output r.json
+
+Each rank holds a DDP-style replica of the model (and AdamW state); the save goes through the same atomic DCP
+commit as training. Then, on the same directory: every rank writes as many raw bytes as it wrote to the
+checkpoint, sequentially with fsync (the best the storage can do); pages of both are dropped from the page cache
+before anything is read back, so loads come from the storage. Finally one checkpoint file is corrupted and the
+load must refuse it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import get_state_dict
+
+from workloads.checkpointing import (CheckpointCorruptError, CheckpointError, ensure_writable, load_checkpoint,
+                                     save_checkpoint, tensor_checksums, verify_checksums)
+from workloads.model import GPT, get_preset
+
+RAW_CHUNK = 16 * 2**20
+
+
+def drop_page_cache(path: Path) -> None:
+    """Evict a file's (already fsynced) pages, so the next read measures the storage, not memory."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def raw_sequential_write(path: Path, nbytes: int) -> float:
+    """Seconds to write nbytes sequentially in 16 MiB chunks and fsync: the storage's own speed."""
+    chunk = os.urandom(min(RAW_CHUNK, nbytes)) if nbytes else b""
+    started = time.perf_counter()
+    with open(path, "wb") as handle:
+        remaining = nbytes
+        while remaining > 0:
+            remaining -= handle.write(chunk[:remaining])
+        handle.flush()
+        os.fsync(handle.fileno())
+    return time.perf_counter() - started
+
+
+def empty_like_state(state):
+    if isinstance(state, dict):
+        return {key: empty_like_state(value) for key, value in state.items()}
+    if isinstance(state, list):
+        return [empty_like_state(value) for value in state]
+    return torch.zeros_like(state) if isinstance(state, torch.Tensor) else state
+
+
+def slowest(seconds: float) -> float:
+    """A collective operation takes as long as its slowest rank."""
+    value = torch.tensor([seconds], dtype=torch.float64)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value.item()
+
+
+def rank_file_bytes(directory: Path, rank: int) -> int:
+    """Bytes this rank wrote into the checkpoint (DCP names data files __<rank>_<n>.distcp)."""
+    return sum(f.stat().st_size for f in directory.glob(f"__{rank}_*.distcp"))
+
+
+def run(args: argparse.Namespace) -> dict:
+    rank = dist.get_rank()
+    root = Path(args.directory)
+    config = get_preset(args.preset, max_seq_len=args.seq_len)
+    torch.manual_seed(0)
+    model = GPT(config)
+    optimizer = torch.optim.AdamW(model.parameters())
+    if args.with_optimizer:
+        model.loss(torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 8, dtype=torch.long)).backward()
+        optimizer.step()  # real moments, not zeros: checksums must see distinct data
+    model_state, optim_state = get_state_dict(model, optimizer)
+    tensors = {"model": model_state, **({"optim": optim_state} if args.with_optimizer else {})}
+
+    # Storage speed drifts (shared disks, write-back caches): alternate the order and sum over rounds, so both
+    # sides of the ratio see the same conditions.
+    # An untimed first save: DCP's first call pays one-off costs (planner, thread pool, imports) that a
+    # storage measurement should not include.
+    save_checkpoint(root, 0, tensors, {"step": 0}, config, keep=1, rng_state={})
+    save_s = raw_s = 0.0
+    raw_file = root / f"raw-write-rank{rank}.bin"
+    for round_index in range(args.rounds):
+        for action in (("save", "raw") if round_index % 2 == 0 else ("raw", "save")):
+            if action == "save":
+                saved = save_checkpoint(root, round_index + 1, tensors, {"step": round_index + 1}, config, keep=1,
+                                        rng_state={})
+                save_s += slowest(saved.seconds)
+                my_bytes = rank_file_bytes(saved.path, rank)
+                for path in saved.path.iterdir():
+                    drop_page_cache(path)
+            else:
+                # The raw write needs this rank's share of the checkpoint; the first round measures the save
+                # first, so the size is known.
+                raw_s += slowest(raw_sequential_write(raw_file, my_bytes))
+                drop_page_cache(raw_file)
+                raw_file.unlink()
+            dist.barrier()
+    raw_total = torch.tensor([my_bytes], dtype=torch.float64)
+    dist.all_reduce(raw_total)
+
+    target = empty_like_state(tensors)
+    dist.barrier()
+    started = time.perf_counter()
+    load_checkpoint(saved.path, target, verify=False)
+    load_s = slowest(time.perf_counter() - started)
+    started = time.perf_counter()
+    checksum_ok = True
+    try:
+        verify_checksums(saved.path, target, rank)
+    except CheckpointCorruptError:
+        checksum_ok = False
+    verify_s = time.perf_counter() - started
+    checksum_ok = slowest(0.0 if checksum_ok else 1.0) == 0.0
+    corruption_detected = corrupt_and_reload(saved.path, tensors, rank) if args.corruption_test else None
+    total = int(raw_total.item())
+    return {"preset": args.preset, "with_optimizer": args.with_optimizer, "world_size": dist.get_world_size(),
+            "bytes": total, "tensor_bytes_per_replica": saved.bytes, "tensors": len(tensor_checksums(tensors)),
+            "rounds": args.rounds, "save_s": save_s / args.rounds, "load_s": load_s,
+            "raw_write_s": raw_s / args.rounds, "verify_s": verify_s, "save_gbps": total * args.rounds / save_s / 1e9,
+            "load_gbps": total / load_s / 1e9, "raw_write_gbps": total * args.rounds / raw_s / 1e9,
+            "checksum_match": checksum_ok, "corruption_detected": corruption_detected, "directory": str(root)}
+
+
+def corrupt_and_reload(path: Path, tensors: dict, rank: int) -> bool:
+    """Flip bytes in the middle of the largest data file; every rank must then refuse to load."""
+    if rank == 0:
+        victim = max(path.glob("*.distcp"), key=lambda f: f.stat().st_size)
+        with open(victim, "r+b") as handle:
+            handle.seek(victim.stat().st_size // 2)
+            data = handle.read(64)
+            handle.seek(victim.stat().st_size // 2)
+            handle.write(bytes(b ^ 0xFF for b in data))
+    dist.barrier()
+    detected = False
+    try:
+        load_checkpoint(path, empty_like_state(tensors))
+    except CheckpointCorruptError:
+        detected = True
+    return slowest(0.0 if detected else 1.0) == 0.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="train_checkpoint_bench.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="125m")
+    parser.add_argument("--seq-len", type=int, default=256, help="position-embedding rows to include (256)")
+    parser.add_argument("--with-optimizer", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--directory", required=True, help="checkpoint directory (on the storage under test)")
+    parser.add_argument("--output", help="JSON result (rank 0)")
+    parser.add_argument("--rounds", type=int, default=2, help="save + raw write rounds, order alternating (2)")
+    parser.add_argument("--corruption-test", action=argparse.BooleanOptionalAction, default=True)
+    args = parser.parse_args(argv)
+    try:
+        get_preset(args.preset)
+        ensure_writable(args.directory)
+    except (ValueError, CheckpointError) as error:
+        print(f"train_checkpoint_bench.py: error: {error}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    dist.init_process_group("gloo", timeout=timedelta(seconds=300))
+    try:
+        result = run(args)
+        if dist.get_rank() == 0:
+            print(json.dumps(result, indent=1))
+            if args.output:
+                Path(args.output).write_text(json.dumps(result, indent=1))
+    finally:
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
