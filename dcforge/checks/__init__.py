@@ -12,6 +12,10 @@ from dcforge.harness.check import Check, CheckConfig
 # name -> "module:Class". The order is the default run order.
 CHECKS: dict[str, str] = {
     "system": "dcforge.checks.system:SystemCheck",
+    "train": "dcforge.checks.train:TrainCheck",
+    "allreduce": "dcforge.checks.allreduce:AllreduceCheck",
+    "checkpoint": "dcforge.checks.checkpoint:CheckpointCheck",
+    "train_failover": "dcforge.checks.train_failover:TrainFailoverCheck",
     "compliance": "dcforge.checks.compliance:ComplianceCheck",
     "inference": "dcforge.checks.inference:InferenceCheck",
     "inference_failover": "dcforge.checks.inference_failover:InferenceFailoverCheck",
