@@ -96,7 +96,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         torch.set_num_threads(settings.engine.torch_threads)
         model, config = await asyncio.to_thread(load_model, settings.model)
         engine = BatchingEngine(model, config, settings.engine, max_pending=limits.max_pending,
-                                observer=metrics.observe_step)
+                                observer=metrics.observe_step, load_observer=metrics.observe_load)
         await asyncio.to_thread(engine.warm_up)
         engine.start()
         app.state.engine = engine

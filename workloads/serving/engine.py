@@ -114,13 +114,15 @@ def load_model(settings: ModelSettings) -> tuple[GPT, GPTConfig]:
     return model.eval(), config
 
 
-StepObserver = Callable[[str, int, float, int, int], None]
-"""(phase "prefill"|"decode", batch size, seconds, queue depth, active sequences) after every forward pass."""
+StepObserver = Callable[[str, int, float], None]
+"""(phase "prefill"|"decode", batch size, seconds) after every forward pass."""
+LoadObserver = Callable[[int, int], None]
+"""(queue depth, active sequences) whenever either changes in the engine thread."""
 
 
 class BatchingEngine:
     def __init__(self, model: GPT, config: GPTConfig, settings: EngineSettings, *, max_pending: int = 256,
-                 observer: StepObserver | None = None):
+                 observer: StepObserver | None = None, load_observer: LoadObserver | None = None):
         self.model = model
         self.config = config
         self.settings = settings
@@ -128,6 +130,7 @@ class BatchingEngine:
         self.max_pending = max_pending
         self.tokenizer = ByteTokenizer()
         self._observer = observer
+        self._load_observer = load_observer
         self._cache = KVCache(config, settings.max_batch, self.max_context)
         self._free_slots = list(range(settings.max_batch))
         self._pending: deque[GenerationHandle] = deque()
@@ -237,6 +240,7 @@ class BatchingEngine:
         self._observe("prefill", 1, started)
         sequence.length = len(prompt)
         self._active.append(sequence)
+        self._load_changed()
         self._advance(sequence, self._sample(logits[0, -1], sequence))
 
     def _decode_step(self, sequences: list[_Sequence]) -> None:
@@ -300,7 +304,12 @@ class BatchingEngine:
         with self._cond:
             if sequence.slot not in self._free_slots:
                 self._free_slots.append(sequence.slot)
+        self._load_changed()
 
     def _observe(self, phase: str, batch: int, started: float) -> None:
         if self._observer:
-            self._observer(phase, batch, time.perf_counter() - started, len(self._pending), len(self._active))
+            self._observer(phase, batch, time.perf_counter() - started)
+
+    def _load_changed(self) -> None:
+        if self._load_observer:
+            self._load_observer(len(self._pending), len(self._active))

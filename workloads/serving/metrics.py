@@ -25,9 +25,12 @@ QUEUE_DEPTH = Gauge("dcforge_queue_depth", "Requests waiting for a batch slot", 
 ACTIVE_SEQUENCES = Gauge("dcforge_active_sequences", "Sequences being generated", multiprocess_mode="livesum")
 
 
-def observe_step(phase: str, batch: int, seconds: float, queue_depth: int, active: int) -> None:
+def observe_step(phase: str, batch: int, seconds: float) -> None:
     BATCH_SIZE.labels(phase).observe(batch)
     FORWARD_SECONDS.labels(phase).observe(seconds)
+
+
+def observe_load(queue_depth: int, active: int) -> None:
     QUEUE_DEPTH.set(queue_depth)
     ACTIVE_SEQUENCES.set(active)
 
