@@ -26,11 +26,15 @@ ALGBW_FORMULA = "algbw = bytes / t"
 BUSBW_FORMULA = "busbw = algbw * 2(n-1)/n"
 
 
+class SizeError(ValueError, argparse.ArgumentTypeError):
+    """A bad size: a ValueError for settings validation, an ArgumentTypeError for argparse's message."""
+
+
 def parse_size(text: str) -> int:
     """`1K`, `64M`, `1G` (binary units) or a plain number of bytes."""
     match = re.fullmatch(r"\s*(\d+)\s*([KMG]?)(i?B)?\s*", text, flags=re.IGNORECASE)
     if not match:
-        raise argparse.ArgumentTypeError(f"bad size {text!r}: expected e.g. 1024, 1K, 64M, 1G")
+        raise SizeError(f"bad size {text!r}: expected e.g. 1024, 1K, 64M, 1G")
     return int(match.group(1)) * SIZE_SUFFIXES[match.group(2).upper()]
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 
 from workloads.model import GPT, GPTConfig
 
@@ -216,9 +217,9 @@ def load_checkpoint(path: Path, tensors: dict[str, Any], verify: bool = True) ->
     rank = _rank()
     try:
         dcp.load(tensors, checkpoint_id=path)
-    except Exception as error:  # truncated or garbled DCP files fail inside the reader
-        raise CheckpointCorruptError(f"checkpoint {path} could not be read: {str(error).splitlines()[0][:300]}") \
-            from error
+    except (Exception, CheckpointException) as error:  # truncated or garbled files fail inside DCP's reader
+        cause = [line for line in str(error).splitlines() if "Error" in line] or str(error).splitlines() or [""]
+        raise CheckpointCorruptError(f"checkpoint {path} could not be read: {cause[-1].strip()[:300]}") from None
     if verify:
         verify_checksums(path, tensors, rank)
     rng_file = path / f"rng_rank{rank}.pt"

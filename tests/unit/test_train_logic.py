@@ -1,0 +1,123 @@
+"""Training config, data, schedule, all-reduce arithmetic and the checks' judgement, without processes."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from dcforge.checks.allreduce import AllreduceCheckConfig
+from dcforge.checks.train import TrainCheck, TrainCheckConfig, summarize
+from dcforge.checks.train_failover import TrainFailoverConfig, judge_recovery
+from dcforge.errors import ConfigError
+from dcforge.harness.check import CheckContext
+from dcforge.harness.result import CheckResult, Status
+from dcforge.spec.loader import load_environment
+from workloads.allreduce import bus_bandwidth_factor, message_sizes, parse_size
+from workloads.train import lr_factor
+from workloads.train_config import TrainConfig, field_docs, parse_args
+from workloads.train_data import SyntheticBigramData, rank_slice
+
+
+def test_every_train_option_is_documented_and_round_trips_through_the_command_line():
+    import dataclasses
+
+    assert set(field_docs(TrainConfig)) == {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(preset="125m", steps=7, resume=False, checkpoint_dir="/x", peak_flops=1e12)
+    assert parse_args(config.to_args()) == config
+
+
+@pytest.mark.parametrize("changes, world, message", [
+    ({"preset": "giant"}, 1, "unknown model preset 'giant'; known presets: tiny"),
+    ({"global_batch_size": 3}, 2, "global_batch_size 3 is not divisible by the world size 2"),
+    ({"seq_len": 4096}, 1, "seq_len 4096 must be between 1 and the preset's max_seq_len 256"),
+    ({"checkpoint_every": 2}, 1, "checkpoint_dir is not"),
+    ({"fail_at_step": 3, "fail_rank": 2}, 2, "fail_rank 2 is not a rank"),
+])
+def test_bad_training_settings_are_refused(changes, world, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**changes).validate(world)
+
+
+def test_data_is_a_function_of_step_and_independent_of_world_size():
+    data = SyntheticBigramData(seed=1)
+    batch = data.batch(5, 4, 16)
+    assert torch.equal(batch, SyntheticBigramData(seed=1).batch(5, 4, 16))
+    assert not torch.equal(batch, data.batch(6, 4, 16))
+    assert torch.equal(torch.cat([rank_slice(batch, r, 2) for r in range(2)]), batch)
+    # learnable: every token is one of 4 successors of the previous one
+    successors = data.table[batch[:, :-1]]
+    assert (successors == batch[:, 1:, None]).any(-1).all()
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    config = TrainConfig(steps=20, warmup_steps=5, min_lr_ratio=0.1)
+    factors = [lr_factor(step, config) for step in range(21)]
+    assert factors[0] == pytest.approx(0.2) and factors[4] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[4:], factors[5:]))
+    assert factors[20] == pytest.approx(0.1)
+
+
+def test_allreduce_sizes_and_bus_factor():
+    assert parse_size("1K") == 1024 and parse_size("64M") == 64 * 2**20 and parse_size("1GiB") == 2**30
+    assert message_sizes(1024, 16384, 4) == [1024, 4096, 16384]
+    assert bus_bandwidth_factor(2) == 1.0 and bus_bandwidth_factor(8) == pytest.approx(1.75)
+    with pytest.raises(ValidationError, match="bad size"):
+        AllreduceCheckConfig(max_bytes="lots")
+
+
+def test_check_settings_refuse_bad_values():
+    with pytest.raises(ValidationError, match="unknown model preset"):
+        TrainCheckConfig.model_validate({"preset": "7b"})
+    with pytest.raises(ValidationError, match="no checkpoint to resume from"):
+        TrainFailoverConfig.model_validate({"checkpointEvery": 8, "failAtStep": 7})
+
+
+def test_batch_not_divisible_by_ranks_is_a_config_error_naming_the_key(tmp_path):
+    ctx = CheckContext(env=load_environment("local"), report_dir=tmp_path, deadline=time.monotonic() + 60)
+    config = TrainCheckConfig(global_batch_size=3, nproc_per_node=2)
+    with pytest.raises(ConfigError, match=r"Pulumi.local.yaml: dcforge:acceptance.settings.train.globalBatchSize: "
+                                          r"global_batch_size 3 is not divisible by the world size 2"):
+        TrainCheck().run(ctx, config)
+
+
+def _steps(losses, attempt=0, start=1, t0=100.0):
+    return [{"time": t0 + i, "step": start + i, "attempt": attempt, "loss": loss, "step_time_s": 0.5,
+             "tokens_per_s": 1000.0, "mfu": 0.4} for i, loss in enumerate(losses)]
+
+
+def test_summary_fails_when_loss_does_not_fall():
+    config = TrainCheckConfig(steps=4, warmup_steps_excluded=1)
+    good = CheckResult("train")
+    summarize(good, _steps([5.5, 5.0, 4.5, 4.0]), config, 2, 1e11)
+    assert good.status == Status.PASS and good.metrics["tokens_per_s"].value == pytest.approx(1000)
+    assert good.metrics["tokens_per_s_total"].value == pytest.approx(2000)
+    bad = CheckResult("train")
+    summarize(bad, _steps([5.5, 5.6, 5.5, 5.6]), config, 2, 1e11)
+    assert bad.status == Status.FAIL and "loss did not fall" in bad.reason
+
+
+def _failover_records(resumed_from, first_attempt_steps=6, fault_step=7):
+    records = [{"time": 99.0, "event": "start", "attempt": 0, "resumed_from_step": None}]
+    records += _steps([5.0] * first_attempt_steps)
+    records += [{"time": 107.0, "event": "fault", "step": fault_step, "rank": 1},
+                {"time": 110.0, "event": "start", "attempt": 1, "resumed_from_step": resumed_from}]
+    records += _steps([4.0] * (12 - (resumed_from or 0)), attempt=1, start=(resumed_from or 0) + 1, t0=112.0)
+    return records
+
+
+def test_failover_judgement_measures_steps_lost_and_time_to_resume():
+    result = CheckResult("train_failover")
+    judge_recovery(result, _failover_records(resumed_from=4), TrainFailoverConfig())
+    assert result.status == Status.PASS, result.reason
+    assert result.metrics["steps_lost"].value == 3 and result.metrics["time_to_resume_s"].value == 5.0
+    assert result.plots[0].markers[0]["label"] == "rank 1 killed at step 7"
+
+
+def test_failover_judgement_fails_a_restart_from_scratch():
+    result = CheckResult("train_failover")
+    judge_recovery(result, _failover_records(resumed_from=None), TrainFailoverConfig())
+    assert result.status == Status.FAIL and "started from scratch" in result.reason
+    assert result.metrics["steps_lost"].value == 7
