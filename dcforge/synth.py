@@ -11,6 +11,7 @@ cert-manager, NetworkAttachmentDefinition, NicClusterPolicy) have no bundled sch
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ import yaml
 
 from dcforge.compliance import Violation, evaluate, exceptions_for, unexcepted
 from dcforge.compliance import resource_id as object_id
+from dcforge.errors import DcforgeError
 from dcforge.manifests import HELM_RELEASE_API_VERSION, ComponentManifests, build_all
 from dcforge.spec.models import Environment
 
@@ -96,22 +98,63 @@ def write_files(files: dict[str, list[dict[str, Any]]], out_dir: Path) -> list[P
     return written
 
 
+@functools.lru_cache(maxsize=4)
+def _schema_registry(schema_dir: str) -> Any:
+    """The shared definitions of one Kubernetes version, loaded once (1.3 MB of JSON: the slow part per object)."""
+    from kubernetes_validate.utils import schema_contents
+    from referencing import Registry, Resource
+
+    definitions = schema_contents(f"kubernetes-json-schema/{schema_dir}/_definitions.json", schema_dir)
+    return Resource.from_contents(definitions) @ Registry()
+
+
+@functools.lru_cache(maxsize=256)
+def _kind_validator(schema_dir: str, kind: str, api_version: str) -> Any | None:
+    """A validator for one kind, or None when kubernetes-validate bundles no schema for it (custom resources)."""
+    import jsonschema
+    from kubernetes_validate.utils import schema_contents
+    from referencing import Resource
+
+    # File naming of kubernetes-validate: rbac.authorization.k8s.io/v1 -> rbac-v1, v1 -> v1.
+    group_version = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
+    try:
+        schema = schema_contents(f"kubernetes-json-schema/{schema_dir}/{kind.lower()}-{group_version}.json",
+                                 schema_dir)
+    except FileNotFoundError:
+        return None
+    registry = Resource.from_contents(schema) @ _schema_registry(schema_dir)
+    return jsonschema.validators.Draft202012Validator(schema, registry=registry)
+
+
+def schema_dir_for(kubernetes_version: str) -> str:
+    """The newest bundled schema set not newer than the target minor version, strict (unknown fields refused)."""
+    from kubernetes_validate.utils import all_versions
+    from packaging.version import Version
+
+    target = Version(kubernetes_version)
+    candidates = [v for v in all_versions() if Version(".".join(v.split(".")[:2])) <= target]
+    if not candidates:
+        raise DcforgeError(f"kubernetes-validate has no schemas for Kubernetes {kubernetes_version} or older")
+    return f"v{candidates[-1]}-local-strict"
+
+
 def schema_validate(objects: list[dict[str, Any]], kubernetes_version: str) -> SchemaReport:
-    import kubernetes_validate
-    from kubernetes_validate.utils import SchemaNotFoundError
+    import jsonschema
 
     report = SchemaReport(kubernetes_version=kubernetes_version)
+    schema_dir = schema_dir_for(kubernetes_version)
     for obj in objects:
-        kind = obj.get("kind", "?")
-        if obj.get("apiVersion") == HELM_RELEASE_API_VERSION:
+        kind = str(obj.get("kind", "?"))
+        validator = None
+        if obj.get("apiVersion") != HELM_RELEASE_API_VERSION:
+            validator = _kind_validator(schema_dir, kind, str(obj.get("apiVersion", "")))
+        if validator is None:
             report.skipped[kind] += 1
             continue
         try:
-            kubernetes_validate.validate(obj, kubernetes_version, strict=True)
+            validator.validate(obj)
             report.validated += 1
-        except SchemaNotFoundError:
-            report.skipped[kind] += 1
-        except kubernetes_validate.ValidationError as error:
+        except jsonschema.ValidationError as error:
             report.errors.append(SchemaError(object_id(obj), ".".join(str(p) for p in error.path), error.message))
     return report
 

@@ -134,6 +134,15 @@ def of_kind(manifests: list[Manifest], kind: str, namespace: str | None = None) 
     return [m for m in manifests if m.get("kind") == kind and (namespace is None or namespace_of(m) == namespace)]
 
 
+def by_namespace(manifests: list[Manifest], kind: str) -> dict[str | None, list[Manifest]]:
+    """Objects of one kind grouped by namespace: one pass, so set rules stay linear in the number of objects."""
+    groups: dict[str | None, list[Manifest]] = {}
+    for manifest in manifests:
+        if manifest.get("kind") == kind:
+            groups.setdefault(namespace_of(manifest), []).append(manifest)
+    return groups
+
+
 def is_default_deny(policy: Manifest) -> bool:
     spec = policy.get("spec") or {}
     return (spec.get("podSelector") in ({}, None) or spec.get("podSelector") == {"matchLabels": {}}) \
@@ -145,9 +154,10 @@ def is_default_deny(policy: Manifest) -> bool:
           "CIS 5.3.2; NSA/CISA network separation")
 def default_deny_everywhere(manifests):
     workload_namespaces = {namespace_of(m) for m in manifests if pod_spec(m) is not None} - {None}
+    policies = by_namespace(manifests, "NetworkPolicy")
     out = []
     for name in sorted(set(namespaces(manifests)) | workload_namespaces):
-        if not any(is_default_deny(p) for p in of_kind(manifests, "NetworkPolicy", name)):
+        if not any(is_default_deny(p) for p in policies.get(name, [])):
             out.append(Violation("DCF-NET-001", f"Namespace/{name}",
                                  "no NetworkPolicy denies all ingress and egress by default"))
     return out
@@ -194,10 +204,11 @@ def selects(pdb: Manifest, pod_labels: dict[str, str]) -> bool:
 @set_rule("DCF-AVL-002", "Inference workloads are covered by a PodDisruptionBudget", "medium",
           "Kyverno require-pdb; dcforge")
 def inference_pdb(manifests):
+    budgets_by_namespace = by_namespace(manifests, "PodDisruptionBudget")
     out = []
     for workload in inference_deployments(manifests):
         pod_labels = dig(workload, "spec", "template", "metadata", "labels") or {}
-        budgets = of_kind(manifests, "PodDisruptionBudget", namespace_of(workload))
+        budgets = budgets_by_namespace.get(namespace_of(workload), [])
         if not any(selects(pdb, pod_labels) for pdb in budgets):
             out.append(Violation("DCF-AVL-002", resource_id(workload), "no PodDisruptionBudget selects its pods"))
     return out
@@ -206,10 +217,11 @@ def inference_pdb(manifests):
 @set_rule("DCF-RES-001", "Every team namespace has a ResourceQuota and a LimitRange", "medium",
           "NSA/CISA resource policies; CIS 5.7 (general policies)")
 def team_resource_policies(manifests):
+    present = {kind: by_namespace(manifests, kind) for kind in ("ResourceQuota", "LimitRange")}
     out = []
     for name in sorted(namespaces_labelled(manifests, TEAM_LABEL)):
         for kind in ("ResourceQuota", "LimitRange"):
-            if not of_kind(manifests, kind, name):
+            if not present[kind].get(name):
                 out.append(Violation("DCF-RES-001", f"Namespace/{name}", f"team namespace has no {kind}"))
     return out
 
