@@ -1,8 +1,7 @@
 """GpuOperator: NVIDIA GPU Operator and Kueue releases, the device-plugin sharing config, GPU priority classes.
 
-The driver, container toolkit and DCGM host engine are installed and pinned by Ansible on the hosts, so the
-operator runs with those parts disabled and only manages the device plugin, feature discovery, MIG manager and the
-DCGM exporter.
+The driver and container toolkit are installed and pinned by Ansible on the hosts, so the operator runs with those
+parts disabled and manages the device plugin, feature discovery, MIG manager and the DCGM exporter.
 """
 
 from __future__ import annotations
@@ -62,7 +61,9 @@ def gpu_operator_values(spec: Environment) -> dict[str, Any]:
     return {
         "driver": {"enabled": False},  # pinned driver installed by Ansible (playbooks/, role nvidia_driver)
         "toolkit": {"enabled": False},  # container toolkit pinned by Ansible as well
-        "dcgm": {"enabled": False},  # host engine from Ansible; the exporter connects to it
+        # No standalone DCGM pod: the host engine that Ansible installs serves node-level tools; the exporter
+        # runs its embedded engine for the metrics it exports.
+        "dcgm": {"enabled": False},
         "dcgmExporter": {"enabled": True, "serviceMonitor": {"enabled": False}},
         "devicePlugin": {"enabled": True,
                          "config": {"name": DEVICE_PLUGIN_CONFIG_MAP, "default": DEVICE_PLUGIN_DEFAULT_KEY}},

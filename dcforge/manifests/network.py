@@ -27,6 +27,7 @@ from dcforge.spec.models import Environment
 
 NAD_API = "k8s.cni.cncf.io/v1"
 NETWORK_OPERATOR_CHART_VERSION = "v25.4.0"  # not in the version table; pinned here and bumped with golden files
+NETWORK_OPERATOR_IMAGE_REPOSITORY = "nvcr.io/nvidia/mellanox"
 RDMA_SHARED_RESOURCE = "rdma_shared_device_a"
 INFERENCE_SERVING_PORT = 8000
 GATEWAY_LISTEN_PORTS = (443, 8443)
@@ -113,6 +114,12 @@ def rdma_network_attachment(spec: Environment, namespace_name: str, rail: int, i
     }
 
 
+def network_operator_image(image: str) -> dict[str, str]:
+    """Component images NVIDIA publishes with each Network Operator release, tagged with the release."""
+    return {"image": image, "repository": NETWORK_OPERATOR_IMAGE_REPOSITORY,
+            "version": f"network-operator-{NETWORK_OPERATOR_CHART_VERSION}"}
+
+
 def nic_cluster_policy(spec: Environment) -> dict[str, Any]:
     """Shared RDMA device plugin on the RDMA pools' nodes: exposes the rails' HCAs as one resource."""
     rdma_pools = [p.name for p in spec.gpu_pools if p.rdma]
@@ -125,8 +132,11 @@ def nic_cluster_policy(spec: Environment) -> dict[str, Any]:
         "spec": {
             "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{
                 "matchExpressions": [{"key": "dcforge.io/pool", "operator": "In", "values": rdma_pools}]}]}},
-            "rdmaSharedDevicePlugin": {"config": json.dumps(config, sort_keys=True)},
-            "secondaryNetwork": {"multus": {}, "cniPlugins": {}, "ipamPlugin": {}},
+            "rdmaSharedDevicePlugin": {**network_operator_image("k8s-rdma-shared-dev-plugin"),
+                                       "config": json.dumps(config, sort_keys=True)},
+            "secondaryNetwork": {"multus": network_operator_image("multus-cni"),
+                                 "cniPlugins": network_operator_image("plugins"),
+                                 "ipamPlugin": network_operator_image("whereabouts")},
         },
     }
 

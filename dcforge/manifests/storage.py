@@ -138,8 +138,14 @@ def storage_class(spec: Environment, cls: StorageClassSpec) -> dict[str, Any]:
         provisioner = LOCAL_PATH_PROVISIONER
         parameters = {}
         binding = "WaitForFirstConsumer"  # a local volume lives on the node of its first pod
-    if cls.encrypted and provisioner in (RBD_PROVISIONER, CEPHFS_PROVISIONER):
-        parameters["encrypted"] = "true"  # ceph-csi per-volume LUKS (RBD) / fscrypt (CephFS)
+    if cls.encrypted and provisioner == RBD_PROVISIONER:
+        # ceph-csi per-volume LUKS; the passphrase is kept in the image metadata unless a KMS is configured.
+        parameters["encrypted"] = "true"
+        parameters["encryptionType"] = "block"
+    elif cls.encrypted and provisioner == CEPHFS_PROVISIONER:
+        # CephFS fscrypt needs kernel 6.6+ clients; data is encrypted by the dm-crypt OSDs (encryptedDevice) and
+        # on the wire by msgr2 secure mode, both set on the CephCluster and checked by rule DCF-STO-002.
+        annotations[HOST_ENCRYPTION_ANNOTATION] = "ceph-osd-dmcrypt"
     elif cls.encrypted:
         annotations[HOST_ENCRYPTION_ANNOTATION] = "host-luks"
     manifest: dict[str, Any] = {

@@ -164,7 +164,8 @@ def test_rook_ceph_is_encrypted_replicated_and_host_failure_domain():
     assert classes["checkpoints"]["metadata"]["annotations"] == {"storageclass.kubernetes.io/is-default-class": "true"}
     assert classes["datasets"]["provisioner"] == "rook-ceph.cephfs.csi.ceph.com"
     assert classes["datasets"]["parameters"]["pool"] == "datasets-data0"
-    assert all(c["parameters"]["encrypted"] == "true" for c in classes.values())
+    assert classes["checkpoints"]["parameters"]["encrypted"] == "true"
+    assert classes["datasets"]["metadata"]["annotations"]["dcforge.io/encryption-at-rest"] == "ceph-osd-dmcrypt"
 
 
 def test_small_backends_and_an_unencrypted_class_is_flagged():
