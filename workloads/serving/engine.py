@@ -61,19 +61,21 @@ class GenerationHandle:
         self.prompt_ids = prompt_ids
         self.params = params
         self.cancelled = False
-        self._loop = loop
+        self.loop = loop
         self._queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
+        self._outbox: deque[TokenEvent] = deque()
 
     @property
     def prompt_tokens(self) -> int:
         return len(self.prompt_ids)
 
     def publish(self, event: TokenEvent) -> None:
-        """Called from the engine thread."""
-        try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
-        except RuntimeError:  # the client's event loop is gone (worker shutting down): nobody is listening
-            self.cancelled = True
+        """Called from the engine thread; delivered by `deliver` (one wake-up of the event loop per step)."""
+        self._outbox.append(event)
+
+    def _drain(self) -> None:
+        while self._outbox:
+            self._queue.put_nowait(self._outbox.popleft())
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -84,6 +86,25 @@ class GenerationHandle:
             yield event
             if event.finish_reason is not None:
                 return
+
+
+def deliver(handles: list[GenerationHandle]) -> None:
+    """Hand the events published in one engine step to their event loops: one thread-safe call per loop,
+    not one per token, so a batch of 32 streams costs one wake-up instead of 32."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[GenerationHandle]] = {}
+    for handle in handles:
+        by_loop.setdefault(handle.loop, []).append(handle)
+    for loop, group in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_drain_all, group)
+        except RuntimeError:  # that event loop is gone (worker shutting down): nobody is listening
+            for handle in group:
+                handle.cancelled = True
+
+
+def _drain_all(handles: list[GenerationHandle]) -> None:
+    for handle in handles:
+        handle._drain()
 
 
 @dataclass
@@ -191,8 +212,11 @@ class BatchingEngine:
                     return
                 for sequence in admitted:
                     self._guarded(self._prefill, [sequence])
+                    deliver([sequence.handle])  # the first token goes out now: TTFT does not wait for others
                 if self._active:
-                    self._guarded(self._decode_step, list(self._active))
+                    stepped = list(self._active)
+                    self._guarded(self._decode_step, stepped)
+                    deliver([sequence.handle for sequence in stepped])
 
     def _admit(self) -> list[_Sequence] | None:
         """New sequences for free slots; blocks while idle. None when the engine is stopping."""
@@ -209,6 +233,7 @@ class BatchingEngine:
             if self._stopping:
                 for handle in self._pending:
                     handle.publish(TokenEvent("", 0, "error"))
+                deliver(list(self._pending))
                 self._pending.clear()
                 return None
             admitted = []

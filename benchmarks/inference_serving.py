@@ -1,0 +1,111 @@
+"""Serving efficiency and batching speedup of the bundled server, measured side by side in one run.
+
+- efficiency = server output tokens/s at saturation / raw batched decode tokens/s of the same model and batch
+  size in one process (goal >= 0.85): what HTTP, SSE, asyncio and the scheduler cost;
+- batching speedup = output tokens/s with 32 concurrent streams at max_batch 32 / the same at max_batch 1
+  (goal >= 4x).
+
+One replica with one torch thread, so the client (this process) has the other core.
+
+    python -m benchmarks.inference_serving
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+from dcforge.checks._serving import child_pids, free_port
+from dcforge.harness.processes import ManagedProcess
+from dcforge.spec.loader import REPO_ROOT
+from workloads.model import GPT, KVCache, get_preset
+
+PRESET = "tiny"
+PROMPT_TOKENS = 32
+MAX_TOKENS = 64
+STREAMS = 32
+DURATION_S = 12.0
+KEY = "benchmark-key"
+
+
+def raw_decode_tokens_per_s(batch: int, duration_s: float = 6.0) -> float:
+    """Prefill `batch` prompts, then decode MAX_TOKENS steps for all of them at once, repeatedly."""
+    torch.set_num_threads(1)
+    config = get_preset(PRESET)
+    torch.manual_seed(0)
+    model = GPT(config).eval()
+    cache = KVCache(config, batch, PROMPT_TOKENS + MAX_TOKENS + 1)
+    tokens, started = 0, time.perf_counter()
+    with torch.inference_mode():
+        while time.perf_counter() - started < duration_s:
+            for slot in range(batch):
+                model(torch.randint(0, 256, (1, PROMPT_TOKENS)), cache=cache, slots=torch.tensor([slot]),
+                      positions=torch.arange(PROMPT_TOKENS)[None, :])
+            slots = torch.arange(batch)
+            for step in range(MAX_TOKENS):
+                logits = model(torch.randint(0, 256, (batch, 1)), cache=cache, slots=slots,
+                               positions=torch.full((batch, 1), PROMPT_TOKENS + step))
+                torch.argmax(logits[:, -1], dim=-1)
+                tokens += batch
+    return tokens / (time.perf_counter() - started)
+
+
+async def _stream_loop(client: httpx.AsyncClient, deadline: float, counts: list[int]) -> None:
+    body = {"model": "dcforge-gpt", "prompt": "x" * (PROMPT_TOKENS - 1), "max_tokens": MAX_TOKENS, "stream": True,
+            "stream_options": {"include_usage": True}, "ignore_eos": True, "temperature": 0}
+    while time.perf_counter() < deadline:
+        async with client.stream("POST", "/v1/completions", json=body) as response:
+            async for line in response.aiter_lines():
+                if '"usage"' in line:
+                    counts.append(MAX_TOKENS)
+
+
+async def _drive(base_url: str, streams: int, duration_s: float) -> float:
+    counts: list[int] = []
+    limits = httpx.Limits(max_connections=streams)
+    async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits,
+                                 headers={"Authorization": f"Bearer {KEY}"}) as client:
+        await asyncio.gather(*(_stream_loop(client, time.perf_counter() + 2.0, []) for _ in range(4)))  # warm-up
+        started = time.perf_counter()
+        await asyncio.gather(*(_stream_loop(client, started + duration_s, counts) for _ in range(streams)))
+        return sum(counts) / (time.perf_counter() - started)
+
+
+def server_tokens_per_s(max_batch: int, streams: int, duration_s: float = DURATION_S) -> float:
+    port = free_port()
+    state_dir = Path(tempfile.mkdtemp(prefix="dcforge-bench-"))
+    args = [sys.executable, "-m", "workloads.serve", "--port", str(port), "--replicas", "1", "--preset", PRESET,
+            "--max-batch", str(max_batch), "--torch-threads", "1", "--state-dir", str(state_dir),
+            "--log-level", "warning"]
+    env = {**os.environ, "DCFORGE_API_KEY": KEY, "PYTHONPATH": str(REPO_ROOT)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    with ManagedProcess(args, env=env, cwd=REPO_ROOT, log_path=state_dir / "server.log") as server:
+        deadline = time.monotonic() + 90
+        while not any((state_dir / f"ready-{pid}").exists() for pid in child_pids(server.pid)):
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError(f"server did not start; see {state_dir / 'server.log'}")
+            time.sleep(0.1)
+        return asyncio.run(_drive(f"http://127.0.0.1:{port}", streams, duration_s))
+
+
+def main() -> None:
+    print(f"model {PRESET}, prompt {PROMPT_TOKENS} tokens, {MAX_TOKENS} output tokens, 1 replica, 1 torch thread")
+    raw = raw_decode_tokens_per_s(STREAMS)
+    batched = server_tokens_per_s(max_batch=STREAMS, streams=STREAMS)
+    unbatched = server_tokens_per_s(max_batch=1, streams=STREAMS)
+    print(f"raw batched forward (batch {STREAMS}):        {raw:8.0f} output tokens/s")
+    print(f"server, {STREAMS} streams, max_batch {STREAMS}:     {batched:8.0f} output tokens/s")
+    print(f"server, {STREAMS} streams, max_batch 1:      {unbatched:8.0f} output tokens/s")
+    print(f"serving efficiency (server / raw):      {batched / raw:8.2f}   goal >= 0.85")
+    print(f"batching speedup (batch {STREAMS} / batch 1):  {batched / unbatched:8.2f}x  goal >= 4")
+
+
+if __name__ == "__main__":
+    main()
