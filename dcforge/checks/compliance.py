@@ -1,9 +1,11 @@
-"""`compliance`: the environment's cluster manifests judged by the compliance rules and the Kubernetes schema.
+"""`compliance`: the environment's cluster objects judged by the compliance rules, its manifests by the schema.
 
-What is judged is what `dcforge synth` writes for this environment (the same dicts the Pulumi stack declares), so
-the verdict holds before anything is deployed; exceptions (GPU Operator, RDMA, storage daemons) are reported with
-their reasons and not counted. Metrics: `violations` (not excepted, every severity), `violations_high|medium|low`,
-`excepted`, `schema_errors`, `objects`, `rules`.
+Source `synth`: what `dcforge synth` writes for this environment (the same dicts the Pulumi stack declares), so the
+verdict holds before anything is deployed. Source `cluster`: the live objects (`kubectl get`) in the namespaces
+dcforge created, including the pods Helm charts started. `auto` picks `cluster` when the acceptance target is
+kubernetes. Exceptions (GPU Operator, RDMA, storage daemons) are reported with their reasons and not counted; the
+schema is always checked on the synthesized manifests. Metrics: `violations` (not excepted, every severity),
+`violations_high|medium|low`, `excepted`, `schema_errors`, `objects` (judged), `rules`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,14 @@ SEVERITY_ORDER = ("high", "medium", "low")
 
 
 class ComplianceConfig(CheckConfig):
+    source: Literal["auto", "synth", "cluster"] = "auto"
+    """What the rules judge: the synthesized manifests, or the live cluster (`auto`: cluster for target kubernetes)."""
+    kubectl: str = "kubectl"
+    """kubectl executable used with source `cluster` (the current kubeconfig context unless kubeContext is set)."""
+    kube_context: str | None = None
+    """kubeconfig context to read the cluster from."""
+    kubectl_timeout_s: float = Field(default=120.0, gt=0)
+    """Limit for each `kubectl get`."""
     fail_on_severity: Literal["high", "medium", "low", "never"] = "medium"
     """Fail the check when a non-excepted violation of this severity or worse exists (`never`: leave it to SLOs)."""
     fail_on_schema_errors: bool = True
@@ -43,7 +53,18 @@ class ComplianceCheck:
         spec = ctx.env.spec
         files = synthesize(spec)
         objects = [obj for chunk in files.values() for obj in chunk]
+        source = config.source if config.source != "auto" else (
+            "cluster" if spec.acceptance.target == "kubernetes" else "synth")
         verification = verify_objects(spec, objects)
+        if source == "cluster":
+            from dcforge.compliance import evaluate
+            from dcforge.compliance.live import cluster_objects, managed_scope
+
+            live = cluster_objects(config.kubectl, ctx.artefact_dir(self.name) / "kubectl", config.kubectl_timeout_s,
+                                   config.kube_context)
+            objects = managed_scope(live)
+            verification.violations = evaluate(objects, exceptions_for(spec))
+            ctx.log(f"{len(live)} live objects, {len(objects)} in the namespaces and scope dcforge manages")
         failures = verification.failures
         by_severity = Counter(RULES_BY_ID[v.rule_id].severity for v in failures)
 
@@ -81,6 +102,7 @@ class ComplianceCheck:
             write_files(files, folder / "manifests")
             result.artefacts["manifests"] = ctx.relative(folder / "manifests")
         result.details = {
+            "source": source,
             "plot_rules": rule_ids,
             "exceptions": [f"{e.id} ({', '.join(e.namespaces)}): {e.reason}" for e in exceptions],
             "excepted": [f"{v.rule_id} {v.resource} ({v.exception})" for v in verification.violations if v.excepted],

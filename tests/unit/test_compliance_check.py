@@ -56,3 +56,59 @@ def test_unencrypted_storage_and_privileged_namespace_fail(tmp_path):
     advisory = run(loaded, tmp_path / "advisory", fail_on_severity="never", write_manifests=False)
     assert advisory.status == Status.PASS and advisory.metrics["violations"].value == 2
     assert "manifests" not in advisory.artefacts
+
+
+def fake_kubectl(tmp_path, items: list[dict]):
+    """A stand-in for kubectl (no cluster here): prints a List for core kinds, fails for CRDs not installed, and
+    writes a warning on stderr as the real one does, which must not end up in the JSON."""
+    listing = tmp_path / "listing.json"
+    listing.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+    script = tmp_path / "kubectl"
+    script.write_text("#!/bin/sh\n"
+                      "echo 'Warning: fake kubectl' >&2\n"
+                      "case \"$2\" in *cephclusters*) echo 'error: the server doesnt have a resource type' >&2; "
+                      "exit 1;; esac\n"
+                      f"cat '{listing}'\n")
+    script.chmod(0o755)
+    return script
+
+
+def test_cluster_source_judges_live_objects_in_dcforge_scope(tmp_path):
+    managed = {"app.kubernetes.io/managed-by": "dcforge"}
+    privileged_pod = {"containers": [{"name": "c", "image": "x:1", "securityContext": {"privileged": True}}]}
+    items = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "inference", "labels": {
+            **managed, "pod-security.kubernetes.io/enforce": "restricted"}}},
+        {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+         "metadata": {"name": "default-deny-all", "namespace": "inference"},
+         "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}},
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "bad", "namespace": "inference"},
+         "spec": {"replicas": 2, "template": {"spec": privileged_pod}}},
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bad-1", "namespace": "inference",
+                                                        "ownerReferences": [{"kind": "ReplicaSet"}]},
+         "spec": privileged_pod},
+        # not dcforge's: kube-system and the API server's own roles
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-system"}},
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "etcd", "namespace": "kube-system"},
+         "spec": {"hostNetwork": True, "containers": [{"name": "etcd", "image": "etcd"}]}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "cluster-admin"},
+         "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]},
+    ]
+    result = run(load_environment("dev"), tmp_path / "report", source="cluster",
+                 kubectl=str(fake_kubectl(tmp_path, items)))
+    assert result.details["source"] == "cluster"
+    assert result.metrics["objects"].value == 3  # namespace, policy, deployment; the owned pod is judged via it
+    findings = json.loads((tmp_path / "report" / result.artefacts["findings"]).read_text())
+    resources = {v["resource"] for v in findings["violations"]}
+    assert resources == {"Deployment/inference/bad"}
+    assert result.status == Status.FAIL and "DCF-POD-001" in result.reason
+    assert result.metrics["schema_errors"].value == 0  # the schema is still checked on the synthesized manifests
+
+
+def test_cluster_source_without_kubectl_is_a_clear_error(tmp_path):
+    import pytest
+
+    from dcforge.compliance.live import KubectlError
+
+    with pytest.raises(KubectlError, match="not found on PATH"):
+        run(load_environment("dev"), tmp_path, source="cluster", kubectl="no-such-kubectl-here")
