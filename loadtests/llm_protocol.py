@@ -15,6 +15,33 @@ _WORDS = ("data centre GPU training serving token latency cluster network storag
           "memory bandwidth throughput replica request stream").split()
 
 
+@dataclass(frozen=True)
+class Stage:
+    until_s: float
+    """The stage lasts until this many seconds after the start of the run."""
+    users: int
+    spawn_rate: float
+
+
+def parse_stages(text: str) -> list[Stage]:
+    """`"10:4:2,30:16:8"` -> stages: until 10 s 4 users (spawned 2/s), until 30 s 16 users (8/s)."""
+    stages = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        fields = part.split(":")
+        if len(fields) not in (2, 3):
+            raise ValueError(f"stage {part!r}: expected until_s:users[:spawn_rate]")
+        try:
+            stage = Stage(float(fields[0]), int(fields[1]), float(fields[2]) if len(fields) == 3 else float(fields[1]))
+        except ValueError:
+            raise ValueError(f"stage {part!r}: numbers expected") from None
+        if stage.users < 0 or stage.spawn_rate <= 0 or (stages and stage.until_s <= stages[-1].until_s):
+            raise ValueError(f"stage {part!r}: users >= 0, spawn rate > 0 and increasing times required")
+        stages.append(stage)
+    if not stages:
+        raise ValueError("no stages given")
+    return stages
+
+
 def make_prompt(rng: random.Random, approx_tokens: int) -> str:
     """Text of about `approx_tokens` tokens for byte tokenizers (one token per byte); subword tokenizers see
     fewer, and the log records the server's own count from `usage`."""

@@ -266,7 +266,8 @@ def locust_process(config: ServingLoadConfig, server: LocalServer, secrets_dir: 
                    prompt_tokens: int, model: str) -> tuple[ManagedProcess, Path]:
     """Locust headless in its own process group (gevent monkey-patching stays out of this process)."""
     request_log_dir = workdir / "requests"
-    request_log_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(request_log_dir, ignore_errors=True)  # a reused report directory must not mix in old runs
+    request_log_dir.mkdir(parents=True)
     args = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
             "--host", server.base_url, "-u", str(config.users), "-r", str(config.spawn_rate),
             "-t", f"{config.duration_s:g}s", "--exit-code-on-error", "0"]

@@ -99,3 +99,12 @@ def test_prompts_and_bodies():
     assert chat["messages"] == [{"role": "user", "content": "hi"}] and chat["stream_options"]["include_usage"]
     plain = request_body("completions", "m", "hi", 8, False, 0.5)
     assert plain["prompt"] == "hi" and "stream_options" not in plain
+
+
+def test_stages_parse_and_refuse_nonsense():
+    from loadtests.llm_protocol import Stage, parse_stages
+
+    assert parse_stages("10:4:2, 30:16") == [Stage(10, 4, 2), Stage(30, 16, 16)]
+    for bad in ("", "10", "a:b", "10:4,5:8", "10:-1", "10:4:0"):
+        with pytest.raises(ValueError):
+            parse_stages(bad)
