@@ -143,3 +143,9 @@ def acceptance_namespace(spec: Environment) -> str:
 
 def namespaces_with_purpose(spec: Environment, purpose: str) -> list[str]:
     return [ns.name for ns in spec.network.namespaces if ns.purpose == purpose]
+
+
+def gateway_namespaces(spec: Environment) -> list[str]:
+    """Where inference is exposed and TLS terminates: the declared gateway namespaces, else network.gatewayNamespace
+    (which ClusterNetwork then creates)."""
+    return namespaces_with_purpose(spec, "gateway") or [spec.network.gateway_namespace]

@@ -9,6 +9,7 @@ from dcforge.manifests.common import (
     acceptance_namespace,
     allow_api_server,
     allow_same_namespace,
+    gateway_namespaces,
     metadata,
     namespace_bundle,
     namespace_selector,
@@ -56,7 +57,7 @@ def binding(kind: str, name: str, binding_namespace: str | None, role_kind: str,
 def acceptance(spec: Environment) -> ComponentManifests:
     name = acceptance_namespace(spec)
     pod_security = next((ns.pod_security for ns in spec.network.namespaces if ns.name == name), "restricted")
-    targets = namespaces_with_purpose(spec, "inference") + namespaces_with_purpose(spec, "gateway")
+    targets = namespaces_with_purpose(spec, "inference") + gateway_namespaces(spec)
     manifests = [
         *namespace_bundle(spec, name, "acceptance", pod_security),
         allow_same_namespace(name),  # the harness's training/all-reduce jobs talk rank to rank

@@ -15,6 +15,7 @@ from dcforge.manifests.common import (
     acceptance_namespace,
     allow_api_server,
     allow_same_namespace,
+    gateway_namespaces,
     metadata,
     namespace_bundle,
     namespace_selector,
@@ -48,6 +49,8 @@ def workload_namespaces(spec: Environment) -> list[tuple[str, str, str, dict[str
     for ns in spec.network.namespaces:
         if ns.name not in skip:
             rows.append((ns.name, ns.purpose, ns.pod_security, {RDMA_LABEL: "enabled"} if ns.name in rdma else {}))
+    if not namespaces_with_purpose(spec, "gateway"):
+        rows.append((spec.network.gateway_namespace, "gateway", spec.security.pod_security, {}))
     for team in spec.security.teams:
         labels = {TEAM_LABEL: team.name, **({RDMA_LABEL: "enabled"} if team.namespace in rdma else {})}
         rows.append((team.namespace, "training", spec.security.pod_security, labels))
@@ -55,7 +58,7 @@ def workload_namespaces(spec: Environment) -> list[tuple[str, str, str, dict[str
 
 
 def purpose_allows(spec: Environment, name: str, purpose: str) -> list[dict[str, Any]]:
-    gateways = namespaces_with_purpose(spec, "gateway") or [spec.network.gateway_namespace]
+    gateways = gateway_namespaces(spec)
     inference = namespaces_with_purpose(spec, "inference")
     acceptance = acceptance_namespace(spec)
     serving = [{"protocol": "TCP", "port": INFERENCE_SERVING_PORT}]

@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from dcforge.manifests import ComponentManifests, HelmRelease
-from dcforge.manifests.common import CERT_MANAGER_NAMESPACE, metadata, namespaces_with_purpose, platform_namespace
+from dcforge.manifests.common import CERT_MANAGER_NAMESPACE, gateway_namespaces, metadata, platform_namespace
 from dcforge.spec.models import Environment, Team
 
 CERT_MANAGER_API = "cert-manager.io/v1"
@@ -131,7 +131,7 @@ def certificate_name(hostname: str) -> str:
 
 def inference_certificates(spec: Environment) -> list[dict[str, Any]]:
     """Certificates live where TLS terminates: the gateway namespace."""
-    gateway = (namespaces_with_purpose(spec, "gateway") or [spec.network.gateway_namespace])[0]
+    gateway = gateway_namespaces(spec)[0]
     return [
         {"apiVersion": CERT_MANAGER_API, "kind": "Certificate", "metadata": metadata(certificate_name(host), gateway),
          "spec": {"secretName": certificate_name(host), "dnsNames": [host], "duration": "2160h",

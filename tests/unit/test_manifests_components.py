@@ -279,3 +279,17 @@ def test_helm_release_pseudo_manifest_round_trip():
                                      "metadata": {"name": "r", "namespace": "ns"},
                                      "spec": {"chart": "chart", "version": "1.0.0",
                                               "repository": "https://charts.example", "values": {"a": {"b": 1}}}}
+
+
+def test_undeclared_gateway_namespace_is_created_for_the_certificates():
+    spec = spec_of("prod")
+    network = spec.network.model_dump(by_alias=True)
+    network["namespaces"] = [ns for ns in network["namespaces"] if ns["purpose"] != "gateway"]
+    network["gatewayNamespace"] = "edge"
+    spec = changed(spec, network=network)
+    everything = [obj for c in build_all(spec) for obj in c.all_objects()]
+    created = {o["metadata"]["name"] for o in everything if o["kind"] == "Namespace"}
+    assert "edge" in created
+    (cert,) = [o for o in everything if o["kind"] == "Certificate" and o["metadata"]["namespace"] != "cert-manager"]
+    assert cert["metadata"]["namespace"] == "edge"
+    assert unexcepted(evaluate(everything, exceptions_for(spec))) == []
