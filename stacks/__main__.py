@@ -6,15 +6,18 @@ The spec is read once from the `dcforge:` config and validated by `dcforge.spec`
 
 from __future__ import annotations
 
+import gc
+
 import pulumi
 
-from components import build_platform
+from components import DECLARATION_GC_THRESHOLDS, build_platform
 from components.config import read_dcforge_config, spec_from_config
 from components.objects import ManifestError
 from dcforge.errors import DcforgeError
 
 
 def main() -> None:
+    gc.set_threshold(*DECLARATION_GC_THRESHOLDS)
     stack = pulumi.get_stack()
     try:
         spec = spec_from_config(read_dcforge_config(), stack, f"Pulumi.{stack}.yaml")

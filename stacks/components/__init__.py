@@ -4,6 +4,7 @@ from .base import StackRegistry, component_order
 from .objects import declare_object, resource_name, typed_class
 from .platform import (
     COMPONENTS,
+    DECLARATION_GC_THRESHOLDS,
     Acceptance,
     ClusterNetwork,
     DistributedStorage,
@@ -16,6 +17,7 @@ from .platform import (
 
 __all__ = [
     "COMPONENTS",
+    "DECLARATION_GC_THRESHOLDS",
     "Acceptance",
     "ClusterNetwork",
     "DistributedStorage",

@@ -179,9 +179,11 @@ def component_order(components: list[Any]) -> list[Any]:
         for index, (needs, _) in enumerate(facts)
     ]
     done: list[int] = []
+    declared: set[int] = set()
     remaining = list(range(len(components)))
     while remaining:
-        ready = next((i for i in remaining if waiting_on[i] <= set(done)), remaining[0])
+        ready = next((i for i in remaining if waiting_on[i] <= declared), remaining[0])
         done.append(ready)
+        declared.add(ready)
         remaining.remove(ready)
     return [components[index] for index in done]

@@ -72,6 +72,12 @@ class Acceptance(_Component):
     OUTPUT_KINDS = {"serviceAccounts": "ServiceAccount", "roles": "Role"}
 
 
+# A program declaring thousands of resources allocates long-lived objects (resources, Outputs, futures) fast; with
+# CPython's default thresholds the collector makes dozens of full passes over the growing heap, about half of the
+# run time and growing faster than the resource count (benchmarks/stacks_scale.py). Young objects are collected
+# rarely instead: the program is short-lived and its garbage small next to the Pulumi SDK itself.
+DECLARATION_GC_THRESHOLDS = (50_000, 20, 20)
+
 COMPONENTS: dict[str, type[ManifestComponent]] = {
     cls.__name__: cls
     for cls in (GpuNodePool, GpuOperator, DistributedStorage, ClusterNetwork, SecurityBaseline, Acceptance)
