@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import Field
 
 from dcforge.harness.check import CheckConfig, CheckContext
-from dcforge.harness.result import CheckResult, Plot, Series
+from dcforge.harness.result import CheckResult
 
 SEVERITY_ORDER = ("high", "medium", "low")
 
@@ -77,14 +77,6 @@ class ComplianceCheck:
         result.add_metric("rules", len(RULES), "rules")
         ctx.log(summary_line(verification))
 
-        per_rule = Counter(v.rule_id for v in failures)
-        per_rule_excepted = Counter(v.rule_id for v in verification.violations if v.excepted)
-        rule_ids = sorted(set(per_rule) | set(per_rule_excepted))
-        if rule_ids:
-            result.plots.append(Plot(
-                title="Findings per rule", x_label="rule", y_label="objects", kind="bar",
-                series=[Series("violations", list(range(len(rule_ids))), [per_rule[r] for r in rule_ids]),
-                        Series("excepted", list(range(len(rule_ids))), [per_rule_excepted[r] for r in rule_ids])]))
         exceptions = exceptions_for(spec)
         findings = {
             "kubernetes_version": verification.schema.kubernetes_version,
@@ -103,7 +95,7 @@ class ComplianceCheck:
             result.artefacts["manifests"] = ctx.relative(folder / "manifests")
         result.details = {
             "source": source,
-            "plot_rules": rule_ids,
+            "violations_per_rule": dict(sorted(Counter(v.rule_id for v in failures).items())),
             "exceptions": [f"{e.id} ({', '.join(e.namespaces)}): {e.reason}" for e in exceptions],
             "excepted": [f"{v.rule_id} {v.resource} ({v.exception})" for v in verification.violations if v.excepted],
             "schema_skipped": dict(verification.schema.skipped),
