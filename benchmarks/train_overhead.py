@@ -1,0 +1,83 @@
+"""Training benchmarks, measured side by side in one run (python -m benchmarks.train_overhead).
+
+1. Harness overhead: the train check's tokens/s per device ÷ a plain torch loop of the same model, batch and
+   thread count (two plain processes at once, like the check's two ranks; no DDP, no metrics). Goal >= 0.97.
+2. CPU MFU of the tiny preset against the measured matmul peak (the train check's own figure). Goal >= 0.35.
+3. Checkpoint save GB/s ÷ a raw sequential write of the same bytes to the same directory. Goal >= 0.7.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SEQ_LEN, PER_RANK_BATCH, STEPS, WARMUP = 128, 4, 20, 3
+
+
+def plain_worker() -> None:
+    """One process: the same model and optimizer as train.py, no DDP, no logging; prints tokens/s."""
+    import torch
+
+    from workloads.model import GPT, get_preset
+    from workloads.train_data import SyntheticBigramData
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = GPT(get_preset("tiny", max_seq_len=SEQ_LEN))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
+    data = SyntheticBigramData(seed=1234)
+    times = []
+    for step in range(1, STEPS + 1):
+        started = time.perf_counter()
+        tokens = data.batch(step, PER_RANK_BATCH, SEQ_LEN)
+        model.loss(tokens[:, :-1], tokens[:, 1:]).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - started)
+    steady = times[WARMUP:]
+    print(json.dumps({"tokens_per_s": PER_RANK_BATCH * SEQ_LEN * len(steady) / sum(steady)}))
+
+
+def plain_tokens_per_s() -> float:
+    workers = [subprocess.Popen([sys.executable, "-m", "benchmarks.train_overhead", "--plain-worker"],
+                                stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    rates = [json.loads(worker.communicate(timeout=300)[0])["tokens_per_s"] for worker in workers]
+    return sum(rates) / len(rates)
+
+
+def run_check(name: str, settings: dict):
+    from dcforge.checks import check_config_model, load_check
+    from dcforge.harness.check import CheckContext
+    from dcforge.spec.loader import load_environment
+
+    report_dir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    ctx = CheckContext(env=load_environment("local"), report_dir=report_dir, deadline=time.monotonic() + 600,
+                       log=lambda line: None)
+    return load_check(name).run(ctx, check_config_model(name).model_validate(settings))
+
+
+def main() -> None:
+    train_settings = {"preset": "tiny", "seqLen": SEQ_LEN, "globalBatchSize": 2 * PER_RANK_BATCH, "steps": STEPS,
+                      "warmupStepsExcluded": WARMUP, "nprocPerNode": 2}
+    check = run_check("train", train_settings)
+    plain = plain_tokens_per_s()
+    harness = check.metrics["tokens_per_s"].value
+    print(f"harness overhead: train check {harness:.0f} tokens/s/device / plain loop {plain:.0f} = "
+          f"{harness / plain:.3f} (goal >= 0.97)")
+    print(f"CPU MFU (tiny, vs measured matmul peak {check.details['peak_flops_per_device'] / 1e9:.1f} GFLOP/s "
+          f"per rank): {check.metrics['mfu'].value:.3f} (goal >= 0.35)")
+    checkpoint = run_check("checkpoint", {"preset": "125m", "withOptimizer": False, "rounds": 3,
+                                          "corruptionTest": False})
+    metrics = checkpoint.metrics
+    print(f"checkpoint: save {metrics['save_gbps'].value:.3f} GB/s / raw write {metrics['raw_write_gbps'].value:.3f}"
+          f" GB/s = {metrics['save_ratio_to_raw'].value:.3f} (goal >= 0.7); load {metrics['load_gbps'].value:.3f}"
+          f" GB/s; {metrics['checkpoint_gb'].value:.2f} GB")
+
+
+if __name__ == "__main__":
+    plain_worker() if "--plain-worker" in sys.argv else main()
