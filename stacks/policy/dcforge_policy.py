@@ -13,7 +13,7 @@ The `PolicyPack` itself is created only in `__main__.py`: constructing one start
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from pulumi_policy import (
@@ -38,12 +38,23 @@ _ENFORCEMENT = {"high": EnforcementLevel.MANDATORY, "medium": EnforcementLevel.M
                 "low": EnforcementLevel.ADVISORY}
 
 
-def manifest_from_props(resource_type: str, props: dict[str, Any]) -> dict[str, Any] | None:
+def plain(value: Any) -> Any:
+    """Deep copy of policy props as dicts and lists: the engine hands them over wrapped in read-only proxies that
+    are Mappings/Sequences but not dicts/lists, which the rule functions (and `dcforge synth` dicts) are."""
+    if isinstance(value, Mapping):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [plain(item) for item in value]
+    return value
+
+
+def manifest_from_props(resource_type: str, props: Mapping[str, Any]) -> dict[str, Any] | None:
     """The manifest dict a pulumi-kubernetes resource was declared from, or None for other resources.
 
     Kubernetes resources carry their wire-form object as inputs (apiVersion, kind, metadata, spec, ...); a Helm
     release becomes the same pseudo-manifest `dcforge synth` writes for it, so release rules see one form.
     """
+    props = plain(props)
     if resource_type in HELM_RELEASE_TYPES:
         return {
             "apiVersion": HELM_RELEASE_API_VERSION,
@@ -57,7 +68,7 @@ def manifest_from_props(resource_type: str, props: dict[str, Any]) -> dict[str, 
             },
         }
     if resource_type.startswith("kubernetes:") and "apiVersion" in props and "kind" in props:
-        return dict(props)
+        return props
     return None
 
 
@@ -83,7 +94,7 @@ def environment_exceptions(stack: str) -> tuple[RuleException, ...]:
 
 def _resource_policy(rule: Rule, exceptions_of: ExceptionsOf) -> ResourceValidationPolicy:
     def validate(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
-        manifest = manifest_from_props(args.resource_type, dict(args.props))
+        manifest = manifest_from_props(args.resource_type, args.props)
         if manifest is None:
             return
         for violation in evaluate([manifest], exceptions_of(stack_of(args.urn)), rules=[rule]):
@@ -104,7 +115,7 @@ def _stack_policy(rule: Rule, exceptions_of: ExceptionsOf) -> StackValidationPol
         manifests: list[dict[str, Any]] = []
         urns: dict[str, str] = {}
         for resource in args.resources:
-            manifest = manifest_from_props(resource.resource_type, dict(resource.props))
+            manifest = manifest_from_props(resource.resource_type, resource.props)
             if manifest is not None:
                 manifests.append(manifest)
                 urns[resource_id(manifest)] = resource.urn

@@ -17,6 +17,7 @@ from pulumi_policy import (
     StackValidationArgs,
     StackValidationPolicy,
 )
+from pulumi_policy.proxy import unknown_checking_proxy
 
 STACKS_DIR = Path(__file__).resolve().parents[2] / "stacks"
 sys.path.insert(0, str(STACKS_DIR))
@@ -56,7 +57,9 @@ def resource_type_of(manifest: dict) -> str:
 def judge(policies, manifest: dict, stack: str = "dev") -> dict[str, list[str]]:
     """Every resource policy run on one resource: rule id -> messages reported."""
     resource_type = resource_type_of(manifest)
-    args = ResourceValidationArgs(resource_type, manifest, urn(stack, resource_type, manifest["metadata"]["name"]),
+    # The engine hands props over wrapped in read-only proxies (Mappings, not dicts): test through the same wrapper.
+    args = ResourceValidationArgs(resource_type, unknown_checking_proxy(manifest),
+                                  urn(stack, resource_type, manifest["metadata"]["name"]),
                                   manifest["metadata"]["name"], OPTIONS, None)
     reported: dict[str, list[str]] = {}
     for policy in policies:
@@ -68,7 +71,8 @@ def judge(policies, manifest: dict, stack: str = "dev") -> dict[str, list[str]]:
 
 def judge_stack(policies, resources: list[tuple[str, dict, str]]) -> dict[str, list[tuple[str, str | None]]]:
     """Every stack policy run on (type, props, urn) resources: rule id -> (message, urn) reported."""
-    stack = StackValidationArgs([PolicyResource(t, props, u, u.rsplit("::", 1)[1], OPTIONS, None, None, [], {})
+    stack = StackValidationArgs([PolicyResource(t, unknown_checking_proxy(props), u, u.rsplit("::", 1)[1], OPTIONS,
+                                                None, None, [], {})
                                  for t, props, u in resources])
     reported: dict[str, list[tuple[str, str | None]]] = {}
     for policy in policies:
@@ -138,7 +142,8 @@ def prod_resources():
 def test_the_prod_stack_passes_every_policy(policies, prod_resources):
     for resource_type, props, resource_urn in prod_resources:
         manifest_name = props.get("metadata", {}).get("name", props.get("name", ""))
-        args = ResourceValidationArgs(resource_type, props, resource_urn, manifest_name, OPTIONS, None)
+        args = ResourceValidationArgs(resource_type, unknown_checking_proxy(props), resource_urn, manifest_name,
+                                      OPTIONS, None)
         for policy in policies:
             if isinstance(policy, ResourceValidationPolicy):
                 policy.validate(args, lambda message, _urn=None: pytest.fail(f"{policy.name}: {message}"))
