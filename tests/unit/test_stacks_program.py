@@ -265,3 +265,8 @@ def test_a_bad_spec_stops_the_program_before_any_resource(case):
 def test_a_stack_without_dcforge_config_is_refused():
     with pytest.raises(pulumi.RunError, match="no 'dcforge:' keys in the config of stack 'dev'"):
         run_stack_program("dev", {})
+
+
+def test_preview_declares_the_same_graph_as_an_update(dev):
+    preview = run_stack_program("dev", stack_config(dev.loaded.raw_config), preview=True)
+    assert graph_snapshot(preview) == graph_snapshot(dev.resources)
