@@ -12,6 +12,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -52,13 +53,24 @@ def _version(version: bool = typer.Option(False, "--version", help="Print the dc
 
 @app.command()
 def validate(env: str = EnvOption, env_file: Optional[Path] = EnvFileOption) -> None:
-    """Validate an environment: schema, cross-field rules and the driver/CUDA/NCCL/fabric-manager table."""
+    """Validate an environment: the spec (schema, cross-field rules, driver/CUDA/NCCL/fabric-manager table), then
+    every manifest it synthesizes (Kubernetes OpenAPI schema + compliance rules). Exit 2 on a bad spec, 1 when the
+    manifests break a schema or a compliance rule."""
+    from dcforge.synth import summary_line, verify_environment
+
     loaded = _load(env, env_file)
     spec = loaded.spec
     console.print(f"[green]✓[/] {loaded.path}: environment [bold]{spec.name}[/] is valid — "
                   f"{len(spec.gpu_pools)} GPU pools, {spec.total_gpus} GPUs, storage {spec.storage.backend}, "
                   f"driver {spec.versions.driver} / CUDA {spec.versions.cuda} / NCCL {spec.versions.nccl}, "
                   f"{len(spec.acceptance.checks)} acceptance checks, {len(spec.acceptance.slos)} SLOs")
+    verification = verify_environment(spec)
+    mark = "[green]✓[/]" if verification.ok else "[red]✗[/]"
+    console.print(f"{mark} manifests: {escape(summary_line(verification))}", highlight=False)
+    for line in verification.lines():
+        errors.print(f"error: {line}", markup=False, highlight=False)
+    if not verification.ok:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -83,7 +95,8 @@ def accept(
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     report_dir = reports / loaded.spec.name / stamp
     report_dir.mkdir(parents=True, exist_ok=False)
-    state = RunState(env=loaded, report_dir=report_dir, selected=selected, started_at=utc_now())
+    # checks hand artefact paths to child processes with other working directories: keep them absolute
+    state = RunState(env=loaded, report_dir=report_dir.resolve(), selected=selected, started_at=utc_now())
 
     def write(current: RunState) -> None:
         report = build_report(current, baseline=baseline_report, baseline_path=str(baseline) if baseline else None,
@@ -98,14 +111,14 @@ def accept(
         task = progress.add_task("starting", total=None)
 
         def log(line: str) -> None:
-            progress.console.print(f"  [dim]{state.running or ''}: {line}[/]")
+            progress.console.print(f"  [dim]{state.running or ''}: {escape(line)}[/]", highlight=False)
 
         def started(name: str) -> None:
             progress.update(task, description=f"{name} ({selected.index(name) + 1}/{len(selected)})")
 
         def finished(result) -> None:
             colour = {"pass": "green", "fail": "red", "error": "magenta", "skipped": "yellow"}[result.status.value]
-            reason = f" — {result.reason}" if result.reason else ""
+            reason = f" — {escape(result.reason)}" if result.reason else ""
             progress.console.print(f"[{colour}]{result.status.value.upper():7}[/] {result.name} "
                                    f"({result.duration_s:.1f} s){reason}")
 
@@ -126,13 +139,17 @@ def accept(
 def _print_summary(report: dict) -> None:
     if report["slos"]:
         table = Table(title="SLOs", show_lines=False)
-        for column in ("metric", "SLO", "value", "verdict", "reason"):
-            table.add_column(column)
+        for column in ("metric", "SLO", "value", "verdict"):
+            table.add_column(column, overflow="fold")
         for slo in report["slos"]:
             colour = {"pass": "green", "fail": "red", "error": "magenta", "skipped": "yellow"}[slo["verdict"]]
             value = "—" if slo["value"] is None else f"{slo['value']:.4g}"
-            table.add_row(slo["metric"], slo["expression"], value, f"[{colour}]{slo['verdict']}[/]", slo["reason"])
+            table.add_row(slo["metric"], slo["expression"], value, f"[{colour}]{slo['verdict']}[/]")
         console.print(table)
+        for slo in report["slos"]:
+            if slo["verdict"] in ("fail", "error"):
+                console.print(f"[red]{slo['verdict']}[/] {escape(slo['metric'])} {escape(slo['expression'])}: "
+                              f"{escape(slo['reason'])}", highlight=False)
     if report.get("baseline"):
         for metric in report["baseline"]["regressions"]:
             comparison = next(c for c in report["baseline"]["comparisons"] if c["metric"] == metric)

@@ -25,3 +25,20 @@ def env_file(tmp_path):
         return path
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def main_thread_event_loop():
+    """Give every test a usable main-thread event loop.
+
+    `asyncio.run()` (used by async server tests) leaves the main thread with no loop set, after which
+    `asyncio.get_event_loop()` raises; Pulumi's mocks call exactly that, so without this the stack tests would
+    depend on which tests ran before them.
+    """
+    import asyncio
+
+    try:
+        asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+    yield

@@ -12,7 +12,6 @@ import yaml
 
 from dcforge.manifests import ComponentManifests, HelmRelease
 from dcforge.manifests.common import GPU_OPERATOR_NAMESPACE, KUEUE_NAMESPACE, metadata, platform_namespace
-from dcforge.manifests.pools import schedulable_gpus
 from dcforge.spec.models import Environment
 
 NVIDIA_HELM_REPOSITORY = "https://helm.ngc.nvidia.com/nvidia"
@@ -79,7 +78,7 @@ def gpu_operator_values(spec: Environment) -> dict[str, Any]:
 
 
 def kueue_values(spec: Environment) -> dict[str, Any]:
-    total = sum(schedulable_gpus(pool) for pool in spec.gpu_pools)
+    total = sum(pool.schedulable_gpus for pool in spec.gpu_pools)
     return {
         "controllerManager": {"replicas": 2 if total > 64 else 1},
         "enablePrometheus": False,

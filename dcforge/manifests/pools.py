@@ -14,29 +14,12 @@ GPU_RESOURCE = "nvidia.com/gpu"
 DEVICE_PLUGIN_CONFIG_LABEL = "nvidia.com/device-plugin.config"
 MIG_CONFIG_LABEL = "nvidia.com/mig.config"
 # Slices of one GPU per MIG compute size (A100/H100/H200 have 7 compute slices).
-MIG_SLICES_PER_GPU = {"1g": 7, "2g": 3, "3g": 2, "4g": 1, "7g": 1}
-
-
-def mig_slices(profile: str) -> int:
-    return MIG_SLICES_PER_GPU[profile.split(".", 1)[0]]
-
-
 def gpu_resource_name(pool: GpuPool) -> str:
     """The extended resource pods request on this pool (MIG mixed strategy exposes one resource per profile)."""
     sharing = pool.sharing
     if sharing.mode == "mig" and sharing.mig_strategy == "mixed" and sharing.mig_profile:
         return f"nvidia.com/mig-{sharing.mig_profile}"
     return GPU_RESOURCE
-
-
-def schedulable_gpus(pool: GpuPool) -> int:
-    """GPU units the device plugin advertises: time-slicing replicas or MIG slices multiply physical GPUs."""
-    sharing = pool.sharing
-    if sharing.mode == "time-slicing":
-        return pool.total_gpus * sharing.replicas
-    if sharing.mode == "mig" and sharing.mig_profile:
-        return pool.total_gpus * mig_slices(sharing.mig_profile)
-    return pool.total_gpus
 
 
 def pool_node_labels(pool: GpuPool) -> dict[str, str]:
@@ -84,7 +67,7 @@ def cluster_queue(spec: Environment, pool: GpuPool) -> dict[str, Any]:
     nominal = {
         "cpu": quota.cpu if quota.cpu is not None else pool.cpus_per_node * pool.size,
         "memory": f"{quota.memory_gi if quota.memory_gi is not None else pool.memory_gi_per_node * pool.size}Gi",
-        gpu_resource: quota.gpus if quota.gpus is not None else schedulable_gpus(pool),
+        gpu_resource: quota.gpus if quota.gpus is not None else pool.schedulable_gpus,
     }
     return {
         "apiVersion": KUEUE_API,

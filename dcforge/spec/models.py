@@ -25,7 +25,8 @@ TAINT_PATTERN = re.compile(
     r":(?P<effect>NoSchedule|PreferNoSchedule|NoExecute)$"
 )
 VERSION_PATTERN = r"^v?\d+(\.\d+){1,3}$"
-QUANTITY_PATTERN = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P|m)?$")
+# MIG instances of each compute size that fit on one GPU (A100/H100/H200/B200 all cut into 7 compute slices).
+MIG_SLICES_PER_GPU = {"1g": 7, "2g": 3, "3g": 2, "4g": 1, "7g": 1}
 
 
 class SpecModel(BaseModel):
@@ -69,6 +70,9 @@ class GpuSharing(SpecModel):
     def _mode_settings_agree(self) -> "GpuSharing":
         if self.mode == "mig" and self.mig_strategy == "single" and not self.mig_profile:
             raise ValueError("mode 'mig' with migStrategy 'single' needs migProfile (e.g. '1g.10gb')")
+        if self.mig_profile and self.mig_profile.split(".", 1)[0] not in MIG_SLICES_PER_GPU:
+            raise ValueError(f"migProfile {self.mig_profile!r}: compute size must be one of "
+                             f"{', '.join(MIG_SLICES_PER_GPU)}")
         if self.mode == "time-slicing" and self.replicas < 2:
             raise ValueError("mode 'time-slicing' needs replicas >= 2")
         return self
@@ -127,7 +131,7 @@ class GpuPool(SpecModel):
         if self.sharing.mode == "mig" and not GPU_MODELS[self.gpu_model].mig_capable:
             raise ValueError(f"GPU model {self.gpu_model} does not support MIG")
         for field, capacity in (
-            ("gpus", self.total_gpus),
+            ("gpus", self.schedulable_gpus),
             ("cpu", self.cpus_per_node * self.size),
             ("memoryGi", self.memory_gi_per_node * self.size),
         ):
@@ -143,6 +147,15 @@ class GpuPool(SpecModel):
     @property
     def total_gpus(self) -> int:
         return self.size * self.gpus_per_node
+
+    @property
+    def schedulable_gpus(self) -> int:
+        """GPU units the device plugin advertises: time-slicing replicas or MIG slices multiply physical GPUs."""
+        if self.sharing.mode == "time-slicing":
+            return self.total_gpus * self.sharing.replicas
+        if self.sharing.mode == "mig" and self.sharing.mig_profile:
+            return self.total_gpus * MIG_SLICES_PER_GPU[self.sharing.mig_profile.split(".", 1)[0]]
+        return self.total_gpus
 
 
 class StorageClassSpec(SpecModel):
@@ -216,6 +229,9 @@ class RdmaNetwork(SpecModel):
     def _enabled_needs_interfaces(self) -> "RdmaNetwork":
         if self.enabled and not self.interfaces:
             raise ValueError("enabled RDMA needs at least one interface")
+        if self.enabled and not self.cidr:
+            # without a static range the secondary networks fall back to DHCP, which needs a daemon on every host
+            raise ValueError("enabled RDMA needs cidr, the IP range of the secondary network")
         return self
 
 

@@ -55,12 +55,6 @@ def overlapping_cidrs(env: Environment) -> Iterator[Problem]:
                        f"{networks[second]} overlaps {first} {networks[first]}")
 
 
-def gpu_capacity(pool) -> int:
-    """Schedulable GPU units of a pool: time-slicing multiplies by replicas."""
-    replicas = pool.sharing.replicas if pool.sharing.mode == "time-slicing" else 1
-    return pool.total_gpus * replicas
-
-
 def team_quotas(env: Environment) -> Iterator[Problem]:
     pools = {p.name: p for p in env.gpu_pools}
     totals: Counter[str] = Counter()
@@ -70,12 +64,12 @@ def team_quotas(env: Environment) -> Iterator[Problem]:
             if pool_name not in pools:
                 yield key, f"unknown pool {pool_name!r}; pools: {', '.join(pools) or 'none'}"
                 continue
-            capacity = gpu_capacity(pools[pool_name])
+            capacity = pools[pool_name].schedulable_gpus
             if gpus > capacity:
                 yield key, f"quota of {gpus} GPUs exceeds pool {pool_name!r} capacity of {capacity}"
             totals[pool_name] += gpus
     for pool_name, total in totals.items():
-        capacity = gpu_capacity(pools[pool_name])
+        capacity = pools[pool_name].schedulable_gpus
         if total > capacity:
             yield ("dcforge:security.teams",
                    f"team GPU quotas on pool {pool_name!r} add up to {total}, above its capacity of {capacity}")
