@@ -58,6 +58,9 @@ def analyzer(tmp_path_factory):
                 time.sleep(0.1)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             yield analyzer_pb2_grpc.AnalyzerStub(channel)
+        # Reap the pack here: the group kill on exit would otherwise wait its grace period for the zombie.
+        process.popen.terminate()
+        process.popen.wait(timeout=START_TIMEOUT_S)
 
 
 def test_the_pack_lists_one_policy_per_rule(analyzer):
