@@ -146,7 +146,7 @@ def run_playbook(playbook: str | Path, inventory: Path, extravars: dict[str, Any
             private_data_dir=str(private_data_dir), ident=ident, project_dir=str(PLAYBOOKS_DIR),
             playbook=str(playbook_path), inventory=str(Path(inventory).resolve()), extravars=extravars,
             limit=limit, tags=",".join(tags) if tags else None, skip_tags=",".join(skip_tags) if skip_tags else None,
-            cmdline="--check" if check else None, binary=_ansible_binary("ansible-playbook"),
+            cmdline="--check" if check else None,
             envvars={"ANSIBLE_CONFIG": str(PLAYBOOKS_DIR / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
                      "PATH": f"{binary_dir}{os.pathsep}{os.environ.get('PATH', '')}"},
             event_handler=handle, quiet=True, timeout=timeout_s,
