@@ -33,3 +33,34 @@ def test_a_bad_environment_name_is_reported_before_pulumi_is_needed(tmp_path):
                        env={**os.environ, "PATH": str(tmp_path / "bin")}, log_path=log)
     output = log.read_text()
     assert code == 2 and "no environment 'nope'" in output and "Traceback" not in output
+
+
+FAKE_PULUMI = """#!/bin/sh
+echo "$* | backend=$PULUMI_BACKEND_URL" >> "{log}"
+case "$1" in
+  version) echo "v3.210.0" ;;
+  *) echo "error: could not reach the backend" >&2; exit 255 ;;
+esac
+"""
+
+
+def test_a_failing_pulumi_run_is_exit_1_naming_the_stack(tmp_path):
+    """A stand-in CLI that fails after `pulumi version`: the Automation API path up to Pulumi's own error."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls.log"
+    (bin_dir / "pulumi").write_text(FAKE_PULUMI.format(log=calls))
+    (bin_dir / "pulumi").chmod(0o755)
+    backend = f"file://{tmp_path / 'state'}"
+    env = {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin", "PULUMI_BACKEND_URL": backend,
+           "PULUMI_CONFIG_PASSPHRASE": ""}
+    log = tmp_path / "out.log"
+    code = run_bounded([sys.executable, "-m", "dcforge.cli", "preview", "--env", "dev"], timeout_s=TIMEOUT_S,
+                       env=env, log_path=log)
+    output = log.read_text()
+    assert code == 1, output
+    assert "pulumi preview of stack 'dev' failed" in output and "could not reach the backend" in output
+    assert "Traceback" not in output
+    lines = calls.read_text().splitlines()
+    assert lines[0] == f"version | backend={backend}"
+    assert any("stack select --stack dev" in line and line.endswith(backend) for line in lines[1:]), lines
