@@ -50,6 +50,7 @@ class AllreduceCheck:
     name = "allreduce"
     description = "All-reduce sweep over message sizes: busbw per nccl-tests, correctness per size."
     Config = AllreduceCheckConfig
+    requires_declared_gpus = True
 
     def run(self, ctx: CheckContext, config: AllreduceCheckConfig) -> CheckResult:
         from workloads.allreduce import ALGBW_FORMULA, BUSBW_FORMULA

@@ -46,6 +46,7 @@ class CheckpointCheck:
     name = "checkpoint"
     description = "DCP checkpoint save/load GB/s against a raw write to the same storage; checksums round trip."
     Config = CheckpointCheckConfig
+    requires_declared_gpus = True
 
     def run(self, ctx: CheckContext, config: CheckpointCheckConfig) -> CheckResult:
         from workloads.checkpointing import CheckpointError, ensure_writable

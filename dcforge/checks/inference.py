@@ -21,6 +21,7 @@ class InferenceCheck:
     name = "inference"
     description = "OpenAI-compatible serving under Locust load: TTFT, TPOT, throughput, goodput, endpoint security."
     Config = InferenceConfig
+    requires_declared_gpus = True
 
     def run(self, ctx: CheckContext, config: InferenceConfig) -> CheckResult:
         from dcforge.compliance.endpoint import check_endpoint

@@ -43,6 +43,7 @@ class InferenceFailoverCheck:
     name = "inference_failover"
     description = "A replica is SIGKILLed under load: time to recover, requests lost, respawn, latency impact."
     Config = InferenceFailoverConfig
+    requires_declared_gpus = True
 
     def run(self, ctx: CheckContext, config: InferenceFailoverConfig) -> CheckResult:
         from loadtests.metrics import FORMULAS, summarize, time_to_recover

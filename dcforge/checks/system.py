@@ -20,6 +20,7 @@ from dcforge.harness.check import CheckConfig, CheckContext
 from dcforge.harness.result import CheckResult
 from dcforge.spec.gpus import gpu_model_for_device_name
 from dcforge.spec.loader import REPO_ROOT
+from dcforge.spec.models import GpuPool
 
 
 class SystemConfig(CheckConfig):
@@ -110,6 +111,25 @@ def torch_versions() -> dict[str, str]:
     return versions
 
 
+def acceptance_pool(spec) -> "GpuPool | None":
+    """The pool whose node acceptance runs on: `acceptance.pool`, else the first pool, else None (no GPUs)."""
+    if not spec.gpu_pools:
+        return None
+    return spec.pool(spec.acceptance.pool) if spec.acceptance.pool else spec.gpu_pools[0]
+
+
+def missing_declared_gpus(spec) -> str | None:
+    """Why GPU workloads cannot be judged here, or None: the node's pool declares GPUs that are not visible."""
+    pool = acceptance_pool(spec)
+    if pool is None:
+        return None
+    visible = len(visible_gpus())
+    if visible >= pool.gpus_per_node:
+        return None
+    return (f"pool {pool.name!r} declares {pool.gpus_per_node} {pool.gpu_model} per node and {visible} are visible; "
+            "measuring CPU numbers against GPU SLOs would mean nothing (see the system check)")
+
+
 class SystemCheck:
     name = "system"
     description = "Hardware and software inventory; GPUs the environment declares must be visible."
@@ -140,9 +160,7 @@ class SystemCheck:
         }
         ctx.log(f"{cpus} CPUs, {memory:.1f} GiB, {len(gpus)} GPUs")
 
-        pool = None
-        if spec.gpu_pools:
-            pool = spec.pool(spec.acceptance.pool) if spec.acceptance.pool else spec.gpu_pools[0]
+        pool = acceptance_pool(spec)
         expected = config.expected_gpus if config.expected_gpus is not None else (pool.gpus_per_node if pool else 0)
         result.details["expected_gpus"] = expected
         if len(gpus) < expected:

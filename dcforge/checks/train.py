@@ -61,6 +61,7 @@ class TrainCheck:
     name = "train"
     description = "Trains the bundled GPT with torchrun: tokens/s, step time, MFU, loss goes down."
     Config = TrainCheckConfig
+    requires_declared_gpus = True
 
     def run(self, ctx: CheckContext, config: TrainCheckConfig) -> CheckResult:
         from workloads.train_config import TrainConfig

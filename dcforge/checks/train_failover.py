@@ -60,6 +60,7 @@ class TrainFailoverCheck:
     name = "train_failover"
     description = "Kills one training rank mid-run; torchrun restarts; resume step, steps lost, time to resume."
     Config = TrainFailoverConfig
+    requires_declared_gpus = True
 
     def run(self, ctx: CheckContext, config: TrainFailoverConfig) -> CheckResult:
         import torch

@@ -55,6 +55,8 @@ class Check(Protocol):
     name: ClassVar[str]
     description: ClassVar[str]
     Config: ClassVar[type[CheckConfig]]
+    # Optional: `requires_declared_gpus = True` makes the runner skip the check (with the reason) when the
+    # environment's acceptance pool declares GPUs that this machine does not show.
 
     def run(self, ctx: CheckContext, config: Any) -> CheckResult:
         """Measure, fill a CheckResult; raise CheckSkipped(reason) when the check cannot apply here."""

@@ -106,6 +106,11 @@ def run_one(name: str, state: RunState, log: Callable[[str], None], shared: dict
     try:
         check = load_check(name)
         config = check.Config.model_validate(acceptance.settings.get(name, {}))
+        if getattr(check, "requires_declared_gpus", False):
+            from dcforge.checks.system import missing_declared_gpus
+
+            if reason := missing_declared_gpus(state.env.spec):
+                raise CheckSkipped(reason)
         ctx = CheckContext(env=state.env, report_dir=state.report_dir, deadline=started + timeout,
                            results=dict(state.results), log=log, state=shared)
         with time_limit(timeout):

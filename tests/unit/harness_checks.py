@@ -41,3 +41,9 @@ class ValueCheck:
         if config.outcome == "fail":
             result.fail("measured property is wrong")
         return result
+
+
+class GpuValueCheck(ValueCheck):
+    """ValueCheck that only means something where the environment's GPUs are visible."""
+
+    requires_declared_gpus = True

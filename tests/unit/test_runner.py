@@ -146,3 +146,22 @@ def test_rerender_builds_html_from_json(registry, env_file, tmp_path):
     rerender(tmp_path / "report")
     page = (tmp_path / "report" / "report.html").read_text()
     assert "first.score" in page and "Plotly" in page and "<script src=" not in page
+
+
+def test_gpu_workload_is_skipped_when_declared_gpus_are_missing(monkeypatch, env_file, tmp_path):
+    from dcforge.checks.system import visible_gpus
+
+    if visible_gpus():
+        pytest.skip("this machine has GPUs")
+    monkeypatch.setattr(checks, "CHECKS", {**checks.CHECKS, "gpu": "tests.unit.harness_checks:GpuValueCheck",
+                                           "cpu": "tests.unit.harness_checks:ValueCheck"})
+    text = env_file("dev").read_text()
+    text = text[:text.index("  dcforge:acceptance:")] + (
+        "  dcforge:acceptance:\n    checks: [gpu, cpu]\n    slos: {gpu.score: '> 0'}\n")
+    env = load_environment(path=env_file(text=text, name="gpus"))
+    state, report = run(env, tmp_path)
+    statuses = {c["name"]: (c["status"], c["reason"]) for c in report["checks"]}
+    assert statuses["gpu"][0] == "skipped" and "declares 8 H100-SXM per node and 0 are visible" in statuses["gpu"][1]
+    assert statuses["cpu"][0] == "pass"
+    assert report["slos"][0]["verdict"] == "skipped"
+

@@ -38,3 +38,12 @@ def test_declared_gpus_missing_fails_with_reason(tmp_path):
 def test_memory_floor(tmp_path):
     result = run("local", tmp_path, min_memory_gi=10**6)
     assert result.status == Status.FAIL and "below minMemoryGi" in result.reason
+
+
+def test_missing_declared_gpus_reason():
+    from dcforge.checks.system import missing_declared_gpus
+
+    assert missing_declared_gpus(load_environment("local").spec) is None
+    reason = missing_declared_gpus(load_environment("prod").spec)
+    if len(visible_gpus()) < 8:
+        assert reason and "pool 'train-a' declares 8 H100-SXM per node" in reason
