@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 ENV    ?= local
 PYTEST_ARGS ?=
 
-.PHONY: accept test test-fast install lint bench clean
+.PHONY: accept test test-fast install lint bench clean system-deps
 
 $(BIN)/dcforge: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,15 @@ install: $(BIN)/dcforge
 accept: install
 	$(BIN)/dcforge accept --env $(ENV)
 
-test: install
+# System tools the Ansible tests need (debootstrap for the chroot target, gpg to sign the local test mirror):
+# installed with apt only when missing and only as root; otherwise those tests skip and say why.
+system-deps:
+	@missing=""; command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || missing="$$missing debootstrap"; \
+	command -v gpg >/dev/null || missing="$$missing gnupg"; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; fi
+
+test: install system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: install
