@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
@@ -63,7 +63,7 @@ class ManagedProcess:
     def stop(self) -> None:
         """SIGTERM the process group, SIGKILL what is left after the grace period. Idempotent."""
         if self.popen is not None:
-            kill_group(self.popen.pid, self.grace_s)
+            kill_group(self.popen.pid, self.grace_s, reap=self.popen.poll)
             try:
                 self.popen.wait(timeout=self.grace_s)
             except subprocess.TimeoutExpired:
@@ -73,7 +73,12 @@ class ManagedProcess:
             self._log_file = None
 
 
-def kill_group(pgid: int, grace_s: float = 5.0) -> None:
+def kill_group(pgid: int, grace_s: float = 5.0, reap: Callable[[], object] | None = None) -> None:
+    """SIGTERM then SIGKILL a process group, returning as soon as the group is empty.
+
+    `reap` (the leader's Popen.poll) collects an exited leader: an unreaped zombie still counts as a member of
+    its group, so without it every stop would wait the whole grace period.
+    """
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(pgid, sig)
@@ -81,6 +86,8 @@ def kill_group(pgid: int, grace_s: float = 5.0) -> None:
             return
         deadline = time.monotonic() + (grace_s if sig == signal.SIGTERM else 1.0)
         while time.monotonic() < deadline:
+            if reap is not None:
+                reap()
             try:
                 os.killpg(pgid, 0)
             except (ProcessLookupError, PermissionError):

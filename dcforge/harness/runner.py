@@ -156,6 +156,7 @@ def run_acceptance(state: RunState, write: Callable[[RunState], None],
         for name in state.selected:
             state.running = name
             on_check_start(name)
+            write(state)  # the report on disk shows which check is running
             result = run_one(name, state, log, shared)
             state.running = None
             state.slo_results = [evaluate(slo, state.results) for slo in slos]
