@@ -1,6 +1,6 @@
 """The environment spec: the single source of truth for stacks, playbooks and acceptance."""
 
-from dcforge.spec.loader import LoadedEnvironment, environment_file, load_environment, stacks_dir
+from dcforge.spec.loader import LoadedEnvironment, environment_file, load_environment, stacks_dir, validate_spec
 from dcforge.spec.models import (
     Acceptance,
     Environment,
@@ -23,4 +23,5 @@ __all__ = [
     "environment_file",
     "load_environment",
     "stacks_dir",
+    "validate_spec",
 ]

@@ -71,18 +71,30 @@ def load_environment(name: str | None = None, *, path: Path | None = None) -> Lo
         problem = getattr(error, "problem", None) or str(error)
         raise ConfigError(where, None, f"YAML syntax error: {problem}") from None
     config = _dcforge_config(document, display)
+    spec = validate_spec(config, env_name, display, lines)
+    return LoadedEnvironment(spec=spec, path=path, sha256=hashlib.sha256(text.encode()).hexdigest(),
+                             raw_config=config)
+
+
+def validate_spec(config: dict[str, Any], env_name: str, source: str,
+                  lines: dict[str, int] | None = None) -> Environment:
+    """Validate the `dcforge:` values of one stack (keys without the namespace) into an `Environment`.
+
+    Used by `load_environment` and by the Pulumi program (which gets the values from the engine), so both refuse a
+    bad spec with the same one-line messages naming `source` (and the line, when `lines` maps key paths to lines).
+    """
+    lines = lines or {}
     try:
         spec = Environment.model_validate({"name": env_name, **config})
     except ValidationError as error:
         raise ConfigErrors([
-            _located(display, lines, _key_path(detail["loc"]), _pydantic_message(detail))
+            _located(source, lines, _key_path(detail["loc"]), _pydantic_message(detail))
             for detail in error.errors()
         ]) from None
     problems = cross_field_problems(spec)
     if problems:
-        raise ConfigErrors([_located(display, lines, key, message) for key, message in problems])
-    return LoadedEnvironment(spec=spec, path=path, sha256=hashlib.sha256(text.encode()).hexdigest(),
-                             raw_config=config)
+        raise ConfigErrors([_located(source, lines, key, message) for key, message in problems])
+    return spec
 
 
 def _dcforge_config(document: Any, display: str) -> dict[str, Any]:

@@ -10,12 +10,9 @@ import json
 from typing import Any
 
 import pulumi
-from pydantic import ValidationError
-
-from dcforge.errors import ConfigError, ConfigErrors
-from dcforge.spec.loader import NAMESPACE, _key_path
+from dcforge.errors import ConfigError
+from dcforge.spec.loader import NAMESPACE, validate_spec
 from dcforge.spec.models import Environment
-from dcforge.spec.validation import _pydantic_message, cross_field_problems
 
 
 def _config_keys() -> list[str]:
@@ -44,12 +41,4 @@ def spec_from_config(values: dict[str, Any], env_name: str, source: str) -> Envi
     """Validate config values into an `Environment`; raises `ConfigErrors` naming `source` and each key."""
     if not values:
         raise ConfigError(source, None, f"no '{NAMESPACE}:' keys in the config of stack {env_name!r}")
-    try:
-        spec = Environment.model_validate({"name": env_name, **values})
-    except ValidationError as error:
-        raise ConfigErrors([ConfigError(source, _key_path(detail["loc"]), _pydantic_message(detail))
-                            for detail in error.errors()]) from None
-    problems = cross_field_problems(spec)
-    if problems:
-        raise ConfigErrors([ConfigError(source, key, message) for key, message in problems])
-    return spec
+    return validate_spec(values, env_name, source)
