@@ -34,6 +34,18 @@ ROOTFS_PACKAGES = ["python3", "python3-apt", "pciutils", "kmod", "procps", "ca-c
 FALLBACK_MIRROR = "http://deb.debian.org/debian"
 
 
+def skip_unless_chroot_targets_possible() -> None:
+    """Chroot targets need root, debootstrap, gpg and dpkg-deb (`make system-deps` installs the tools)."""
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip("chroot targets need root")
+    missing = [tool for tool in ("debootstrap", "gpg", "dpkg-deb")
+               if not (shutil.which(tool) or Path("/usr/sbin", tool).exists())]
+    if missing:
+        pytest.skip(f"missing {', '.join(missing)}: run `make system-deps` as root")
+
+
 def host_debian_mirror() -> str:
     """The Debian mirror this machine's apt uses (deb822 or one-line sources), `$DCFORGE_DEBIAN_MIRROR` first."""
     if override := os.environ.get("DCFORGE_DEBIAN_MIRROR"):

@@ -16,7 +16,7 @@ import pytest
 from dcforge.provision import PLAYBOOKS_DIR, run_playbook, versions_extravars
 from dcforge.spec import load_environment
 from tests.integration.ansible_support import (build_test_mirror, chroot_host, fresh_rootfs, serve_directory,
-                                               write_inventory)
+                                               skip_unless_chroot_targets_possible, write_inventory)
 
 pytestmark = pytest.mark.slow
 
@@ -59,6 +59,7 @@ def extravars() -> dict:
 
 @pytest.fixture(scope="module")
 def mirror_url(tmp_path_factory, extravars):
+    skip_unless_chroot_targets_possible()
     root = build_test_mirror(tmp_path_factory.mktemp("mirror") / "nvidia",
                              _mirror_packages(extravars["dcforge_versions"], os.uname().release))
     with serve_directory(root) as url:
@@ -85,8 +86,7 @@ def _target_vars(mirror_url: str) -> dict:
 @pytest.fixture(scope="module")
 def node(tmp_path_factory, mirror_url):
     """A fresh chroot (alias `gpu-image`) and its inventory."""
-    if os.geteuid() != 0:
-        pytest.skip("chroot targets need root")
+    skip_unless_chroot_targets_possible()
     work = tmp_path_factory.mktemp("chroot")
     rootfs = fresh_rootfs(work / "rootfs")
     inventory = write_inventory(work / "inventory.yml", {"gpu-image": chroot_host(rootfs)}, _target_vars(mirror_url))
