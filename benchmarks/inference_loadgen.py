@@ -1,16 +1,30 @@
-"""Load-generator headroom: requests/s of the LLM Locust user (streaming, SSE parsing, per-request JSONL log)
-against a trivial streaming endpoint / requests/s of a plain FastHttpUser against GET /health on the same
-server, same users, same duration, side by side (goal >= 0.5).
+"""Load-generator headroom: requests/s of the LLM Locust user / requests/s of a plain FastHttpUser, against the
+same trivial server, side by side in one run (goal >= 0.5).
 
-    python -m benchmarks.inference_loadgen
+    python -m benchmarks.inference_loadgen [--rounds 3] [--seconds 8] [--llm-locustfile OLD_VERSION.py ...]
+
+Like with like: one Locust process, headless, the same users and spawn rate, the same duration, both against
+`benchmarks/inference_fake_openai.py` in one uvicorn process. The baseline `PlainChatUser` POSTs a request of the
+same size to the same endpoint and receives the same streamed answer (8 chunks + usage + [DONE]) but reads it in
+one piece: what remains is the LLM user's own cost (prompt and body per request, SSE parsing and timing per chunk,
+TTFT/TPOT statistics, the JSONL log). GET /health is measured too, as the original, smaller baseline.
+
+Each figure comes from a probe inside the Locust process (benchmarks/inference_loadgen_probe.py): requests, wall
+and CPU seconds from "all users running" to "stopping". req/s is what the goal is about; CPU ms per request is
+the same cost seen without the other processes on the machine (req/s swings with them, CPU per request barely).
+The users run in alternating order over several rounds and the medians are printed.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -18,55 +32,116 @@ import httpx
 from dcforge.checks._serving import free_port
 from dcforge.harness.processes import ManagedProcess
 from dcforge.spec.loader import REPO_ROOT
-from loadtests.llm_protocol import read_records
 
 USERS = 8
-DURATION_S = 10
+PROBE = REPO_ROOT / "benchmarks" / "inference_loadgen_probe.py"
+BASELINE = REPO_ROOT / "loadtests" / "baseline_locustfile.py"
 
 
-def locust_rps(host: str, locustfile: str, workdir: Path, extra_env: dict[str, str]) -> float:
-    """Requests/s over the run; the LLM user's count comes from its own log, the plain user's from --json."""
-    json_path = workdir / f"{Path(locustfile).stem}.json"
-    args = [sys.executable, "-m", "locust", "-f", locustfile, "--headless", "--only-summary", "--host", host,
-            "-u", str(USERS), "-r", str(USERS), "-t", f"{DURATION_S}s", "--json-file", str(json_path.with_suffix(""))]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **extra_env}
+@dataclass(frozen=True)
+class Contender:
+    label: str
+    locustfile: Path
+    user_class: str = ""
+    """Locust user class to run; empty for the file's only user."""
+    llm: bool = False
+    """Runs with the LLM user's settings and request log."""
+
+
+@dataclass(frozen=True)
+class Measurement:
+    rps: float
+    cpu_ms_per_request: float
+    cpu_utilisation: float
+    """Locust CPU seconds / wall seconds: near 1.0 means the generator itself is the limit."""
+    log_complete: bool | None
+    """LLM users: the JSONL log has exactly one line per request Locust counted."""
+
+
+def run_locust(contender: Contender, host: str, workdir: Path, seconds: int) -> Measurement:
+    probe_out = workdir / "probe.json"
+    probe_out.unlink(missing_ok=True)
+    stats_base = workdir / "stats"
+    args = [sys.executable, "-m", "locust", "-f", f"{contender.locustfile},{PROBE}", "--headless", "--only-summary",
+            "--host", host, "-u", str(USERS), "-r", str(USERS), "-t", f"{seconds}s", "--json-file", str(stats_base)]
+    if contender.user_class:
+        args.append(contender.user_class)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "LOADGEN_PROBE_OUT": str(probe_out)}
+    log_dir = workdir / "requests"
+    if contender.llm:
+        for old in log_dir.glob("*.jsonl"):
+            old.unlink()
+        env.update(OPENAI_API_KEY="x", LLM_MODEL="fake", LLM_MAX_TOKENS="8", LLM_PROMPT_TOKENS="64",
+                   LLM_REQUEST_LOG=str(log_dir / "requests-{pid}.jsonl"))
     with ManagedProcess(args, env=env, cwd=REPO_ROOT, log_path=workdir / "locust.log") as locust:
-        locust.wait(DURATION_S + 60)
-    if "LLM_REQUEST_LOG" in extra_env:
-        records = read_records(sorted(workdir.glob("requests-*.jsonl")))
-        ok = [r for r in records if r["ok"]]
-        return len(ok) / (max(r["end"] for r in ok) - min(r["start"] for r in ok))
-    import json
+        locust.wait(seconds + 60)
+    probe = json.loads(probe_out.read_text())
+    log_complete = None
+    if contender.llm:
+        counted = sum(s["num_requests"] for s in json.loads(stats_base.with_suffix(".json").read_text())
+                      if s["method"] == "POST")
+        logged = sum(len(path.read_text().splitlines()) for path in log_dir.glob("*.jsonl"))
+        log_complete = counted == logged
+    return Measurement(probe["requests"] / probe["wall_s"], 1000 * probe["cpu_s"] / probe["requests"],
+                       probe["cpu_s"] / probe["wall_s"], log_complete)
 
-    stats = json.loads(json_path.read_text())
-    entry = next(s for s in stats if s["name"] == "/health")
-    return entry["num_requests"] / (entry["last_request_timestamp"] - entry["start_time"])
+
+def wait_until_up(host: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            httpx.get(f"{host}/health", timeout=1)
+            return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise RuntimeError("fake endpoint did not start") from None
+            time.sleep(0.1)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=8, help="Locust run time per user and round")
+    parser.add_argument("--llm-locustfile", action="append", default=[], type=Path,
+                        help="another LLM locustfile to measure beside the current one (e.g. an older version)")
+    options = parser.parse_args(argv)
+    contenders = [Contender("plain POST, same stream", BASELINE, "PlainChatUser"),
+                  Contender("plain GET /health", BASELINE, "PlainHealthUser"),
+                  Contender("LLM user", REPO_ROOT / "loadtests" / "locustfile.py", llm=True)]
+    contenders += [Contender(f"LLM user ({path})", path.resolve(), llm=True) for path in options.llm_locustfile]
+    results: dict[str, list[Measurement]] = {c.label: [] for c in contenders}
     port = free_port()
     host = f"http://127.0.0.1:{port}"
+    print(f"load average before: {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} cores")
     with tempfile.TemporaryDirectory() as tmp, ManagedProcess(
             [sys.executable, "-m", "uvicorn", "benchmarks.inference_fake_openai:app", "--port", str(port),
-             "--log-level", "warning"], cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}):
-        workdir = Path(tmp)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{host}/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("fake endpoint did not start")
-                time.sleep(0.1)
-        plain = locust_rps(host, str(REPO_ROOT / "loadtests" / "baseline_locustfile.py"), workdir, {})
-        llm = locust_rps(host, str(REPO_ROOT / "loadtests" / "locustfile.py"), workdir,
-                         {"OPENAI_API_KEY": "x", "LLM_MODEL": "fake", "LLM_MAX_TOKENS": "8",
-                          "LLM_REQUEST_LOG": str(workdir / "requests-{pid}.jsonl")})
-    print(f"{USERS} users, {DURATION_S} s each, one Locust process, one uvicorn server process")
-    print(f"plain FastHttpUser GET /health:        {plain:8.0f} req/s")
-    print(f"LLM user, streamed 8-token answers:    {llm:8.0f} req/s")
-    print(f"load generator headroom (LLM / plain): {llm / plain:8.2f}   goal >= 0.5")
+             "--host", "127.0.0.1", "--log-level", "warning"], cwd=REPO_ROOT,
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, log_path=Path(tmp) / "server.log"):
+        wait_until_up(host)
+        for round_index in range(options.rounds):
+            order = contenders if round_index % 2 == 0 else contenders[::-1]  # no user always runs first
+            for contender in order:
+                results[contender.label].append(run_locust(contender, host, Path(tmp), options.seconds))
+    print(f"load average after:  {os.getloadavg()[0]:.2f}")
+    print(f"{USERS} users, {options.seconds} s x {options.rounds} rounds each, one Locust process, one uvicorn process;"
+          " medians")
+    print(f"{'user':<40} {'req/s':>8} {'CPU ms/req':>11} {'Locust CPU':>11}  log complete")
+    medians = {}
+    for label, runs in results.items():
+        rps = statistics.median(m.rps for m in runs)
+        cpu = statistics.median(m.cpu_ms_per_request for m in runs)
+        medians[label] = (rps, cpu)
+        complete = "" if runs[0].log_complete is None else str(all(m.log_complete for m in runs))
+        print(f"{label:<40} {rps:8.0f} {cpu:11.3f} {statistics.median(m.cpu_utilisation for m in runs):10.0%}"
+              f"   {complete}")
+    plain_rps, plain_cpu = medians["plain POST, same stream"]
+    health_rps, health_cpu = medians["plain GET /health"]
+    for contender in contenders:
+        if contender.llm:
+            rps, cpu = medians[contender.label]
+            print(f"headroom {contender.label}: {rps / plain_rps:.2f} req/s ratio ({plain_cpu / cpu:.2f} by CPU per "
+                  f"request) vs plain POST; {rps / health_rps:.2f} ({health_cpu / cpu:.2f}) vs GET /health;"
+                  " goal >= 0.5")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,68 @@
+"""The LLM Locust user against the benchmark's fake endpoint in real Locust subprocesses: the batched request log
+is complete however the run ends, every streamed request is measured, and connections are reused."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+
+import httpx
+import pytest
+
+from dcforge.checks._serving import free_port
+from dcforge.harness.processes import ManagedProcess
+from dcforge.spec.loader import REPO_ROOT
+from loadtests.llm_protocol import read_records
+
+pytestmark = pytest.mark.slow
+USERS = 4
+
+
+@pytest.fixture(scope="module")
+def fake_endpoint(tmp_path_factory):
+    port = free_port()
+    with ManagedProcess([sys.executable, "-m", "uvicorn", "benchmarks.inference_fake_openai:app", "--host",
+                         "127.0.0.1", "--port", str(port), "--log-level", "warning"], cwd=REPO_ROOT,
+                        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+                        log_path=tmp_path_factory.mktemp("fake") / "server.log"):
+        host = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{host}/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "fake endpoint did not start"
+                time.sleep(0.1)
+        yield host
+
+
+@pytest.mark.parametrize("ending", ["run time over", "SIGTERM", "SIGINT"])
+def test_request_log_has_every_counted_request_however_the_run_ends(fake_endpoint, tmp_path, ending):
+    connections_before = int(httpx.get(f"{fake_endpoint}/connections", timeout=5).text)
+    run_time = "3s" if ending == "run time over" else "60s"
+    args = [sys.executable, "-m", "locust", "-f", str(REPO_ROOT / "loadtests" / "locustfile.py"), "--headless",
+            "--only-summary", "--host", fake_endpoint, "-u", str(USERS), "-r", str(USERS), "-t", run_time,
+            "--json-file", str(tmp_path / "stats")]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OPENAI_API_KEY": "x", "LLM_MODEL": "fake",
+           "LLM_MAX_TOKENS": "8", "LLM_REQUEST_LOG": str(tmp_path / "requests-{pid}.jsonl")}
+    with ManagedProcess(args, env=env, cwd=REPO_ROOT, log_path=tmp_path / "locust.log") as locust:
+        if ending != "run time over":
+            time.sleep(4)  # imports, spawning, then load until interrupted mid-run
+            assert locust.poll() is None
+            os.kill(locust.pid, getattr(signal, ending))
+        locust.wait(60)
+    counted = {s["name"]: s["num_requests"] for s in json.loads((tmp_path / "stats.json").read_text())}
+    records = read_records(sorted(tmp_path.glob("requests-*.jsonl")))
+    assert counted["/v1/chat/completions"] > 0
+    assert len(records) == counted["/v1/chat/completions"]  # nothing measured was lost in the buffer
+    assert all(r["ok"] and r["output_tokens"] == 8 and len(r["token_times_s"]) == 8 for r in records)
+    for r in records:  # token times are logged to the microsecond
+        times = r["token_times_s"]
+        assert abs(r["ttft_s"] - times[0]) <= 1e-6 and 0 < times[0] <= times[-1] <= r["e2e_s"] + 1e-6
+    assert counted["ttft"] == counted["tpot"] == len(records)  # the web UI rows count every request once
+    connections = int(httpx.get(f"{fake_endpoint}/connections", timeout=5).text) - connections_before
+    assert connections <= 2 * USERS + 2 < len(records)  # finished streams hand their connection back
