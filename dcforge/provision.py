@@ -166,6 +166,8 @@ def progress_line(event: dict[str, Any]) -> str | None:
     role = f"{data['role']} : " if data.get("role") else ""
     result = data.get("res") or {}
     if kind == "runner_on_ok":
+        if str(data.get("task_action", "")).endswith("validate_argument_spec"):
+            return None  # one per role and always ok when it gets that far: noise in the live view
         state = "changed" if result.get("changed") else "ok"
     elif kind == "runner_on_failed":
         if data.get("ignore_errors"):
@@ -186,10 +188,10 @@ def summary_table(run: PlaybookRun, title: str):
     from rich.table import Table
 
     table = Table(title=title)
-    table.add_column("host")
+    table.add_column("host", no_wrap=True, min_width=max((len(name) for name in run.hosts), default=4))
     for column in STAT_COLUMNS.values():
-        table.add_column(column, justify="right")
-    table.add_column("status")
+        table.add_column(column, justify="right", no_wrap=True, min_width=len(column))
+    table.add_column("status", no_wrap=True, min_width=len("unreachable"))
     colours = {"ok": "green", "changed": "yellow", "failed": "red", "unreachable": "magenta"}
     for name, host in sorted(run.hosts.items()):
         table.add_row(name, *(str(getattr(host, column)) for column in STAT_COLUMNS.values()),
