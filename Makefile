@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 ENV    ?= local
 PYTEST_ARGS ?=
 
-.PHONY: accept test test-fast install lint bench clean system-deps
+.PHONY: accept test test-fast install bench clean system-deps
 
 $(BIN)/dcforge: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)

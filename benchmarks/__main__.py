@@ -1,0 +1,46 @@
+"""`python -m benchmarks` (`make bench`): run every ratio benchmark, one after the other, each in its own process.
+
+Benchmarks are not tests: they print figures to record in benchmarks/README.md, and never gate CI.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+# (module, needs root, time limit in seconds)
+BENCHMARKS = [
+    ("benchmarks.train_overhead", False, 1200),
+    ("benchmarks.inference_serving", False, 900),
+    ("benchmarks.inference_loadgen", False, 900),
+    ("benchmarks.stacks_scale", False, 900),
+    ("benchmarks.ansible_converge", True, 1200),
+]
+
+
+def main(selected: list[str]) -> int:
+    failed = []
+    for module, needs_root, limit in BENCHMARKS:
+        if selected and module.rsplit(".", 1)[1] not in selected:
+            continue
+        if needs_root and os.geteuid() != 0:
+            print(f"== {module}: skipped (needs root for the chroot)", flush=True)
+            continue
+        print(f"== {module}", flush=True)
+        started = time.monotonic()
+        try:
+            code = subprocess.run([sys.executable, "-m", module], timeout=limit).returncode
+        except subprocess.TimeoutExpired:
+            code = f"timed out after {limit} s"
+        print(f"== {module}: exit {code} in {time.monotonic() - started:.0f} s", flush=True)
+        if code != 0:
+            failed.append(module)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
