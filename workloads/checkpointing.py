@@ -5,16 +5,23 @@ Layout under the checkpoint root:
     step_00000012/            a complete checkpoint: DCP files, rng_rank<r>.pt, checksums_rank<r>.json, COMPLETE
     .partial-step_00000016/   a save in progress (or killed mid-save): never loaded, removed by the next save
 
-A save writes everything into `.partial-step_N`, waits for every rank, then rank 0 writes the `COMPLETE` marker
-(training state, model config, checksum summary), fsyncs it and renames the directory to `step_N`. The rename is
-atomic, so a kill at any moment leaves either the old set of checkpoints or the old set plus the new one.
+A save writes everything into `.partial-step_N` and fsyncs it, waits for every rank, then rank 0 writes the
+`COMPLETE` marker (training state, model config, checksum summary), fsyncs it and renames the directory to
+`step_N`. The rename is atomic, so a kill at any moment leaves either the old set of checkpoints or the old set plus
+the new one.
+
 Every tensor's CRC-32 is recorded at save time and verified after load: a corrupted checkpoint raises
-`CheckpointCorruptError` instead of being loaded silently.
+`CheckpointCorruptError` instead of being loaded silently. The CRC is taken inside DCP's write path (a planner
+hook), by the rank that writes the tensor, on bytes that are about to be copied to the file anyway: replicated
+(DDP) state is split across ranks by DCP, so each rank checksums only its share instead of the whole state.
+Because of that, torch.save's own per-record CRC-32 inside the DCP files is switched off during the save: it was
+a second pass over the same bytes (~20% of the save time measured here).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import re
@@ -22,6 +29,7 @@ import shutil
 import time
 import warnings
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +38,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 
 from workloads.model import GPT, GPTConfig
 
@@ -53,7 +62,7 @@ class SaveStats:
     bytes: int
     """Bytes of tensor data in the checkpoint (all ranks' files together)."""
     seconds: float
-    """Wall time of the DCP save plus the commit (checksums excluded: they are computed before)."""
+    """Wall time of the whole save on this rank: DCP write with fsync, checksums, commit (pruning excluded)."""
 
 
 def step_dir_name(step: int) -> str:
@@ -95,22 +104,77 @@ def read_marker(path: Path) -> dict[str, Any]:
     return json.loads((path / MARKER).read_text())
 
 
-def tensor_checksums(state: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """CRC-32 of every tensor's bytes (local shard for DTensors), keyed by its flattened name.
+def crc32_hex(tensor: torch.Tensor) -> str:
+    """CRC-32 of a tensor's bytes.
 
     CRC-32 detects the accidental damage storage does (flipped bits, torn or truncated writes) at ~3 GB/s;
     SHA-256 runs at ~0.3-0.9 GB/s here and would dominate the checkpoint time. Nobody forges checkpoints.
     """
+    data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return f"{zlib.crc32(data):08x}"
+
+
+def chunk_key(name: str, offsets: tuple[int, ...] | torch.Size, chunk_shape: tuple[int, ...] | torch.Size,
+              full_shape: tuple[int, ...] | torch.Size) -> str:
+    """Checksum key of one saved piece: the flattened name, plus the offsets when it is a shard of the tensor."""
+    if tuple(chunk_shape) == tuple(full_shape):
+        return name
+    return f"{name}@{','.join(str(int(offset)) for offset in offsets)}"
+
+
+def _local_key(name: str, value: torch.Tensor) -> tuple[str, torch.Tensor]:
+    """(key, local data): a DTensor's local shard is keyed by its offsets in the global tensor."""
+    if not hasattr(value, "to_local"):
+        return name, value
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    local_shape, offsets = compute_local_shape_and_global_offset(value.shape, value.device_mesh, value.placements)
+    return chunk_key(name, offsets, local_shape, value.shape), value.to_local()
+
+
+def tensor_checksums(state: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """CRC-32 of every tensor's bytes (local shard for DTensors), keyed like `ChecksummingSavePlanner` keys them."""
     sums: dict[str, str] = {}
     for key, value in state.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
             sums.update(tensor_checksums(value, f"{name}."))
         elif isinstance(value, torch.Tensor):
-            local = value.to_local() if hasattr(value, "to_local") else value
-            data = local.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
-            sums[name] = f"{zlib.crc32(data):08x}"
+            local_name, local = _local_key(name, value)
+            sums[local_name] = crc32_hex(local)
     return sums
+
+
+class ChecksummingSavePlanner(DefaultSavePlanner):
+    """DCP's default planner that also records the CRC-32 of every tensor piece this rank writes.
+
+    DCP calls `resolve_data` just before it serializes a piece into this rank's file, so the checksum covers
+    exactly the pieces the rank writes (after DCP's deduplication of replicated state), while they are hot in cache.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.checksums: dict[str, str] = {}
+        """chunk_key -> CRC-32 hex of what this rank wrote."""
+
+    def resolve_data(self, write_item):
+        data = super().resolve_data(write_item)
+        if isinstance(data, torch.Tensor) and write_item.tensor_data is not None:
+            chunk = write_item.tensor_data.chunk
+            key = chunk_key(write_item.index.fqn, chunk.offsets, chunk.sizes, write_item.tensor_data.size)
+            self.checksums[key] = crc32_hex(data)
+        return data
+
+
+@contextmanager
+def torch_save_crc_disabled():
+    """Skip torch.save's per-record CRC-32 (restored afterwards): our own CRC already covers every tensor."""
+    before = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(False)
+    try:
+        yield
+    finally:
+        torch.serialization.set_crc32_options(before)
 
 
 def state_nbytes(state: dict[str, Any]) -> int:
@@ -141,6 +205,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _write_durably(path: Path, data: bytes) -> None:
+    """Write and fsync: everything the marker vouches for must be on storage before the marker is."""
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def save_checkpoint(root: str | Path, step: int, tensors: dict[str, Any], training_state: dict[str, Any],
                     model_config: GPTConfig, keep: int = 2, rng_state: dict[str, Any] | None = None) -> SaveStats:
     """Collective: every rank calls it with its state dict of tensors ({"model": ..., "optim": ...}).
@@ -153,23 +225,26 @@ def save_checkpoint(root: str | Path, step: int, tensors: dict[str, Any], traini
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     final = root / step_dir_name(step)
     partial = root / f"{PARTIAL_PREFIX}{step_dir_name(step)}"
-    checksums = tensor_checksums(tensors)
     local_bytes = state_nbytes(tensors)
     if rank == 0 and partial.exists():
         shutil.rmtree(partial)  # left by a save that was killed
     _barrier()
     started = time.perf_counter()
-    dcp.save(tensors, checkpoint_id=partial)  # collective; creates the directory
-    torch.save(rng_state or {}, partial / f"rng_rank{rank}.pt")
-    (partial / f"checksums_rank{rank}.json").write_text(json.dumps(checksums))
+    planner = ChecksummingSavePlanner()
+    with torch_save_crc_disabled():
+        # Collective; creates the directory, fsyncs every data file and the metadata (sync_files defaults to True).
+        dcp.save(tensors, checkpoint_id=partial, planner=planner)
+    rng_buffer = io.BytesIO()
+    torch.save(rng_state or {}, rng_buffer)
+    _write_durably(partial / f"rng_rank{rank}.pt", rng_buffer.getvalue())
+    _write_durably(partial / f"checksums_rank{rank}.json", json.dumps(planner.checksums).encode())
     _barrier()
     if rank == 0:
         marker = {"step": step, "world_size": world, "model_config": dataclasses.asdict(model_config),
-                  "training_state": training_state, "tensors": len(checksums), "saved_at": time.time()}
-        with open(partial / MARKER, "w") as handle:
-            json.dump(marker, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+                  "training_state": training_state, "tensors": sum(isinstance(v, torch.Tensor) for v in
+                                                                   _leaves(tensors)), "saved_at": time.time()}
+        _write_durably(partial / MARKER, json.dumps(marker).encode())
+        _fsync_dir(partial)  # the directory entries of every file above
         if final.exists():  # the same step saved again (e.g. after a restart): replace it
             shutil.rmtree(final)
         os.rename(partial, final)
@@ -227,14 +302,21 @@ def load_checkpoint(path: Path, tensors: dict[str, Any], verify: bool = True) ->
 
 
 def verify_checksums(path: Path, tensors: dict[str, Any], rank: int = 0) -> None:
-    record = path / f"checksums_rank{rank}.json"
-    if not record.is_file():
-        record = path / "checksums_rank0.json"
-    try:
-        expected = json.loads(record.read_text())
-    except (OSError, ValueError) as error:
-        raise CheckpointCorruptError(f"checkpoint {path}: checksum record {record.name} unreadable: {error}") \
-            from None
+    """Every tensor (piece) this rank holds must match the CRC-32 recorded by whichever rank wrote it.
+
+    Each rank records what it wrote, so the expected set is the union of all ranks' records. `rank` is kept for
+    the callers' symmetry; every rank reads the same union.
+    """
+    expected: dict[str, str] = {}
+    records = sorted(path.glob("checksums_rank*.json"))
+    if not records:
+        raise CheckpointCorruptError(f"checkpoint {path}: no checksum record (checksums_rank*.json)")
+    for record in records:
+        try:
+            expected.update(json.loads(record.read_text()))
+        except (OSError, ValueError) as error:
+            raise CheckpointCorruptError(f"checkpoint {path}: checksum record {record.name} unreadable: {error}") \
+                from None
     actual = tensor_checksums(tensors)
     mismatched = sorted(name for name, digest in actual.items() if name in expected and expected[name] != digest)
     missing = sorted(set(actual) - set(expected))

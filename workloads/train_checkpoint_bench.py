@@ -3,10 +3,16 @@
     torchrun --nproc_per_node=2 workloads/train_checkpoint_bench.py --preset 125m --directory /mnt/ckpt --output r.json
 
 Each rank holds a DDP-style replica of the model (and AdamW state); the save goes through the same atomic DCP
-commit as training. Then, on the same directory: every rank writes as many raw bytes as it wrote to the
-checkpoint, sequentially with fsync (the best the storage can do); pages of both are dropped from the page cache
-before anything is read back, so loads come from the storage. Finally one checkpoint file is corrupted and the
-load must refuse it.
+commit as training (per-tensor CRC-32, fsync of every file, marker, rename). The yardstick, on the same directory:
+every rank writes as many raw bytes as it wrote to the checkpoint, sequentially, then fsyncs (the best the storage
+can do). Both sides do the same durability work on the data (one fsync per file before the time stops); the
+save additionally pays its commit (small fsynced files, directory fsyncs, barriers), which is part of its cost.
+
+Fairness: before each timed operation every rank runs `os.sync()` and a barrier, so neither side pays for the
+other's deferred write-back or for block discards of files deleted earlier (ext4 `discard` runs them at the next
+journal commit, i.e. inside somebody's fsync). Rounds alternate the order; the reported ratio is the median of
+the per-round ratios, the GB/s figures use median times. Pages are dropped from the page cache before anything is
+read back, so loads come from the storage. Finally one checkpoint file is corrupted and the load must refuse it.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from datetime import timedelta
@@ -60,6 +67,12 @@ def empty_like_state(state):
     return torch.zeros_like(state) if isinstance(state, torch.Tensor) else state
 
 
+def settle() -> None:
+    """Flush everything pending (dirty pages, discards of deleted files) on every rank, then start together."""
+    os.sync()
+    dist.barrier()
+
+
 def slowest(seconds: float) -> float:
     """A collective operation takes as long as its slowest rank."""
     value = torch.tensor([seconds], dtype=torch.float64)
@@ -85,29 +98,27 @@ def run(args: argparse.Namespace) -> dict:
     model_state, optim_state = get_state_dict(model, optimizer)
     tensors = {"model": model_state, **({"optim": optim_state} if args.with_optimizer else {})}
 
-    # Storage speed drifts (shared disks, write-back caches): alternate the order and sum over rounds, so both
-    # sides of the ratio see the same conditions.
-    # An untimed first save: DCP's first call pays one-off costs (planner, thread pool, imports) that a
-    # storage measurement should not include.
-    save_checkpoint(root, 0, tensors, {"step": 0}, config, keep=1, rng_state={})
-    save_s = raw_s = 0.0
+    # Storage speed drifts (shared disks, write-back caches): alternate the order, so both sides of the ratio see
+    # the same conditions. An untimed first save: DCP's first call pays one-off costs (planner, thread pool,
+    # imports) that a storage measurement should not include; it also tells each rank its share of the bytes.
+    saved = save_checkpoint(root, 0, tensors, {"step": 0}, config, keep=1, rng_state={})
+    my_bytes = rank_file_bytes(saved.path, rank)
+    save_times: list[float] = []
+    raw_times: list[float] = []
     raw_file = root / f"raw-write-rank{rank}.bin"
     for round_index in range(args.rounds):
         for action in (("save", "raw") if round_index % 2 == 0 else ("raw", "save")):
+            settle()
             if action == "save":
                 saved = save_checkpoint(root, round_index + 1, tensors, {"step": round_index + 1}, config, keep=1,
                                         rng_state={})
-                save_s += slowest(saved.seconds)
-                my_bytes = rank_file_bytes(saved.path, rank)
+                save_times.append(slowest(saved.seconds))
                 for path in saved.path.iterdir():
                     drop_page_cache(path)
             else:
-                # The raw write needs this rank's share of the checkpoint; the first round measures the save
-                # first, so the size is known.
-                raw_s += slowest(raw_sequential_write(raw_file, my_bytes))
+                raw_times.append(slowest(raw_sequential_write(raw_file, my_bytes)))
                 drop_page_cache(raw_file)
                 raw_file.unlink()
-            dist.barrier()
     raw_total = torch.tensor([my_bytes], dtype=torch.float64)
     dist.all_reduce(raw_total)
 
@@ -126,12 +137,19 @@ def run(args: argparse.Namespace) -> dict:
     checksum_ok = slowest(0.0 if checksum_ok else 1.0) == 0.0
     corruption_detected = corrupt_and_reload(saved.path, tensors, rank) if args.corruption_test else None
     total = int(raw_total.item())
+    save_s, raw_s = statistics.median(save_times), statistics.median(raw_times)
     return {"preset": args.preset, "with_optimizer": args.with_optimizer, "world_size": dist.get_world_size(),
             "bytes": total, "tensor_bytes_per_replica": saved.bytes, "tensors": len(tensor_checksums(tensors)),
-            "rounds": args.rounds, "save_s": save_s / args.rounds, "load_s": load_s,
-            "raw_write_s": raw_s / args.rounds, "verify_s": verify_s, "save_gbps": total * args.rounds / save_s / 1e9,
-            "load_gbps": total / load_s / 1e9, "raw_write_gbps": total * args.rounds / raw_s / 1e9,
+            "rounds": args.rounds, "save_s": save_s, "load_s": load_s, "raw_write_s": raw_s, "verify_s": verify_s,
+            "save_times_s": save_times, "raw_write_times_s": raw_times,
+            "save_gbps": total / save_s / 1e9, "load_gbps": total / load_s / 1e9, "raw_write_gbps": total / raw_s / 1e9,
+            "save_ratio_to_raw": median_ratio(raw_times, save_times),
             "checksum_match": checksum_ok, "corruption_detected": corruption_detected, "directory": str(root)}
+
+
+def median_ratio(raw_times: list[float], save_times: list[float]) -> float:
+    """Median over rounds of (raw write time / save time) = save GB/s / raw GB/s for the same bytes."""
+    return statistics.median(raw / save for raw, save in zip(raw_times, save_times, strict=True))
 
 
 def corrupt_and_reload(path: Path, tensors: dict, rank: int) -> bool:
@@ -159,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--with-optimizer", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--directory", required=True, help="checkpoint directory (on the storage under test)")
     parser.add_argument("--output", help="JSON result (rank 0)")
-    parser.add_argument("--rounds", type=int, default=2, help="save + raw write rounds, order alternating (2)")
+    parser.add_argument("--rounds", type=int, default=3, help="save + raw write rounds, order alternating (3)")
     parser.add_argument("--corruption-test", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args(argv)
     try:

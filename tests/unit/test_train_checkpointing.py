@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import warnings
 
 import pytest
@@ -9,7 +11,7 @@ import torch
 
 from workloads.checkpointing import (MARKER, CheckpointCorruptError, CheckpointError, complete_checkpoints,
                                      ensure_writable, latest_checkpoint, load_checkpoint, load_for_inference,
-                                     save_checkpoint, tensor_checksums)
+                                     chunk_key, save_checkpoint, tensor_checksums, torch_save_crc_disabled)
 from workloads.model import GPT, GPTConfig
 
 CONFIG = GPTConfig(n_layer=1, n_head=2, d_model=16, max_seq_len=8)
@@ -100,3 +102,60 @@ def test_unwritable_checkpoint_dir_is_a_clear_error(tmp_path):
     with warnings.catch_warnings():
         with pytest.raises(CheckpointError, match="checkpoint directory .*a-file/ckpt is not writable"):
             ensure_writable(blocker / "ckpt")
+
+
+def test_saving_planner_records_every_tensor_it_writes(tmp_path):
+    _, state = _state()
+    saved = save_checkpoint(tmp_path, 1, state, {"step": 1}, CONFIG)
+    record = json.loads((saved.path / "checksums_rank0.json").read_text())
+    assert record == tensor_checksums(state)  # one process writes everything, so it checksums everything
+
+
+def test_checksum_records_of_all_ranks_are_combined(tmp_path):
+    _, state = _state()
+    saved = save_checkpoint(tmp_path, 1, state, {"step": 1}, CONFIG)
+    record_file = saved.path / "checksums_rank0.json"
+    record = json.loads(record_file.read_text())
+    names = sorted(record)
+    # As if two ranks had each written (and checksummed) half of the replicated tensors.
+    record_file.write_text(json.dumps({name: record[name] for name in names[::2]}))
+    (saved.path / "checksums_rank1.json").write_text(json.dumps({name: record[name] for name in names[1::2]}))
+    load_checkpoint(saved.path, _zeros(state))
+    (saved.path / "checksums_rank1.json").write_text(json.dumps({name: "00000000" for name in names[1::2]}))
+    with pytest.raises(CheckpointCorruptError, match="differ from their saved checksums"):
+        load_checkpoint(saved.path, _zeros(state))
+    (saved.path / "checksums_rank1.json").unlink()
+    with pytest.raises(CheckpointCorruptError, match="have none"):
+        load_checkpoint(saved.path, _zeros(state))
+
+
+def test_torch_save_crc_is_off_only_during_the_save():
+    assert torch.serialization.get_crc32_options()
+    with pytest.raises(RuntimeError):
+        with torch_save_crc_disabled():
+            assert not torch.serialization.get_crc32_options()
+            raise RuntimeError("save failed")
+    assert torch.serialization.get_crc32_options()
+
+
+def test_chunk_key_names_shards_by_offset():
+    assert chunk_key("model.w", (0, 0), (4, 4), (4, 4)) == "model.w"
+    assert chunk_key("model.w", (2, 0), (2, 4), (4, 4)) == "model.w@2,0"
+
+
+def test_every_file_is_fsynced_before_the_marker(tmp_path, monkeypatch):
+    _, state = _state()
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+        synced.append(name.removesuffix(".tmp"))  # DCP fsyncs .metadata.tmp, then renames it
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    saved = save_checkpoint(tmp_path, 1, state, {"step": 1}, CONFIG)
+    files = {path.name for path in saved.path.iterdir()}
+    assert files <= set(synced), f"not fsynced: {files - set(synced)}"
+    marker_at = synced.index(MARKER)
+    assert files - {MARKER} <= set(synced[:marker_at])

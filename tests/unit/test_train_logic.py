@@ -121,3 +121,12 @@ def test_failover_judgement_fails_a_restart_from_scratch():
     judge_recovery(result, _failover_records(resumed_from=None), TrainFailoverConfig())
     assert result.status == Status.FAIL and "started from scratch" in result.reason
     assert result.metrics["steps_lost"].value == 7
+
+
+def test_checkpoint_ratio_is_the_median_of_paired_rounds():
+    from workloads.train_checkpoint_bench import median_ratio
+
+    # raw/save per round: 0.5, 1.0, 0.25 -> 0.5; one slow round cannot drag the figure like a sum would.
+    assert median_ratio([1.0, 1.0, 1.0], [2.0, 1.0, 4.0]) == 0.5
+    with pytest.raises(ValueError):
+        median_ratio([1.0], [1.0, 2.0])
