@@ -56,9 +56,11 @@ class Measurement:
     """Locust CPU seconds / wall seconds: near 1.0 means the generator itself is the limit."""
     log_complete: bool | None
     """LLM users: the JSONL log has exactly one line per request Locust counted."""
+    server_cpu_ms_per_request: float
+    """The fake server's CPU per request; server ms/req x req/s near 1000 would mean the server is the limit."""
 
 
-def run_locust(contender: Contender, host: str, workdir: Path, seconds: int) -> Measurement:
+def run_locust(contender: Contender, host: str, server_pid: int, workdir: Path, seconds: int) -> Measurement:
     probe_out = workdir / "probe.json"
     probe_out.unlink(missing_ok=True)
     stats_base = workdir / "stats"
@@ -73,17 +75,25 @@ def run_locust(contender: Contender, host: str, workdir: Path, seconds: int) -> 
             old.unlink()
         env.update(OPENAI_API_KEY="x", LLM_MODEL="fake", LLM_MAX_TOKENS="8", LLM_PROMPT_TOKENS="64",
                    LLM_REQUEST_LOG=str(log_dir / "requests-{pid}.jsonl"))
+    server_cpu_before = process_cpu_s(server_pid)
     with ManagedProcess(args, env=env, cwd=REPO_ROOT, log_path=workdir / "locust.log") as locust:
         locust.wait(seconds + 60)
+    server_cpu_s = process_cpu_s(server_pid) - server_cpu_before
     probe = json.loads(probe_out.read_text())
+    stats = json.loads(stats_base.with_suffix(".json").read_text())
+    http_requests = sum(s["num_requests"] for s in stats if s["method"] in ("GET", "POST"))
     log_complete = None
     if contender.llm:
-        counted = sum(s["num_requests"] for s in json.loads(stats_base.with_suffix(".json").read_text())
-                      if s["method"] == "POST")
         logged = sum(len(path.read_text().splitlines()) for path in log_dir.glob("*.jsonl"))
-        log_complete = counted == logged
+        log_complete = logged == sum(s["num_requests"] for s in stats if s["method"] == "POST")
     return Measurement(probe["requests"] / probe["wall_s"], 1000 * probe["cpu_s"] / probe["requests"],
-                       probe["cpu_s"] / probe["wall_s"], log_complete)
+                       probe["cpu_s"] / probe["wall_s"], log_complete, 1000 * server_cpu_s / max(1, http_requests))
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a running process, from /proc/<pid>/stat (fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_until_up(host: str, timeout_s: float = 30) -> None:
@@ -116,24 +126,26 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp, ManagedProcess(
             [sys.executable, "-m", "uvicorn", "benchmarks.inference_fake_openai:app", "--port", str(port),
              "--host", "127.0.0.1", "--log-level", "warning"], cwd=REPO_ROOT,
-            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, log_path=Path(tmp) / "server.log"):
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, log_path=Path(tmp) / "server.log") as server:
         wait_until_up(host)
         for round_index in range(options.rounds):
             order = contenders if round_index % 2 == 0 else contenders[::-1]  # no user always runs first
             for contender in order:
-                results[contender.label].append(run_locust(contender, host, Path(tmp), options.seconds))
+                results[contender.label].append(run_locust(contender, host, server.pid, Path(tmp),
+                                                           options.seconds))
     print(f"load average after:  {os.getloadavg()[0]:.2f}")
     print(f"{USERS} users, {options.seconds} s x {options.rounds} rounds each, one Locust process, one uvicorn process;"
           " medians")
-    print(f"{'user':<40} {'req/s':>8} {'CPU ms/req':>11} {'Locust CPU':>11}  log complete")
+    print(f"{'user':<40} {'req/s':>8} {'CPU ms/req':>11} {'Locust CPU':>11} {'server CPU':>11}  log complete")
     medians = {}
     for label, runs in results.items():
         rps = statistics.median(m.rps for m in runs)
         cpu = statistics.median(m.cpu_ms_per_request for m in runs)
         medians[label] = (rps, cpu)
         complete = "" if runs[0].log_complete is None else str(all(m.log_complete for m in runs))
+        server_share = statistics.median(m.server_cpu_ms_per_request for m in runs) * rps / 1000
         print(f"{label:<40} {rps:8.0f} {cpu:11.3f} {statistics.median(m.cpu_utilisation for m in runs):10.0%}"
-              f"   {complete}")
+              f" {server_share:10.0%}   {complete}")
     plain_rps, plain_cpu = medians["plain POST, same stream"]
     health_rps, health_cpu = medians["plain GET /health"]
     for contender in contenders:
