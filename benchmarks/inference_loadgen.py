@@ -12,7 +12,8 @@ TTFT/TPOT statistics, the JSONL log). GET /health is measured too, as the origin
 Each figure comes from a probe inside the Locust process (benchmarks/inference_loadgen_probe.py): requests, wall
 and CPU seconds from "all users running" to "stopping". req/s is what the goal is about; CPU ms per request is
 the same cost seen without the other processes on the machine (req/s swings with them, CPU per request barely).
-The users run in alternating order over several rounds and the medians are printed.
+The users run in alternating order over several rounds; each headroom ratio pairs the LLM and plain
+runs of one round (seconds apart, so under about the same machine load), and the median over rounds is printed.
 """
 
 from __future__ import annotations
@@ -115,10 +116,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--llm-locustfile", action="append", default=[], type=Path,
                         help="another LLM locustfile to measure beside the current one (e.g. an older version)")
     options = parser.parse_args(argv)
+    # The like-for-like pair runs next to each other in every round; GET /health comes last (first when reversed).
     contenders = [Contender("plain POST, same stream", BASELINE, "PlainChatUser"),
-                  Contender("plain GET /health", BASELINE, "PlainHealthUser"),
                   Contender("LLM user", REPO_ROOT / "loadtests" / "locustfile.py", llm=True)]
     contenders += [Contender(f"LLM user ({path})", path.resolve(), llm=True) for path in options.llm_locustfile]
+    contenders.append(Contender("plain GET /health", BASELINE, "PlainHealthUser"))
     results: dict[str, list[Measurement]] = {c.label: [] for c in contenders}
     port = free_port()
     host = f"http://127.0.0.1:{port}"
@@ -137,23 +139,27 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{USERS} users, {options.seconds} s x {options.rounds} rounds each, one Locust process, one uvicorn process;"
           " medians")
     print(f"{'user':<40} {'req/s':>8} {'CPU ms/req':>11} {'Locust CPU':>11} {'server CPU':>11}  log complete")
-    medians = {}
     for label, runs in results.items():
         rps = statistics.median(m.rps for m in runs)
         cpu = statistics.median(m.cpu_ms_per_request for m in runs)
-        medians[label] = (rps, cpu)
         complete = "" if runs[0].log_complete is None else str(all(m.log_complete for m in runs))
         server_share = statistics.median(m.server_cpu_ms_per_request for m in runs) * rps / 1000
         print(f"{label:<40} {rps:8.0f} {cpu:11.3f} {statistics.median(m.cpu_utilisation for m in runs):10.0%}"
               f" {server_share:10.0%}   {complete}")
-    plain_rps, plain_cpu = medians["plain POST, same stream"]
-    health_rps, health_cpu = medians["plain GET /health"]
+    print("headroom = LLM user / plain user, paired by round (same round, seconds apart), median [min-max]:")
     for contender in contenders:
         if contender.llm:
-            rps, cpu = medians[contender.label]
-            print(f"headroom {contender.label}: {rps / plain_rps:.2f} req/s ratio ({plain_cpu / cpu:.2f} by CPU per "
-                  f"request) vs plain POST; {rps / health_rps:.2f} ({health_cpu / cpu:.2f}) vs GET /health;"
-                  " goal >= 0.5")
+            llm_runs = results[contender.label]
+            for baseline in ("plain POST, same stream", "plain GET /health"):
+                plain_runs = results[baseline]
+                by_rps = [llm.rps / plain.rps for llm, plain in zip(llm_runs, plain_runs)]
+                by_cpu = [plain.cpu_ms_per_request / llm.cpu_ms_per_request for llm, plain in zip(llm_runs, plain_runs)]
+                print(f"  {contender.label} vs {baseline}: req/s {summary(by_rps)}, CPU per request {summary(by_cpu)}"
+                      "   goal >= 0.5")
+
+
+def summary(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} [{min(values):.2f}-{max(values):.2f}]"
 
 
 if __name__ == "__main__":
