@@ -5,15 +5,21 @@
 - batching speedup = output tokens/s with 32 concurrent streams at max_batch 32 / the same at max_batch 1
   (goal >= 4x).
 
-One replica with one torch thread, so the client (this process) has the other core.
+One replica with one torch thread, so the client (this process) has the other core. Each figure is measured in
+several rounds (raw, batched server, unbatched server, one after the other) and every ratio pairs the runs of one
+round; the median and range over rounds are printed. Besides tokens/s (what the goals are about, and what swings
+with other processes on the machine) the same ratios are printed per CPU second of the process doing the work
+(this process for the raw loop, the server's worker process for the server), which other load barely moves.
 
-    python -m benchmarks.inference_serving
+    python -m benchmarks.inference_serving [--rounds 2]
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -22,6 +28,7 @@ from pathlib import Path
 import httpx
 import torch
 
+from benchmarks.inference_loadgen import process_cpu_s, summary
 from dcforge.checks._serving import child_pids, free_port
 from dcforge.harness.processes import ManagedProcess
 from dcforge.spec.loader import REPO_ROOT
@@ -35,14 +42,15 @@ DURATION_S = 12.0
 KEY = "benchmark-key"
 
 
-def raw_decode_tokens_per_s(batch: int, duration_s: float = 6.0) -> float:
-    """Prefill `batch` prompts, then decode MAX_TOKENS steps for all of them at once, repeatedly."""
+def raw_decode_tokens_per_s(batch: int, duration_s: float = 6.0) -> tuple[float, float]:
+    """Prefill `batch` prompts, then decode MAX_TOKENS steps for all of them at once, repeatedly.
+    Returns (output tokens/s, output tokens per CPU second)."""
     torch.set_num_threads(1)
     config = get_preset(PRESET)
     torch.manual_seed(0)
     model = GPT(config).eval()
     cache = KVCache(config, batch, PROMPT_TOKENS + MAX_TOKENS + 1)
-    tokens, started = 0, time.perf_counter()
+    tokens, started, cpu_started = 0, time.perf_counter(), time.process_time()
     with torch.inference_mode():
         while time.perf_counter() - started < duration_s:
             for slot in range(batch):
@@ -54,7 +62,7 @@ def raw_decode_tokens_per_s(batch: int, duration_s: float = 6.0) -> float:
                                positions=torch.full((batch, 1), PROMPT_TOKENS + step))
                 torch.argmax(logits[:, -1], dim=-1)
                 tokens += batch
-    return tokens / (time.perf_counter() - started)
+    return tokens / (time.perf_counter() - started), tokens / (time.process_time() - cpu_started)
 
 
 async def _stream_loop(client: httpx.AsyncClient, deadline: float, counts: list[int]) -> None:
@@ -67,18 +75,19 @@ async def _stream_loop(client: httpx.AsyncClient, deadline: float, counts: list[
                     counts.append(MAX_TOKENS)
 
 
-async def _drive(base_url: str, streams: int, duration_s: float) -> float:
+async def _drive(base_url: str, streams: int, duration_s: float, worker_pid: int) -> tuple[float, float]:
     counts: list[int] = []
     limits = httpx.Limits(max_connections=streams)
     async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits,
                                  headers={"Authorization": f"Bearer {KEY}"}) as client:
         await asyncio.gather(*(_stream_loop(client, time.perf_counter() + 2.0, []) for _ in range(4)))  # warm-up
-        started = time.perf_counter()
+        started, worker_cpu = time.perf_counter(), process_cpu_s(worker_pid)
         await asyncio.gather(*(_stream_loop(client, started + duration_s, counts) for _ in range(streams)))
-        return sum(counts) / (time.perf_counter() - started)
+        return sum(counts) / (time.perf_counter() - started), sum(counts) / (process_cpu_s(worker_pid) - worker_cpu)
 
 
-def server_tokens_per_s(max_batch: int, streams: int, duration_s: float = DURATION_S) -> float:
+def server_tokens_per_s(max_batch: int, streams: int, duration_s: float = DURATION_S) -> tuple[float, float]:
+    """(output tokens/s, output tokens per CPU second of the serving worker) over the measured streams."""
     port = free_port()
     state_dir = Path(tempfile.mkdtemp(prefix="dcforge-bench-"))
     args = [sys.executable, "-m", "workloads.serve", "--port", str(port), "--replicas", "1", "--preset", PRESET,
@@ -88,24 +97,34 @@ def server_tokens_per_s(max_batch: int, streams: int, duration_s: float = DURATI
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     with ManagedProcess(args, env=env, cwd=REPO_ROOT, log_path=state_dir / "server.log") as server:
         deadline = time.monotonic() + 90
-        while not any((state_dir / f"ready-{pid}").exists() for pid in child_pids(server.pid)):
+        while not (ready := [pid for pid in child_pids(server.pid) if (state_dir / f"ready-{pid}").exists()]):
             if time.monotonic() > deadline or server.poll() is not None:
                 raise RuntimeError(f"server did not start; see {state_dir / 'server.log'}")
             time.sleep(0.1)
-        return asyncio.run(_drive(f"http://127.0.0.1:{port}", streams, duration_s))
+        return asyncio.run(_drive(f"http://127.0.0.1:{port}", streams, duration_s, ready[0]))
 
 
-def main() -> None:
-    print(f"model {PRESET}, prompt {PROMPT_TOKENS} tokens, {MAX_TOKENS} output tokens, 1 replica, 1 torch thread")
-    raw = raw_decode_tokens_per_s(STREAMS)
-    batched = server_tokens_per_s(max_batch=STREAMS, streams=STREAMS)
-    unbatched = server_tokens_per_s(max_batch=1, streams=STREAMS)
-    print(f"raw batched forward (batch {STREAMS}):        {raw:8.0f} output tokens/s")
-    print(f"server, {STREAMS} streams, max_batch {STREAMS}:     {batched:8.0f} output tokens/s")
-    print(f"server, {STREAMS} streams, max_batch 1:      {unbatched:8.0f} output tokens/s")
-    print(f"serving efficiency (server / raw):      {batched / raw:8.2f}   goal >= 0.85")
-    print(f"batching speedup (batch {STREAMS} / batch 1):  {batched / unbatched:8.2f}x  goal >= 4")
-
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="serving efficiency and batching speedup")
+    parser.add_argument("--rounds", type=int, default=2)
+    rounds = parser.parse_args(argv).rounds
+    print(f"model {PRESET}, prompt {PROMPT_TOKENS} tokens, {MAX_TOKENS} output tokens, 1 replica, 1 torch thread; "
+          f"load average before {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    raw, batched, unbatched = [], [], []
+    for _ in range(rounds):
+        raw.append(raw_decode_tokens_per_s(STREAMS))
+        batched.append(server_tokens_per_s(max_batch=STREAMS, streams=STREAMS))
+        unbatched.append(server_tokens_per_s(max_batch=1, streams=STREAMS))
+    print(f"load average after {os.getloadavg()[0]:.2f}; {rounds} rounds, medians of tokens/s (tokens per CPU second)")
+    for label, runs in ((f"raw batched forward (batch {STREAMS})", raw),
+                        (f"server, {STREAMS} streams, max_batch {STREAMS}", batched),
+                        (f"server, {STREAMS} streams, max_batch 1", unbatched)):
+        print(f"{label:<38} {statistics.median(r[0] for r in runs):8.0f} output tokens/s "
+              f"({statistics.median(r[1] for r in runs):.0f} per CPU s)")
+    for label, top, bottom, goal in (("serving efficiency (server / raw)", batched, raw, ">= 0.85"),
+                                     (f"batching speedup (batch {STREAMS} / batch 1)", batched, unbatched, ">= 4")):
+        print(f"{label:<38} {summary([a[0] / b[0] for a, b in zip(top, bottom)])} by tokens/s, "
+              f"{summary([a[1] / b[1] for a, b in zip(top, bottom)])} per CPU s   goal {goal}")
 
 if __name__ == "__main__":
     main()
