@@ -84,7 +84,13 @@ def accept(
     tolerance: float = typer.Option(0.05, "--tolerance", min=0.0, help="Relative change that counts as a regression."),
     fail_on_regression: bool = typer.Option(False, "--fail-on-regression", help="Exit 1 when the baseline shows a regression."),
 ) -> None:
-    """Run the environment's acceptance checks, judge its SLOs, write JSON + JUnit + HTML reports."""
+    """Run the environment's acceptance checks, judge its SLOs, write JSON + JUnit + HTML reports.
+
+    Checks: system (inventory), train (torchrun GPT: tokens/s, MFU), allreduce (busbw sweep), checkpoint (DCP
+    save/load GB/s, integrity), train_failover (a rank dies; resume), compliance (manifest rules), inference
+    (OpenAI-compatible server under Locust: TTFT/TPOT/goodput), inference_failover (a replica is SIGKILLed).
+    Exit 0 all passed, 1 a check or SLO failed or errored, 2 bad input, 130 interrupted (report kept).
+    """
     from dcforge.harness.runner import RunState, run_acceptance, select_checks, utc_now
     from dcforge.report import build_report, write_report_files
     from dcforge.report.baseline import load_baseline
