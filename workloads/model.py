@@ -101,23 +101,85 @@ class StreamDecoder:
 
 
 class KVCache:
-    """Preallocated keys and values: [n_layer, max_slots, max_len, n_head, head_dim] each.
+    """Preallocated keys and values: [n_layer, max_slots, n_head, max_len, head_dim] each.
 
     A slot holds one sequence; the caller (a scheduler) decides which slot a request uses and its positions.
     Stale entries past a sequence's current length are harmless: attention masks keys after the query position.
+    Head-major rows make a slot's prefix [n_head, length, head_dim] exactly what attention reads, so a batch in
+    consecutive slots is attended straight from the cache (a view, no copy); see `CachedBatch`.
     """
 
     def __init__(self, config: GPTConfig, max_slots: int, max_len: int | None = None,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
         self.max_slots = max_slots
         self.max_len = min(max_len or config.max_seq_len, config.max_seq_len)
-        shape = (config.n_layer, max_slots, self.max_len, config.n_head, config.head_dim)
+        shape = (config.n_layer, max_slots, config.n_head, self.max_len, config.head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
 
     @property
     def nbytes(self) -> int:
         return self.k.numel() * self.k.element_size() * 2
+
+
+ROWS_PER_PIECE = 8
+"""Rows of a batch at different lengths are attended in pieces of at most this many, each only up to its own
+longest sequence: fewer cached keys to read (attention at decode is bound by reading them), a few more calls."""
+
+
+@dataclass(frozen=True)
+class _Piece:
+    rows: slice
+    """Rows of the batch in this piece (they sit in consecutive cache slots, in order)."""
+    first_slot: int
+    key_len: int
+    """Keys attended: up to the furthest query position of these rows (not the cache's max_len)."""
+    mask: torch.Tensor | None
+    """[rows, 1, T, key_len] key allowed for query, or None when every key is visible to every query."""
+
+
+class CachedBatch:
+    """How one cached forward reads the cache, worked out once per forward instead of once per layer.
+
+    The batch is cut into pieces of rows in consecutive slots, so every piece's keys and values are a view of the
+    cache (no gather copy) holding only the positions that piece can attend to.
+    """
+
+    def __init__(self, slots: torch.Tensor, positions: torch.Tensor):
+        batch, length = positions.shape
+        self.positions = positions
+        self.slot_index = slots[:, None].expand(batch, length)
+        """[B, T] the slot of every new token, for writing its key and value."""
+        slot_list = slots.tolist()
+        furthest = positions.max(dim=1).values.tolist()
+        nearest = positions.min(dim=1).values.tolist()
+        self.pieces: list[_Piece] = []
+        start = 0
+        for row in range(1, batch + 1):
+            uniform = len(set(furthest[start:row + 1])) == 1
+            if row < batch and slot_list[row] == slot_list[row - 1] + 1 and (row - start < ROWS_PER_PIECE or uniform):
+                continue  # the piece goes on: next slot, and either still short or every row at one length
+            self.pieces.append(self._piece(slice(start, row), slot_list[start], furthest[start:row],
+                                           nearest[start:row], length))
+            start = row
+
+    def _piece(self, rows: slice, first_slot: int, furthest: list[int], nearest: list[int], length: int) -> _Piece:
+        key_len = max(furthest) + 1
+        # One new token per row, every row at the same position: it may attend to every key, no mask.
+        if length == 1 and min(nearest) == key_len - 1:
+            return _Piece(rows, first_slot, key_len, None)
+        key_positions = torch.arange(key_len, device=self.positions.device)[None, None, None, :]
+        return _Piece(rows, first_slot, key_len, key_positions <= self.positions[rows, None, :, None])
+
+    def attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Attention of q [B, n_head, T, head_dim] over one layer's cached keys and values."""
+        outputs = []
+        for piece in self.pieces:
+            slots = slice(piece.first_slot, piece.first_slot + piece.rows.stop - piece.rows.start)
+            outputs.append(F.scaled_dot_product_attention(
+                q[piece.rows], keys[slots, :, :piece.key_len].to(q.dtype),
+                values[slots, :, :piece.key_len].to(q.dtype), attn_mask=piece.mask))
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 
 class CausalSelfAttention(nn.Module):
@@ -128,24 +190,18 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
         self.proj = nn.Linear(config.d_model, config.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor, layer: int, cache: KVCache | None, slots: torch.Tensor | None,
-                positions: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, layer: int, cache: KVCache | None, batch_info: CachedBatch | None
+                ) -> torch.Tensor:
         batch, length, width = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.n_head, self.head_dim).unbind(dim=2)
-        if cache is None:
+        if cache is None or batch_info is None:
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                  is_causal=True)
         else:
-            slot_index = slots[:, None].expand(batch, length)
-            cache.k[layer][slot_index, positions] = k.to(cache.k.dtype)
-            cache.v[layer][slot_index, positions] = v.to(cache.v.dtype)
-            # Only the prefix up to the furthest query position can be attended to.
-            key_len = int(positions.max()) + 1
-            keys = cache.k[layer][slots, :key_len].to(q.dtype).transpose(1, 2)
-            values = cache.v[layer][slots, :key_len].to(q.dtype).transpose(1, 2)
-            key_positions = torch.arange(key_len, device=x.device)
-            mask = key_positions[None, None, None, :] <= positions[:, None, :, None]
-            out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask)
+            # [B, T] slot and position indices around the head slice: the indexed shape is [B, T, n_head, head_dim].
+            cache.k[layer][batch_info.slot_index, :, batch_info.positions] = k.to(cache.k.dtype)
+            cache.v[layer][batch_info.slot_index, :, batch_info.positions] = v.to(cache.v.dtype)
+            out = batch_info.attend(q.transpose(1, 2), cache.k[layer], cache.v[layer])
         return self.proj(out.transpose(1, 2).reshape(batch, length, width))
 
 
@@ -167,8 +223,8 @@ class Block(nn.Module):
         self.mlp_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, layer, cache, slots, positions):
-        x = x + self.attn(self.attn_norm(x), layer, cache, slots, positions)
+    def forward(self, x, layer, cache, batch_info):
+        x = x + self.attn(self.attn_norm(x), layer, cache, batch_info)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -199,6 +255,7 @@ class GPT(nn.Module):
         `positions` [B, T]; every earlier position of those slots must already be in the cache.
         """
         batch, length = idx.shape
+        batch_info = None
         if cache is None:
             if length > self.config.max_seq_len:
                 raise ValueError(f"sequence length {length} exceeds max_seq_len {self.config.max_seq_len}")
@@ -212,9 +269,10 @@ class GPT(nn.Module):
             if int(positions.max()) >= cache.max_len or int(positions.min()) < 0:
                 raise ValueError(f"positions must lie in [0, {cache.max_len}) (the cache's max_len)")
             positions_used = positions
+            batch_info = CachedBatch(slots, positions)
         x = self.tok_emb(idx) + self.pos_emb(positions_used)
         for layer, block in enumerate(self.blocks):
-            x = block(x, layer, cache, slots, positions)
+            x = block(x, layer, cache, batch_info)
         return F.linear(self.final_norm(x), self.tok_emb.weight)  # tied: the output head is the token embedding
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

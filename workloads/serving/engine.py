@@ -1,9 +1,14 @@
 """Continuous batching over the GPT's slot-based KV cache.
 
 One engine thread owns the model. Between decode steps it admits waiting requests into free cache slots and
-prefills them (B=1, T=prompt); then one forward pass decodes the next token of every active sequence (B=active,
-T=1). Requests join and leave the batch at token granularity, so a long generation never holds up short ones.
-Tokens travel to the asyncio side through a per-request queue (`GenerationHandle`).
+prefills all of them in one forward pass (prompts right-padded to the longest); then one forward pass decodes
+the next token of every active sequence (B=active, T=1). Requests join and leave the batch at token granularity,
+so a long generation never holds up short ones. Tokens travel to the asyncio side through a per-request queue
+(`GenerationHandle`).
+
+Slots are handed out first-freed-first-reused, so the active sequences stay in runs of consecutive slots ordered
+by age (hence by length); the model then reads their keys straight from the cache and attends each run only up to
+its own longest sequence (see `workloads.model.CachedBatch`).
 """
 
 from __future__ import annotations
@@ -153,7 +158,7 @@ class BatchingEngine:
         self._observer = observer
         self._load_observer = load_observer
         self._cache = KVCache(config, settings.max_batch, self.max_context)
-        self._free_slots = list(range(settings.max_batch))
+        self._free_slots = deque(range(settings.max_batch))  # FIFO: see the module docstring
         self._pending: deque[GenerationHandle] = deque()
         self._active: list[_Sequence] = []
         self._cond = threading.Condition()
@@ -210,9 +215,9 @@ class BatchingEngine:
                 admitted = self._admit()
                 if admitted is None:
                     return
-                for sequence in admitted:
-                    self._guarded(self._prefill, [sequence])
-                    deliver([sequence.handle])  # the first token goes out now: TTFT does not wait for others
+                if admitted:
+                    self._guarded(self._prefill, admitted)
+                    deliver([sequence.handle for sequence in admitted])  # first tokens out before the next decode
                 if self._active:
                     stepped = list(self._active)
                     self._guarded(self._decode_step, stepped)
@@ -242,7 +247,7 @@ class BatchingEngine:
                 if handle.cancelled:
                     continue
                 seed = handle.params.seed if handle.params.seed is not None else random.getrandbits(63)
-                admitted.append(_Sequence(handle, self._free_slots.pop(), torch.Generator().manual_seed(seed),
+                admitted.append(_Sequence(handle, self._free_slots.popleft(), torch.Generator().manual_seed(seed),
                                           self.tokenizer.stream_decoder()))
             return admitted
 
@@ -257,19 +262,29 @@ class BatchingEngine:
                 self._release(sequence)
 
     def _prefill(self, sequences: list[_Sequence]) -> None:
-        sequence = sequences[0]
-        prompt = sequence.handle.prompt_ids
+        """All admitted prompts in one forward: rows right-padded to the longest prompt. A pad token sits after
+        its row's prompt, so no prompt token attends to it; the junk it writes into the cache lies past the
+        sequence's length and is overwritten by the first decode step before anything can attend to it."""
+        sequences.sort(key=lambda sequence: sequence.slot)
+        lengths = [len(sequence.handle.prompt_ids) for sequence in sequences]
+        longest = max(lengths)
+        tokens = torch.zeros((len(sequences), longest), dtype=torch.long)
+        for row, sequence in enumerate(sequences):
+            tokens[row, :lengths[row]] = torch.tensor(sequence.handle.prompt_ids)
         started = time.perf_counter()
-        logits = self.model(torch.tensor([prompt]), cache=self._cache, slots=torch.tensor([sequence.slot]),
-                            positions=torch.arange(len(prompt))[None, :])
-        self._observe("prefill", 1, started)
-        sequence.length = len(prompt)
-        self._active.append(sequence)
+        logits = self.model(tokens, cache=self._cache, slots=torch.tensor([s.slot for s in sequences]),
+                            positions=torch.arange(longest).expand(len(sequences), longest))
+        self._observe("prefill", len(sequences), started)
+        for sequence, length in zip(sequences, lengths):
+            sequence.length = length
+            self._active.append(sequence)
         self._load_changed()
-        self._advance(sequence, self._sample(logits[0, -1], sequence))
+        last = logits[torch.arange(len(sequences)), torch.tensor(lengths) - 1]
+        for sequence, token in zip(sequences, self._sample(last, sequences)):
+            self._advance(sequence, token)
 
     def _decode_step(self, sequences: list[_Sequence]) -> None:
-        live = [s for s in sequences if not s.handle.cancelled]
+        live = sorted((s for s in sequences if not s.handle.cancelled), key=lambda sequence: sequence.slot)
         for sequence in sequences:
             if sequence.handle.cancelled:
                 self._release(sequence)
@@ -280,19 +295,25 @@ class BatchingEngine:
                             cache=self._cache, slots=torch.tensor([s.slot for s in live]),
                             positions=torch.tensor([[s.length] for s in live]))
         self._observe("decode", len(live), started)
-        for row, sequence in enumerate(live):
+        for sequence in live:
             sequence.length += 1
-            self._advance(sequence, self._sample(logits[row, -1], sequence))
+        for sequence, token in zip(live, self._sample(logits[:, -1], live)):
+            self._advance(sequence, token)
 
-    def _sample(self, logits: torch.Tensor, sequence: _Sequence) -> int:
-        temperature = sequence.handle.params.temperature
-        if sequence.handle.params.ignore_eos:
+    def _sample(self, logits: torch.Tensor, sequences: list[_Sequence]) -> list[int]:
+        """The next token of every row of logits [B, vocab]: greedy rows in one argmax over the batch, sampled
+        rows each with their own generator (a request's seed fixes its tokens whatever else is in the batch)."""
+        no_eos = [row for row, sequence in enumerate(sequences) if sequence.handle.params.ignore_eos]
+        if no_eos:
             logits = logits.clone()
-            logits[self.tokenizer.eos_id] = float("-inf")
-        if temperature <= 0:
-            return int(torch.argmax(logits))
-        probabilities = torch.softmax(logits.float() / temperature, dim=-1)
-        return int(torch.multinomial(probabilities, 1, generator=sequence.generator))
+            logits[no_eos, self.tokenizer.eos_id] = float("-inf")
+        tokens = logits.argmax(dim=-1).tolist()
+        for row, sequence in enumerate(sequences):
+            temperature = sequence.handle.params.temperature
+            if temperature > 0:
+                probabilities = torch.softmax(logits[row].float() / temperature, dim=-1)
+                tokens[row] = int(torch.multinomial(probabilities, 1, generator=sequence.generator))
+        return tokens
 
     def _advance(self, sequence: _Sequence, token: int) -> None:
         """Account one sampled token: stream its text, or finish the sequence."""
