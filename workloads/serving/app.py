@@ -24,9 +24,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from workloads.serving import metrics
 from workloads.serving.engine import BatchingEngine, EngineOverloaded, SamplingParams, load_model
-from workloads.serving.protocol import (APIError, ChatCompletionRequest, CompletionRequest, chat_body, chat_chunk,
-                                        completion_body, completion_chunk, new_id, sse, usage_chunk,
-                                        validation_message)
+from workloads.serving.protocol import (APIError, ChatCompletionRequest, CompletionRequest, TextChunkEncoder,
+                                        chat_body, chat_chunk, completion_body, completion_chunk, new_id, sse,
+                                        usage_chunk, validation_message)
 from workloads.serving.settings import ServerSettings
 
 REPLICA_HEADER = "x-dcforge-replica"
@@ -210,6 +210,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     async def stream(handle, request_id: str, body, chat: bool, submitted: float) -> AsyncIterator[bytes]:
         kind = "chat.completion.chunk" if chat else "text_completion"
         first = True
+        text_event = TextChunkEncoder(request_id, served, chat)
         try:
             if chat:  # OpenAI opens a chat stream with the assistant role and empty content
                 yield sse(chat_chunk(request_id, served, {"role": "assistant", "content": ""}, None))
@@ -221,8 +222,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                     yield sse(APIError(500, "generation failed on the server", "server_error").body())
                     break
                 if event.text:
-                    yield sse(chat_chunk(request_id, served, {"content": event.text}, None) if chat
-                              else completion_chunk(request_id, served, event.text, None))
+                    yield text_event(event.text)
                 if event.finish_reason:
                     metrics.GENERATED_TOKENS.inc(event.completion_tokens)
                     yield sse(chat_chunk(request_id, served, {}, event.finish_reason) if chat

@@ -173,6 +173,23 @@ def usage_chunk(request_id: str, model: str, kind: str, prompt_tokens: int, comp
             "usage": usage(prompt_tokens, completion_tokens)}
 
 
+class TextChunkEncoder:
+    """The SSE event of one streamed piece of text, byte for byte `sse(completion_chunk(...))` (or the chat
+    delta), with everything around the text rendered once per stream: only the text is JSON-encoded per token.
+    `created` is fixed when the stream starts, as OpenAI's chunks of one stream all carry the same value."""
+
+    _PLACEHOLDER = "\u0000"
+
+    def __init__(self, request_id: str, model: str, chat: bool):
+        chunk = (chat_chunk(request_id, model, {"content": self._PLACEHOLDER}, None) if chat
+                 else completion_chunk(request_id, model, self._PLACEHOLDER, None))
+        self.created = chunk["created"]
+        self._prefix, self._suffix = sse(chunk).split(json.dumps(self._PLACEHOLDER).encode())
+
+    def __call__(self, text: str) -> bytes:
+        return self._prefix + json.dumps(text).encode() + self._suffix
+
+
 def sse(data: dict[str, Any] | str) -> bytes:
     """One server-sent event; the stream ends with sse("[DONE]")."""
     payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
