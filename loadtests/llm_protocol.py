@@ -189,7 +189,7 @@ class RequestLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.flush_every = flush_every
         self.flush_after_s = flush_after_s
-        self._lock = threading.Lock()
+        self._lock = _non_yielding_lock()
         self._pending: list[str] = []
         self._oldest_pending = 0.0
         self._file: TextIO | None = open(self.path, "a")
@@ -223,6 +223,21 @@ class RequestLog:
                 self._write_pending()
                 self._file.close()
                 self._file = None
+
+
+def _non_yielding_lock():
+    """An OS lock even where gevent has patched `threading` (inside Locust).
+
+    A gevent lock switches greenlets when contended, so a Locust user could be stopped while waiting for the log's
+    flusher, after its request was counted but before its line was buffered. Under gevent every greenlet runs in
+    one OS thread and nothing inside this lock yields, so the OS lock is never contended there; across real threads
+    it is an ordinary lock.
+    """
+    try:
+        from gevent.monkey import get_original
+    except ImportError:
+        return threading.Lock()
+    return get_original("_thread", "allocate_lock")()
 
 
 def read_records(paths: list[Path]) -> list[dict[str, Any]]:

@@ -188,8 +188,10 @@ class LlmUser(FastHttpUser):
                 resp.success()
             else:
                 resp.failure(record.error or "failed")
-        self._record(record)
-        self._fire_token_events(record)
+            # Log before leaving the block, where Locust counts the request: nothing between here and that count
+            # yields to another greenlet, so a run stopped at any moment has exactly one line per counted request.
+            self._record(record)
+            self._fire_token_events(record)
 
     def _read_stream(self, resp, record: RequestRecord, started: float) -> None:
         raw = resp._response  # geventhttpclient response: readline returns each SSE line as soon as it arrives
