@@ -104,11 +104,13 @@ def accept(
     # checks hand artefact paths to child processes with other working directories: keep them absolute
     state = RunState(env=loaded, report_dir=report_dir.resolve(), selected=selected, started_at=utc_now())
 
+    latest: dict = {}
+
     def write(current: RunState) -> None:
         report = build_report(current, baseline=baseline_report, baseline_path=str(baseline) if baseline else None,
                               tolerance=tolerance)
         write_report_files(report, report_dir)
-        current.last_report = report  # type: ignore[attr-defined]
+        latest["report"] = report
 
     console.print(f"dcforge accept: environment [bold]{loaded.spec.name}[/] ({loaded.path}), "
                   f"{len(selected)} checks → {report_dir}")
@@ -130,7 +132,7 @@ def accept(
 
         run_acceptance(state, write, log=log, on_check_start=started, on_check_end=finished)
 
-    report = state.last_report  # type: ignore[attr-defined]
+    report = latest["report"]
     _print_summary(report)
     console.print(f"Report: {report_dir / 'report.html'}  (also report.json, junit.xml)")
     code = state.exit_code

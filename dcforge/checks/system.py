@@ -6,6 +6,7 @@ from the declared one, or when the loaded driver is not the pinned one.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import shutil
@@ -86,7 +87,10 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+@functools.lru_cache(maxsize=None)
 def git_commit(repo: Path = REPO_ROOT) -> str:
+    """The checkout's commit (`-dirty` with uncommitted changes); asked once per process, since the report that
+    records it is rewritten after every check."""
     try:
         commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=10).stdout.strip()

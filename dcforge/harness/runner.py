@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from dcforge.checks import CHECKS, load_check
+from dcforge.checks import load_check
 from dcforge.errors import DcforgeError
 from dcforge.harness.check import CheckContext
 from dcforge.harness.result import CheckResult, CheckSkipped, Status
@@ -173,7 +173,3 @@ def run_acceptance(state: RunState, write: Callable[[RunState], None],
         state.finished_at = utc_now()
         write(state)
     return state
-
-
-def known_checks() -> list[str]:
-    return list(CHECKS)
