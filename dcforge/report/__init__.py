@@ -97,7 +97,7 @@ def load_report(directory_or_file: Path) -> dict:
     from dcforge.report.baseline import load_baseline
 
     path = Path(directory_or_file)
-    return load_baseline(path / "report.json" if path.is_dir() else path)
+    return load_baseline(path / "report.json" if path.is_dir() else path, what="report")
 
 
 def rerender(directory_or_file: Path) -> Path:

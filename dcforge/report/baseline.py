@@ -26,13 +26,14 @@ class Comparison:
         return asdict(self)
 
 
-def load_baseline(path: Path) -> dict:
+def load_baseline(path: Path, what: str = "baseline") -> dict:
+    """A dcforge report.json; `what` names its role in the error messages ("baseline", "report")."""
     try:
         data = json.loads(Path(path).read_text())
     except OSError as error:
-        raise ConfigError(path, None, f"cannot read baseline: {error.strerror}") from None
+        raise ConfigError(path, None, f"cannot read {what}: {error.strerror}") from None
     except json.JSONDecodeError as error:
-        raise ConfigError(f"{path}:{error.lineno}", None, f"baseline is not JSON: {error.msg}") from None
+        raise ConfigError(f"{path}:{error.lineno}", None, f"{what} is not JSON: {error.msg}") from None
     if not isinstance(data, dict) or not str(data.get("schema", "")).startswith("dcforge.report/"):
         raise ConfigError(path, "schema", "not a dcforge report.json (expected schema 'dcforge.report/v1')")
     return data

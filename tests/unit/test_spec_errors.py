@@ -116,3 +116,17 @@ def test_cli_bad_input_exits_2_with_one_line_per_problem(env_file, tmp_path, arg
     assert "Traceback" not in proc.stderr + proc.stdout
     lines = proc.stderr.strip().splitlines()
     assert lines and all(line.startswith("error: ") for line in lines)
+
+
+def test_missing_env_file_is_one_clear_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "dcforge.cli", "validate", "--env-file", str(tmp_path / "nope.yaml")],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == "error: nope.yaml: cannot read: No such file or directory"
+
+
+def test_report_of_a_folder_without_report_json_is_bad_input(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "dcforge.cli", "report", str(tmp_path)], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "report.json: cannot read report: No such file or directory" in proc.stderr
