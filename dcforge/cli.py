@@ -1,4 +1,4 @@
-"""The `dcforge` command line: validate, accept, report (and synth, up, preview, provision).
+"""The `dcforge` command line: validate, accept, report, metrics (and synth, up, preview, provision).
 
 Exit codes: 0 success, 1 an acceptance check or SLO failed, 2 bad input (one clear line, no traceback).
 """
@@ -175,6 +175,25 @@ def report(path: Path = typer.Argument(..., help="A report directory (or its rep
 
     directory = rerender(path)
     console.print(f"Rendered {directory / 'report.html'} and {directory / 'junit.xml'}")
+
+
+@app.command()
+def metrics(
+    check: Optional[str] = typer.Option(None, "--check", help="Only this check's metrics."),
+    output_format: str = typer.Option("table", "--format", help="table, json or markdown (the README's table)."),
+) -> None:
+    """Every metric the checks can report: SLO key, statistics, unit, better direction, meaning and formula
+    (definitions: docs/metrics.md)."""
+    from dcforge.errors import ConfigError
+    from dcforge.metrics_catalogue import FORMATS, catalogue, print_table, render_json, render_markdown
+
+    if output_format not in FORMATS:
+        raise ConfigError(None, "--format", f"unknown format {output_format!r}; known: {', '.join(FORMATS)}")
+    entries = catalogue(check)
+    if output_format == "table":
+        print_table(entries, console)
+    else:  # plain stdout: rich would wrap long lines and interpret brackets
+        sys.stdout.write(render_json(entries) + "\n" if output_format == "json" else render_markdown(entries))
 
 
 @app.command()

@@ -72,7 +72,7 @@ def request_body(endpoint: str, model: str, prompt: str, max_tokens: int, stream
 
 
 def time_per_output_token_s(e2e_s: float, ttft_s: float, output_tokens: int) -> float | None:
-    """TPOT = (e2e - TTFT) / (output_tokens - 1) (DESIGN.md §4); None with fewer than two tokens."""
+    """TPOT = (e2e - TTFT) / (output_tokens - 1) (docs/metrics.md#inference); None with fewer than two tokens."""
     return (e2e_s - ttft_s) / (output_tokens - 1) if output_tokens > 1 else None
 
 
@@ -145,7 +145,7 @@ the cost of a line)."""
 
 @dataclass
 class RequestRecord:
-    """One line of the per-request log: everything the metric formulas (DESIGN.md §4) need."""
+    """One line of the per-request log: everything the metric formulas (docs/metrics.md#inference) need."""
 
     start: float
     """Send time, seconds since the epoch (comparable across Locust processes and with the kill time)."""

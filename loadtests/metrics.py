@@ -1,4 +1,4 @@
-"""LLM serving metrics from the per-request JSONL log (DESIGN.md §4), exact numpy percentiles.
+"""LLM serving metrics from the per-request JSONL log (docs/metrics.md#inference), exact numpy percentiles.
 
     python -m loadtests.metrics requests-*.jsonl          # summary of any run, e.g. against vLLM
 
@@ -25,19 +25,6 @@ except ImportError:  # run from inside loadtests/
     from llm_protocol import read_records, time_per_output_token_s  # type: ignore[no-redef]
 
 PERCENTILES = (50, 95, 99)
-
-FORMULAS = {
-    "ttft_ms": "first non-empty streamed token time - send time",
-    "tpot_ms": "(e2e - TTFT) / (output_tokens - 1), requests with >= 2 tokens",
-    "itl_ms": "every gap between consecutive non-empty chunks, pooled",
-    "e2e_ms": "last byte time - send time",
-    "rps": "successful requests / measurement interval",
-    "output_tokens_per_s": "sum(output_tokens of successful requests) / measurement interval",
-    "total_tokens_per_s": "sum(prompt + output tokens of successful requests) / measurement interval",
-    "error_rate": "failed requests / requests",
-    "goodput_rps": "successful requests meeting every per-request SLO / measurement interval",
-    "ttr_s": "first t >= t_kill starting K consecutive healthy 1-s windows - t_kill",
-}
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
     torchrun --nproc_per_node=2 workloads/allreduce.py --min-bytes 1K --max-bytes 1G --output sweep.json
 
 Per message size: warm-up iterations, then timed iterations (CUDA events on GPU, a wall clock between barriers
-on CPU); the slowest rank's mean time counts. algbw = bytes / t; busbw = algbw · 2(n−1)/n (DESIGN.md §4). A
+on CPU); the slowest rank's mean time counts. algbw = bytes / t; busbw = algbw · 2(n−1)/n (docs/metrics.md#allreduce). A
 separate all-reduce of a rank-dependent pattern checks the sum for every size.
 """
 
@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sizes = message_sizes(args.min_bytes, args.max_bytes, args.factor)
         if args.warmup < 5 or args.iters < 20:
-            raise ValueError("DESIGN.md §4 asks for >= 5 warm-up and >= 20 timed iterations per size")
+            raise ValueError("nccl-tests' minimum is >= 5 warm-up and >= 20 timed iterations per size "
+                             "(docs/metrics.md#allreduce)")
     except ValueError as error:
         print(f"allreduce.py: error: {error}", file=sys.stderr)
         return 2

@@ -288,7 +288,7 @@ def non_embedding_params(config: GPTConfig) -> int:
 
 
 def flops_per_token(config: GPTConfig, seq_len: int) -> float:
-    """Training FLOPs per token, torchtitan's formula as DESIGN.md §4 fixes it: 6*N + 6*L*H*Q*T.
+    """Training FLOPs per token, torchtitan's formula (docs/metrics.md#train): 6*N + 6*L*H*Q*T.
 
     N: non-embedding parameters (forward + backward = 6 FLOPs each); the second term is attention scores and
     values, L layers, H heads, Q head dim, T sequence length (6, not 12: the causal mask halves the work).

@@ -4,7 +4,7 @@
 
 Every rank runs this file. On CPU a run is bit-for-bit reproducible from its seed, including across a restart
 from a checkpoint: data is a function of the step, and the checkpoint holds model, optimizer, LR schedule, data
-position, RNG state and step. Metric formulas (DESIGN.md §4): tokens/s per device = tokens since the last log /
+position, RNG state and step. Metric formulas (docs/metrics.md#train): tokens/s per device = tokens since the last log /
 (Δt · devices); MFU = flops_per_token · tokens/s / peak FLOP/s, flops_per_token = 6·N + 6·L·H·Q·T.
 """
 

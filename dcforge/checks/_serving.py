@@ -281,22 +281,13 @@ def locust_process(config: ServingLoadConfig, server: LocalServer, secrets_dir: 
     return ManagedProcess(args, env=env, cwd=REPO_ROOT, log_path=workdir / "locust.log"), request_log_dir
 
 
-def add_summary_metrics(result: CheckResult, summary: dict[str, float], prefix: str = "") -> None:
-    from loadtests.metrics import FORMULAS
+def add_summary_metrics(result: CheckResult, summary: dict[str, float]) -> None:
+    """Every entry of `loadtests.metrics.summarize` as a metric declared in `_load_metrics.LOAD_METRICS`."""
+    from dcforge.checks._load_metrics import SUMMARY_NOT_REPORTED
 
-    units = {"rps": ("req/s", "higher"), "output_tokens_per_s": ("tokens/s", "higher"),
-             "total_tokens_per_s": ("tokens/s", "higher"), "goodput_rps": ("req/s", "higher"),
-             "goodput_fraction": ("", "higher"), "error_rate": ("", "lower"), "requests": ("requests", None),
-             "failed_requests": ("requests", "lower")}
-    for name, value in summary.items():
-        base = name.split(".")[0]
-        if name in units:
-            unit, better = units[name]
-        elif base.endswith("_ms"):
-            unit, better = "ms", "lower"
-        else:
-            continue
-        result.add_metric(prefix + name, value, unit, better, FORMULAS.get(base, ""))
+    for key, value in summary.items():
+        if key not in SUMMARY_NOT_REPORTED:
+            result.add_metric(key, value)
 
 
 def latency_plots(records: list[dict[str, Any]], t0: float, markers: list[dict[str, Any]] | None = None) -> list[Plot]:
@@ -363,7 +354,7 @@ def serving_session(ctx: CheckContext, config: ServingLoadConfig, check_name: st
         result.artefacts["server_log"] = ctx.relative(server.log_path)
         ctx.log(f"starting {config.replicas} replicas ({model.source}) on {server.base_url}")
         ready_s = server.wait_ready(min(config.ready_timeout_s, max(1.0, ctx.remaining_s())))
-        result.add_metric("replicas_ready_s", ready_s, "s", "lower", "server start -> every replica loaded")
+        result.add_metric("replicas_ready_s", ready_s)
         session = ServingSession(server, api_key, secrets_dir, workdir, model, prompt_tokens)
         warm_up(server, api_key, session.served_name, config.warmup_requests, config.max_tokens)
         yield session

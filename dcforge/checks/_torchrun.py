@@ -93,7 +93,7 @@ MATMUL_PEAK_FORMULA = "peak = max over n of 2·n³ / t(matmul n×n, fp32)"
 
 
 def cpu_matmul_peak_flops(threads: int, sizes: tuple[int, ...] = (512, 1024, 2048), seconds: float = 0.3) -> float:
-    """Measured fp32 matmul FLOP/s with `threads` intra-op threads: the CPU's MFU denominator (DESIGN.md §4)."""
+    """Measured fp32 matmul FLOP/s with `threads` intra-op threads: the CPU's MFU peak (docs/metrics.md#train)."""
     import torch
 
     previous = torch.get_num_threads()

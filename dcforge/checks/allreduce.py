@@ -12,6 +12,7 @@ from pydantic import Field, field_validator
 
 from dcforge.checks._torchrun import default_nproc, run_torchrun
 from dcforge.harness.check import CheckConfig, CheckContext
+from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult, Plot, Series
 
 
@@ -51,11 +52,21 @@ class AllreduceCheck:
     description = "All-reduce sweep over message sizes: busbw per nccl-tests, correctness per size."
     Config = AllreduceCheckConfig
     requires_declared_gpus = True
+    metrics = (
+        MetricSpec("busbw_gbps", "GB/s", "higher", "busbw = algbw · 2(n−1)/n at the largest message size",
+                   "bus bandwidth per rank, comparable across rank counts (nccl-tests)"),
+        MetricSpec("algbw_gbps", "GB/s", "higher", "algbw = bytes / t at the largest message size",
+                   "message bytes all-reduced per second"),
+        MetricSpec("busbw_gbps", "GB/s", "higher", "busbw = algbw · 2(n−1)/n, best message size of the sweep",
+                   "the highest bus bandwidth over all message sizes", stats=("max",)),
+        MetricSpec("latency_us", "µs", "lower", "mean all-reduce time at the smallest message size",
+                   "latency of a small all-reduce"),
+        MetricSpec("sizes_incorrect", "sizes", "lower", "sizes whose all-reduce sum was wrong",
+                   "correctness: must be 0"),
+    )
 
     def run(self, ctx: CheckContext, config: AllreduceCheckConfig) -> CheckResult:
-        from workloads.allreduce import ALGBW_FORMULA, BUSBW_FORMULA
-
-        result = CheckResult(self.name)
+        result = CheckResult(self.name, declared=self.metrics)
         nproc = config.nproc_per_node or default_nproc()
         workdir = ctx.artefact_dir(self.name)
         output = workdir / "sweep.json"
@@ -67,16 +78,12 @@ class AllreduceCheck:
         sweep = json.loads(output.read_text())
         rows = sweep["results"]
         largest = rows[-1]
-        result.add_metric("busbw_gbps", largest["busbw_gbps"], "GB/s", "higher",
-                          f"{BUSBW_FORMULA} at {largest['bytes']} bytes")
-        result.add_metric("algbw_gbps", largest["algbw_gbps"], "GB/s", "higher",
-                          f"{ALGBW_FORMULA} at {largest['bytes']} bytes")
-        result.add_metric("busbw_gbps.max", max(row["busbw_gbps"] for row in rows), "GB/s", "higher",
-                          f"{BUSBW_FORMULA}, best size of the sweep")
-        result.add_metric("latency_us", rows[0]["time_s"] * 1e6, "µs", "lower",
-                          f"mean all-reduce time at {rows[0]['bytes']} bytes")
+        result.add_metric("busbw_gbps", largest["busbw_gbps"], context=f"{largest['bytes']} bytes")
+        result.add_metric("algbw_gbps", largest["algbw_gbps"], context=f"{largest['bytes']} bytes")
+        result.add_metric("busbw_gbps.max", max(row["busbw_gbps"] for row in rows))
+        result.add_metric("latency_us", rows[0]["time_s"] * 1e6, context=f"{rows[0]['bytes']} bytes")
         wrong = [row["bytes"] for row in rows if not row["correct"]]
-        result.add_metric("sizes_incorrect", len(wrong), "sizes", "lower", "sizes whose all-reduce sum was wrong")
+        result.add_metric("sizes_incorrect", len(wrong))
         if wrong:
             result.fail(f"all-reduce returned wrong sums at {len(wrong)} sizes (first: {wrong[0]} bytes)")
         result.details = {**sweep["environment"], "dtype": sweep["dtype"], "warmup": sweep["warmup"],

@@ -1,6 +1,6 @@
 """`checkpoint`: how fast training state goes to and comes back from the checkpoint storage, intact.
 
-save/load GB/s = checkpoint bytes / wall time (DESIGN.md §4; median over rounds for the save), compared with a raw
+save/load GB/s = checkpoint bytes / wall time (docs/metrics.md; median over rounds for the save), compared with a raw
 sequential fsynced write of the same bytes to the same directory (both sides fsync their data, each timed after
 `os.sync()` so neither pays for the other's write-back; see workloads/train_checkpoint_bench.py); integrity = a CRC-32 of every tensor, compared after the round trip; a
 deliberately corrupted checkpoint must be refused.
@@ -16,6 +16,7 @@ from pydantic import Field, field_validator
 from dcforge.checks._torchrun import default_nproc, run_torchrun
 from dcforge.checks.train import check_preset, settings_error
 from dcforge.harness.check import CheckConfig, CheckContext
+from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult, Plot, Series
 
 BANDWIDTH_FORMULA = "GB/s = checkpoint bytes / wall time"
@@ -48,11 +49,29 @@ class CheckpointCheck:
     description = "DCP checkpoint save/load GB/s against a raw write to the same storage; checksums round trip."
     Config = CheckpointCheckConfig
     requires_declared_gpus = True
+    metrics = (
+        MetricSpec("save_gbps", "GB/s", "higher", BANDWIDTH_FORMULA + " (save+commit), median over rounds",
+                   "how fast training state is written to the checkpoint storage"),
+        MetricSpec("load_gbps", "GB/s", "higher", BANDWIDTH_FORMULA + " (load, page cache dropped)",
+                   "how fast training state is read back"),
+        MetricSpec("raw_write_gbps", "GB/s", "higher",
+                   BANDWIDTH_FORMULA + " (sequential write + fsync, same bytes, same directory)",
+                   "what the storage gives a plain sequential writer: the yardstick for save_gbps"),
+        MetricSpec("save_ratio_to_raw", "ratio", "higher",
+                   "median over rounds of save GB/s / raw write GB/s, measured back to back",
+                   "share of the raw write bandwidth the checkpoint save achieves"),
+        MetricSpec("checkpoint_gb", "GB", None, "bytes in the checkpoint's files / 1e9", "size of one checkpoint"),
+        MetricSpec("checksum_match", "bool", "higher",
+                   "every tensor's CRC-32 after load equals the one recorded at save",
+                   "integrity: 1 when the round trip returned every tensor intact"),
+        MetricSpec("corruption_detected", "bool", "higher", "loading a checkpoint with flipped bytes fails",
+                   "integrity: 1 when a corrupted checkpoint is refused (reported when corruptionTest is on)"),
+    )
 
     def run(self, ctx: CheckContext, config: CheckpointCheckConfig) -> CheckResult:
         from workloads.checkpointing import CheckpointError, ensure_writable
 
-        result = CheckResult(self.name)
+        result = CheckResult(self.name, declared=self.metrics)
         nproc = config.nproc_per_node or default_nproc()
         workdir = ctx.artefact_dir(self.name)
         directory = Path(config.directory) if config.directory else workdir / "checkpoints"
@@ -76,21 +95,14 @@ class CheckpointCheck:
                 shutil.rmtree(directory, ignore_errors=True)
         result.artefacts["result"] = ctx.relative(output)
         result.artefacts["torchrun_log"] = ctx.relative(workdir / "torchrun.log")
-        result.add_metric("save_gbps", measured["save_gbps"], "GB/s", "higher", BANDWIDTH_FORMULA + " (save+commit)")
-        result.add_metric("load_gbps", measured["load_gbps"], "GB/s", "higher",
-                          BANDWIDTH_FORMULA + " (load, page cache dropped)")
-        result.add_metric("raw_write_gbps", measured["raw_write_gbps"], "GB/s", "higher",
-                          BANDWIDTH_FORMULA + " (sequential write + fsync, same bytes, same directory)")
-        result.add_metric("save_ratio_to_raw", measured["save_ratio_to_raw"], "ratio", "higher",
-                          "median over rounds of save GB/s / raw write GB/s, measured back to back")
-        result.add_metric("checkpoint_gb", measured["bytes"] / 1e9, "GB", None, "bytes in the checkpoint's files")
-        result.add_metric("checksum_match", 1.0 if measured["checksum_match"] else 0.0, "bool", "higher",
-                          "every tensor's CRC-32 after load equals the one recorded at save")
+        for key in ("save_gbps", "load_gbps", "raw_write_gbps", "save_ratio_to_raw"):
+            result.add_metric(key, measured[key])
+        result.add_metric("checkpoint_gb", measured["bytes"] / 1e9)
+        result.add_metric("checksum_match", 1.0 if measured["checksum_match"] else 0.0)
         if not measured["checksum_match"]:
             result.fail("loaded tensors differ from their checksums recorded at save time")
         if measured["corruption_detected"] is not None:
-            result.add_metric("corruption_detected", 1.0 if measured["corruption_detected"] else 0.0, "bool",
-                              "higher", "loading a checkpoint with flipped bytes fails")
+            result.add_metric("corruption_detected", 1.0 if measured["corruption_detected"] else 0.0)
             if not measured["corruption_detected"]:
                 result.fail("a corrupted checkpoint was loaded without an error")
         result.details = {**measured, "nproc": nproc}

@@ -18,6 +18,7 @@ from typing import Literal
 from pydantic import Field
 
 from dcforge.harness.check import CheckConfig, CheckContext
+from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult
 
 SEVERITY_ORDER = ("high", "medium", "low")
@@ -44,12 +45,25 @@ class ComplianceCheck:
     name = "compliance"
     description = "Compliance rules (CIS, NSA/CISA, Kyverno restricted, Checkov) and schema over the cluster manifests."
     Config = ComplianceConfig
+    metrics = (
+        MetricSpec("violations", "violations", "lower", "rule violations not covered by an exception, every severity",
+                   "how many objects break a compliance rule"),
+        *(MetricSpec(f"violations_{severity}", "violations", "lower",
+                     f"rule violations of severity {severity} not covered by an exception",
+                     f"violations of {severity}-severity rules") for severity in SEVERITY_ORDER),
+        MetricSpec("excepted", "violations", None, "violations covered by a documented exception",
+                   "rule violations accepted with a reason (GPU Operator, RDMA, storage daemons)"),
+        MetricSpec("schema_errors", "objects", "lower", "objects failing the Kubernetes OpenAPI schema",
+                   "manifests the cluster's API server would refuse"),
+        MetricSpec("objects", "objects", None, "cluster objects judged by the rules", "size of what was judged"),
+        MetricSpec("rules", "rules", None, "compliance rules evaluated", "size of the rule set"),
+    )
 
     def run(self, ctx: CheckContext, config: ComplianceConfig) -> CheckResult:
         from dcforge.compliance import RULES, RULES_BY_ID, exceptions_for
         from dcforge.synth import summary_line, synthesize, verify_objects, write_files
 
-        result = CheckResult(self.name)
+        result = CheckResult(self.name, declared=self.metrics)
         spec = ctx.env.spec
         files = synthesize(spec)
         objects = [obj for chunk in files.values() for obj in chunk]
@@ -68,13 +82,13 @@ class ComplianceCheck:
         failures = verification.failures
         by_severity = Counter(RULES_BY_ID[v.rule_id].severity for v in failures)
 
-        result.add_metric("violations", len(failures), "violations", better="lower")
+        result.add_metric("violations", len(failures))
         for severity in SEVERITY_ORDER:
-            result.add_metric(f"violations_{severity}", by_severity[severity], "violations", better="lower")
-        result.add_metric("excepted", len(verification.violations) - len(failures), "violations")
-        result.add_metric("schema_errors", len(verification.schema.errors), "objects", better="lower")
-        result.add_metric("objects", len(objects), "objects")
-        result.add_metric("rules", len(RULES), "rules")
+            result.add_metric(f"violations_{severity}", by_severity[severity])
+        result.add_metric("excepted", len(verification.violations) - len(failures))
+        result.add_metric("schema_errors", len(verification.schema.errors))
+        result.add_metric("objects", len(objects))
+        result.add_metric("rules", len(RULES))
         ctx.log(summary_line(verification))
 
         exceptions = exceptions_for(spec)

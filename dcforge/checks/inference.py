@@ -2,14 +2,16 @@
 percentiles, error rate, goodput -- plus endpoint compliance (401 without a key, TLS >= 1.2 when TLS is on).
 
 N replicas run on 127.0.0.1 under gunicorn; Locust runs headless in a subprocess with a hard timeout and writes a
-per-request log from which every figure is computed exactly (DESIGN.md §4). Every process is stopped at the end.
+per-request log from which every figure is computed exactly (docs/metrics.md). Every process is stopped at the end.
 """
 
 from __future__ import annotations
 
+from dcforge.checks._load_metrics import LOAD_METRICS
 from dcforge.checks._serving import (ServingLoadConfig, add_summary_metrics, decode_batch_mean, latency_plots,
                                      run_load, serving_session)
 from dcforge.harness.check import CheckContext
+from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult
 
 
@@ -22,25 +24,32 @@ class InferenceCheck:
     description = "OpenAI-compatible serving under Locust load: TTFT, TPOT, throughput, goodput, endpoint security."
     Config = InferenceConfig
     requires_declared_gpus = True
+    metrics = (
+        *LOAD_METRICS,
+        MetricSpec("endpoint_compliance_failures", "findings", "lower",
+                   "dynamic endpoint rules that failed (API key required, TLS floor)",
+                   "security of the serving endpoint: must be 0"),
+        MetricSpec("decode_batch_mean", "sequences", "higher",
+                   "mean sequences per decode forward pass (server histogram)",
+                   "how well the server batches concurrent requests"),
+    )
 
     def run(self, ctx: CheckContext, config: InferenceConfig) -> CheckResult:
         from dcforge.compliance.endpoint import check_endpoint
         from loadtests.metrics import RequestSlo, summarize
 
-        result = CheckResult(self.name)
+        result = CheckResult(self.name, declared=self.metrics)
         with serving_session(ctx, config, self.name, result) as session:
             findings = check_endpoint(session.server.base_url, session.served_name)
             result.details["endpoint_compliance"] = [finding.__dict__ for finding in findings]
-            result.add_metric("endpoint_compliance_failures", sum(not f.passed for f in findings), "findings",
-                              "lower", "dynamic endpoint rules that failed (API key required, TLS floor)")
+            result.add_metric("endpoint_compliance_failures", sum(not f.passed for f in findings))
             for finding in findings:
                 if not finding.passed:
                     result.fail(f"{finding.rule}: {finding.detail}")
             records, t_start = run_load(ctx, config, session, result)
             batch = decode_batch_mean(session.server.scrape_metrics())
         if batch is not None:
-            result.add_metric("decode_batch_mean", batch, "sequences", "higher",
-                              "mean sequences per decode forward pass (server histogram)")
+            result.add_metric("decode_batch_mean", batch)
         summary = summarize(records, RequestSlo(ttft_ms=config.goodput_ttft_ms, tpot_ms=config.goodput_tpot_ms))
         add_summary_metrics(result, summary)
         result.plots.extend(latency_plots(records, t_start))

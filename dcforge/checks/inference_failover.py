@@ -1,4 +1,5 @@
-"""`inference_failover`: the same Locust load, one replica SIGKILLed at t_kill. Measures (DESIGN.md §4):
+"""`inference_failover`: the same Locust load, one replica SIGKILLed at t_kill. Measures
+(docs/metrics.md#inference_failover):
 
 - TTR: first t >= t_kill from which K consecutive 1-s windows have error rate <= limit and p95 e2e <= limit,
   minus t_kill (window p95 limit: recoveryP95Factor x steady-state p95 unless windowP95Ms is given);
@@ -16,9 +17,11 @@ import time
 import numpy as np
 from pydantic import Field
 
+from dcforge.checks._load_metrics import LOAD_METRICS
 from dcforge.checks._serving import (ServingLoadConfig, add_summary_metrics, latency_plots, run_load,
                                      serving_session)
 from dcforge.harness.check import CheckContext
+from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult
 
 
@@ -44,11 +47,36 @@ class InferenceFailoverCheck:
     description = "A replica is SIGKILLed under load: time to recover, requests lost, respawn, latency impact."
     Config = InferenceFailoverConfig
     requires_declared_gpus = True
+    metrics = (
+        *LOAD_METRICS,
+        MetricSpec("ttr_s", "s", "lower", "first t >= t_kill starting K consecutive healthy 1-s windows - t_kill",
+                   "time to recover: how long users see errors or slow answers after a replica dies"),
+        MetricSpec("replica_respawn_s", "s", "lower", "SIGKILL -> new replica ready",
+                   "how long gunicorn takes to replace the killed replica"),
+        MetricSpec("ttr_over_respawn_s", "s", "lower", "TTR - replica respawn time (goal: <= 5 s)",
+                   "recovery time beyond the unavoidable model load"),
+        MetricSpec("requests_lost", "requests", "lower",
+                   "failed requests sent in [t_kill, t_kill+TTR] + failed in flight at t_kill",
+                   "requests users lost to the failure (listed in the details)"),
+        MetricSpec("killed_replica_in_flight", "requests", None,
+                   "requests in flight on the killed replica at t_kill", "requests the kill could not avoid losing"),
+        MetricSpec("excess_failures", "requests", "lower",
+                   "all failed requests - requests in flight on the killed replica",
+                   "failures beyond the killed replica's own requests: should be 0"),
+        MetricSpec("steady_p95_ms", "ms", "lower", "p95 e2e of requests sent before t_kill",
+                   "latency before the failure"),
+        MetricSpec("recovery_p95_ms", "ms", "lower", "p95 e2e of requests sent in [t_kill, t_kill + TTR + K s]",
+                   "latency while recovering"),
+        MetricSpec("recovery_p95_ratio", "", "lower", "recovery p95 / steady p95",
+                   "how much slower answers are while recovering"),
+        MetricSpec("respawned_replica_requests", "requests", "higher", "requests answered by the respawned replica",
+                   "proof that the new replica serves"),
+    )
 
     def run(self, ctx: CheckContext, config: InferenceFailoverConfig) -> CheckResult:
-        from loadtests.metrics import FORMULAS, summarize, time_to_recover
+        from loadtests.metrics import summarize, time_to_recover
 
-        result = CheckResult(self.name)
+        result = CheckResult(self.name, declared=self.metrics)
         if config.kill_at_s >= config.duration_s - config.consecutive_windows:
             from dcforge.errors import ConfigError
 
@@ -94,23 +122,17 @@ class InferenceFailoverCheck:
         recovery_p95 = _p95(recovery)
 
         add_summary_metrics(result, summarize(records))
-        result.add_metric("ttr_s", ttr_value, "s", "lower", FORMULAS["ttr_s"] + f" (K={config.consecutive_windows}, "
-                          f"error rate <= {config.window_max_error_rate:g}, p95 <= {window_p95:.0f} ms)")
-        result.add_metric("replica_respawn_s", kill["respawn_s"], "s", "lower", "SIGKILL -> new replica ready")
-        result.add_metric("ttr_over_respawn_s", ttr_value - float(kill["respawn_s"]), "s", "lower",
-                          "TTR - replica respawn time (goal: <= 5 s)")
-        result.add_metric("requests_lost", len(lost), "requests", "lower",
-                          "failed requests sent in [t_kill, t_kill+TTR] + failed in flight at t_kill")
-        result.add_metric("killed_replica_in_flight", len(on_victim), "requests", None,
-                          "requests in flight on the killed replica at t_kill")
-        result.add_metric("excess_failures", len(failed) - len(on_victim), "requests", "lower",
-                          "all failed requests - requests in flight on the killed replica")
-        result.add_metric("steady_p95_ms", steady_p95, "ms", "lower", "p95 e2e of requests sent before t_kill")
-        result.add_metric("recovery_p95_ms", recovery_p95, "ms", "lower",
-                          "p95 e2e of requests sent in [t_kill, t_kill + TTR + K s]")
-        result.add_metric("recovery_p95_ratio", recovery_p95 / steady_p95, "", "lower", "recovery p95 / steady p95")
-        result.add_metric("respawned_replica_requests", served_by_new, "requests", "higher",
-                          "requests answered by the respawned replica")
+        result.add_metric("ttr_s", ttr_value, context=f"K={config.consecutive_windows}, error rate <= "
+                          f"{config.window_max_error_rate:g}, p95 <= {window_p95:.0f} ms")
+        result.add_metric("replica_respawn_s", kill["respawn_s"])
+        result.add_metric("ttr_over_respawn_s", ttr_value - float(kill["respawn_s"]))
+        result.add_metric("requests_lost", len(lost))
+        result.add_metric("killed_replica_in_flight", len(on_victim))
+        result.add_metric("excess_failures", len(failed) - len(on_victim))
+        result.add_metric("steady_p95_ms", steady_p95)
+        result.add_metric("recovery_p95_ms", recovery_p95)
+        result.add_metric("recovery_p95_ratio", recovery_p95 / steady_p95)
+        result.add_metric("respawned_replica_requests", served_by_new)
         result.details.update(victim_pid=victim, respawned_pid=kill["respawned"], kill_at_s=t_kill - t_start,
                               replicas_after=replicas_after, window_p95_limit_ms=window_p95,
                               lost_requests=[{"sent_at_s": round(r["start"] - t_start, 3), "error": r["error"],

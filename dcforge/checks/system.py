@@ -18,6 +18,7 @@ from pathlib import Path
 from pydantic import Field
 
 from dcforge.harness.check import CheckConfig, CheckContext
+from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult
 from dcforge.spec.gpus import gpu_model_for_device_name
 from dcforge.spec.loader import REPO_ROOT
@@ -138,16 +139,22 @@ class SystemCheck:
     name = "system"
     description = "Hardware and software inventory; GPUs the environment declares must be visible."
     Config = SystemConfig
+    metrics = (
+        MetricSpec("cpu_count", "cores", None, "os.cpu_count()", "logical CPUs of the machine"),
+        MetricSpec("memory_gi", "GiB", None, "MemTotal of /proc/meminfo / 2^20 KiB", "system memory"),
+        MetricSpec("gpu_count", "GPUs", None, "GPUs listed by nvidia-smi, else by torch.cuda",
+                   "GPUs visible on this machine"),
+    )
 
     def run(self, ctx: CheckContext, config: SystemConfig) -> CheckResult:
-        result = CheckResult(self.name)
+        result = CheckResult(self.name, declared=self.metrics)
         spec = ctx.env.spec
         gpus = visible_gpus()
         cpus = os.cpu_count() or 0
         memory = memory_gib()
-        result.add_metric("cpu_count", cpus, "cores")
-        result.add_metric("memory_gi", round(memory, 2), "GiB")
-        result.add_metric("gpu_count", len(gpus), "GPUs")
+        result.add_metric("cpu_count", cpus)
+        result.add_metric("memory_gi", round(memory, 2))
+        result.add_metric("gpu_count", len(gpus))
         result.details = {
             "hostname": socket.gethostname(),
             "cpu_model": cpu_model(),

@@ -1,6 +1,6 @@
 """`train`: can this machine (or node) train? Tokens/s, step time, MFU and a falling loss, from a real torchrun.
 
-Formulas (DESIGN.md §4): tokens/s per device = tokens since the last log / (Δt · devices); MFU =
+Formulas (docs/metrics.md#train): tokens/s per device = tokens since the last log / (Δt · devices); MFU =
 flops_per_token · tokens/s / peak, flops_per_token = 6·N_non_embedding + 6·L·H·Q·T (torchtitan); peak is the GPU
 table's dense BF16 figure on GPUs and a measured fp32 matmul peak of one rank's cores on CPU.
 """
@@ -13,10 +13,8 @@ from dcforge.checks._torchrun import (MATMUL_PEAK_FORMULA, cpu_peak_per_rank, de
                                       read_jsonl, run_torchrun)
 from dcforge.errors import ConfigError
 from dcforge.harness.check import CheckConfig, CheckContext
+from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult, Plot, Series
-
-TOKENS_FORMULA = "tokens/s per device = tokens since last log / (Δt · devices)"
-MFU_FORMULA = "MFU = flops_per_token · tokens/s / peak; flops_per_token = 6·N + 6·L·H·Q·T"
 
 
 def check_preset(value: str) -> str:
@@ -62,11 +60,26 @@ class TrainCheck:
     description = "Trains the bundled GPT with torchrun: tokens/s, step time, MFU, loss goes down."
     Config = TrainCheckConfig
     requires_declared_gpus = True
+    metrics = (
+        MetricSpec("tokens_per_s", "tokens/s/device", "higher",
+                   "tokens/s per device = tokens since last log / (Δt · devices), time-weighted over the steps "
+                   "after warm-up", "training throughput of one device"),
+        MetricSpec("tokens_per_s_total", "tokens/s", "higher", "tokens/s per device · devices",
+                   "training throughput of the whole job"),
+        MetricSpec("step_time_ms", "ms", "lower", "exact percentile of step times after warm-up",
+                   "wall time of one optimizer step", stats=("p50", "p95")),
+        MetricSpec("mfu", "ratio", "higher",
+                   "MFU = flops_per_token · tokens/s / peak; flops_per_token = 6·N + 6·L·H·Q·T",
+                   "model FLOPs utilisation: the share of the device's peak the training achieves"),
+        MetricSpec("loss_start", "nats", None, "mean cross-entropy of the first step", "loss before training"),
+        MetricSpec("loss_end", "nats", "lower", "mean cross-entropy of the last step",
+                   "loss after training; must be below loss_start"),
+    )
 
     def run(self, ctx: CheckContext, config: TrainCheckConfig) -> CheckResult:
         from workloads.train_config import TrainConfig
 
-        result = CheckResult(self.name)
+        result = CheckResult(self.name, declared=self.metrics)
         nproc = config.nproc_per_node or default_nproc()
         workdir = ctx.artefact_dir(self.name)
         metrics_file, checkpoint_dir = workdir / "metrics.jsonl", workdir / "checkpoints"
@@ -108,19 +121,18 @@ def summarize(result: CheckResult, records: list[dict], config: TrainCheckConfig
     elapsed = sum(r["step_time_s"] for r in steady)
     tokens_per_s = tokens_per_device / elapsed
     step_ms = [r["step_time_s"] * 1000 for r in steady]
-    result.add_metric("tokens_per_s", tokens_per_s, "tokens/s/device", "higher", TOKENS_FORMULA)
-    result.add_metric("tokens_per_s_total", tokens_per_s * nproc, "tokens/s", "higher",
-                      "tokens/s per device · devices")
-    result.add_metric("step_time_ms.p50", percentile(step_ms, 50), "ms", "lower", "exact percentile of step times")
-    result.add_metric("step_time_ms.p95", percentile(step_ms, 95), "ms", "lower", "exact percentile of step times")
+    result.add_metric("tokens_per_s", tokens_per_s)
+    result.add_metric("tokens_per_s_total", tokens_per_s * nproc)
+    result.add_metric("step_time_ms.p50", percentile(step_ms, 50))
+    result.add_metric("step_time_ms.p95", percentile(step_ms, 95))
     mfus = [r["mfu"] for r in steady if r.get("mfu") is not None]
     if mfus:
         mfu = sum(r["mfu"] * r["step_time_s"] for r in steady) / elapsed  # time-weighted, like tokens/s
         source = f"{'measured CPU matmul peak, ' + MATMUL_PEAK_FORMULA if peak else 'GPU table peak'}"
-        result.add_metric("mfu", mfu, "ratio", "higher", f"{MFU_FORMULA}; {source}")
+        result.add_metric("mfu", mfu, context=source)
     loss_start, loss_end = steps[0]["loss"], steps[-1]["loss"]
-    result.add_metric("loss_start", loss_start, "nats", None, "mean cross-entropy of the first step")
-    result.add_metric("loss_end", loss_end, "nats", "lower", "mean cross-entropy of the last step")
+    result.add_metric("loss_start", loss_start)
+    result.add_metric("loss_end", loss_end)
     if not loss_end < loss_start:
         result.fail(f"loss did not fall: {loss_start:.4f} at step 1, {loss_end:.4f} at step {steps[-1]['step']}")
     result.details.update({"nproc": nproc, "preset": config.preset, "seq_len": config.seq_len,

@@ -1,6 +1,6 @@
 """`train_failover`: a rank dies mid-training; torchrun restarts the job and it resumes from its last checkpoint.
 
-DESIGN.md §4: steps lost = failure step − resumed step; time to resume = first completed step after the restart
+docs/metrics.md: steps lost = failure step − resumed step; time to resume = first completed step after the restart
 − the failure. On CPU the final parameters must equal those of an uninterrupted run with the same seed, bit for
 bit: the checkpoint restored everything (weights, optimizer moments, LR schedule, data position, RNG, step).
 """
@@ -12,10 +12,8 @@ from pydantic import Field, field_validator, model_validator
 from dcforge.checks._torchrun import default_nproc, read_jsonl, run_torchrun
 from dcforge.checks.train import check_preset, settings_error
 from dcforge.harness.check import CheckConfig, CheckContext
+from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult, Plot, Series
-
-STEPS_LOST_FORMULA = "steps lost = failure step − resumed step"
-RESUME_FORMULA = "time to resume = first completed step after restart − failure time"
 
 
 class TrainFailoverConfig(CheckConfig):
@@ -61,13 +59,28 @@ class TrainFailoverCheck:
     description = "Kills one training rank mid-run; torchrun restarts; resume step, steps lost, time to resume."
     Config = TrainFailoverConfig
     requires_declared_gpus = True
+    metrics = (
+        MetricSpec("failure_step", "step", None, "step during which the rank was killed",
+                   "where the fault was injected"),
+        MetricSpec("resumed_step", "step", None, "checkpoint step the restarted job loaded",
+                   "where training picked up again"),
+        MetricSpec("steps_lost", "steps", "lower", "steps lost = failure step − resumed step",
+                   "training progress redone after the failure; at most checkpointEvery"),
+        MetricSpec("restarts", "restarts", None, "worker group restarts by torchrun", "how often torchrun restarted"),
+        MetricSpec("time_to_resume_s", "s", "lower",
+                   "time to resume = first completed step after restart − failure time",
+                   "how long training made no progress because of the failure"),
+        MetricSpec("final_params_match", "bool", "higher",
+                   "SHA-256 of all final parameters equals the uninterrupted run's (same seed)",
+                   "1 when the resume restored the full training state (CPU only)"),
+    )
 
     def run(self, ctx: CheckContext, config: TrainFailoverConfig) -> CheckResult:
         import torch
 
         from workloads.train_config import TrainConfig
 
-        result = CheckResult(self.name)
+        result = CheckResult(self.name, declared=self.metrics)
         nproc = config.nproc_per_node or default_nproc()
         workdir = ctx.artefact_dir(self.name)
         common = dict(preset=config.preset, seq_len=config.seq_len, global_batch_size=config.global_batch_size,
@@ -101,8 +114,7 @@ class TrainFailoverCheck:
             expected = final_hash(read_jsonl(workdir / "reference.jsonl"))
             actual = final_hash(records)
             match = expected is not None and expected == actual
-            result.add_metric("final_params_match", 1.0 if match else 0.0, "bool", "higher",
-                              "SHA-256 of all final parameters equals the uninterrupted run's (same seed)")
+            result.add_metric("final_params_match", 1.0 if match else 0.0)
             result.details.update(final_params_sha256=actual, reference_params_sha256=expected)
             if not match:
                 result.fail("final parameters differ from an uninterrupted run with the same seed: the resume "
@@ -134,17 +146,17 @@ def judge_recovery(result: CheckResult, records: list[dict], config: TrainFailov
         resumed = 0
     steps_lost = fault["step"] - resumed
     expected_resume = (fault["step"] - 1) // config.checkpoint_every * config.checkpoint_every
-    result.add_metric("failure_step", fault["step"], "step", None, "step during which the rank was killed")
-    result.add_metric("resumed_step", resumed, "step", None, "checkpoint step the restarted job loaded")
-    result.add_metric("steps_lost", steps_lost, "steps", "lower", STEPS_LOST_FORMULA)
-    result.add_metric("restarts", len(restarted), "restarts", None, "worker group restarts by torchrun")
+    result.add_metric("failure_step", fault["step"])
+    result.add_metric("resumed_step", resumed)
+    result.add_metric("steps_lost", steps_lost)
+    result.add_metric("restarts", len(restarted))
     if resumed != expected_resume:
         result.fail(f"resumed from step {resumed}, but the newest checkpoint before the failure is step "
                     f"{expected_resume}")
     if steps_lost > config.checkpoint_every:
         result.fail(f"{steps_lost} steps lost, more than the checkpoint interval {config.checkpoint_every}")
     if after:
-        result.add_metric("time_to_resume_s", after[0]["time"] - fault["time"], "s", "lower", RESUME_FORMULA)
+        result.add_metric("time_to_resume_s", after[0]["time"] - fault["time"])
     else:
         result.fail("no step completed after the restart")
     finished = [r for r in records if "loss" in r and "event" not in r and r["step"] == config.steps]

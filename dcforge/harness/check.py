@@ -10,6 +10,7 @@ from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
+from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult
 from dcforge.spec.loader import LoadedEnvironment
 
@@ -55,6 +56,9 @@ class Check(Protocol):
     name: ClassVar[str]
     description: ClassVar[str]
     Config: ClassVar[type[CheckConfig]]
+    metrics: ClassVar[tuple[MetricSpec, ...]]
+    """Every metric the check can report (see dcforge.harness.metrics); create results with
+    `CheckResult(name, declared=metrics)`."""
     # Optional: `requires_declared_gpus = True` makes the runner skip the check (with the reason) when the
     # environment's acceptance pool declares GPUs that this machine does not show.
 

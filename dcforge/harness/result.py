@@ -6,6 +6,8 @@ import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from dcforge.harness.metrics import Better, MetricSpec, UndeclaredMetric, find_spec
+
 
 class Status(str, enum.Enum):
     PASS = "pass"
@@ -14,17 +16,18 @@ class Status(str, enum.Enum):
     SKIPPED = "skipped"
 
 
-Better = Literal["higher", "lower"]
-
-
 @dataclass
 class Metric:
+    """A measured value with its declaration's unit, direction, formula and meaning (dcforge.harness.metrics)."""
+
     value: float
     unit: str = ""
     better: Better | None = None
     """Direction for baseline comparison; None means the metric is informational."""
     formula: str = ""
-    """The formula the value was computed with (DESIGN.md §4), shown in the report."""
+    """The formula the value was computed with (docs/metrics.md), shown in the report."""
+    meaning: str = ""
+    """What the number tells, from the check's declaration (empty in reports written before it existed)."""
 
 
 @dataclass
@@ -62,10 +65,18 @@ class CheckResult:
     """Free-form JSON-able facts (versions, settings used, per-size tables)."""
     started_at: str = ""
     duration_s: float = 0.0
+    declared: tuple[MetricSpec, ...] = field(default=(), repr=False, compare=False)
+    """The check's metric declarations (its `metrics`); `add_metric` accepts only keys they allow."""
 
-    def add_metric(self, name: str, value: float, unit: str = "", better: Better | None = None,
-                   formula: str = "") -> None:
-        self.metrics[name] = Metric(float(value), unit, better, formula)
+    def add_metric(self, key: str, value: float, context: str = "") -> None:
+        """Record `key` (`tokens_per_s`, `ttft_ms.p95`) with unit, direction and formula from its declaration;
+        `context` names what this run's formula was applied to (a message size, the peak used) and is appended."""
+        spec = find_spec(self.declared, key)
+        if spec is None:
+            raise UndeclaredMetric(f"check {self.name!r} reports metric {key!r}, which its `metrics` declaration "
+                                   f"does not list (declared: {', '.join(k for s in self.declared for k in s.keys)})")
+        formula = f"{spec.formula} ({context})" if context else spec.formula
+        self.metrics[key] = Metric(float(value), spec.unit, spec.better, formula, spec.meaning)
 
     def fail(self, reason: str) -> "CheckResult":
         """Mark the check failed (a measured property is wrong), keeping the first reason and adding others."""
@@ -75,6 +86,7 @@ class CheckResult:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        del data["declared"]  # the declarations are code, not results: each metric carries its own entry
         data["status"] = self.status.value
         return data
 

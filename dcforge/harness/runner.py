@@ -1,6 +1,6 @@
 """Run the acceptance checks of an environment, judge the SLOs, write the report after every check.
 
-Rules (DESIGN.md §5): a check that errors fails the run; a skipped check is reported with its reason and never as
+Rules (docs/slos.md): a check that errors fails the run; a skipped check is reported with its reason and never as
 passed; an SLO on a metric that no check produced is an error. Exit 0 when everything passed, 1 otherwise.
 Ctrl-C keeps every result measured so far: the report is rewritten after each check and once more on interrupt.
 """

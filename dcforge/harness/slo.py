@@ -1,4 +1,4 @@
-"""SLO expressions (DESIGN.md §5): `"<op> <number>"` judged against `<check>.<metric>[.<stat>]`.
+"""SLO expressions (docs/slos.md): `"<op> <number>"` judged against `<check>.<metric>[.<stat>]`.
 
 Operators: < <= > >= == !=. Numbers may use exponents (`1e-3`) and `_` separators. A list of expressions must
 all hold. A metric that no check produced is an error, never a pass; a metric of a skipped check is skipped.

@@ -66,9 +66,36 @@ def _format(value) -> str:
     return html.escape(str(value))
 
 
+def _definition(metric: dict) -> str:
+    """Tooltip text of a metric: its meaning and the formula it was computed with."""
+    return " — ".join(part for part in (metric.get("meaning", ""), metric.get("formula", "")) if part)
+
+
+def _declared_definitions() -> dict[str, str]:
+    """`<check>.<key>` -> tooltip, from the checks' declarations: for SLOs on metrics this run did not produce."""
+    from dcforge.metrics_catalogue import catalogue
+
+    return {key: _definition({"meaning": entry.spec.meaning, "formula": entry.spec.formula})
+            for entry in catalogue() for key in entry.slo_keys}
+
+
+def _metric_link(key: str, metrics: dict[str, dict], declared: dict[str, str]) -> str:
+    """`<check>.<key>` linked to its row in its check's metric table, the definition as a tooltip: one hop.
+    A metric the run did not produce (its check skipped or errored) gets its declaration's definition."""
+    e = html.escape
+    if key in metrics:
+        return f"<a href='#metric-{e(key)}' title='{e(_definition(metrics[key]))}'><code>{e(key)}</code></a>"
+    if key in declared:
+        return f"<span title='{e(declared[key])}'><code>{e(key)}</code></span>"
+    return f"<code>{e(key)}</code>"
+
+
 def render_html(report: dict) -> str:
     meta = report["metadata"]
     e = html.escape
+    metrics = {f"{check['name']}.{name}": metric
+               for check in report.get("checks", []) for name, metric in check.get("metrics", {}).items()}
+    declared = _declared_definitions()
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>dcforge acceptance — {e(meta['environment'])}</title><style>{STYLE}</style>",
@@ -90,7 +117,8 @@ def render_html(report: dict) -> str:
     if report.get("slos"):
         parts.append("<table><tr><th>metric</th><th>SLO</th><th>value</th><th>verdict</th><th>reason</th></tr>")
         for slo in report["slos"]:
-            parts.append(f"<tr><td><code>{e(slo['metric'])}</code></td><td><code>{e(slo['expression'])}</code></td>"
+            parts.append(f"<tr><td>{_metric_link(slo['metric'], metrics, declared)}</td>"
+                         f"<td><code>{e(slo['expression'])}</code></td>"
                          f"<td class='num'>{_format(slo['value'])}</td><td>{badge(slo['verdict'])}</td>"
                          f"<td>{e(slo.get('reason', ''))}</td></tr>")
         parts.append("</table>")
@@ -107,7 +135,8 @@ def render_html(report: dict) -> str:
                      "<th></th></tr>")
         for c in baseline["comparisons"]:
             flag = badge("fail") if c["regressed"] else ""
-            parts.append(f"<tr><td><code>{e(c['metric'])}</code></td><td class='num'>{_format(c['baseline'])}</td>"
+            parts.append(f"<tr><td>{_metric_link(c['metric'], metrics, declared)}</td>"
+                         f"<td class='num'>{_format(c['baseline'])}</td>"
                          f"<td class='num'>{_format(c['current'])}</td><td class='num'>{c['change']:+.1%}</td>"
                          f"<td>{e(c['better'])}</td><td>{flag}</td></tr>")
         parts.append("</table>")
@@ -118,10 +147,14 @@ def render_html(report: dict) -> str:
         if check.get("reason"):
             parts.append(f"<p>{e(check['reason'])}</p>")
         if check.get("metrics"):
-            parts.append("<table><tr><th>metric</th><th>value</th><th>unit</th><th>better</th><th>formula</th></tr>")
+            parts.append("<table><tr><th>metric</th><th>value</th><th>unit</th><th>better</th><th>meaning</th>"
+                         "<th>formula</th></tr>")
             for name, metric in check["metrics"].items():
-                parts.append(f"<tr><td><code>{e(name)}</code></td><td class='num'>{_format(metric['value'])}</td>"
+                key = f"{check['name']}.{name}"
+                parts.append(f"<tr id='metric-{e(key)}' title='{e(_definition(metric))}'>"
+                             f"<td><code>{e(name)}</code></td><td class='num'>{_format(metric['value'])}</td>"
                              f"<td>{e(metric.get('unit', ''))}</td><td>{e(metric.get('better') or '')}</td>"
+                             f"<td>{e(metric.get('meaning', ''))}</td>"
                              f"<td><code>{e(metric.get('formula', ''))}</code></td></tr>")
             parts.append("</table>")
         for plot in check.get("plots", []):
@@ -133,8 +166,10 @@ def render_html(report: dict) -> str:
         if check.get("details"):
             parts.append("<details><summary>details</summary><pre>"
                          f"{e(json.dumps(check['details'], indent=2, default=str))}</pre></details>")
-    parts.append("<h2>Metric formulas</h2><p class='muted'>Every metric names the formula it was computed with; "
-                 "definitions follow DESIGN.md §4 (nccl-tests bus bandwidth, torchtitan FLOPs per token, "
-                 "vLLM goodput, exact percentiles from per-request logs).</p>")
+    parts.append("<h2>Metric formulas</h2><p class='muted'>Every metric names the formula it was computed with and "
+                 "what it means (hover a metric or an SLO); the definitions are in docs/metrics.md of the dcforge "
+                 "repository, one section per check (nccl-tests bus bandwidth, torchtitan FLOPs per token, "
+                 "vLLM goodput, exact percentiles from per-request logs), and <code>dcforge metrics</code> lists "
+                 "every metric each check can report.</p>")
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -324,7 +324,7 @@ class Versions(SpecModel):
 
 
 class Acceptance(SpecModel):
-    """What `dcforge accept` runs and the SLOs it judges (DESIGN.md §5)."""
+    """What `dcforge accept` runs and the SLOs it judges (docs/slos.md)."""
 
     checks: list[str] = Field(default_factory=lambda: ["system"])
     settings: dict[str, dict[str, Any]] = Field(default_factory=dict)

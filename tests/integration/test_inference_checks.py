@@ -57,7 +57,7 @@ def test_failover_check_kills_a_replica_and_sees_it_respawn(tmp_path):
     assert details["victim_pid"] != details["respawned_pid"]
     assert metrics["respawned_replica_requests"] >= 1
     assert metrics["replica_respawn_s"] > 0
-    # Only requests that were on the killed replica may fail (DESIGN goal), and they are all listed as lost.
+    # Only requests that were on the killed replica may fail (docs/metrics.md#inference_failover), and they are all listed as lost.
     assert metrics["excess_failures"] <= 0
     assert metrics["requests_lost"] == len(details["lost_requests"])
     assert any(plot.markers and "SIGKILL" in plot.markers[0]["label"] for plot in result.plots)

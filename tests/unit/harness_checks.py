@@ -7,6 +7,7 @@ import time
 from pydantic import Field
 
 from dcforge.harness.check import CheckConfig, CheckContext
+from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult, CheckSkipped, Plot, Series
 
 
@@ -23,6 +24,11 @@ class ValueCheck:
     name = "value"
     description = "Reports `value` as metric `score` after sleeping `sleepS`."
     Config = ValueConfig
+    metrics = (
+        MetricSpec("score", "pts", "higher", "score = value", "the configured value"),
+        MetricSpec("latency_ms", "ms", "lower", "100 / value", "a latency that falls as the value rises",
+                   stats=("p95",)),
+    )
 
     def run(self, ctx: CheckContext, config: ValueConfig) -> CheckResult:
         time.sleep(config.sleep_s)
@@ -32,9 +38,9 @@ class ValueCheck:
             raise RuntimeError("boom")
         if config.outcome == "interrupt":
             raise KeyboardInterrupt
-        result = CheckResult(self.name)
-        result.add_metric("score", config.value, "pts", better="higher", formula="score = value")
-        result.add_metric("latency_ms.p95", 100 / max(config.value, 1e-9), "ms", better="lower")
+        result = CheckResult(self.name, declared=self.metrics)
+        result.add_metric("score", config.value)
+        result.add_metric("latency_ms.p95", 100 / max(config.value, 1e-9))
         result.plots.append(Plot("score", "step", "pts", [Series("score", [0, 1], [0, config.value])]))
         (ctx.artefact_dir(self.name) / "note.txt").write_text("hello")
         result.artefacts["note"] = ctx.relative(ctx.artefact_dir(self.name) / "note.txt")

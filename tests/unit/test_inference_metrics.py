@@ -1,4 +1,4 @@
-"""Serving metric formulas (DESIGN.md §4) on hand-made request logs, and the log format itself."""
+"""Serving metric formulas (docs/metrics.md#inference) on hand-made request logs, and the log format itself."""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from dcforge.checks.inference import InferenceCheck
 from dcforge.harness.result import CheckResult, Status
 from dcforge.harness.slo import SloSyntaxError, evaluate, parse_slo, parse_slos
 
@@ -47,9 +48,10 @@ def test_lists_must_all_hold():
 
 
 def _result(status=Status.PASS, **metrics) -> dict[str, CheckResult]:
-    result = CheckResult("inference", status=status, reason="why" if status != Status.PASS else "")
+    result = CheckResult("inference", status=status, reason="why" if status != Status.PASS else "",
+                         declared=InferenceCheck.metrics)
     for name, value in metrics.items():
-        result.add_metric(name.replace("__", "."), value, "ms")
+        result.add_metric(name.replace("__", "."), value)
     return {"inference": result}
 
 

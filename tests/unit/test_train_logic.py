@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from dcforge.checks.allreduce import AllreduceCheckConfig
 from dcforge.checks.train import TrainCheck, TrainCheckConfig, summarize
-from dcforge.checks.train_failover import TrainFailoverConfig, judge_recovery
+from dcforge.checks.train_failover import TrainFailoverCheck, TrainFailoverConfig, judge_recovery
 from dcforge.errors import ConfigError
 from dcforge.harness.check import CheckContext
 from dcforge.harness.result import CheckResult, Status
@@ -90,11 +90,11 @@ def _steps(losses, attempt=0, start=1, t0=100.0):
 
 def test_summary_fails_when_loss_does_not_fall():
     config = TrainCheckConfig(steps=4, warmup_steps_excluded=1)
-    good = CheckResult("train")
+    good = CheckResult("train", declared=TrainCheck.metrics)
     summarize(good, _steps([5.5, 5.0, 4.5, 4.0]), config, 2, 1e11)
     assert good.status == Status.PASS and good.metrics["tokens_per_s"].value == pytest.approx(1000)
     assert good.metrics["tokens_per_s_total"].value == pytest.approx(2000)
-    bad = CheckResult("train")
+    bad = CheckResult("train", declared=TrainCheck.metrics)
     summarize(bad, _steps([5.5, 5.6, 5.5, 5.6]), config, 2, 1e11)
     assert bad.status == Status.FAIL and "loss did not fall" in bad.reason
 
@@ -109,7 +109,7 @@ def _failover_records(resumed_from, first_attempt_steps=6, fault_step=7):
 
 
 def test_failover_judgement_measures_steps_lost_and_time_to_resume():
-    result = CheckResult("train_failover")
+    result = CheckResult("train_failover", declared=TrainFailoverCheck.metrics)
     judge_recovery(result, _failover_records(resumed_from=4), TrainFailoverConfig())
     assert result.status == Status.PASS, result.reason
     assert result.metrics["steps_lost"].value == 3 and result.metrics["time_to_resume_s"].value == 5.0
@@ -117,7 +117,7 @@ def test_failover_judgement_measures_steps_lost_and_time_to_resume():
 
 
 def test_failover_judgement_fails_a_restart_from_scratch():
-    result = CheckResult("train_failover")
+    result = CheckResult("train_failover", declared=TrainFailoverCheck.metrics)
     judge_recovery(result, _failover_records(resumed_from=None), TrainFailoverConfig())
     assert result.status == Status.FAIL and "started from scratch" in result.reason
     assert result.metrics["steps_lost"].value == 7
