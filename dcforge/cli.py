@@ -1,6 +1,7 @@
 """The `dcforge` command line: validate, accept, report, metrics (and synth, up, preview, provision).
 
-Exit codes: 0 success, 1 an acceptance check or SLO failed, 2 bad input (one clear line, no traceback).
+Exit codes: 0 success, 1 an acceptance check or SLO failed, 2 bad input (one clear line, no traceback),
+128 + signal number when `accept` is interrupted (130 SIGINT, 143 SIGTERM, 129 SIGHUP).
 """
 
 from __future__ import annotations
@@ -89,31 +90,60 @@ def accept(
     Checks: system (inventory), train (torchrun GPT: tokens/s, MFU), allreduce (busbw sweep), checkpoint (DCP
     save/load GB/s, integrity), train_failover (a rank dies; resume), compliance (manifest rules), inference
     (OpenAI-compatible server under Locust: TTFT/TPOT/goodput), inference_failover (a replica is SIGKILLed).
-    Exit 0 all passed, 1 a check or SLO failed or errored, 2 bad input, 130 interrupted (report kept).
+    Exit 0 all passed, 1 a check or SLO failed or errored, 2 bad input, 128 + signal when interrupted by SIGINT
+    (130), SIGTERM (143) or SIGHUP (129): the report keeps every result measured so far, no child is left running.
     """
-    from dcforge.harness.runner import RunState, run_acceptance, select_checks, utc_now
-    from dcforge.report import build_report, write_report_files
+    from dcforge.harness.runner import RunState, select_checks, utc_now
     from dcforge.report.baseline import load_baseline
 
     loaded = _load(env, env_file)
     selected = select_checks(loaded.spec.acceptance.checks, _split(only), _split(skip))
     baseline_report = load_baseline(baseline) if baseline else None
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    report_dir = reports / loaded.spec.name / stamp
-    report_dir.mkdir(parents=True, exist_ok=False)
+    report_dir = _new_report_dir(reports, loaded.spec.name)
     # checks hand artefact paths to child processes with other working directories: keep them absolute
     state = RunState(env=loaded, report_dir=report_dir.resolve(), selected=selected, started_at=utc_now())
-
-    latest: dict = {}
-
-    def write(current: RunState) -> None:
-        report = build_report(current, baseline=baseline_report, baseline_path=str(baseline) if baseline else None,
-                              tolerance=tolerance)
-        write_report_files(report, report_dir)
-        latest["report"] = report
-
+    writer = ReportWriter(report_dir, baseline_report, baseline, tolerance)
     console.print(f"dcforge accept: environment [bold]{loaded.spec.name}[/] ({loaded.path}), "
                   f"{len(selected)} checks → {report_dir}")
+    _run_with_progress(state, writer)
+
+    _print_summary(writer.latest)
+    console.print(f"Report: {report_dir / 'report.html'}  (also report.json, junit.xml)")
+    raise typer.Exit(_accept_exit_code(state, writer.latest, fail_on_regression))
+
+
+def _new_report_dir(reports: Path, env_name: str) -> Path:
+    """reports/<env>/<UTC time>/, created empty (two runs never share one)."""
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    report_dir = reports / env_name / stamp
+    report_dir.mkdir(parents=True, exist_ok=False)
+    return report_dir
+
+
+class ReportWriter:
+    """Rewrites report.json, junit.xml and report.html of a run; keeps the last report for the summary."""
+
+    def __init__(self, report_dir: Path, baseline: dict | None, baseline_path: Optional[Path], tolerance: float):
+        self.report_dir = report_dir
+        self.baseline = baseline
+        self.baseline_path = str(baseline_path) if baseline_path else None
+        self.tolerance = tolerance
+        self.latest: dict = {}
+
+    def __call__(self, state) -> None:
+        from dcforge.report import build_report, write_report_files
+
+        report = build_report(state, baseline=self.baseline, baseline_path=self.baseline_path,
+                              tolerance=self.tolerance)
+        write_report_files(report, self.report_dir)
+        self.latest = report
+
+
+def _run_with_progress(state, write: ReportWriter) -> None:
+    """Run the checks with a spinner naming the running check, its progress lines and one line per result."""
+    from dcforge.harness.runner import run_acceptance
+
+    selected = state.selected
     with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task("starting", total=None)
@@ -132,16 +162,14 @@ def accept(
 
         run_acceptance(state, write, log=log, on_check_start=started, on_check_end=finished)
 
-    report = latest["report"]
-    _print_summary(report)
-    console.print(f"Report: {report_dir / 'report.html'}  (also report.json, junit.xml)")
-    code = state.exit_code
+
+def _accept_exit_code(state, report: dict, fail_on_regression: bool) -> int:
     if state.interrupted:
-        errors.print("interrupted: results measured so far are in the report")
-        raise typer.Exit(130)
+        errors.print(f"interrupted by {state.interrupted_by.name}: results measured so far are in the report")
+        return state.exit_code
     if fail_on_regression and report.get("baseline") and report["baseline"]["regressions"]:
-        code = 1
-    raise typer.Exit(code)
+        return 1
+    return state.exit_code
 
 
 def _print_summary(report: dict) -> None:

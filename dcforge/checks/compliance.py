@@ -58,6 +58,7 @@ class ComplianceCheck:
         MetricSpec("objects", "objects", None, "cluster objects judged by the rules", "size of what was judged"),
         MetricSpec("rules", "rules", None, "compliance rules evaluated", "size of the rule set"),
     )
+    requires_declared_gpus = False  # judges manifests, not this node
 
     def run(self, ctx: CheckContext, config: ComplianceConfig) -> CheckResult:
         from dcforge.compliance import RULES, RULES_BY_ID, exceptions_for

@@ -9,20 +9,18 @@ from __future__ import annotations
 import functools
 import os
 import platform
-import shutil
 import socket
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import Field
 
 from dcforge.harness.check import CheckConfig, CheckContext
 from dcforge.harness.metrics import MetricSpec
+from dcforge.harness.node import acceptance_pool, visible_gpus
 from dcforge.harness.result import CheckResult
 from dcforge.spec.gpus import gpu_model_for_device_name
 from dcforge.spec.loader import REPO_ROOT
-from dcforge.spec.models import GpuPool
 
 
 class SystemConfig(CheckConfig):
@@ -32,42 +30,6 @@ class SystemConfig(CheckConfig):
     """Fail below this much system memory."""
     check_driver_pin: bool = Field(default=True)
     """Fail when GPUs are visible and the loaded driver differs from dcforge:versions.driver."""
-
-
-@dataclass
-class VisibleGpu:
-    name: str
-    memory_mib: float
-    driver: str
-
-
-def visible_gpus() -> list[VisibleGpu]:
-    """GPUs as NVML sees them through nvidia-smi, else through torch.cuda, else none."""
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        try:
-            out = subprocess.run(
-                [smi, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader,nounits"],
-                capture_output=True, text=True, timeout=30, check=True,
-            ).stdout
-            gpus = []
-            for line in out.strip().splitlines():
-                name, memory, driver = (part.strip() for part in line.split(","))
-                gpus.append(VisibleGpu(name, float(memory), driver))
-            return gpus
-        except (subprocess.SubprocessError, ValueError, OSError):
-            pass
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return [
-                VisibleGpu(torch.cuda.get_device_name(i), torch.cuda.get_device_properties(i).total_memory / 2**20, "")
-                for i in range(torch.cuda.device_count())
-            ]
-    except Exception:  # a broken CUDA install must not hide the rest of the inventory
-        pass
-    return []
 
 
 def memory_gib() -> float:
@@ -116,25 +78,6 @@ def torch_versions() -> dict[str, str]:
     return versions
 
 
-def acceptance_pool(spec) -> "GpuPool | None":
-    """The pool whose node acceptance runs on: `acceptance.pool`, else the first pool, else None (no GPUs)."""
-    if not spec.gpu_pools:
-        return None
-    return spec.pool(spec.acceptance.pool) if spec.acceptance.pool else spec.gpu_pools[0]
-
-
-def missing_declared_gpus(spec) -> str | None:
-    """Why GPU workloads cannot be judged here, or None: the node's pool declares GPUs that are not visible."""
-    pool = acceptance_pool(spec)
-    if pool is None:
-        return None
-    visible = len(visible_gpus())
-    if visible >= pool.gpus_per_node:
-        return None
-    return (f"pool {pool.name!r} declares {pool.gpus_per_node} {pool.gpu_model} per node and {visible} are visible; "
-            "measuring CPU numbers against GPU SLOs would mean nothing (see the system check)")
-
-
 class SystemCheck:
     name = "system"
     description = "Hardware and software inventory; GPUs the environment declares must be visible."
@@ -145,6 +88,7 @@ class SystemCheck:
         MetricSpec("gpu_count", "GPUs", None, "GPUs listed by nvidia-smi, else by torch.cuda",
                    "GPUs visible on this machine"),
     )
+    requires_declared_gpus = False  # it is the check that reports missing GPUs
 
     def run(self, ctx: CheckContext, config: SystemConfig) -> CheckResult:
         result = CheckResult(self.name, declared=self.metrics)

@@ -59,8 +59,10 @@ class Check(Protocol):
     metrics: ClassVar[tuple[MetricSpec, ...]]
     """Every metric the check can report (see dcforge.harness.metrics); create results with
     `CheckResult(name, declared=metrics)`."""
-    # Optional: `requires_declared_gpus = True` makes the runner skip the check (with the reason) when the
-    # environment's acceptance pool declares GPUs that this machine does not show.
+    requires_declared_gpus: ClassVar[bool]
+    """True: the runner skips the check, with the reason, when the environment's acceptance pool declares GPUs
+    that this machine does not show (dcforge.harness.node.missing_declared_gpus); CPU numbers judged against GPU
+    SLOs would mean nothing. False for checks that do not measure this node's GPUs."""
 
     def run(self, ctx: CheckContext, config: Any) -> CheckResult:
         """Measure, fill a CheckResult; raise CheckSkipped(reason) when the check cannot apply here."""

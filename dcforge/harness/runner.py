@@ -2,7 +2,9 @@
 
 Rules (docs/slos.md): a check that errors fails the run; a skipped check is reported with its reason and never as
 passed; an SLO on a metric that no check produced is an error. Exit 0 when everything passed, 1 otherwise.
-Ctrl-C keeps every result measured so far: the report is rewritten after each check and once more on interrupt.
+A terminating signal (Ctrl-C, SIGTERM, SIGHUP; dcforge.harness.lifecycle) keeps every result measured so far: the
+report is rewritten after each check and once more on interrupt, with status `interrupted`, and the exit code is
+128 + the signal number.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from pydantic import ValidationError
 from dcforge.checks import load_check
 from dcforge.errors import DcforgeError
 from dcforge.harness.check import CheckContext
+from dcforge.harness.lifecycle import Interrupted, SignalGuard
+from dcforge.harness.node import missing_declared_gpus
+from dcforge.harness.processes import stop_everything
 from dcforge.harness.result import CheckResult, CheckSkipped, Status
 from dcforge.harness.slo import SloResult, evaluate, parse_slos
 from dcforge.spec.loader import LoadedEnvironment
@@ -43,8 +48,13 @@ class RunState:
     results: dict[str, CheckResult] = field(default_factory=dict)
     slo_results: list[SloResult] = field(default_factory=list)
     finished_at: str = ""
-    interrupted: bool = False
+    interrupted_by: signal.Signals | None = None
+    """The terminating signal that ended the run early, if one did."""
     running: str | None = None
+
+    @property
+    def interrupted(self) -> bool:
+        return self.interrupted_by is not None
 
     @property
     def passed(self) -> bool:
@@ -61,6 +71,9 @@ class RunState:
 
     @property
     def exit_code(self) -> int:
+        """0 passed, 1 failed, 128 + signal number when a terminating signal ended the run (130, 143, 129)."""
+        if self.interrupted_by is not None:
+            return Interrupted(self.interrupted_by).exit_code
         return 0 if self.status == "pass" else 1
 
 
@@ -106,11 +119,8 @@ def run_one(name: str, state: RunState, log: Callable[[str], None], shared: dict
     try:
         check = load_check(name)
         config = check.Config.model_validate(acceptance.settings.get(name, {}))
-        if getattr(check, "requires_declared_gpus", False):
-            from dcforge.checks.system import missing_declared_gpus
-
-            if reason := missing_declared_gpus(state.env.spec):
-                raise CheckSkipped(reason)
+        if check.requires_declared_gpus and (reason := missing_declared_gpus(state.env.spec)):
+            raise CheckSkipped(reason)
         ctx = CheckContext(env=state.env, report_dir=state.report_dir, deadline=started + timeout,
                            results=dict(state.results), log=log, state=shared)
         with time_limit(timeout):
@@ -122,9 +132,11 @@ def run_one(name: str, state: RunState, log: Callable[[str], None], shared: dict
                                                          f"(dcforge:acceptance.timeoutsS.{name})")
     except ValidationError as error:  # settings were validated at load time; kept for direct callers
         result = CheckResult(name, Status.ERROR, reason=f"bad settings: {error.errors()[0]['msg']}")
-    except KeyboardInterrupt:
-        result = CheckResult(name, Status.ERROR, reason="interrupted (Ctrl-C) while running")
-        raise
+    except KeyboardInterrupt as error:
+        interruption = Interrupted.of(error)
+        result = CheckResult(name, Status.ERROR, reason=f"interrupted by {interruption.description} while running")
+        result.details["interrupted_by"] = interruption.signal_name
+        raise interruption from None
     except Exception as error:  # a check that crashes is an error of the run, with its traceback kept
         result = CheckResult(name, Status.ERROR, reason=f"{type(error).__name__}: {error}")
         trace_path = state.report_dir / "artefacts" / name / "traceback.txt"
@@ -151,25 +163,32 @@ def run_acceptance(state: RunState, write: Callable[[RunState], None],
     for name in configured:
         if name not in state.selected:
             state.results[name] = CheckResult(name, Status.SKIPPED, reason="not selected (--only/--skip)")
-    write(state)
-    try:
-        for name in state.selected:
-            state.running = name
-            on_check_start(name)
-            write(state)  # the report on disk shows which check is running
-            result = run_one(name, state, log, shared)
+    with SignalGuard() as signals:
+        try:
+            write(state)
+            for name in state.selected:
+                state.running = name
+                on_check_start(name)
+                write(state)  # the report on disk shows which check is running
+                result = run_one(name, state, log, shared)
+                state.running = None
+                state.slo_results = [evaluate(slo, state.results) for slo in slos]
+                on_check_end(result)
+                write(state)
+        except KeyboardInterrupt as error:
+            interruption = Interrupted.of(error)
+            state.interrupted_by = interruption.signum
+            for name in state.selected:
+                if name not in state.results:
+                    state.results[name] = CheckResult(name, Status.SKIPPED,
+                                                      reason=f"not run: interrupted by {interruption.description}")
+        finally:
+            signals.disarm()  # from here on a signal is recorded, never raised: the final report must be written
+            stop_everything()  # whatever a check left running (normally nothing: checks stop what they start)
+            if signals.received is not None and state.interrupted_by is None:
+                state.interrupted_by = signals.received  # arrived after the last check, while finishing
             state.running = None
             state.slo_results = [evaluate(slo, state.results) for slo in slos]
-            on_check_end(result)
+            state.finished_at = utc_now()
             write(state)
-    except KeyboardInterrupt:
-        state.interrupted = True
-        for name in state.selected:
-            if name not in state.results:
-                state.results[name] = CheckResult(name, Status.SKIPPED, reason="not run: interrupted (Ctrl-C)")
-    finally:
-        state.running = None
-        state.slo_results = [evaluate(slo, state.results) for slo in slos]
-        state.finished_at = utc_now()
-        write(state)
     return state

@@ -48,6 +48,7 @@ def build_report(state, *, baseline: dict | None = None, baseline_path: str | No
             "selected_checks": state.selected,
             "running": state.running,
             "interrupted": state.interrupted,
+            "interrupted_by": state.interrupted_by.name if state.interrupted_by is not None else None,
         },
         "summary": {
             "checks": _count(c["status"] for c in checks),

@@ -29,6 +29,7 @@ class ValueCheck:
         MetricSpec("latency_ms", "ms", "lower", "100 / value", "a latency that falls as the value rises",
                    stats=("p95",)),
     )
+    requires_declared_gpus = False
 
     def run(self, ctx: CheckContext, config: ValueConfig) -> CheckResult:
         time.sleep(config.sleep_s)

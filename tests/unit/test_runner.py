@@ -149,7 +149,7 @@ def test_rerender_builds_html_from_json(registry, env_file, tmp_path):
 
 
 def test_gpu_workload_is_skipped_when_declared_gpus_are_missing(monkeypatch, env_file, tmp_path):
-    from dcforge.checks.system import visible_gpus
+    from dcforge.harness.node import visible_gpus
 
     if visible_gpus():
         pytest.skip("this machine has GPUs")

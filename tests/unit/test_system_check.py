@@ -41,7 +41,7 @@ def test_memory_floor(tmp_path):
 
 
 def test_missing_declared_gpus_reason():
-    from dcforge.checks.system import missing_declared_gpus
+    from dcforge.harness.node import missing_declared_gpus
 
     assert missing_declared_gpus(load_environment("local").spec) is None
     reason = missing_declared_gpus(load_environment("prod").spec)
