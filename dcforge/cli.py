@@ -36,9 +36,11 @@ EnvFileOption = typer.Option(None, "--env-file", help="Read this environment fil
 
 
 def _load(env: str, env_file: Optional[Path]):
+    """The environment, its acceptance checks and their settings judged against the bundled checks."""
+    from dcforge.checks import CATALOG
     from dcforge.spec import load_environment
 
-    return load_environment(None if env_file else env, path=env_file)
+    return load_environment(None if env_file else env, path=env_file, checks=CATALOG)
 
 
 def _split(values: Optional[list[str]]) -> list[str]:

@@ -86,10 +86,12 @@ def up(env_name: str, preview: bool = False, *, stacks_dir: Path | None = None, 
 
     Raises `DcforgeError` (exit 2) for bad input or a missing CLI, `DeployFailed` (exit 1) when Pulumi fails.
     """
+    from dcforge.checks import CATALOG
     from dcforge.spec import load_environment, stacks_dir as default_stacks_dir
 
     stacks = Path(stacks_dir) if stacks_dir is not None else default_stacks_dir()
-    loaded = load_environment(path=stacks / f"Pulumi.{env_name}.yaml") if stacks_dir else load_environment(env_name)
+    loaded = (load_environment(path=stacks / f"Pulumi.{env_name}.yaml", checks=CATALOG) if stacks_dir
+              else load_environment(env_name, checks=CATALOG))
     cli = find_cli()
     url = backend_url or default_backend_url(stacks)
     _prepare_backend(url)

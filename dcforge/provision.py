@@ -206,10 +206,11 @@ def provision_command(env: str = "local", *, check: bool = False, limit: str | N
     was unreachable). Bad input raises `ConfigError` (exit 2)."""
     from rich.console import Console
 
+    from dcforge.checks import CATALOG
     from dcforge.spec import load_environment
 
     console = console or Console(soft_wrap=True)
-    loaded = load_environment(None if env_file else env, path=env_file)
+    loaded = load_environment(None if env_file else env, path=env_file, checks=CATALOG)
     inventory_path = inventory_for(loaded.spec.name, inventory)
     extravars = versions_extravars(loaded)
     versions = extravars["dcforge_versions"]

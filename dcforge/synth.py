@@ -173,9 +173,10 @@ def verify_environment(spec: Environment) -> Verification:
 def synth_command(env: str, out_dir: Path, env_file: Path | None = None) -> int:
     """Write the environment's manifests to `out_dir`, print what was written and verified; 0 when schema and
     compliance hold, 1 otherwise (the files are written either way, so the problems can be inspected)."""
+    from dcforge.checks import CATALOG
     from dcforge.spec import load_environment
 
-    loaded = load_environment(None if env_file else env, path=env_file)
+    loaded = load_environment(None if env_file else env, path=env_file, checks=CATALOG)
     spec = loaded.spec
     files = synthesize(spec)
     written = write_files(files, Path(out_dir))

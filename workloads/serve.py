@@ -94,10 +94,19 @@ def gunicorn_options(args: argparse.Namespace) -> dict[str, object]:
         "loglevel": args.log_level,
         "proc_name": "dcforge-serve",
         "child_exit": _forget_replica_metrics,
+        "post_fork": _die_with_master,
     }
     if args.tls_cert:
         options.update(certfile=str(args.tls_cert), keyfile=str(args.tls_key))
     return options
+
+
+def _die_with_master(server: object, _worker: object) -> None:
+    """In each replica: exit when the master dies, however it died. gunicorn's own check of the parent runs only
+    in its sync worker loop, so a SIGKILLed master would otherwise leave uvicorn replicas serving forever."""
+    from dcforge.process_lifetime import die_with_parent
+
+    die_with_parent(server.pid)  # type: ignore[attr-defined]
 
 
 def _forget_replica_metrics(_server: object, worker: object) -> None:

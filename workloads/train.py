@@ -227,4 +227,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from dcforge.process_lifetime import die_with_torchrun_agent
+
+    die_with_torchrun_agent()  # torchrun gives each worker its own session: a SIGKILLed agent must not orphan it
     sys.exit(main())

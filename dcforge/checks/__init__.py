@@ -6,6 +6,7 @@ Check modules keep heavy imports (torch, locust, pulumi) inside `run`, so valida
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 
 from dcforge.harness.check import Check, CheckConfig
 
@@ -31,3 +32,17 @@ def load_check(name: str) -> Check:
 def check_config_model(name: str) -> type[CheckConfig]:
     module_name, _, class_name = CHECKS[name].partition(":")
     return getattr(importlib.import_module(module_name), class_name).Config
+
+
+class RegisteredChecks:
+    """This registry as the spec's CheckCatalog: what environment validation judges check names and settings by.
+    Reads CHECKS when asked, so a registry extended later (tests add their own checks) is the one judged."""
+
+    def names(self) -> Sequence[str]:
+        return list(CHECKS)
+
+    def settings_model(self, name: str) -> type[CheckConfig]:
+        return check_config_model(name)
+
+
+CATALOG = RegisteredChecks()

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from dcforge.errors import ConfigError, ConfigErrors
 from dcforge.spec.models import Environment
-from dcforge.spec.validation import _pydantic_message, cross_field_problems
+from dcforge.spec.validation import CheckCatalog, _pydantic_message, cross_field_problems
 
 NAMESPACE = "dcforge"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -51,8 +51,13 @@ class LoadedEnvironment:
     """The `dcforge:` keys as written (camelCase), for Pulumi and Ansible."""
 
 
-def load_environment(name: str | None = None, *, path: Path | None = None) -> LoadedEnvironment:
-    """Load by environment name (from the stacks dir) or by explicit file path."""
+def load_environment(name: str | None = None, *, path: Path | None = None,
+                     checks: CheckCatalog | None = None) -> LoadedEnvironment:
+    """Load by environment name (from the stacks dir) or by explicit file path.
+
+    `checks`: the acceptance checks the environment may name (dcforge.checks.CATALOG); every command passes it.
+    Without it the check names and their settings are taken as written (the spec does not know the checks).
+    """
     if path is None:
         path = environment_file(name or "local")
     path = Path(path)
@@ -71,13 +76,13 @@ def load_environment(name: str | None = None, *, path: Path | None = None) -> Lo
         problem = getattr(error, "problem", None) or str(error)
         raise ConfigError(where, None, f"YAML syntax error: {problem}") from None
     config = _dcforge_config(document, display)
-    spec = validate_spec(config, env_name, display, lines)
+    spec = validate_spec(config, env_name, display, lines, checks=checks)
     return LoadedEnvironment(spec=spec, path=path, sha256=hashlib.sha256(text.encode()).hexdigest(),
                              raw_config=config)
 
 
 def validate_spec(config: dict[str, Any], env_name: str, source: str,
-                  lines: dict[str, int] | None = None) -> Environment:
+                  lines: dict[str, int] | None = None, *, checks: CheckCatalog | None = None) -> Environment:
     """Validate the `dcforge:` values of one stack (keys without the namespace) into an `Environment`.
 
     Used by `load_environment` and by the Pulumi program (which gets the values from the engine), so both refuse a
@@ -91,7 +96,7 @@ def validate_spec(config: dict[str, Any], env_name: str, source: str,
             _located(source, lines, _key_path(detail["loc"]), _pydantic_message(detail))
             for detail in error.errors()
         ]) from None
-    problems = cross_field_problems(spec)
+    problems = cross_field_problems(spec, checks)
     if problems:
         raise ConfigErrors([_located(source, lines, key, message) for key, message in problems])
     return spec

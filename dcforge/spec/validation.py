@@ -1,19 +1,39 @@
 """Cross-field rules over a whole environment: what single-field validation cannot see.
 
 Each rule returns (key path, message) pairs; key paths are written as in the file (`dcforge:gpuPools[1].name`).
+
+The acceptance checks an environment may name, and their settings models, belong to the checks registry above the
+harness; the spec only declares what it needs from it (`CheckCatalog`) and is handed one, so validating a spec never
+imports the checks (which import the harness, which imports the spec).
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
+
+from pydantic import BaseModel, ValidationError
 
 from dcforge.spec.compat import version_problems
 from dcforge.spec.gpus import GPU_MODELS
 from dcforge.spec.models import Environment
+from dcforge.spec.slo import SloSyntaxError, parse_slo
 
 Problem = tuple[str, str]
+
+
+class CheckCatalog(Protocol):
+    """The acceptance checks an environment may name (dcforge.checks.CATALOG is the bundled one)."""
+
+    def names(self) -> Sequence[str]:
+        """Every known check name, in the default run order."""
+        ...
+
+    def settings_model(self, name: str) -> type[BaseModel]:
+        """The model that validates `dcforge:acceptance.settings.<name>`."""
+        ...
 
 
 def _duplicates(names: list[str]) -> list[str]:
@@ -101,47 +121,53 @@ def versions_rules(env: Environment) -> Iterator[Problem]:
 
 
 def acceptance_rules(env: Environment) -> Iterator[Problem]:
-    # Imported here: the harness imports the spec, not the other way round at module load.
-    from dcforge.checks import CHECKS, check_config_model
-    from dcforge.harness.slo import SloSyntaxError, parse_slo
-
+    """What can be judged without knowing the checks: duplicates, SLO keys and their grammar, the pool."""
     acceptance = env.acceptance
-    for index, name in enumerate(acceptance.checks):
-        if name not in CHECKS:
-            yield f"dcforge:acceptance.checks[{index}]", f"unknown check {name!r}; known: {', '.join(CHECKS)}"
     for name in _duplicates(acceptance.checks):
         yield "dcforge:acceptance.checks", f"check {name!r} listed twice"
-    for name, settings in acceptance.settings.items():
-        key = f"dcforge:acceptance.settings.{name}"
-        if name not in CHECKS:
-            yield key, f"settings for unknown check {name!r}"
-            continue
-        model = check_config_model(name)
-        try:
-            model.model_validate(settings)
-        except Exception as error:  # pydantic.ValidationError: re-raised as one line per field
-            for detail in getattr(error, "errors", lambda: [])():
-                loc = ".".join(str(part) for part in detail["loc"])
-                yield f"{key}.{loc}" if loc else key, _pydantic_message(detail)
     for metric, expressions in acceptance.slos.items():
         key = f"dcforge:acceptance.slos.{metric}"
-        check = metric.split(".", 1)[0]
         if "." not in metric:
             yield key, "SLO key must be '<check>.<metric>', e.g. 'train.tokens_per_s'"
-        elif check not in CHECKS:
-            yield key, f"unknown check {check!r}; known: {', '.join(CHECKS)}"
-        elif check not in acceptance.checks:
-            yield key, f"check {check!r} is not in acceptance.checks, so this SLO could never be judged"
         for expression in [expressions] if isinstance(expressions, str) else expressions:
             try:
                 parse_slo(metric, expression)
             except SloSyntaxError as error:
                 yield key, str(error)
-    for name in acceptance.timeouts_s:
-        if name not in CHECKS:
-            yield f"dcforge:acceptance.timeoutsS.{name}", f"timeout for unknown check {name!r}"
     if acceptance.pool is not None and acceptance.pool not in {p.name for p in env.gpu_pools}:
         yield "dcforge:acceptance.pool", f"unknown pool {acceptance.pool!r}"
+
+
+def check_catalog_rules(env: Environment, checks: CheckCatalog) -> Iterator[Problem]:
+    """Every check the environment names exists in `checks`, with settings its model accepts."""
+    acceptance = env.acceptance
+    known = list(checks.names())
+    for index, name in enumerate(acceptance.checks):
+        if name not in known:
+            yield f"dcforge:acceptance.checks[{index}]", f"unknown check {name!r}; known: {', '.join(known)}"
+    for name, settings in acceptance.settings.items():
+        key = f"dcforge:acceptance.settings.{name}"
+        if name not in known:
+            yield key, f"settings for unknown check {name!r}"
+            continue
+        try:
+            checks.settings_model(name).model_validate(settings)
+        except ValidationError as error:  # one line per field
+            for detail in error.errors():
+                loc = ".".join(str(part) for part in detail["loc"])
+                yield f"{key}.{loc}" if loc else key, _pydantic_message(detail)
+    for metric in acceptance.slos:
+        check = metric.split(".", 1)[0]
+        if "." not in metric:
+            continue  # acceptance_rules names the malformed key
+        key = f"dcforge:acceptance.slos.{metric}"
+        if check not in known:
+            yield key, f"unknown check {check!r}; known: {', '.join(known)}"
+        elif check not in acceptance.checks:
+            yield key, f"check {check!r} is not in acceptance.checks, so this SLO could never be judged"
+    for name in acceptance.timeouts_s:
+        if name not in known:
+            yield f"dcforge:acceptance.timeoutsS.{name}", f"timeout for unknown check {name!r}"
 
 
 def _pydantic_message(detail: dict) -> str:
@@ -170,5 +196,10 @@ RULES: list[Callable[[Environment], Iterator[Problem]]] = [
 ]
 
 
-def cross_field_problems(env: Environment) -> list[Problem]:
-    return [problem for rule in RULES for problem in rule(env)]
+def cross_field_problems(env: Environment, checks: CheckCatalog | None = None) -> list[Problem]:
+    """Every rule's problems, and with `checks` the acceptance checks' names and settings judged against it.
+    Without it they cannot be judged: the names are taken as written."""
+    problems = [problem for rule in RULES for problem in rule(env)]
+    if checks is not None:
+        problems += check_catalog_rules(env, checks)
+    return problems

@@ -41,4 +41,6 @@ def spec_from_config(values: dict[str, Any], env_name: str, source: str) -> Envi
     """Validate config values into an `Environment`; raises `ConfigErrors` naming `source` and each key."""
     if not values:
         raise ConfigError(source, None, f"no '{NAMESPACE}:' keys in the config of stack {env_name!r}")
-    return validate_spec(values, env_name, source)
+    from dcforge.checks import CATALOG
+
+    return validate_spec(values, env_name, source, checks=CATALOG)

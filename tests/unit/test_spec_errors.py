@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from dcforge.checks import CATALOG
 from dcforge.errors import ConfigError, ConfigErrors
 from dcforge.spec import load_environment
 
@@ -52,7 +53,7 @@ BAD_PROD_EDITS = [
 
 def _errors(path) -> list[ConfigError]:
     with pytest.raises((ConfigError, ConfigErrors)) as caught:
-        load_environment(path=path)
+        load_environment(path=path, checks=CATALOG)
     error = caught.value
     return error.errors if isinstance(error, ConfigErrors) else [error]
 
