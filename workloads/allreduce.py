@@ -9,6 +9,12 @@ separate all-reduce of a rank-dependent pattern checks the sum for every size.
 
 from __future__ import annotations
 
+from dcforge.process_lifetime import die_with_torchrun_agent
+
+# First, before torch loads for seconds: torchrun gives each worker a session of its own, so a SIGKILLed agent
+# would leave it running; from here on the worker dies with the agent.
+die_with_torchrun_agent()
+
 import argparse
 import json
 import os
@@ -171,7 +177,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from dcforge.process_lifetime import die_with_torchrun_agent
-
-    die_with_torchrun_agent()  # torchrun gives each worker its own session: a SIGKILLed agent must not orphan it
     sys.exit(main())

@@ -10,6 +10,12 @@ position, RNG state and step. Metric formulas (docs/metrics.md#train): tokens/s 
 
 from __future__ import annotations
 
+from dcforge.process_lifetime import die_with_torchrun_agent
+
+# First, before torch loads for seconds: torchrun gives each worker a session of its own, so a SIGKILLed agent
+# would leave it running; from here on the worker dies with the agent.
+die_with_torchrun_agent()
+
 import dataclasses
 import hashlib
 import json
@@ -227,7 +233,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from dcforge.process_lifetime import die_with_torchrun_agent
-
-    die_with_torchrun_agent()  # torchrun gives each worker its own session: a SIGKILLed agent must not orphan it
     sys.exit(main())

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
 import time
 import xml.etree.ElementTree as ET
 
 import pytest
 
 from dcforge import checks
+from dcforge.harness.lifecycle import Interrupted
 from dcforge.harness.runner import RunState, run_acceptance, select_checks, utc_now
 from dcforge.report import build_report, rerender, write_report_files
 from dcforge.spec import load_environment
@@ -165,3 +169,25 @@ def test_gpu_workload_is_skipped_when_declared_gpus_are_missing(monkeypatch, env
     assert statuses["cpu"][0] == "pass"
     assert report["slos"][0]["verdict"] == "skipped"
 
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_terminating_signal_interrupts_the_running_check(registry, env_file, tmp_path, sig, code):
+    env = make_env(env_file, {"first": {"value": 7}, "second": {"sleepS": 30}}, {"first.score": "> 1"})
+    handler_before = signal.getsignal(sig)
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), sig))  # while `second` sleeps
+    timer.start()
+    started = time.monotonic()
+    try:
+        state, report = run(env, tmp_path)
+    finally:
+        timer.cancel()
+    assert time.monotonic() - started < 10
+    assert state.exit_code == code and report["status"] == "interrupted"
+    assert report["metadata"]["interrupted_by"] == sig.name
+    checks = {c["name"]: c for c in report["checks"]}
+    assert checks["first"]["status"] == "pass" and checks["first"]["metrics"]["score"]["value"] == 7
+    assert checks["second"]["status"] == "error" and f"interrupted by {sig.name}" in checks["second"]["reason"]
+    assert checks["second"]["details"]["interrupted_by"] == sig.name
+    assert checks["third"]["reason"] == f"not run: interrupted by {Interrupted(sig).description}"
+    assert signal.getsignal(sig) == handler_before  # the run's handlers are gone with the run
