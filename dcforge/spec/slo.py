@@ -1,4 +1,4 @@
-"""The SLO grammar of the environment file: `"<op> <number>"` for the key `<check>.<metric>[.<stat>]`.
+"""The SLO grammar of the environment file (docs/slos.md): `"<op> <number>"` for `<check>.<metric>[.<stat>]`.
 
 Operators: < <= > >= == !=. Numbers may use exponents (`1e-3`) and `_` separators. A list of expressions must
 all hold. Part of the spec: validation parses every SLO when the environment is loaded; the harness judges them
