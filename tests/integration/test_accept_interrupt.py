@@ -59,7 +59,7 @@ def test_ctrl_c_keeps_results_and_reaps_torchrun(tmp_path):
     assert proc.returncode == 130, stdout + stderr
     assert "Traceback" not in stderr and "interrupted" in stderr
     report = read_report(tmp_path)
-    assert report["status"] == "interrupted"
+    assert report["status"] == "interrupted" and report["metadata"]["interrupted_by"] == "SIGINT"
     checks = {c["name"]: c for c in report["checks"]}
     assert checks["system"]["status"] == "pass" and checks["system"]["metrics"]["cpu_count"]["value"] >= 1
     assert checks["train"]["status"] == "error" and "interrupted" in checks["train"]["reason"]
