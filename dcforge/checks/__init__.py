@@ -13,6 +13,8 @@ from dcforge.harness.check import Check, CheckConfig
 # name -> "module:Class". The order is the default run order.
 CHECKS: dict[str, str] = {
     "system": "dcforge.checks.system:SystemCheck",
+    "gpu_health": "dcforge.checks.gpu_health:GpuHealthCheck",
+    "gpu_bandwidth": "dcforge.checks.gpu_bandwidth:GpuBandwidthCheck",
     "train": "dcforge.checks.train:TrainCheck",
     "allreduce": "dcforge.checks.allreduce:AllreduceCheck",
     "checkpoint": "dcforge.checks.checkpoint:CheckpointCheck",

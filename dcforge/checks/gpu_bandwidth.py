@@ -1,0 +1,103 @@
+"""`gpu_bandwidth`: host↔device (pinned) and device↔device copy bandwidth for every GPU and GPU pair, and dense
+BF16 GEMM TFLOPS against the GPU table's peak.
+
+Copies are timed with CUDA events around back-to-back asynchronous copies, as nvbandwidth's copy-engine tests do
+(`workloads/gpu_bandwidth.py`). The worst GPU or pair is the metric: one slow link is what hurts a job. Skipped
+with its reason on a machine without GPUs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from pydantic import Field, field_validator
+
+from dcforge.checks._torchrun import WORKLOADS_DIR, log_tail
+from dcforge.harness.check import CheckConfig, CheckContext
+from dcforge.harness.processes import ManagedProcess
+from dcforge.harness.result import CheckResult, CheckSkipped, Plot, Series
+
+
+class GpuBandwidthConfig(CheckConfig):
+    bytes: str = "256M"
+    """Size of each copy (1K, 64M, 1G ...)."""
+    iterations: int = Field(default=20, ge=1)
+    gemm_size: int = Field(default=8192, ge=256)
+    """n of the n×n×n BF16 matmul."""
+    gemm_iterations: int = Field(default=50, ge=1)
+    timeout_s: float = Field(default=300.0, gt=0)
+
+    @field_validator("bytes")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        from workloads.allreduce import parse_size
+
+        parse_size(value)
+        return value
+
+
+class GpuBandwidthCheck:
+    name = "gpu_bandwidth"
+    description = "H2D/D2H (pinned) and D2D copy bandwidth per GPU and pair; dense BF16 GEMM TFLOPS vs peak."
+    Config = GpuBandwidthConfig
+
+    def run(self, ctx: CheckContext, config: GpuBandwidthConfig) -> CheckResult:
+        from dcforge.checks.gpu_health import no_gpu_reason
+        from dcforge.spec.gpus import gpu_model_for_device_name
+        from workloads.gpu_bandwidth import COPY_FORMULA, GEMM_FORMULA
+
+        if reason := no_gpu_reason():
+            raise CheckSkipped(reason.replace("GPU health cannot be read", "no GPU bandwidth to measure"))
+        result = CheckResult(self.name)
+        workdir = ctx.artefact_dir(self.name)
+        output, log_path = workdir / "bandwidth.json", workdir / "bandwidth.log"
+        command = [sys.executable, str(WORKLOADS_DIR / "gpu_bandwidth.py"), "--bytes", config.bytes,
+                   "--iters", str(config.iterations), "--gemm-size", str(config.gemm_size),
+                   "--gemm-iters", str(config.gemm_iterations), "--output", str(output)]
+        ctx.log(" ".join(command[1:]))
+        with ManagedProcess(command, log_path=log_path) as process:
+            code = process.wait(min(config.timeout_s, max(1.0, ctx.remaining_s())))
+        result.artefacts["log"] = ctx.relative(log_path)
+        if code == 3:
+            raise CheckSkipped("torch sees no CUDA device (a CPU build of torch, or CUDA_VISIBLE_DEVICES empty)")
+        if code != 0:
+            raise RuntimeError(f"gpu_bandwidth.py exited with {code}; log tail:\n{log_tail(log_path)}")
+        measured = json.loads(output.read_text())
+        result.artefacts["measurements"] = ctx.relative(output)
+        per_gpu, pairs, gemms = measured["host_device"], measured["device_device"], measured["gemm"]
+        size = f"{measured['bytes']} bytes × {measured['iters']}"
+        result.add_metric("h2d_gbps", min(r["h2d_gbps"] for r in per_gpu), "GB/s", "higher",
+                          f"min over GPUs; {COPY_FORMULA}; {size}")
+        result.add_metric("d2h_gbps", min(r["d2h_gbps"] for r in per_gpu), "GB/s", "higher",
+                          f"min over GPUs; {COPY_FORMULA}; {size}")
+        if pairs:
+            result.add_metric("p2p_gbps", min(r["gbps"] for r in pairs), "GB/s", "higher",
+                              f"min over ordered GPU pairs; {COPY_FORMULA}; {size}")
+            result.add_metric("p2p_gbps.max", max(r["gbps"] for r in pairs), "GB/s", "higher",
+                              f"max over ordered GPU pairs; {COPY_FORMULA}")
+        result.add_metric("gemm_tflops", min(r["tflops"] for r in gemms), "TFLOPS", "higher",
+                          f"min over GPUs; {GEMM_FORMULA}, n = {measured['gemm_size']}")
+        fractions = []
+        for row in gemms:
+            model = gpu_model_for_device_name(row["name"])
+            if model is not None:
+                fractions.append(row["tflops"] * 1e12 / model.peak_bf16_flops)
+        if fractions:
+            result.add_metric("gemm_fraction_of_peak", min(fractions), "ratio", "higher",
+                              "min over GPUs of GEMM TFLOPS / dense BF16 peak (dcforge/spec/data/gpus.yaml)")
+        no_peer = [f"{r['source']}→{r['destination']}" for r in pairs if not r["peer_access"]]
+        if no_peer:
+            result.fail(f"no peer access between GPUs {', '.join(no_peer[:8])}: device copies go through the host")
+        result.details = {key: measured[key] for key in ("bytes", "iters", "gemm_size", "gemm_iters", "torch",
+                                                         "cuda")}
+        gpus = [float(r["gpu"]) for r in per_gpu]
+        result.plots.append(Plot("Host↔device copy bandwidth (pinned)", "GPU", "GB/s",
+                                 [Series("H2D", gpus, [r["h2d_gbps"] for r in per_gpu]),
+                                  Series("D2H", gpus, [r["d2h_gbps"] for r in per_gpu])], kind="bar"))
+        if pairs:
+            result.plots.append(Plot("Device→device copy bandwidth per ordered pair", "pair (source·100 + "
+                                     "destination)", "GB/s", [Series("D2D", [float(r["source"] * 100 + r["destination"])
+                                                                             for r in pairs],
+                                                                     [r["gbps"] for r in pairs])], kind="bar"))
+        return result
