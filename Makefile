@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 ENV    ?= local
 PYTEST_ARGS ?=
 
-.PHONY: accept test test-fast install bench clean system-deps
+.PHONY: accept test test-fast install bench clean system-deps gpu-check
 
 $(BIN)/dcforge: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,16 @@ test: install system-deps
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# GPU verification: every GPU code path on this machine's GPUs, judged and reported like `accept` (stacks/Pulumi.gpu.yaml).
+# On PyPI, torch==2.13.0 for Linux x86_64 is the CUDA build; the local CPU wheel makes this stop with the reason.
+# SIGINT at the time limit keeps the report of everything measured so far.
+GPU_CHECK_S ?= 480
+gpu-check: install
+	@$(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else \
+		f'gpu-check: torch {torch.__version__} sees no CUDA GPU (a CPU build, or no GPU here): nothing to verify')"
+	$(BIN)/python -m pytest -m gpu -q -p no:cacheprovider tests/unit
+	timeout --signal=INT --kill-after=30 $(GPU_CHECK_S) $(BIN)/dcforge accept --env gpu
 
 bench: install
 	$(BIN)/python -m benchmarks

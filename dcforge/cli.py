@@ -199,6 +199,49 @@ def _print_summary(report: dict) -> None:
 
 
 @app.command()
+def calibrate(
+    env: str = EnvOption,
+    env_file: Optional[Path] = EnvFileOption,
+    runs: int = typer.Option(5, "--runs", min=1, help="How many times to run the checks."),
+    checks: Optional[list[str]] = typer.Option(None, "--checks", help="Only these checks (repeat or comma-separate)."),
+    k: float = typer.Option(3.0, "--k", min=0.0, help="Threshold = median − k × spread (+ for lower-is-better)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Profile file to write (default: in the reports)."),
+    reports: Path = typer.Option(Path("reports"), "--reports", help="Root folder of the runs' reports."),
+) -> None:
+    """Run the checks N times on nodes known to be good and write a calibrated threshold profile: per metric the
+    median, spread and a proposed threshold, with date, host and versions. Use it with
+    `dcforge:acceptance.profile: <file>.yaml`."""
+    from dcforge.calibrate import calibrate as run_calibration
+    from dcforge.harness.runner import select_checks
+
+    loaded = _load(env, env_file)
+    selected = select_checks(loaded.spec.acceptance.checks, _split(checks), None)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    reports_dir = reports / loaded.spec.name / f"calibrate-{stamp}"
+    out = out or reports_dir / f"calibrated-{loaded.spec.name}.yaml"
+    try:
+        path, calibrations, left_out = run_calibration(loaded, selected, runs, k, out, reports_dir,
+                                                       log=lambda line: console.print(escape(line)))
+    except KeyboardInterrupt:
+        errors.print(f"interrupted: the runs measured so far are in {reports_dir}")
+        raise typer.Exit(130)
+    table = Table(title=f"Calibration over {runs} runs (k = {k:g})")
+    for column in ("metric", "median", "spread", "proposed"):
+        table.add_column(column, overflow="fold")
+    for calibration in calibrations:
+        op, threshold = calibration.proposed(k)
+        table.add_row(calibration.metric, f"{calibration.median:.4g}", f"{calibration.spread:.3g}",
+                      f"{op} {threshold:.4g} {calibration.unit}")
+    console.print(table)
+    for line in left_out:
+        console.print(f"[yellow]left out[/] {escape(line)}", highlight=False)
+    if not calibrations:
+        errors.print("no directional metric was measured by a passing check in every run: no profile written")
+        raise typer.Exit(1)
+    console.print(f"Profile: {path}  (runs' reports in {reports_dir})")
+
+
+@app.command()
 def report(path: Path = typer.Argument(..., help="A report directory (or its report.json).")) -> None:
     """Re-render junit.xml and report.html from a report.json."""
     from dcforge.report import rerender

@@ -28,7 +28,7 @@ from dcforge.harness.lifecycle import Interrupted, SignalGuard
 from dcforge.harness.node import missing_declared_gpus
 from dcforge.harness.processes import stop_everything
 from dcforge.harness.result import CheckResult, CheckSkipped, Status
-from dcforge.harness.slo import SloResult, evaluate, parse_slos
+from dcforge.harness.slo import SloResult, acceptance_slos, evaluate
 from dcforge.spec.loader import LoadedEnvironment
 
 
@@ -51,6 +51,8 @@ class RunState:
     interrupted_by: signal.Signals | None = None
     """The terminating signal that ended the run early, if one did."""
     running: str | None = None
+    profile: str = ""
+    """Which threshold profile filled default SLOs, and how it was chosen."""
 
     @property
     def interrupted(self) -> bool:
@@ -157,7 +159,7 @@ def run_acceptance(state: RunState, write: Callable[[RunState], None],
                    on_check_start: Callable[[str], None] = lambda name: None,
                    on_check_end: Callable[[CheckResult], None] = lambda result: None) -> RunState:
     """Run `state.selected` in order; `write(state)` persists the report after every step."""
-    slos = parse_slos(state.env.spec.acceptance.slos)
+    slos, state.profile = acceptance_slos(state.env)
     shared: dict = {}
     configured = state.env.spec.acceptance.checks
     for name in configured:

@@ -12,7 +12,8 @@ from typing import Literal
 from dcforge.harness.result import CheckResult, Status
 from dcforge.spec.slo import OPERATORS, Slo, SloSyntaxError, parse_slo, parse_slos
 
-__all__ = ["OPERATORS", "Slo", "SloResult", "SloSyntaxError", "Verdict", "evaluate", "parse_slo", "parse_slos"]
+__all__ = ["OPERATORS", "Slo", "SloResult", "SloSyntaxError", "Verdict", "acceptance_slos", "evaluate", "parse_slo",
+           "parse_slos"]
 
 Verdict = Literal["pass", "fail", "error", "skipped"]
 
@@ -24,19 +25,20 @@ class SloResult:
     verdict: Verdict
     value: float | None
     reason: str = ""
+    source: str = "environment file"
 
     def to_dict(self) -> dict:
         return {"metric": self.metric, "expression": self.expression, "verdict": self.verdict,
-                "value": self.value, "reason": self.reason}
+                "value": self.value, "reason": self.reason, "source": self.source}
 
 
 def evaluate(slo: Slo, results: dict[str, CheckResult]) -> SloResult:
     result = results.get(slo.check)
     if result is None:
-        return SloResult(slo.metric, slo.expression, "skipped", None, f"check {slo.check!r} did not run")
+        return SloResult(slo.metric, slo.expression, "skipped", None, f"check {slo.check!r} did not run", slo.source)
     if result.status == Status.SKIPPED:
         return SloResult(slo.metric, slo.expression, "skipped", None,
-                         f"check {slo.check!r} was skipped: {result.reason}")
+                         f"check {slo.check!r} was skipped: {result.reason}", slo.source)
     metric = result.metrics.get(slo.metric_name)
     if metric is None:
         reason = f"check {slo.check!r} produced no metric {slo.metric_name!r}"
@@ -44,7 +46,43 @@ def evaluate(slo: Slo, results: dict[str, CheckResult]) -> SloResult:
             reason += f" (the check errored: {result.reason})"
         elif result.metrics:
             reason += f"; it produced: {', '.join(sorted(result.metrics))}"
-        return SloResult(slo.metric, slo.expression, "error", None, reason)
+        return SloResult(slo.metric, slo.expression, "error", None, reason, slo.source)
     verdict: Verdict = "pass" if slo.holds(metric.value) else "fail"
     reason = "" if verdict == "pass" else f"{metric.value:g} {metric.unit} is not {slo.expression}".replace("  ", " ")
-    return SloResult(slo.metric, slo.expression, verdict, metric.value, reason)
+    return SloResult(slo.metric, slo.expression, verdict, metric.value, reason, slo.source)
+
+
+def acceptance_slos(env) -> tuple[list[Slo], str]:
+    """The SLOs a run judges -- the environment file's, then its profile's thresholds for metrics the file leaves
+    unset -- and a sentence saying which profile was used and why.
+
+    `profile: auto` takes the SKU from the acceptance pool, or on an environment without pools from the GPUs
+    visible here (the `gpu` verification environment runs on whatever GPUs the machine has).
+    """
+    from dcforge.errors import ConfigError
+    from dcforge.spec.profiles import effective_slos, resolve_profile
+
+    spec = env.spec
+    model, per_node = None, None
+    if spec.gpu_pools:
+        pool = spec.pool(spec.acceptance.pool) if spec.acceptance.pool else spec.gpu_pools[0]
+        model, per_node = pool.gpu_model, pool.gpus_per_node
+    elif spec.acceptance.profile == "auto":
+        from dcforge.checks.system import visible_gpus
+        from dcforge.spec.gpus import gpu_model_for_device_name
+
+        gpus = visible_gpus()
+        known = gpu_model_for_device_name(gpus[0].name) if gpus else None
+        model, per_node = (known.name, len(gpus)) if known else (None, None)
+    try:
+        profile, how = resolve_profile(spec.acceptance.profile, model, per_node, env.path)
+    except KeyError as error:  # validated at load time; kept for direct callers
+        raise ConfigError(env.path, "dcforge:acceptance.profile", f"unknown profile {error.args[0]!r}") from None
+    slos = []
+    for definition in effective_slos(spec.acceptance.slos, profile, spec.acceptance.checks):
+        try:
+            slos.append(Slo(**{**parse_slo(definition.metric, definition.expression).__dict__,
+                               "source": definition.source}))
+        except SloSyntaxError as error:
+            raise ConfigError(env.path, f"dcforge:acceptance.slos.{definition.metric}", str(error)) from None
+    return slos, how

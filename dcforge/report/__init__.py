@@ -49,6 +49,7 @@ def build_report(state, *, baseline: dict | None = None, baseline_path: str | No
             "running": state.running,
             "interrupted": state.interrupted,
             "interrupted_by": state.interrupted_by.name if state.interrupted_by is not None else None,
+            "profile": state.profile,
         },
         "summary": {
             "checks": _count(c["status"] for c in checks),

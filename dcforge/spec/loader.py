@@ -77,6 +77,10 @@ def load_environment(name: str | None = None, *, path: Path | None = None,
         raise ConfigError(where, None, f"YAML syntax error: {problem}") from None
     config = _dcforge_config(document, display)
     spec = validate_spec(config, env_name, display, lines, checks=checks)
+    if spec.acceptance.profile and spec.acceptance.profile.endswith((".yaml", ".yml")):
+        from dcforge.spec.profiles import resolve_profile
+
+        resolve_profile(spec.acceptance.profile, None, None, path)  # a malformed profile file is bad input now
     return LoadedEnvironment(spec=spec, path=path, sha256=hashlib.sha256(text.encode()).hexdigest(),
                              raw_config=config)
 

@@ -337,6 +337,9 @@ class Acceptance(SpecModel):
     target: Literal["local", "kubernetes"] = "local"
     pool: str | None = None
     """Pool whose node this acceptance runs on (node-level acceptance); defaults to the first pool."""
+    profile: str | None = None
+    """Threshold profile filling default SLOs (`dcforge/spec/data/profiles/`): `auto` (the acceptance pool's GPU
+    model and GPUs per node), a profile name, or a `.yaml` path relative to this file. Explicit SLOs override."""
 
 
 class EnvironmentMeta(SpecModel):

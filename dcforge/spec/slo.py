@@ -33,6 +33,8 @@ class Slo:
     """Full key: `<check>.<metric name as the check reports it>`."""
     op: str
     threshold: float
+    source: str = "environment file"
+    """Where the threshold came from: the environment file, or a profile with its figure's provenance."""
 
     @property
     def check(self) -> str:

@@ -136,6 +136,26 @@ def acceptance_rules(env: Environment) -> Iterator[Problem]:
                 yield key, str(error)
     if acceptance.pool is not None and acceptance.pool not in {p.name for p in env.gpu_pools}:
         yield "dcforge:acceptance.pool", f"unknown pool {acceptance.pool!r}"
+    if acceptance.profile is not None:
+        yield from profile_rules(env)
+
+
+def profile_rules(env: Environment) -> Iterator[Problem]:
+    """The profile must exist and be well-formed (every shipped one too), and its thresholds must be valid SLOs."""
+    from dcforge.errors import DcforgeError
+    from dcforge.spec.profiles import builtin_profiles
+
+    key = "dcforge:acceptance.profile"
+    choice = env.acceptance.profile
+    try:
+        profiles = builtin_profiles()
+        if choice.endswith((".yaml", ".yml")):
+            return  # read relative to the environment file when the run starts (the loader has no path here)
+        if choice != "auto" and choice not in profiles:
+            yield key, f"unknown profile {choice!r}; known: auto, {', '.join(profiles)} or a .yaml path"
+    except DcforgeError as error:
+        for line in str(error).splitlines():
+            yield key, f"malformed profile: {line}"
 
 
 def check_catalog_rules(env: Environment, checks: CheckCatalog) -> Iterator[Problem]:
