@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-wait-ms", type=float, default=EngineSettings.max_wait_ms)
     add("--max-context", type=int, default=None)
     add("--torch-threads", type=int, default=EngineSettings.torch_threads)
+    add("--device", default=EngineSettings.device, help="auto (GPUs when visible), cpu, cuda or cuda:N")
     add("--max-body-bytes", type=int, default=LimitSettings.max_body_bytes)
     add("--max-prompt-tokens", type=int, default=LimitSettings.max_prompt_tokens)
     add("--max-tokens", type=int, default=LimitSettings.max_tokens)
@@ -52,7 +53,7 @@ def settings_from_args(args: argparse.Namespace, api_key: str, state_dir: Path) 
         model=ModelSettings(preset=args.preset, checkpoint=args.checkpoint, served_name=args.model_name,
                             seed=args.seed),
         engine=EngineSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_context=args.max_context,
-                              torch_threads=args.torch_threads),
+                              torch_threads=args.torch_threads, device=args.device),
         limits=LimitSettings(max_body_bytes=args.max_body_bytes, max_prompt_tokens=args.max_prompt_tokens,
                              max_tokens=args.max_tokens, max_pending=args.max_pending),
         api_key=api_key,

@@ -71,6 +71,8 @@ class ServingLoadConfig(CheckConfig):
     """Locust worker processes (--processes); 1 runs Locust in a single process."""
     ready_timeout_s: float = Field(default=120.0, gt=0)
     """Limit for all replicas to load their model."""
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    """Where replicas serve: auto (the visible GPUs, round-robin; else the CPU), cpu, cuda or cuda:N."""
 
     @model_validator(mode="after")
     def _arrival_needs_rate(self) -> "ServingLoadConfig":
@@ -186,7 +188,8 @@ class LocalServer:
         key_file = write_secret(secrets_dir, "api-key", api_key.encode())
         args = [sys.executable, "-m", "workloads.serve", "--host", "127.0.0.1", "--port", str(self.port),
                 "--replicas", str(config.replicas), "--max-batch", str(config.max_batch),
-                "--max-wait-ms", str(config.max_wait_ms), "--state-dir", str(self.state_dir)]
+                "--max-wait-ms", str(config.max_wait_ms), "--state-dir", str(self.state_dir),
+                "--device", config.device]
         args += ["--checkpoint", str(model.checkpoint)] if model.checkpoint else ["--preset", config.preset]
         self.ca_file: Path | None = None
         if config.tls:

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from workloads.serving import metrics
-from workloads.serving.engine import BatchingEngine, EngineOverloaded, SamplingParams, load_model
+from workloads.serving.engine import BatchingEngine, EngineOverloaded, SamplingParams, load_model, resolve_device
 from workloads.serving.protocol import (APIError, ChatCompletionRequest, CompletionRequest, TextChunkEncoder,
                                         chat_body, chat_chunk, completion_body, completion_chunk, new_id, sse,
                                         usage_chunk, validation_message)
@@ -95,6 +95,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(settings.engine.torch_threads)
         model, config = await asyncio.to_thread(load_model, settings.model)
+        model = model.to(resolve_device(settings.engine.device))
         engine = BatchingEngine(model, config, settings.engine, max_pending=limits.max_pending,
                                 observer=metrics.observe_step, load_observer=metrics.observe_load)
         await asyncio.to_thread(engine.warm_up)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import threading
 import time
@@ -127,6 +128,16 @@ class _Sequence:
     """Decoded text held back because it could be the start of a stop string."""
 
 
+def resolve_device(name: str) -> torch.device:
+    """The device a replica serves on: `auto` puts replica processes round-robin on the visible GPUs (by process
+    id: gunicorn gives replicas no index), or on the CPU when there is none."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", os.getpid() % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
 def load_model(settings: ModelSettings) -> tuple[GPT, GPTConfig]:
     """Random weights of a preset (seeded: every replica serves the same model) or a training checkpoint."""
     if settings.checkpoint is not None:
@@ -157,7 +168,8 @@ class BatchingEngine:
         self.tokenizer = ByteTokenizer()
         self._observer = observer
         self._load_observer = load_observer
-        self._cache = KVCache(config, settings.max_batch, self.max_context)
+        self.device = next(model.parameters()).device
+        self._cache = KVCache(config, settings.max_batch, self.max_context, device=self.device)
         self._free_slots = deque(range(settings.max_batch))  # FIFO: see the module docstring
         self._pending: deque[GenerationHandle] = deque()
         self._active: list[_Sequence] = []
@@ -202,10 +214,14 @@ class BatchingEngine:
     def warm_up(self) -> None:
         """One prefill and one decode, so the first real request does not pay for lazy initialisation."""
         with torch.inference_mode():
-            slots = torch.tensor([0])
-            self.model(torch.tensor([[self.tokenizer.bos_id, 65]]), cache=self._cache, slots=slots,
-                       positions=torch.tensor([[0, 1]]))
-            self.model(torch.tensor([[66]]), cache=self._cache, slots=slots, positions=torch.tensor([[2]]))
+            slots = self._tensor([0])
+            self.model(self._tensor([[self.tokenizer.bos_id, 65]]), cache=self._cache, slots=slots,
+                       positions=self._tensor([[0, 1]]))
+            self.model(self._tensor([[66]]), cache=self._cache, slots=slots, positions=self._tensor([[2]]))
+
+    def _tensor(self, data) -> torch.Tensor:
+        """Model inputs live on the model's device."""
+        return torch.tensor(data, device=self.device)
 
     # -- engine thread ------------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -272,14 +288,15 @@ class BatchingEngine:
         for row, sequence in enumerate(sequences):
             tokens[row, :lengths[row]] = torch.tensor(sequence.handle.prompt_ids)
         started = time.perf_counter()
-        logits = self.model(tokens, cache=self._cache, slots=torch.tensor([s.slot for s in sequences]),
-                            positions=torch.arange(longest).expand(len(sequences), longest))
+        logits = self.model(tokens.to(self.device), cache=self._cache,
+                            slots=self._tensor([s.slot for s in sequences]),
+                            positions=torch.arange(longest, device=self.device).expand(len(sequences), longest))
         self._observe("prefill", len(sequences), started)
         for sequence, length in zip(sequences, lengths):
             sequence.length = length
             self._active.append(sequence)
         self._load_changed()
-        last = logits[torch.arange(len(sequences)), torch.tensor(lengths) - 1]
+        last = logits[torch.arange(len(sequences), device=self.device), self._tensor(lengths) - 1]
         for sequence, token in zip(sequences, self._sample(last, sequences)):
             self._advance(sequence, token)
 
@@ -291,9 +308,9 @@ class BatchingEngine:
         if not live:
             return
         started = time.perf_counter()
-        logits = self.model(torch.tensor([[s.last_token] for s in live]),
-                            cache=self._cache, slots=torch.tensor([s.slot for s in live]),
-                            positions=torch.tensor([[s.length] for s in live]))
+        logits = self.model(self._tensor([[s.last_token] for s in live]),
+                            cache=self._cache, slots=self._tensor([s.slot for s in live]),
+                            positions=self._tensor([[s.length] for s in live]))
         self._observe("decode", len(live), started)
         for sequence in live:
             sequence.length += 1
@@ -311,7 +328,8 @@ class BatchingEngine:
         for row, sequence in enumerate(sequences):
             temperature = sequence.handle.params.temperature
             if temperature > 0:
-                probabilities = torch.softmax(logits[row].float() / temperature, dim=-1)
+                # on the CPU: each request's generator is a CPU generator (its seed fixes its tokens anywhere)
+                probabilities = torch.softmax(logits[row].float().cpu() / temperature, dim=-1)
                 tokens[row] = int(torch.multinomial(probabilities, 1, generator=sequence.generator))
         return tokens
 

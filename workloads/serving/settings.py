@@ -24,6 +24,9 @@ class EngineSettings:
     """Prompt + generated tokens per sequence; default: the model's max_seq_len."""
     torch_threads: int = 1
     """Intra-op threads per replica: several replicas share the cores, so one each avoids oversubscription."""
+    device: str = "auto"
+    """`auto` (a CUDA GPU when one is visible, replicas spread over the GPUs; else the CPU), `cpu`, `cuda`,
+    `cuda:N`."""
 
 
 @dataclass(frozen=True)
