@@ -61,9 +61,13 @@ class GpuHealthCheck:
             notes.append(unreadable)
         level = config.dcgm_level or DCGM_LEVEL_BY_STAGE[config.stage]
         ctx.log(f"DCGM diagnostics level {level}")
-        diag, not_run = dcgm.run_diag(level, min(config.dcgm_timeout_s, max(ctx.remaining_s() - 30, 1)))
+        dcgm_output = ctx.artefact_dir(self.name) / f"dcgmi-diag-r{level}.json"
+        diag, not_run = dcgm.run_diag(level, min(config.dcgm_timeout_s, max(ctx.remaining_s() - 30, 1)),
+                                      dcgm_output)
         if not_run:
             notes.append(not_run)
+        else:
+            result.artefacts["dcgm_diag"] = ctx.relative(dcgm_output)
         health = NodeHealth(gpus=tuple(gpus), xids=tuple(nvml_xids + log_xids), dcgm=diag, notes=tuple(notes))
         verdict = judge_node(health)
 

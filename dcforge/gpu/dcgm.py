@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
+from pathlib import Path
 from typing import Any
 
 from dcforge.errors import DcforgeError
+from dcforge.harness.processes import ManagedProcess
 from dcforge.gpu.readings import DcgmDiag, DcgmTestResult
 
 STATUSES = {"pass": "pass", "fail": "fail", "warn": "warn", "warning": "warn", "skip": "skip", "skipped": "skip",
@@ -60,16 +61,17 @@ def parse_diag(document: dict[str, Any], level: int) -> DcgmDiag:
     return DcgmDiag(level=level, results=tuple(results), version=version)
 
 
-def run_diag(level: int, timeout_s: float) -> tuple[DcgmDiag | None, str | None]:
-    """The parsed diagnostic, or None and why it did not run (DCGM not installed)."""
+def run_diag(level: int, timeout_s: float, output_path: Path) -> tuple[DcgmDiag | None, str | None]:
+    """The parsed diagnostic (dcgmi's output kept in `output_path`), or None and why it did not run."""
     dcgmi = shutil.which("dcgmi")
     if dcgmi is None:
         return None, "DCGM not installed (no dcgmi): diagnostics not run"
     # dcgmi exits non-zero when a test fails; the JSON still says which, so the exit code is not the verdict
-    done = subprocess.run([dcgmi, "diag", "-r", str(level), "-j"], capture_output=True, text=True, timeout=timeout_s)
-    text = done.stdout[done.stdout.find("{"):] if "{" in done.stdout else ""
+    with ManagedProcess([dcgmi, "diag", "-r", str(level), "-j"], log_path=output_path) as process:
+        code = process.wait(timeout_s)
+    output = output_path.read_text(errors="replace")
+    text = output[output.find("{"):] if "{" in output else ""
     if not text:
-        raise DcgmOutputError(f"dcgmi diag -r {level} -j printed no JSON (exit {done.returncode}): "
-                              f"{(done.stderr or done.stdout).strip()[:200]}")
+        raise DcgmOutputError(f"dcgmi diag -r {level} -j printed no JSON (exit {code}): {output.strip()[:200]}")
     document, _ = json.JSONDecoder().raw_decode(text)  # dcgmi may print lines after the JSON
     return parse_diag(document, level), None

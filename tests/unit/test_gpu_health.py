@@ -237,3 +237,15 @@ def test_gpu_health_on_this_machines_gpus(tmp_path):
     result = run_check(GpuHealthCheck(), GpuHealthConfig(stage="deploy"), tmp_path, env="local")
     assert result.metrics["gpus_checked"].value >= 1
     assert result.status.value in ("pass", "fail") and (result.status.value == "pass") == (result.reason == "")
+
+
+def test_kernel_log_is_read_from_this_machine_or_says_why_not():
+    from dcforge.gpu.kernel_log import kernel_log_xids, read_kmsg
+
+    events, unreadable = kernel_log_xids()
+    if unreadable is not None:
+        assert unreadable.startswith("kernel log unreadable (/dev/kmsg: ") and events == []
+        return
+    records = read_kmsg().splitlines()
+    assert records and all(";" in line.split(" ", 1)[0] or line.startswith(" ") for line in records[:20])
+    assert all(event.source == "kernel log" for event in events)
