@@ -19,9 +19,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from workloads.allreduce import parse_size  # noqa: E402  (one size syntax for every workload)
 
-COPY_FORMULA = "GB/s = bytes · iters / t between CUDA events (nvbandwidth copy-engine method)"
-GEMM_FORMULA = "TFLOPS = 2·n³ · iters / t (dense BF16 matmul, CUDA events)"
-
 
 def timed_copies(destination: torch.Tensor, source: torch.Tensor, stream: torch.cuda.Stream, iters: int) -> float:
     """Seconds for `iters` copies of `source` into `destination`, measured on `stream` with CUDA events."""

@@ -15,8 +15,15 @@ from pydantic import Field, field_validator
 
 from dcforge.checks._torchrun import WORKLOADS_DIR, log_tail
 from dcforge.harness.check import CheckConfig, CheckContext
+from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.processes import ManagedProcess
 from dcforge.harness.result import CheckResult, CheckSkipped, Plot, Series
+
+
+# How workloads/gpu_bandwidth.py's figures are computed (its docstring has the method); here so that the catalogue
+# reads them without importing torch.
+COPY_FORMULA = "GB/s = bytes · iters / t between CUDA events (nvbandwidth copy-engine method)"
+GEMM_FORMULA = "TFLOPS = 2·n³ · iters / t (dense BF16 matmul, CUDA events)"
 
 
 class GpuBandwidthConfig(CheckConfig):
@@ -41,15 +48,28 @@ class GpuBandwidthCheck:
     name = "gpu_bandwidth"
     description = "H2D/D2H (pinned) and D2D copy bandwidth per GPU and pair; dense BF16 GEMM TFLOPS vs peak."
     Config = GpuBandwidthConfig
+    metrics = (
+        MetricSpec("h2d_gbps", "GB/s", "higher", f"min over GPUs; {COPY_FORMULA}",
+                   "host-to-device copy bandwidth from pinned memory of the slowest GPU"),
+        MetricSpec("d2h_gbps", "GB/s", "higher", f"min over GPUs; {COPY_FORMULA}",
+                   "device-to-host copy bandwidth into pinned memory of the slowest GPU"),
+        MetricSpec("p2p_gbps", "GB/s", "higher", f"min over ordered GPU pairs; {COPY_FORMULA}",
+                   "device-to-device copy bandwidth of the slowest GPU pair (NVLink or PCIe peer)"),
+        MetricSpec("p2p_gbps", "GB/s", "higher", f"max over ordered GPU pairs; {COPY_FORMULA}",
+                   "device-to-device copy bandwidth of the fastest GPU pair", stats=("max",)),
+        MetricSpec("gemm_tflops", "TFLOPS", "higher", f"min over GPUs; {GEMM_FORMULA}",
+                   "dense BF16 matmul throughput of the slowest GPU"),
+        MetricSpec("gemm_fraction_of_peak", "ratio", "higher",
+                   "min over GPUs of GEMM TFLOPS / dense BF16 peak (dcforge/spec/data/gpus.yaml)",
+                   "how close the slowest GPU's matmul comes to its datasheet peak"),
+    )
 
     def run(self, ctx: CheckContext, config: GpuBandwidthConfig) -> CheckResult:
         from dcforge.checks.gpu_health import no_gpu_reason
-        from dcforge.spec.gpus import gpu_model_for_device_name
-        from workloads.gpu_bandwidth import COPY_FORMULA, GEMM_FORMULA
 
         if reason := no_gpu_reason():
             raise CheckSkipped(reason.replace("GPU health cannot be read", "no GPU bandwidth to measure"))
-        result = CheckResult(self.name)
+        result = CheckResult(self.name, declared=self.metrics)
         workdir = ctx.artefact_dir(self.name)
         output, log_path = workdir / "bandwidth.json", workdir / "bandwidth.log"
         command = [sys.executable, str(WORKLOADS_DIR / "gpu_bandwidth.py"), "--bytes", config.bytes,
@@ -63,41 +83,41 @@ class GpuBandwidthCheck:
             raise CheckSkipped("torch sees no CUDA device (a CPU build of torch, or CUDA_VISIBLE_DEVICES empty)")
         if code != 0:
             raise RuntimeError(f"gpu_bandwidth.py exited with {code}; log tail:\n{log_tail(log_path)}")
-        measured = json.loads(output.read_text())
         result.artefacts["measurements"] = ctx.relative(output)
-        per_gpu, pairs, gemms = measured["host_device"], measured["device_device"], measured["gemm"]
-        size = f"{measured['bytes']} bytes × {measured['iters']}"
-        result.add_metric("h2d_gbps", min(r["h2d_gbps"] for r in per_gpu), "GB/s", "higher",
-                          f"min over GPUs; {COPY_FORMULA}; {size}")
-        result.add_metric("d2h_gbps", min(r["d2h_gbps"] for r in per_gpu), "GB/s", "higher",
-                          f"min over GPUs; {COPY_FORMULA}; {size}")
-        if pairs:
-            result.add_metric("p2p_gbps", min(r["gbps"] for r in pairs), "GB/s", "higher",
-                              f"min over ordered GPU pairs; {COPY_FORMULA}; {size}")
-            result.add_metric("p2p_gbps.max", max(r["gbps"] for r in pairs), "GB/s", "higher",
-                              f"max over ordered GPU pairs; {COPY_FORMULA}")
-        result.add_metric("gemm_tflops", min(r["tflops"] for r in gemms), "TFLOPS", "higher",
-                          f"min over GPUs; {GEMM_FORMULA}, n = {measured['gemm_size']}")
-        fractions = []
-        for row in gemms:
-            model = gpu_model_for_device_name(row["name"])
-            if model is not None:
-                fractions.append(row["tflops"] * 1e12 / model.peak_bf16_flops)
-        if fractions:
-            result.add_metric("gemm_fraction_of_peak", min(fractions), "ratio", "higher",
-                              "min over GPUs of GEMM TFLOPS / dense BF16 peak (dcforge/spec/data/gpus.yaml)")
-        no_peer = [f"{r['source']}→{r['destination']}" for r in pairs if not r["peer_access"]]
-        if no_peer:
-            result.fail(f"no peer access between GPUs {', '.join(no_peer[:8])}: device copies go through the host")
-        result.details = {key: measured[key] for key in ("bytes", "iters", "gemm_size", "gemm_iters", "torch",
-                                                         "cuda")}
-        gpus = [float(r["gpu"]) for r in per_gpu]
-        result.plots.append(Plot("Host↔device copy bandwidth (pinned)", "GPU", "GB/s",
-                                 [Series("H2D", gpus, [r["h2d_gbps"] for r in per_gpu]),
-                                  Series("D2H", gpus, [r["d2h_gbps"] for r in per_gpu])], kind="bar"))
-        if pairs:
-            result.plots.append(Plot("Device→device copy bandwidth per ordered pair", "pair (source·100 + "
-                                     "destination)", "GB/s", [Series("D2D", [float(r["source"] * 100 + r["destination"])
-                                                                             for r in pairs],
-                                                                     [r["gbps"] for r in pairs])], kind="bar"))
-        return result
+        return measurements_result(result, json.loads(output.read_text()))
+
+
+def measurements_result(result: CheckResult, measured: dict) -> CheckResult:
+    """Metrics, verdict and plots from the workload's JSON (its format: workloads/gpu_bandwidth.py `main`)."""
+    from dcforge.spec.gpus import gpu_model_for_device_name
+
+    per_gpu, pairs, gemms = measured["host_device"], measured["device_device"], measured["gemm"]
+    size = f"{measured['bytes']} bytes × {measured['iters']}"
+    result.add_metric("h2d_gbps", min(r["h2d_gbps"] for r in per_gpu), size)
+    result.add_metric("d2h_gbps", min(r["d2h_gbps"] for r in per_gpu), size)
+    if pairs:
+        result.add_metric("p2p_gbps", min(r["gbps"] for r in pairs), size)
+        result.add_metric("p2p_gbps.max", max(r["gbps"] for r in pairs), size)
+    result.add_metric("gemm_tflops", min(r["tflops"] for r in gemms), f"n = {measured['gemm_size']}")
+    fractions = []
+    for row in gemms:
+        model = gpu_model_for_device_name(row["name"])
+        if model is not None:
+            fractions.append(row["tflops"] * 1e12 / model.peak_bf16_flops)
+    if fractions:
+        result.add_metric("gemm_fraction_of_peak", min(fractions))
+    no_peer = [f"{r['source']}→{r['destination']}" for r in pairs if not r["peer_access"]]
+    if no_peer:
+        result.fail(f"no peer access between GPUs {', '.join(no_peer[:8])}: device copies go through the host")
+    result.details = {key: measured[key] for key in ("bytes", "iters", "gemm_size", "gemm_iters", "torch",
+                                                     "cuda")}
+    gpus = [float(r["gpu"]) for r in per_gpu]
+    result.plots.append(Plot("Host↔device copy bandwidth (pinned)", "GPU", "GB/s",
+                             [Series("H2D", gpus, [r["h2d_gbps"] for r in per_gpu]),
+                              Series("D2H", gpus, [r["d2h_gbps"] for r in per_gpu])], kind="bar"))
+    if pairs:
+        result.plots.append(Plot("Device→device copy bandwidth per ordered pair", "pair (source·100 + "
+                                 "destination)", "GB/s", [Series("D2D", [float(r["source"] * 100 + r["destination"])
+                                                                         for r in pairs],
+                                                                 [r["gbps"] for r in pairs])], kind="bar"))
+    return result

@@ -11,7 +11,9 @@ from typing import Literal
 
 from pydantic import Field
 
+from dcforge.gpu.verdict import pci_device
 from dcforge.harness.check import CheckConfig, CheckContext
+from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult, CheckSkipped
 
 # DCGM diagnostic level per stage of a node's life (DCGM's guidance: short after deploy, medium before acceptance,
@@ -44,15 +46,36 @@ class GpuHealthCheck:
     description = ("Per-GPU ECC, row remaps, retired pages, XIDs, NVLink, PCIe, clocks, temperature, power (NVML) "
                    "and DCGM diagnostics; fatal XIDs and pending or failed row remaps fail the node.")
     Config = GpuHealthConfig
+    metrics = (
+        MetricSpec("gpus_checked", "GPUs", None, "GPUs NVML reports", "how many GPUs were read"),
+        MetricSpec("gpus_failing", "GPUs", "lower", "GPUs with at least one failing finding",
+                   "GPUs not fit to run jobs: must be 0"),
+        MetricSpec("fatal_xids", "events", "lower", "fatal XIDs in NVML events and the kernel log since boot",
+                   "XIDs after which a GPU needs a reset or replacement"),
+        MetricSpec("ecc_uncorrected_volatile", "errors", "lower",
+                   "uncorrectable SRAM + DRAM ECC errors since the driver loaded, all GPUs",
+                   "memory errors that lost data since the last driver load"),
+        MetricSpec("row_remaps_pending", "GPUs", "lower", "GPUs with a row remap waiting for a reset",
+                   "GPUs that need a reset before they can be trusted"),
+        MetricSpec("row_remaps_failed", "GPUs", "lower", "GPUs where a row remap failed (no spare rows)",
+                   "GPUs to replace"),
+        MetricSpec("nvlinks_down", "links", "lower", "NVLinks a GPU has that are not active",
+                   "broken GPU-to-GPU links"),
+        MetricSpec("temperature_c", "°C", "lower", "hottest GPU temperature (NVML)", "thermal headroom",
+                   stats=("max",)),
+        MetricSpec("dcgm_failures", "tests", "lower", "DCGM diagnostic results with status Fail",
+                   "hardware tests DCGM failed"),
+        MetricSpec("warnings", "findings", "lower", "findings that warn but do not fail",
+                   "things to look at: lifetime ECC, NVLink errors, idle PCIe gen, heat"),
+    )
 
     def run(self, ctx: CheckContext, config: GpuHealthConfig) -> CheckResult:
         from dcforge.gpu import dcgm, kernel_log, nvml
         from dcforge.gpu.readings import NodeHealth
-        from dcforge.gpu.verdict import FATAL_XIDS, judge_node
 
         if reason := no_gpu_reason():
             raise CheckSkipped(reason)
-        result = CheckResult(self.name)
+        result = CheckResult(self.name, declared=self.metrics)
         notes: list[str] = []
         gpus, nvml_xids = nvml.read_node(config.xid_listen_ms)
         ctx.log(f"NVML: {len(gpus)} GPUs read")
@@ -69,40 +92,44 @@ class GpuHealthCheck:
         else:
             result.artefacts["dcgm_diag"] = ctx.relative(dcgm_output)
         health = NodeHealth(gpus=tuple(gpus), xids=tuple(nvml_xids + log_xids), dcgm=diag, notes=tuple(notes))
-        verdict = judge_node(health)
-
-        failing = {f.gpu for f in verdict.failures if f.gpu is not None}
-        result.add_metric("gpus_checked", len(gpus), "GPUs")
-        result.add_metric("gpus_failing", len(failing), "GPUs", "lower", "GPUs with at least one failing finding")
-        result.add_metric("fatal_xids", sum(1 for x in health.xids if x.xid in FATAL_XIDS), "events", "lower",
-                          "fatal XIDs in NVML events and the kernel log since boot")
-        result.add_metric("ecc_uncorrected_volatile", sum(
-            g.ecc.volatile_sram_uncorrected + g.ecc.volatile_dram_uncorrected for g in gpus if g.ecc), "errors",
-            "lower", "uncorrectable SRAM + DRAM ECC errors since the driver loaded, all GPUs")
-        result.add_metric("row_remaps_pending", sum(1 for g in gpus if g.row_remaps and g.row_remaps.pending),
-                          "GPUs", "lower")
-        result.add_metric("row_remaps_failed", sum(1 for g in gpus if g.row_remaps and g.row_remaps.failed),
-                          "GPUs", "lower")
-        result.add_metric("nvlinks_down", sum(1 for g in gpus for link in g.nvlinks if not link.active), "links",
-                          "lower")
-        temperatures = [g.temperature_c for g in gpus if g.temperature_c is not None]
-        if temperatures:
-            result.add_metric("temperature_c.max", max(temperatures), "°C", "lower")
-        if diag is not None:
-            result.add_metric("dcgm_failures", sum(1 for r in diag.results if r.status == "fail"), "tests", "lower")
-        result.add_metric("warnings", len(verdict.warnings), "findings", "lower")
-        result.details = {
-            "dcgm_level": level,
-            "notes": list(notes),
-            "findings": [{"severity": f.severity, "gpu": f.gpu, "message": f.message} for f in verdict.findings],
-            "gpus": [asdict(g) for g in gpus],
-            "xids": [asdict(x) for x in health.xids],
-            "dcgm": asdict(diag) if diag else None,
-        }
-        if not verdict.passed:
-            result.fail(verdict.reason)
+        health_result(result, health)
+        result.details["dcgm_level"] = level
         if config.require_dcgm and diag is None:
             result.fail(not_run or "DCGM diagnostics did not run")
         for note in notes:
             ctx.log(note)
         return result
+
+
+def health_result(result: CheckResult, health) -> CheckResult:
+    """Metrics, details and the verdict of one node's readings (`dcforge.gpu.readings.NodeHealth`)."""
+    from dcforge.gpu.verdict import FATAL_XIDS, judge_node
+
+    verdict = judge_node(health)
+    gpus, diag = health.gpus, health.dcgm
+    failing = {f.gpu for f in verdict.failures if f.gpu is not None}
+    result.add_metric("gpus_checked", len(gpus))
+    result.add_metric("gpus_failing", len(failing))
+    result.add_metric("fatal_xids", len({(x.xid, pci_device(x.pci_bus_id)) for x in health.xids
+                                         if x.xid in FATAL_XIDS}))
+    result.add_metric("ecc_uncorrected_volatile", sum(
+        g.ecc.volatile_sram_uncorrected + g.ecc.volatile_dram_uncorrected for g in gpus if g.ecc))
+    result.add_metric("row_remaps_pending", sum(1 for g in gpus if g.row_remaps and g.row_remaps.pending))
+    result.add_metric("row_remaps_failed", sum(1 for g in gpus if g.row_remaps and g.row_remaps.failed))
+    result.add_metric("nvlinks_down", sum(1 for g in gpus for link in g.nvlinks if not link.active))
+    temperatures = [g.temperature_c for g in gpus if g.temperature_c is not None]
+    if temperatures:
+        result.add_metric("temperature_c.max", max(temperatures))
+    if diag is not None:
+        result.add_metric("dcgm_failures", sum(1 for r in diag.results if r.status == "fail"), f"level {diag.level}")
+    result.add_metric("warnings", len(verdict.warnings))
+    result.details = {
+        "notes": list(health.notes),
+        "findings": [{"severity": f.severity, "gpu": f.gpu, "message": f.message} for f in verdict.findings],
+        "gpus": [asdict(g) for g in gpus],
+        "xids": [asdict(x) for x in health.xids],
+        "dcgm": asdict(diag) if diag else None,
+    }
+    if not verdict.passed:
+        result.fail(verdict.reason)
+    return result

@@ -19,7 +19,7 @@ from dcforge.checks.gpu_health import GpuHealthCheck, GpuHealthConfig, no_gpu_re
 from dcforge.gpu.dcgm import DcgmOutputError, parse_diag
 from dcforge.gpu.kernel_log import parse_xid_lines
 from dcforge.gpu.nvml import NvmlReader, throttle_reason_names
-from dcforge.gpu.readings import (Clocks, EccCounts, GpuReading, NodeHealth, NvLinkState, PcieLink, RowRemaps,
+from dcforge.gpu.readings import (Clocks, DcgmDiag, EccCounts, GpuReading, NodeHealth, NvLinkState, PcieLink, RowRemaps,
                                   XidEvent)
 from dcforge.gpu.verdict import judge_node, pci_device
 from dcforge.harness.check import CheckContext
@@ -249,3 +249,63 @@ def test_kernel_log_is_read_from_this_machine_or_says_why_not():
     records = read_kmsg().splitlines()
     assert records and all(";" in line.split(" ", 1)[0] or line.startswith(" ") for line in records[:20])
     assert all(event.source == "kernel log" for event in events)
+
+
+def test_bandwidth_measurements_become_metrics_judged_by_the_h100_profile():
+    from dcforge.checks.gpu_bandwidth import GpuBandwidthCheck, measurements_result
+    from dcforge.harness.result import CheckResult
+    from dcforge.harness.slo import acceptance_slos, evaluate
+
+    measured = json.loads((OUTPUTS / "bandwidth-2gpu.json").read_text())
+    result = measurements_result(CheckResult("gpu_bandwidth", declared=GpuBandwidthCheck.metrics), measured)
+    values = {key: metric.value for key, metric in result.metrics.items()}
+    assert values["h2d_gbps"] == 50.2 and values["d2h_gbps"] == 53.7
+    assert values["p2p_gbps"] == 301.0 and values["p2p_gbps.max"] == 362.5 and values["gemm_tflops"] == 688.0
+    assert values["gemm_fraction_of_peak"] == pytest.approx(688e12 / 989e12)
+    assert result.status.value == "pass" and "268435456 bytes × 20" in result.metrics["h2d_gbps"].formula
+    slos, _ = acceptance_slos(load_environment("prod"))
+    verdicts = {slo.metric: evaluate(slo, {"gpu_bandwidth": result}) for slo in slos
+                if slo.check == "gpu_bandwidth"}
+    assert {m: v.verdict for m, v in verdicts.items()} == {
+        "gpu_bandwidth.h2d_gbps": "pass", "gpu_bandwidth.d2h_gbps": "pass", "gpu_bandwidth.p2p_gbps": "fail",
+        "gpu_bandwidth.gemm_fraction_of_peak": "pass"}
+    assert verdicts["gpu_bandwidth.p2p_gbps"].reason == "301 GB/s is not >= 335"
+    assert verdicts["gpu_bandwidth.p2p_gbps"].source.startswith("profile h100-sxm-8gpu-nvlink-ib400")
+
+
+def test_pairs_without_peer_access_fail_bandwidth():
+    from dcforge.checks.gpu_bandwidth import GpuBandwidthCheck, measurements_result
+    from dcforge.harness.result import CheckResult
+
+    measured = json.loads((OUTPUTS / "bandwidth-2gpu.json").read_text())
+    measured["device_device"][1]["peer_access"] = False
+    result = measurements_result(CheckResult("gpu_bandwidth", declared=GpuBandwidthCheck.metrics), measured)
+    assert result.status.value == "fail"
+    assert result.reason == "no peer access between GPUs 1→0: device copies go through the host"
+
+
+def test_health_result_metrics_and_verdict():
+    from dcforge.checks.gpu_health import health_result
+    from dcforge.harness.result import CheckResult
+
+    def judged(health):
+        return health_result(CheckResult("gpu_health", declared=GpuHealthCheck.metrics), health)
+
+    healthy = judged(node(dcgm=DcgmDiag(level=2)))
+    assert healthy.status.value == "pass" and healthy.reason == ""
+    assert {k: m.value for k, m in healthy.metrics.items()} == {
+        "gpus_checked": 4, "gpus_failing": 0, "fatal_xids": 0, "ecc_uncorrected_volatile": 0,
+        "row_remaps_pending": 0, "row_remaps_failed": 0, "nvlinks_down": 0, "temperature_c.max": 31,
+        "dcgm_failures": 0, "warnings": 0}
+    xids = parse_xid_lines((OUTPUTS / "kmsg-xid79.txt").read_text()) + [XidEvent(79, "00000000:3B:00.0", "", "nvml")]
+    broken = judged(NodeHealth(gpus=tuple(replace(healthy_gpu(i), row_remaps=RowRemaps(pending=i == 1))
+                                          for i in range(4)), xids=tuple(xids),
+                               dcgm=parse_diag(json.loads((OUTPUTS / "dcgm4-diag-fail.json").read_text()), 2)))
+    assert broken.status.value == "fail"
+    assert broken.reason == ("GPU 1: a row remap is pending: reset the GPU to apply it; GPU 3: fatal XID 79 (GPU has "
+                             "fallen off the bus) in the kernel log; GPU 1: DCGM diag level 2 memory failed: Error "
+                             "using CUDA API cudaMalloc on GPU 1: out of memory")
+    values = {k: m.value for k, m in broken.metrics.items()}
+    assert (values["gpus_failing"], values["fatal_xids"], values["row_remaps_pending"], values["dcgm_failures"]) == \
+        (2, 1, 1, 1)
+    assert broken.metrics["dcgm_failures"].formula.endswith("(level 2)")

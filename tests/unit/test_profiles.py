@@ -132,16 +132,20 @@ def test_accept_prod_on_cpu_skips_gpu_checks_with_reason_and_reports_threshold_s
 
 def test_calibration_is_direction_aware_and_leaves_out_failed_runs():
     from dcforge.calibrate import Calibration, collect
+    from dcforge.harness.metrics import MetricSpec
     from dcforge.harness.result import CheckResult, Status
+
+    declared = (MetricSpec("bw", "GB/s", "higher", "bytes / t", "bandwidth"),
+                MetricSpec("count", "n", None, "things counted", "inventory"))
 
     assert Calibration("a.bw", "higher", "GB/s", (10.0, 12.0, 14.0)).proposed(1) == (">=", 10.0)
     assert Calibration("a.ms", "lower", "ms", (10.0, 12.0, 14.0)).proposed(2) == ("<=", 16.0)
     assert Calibration("a.ms", "lower", "ms", (5.0,)).proposed(3) == ("<=", 5.0)  # one run: no spread
-    good = CheckResult("a")
-    good.add_metric("bw", 10, "GB/s", "higher")
-    good.add_metric("count", 3, "n")  # informational: never calibrated
-    bad = CheckResult("a", Status.FAIL, reason="wrong sum")
-    bad.add_metric("bw", 1, "GB/s", "higher")
+    good = CheckResult("a", declared=declared)
+    good.add_metric("bw", 10)
+    good.add_metric("count", 3)  # informational: never calibrated
+    bad = CheckResult("a", Status.FAIL, reason="wrong sum", declared=declared)
+    bad.add_metric("bw", 1)
     calibrations, left_out = collect([{"a": good}, {"a": bad}])
     assert calibrations == []
     assert left_out == ["run 2: a fail (wrong sum)", "a.bw: measured in 1 of 2 runs"]
