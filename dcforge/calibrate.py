@@ -126,7 +126,8 @@ def calibrate(loaded, selected: list[str], runs: int, k: float, out: Path, repor
         model, per_node = (known.name if known else None), len(gpus)
     fabric = "RDMA" if pool is not None and pool.rdma else ("local (no RDMA)" if pool is None else "Ethernet")
     document = profile_document(
-        re.sub(r"[^a-z0-9.-]+", "-", out.stem.lower()).strip("-.") or "calibrated", calibrations, k=k, gpu_model=model, gpus_per_node=per_node,
+        re.sub(r"[^a-z0-9.-]+", "-", out.stem.lower()).strip("-.") or "calibrated", calibrations, k=k,
+        gpu_model=model, gpus_per_node=per_node,
         fabric=fabric, env_file=str(loaded.path),
         versions={"dcforge": __version__, "git_commit": git_commit(), **torch_versions(),
                   "driver": gpus[0].driver if gpus and gpus[0].driver else "none"})

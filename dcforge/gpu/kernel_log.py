@@ -61,4 +61,5 @@ def kernel_log_xids() -> tuple[list[XidEvent], str | None]:
                 why = str(error)
         else:
             why = "no dmesg"
-        return [], f"kernel log unreadable (/dev/kmsg: {kmsg_error.strerror}; dmesg: {why}): XIDs seen only through NVML"
+        return [], (f"kernel log unreadable (/dev/kmsg: {kmsg_error.strerror}; dmesg: {why}): "
+                    "XIDs seen only through NVML")

@@ -129,12 +129,14 @@ def judge_gpu(gpu: GpuReading) -> list[Finding]:
         failing = sorted(FAILING_THROTTLE_REASONS.intersection(gpu.clocks.throttle_reasons))
         warning = sorted(WARNING_THROTTLE_REASONS.intersection(gpu.clocks.throttle_reasons))
         if failing:
-            add("fail", f"clocks throttled by {', '.join(failing)} ({gpu.clocks.sm_mhz} of {gpu.clocks.max_sm_mhz} MHz)")
+            add("fail", f"clocks throttled by {', '.join(failing)} "
+                        f"({gpu.clocks.sm_mhz} of {gpu.clocks.max_sm_mhz} MHz)")
         if warning:
             add("warn", f"clocks throttled by {', '.join(warning)}")
     if gpu.temperature_c is not None and gpu.slowdown_temperature_c:
         if gpu.temperature_c >= gpu.slowdown_temperature_c:
-            add("fail", f"{gpu.temperature_c:g} °C, at or above the slowdown threshold {gpu.slowdown_temperature_c:g} °C")
+            add("fail", f"{gpu.temperature_c:g} °C, at or above the slowdown threshold "
+                        f"{gpu.slowdown_temperature_c:g} °C")
         elif gpu.temperature_c >= gpu.slowdown_temperature_c - TEMPERATURE_MARGIN_C:
             add("warn", f"{gpu.temperature_c:g} °C, within {TEMPERATURE_MARGIN_C:g} °C of slowdown")
     if gpu.power_w is not None and gpu.power_limit_w and gpu.power_w > gpu.power_limit_w:

@@ -115,12 +115,14 @@ def render_html(report: dict) -> str:
 
     parts.append("<h2>SLOs</h2>")
     if report.get("slos"):
-        parts.append("<table><tr><th>metric</th><th>SLO</th><th>value</th><th>verdict</th><th>reason</th><th>threshold from</th></tr>")
+        parts.append("<table><tr><th>metric</th><th>SLO</th><th>value</th><th>verdict</th><th>reason</th>"
+                     "<th>threshold from</th></tr>")
         for slo in report["slos"]:
             parts.append(f"<tr><td>{_metric_link(slo['metric'], metrics, declared)}</td>"
                          f"<td><code>{e(slo['expression'])}</code></td>"
                          f"<td class='num'>{_format(slo['value'])}</td><td>{badge(slo['verdict'])}</td>"
-                         f"<td>{e(slo.get('reason', ''))}</td><td>{e(slo.get('source', 'environment file'))}</td></tr>")
+                         f"<td>{e(slo.get('reason', ''))}</td>"
+                         f"<td>{e(slo.get('source', 'environment file'))}</td></tr>")
         parts.append("</table>")
     else:
         parts.append("<p class='muted'>This environment declares no SLOs.</p>")

@@ -135,7 +135,8 @@ def test_dcgm4_failure_and_skips():
     assert diag.version == "4.2.3"
     assert [r.status for r in diag.results if r.test == "pcie"] == ["skip", "skip"]
     verdict = judge_node(node(dcgm=diag))
-    assert verdict.reason == "GPU 1: DCGM diag level 2 memory failed: Error using CUDA API cudaMalloc on GPU 1: out of memory"
+    assert verdict.reason == ("GPU 1: DCGM diag level 2 memory failed: Error using CUDA API cudaMalloc on GPU 1: "
+                              "out of memory")
 
 
 def test_dcgm_output_without_results_is_an_error_not_a_pass():
@@ -182,7 +183,8 @@ class FakeNvml(SimpleNamespace):
         self.nvmlDeviceGetTotalEccErrors = lambda h, kind, counter: 4 if counter == self.NVML_AGGREGATE_ECC else 0
         self.nvmlDeviceGetRemappedRows = lambda h: (2, 1, 1, 0)
         self.nvmlDeviceGetRetiredPagesPendingStatus = self.not_supported  # Hopper remaps rows instead
-        self.nvmlDeviceGetNvLinkState = lambda h, link: self.NVML_FEATURE_DISABLED if link == 7 else self.NVML_FEATURE_ENABLED
+        self.nvmlDeviceGetNvLinkState = lambda h, link: \
+            self.NVML_FEATURE_DISABLED if link == 7 else self.NVML_FEATURE_ENABLED
         self.nvmlDeviceGetNvLinkErrorCounter = lambda h, link, counter: 0
         self.nvmlDeviceGetCurrPcieLinkGeneration = lambda h: 5
         self.nvmlDeviceGetCurrPcieLinkWidth = lambda h: 16

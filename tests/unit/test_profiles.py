@@ -56,7 +56,8 @@ def test_profile_thresholds_skip_checks_that_do_not_run(env_file):
 
 
 def test_named_profile_and_no_profile(env_file):
-    named = env_file("local", replace={"  dcforge:acceptance:\n": "  dcforge:acceptance:\n    profile: l40s-pcie-8gpu-eth\n"})
+    named = env_file("local", replace={
+        "  dcforge:acceptance:\n": "  dcforge:acceptance:\n    profile: l40s-pcie-8gpu-eth\n"})
     slos, how = acceptance_slos(load_environment(path=named))
     assert how == "profile l40s-pcie-8gpu-eth"
     # local runs no gpu_bandwidth check, so none of the L40S profile's thresholds become SLOs
