@@ -96,7 +96,8 @@ def profile_document(name: str, calibrations: list[Calibration], *, k: float, gp
 def calibrate(loaded, selected: list[str], runs: int, k: float, out: Path, reports_dir: Path,
               log: Callable[[str], None] = print) -> tuple[Path, list[Calibration], list[str]]:
     from dcforge import __version__
-    from dcforge.checks.system import acceptance_pool, git_commit, torch_versions, visible_gpus
+    from dcforge.checks.system import git_commit, torch_versions
+    from dcforge.harness.node import acceptance_pool, visible_gpus
     from dcforge.harness.runner import RunState, run_acceptance, utc_now
     from dcforge.report import build_report, write_report_files
     from dcforge.spec.gpus import gpu_model_for_device_name

@@ -48,6 +48,7 @@ class GpuBandwidthCheck:
     name = "gpu_bandwidth"
     description = "H2D/D2H (pinned) and D2D copy bandwidth per GPU and pair; dense BF16 GEMM TFLOPS vs peak."
     Config = GpuBandwidthConfig
+    requires_declared_gpus = False  # per-GPU and per-pair figures hold whatever number of GPUs is visible
     metrics = (
         MetricSpec("h2d_gbps", "GB/s", "higher", f"min over GPUs; {COPY_FORMULA}",
                    "host-to-device copy bandwidth from pinned memory of the slowest GPU"),

@@ -34,7 +34,7 @@ class GpuHealthConfig(CheckConfig):
 
 
 def no_gpu_reason() -> str | None:
-    from dcforge.checks.system import visible_gpus
+    from dcforge.harness.node import visible_gpus
 
     if visible_gpus():
         return None
@@ -46,6 +46,7 @@ class GpuHealthCheck:
     description = ("Per-GPU ECC, row remaps, retired pages, XIDs, NVLink, PCIe, clocks, temperature, power (NVML) "
                    "and DCGM diagnostics; fatal XIDs and pending or failed row remaps fail the node.")
     Config = GpuHealthConfig
+    requires_declared_gpus = False  # reads whatever GPUs are visible (a missing one is the system check's finding)
     metrics = (
         MetricSpec("gpus_checked", "GPUs", None, "GPUs NVML reports", "how many GPUs were read"),
         MetricSpec("gpus_failing", "GPUs", "lower", "GPUs with at least one failing finding",

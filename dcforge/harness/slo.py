@@ -60,15 +60,15 @@ def acceptance_slos(env) -> tuple[list[Slo], str]:
     visible here (the `gpu` verification environment runs on whatever GPUs the machine has).
     """
     from dcforge.errors import ConfigError
+    from dcforge.harness.node import acceptance_pool
     from dcforge.spec.profiles import effective_slos, resolve_profile
 
     spec = env.spec
     model, per_node = None, None
-    if spec.gpu_pools:
-        pool = spec.pool(spec.acceptance.pool) if spec.acceptance.pool else spec.gpu_pools[0]
+    if (pool := acceptance_pool(spec)) is not None:
         model, per_node = pool.gpu_model, pool.gpus_per_node
     elif spec.acceptance.profile == "auto":
-        from dcforge.checks.system import visible_gpus
+        from dcforge.harness.node import visible_gpus
         from dcforge.spec.gpus import gpu_model_for_device_name
 
         gpus = visible_gpus()

@@ -80,7 +80,8 @@ def load_environment(name: str | None = None, *, path: Path | None = None,
     if spec.acceptance.profile and spec.acceptance.profile.endswith((".yaml", ".yml")):
         from dcforge.spec.profiles import resolve_profile
 
-        resolve_profile(spec.acceptance.profile, None, None, path)  # a malformed profile file is bad input now
+        # a malformed profile file is bad input now, not when the run starts
+        resolve_profile(spec.acceptance.profile, None, None, path, checks.names() if checks is not None else None)
     return LoadedEnvironment(spec=spec, path=path, sha256=hashlib.sha256(text.encode()).hexdigest(),
                              raw_config=config)
 

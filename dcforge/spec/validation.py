@@ -188,6 +188,18 @@ def check_catalog_rules(env: Environment, checks: CheckCatalog) -> Iterator[Prob
     for name in acceptance.timeouts_s:
         if name not in known:
             yield f"dcforge:acceptance.timeoutsS.{name}", f"timeout for unknown check {name!r}"
+    if acceptance.profile and not acceptance.profile.endswith((".yaml", ".yml")):  # files: judged by the loader
+        from dcforge.errors import DcforgeError
+        from dcforge.spec.profiles import builtin_profiles
+
+        try:
+            profiles = builtin_profiles().values()
+        except DcforgeError:
+            return  # profile_rules reports the malformed file
+        for profile in profiles:
+            for threshold_key in profile.unknown_checks(known):
+                yield ("dcforge:acceptance.profile", f"malformed profile {profile.name} (dcforge/spec/data/profiles): "
+                       f"thresholds.{threshold_key}: unknown check {threshold_key.split('.', 1)[0]!r}")
 
 
 def _pydantic_message(detail: dict) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dcforge.checks import CATALOG
 from dcforge.errors import DcforgeError
 from dcforge.harness.slo import acceptance_slos
 from dcforge.spec import load_environment
@@ -81,15 +82,17 @@ def write_profile(tmp_path: Path, edit) -> Path:
      "thresholds.gpu_bandwidth.h2d_gbps.tolerance", "less than 1"),
     (lambda d: d["thresholds"]["gpu_bandwidth.h2d_gbps"].update(status="guessed"),
      "thresholds.gpu_bandwidth.h2d_gbps.status", "'provisional' or 'calibrated'"),
-    (lambda d: d["thresholds"].update({"warp.speed": d["thresholds"]["gpu_bandwidth.h2d_gbps"]}), "thresholds",
-     "known check"),
+    (lambda d: d["thresholds"].update({"warp.speed": d["thresholds"]["gpu_bandwidth.h2d_gbps"]}),
+     "thresholds.warp.speed", "unknown check 'warp'"),
+    (lambda d: d["thresholds"].update({"nodot": d["thresholds"]["gpu_bandwidth.h2d_gbps"]}), "thresholds",
+     "must be '<check>.<metric>[.<stat>]'"),
     (lambda d: d.update(gpuModel="H300"), "gpuModel", "unknown GPU model"),
 ])
 def test_malformed_profile_is_exit_2_naming_file_and_key(tmp_path, env_file, edit, key, words):
     write_profile(tmp_path, edit)
     env = env_file("local", replace={"  dcforge:acceptance:\n": "  dcforge:acceptance:\n    profile: mine.yaml\n"})
     with pytest.raises(DcforgeError) as error:
-        load_environment(path=env)
+        load_environment(path=env, checks=CATALOG)
     assert f"mine.yaml: {key}: " in str(error.value) and words in str(error.value), str(error.value)
     proc = dcforge("validate", "--env-file", str(env), cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
