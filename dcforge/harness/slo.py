@@ -6,7 +6,7 @@ all hold. A metric that no check produced is an error, never a pass; a metric of
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from dcforge.harness.result import CheckResult, Status
@@ -81,8 +81,7 @@ def acceptance_slos(env) -> tuple[list[Slo], str]:
     slos = []
     for definition in effective_slos(spec.acceptance.slos, profile, spec.acceptance.checks):
         try:
-            slos.append(Slo(**{**parse_slo(definition.metric, definition.expression).__dict__,
-                               "source": definition.source}))
+            slos.append(replace(parse_slo(definition.metric, definition.expression), source=definition.source))
         except SloSyntaxError as error:
             raise ConfigError(env.path, f"dcforge:acceptance.slos.{definition.metric}", str(error)) from None
     return slos, how

@@ -141,7 +141,8 @@ def acceptance_rules(env: Environment) -> Iterator[Problem]:
 
 
 def profile_rules(env: Environment) -> Iterator[Problem]:
-    """The profile must exist and be well-formed (every shipped one too), and its thresholds must be valid SLOs."""
+    """The profile must exist and every shipped one be well-formed (a profile file is read and judged by the loader,
+    which knows the environment file's folder)."""
     from dcforge.errors import DcforgeError
     from dcforge.spec.profiles import builtin_profiles
 
@@ -150,7 +151,7 @@ def profile_rules(env: Environment) -> Iterator[Problem]:
     try:
         profiles = builtin_profiles()
         if choice.endswith((".yaml", ".yml")):
-            return  # read relative to the environment file when the run starts (the loader has no path here)
+            return
         if choice != "auto" and choice not in profiles:
             yield key, f"unknown profile {choice!r}; known: auto, {', '.join(profiles)} or a .yaml path"
     except DcforgeError as error:
