@@ -32,7 +32,7 @@ import httpx
 
 from dcforge.checks._serving import free_port
 from dcforge.harness.processes import ManagedProcess
-from dcforge.spec.loader import REPO_ROOT
+from dcforge.paths import REPO_ROOT
 
 USERS = 8
 PROBE = REPO_ROOT / "benchmarks" / "inference_loadgen_probe.py"

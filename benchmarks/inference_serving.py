@@ -34,7 +34,7 @@ import torch
 from benchmarks.inference_loadgen import process_cpu_s, summary
 from dcforge.checks._serving import child_pids, free_port
 from dcforge.harness.processes import ManagedProcess
-from dcforge.spec.loader import REPO_ROOT
+from dcforge.paths import REPO_ROOT
 from workloads.model import GPT, KVCache, get_preset
 
 PRESET = "tiny"

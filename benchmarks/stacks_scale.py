@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "stacks"))
+from dcforge.paths import STACKS_DIR  # noqa: E402
+
+sys.path.insert(0, str(STACKS_DIR))
 
 TIME_GOAL_S = 15.0
 GROWTH_GOAL = 2.2
@@ -93,7 +94,7 @@ def _timed(function, *args) -> tuple[float, float, Any]:
 
 def measure(scale: Scale, verify: bool) -> dict[str, Any]:
     from components.config import spec_from_config
-    from components.testing import run_stack_program, stack_config
+    from tests.pulumi_mocks import run_stack_program, stack_config
     from dcforge.synth import synthesize, verify_objects
 
     config = scaled_config(scale)

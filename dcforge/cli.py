@@ -315,6 +315,19 @@ def provision(
                                        playbook=playbook, env_file=env_file, console=console))
 
 
+@app.command()
+def inventory(
+    env: str = EnvOption,
+    env_file: Optional[Path] = EnvFileOption,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Instead of playbooks/inventories/<env>/."),
+    check: bool = typer.Option(False, "--check", help="Write nothing; exit 1 when the files differ."),
+) -> None:
+    """Generate the environment's Ansible inventory (hosts, pinned versions, compatibility verdict, pool facts)."""
+    from dcforge.inventory import inventory_command
+
+    raise typer.Exit(inventory_command(env, env_file=env_file, output=out, check=check, console=console))
+
+
 def main() -> None:
     """Console entry point: bad input is one line on stderr and exit code 2, never a traceback."""
     try:

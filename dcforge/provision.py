@@ -1,8 +1,9 @@
 """`dcforge provision`: run the Ansible playbooks through ansible-runner with the environment's pinned versions.
 
 The environment file is the single source of truth: its `dcforge:versions` reach the roles as the extravar
-`dcforge_versions` (camelCase keys, as in the file), so a plain `ansible-playbook` run that reads
-`playbooks/inventories/<env>/group_vars` and a `dcforge provision` run install the same stack.
+`dcforge_versions` (camelCase keys, as in the file) with their compatibility verdict `dcforge_compatibility`, the
+same values `dcforge inventory` writes into `playbooks/inventories/<env>/group_vars`, so a plain `ansible-playbook`
+run and a `dcforge provision` run install the same stack and refuse the same versions.
 
 Every run gets a fresh private data dir and a unique ident: ansible-runner persists extravars in `env/` and
 artefacts per ident, so reusing either would leak one run's pins into the next.
@@ -22,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from dcforge.errors import ConfigError
+from dcforge.inventory import INVENTORIES_DIR, environment_verdict, versions_vars
+from dcforge.paths import PLAYBOOKS_DIR
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-PLAYBOOKS_DIR = REPO_ROOT / "playbooks"
 
 # Ansible's per-host counters (`stats` keys) in the order the summary table shows them.
 STAT_COLUMNS = {"ok": "ok", "changed": "changed", "failures": "failed", "dark": "unreachable",
@@ -91,10 +92,12 @@ def summarise_stats(stats: dict[str, dict[str, int]] | None) -> dict[str, HostSu
 
 
 def versions_extravars(loaded) -> dict[str, Any]:
-    """The extravars a `LoadedEnvironment` gives the playbooks: pinned versions and environment kind."""
+    """The extravars a `LoadedEnvironment` gives the playbooks: pinned versions, their compatibility verdict
+    and the environment kind (what `dcforge inventory` writes into group_vars/all)."""
     spec = loaded.spec
     return {
-        "dcforge_versions": spec.versions.model_dump(mode="json", by_alias=True, exclude_none=True),
+        "dcforge_versions": versions_vars(spec.versions),
+        "dcforge_compatibility": environment_verdict(spec),
         "dcforge_environment_kind": spec.environment.kind,
         "dcforge_environment": spec.name,
     }
@@ -102,9 +105,9 @@ def versions_extravars(loaded) -> dict[str, Any]:
 
 def inventory_for(env: str, inventory: Path | None = None) -> Path:
     """An explicit inventory, else `playbooks/inventories/<env>/`."""
-    path = Path(inventory) if inventory is not None else PLAYBOOKS_DIR / "inventories" / env
+    path = Path(inventory) if inventory is not None else INVENTORIES_DIR / env
     if not path.exists():
-        known = sorted(p.name for p in (PLAYBOOKS_DIR / "inventories").iterdir() if p.is_dir())
+        known = sorted(p.name for p in INVENTORIES_DIR.iterdir() if p.is_dir())
         raise ConfigError(path, None, f"no Ansible inventory for environment {env!r} "
                                       f"(inventories: {', '.join(known)}; or pass --inventory)")
     return path

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-STACKS = REPO / "stacks"
+from dcforge.paths import STACKS_DIR as STACKS
 
 
 @pytest.fixture

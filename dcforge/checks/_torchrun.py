@@ -15,8 +15,7 @@ from typing import Any
 
 from dcforge.harness.check import CheckContext
 from dcforge.harness.processes import ManagedProcess
-
-WORKLOADS_DIR = Path(__file__).resolve().parents[2] / "workloads"
+from dcforge.paths import WORKLOADS_DIR
 
 
 class TorchrunFailed(RuntimeError):

@@ -17,10 +17,10 @@ from pydantic import Field
 
 from dcforge.harness.check import CheckConfig, CheckContext
 from dcforge.harness.metrics import MetricSpec
-from dcforge.harness.node import acceptance_pool, visible_gpus
+from dcforge.harness.node import visible_gpus
 from dcforge.harness.result import CheckResult
+from dcforge.paths import REPO_ROOT
 from dcforge.spec.gpus import gpu_model_for_device_name
-from dcforge.spec.loader import REPO_ROOT
 
 
 class SystemConfig(CheckConfig):
@@ -115,7 +115,7 @@ class SystemCheck:
         }
         ctx.log(f"{cpus} CPUs, {memory:.1f} GiB, {len(gpus)} GPUs")
 
-        pool = acceptance_pool(spec)
+        pool = spec.acceptance_pool
         expected = config.expected_gpus if config.expected_gpus is not None else (pool.gpus_per_node if pool else 0)
         result.details["expected_gpus"] = expected
         if len(gpus) < expected:

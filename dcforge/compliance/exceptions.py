@@ -60,7 +60,7 @@ GPU_EXCEPTIONS: tuple[RuleException, ...] = (
 
 def exceptions_for(spec: Environment) -> tuple[RuleException, ...]:
     """The exceptions of one environment: IPC_LOCK only where the spec attaches RDMA networks."""
-    from dcforge.manifests.network import rdma_namespaces
+    from dcforge.manifests.cluster_network import rdma_namespaces
 
     rdma = tuple(rdma_namespaces(spec)) if spec.network.rdma.enabled else ()
     fixed = tuple(e for e in GPU_EXCEPTIONS if e.id != "EXC-RDMA-IPC-LOCK")

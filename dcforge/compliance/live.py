@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from dcforge.harness.processes import run_bounded
+from dcforge.manifests.common import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 
-MANAGED_BY = "app.kubernetes.io/managed-by"
 LIVE_RESOURCES = (
     "namespaces", "pods", "services", "serviceaccounts", "resourcequotas", "limitranges",
     "deployments.apps", "statefulsets.apps", "daemonsets.apps", "jobs.batch", "cronjobs.batch",
@@ -78,7 +78,7 @@ def managed_scope(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return (obj.get("metadata") or {}).get("labels") or {}
 
     managed = {obj["metadata"]["name"] for obj in objects
-               if obj.get("kind") == "Namespace" and labels(obj).get(MANAGED_BY) == "dcforge"}
+               if obj.get("kind") == "Namespace" and labels(obj).get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE}
     scoped = []
     for obj in objects:
         meta = obj.get("metadata") or {}
@@ -88,7 +88,7 @@ def managed_scope(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
         elif namespace is not None:
             keep = namespace in managed and not (obj.get("kind") == "Pod" and meta.get("ownerReferences"))
         else:
-            keep = labels(obj).get(MANAGED_BY) == "dcforge"
+            keep = labels(obj).get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE
         if keep:
             scoped.append(obj)
     return scoped

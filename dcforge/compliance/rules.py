@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dcforge.compliance import Rule
 from dcforge.compliance import rules_cluster, rules_pods  # noqa: F401  (registration happens on import)
-from dcforge.compliance.workloads import RULES as _REGISTERED
+from dcforge.compliance.registry import RULES as _REGISTERED
 
 RULES: list[Rule] = sorted(_REGISTERED, key=lambda rule: rule.id)
 RULES_BY_ID: dict[str, Rule] = {rule.id: rule for rule in RULES}

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from dcforge.compliance import Violation, resource_id
-from dcforge.compliance.workloads import Manifest, dig, labels_of, namespace_of, pod_spec, resource_rule, set_rule
+from dcforge.compliance.registry import Manifest, dig, labels_of, namespace_of, pod_spec, resource_rule, set_rule
+from dcforge.manifests.common import (
+    HOST_ENCRYPTION_ANNOTATION,
+    POD_SECURITY_ENFORCE_LABEL,
+    PURPOSE_LABEL,
+    TEAM_LABEL,
+)
 
 ROLE_KINDS = {"Role", "ClusterRole"}
 BINDING_KINDS = {"RoleBinding", "ClusterRoleBinding"}
@@ -11,8 +17,6 @@ DANGEROUS_VERBS = {"escalate", "bind", "impersonate"}
 SECRET_READ_VERBS = {"get", "list", "watch", "*"}
 ANONYMOUS_SUBJECTS = {"system:anonymous", "system:unauthenticated"}
 PSA_LEVELS = {"restricted", "baseline", "privileged"}
-PURPOSE_LABEL = "dcforge.io/purpose"
-TEAM_LABEL = "dcforge.io/team"
 # Provisioners whose StorageClass can ask for per-volume encryption, and the parameter that does.
 ENCRYPTION_PARAMETERS = {
     "rook-ceph.rbd.csi.ceph.com": "encrypted",
@@ -22,7 +26,6 @@ ENCRYPTION_PARAMETERS = {
     "ebs.csi.aws.com": "encrypted",
     "pd.csi.storage.gke.io": "disk-encryption-kms-key",
 }
-HOST_ENCRYPTION_ANNOTATION = "dcforge.io/encryption-at-rest"
 
 
 @resource_rule("DCF-RBAC-001", "RBAC rules use no wildcards", "high", "CIS 5.1.3; Checkov CKV_K8S_49")
@@ -73,9 +76,9 @@ def psa_labels(manifest):
     if manifest.get("kind") != "Namespace":
         return
     labels = labels_of(manifest)
-    level = labels.get("pod-security.kubernetes.io/enforce")
+    level = labels.get(POD_SECURITY_ENFORCE_LABEL)
     if level not in PSA_LEVELS:
-        yield "no pod-security.kubernetes.io/enforce label"
+        yield f"no {POD_SECURITY_ENFORCE_LABEL} label"
     elif level == "privileged":
         yield "enforces the privileged level (no restriction)", "privileged"
 

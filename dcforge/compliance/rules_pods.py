@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from dcforge.compliance.workloads import (
+from dcforge.compliance.registry import (
     LONG_RUNNING_KINDS,
     container_name,
     containers,

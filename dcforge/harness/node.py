@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from dcforge.spec.models import Environment, GpuPool
+from dcforge.spec.models import Environment
 
 
 @dataclass
@@ -47,16 +47,9 @@ def visible_gpus() -> list[VisibleGpu]:
     return []
 
 
-def acceptance_pool(spec: Environment) -> GpuPool | None:
-    """The pool whose node acceptance runs on: `acceptance.pool`, else the first pool, else None (no GPUs)."""
-    if not spec.gpu_pools:
-        return None
-    return spec.pool(spec.acceptance.pool) if spec.acceptance.pool else spec.gpu_pools[0]
-
-
 def missing_declared_gpus(spec: Environment) -> str | None:
     """Why GPU workloads cannot be judged here, or None: the node's pool declares GPUs that are not visible."""
-    pool = acceptance_pool(spec)
+    pool = spec.acceptance_pool
     if pool is None:
         return None
     visible = len(visible_gpus())

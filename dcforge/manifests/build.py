@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dcforge.manifests import ComponentManifests
-from dcforge.manifests.gpu_stack import gpu_operator
-from dcforge.manifests.harness_access import acceptance
-from dcforge.manifests.network import cluster_network
-from dcforge.manifests.pools import gpu_node_pool
-from dcforge.manifests.security import security_baseline
-from dcforge.manifests.storage import distributed_storage
+from dcforge.manifests.gpu_operator import gpu_operator
+from dcforge.manifests.acceptance import acceptance
+from dcforge.manifests.cluster_network import cluster_network
+from dcforge.manifests.gpu_node_pool import gpu_node_pool
+from dcforge.manifests.security_baseline import security_baseline
+from dcforge.manifests.distributed_storage import distributed_storage
 from dcforge.spec.models import Environment
 
 __all__ = ["acceptance", "build_all", "cluster_network", "distributed_storage", "gpu_node_pool", "gpu_operator",

@@ -10,11 +10,21 @@ from typing import Any
 
 from dcforge.spec.models import Environment
 
-MANAGED_BY = {"app.kubernetes.io/managed-by": "dcforge"}
+# Labels and annotations dcforge writes, defined here once: the builders set them and the compliance rules
+# (dcforge.compliance) read them.
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY_VALUE = "dcforge"
+MANAGED_BY = {MANAGED_BY_LABEL: MANAGED_BY_VALUE}
 PURPOSE_LABEL = "dcforge.io/purpose"
 TEAM_LABEL = "dcforge.io/team"
 POOL_LABEL = "dcforge.io/pool"
 RDMA_LABEL = "dcforge.io/rdma"
+STORAGE_PURPOSE_LABEL = "dcforge.io/storage-purpose"
+POD_SECURITY_LABEL_PREFIX = "pod-security.kubernetes.io/"
+POD_SECURITY_ENFORCE_LABEL = POD_SECURITY_LABEL_PREFIX + "enforce"
+# Encryption at rest done below Kubernetes (set up by Ansible or Ceph): the StorageClass says so in this
+# annotation and the compliance rule accepts a class without an encryption parameter when it is there.
+HOST_ENCRYPTION_ANNOTATION = "dcforge.io/encryption-at-rest"
 
 # Platform namespaces created by the components that install into them.
 GPU_OPERATOR_NAMESPACE = "gpu-operator"
@@ -50,13 +60,13 @@ def namespace(spec: Environment, name: str, purpose: str, pod_security: str,
     version = k8s_version_label(spec)
     labels = {
         PURPOSE_LABEL: purpose,
-        "pod-security.kubernetes.io/enforce": pod_security,
-        "pod-security.kubernetes.io/enforce-version": version,
+        POD_SECURITY_ENFORCE_LABEL: pod_security,
+        f"{POD_SECURITY_ENFORCE_LABEL}-version": version,
         # audit and warn at restricted everywhere: shows what a privileged namespace would break if tightened.
-        "pod-security.kubernetes.io/audit": "restricted",
-        "pod-security.kubernetes.io/audit-version": version,
-        "pod-security.kubernetes.io/warn": "restricted",
-        "pod-security.kubernetes.io/warn-version": version,
+        f"{POD_SECURITY_LABEL_PREFIX}audit": "restricted",
+        f"{POD_SECURITY_LABEL_PREFIX}audit-version": version,
+        f"{POD_SECURITY_LABEL_PREFIX}warn": "restricted",
+        f"{POD_SECURITY_LABEL_PREFIX}warn-version": version,
         **(extra_labels or {}),
     }
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": metadata(name, labels=labels)}

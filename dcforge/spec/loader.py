@@ -16,11 +16,11 @@ import yaml
 from pydantic import ValidationError
 
 from dcforge.errors import ConfigError, ConfigErrors
+from dcforge.paths import REPO_ROOT, STACKS_DIR  # noqa: F401  (REPO_ROOT: re-exported for older imports)
 from dcforge.spec.models import Environment
 from dcforge.spec.validation import CheckCatalog, _pydantic_message, cross_field_problems
 
 NAMESPACE = "dcforge"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def stacks_dir() -> Path:
@@ -29,7 +29,7 @@ def stacks_dir() -> Path:
         return Path(override)
     if (Path.cwd() / "stacks" / "Pulumi.yaml").exists():
         return Path.cwd() / "stacks"
-    return REPO_ROOT / "stacks"
+    return STACKS_DIR
 
 
 def environment_file(name: str, directory: Path | None = None) -> Path:

@@ -364,6 +364,14 @@ class Environment(SpecModel):
     def total_gpus(self) -> int:
         return sum(pool.total_gpus for pool in self.gpu_pools)
 
+    @property
+    def acceptance_pool(self) -> GpuPool | None:
+        """The pool whose node the node-level acceptance runs on: `acceptance.pool`, else the first pool, else
+        None (an environment without GPU pools)."""
+        if self.acceptance.pool is not None:
+            return self.pool(self.acceptance.pool)
+        return self.gpu_pools[0] if self.gpu_pools else None
+
     def pool(self, name: str) -> GpuPool:
         for pool in self.gpu_pools:
             if pool.name == name:

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from dcforge.paths import REPO_ROOT
+
 CACHE_DIR = Path(os.environ.get("DCFORGE_CACHE_DIR", REPO_ROOT / ".dcforge-cache")) / "ansible"
 SUITE = "bookworm"
 # python3 + python3-apt: Ansible's apt modules; pciutils, kmod, procps: what preflight and tuning call.

@@ -1,89 +1,32 @@
-"""Preflight: the playbooks' compatibility rules agree with `dcforge validate`, and a refused host is left exactly
-as it was."""
+"""Preflight refuses, through real ansible-playbook, what dcforge's compatibility verdict refuses, and versions the
+verdict was not computed for; a refused host is left exactly as it was. The rules themselves exist only in
+dcforge.spec.compat (their unit tests are in tests/unit/test_ansible_inventories.py)."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from dcforge.inventory import INVENTORIES_DIR, compatibility_verdict, versions_vars
+from dcforge.paths import PLAYBOOKS_DIR
 from dcforge.provision import run_playbook, versions_extravars
 from dcforge.spec import load_environment
-from dcforge.spec.compat import table_path, version_problems
 from dcforge.spec.models import Versions
 from tests.integration.ansible_support import (chroot_host, fresh_rootfs, skip_unless_chroot_targets_possible,
                                                write_inventory)
 
 pytestmark = pytest.mark.slow
 
-GOOD = {"driver": "570.172.08", "cuda": "12.8", "nccl": "2.26.2", "containerToolkit": "1.17.8",
-        "dcgm": "4.2.3", "gpuOperator": "v25.3.2"}
-# (name, versions, environment kind): one per rule of the table, and a few that break several at once.
-CASES = [
-    ("compatible", GOOD, "dev"),
-    ("fabric_manager_differs", {**GOOD, "fabricManager": "570.195.03"}, "dev"),
-    ("cuda_too_new_for_driver", {**GOOD, "driver": "550.163.01", "cuda": "12.8"}, "dev"),
-    ("cuda_unknown", {**GOOD, "cuda": "11.8"}, "dev"),
-    ("nccl_not_built_for_cuda", {**GOOD, "nccl": "2.18.5"}, "dev"),
-    ("nccl_unknown", {**GOOD, "nccl": "2.99.1"}, "dev"),
-    ("unknown_branch", {**GOOD, "driver": "600.10.01"}, "dev"),
-    ("feature_branch_in_prod", {**GOOD, "driver": "575.64.05", "gpuOperator": "v25.3.2"}, "prod"),
-    ("feature_branch_in_dev", {**GOOD, "driver": "575.64.05", "gpuOperator": "v25.3.2"}, "dev"),
-    ("operator_not_validated", {**GOOD, "gpuOperator": "v24.9.2"}, "dev"),
-    ("everything_wrong", {**GOOD, "driver": "545.29.06", "cuda": "13.0", "nccl": "2.18.5",
-                          "fabricManager": "545.29.02", "gpuOperator": "v26.1.0"}, "prod"),
-]
-
-PARITY_PLAYBOOK = """
-- name: Evaluate the preflight compatibility rules for every case
-  hosts: localhost
-  connection: local
-  gather_facts: false
-  tasks:
-    - name: Evaluate one case
-      ansible.builtin.include_tasks: {case_tasks}
-      loop: "{{{{ parity_cases }}}}"
-      loop_control:
-        loop_var: parity_case
-    - name: Report the problems of every case
-      ansible.builtin.debug:
-        var: parity_results
-"""
-CASE_TASKS = """
-- name: Run the compatibility tasks of the preflight role
-  ansible.builtin.include_role:
-    name: preflight
-    tasks_from: compatibility.yml
-  vars:
-    preflight_versions: "{{ parity_case.versions }}"
-    preflight_environment_kind: "{{ parity_case.kind }}"
-- name: Keep this case's problems
-  ansible.builtin.set_fact:
-    parity_results: "{{ parity_results | default({}) | combine({parity_case.name: preflight_version_problems}) }}"
-"""
-
-
-def test_preflight_rules_agree_with_dcforge_validate(tmp_path):
-    """The same table file, the same verdicts and messages, for every rule."""
-    (tmp_path / "case.yml").write_text(CASE_TASKS)
-    playbook = tmp_path / "parity.yml"
-    playbook.write_text(PARITY_PLAYBOOK.format(case_tasks=tmp_path / "case.yml"))
-    inventory = tmp_path / "hosts.yml"
-    inventory.write_text(yaml.safe_dump({"all": {"hosts": {"localhost": {"ansible_connection": "local"}}}}))
-    cases = [{"name": name, "versions": versions, "kind": kind} for name, versions, kind in CASES]
-    run = run_playbook(playbook, inventory, {"parity_cases": cases}, timeout_s=300)
-    assert run.succeeded, run.stdout[-3000:]
-    reported = next(event["event_data"]["res"]["parity_results"] for event in run.events
-                    if event["event"] == "runner_on_ok"
-                    and event["event_data"].get("task") == "Report the problems of every case")
-    for name, versions, kind in CASES:
-        expected = [{"key": key, "message": message}
-                    for key, message in version_problems(Versions.model_validate(versions), [], prod=kind == "prod")]
-        assert (reported[name] or []) == expected, name
-    assert reported["compatible"] in (None, [])
-    assert len(reported["everything_wrong"]) == 5
+# What a chroot build target cannot offer (no GPU on the PCI bus, no headers for the build machine's kernel).
+IMAGE_BUILD_VARS = {"dcforge_image_build": True, "preflight_require_nvidia_gpu": False,
+                    "preflight_require_kernel_headers": False, "preflight_require_nvswitch": False}
 
 
 def _snapshot(rootfs: Path) -> dict[str, tuple]:
@@ -99,15 +42,18 @@ def _snapshot(rootfs: Path) -> dict[str, tuple]:
     return state
 
 
-def test_preflight_refuses_incompatible_versions_without_changing_the_host(tmp_path):
+def test_preflight_refuses_the_verdicts_problems_without_changing_the_host(tmp_path):
+    """dcforge provision's extravars carry the verdict dcforge.spec.compat gives these versions; preflight lists
+    every problem in it, plus its own host checks, and stops before any other role runs."""
     skip_unless_chroot_targets_possible()
     rootfs = fresh_rootfs(tmp_path / "rootfs")
-    inventory = write_inventory(tmp_path / "inventory.yml", {"gpu-image": chroot_host(rootfs)}, {
-        "dcforge_image_build": True, "preflight_require_nvidia_gpu": False,
-        "preflight_require_kernel_headers": False, "preflight_min_free_disk_gib": 10**9,
-    })
-    extravars = versions_extravars(load_environment("dev"))
-    extravars["dcforge_versions"] = {**extravars["dcforge_versions"], "fabricManager": "570.195.03", "cuda": "13.0"}
+    inventory = write_inventory(tmp_path / "inventory.yml", {"gpu-image": chroot_host(rootfs)},
+                                {**IMAGE_BUILD_VARS, "preflight_min_free_disk_gib": 10**9})
+    loaded = load_environment("dev")
+    extravars = versions_extravars(loaded)
+    bad = Versions.model_validate({**extravars["dcforge_versions"], "fabricManager": "570.195.03", "cuda": "13.0"})
+    extravars["dcforge_versions"] = versions_vars(bad)
+    extravars["dcforge_compatibility"] = compatibility_verdict(bad, ["H100-SXM", "L4"], prod=False)
     before = _snapshot(rootfs)
     run = run_playbook("site.yml", inventory, extravars, timeout_s=300)
     assert run.failed_hosts == ["gpu-image"]
@@ -122,9 +68,54 @@ def test_preflight_refuses_incompatible_versions_without_changing_the_host(tmp_p
     assert roles <= {"preflight", None}, roles
 
 
-def test_preflight_default_table_is_the_one_dcforge_validate_reads():
-    defaults = yaml.safe_load((Path(table_path()).parents[3] / "playbooks/roles/preflight/defaults/main.yml")
-                              .read_text())
-    role_path = Path(table_path()).parents[3] / "playbooks/roles/preflight"
-    default = defaults["preflight_compatibility_table"].replace("{{ role_path }}", str(role_path))
-    assert Path(default).resolve() == Path(table_path()).resolve()
+@pytest.fixture
+def generated_inventory(tmp_path):
+    """The checked-in, generated dev inventory with a chroot as the one node of pool train-h100: the group_vars
+    (versions, verdict, pool facts) are the generated files themselves."""
+    skip_unless_chroot_targets_possible()
+    rootfs = fresh_rootfs(tmp_path / "rootfs")
+    inventory = tmp_path / "inventory"
+    shutil.copytree(INVENTORIES_DIR / "dev" / "group_vars", inventory / "group_vars")
+    (inventory / "hosts.yml").write_text(yaml.safe_dump({"all": {"children": {"gpu_nodes": {"children": {
+        "pool_train_h100": {"hosts": {"gpu-image": {**chroot_host(rootfs), **IMAGE_BUILD_VARS,
+                                                    "preflight_min_free_disk_gib": 1}}}}}}}}))
+    return {"rootfs": rootfs, "inventory": inventory}
+
+
+def _plain_ansible_playbook(inventory: Path, *extra: str) -> subprocess.CompletedProcess:
+    """`ansible-playbook gpu-node.yml --tags preflight` from playbooks/, as an operator without dcforge runs it."""
+    binary = Path(sys.executable).parent / "ansible-playbook"
+    env = {**os.environ, "ANSIBLE_CONFIG": str(PLAYBOOKS_DIR / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+           "PATH": f"{binary.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run([str(binary), "-i", str(inventory), "gpu-node.yml", "--tags", "preflight", *extra],
+                          cwd=PLAYBOOKS_DIR, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_plain_ansible_playbook_accepts_the_generated_inventory(generated_inventory):
+    completed = _plain_ansible_playbook(generated_inventory["inventory"])
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, output[-4000:]
+    assert "preflight passed: driver 570.172.08, CUDA 12.8, NCCL 2.26.2" in output
+
+
+def test_plain_ansible_playbook_refuses_versions_dcforge_did_not_check(generated_inventory, tmp_path):
+    """Overriding the pins on the command line bypasses dcforge's verdict, so preflight refuses on its own."""
+    versions = {**yaml.safe_load((INVENTORIES_DIR / "dev/group_vars/all/dcforge.yml").read_text())[
+        "dcforge_versions"], "cuda": "13.0"}
+    (tmp_path / "override.json").write_text(json.dumps({"dcforge_versions": versions}))
+    before = _snapshot(generated_inventory["rootfs"])
+    completed = _plain_ansible_playbook(generated_inventory["inventory"], "-e", f"@{tmp_path / 'override.json'}")
+    output = completed.stdout + completed.stderr
+    assert completed.returncode != 0, output[-4000:]
+    assert "preflight refused gpu-image" in output
+    assert "are not the versions dcforge checked" in output and '"cuda": "13.0"' in output
+    assert _snapshot(generated_inventory["rootfs"]) == before
+
+
+def test_plain_ansible_playbook_refuses_without_a_verdict(generated_inventory):
+    (generated_inventory["inventory"] / "group_vars/all/dcforge.yml").write_text(yaml.safe_dump(
+        {"dcforge_versions": load_environment("dev").raw_config["versions"]}))
+    completed = _plain_ansible_playbook(generated_inventory["inventory"])
+    output = completed.stdout + completed.stderr
+    assert completed.returncode != 0, output[-4000:]
+    assert "no compatibility verdict from dcforge" in output

@@ -14,7 +14,7 @@ import pytest
 
 from dcforge.checks._serving import free_port
 from dcforge.harness.processes import ManagedProcess
-from dcforge.spec.loader import REPO_ROOT
+from dcforge.paths import REPO_ROOT
 from loadtests.llm_protocol import read_records
 
 pytestmark = pytest.mark.slow

@@ -18,11 +18,11 @@ from pulumi.runtime.proto import analyzer_pb2_grpc
 
 from dcforge.compliance import RULES
 from dcforge.harness.processes import ManagedProcess
+from dcforge.paths import STACKS_DIR
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "stacks"))
+sys.path.insert(0, str(STACKS_DIR))
 
-from components.testing import run_stack_program, stack_config  # noqa: E402
+from tests.pulumi_mocks import run_stack_program, stack_config  # noqa: E402
 from dcforge.spec import load_environment  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -43,7 +43,7 @@ def struct(value: dict) -> struct_pb2.Struct:
 @pytest.fixture(scope="module")
 def analyzer(tmp_path_factory):
     log = tmp_path_factory.mktemp("policy-pack") / "pack.log"
-    pack = REPO / "stacks" / "policy"
+    pack = STACKS_DIR / "policy"
     # The engine address is only used for logging back to the engine, which this test does not serve.
     with ManagedProcess([sys.executable, "-m", "pulumi.policy", "127.0.0.1:1", str(pack)], cwd=pack,
                         log_path=log) as process:

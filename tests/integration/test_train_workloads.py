@@ -14,11 +14,12 @@ import pytest
 
 from dcforge.checks._torchrun import TorchrunFailed, run_torchrun, torchrun_command, torchrun_env
 from dcforge.harness.check import CheckContext
+from dcforge.paths import WORKLOADS_DIR
 from dcforge.spec.loader import load_environment
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:torch.distributed is disabled")]
 PYTHON = sys.executable
-TRAIN = str(Path(__file__).resolve().parents[2] / "workloads" / "train.py")
+TRAIN = str(WORKLOADS_DIR / "train.py")
 
 
 def processes_mentioning(text: str) -> list[int]:

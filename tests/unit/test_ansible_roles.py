@@ -34,11 +34,41 @@ def test_role_layout_and_prefixed_documented_defaults(role):
         assert name in specs, f"{name} missing from {role}/meta/argument_specs.yml"
 
 
-@pytest.mark.parametrize("role", [r for r in ROLES if (PLAYBOOKS_DIR / "roles" / r / "vars").is_dir()
-                                  and r != "pinned_packages"])
-def test_os_variables_exist_for_every_supported_platform(role):
-    for platform in PLATFORMS:
-        assert (PLAYBOOKS_DIR / "roles" / role / "vars" / f"{platform}.yml").is_file(), platform
+# (distribution, OS family, major version) of each supported platform, as Ansible's facts name them.
+PLATFORM_FACTS = {"Debian-12": ("Debian", "Debian", "12"), "Ubuntu-22": ("Ubuntu", "Debian", "22"),
+                  "Ubuntu-24": ("Ubuntu", "Debian", "24"), "RedHat-9": ("RedHat", "RedHat", "9")}
+# The fallback every role's `first_found` walks: distribution -> OS family -> default.
+FALLBACK = ["{distribution}-{major}.yml", "{distribution}.yml", "{family}-{major}.yml", "{family}.yml", "default.yml"]
+OS_VARS_ROLES = [r for r in ROLES if (PLAYBOOKS_DIR / "roles" / r / "vars").is_dir() and r != "pinned_packages"]
+
+
+def test_platforms_are_the_ones_preflight_supports():
+    defaults = yaml.safe_load((PLAYBOOKS_DIR / "roles/preflight/defaults/main.yml").read_text())
+    assert sorted(defaults["preflight_supported_platforms"]) == sorted(PLATFORM_FACTS) == sorted(PLATFORMS)
+
+
+@pytest.mark.parametrize("role", OS_VARS_ROLES)
+def test_os_variables_resolve_for_every_supported_platform(role):
+    """The role's `first_found` list is the shared fallback, and it finds a file for every platform."""
+    vars_dir = PLAYBOOKS_DIR / "roles" / role / "vars"
+    tasks = yaml.safe_load((PLAYBOOKS_DIR / "roles" / role / "tasks" / "main.yml").read_text())
+    lookup = next(task for task in tasks if "ansible.builtin.include_vars" in task)
+    files = next(iter(lookup["vars"].values()))["files"]
+    fact = {"distribution": "{{ ansible_facts['distribution'] }}", "family": "{{ ansible_facts['os_family'] }}",
+            "major": "{{ ansible_facts['distribution_major_version'] }}"}
+    assert files == [pattern.format(**fact) for pattern in FALLBACK]
+    for platform, (distribution, family, major) in PLATFORM_FACTS.items():
+        found = [name for pattern in FALLBACK
+                 if (vars_dir / (name := pattern.format(distribution=distribution, family=family, major=major))).is_file()]
+        assert found, f"{role}: no variables for {platform}"
+
+
+@pytest.mark.parametrize("role", OS_VARS_ROLES)
+def test_no_two_os_variable_files_of_a_role_are_identical(role):
+    """Identical files collapse into the more general level of the fallback (OS family or default)."""
+    texts = [path.read_text() for path in (PLAYBOOKS_DIR / "roles" / role / "vars").glob("*.yml")
+             if path.name != "main.yml"]
+    assert len(texts) == len(set(texts))
 
 
 def test_every_task_name_is_a_sentence():

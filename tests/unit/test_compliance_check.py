@@ -12,7 +12,7 @@ from dcforge.checks.compliance import ComplianceCheck, ComplianceConfig
 from dcforge.harness.check import CheckContext
 from dcforge.harness.result import Status
 from dcforge.spec import load_environment
-from dcforge.spec.loader import REPO_ROOT
+from dcforge.paths import REPO_ROOT
 
 
 def run(loaded, tmp_path, **settings):

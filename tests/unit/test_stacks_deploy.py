@@ -13,8 +13,7 @@ from typer.testing import CliRunner
 
 from dcforge import deploy
 from dcforge.errors import ConfigErrors, DcforgeError
-
-REPO = Path(__file__).resolve().parents[2]
+from dcforge.paths import STACKS_DIR
 
 
 @pytest.fixture
@@ -57,7 +56,7 @@ def test_up_without_cli_fails_before_touching_any_backend(no_pulumi, tmp_path, m
 def test_a_bad_spec_fails_before_looking_for_the_cli(tmp_path):
     stacks = tmp_path / "stacks"
     stacks.mkdir()
-    text = (REPO / "stacks" / "Pulumi.dev.yaml").read_text().replace("10.96.0.0/12", "10.244.0.0/20")
+    text = (STACKS_DIR / "Pulumi.dev.yaml").read_text().replace("10.96.0.0/12", "10.244.0.0/20")
     (stacks / "Pulumi.dev.yaml").write_text(text)
 
     def cli_must_not_be_needed() -> Path:

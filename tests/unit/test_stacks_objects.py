@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-STACKS_DIR = Path(__file__).resolve().parents[2] / "stacks"
+from dcforge.paths import STACKS_DIR
+
 sys.path.insert(0, str(STACKS_DIR))
 
 import pulumi_kubernetes as k8s  # noqa: E402
@@ -22,7 +23,7 @@ from components.objects import (  # noqa: E402
     resource_name,
     typed_class,
 )
-from components.testing import run_under_mocks  # noqa: E402
+from tests.pulumi_mocks import run_under_mocks  # noqa: E402
 from dcforge.manifests import ComponentManifests, HelmRelease  # noqa: E402
 
 

@@ -19,12 +19,13 @@ from pulumi_policy import (
 )
 from pulumi_policy.proxy import unknown_checking_proxy
 
-STACKS_DIR = Path(__file__).resolve().parents[2] / "stacks"
+from dcforge.paths import STACKS_DIR
+
 sys.path.insert(0, str(STACKS_DIR))
 sys.path.insert(0, str(STACKS_DIR / "policy"))
 
 import dcforge_policy  # noqa: E402
-from components.testing import run_stack_program, stack_config  # noqa: E402
+from tests.pulumi_mocks import run_stack_program, stack_config  # noqa: E402
 from dcforge.compliance import GPU_EXCEPTIONS, RULES  # noqa: E402
 from dcforge.spec import load_environment  # noqa: E402
 

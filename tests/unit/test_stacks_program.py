@@ -15,10 +15,11 @@ from pathlib import Path
 import pulumi
 import pytest
 
-STACKS_DIR = Path(__file__).resolve().parents[2] / "stacks"
+from dcforge.paths import STACKS_DIR
+
 sys.path.insert(0, str(STACKS_DIR))
 
-from components.testing import Registered, graph_snapshot, run_stack_program, stack_config  # noqa: E402
+from tests.pulumi_mocks import Registered, graph_snapshot, run_stack_program, stack_config  # noqa: E402
 from dcforge.spec import load_environment  # noqa: E402
 
 GOLDEN_DIR = Path(__file__).parent / "golden"

@@ -11,7 +11,7 @@ import yaml
 
 from dcforge.errors import ConfigError, ConfigErrors
 from dcforge.spec import load_environment
-from dcforge.spec.loader import REPO_ROOT
+from dcforge.paths import REPO_ROOT
 from dcforge.synth import synth_command, synthesize
 
 PROD = REPO_ROOT / "stacks" / "Pulumi.prod.yaml"

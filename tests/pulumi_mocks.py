@@ -1,7 +1,8 @@
 """Run a Pulumi program under `pulumi.runtime.set_mocks` and record the resource graph it registers.
 
 No Pulumi CLI or cluster is needed: the mock monitor answers every registration, echoing inputs as outputs. Used
-by the unit tests (assertions and golden graphs) and by `benchmarks/stacks_scale.py` (a mocked `pulumi up`).
+by the unit tests (assertions and golden graphs) and by `benchmarks/stacks_scale.py` (a mocked `pulumi up`); a
+test helper, so it lives here and not in the shipped `stacks/components`.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from pulumi.runtime import config as runtime_config
 from pulumi.runtime import mocks as runtime_mocks
 from pulumi.runtime import settings as runtime_settings
 
+from dcforge.paths import STACKS_DIR
+
 # How Pulumi marks a secret value on the wire (a sentinel key); the mocks receive secrets in this form.
 _SECRET_SIG_KEY = "4dabf18193072939515e22adb298388d"
 _SECRET_SIG_VALUE = "1b47061264138c4ac30d75fd1eb44270"
-STACKS_DIR = Path(__file__).resolve().parents[1]
 
 
 @dataclass

@@ -47,8 +47,7 @@ def queue_namespaces(spec: Environment, pool: GpuPool) -> list[str]:
     names = [team.namespace for team in spec.security.teams if team.gpu_quota.get(pool.name, 0) > 0]
     if pool.purpose in ("training", "inference"):
         names += namespaces_with_purpose(spec, pool.purpose)
-    acceptance_pool = spec.acceptance.pool or (spec.gpu_pools[0].name if spec.gpu_pools else None)
-    if acceptance_pool == pool.name:
+    if spec.acceptance_pool is not None and spec.acceptance_pool.name == pool.name:
         names += namespaces_with_purpose(spec, "acceptance") or ["acceptance"]
     return list(dict.fromkeys(names))
 

@@ -10,6 +10,7 @@ from typing import Any
 from dcforge.manifests import ComponentManifests, HelmRelease
 from dcforge.manifests.common import (
     NETWORK_OPERATOR_NAMESPACE,
+    POOL_LABEL,
     RDMA_LABEL,
     TEAM_LABEL,
     acceptance_namespace,
@@ -23,7 +24,7 @@ from dcforge.manifests.common import (
     network_policy,
     platform_namespace,
 )
-from dcforge.manifests.gpu_stack import NVIDIA_HELM_REPOSITORY
+from dcforge.manifests.gpu_operator import NVIDIA_HELM_REPOSITORY
 from dcforge.spec.models import Environment
 
 NAD_API = "k8s.cni.cncf.io/v1"
@@ -134,7 +135,7 @@ def nic_cluster_policy(spec: Environment) -> dict[str, Any]:
         "metadata": metadata("nic-cluster-policy"),
         "spec": {
             "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{
-                "matchExpressions": [{"key": "dcforge.io/pool", "operator": "In", "values": rdma_pools}]}]}},
+                "matchExpressions": [{"key": POOL_LABEL, "operator": "In", "values": rdma_pools}]}]}},
             "rdmaSharedDevicePlugin": {**network_operator_image("k8s-rdma-shared-dev-plugin"),
                                        "config": json.dumps(config, sort_keys=True)},
             "secondaryNetwork": {"multus": network_operator_image("multus-cni"),

@@ -6,7 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 from dcforge.manifests import ComponentManifests, HelmRelease
-from dcforge.manifests.common import NFS_CSI_NAMESPACE, ROOK_NAMESPACE, metadata, network_policy, platform_namespace
+from dcforge.manifests.common import (
+    HOST_ENCRYPTION_ANNOTATION,
+    NFS_CSI_NAMESPACE,
+    ROOK_NAMESPACE,
+    STORAGE_PURPOSE_LABEL,
+    metadata,
+    network_policy,
+    platform_namespace,
+)
 from dcforge.spec.models import Environment, StorageClassSpec
 
 ROOK_API = "ceph.rook.io/v1"
@@ -19,9 +27,6 @@ LOCAL_PATH_PROVISIONER = "rancher.io/local-path"
 NFS_PROVISIONER = "nfs.csi.k8s.io"
 NFS_CSI_REPOSITORY = "https://raw.githubusercontent.com/kubernetes-csi/csi-driver-nfs/master/charts"
 NFS_CSI_CHART_VERSION = "v4.9.0"  # not in the version table; pinned here and bumped with the golden files
-# Provisioners without a per-volume encryption parameter: data at rest is protected by the hosts' LUKS disks
-# (set up by Ansible); the StorageClass says so in this annotation and the compliance rule reads it.
-HOST_ENCRYPTION_ANNOTATION = "dcforge.io/encryption-at-rest"
 # Ceph ports clients and daemons use: msgr2 (3300), legacy msgr1 (6789), OSD/MGR/MDS range.
 CEPH_PORTS = ({"protocol": "TCP", "port": 3300}, {"protocol": "TCP", "port": 6789},
               {"protocol": "TCP", "port": 6800, "endPort": 7300})
@@ -151,7 +156,7 @@ def storage_class(spec: Environment, cls: StorageClassSpec) -> dict[str, Any]:
     manifest: dict[str, Any] = {
         "apiVersion": "storage.k8s.io/v1",
         "kind": "StorageClass",
-        "metadata": metadata(cls.name, labels={"dcforge.io/storage-purpose": cls.purpose}, annotations=annotations),
+        "metadata": metadata(cls.name, labels={STORAGE_PURPOSE_LABEL: cls.purpose}, annotations=annotations),
         "provisioner": provisioner,
         "parameters": parameters,
         "reclaimPolicy": cls.reclaim_policy,

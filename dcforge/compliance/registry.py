@@ -1,4 +1,5 @@
-"""Reading manifests: pod specs inside workload kinds, their containers, and rule registration helpers."""
+"""The compliance rule registry: the decorators that register a rule (`resource_rule`, `pod_rule`, `set_rule`)
+into `RULES`, and the helpers rules read manifests with (pod specs inside workload kinds, containers, labels)."""
 
 from __future__ import annotations
 

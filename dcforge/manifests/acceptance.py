@@ -16,7 +16,7 @@ from dcforge.manifests.common import (
     namespaces_with_purpose,
     network_policy,
 )
-from dcforge.manifests.security import RBAC_API
+from dcforge.manifests.security_baseline import RBAC_API
 from dcforge.spec.models import Environment
 
 HARNESS_NAME = "dcforge-acceptance"
