@@ -7,7 +7,10 @@ table's dense BF16 figure on GPUs and a measured fp32 matmul peak of one rank's 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import Field, field_validator
+from pydantic.alias_generators import to_camel
 
 from dcforge.checks._torchrun import (MATMUL_PEAK_FORMULA, cpu_peak_per_rank, default_nproc, percentile,
                                       read_jsonl, run_torchrun)
@@ -15,6 +18,9 @@ from dcforge.errors import ConfigError
 from dcforge.harness.check import CheckConfig, CheckContext
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult, Plot, Series
+
+if TYPE_CHECKING:  # workloads import torch: only when a check runs
+    from workloads.train_config import TrainConfigError
 
 
 def check_preset(value: str) -> str:
@@ -27,6 +33,11 @@ def check_preset(value: str) -> str:
 
 def settings_error(ctx: CheckContext, check: str, key: str, message: str) -> ConfigError:
     return ConfigError(ctx.env.path, f"dcforge:acceptance.settings.{check}.{key}", message)
+
+
+def train_config_error(ctx: CheckContext, check: str, error: TrainConfigError) -> ConfigError:
+    """A TrainConfig refusal as an error on the check's settings key (the same field name, camelCase)."""
+    return settings_error(ctx, check, to_camel(error.field), str(error))
 
 
 class TrainCheckConfig(CheckConfig):
@@ -77,7 +88,7 @@ class TrainCheck:
     )
 
     def run(self, ctx: CheckContext, config: TrainCheckConfig) -> CheckResult:
-        from workloads.train_config import TrainConfig
+        from workloads.train_config import TrainConfig, TrainConfigError
 
         result = CheckResult(self.name, declared=self.metrics)
         nproc = config.nproc_per_node or default_nproc()
@@ -97,9 +108,8 @@ class TrainCheck:
                                    peak_flops=peak, log_every=5)
         try:
             train_config.validate(nproc)
-        except ValueError as error:
-            key = "globalBatchSize" if "global_batch_size" in str(error) else "seqLen"
-            raise settings_error(ctx, self.name, key, str(error)) from None
+        except TrainConfigError as error:
+            raise train_config_error(ctx, self.name, error) from None
         run_torchrun(ctx, "train.py", train_config.to_args(), nproc=nproc, timeout_s=config.timeout_s,
                      log_path=workdir / "torchrun.log")
         result.artefacts["metrics"] = ctx.relative(metrics_file)

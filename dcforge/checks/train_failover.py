@@ -10,7 +10,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 
 from dcforge.checks._torchrun import default_nproc, read_jsonl, run_torchrun
-from dcforge.checks.train import check_preset, settings_error
+from dcforge.checks.train import check_preset, train_config_error
 from dcforge.harness.check import CheckConfig, CheckContext
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult, Plot, Series
@@ -78,7 +78,7 @@ class TrainFailoverCheck:
     def run(self, ctx: CheckContext, config: TrainFailoverConfig) -> CheckResult:
         import torch
 
-        from workloads.train_config import TrainConfig
+        from workloads.train_config import TrainConfig, TrainConfigError
 
         result = CheckResult(self.name, declared=self.metrics)
         nproc = config.nproc_per_node or default_nproc()
@@ -90,9 +90,8 @@ class TrainFailoverCheck:
                               fail_at_step=config.fail_at_step, fail_rank=config.fail_rank, resume=True)
         try:
             faulted.validate(nproc)
-        except ValueError as error:
-            key = "failRank" if "fail_rank" in str(error) else "globalBatchSize"
-            raise settings_error(ctx, self.name, key, str(error)) from None
+        except TrainConfigError as error:
+            raise train_config_error(ctx, self.name, error) from None
         for leftover in (workdir / "faulted.jsonl", workdir / "reference.jsonl"):
             leftover.unlink(missing_ok=True)
         if (workdir / "checkpoints").exists():  # a previous run's checkpoints would be resumed from

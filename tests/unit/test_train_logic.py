@@ -17,7 +17,7 @@ from dcforge.harness.result import CheckResult, Status
 from dcforge.spec.loader import load_environment
 from workloads.allreduce import bus_bandwidth_factor, message_sizes, parse_size
 from workloads.train import lr_factor
-from workloads.train_config import TrainConfig, field_docs, parse_args
+from workloads.train_config import TrainConfig, TrainConfigError, field_docs, parse_args
 from workloads.train_data import SyntheticBigramData, rank_slice
 
 
@@ -29,16 +29,18 @@ def test_every_train_option_is_documented_and_round_trips_through_the_command_li
     assert parse_args(config.to_args()) == config
 
 
-@pytest.mark.parametrize("changes, world, message", [
-    ({"preset": "giant"}, 1, "unknown model preset 'giant'; known presets: tiny"),
-    ({"global_batch_size": 3}, 2, "global_batch_size 3 is not divisible by the world size 2"),
-    ({"seq_len": 4096}, 1, "seq_len 4096 must be between 1 and the preset's max_seq_len 256"),
-    ({"checkpoint_every": 2}, 1, "checkpoint_dir is not"),
-    ({"fail_at_step": 3, "fail_rank": 2}, 2, "fail_rank 2 is not a rank"),
+@pytest.mark.parametrize("changes, world, field, message", [
+    ({"preset": "giant"}, 1, "preset", "unknown model preset 'giant'; known presets: tiny"),
+    ({"global_batch_size": 3}, 2, "global_batch_size", "global_batch_size 3 is not divisible by the world size 2"),
+    ({"seq_len": 4096}, 1, "seq_len", "seq_len 4096 must be between 1 and the preset's max_seq_len 256"),
+    ({"checkpoint_every": 2}, 1, "checkpoint_dir", "checkpoint_dir is not"),
+    ({"keep_checkpoints": 0}, 1, "keep_checkpoints", "keep_checkpoints must be >= 1"),
+    ({"fail_at_step": 3, "fail_rank": 2}, 2, "fail_rank", "fail_rank 2 is not a rank"),
 ])
-def test_bad_training_settings_are_refused(changes, world, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_training_settings_are_refused_naming_their_field(changes, world, field, message):
+    with pytest.raises(TrainConfigError, match=message) as caught:
         TrainConfig(**changes).validate(world)
+    assert caught.value.field == field and isinstance(caught.value, ValueError)
 
 
 def test_data_is_a_function_of_step_and_independent_of_world_size():
@@ -81,6 +83,14 @@ def test_batch_not_divisible_by_ranks_is_a_config_error_naming_the_key(tmp_path)
     with pytest.raises(ConfigError, match=r"Pulumi.local.yaml: dcforge:acceptance.settings.train.globalBatchSize: "
                                           r"global_batch_size 3 is not divisible by the world size 2"):
         TrainCheck().run(ctx, config)
+
+
+def test_failover_rank_outside_the_world_is_a_config_error_naming_the_key(tmp_path):
+    ctx = CheckContext(env=load_environment("local"), report_dir=tmp_path, deadline=time.monotonic() + 60)
+    config = TrainFailoverConfig(nproc_per_node=2, fail_rank=5)
+    with pytest.raises(ConfigError, match=r"dcforge:acceptance.settings.train_failover.failRank: "
+                                          r"fail_rank 5 is not a rank of a world of size 2"):
+        TrainFailoverCheck().run(ctx, config)
 
 
 def _steps(losses, attempt=0, start=1, t0=100.0):
