@@ -1,6 +1,8 @@
 """The driver / CUDA / NCCL / fabric manager / GPU Operator compatibility table (`data/compatibility.yaml`).
 
-The same YAML file is read by the Ansible `preflight` role, so a combination refused here is refused on the host.
+The rules exist only here. The Ansible `preflight` role applies none of its own: it reads the verdict these rules
+give the pinned versions (`dcforge.inventory.compatibility_verdict`, written into the generated inventory and passed
+by `dcforge provision`), so a combination refused here is refused on the host.
 """
 
 from __future__ import annotations
