@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from dcforge.errors import ConfigError, ConfigErrors
 from dcforge.paths import REPO_ROOT, STACKS_DIR  # noqa: F401  (REPO_ROOT: re-exported for older imports)
-from dcforge.spec.models import Environment
+from dcforge.spec.models import Environment, FieldValueError
 from dcforge.spec.validation import CheckCatalog, _pydantic_message, cross_field_problems
 
 NAMESPACE = "dcforge"
@@ -98,7 +98,7 @@ def validate_spec(config: dict[str, Any], env_name: str, source: str,
         spec = Environment.model_validate({"name": env_name, **config})
     except ValidationError as error:
         raise ConfigErrors([
-            _located(source, lines, _key_path(detail["loc"]), _pydantic_message(detail))
+            _located(source, lines, _key_path(detail["loc"], _refused_field(detail)), _pydantic_message(detail))
             for detail in error.errors()
         ]) from None
     problems = cross_field_problems(spec, checks)
@@ -121,7 +121,16 @@ def _dcforge_config(document: Any, display: str) -> dict[str, Any]:
     return config
 
 
-def _key_path(loc: tuple) -> str:
+def _refused_field(detail: dict) -> str | None:
+    """The key a model validator named with `FieldValueError` (pydantic keeps the exception in the detail)."""
+    error = (detail.get("ctx") or {}).get("error")
+    return error.field if isinstance(error, FieldValueError) else None
+
+
+def _key_path(loc: tuple, field: str | None = None) -> str:
+    """`("gpuPools", 0, "quota")` -> `dcforge:gpuPools[0].quota`, with a validator's own `field` below it."""
+    if field:
+        loc = (*loc, *field.split("."))
     path = ""
     for part in loc:
         if isinstance(part, int):

@@ -29,6 +29,15 @@ VERSION_PATTERN = r"^v?\d+(\.\d+){1,3}$"
 MIG_SLICES_PER_GPU = {"1g": 7, "2g": 3, "3g": 2, "4g": 1, "7g": 1}
 
 
+class FieldValueError(ValueError):
+    """A refusal by a model validator that is about one of the model's keys (`field`, camelCase, dotted below the
+    model, e.g. `quota.gpus`): the loader reports it at that key instead of at the model."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
 class SpecModel(BaseModel):
     """Base of every spec model: camelCase aliases, unknown keys refused, values immutable."""
 
@@ -69,12 +78,13 @@ class GpuSharing(SpecModel):
     @model_validator(mode="after")
     def _mode_settings_agree(self) -> "GpuSharing":
         if self.mode == "mig" and self.mig_strategy == "single" and not self.mig_profile:
-            raise ValueError("mode 'mig' with migStrategy 'single' needs migProfile (e.g. '1g.10gb')")
+            raise FieldValueError("migProfile",
+                                  "mode 'mig' with migStrategy 'single' needs migProfile (e.g. '1g.10gb')")
         if self.mig_profile and self.mig_profile.split(".", 1)[0] not in MIG_SLICES_PER_GPU:
-            raise ValueError(f"migProfile {self.mig_profile!r}: compute size must be one of "
-                             f"{', '.join(MIG_SLICES_PER_GPU)}")
+            raise FieldValueError("migProfile", f"migProfile {self.mig_profile!r}: compute size must be one of "
+                                                f"{', '.join(MIG_SLICES_PER_GPU)}")
         if self.mode == "time-slicing" and self.replicas < 2:
-            raise ValueError("mode 'time-slicing' needs replicas >= 2")
+            raise FieldValueError("replicas", "mode 'time-slicing' needs replicas >= 2")
         return self
 
 
@@ -125,11 +135,12 @@ class GpuPool(SpecModel):
         if self.node_count is None and not self.nodes:
             raise ValueError("give nodeCount or nodes")
         if self.nodes and self.node_count is not None and self.node_count != len(self.nodes):
-            raise ValueError(f"nodeCount {self.node_count} differs from the {len(self.nodes)} names in nodes")
+            raise FieldValueError("nodeCount",
+                                  f"nodeCount {self.node_count} differs from the {len(self.nodes)} names in nodes")
         if len(set(self.nodes)) != len(self.nodes):
-            raise ValueError("nodes lists a node twice")
+            raise FieldValueError("nodes", "nodes lists a node twice")
         if self.sharing.mode == "mig" and not GPU_MODELS[self.gpu_model].mig_capable:
-            raise ValueError(f"GPU model {self.gpu_model} does not support MIG")
+            raise FieldValueError("sharing.mode", f"GPU model {self.gpu_model} does not support MIG")
         for field, capacity in (
             ("gpus", self.schedulable_gpus),
             ("cpu", self.cpus_per_node * self.size),
@@ -137,7 +148,7 @@ class GpuPool(SpecModel):
         ):
             asked = getattr(self.quota, "memory_gi" if field == "memoryGi" else field)
             if asked is not None and asked > capacity:
-                raise ValueError(f"quota.{field} {asked} exceeds the pool's capacity {capacity}")
+                raise FieldValueError(f"quota.{field}", f"quota.{field} {asked} exceeds the pool's capacity {capacity}")
         return self
 
     @property
@@ -199,15 +210,16 @@ class Storage(SpecModel):
     @model_validator(mode="after")
     def _backend_settings(self) -> "Storage":
         if self.backend == "nfs" and self.nfs is None:
-            raise ValueError("backend 'nfs' needs the nfs settings (server, path)")
+            raise FieldValueError("nfs", "backend 'nfs' needs the nfs settings (server, path)")
         if self.backend == "rook-ceph" and self.ceph is None:
             object.__setattr__(self, "ceph", CephSettings())
         if self.backend != "rook-ceph":
             too_replicated = [c.name for c in self.classes if c.replication > 1 and self.backend == "local-path"]
             if too_replicated:
-                raise ValueError(f"backend 'local-path' cannot replicate; set replication 1 for {too_replicated}")
+                raise FieldValueError("classes", f"backend 'local-path' cannot replicate; set replication 1 for "
+                                                 f"{too_replicated}")
         if sum(1 for c in self.classes if c.default) > 1:
-            raise ValueError("more than one storage class is marked default")
+            raise FieldValueError("classes", "more than one storage class is marked default")
         return self
 
 
@@ -228,10 +240,10 @@ class RdmaNetwork(SpecModel):
     @model_validator(mode="after")
     def _enabled_needs_interfaces(self) -> "RdmaNetwork":
         if self.enabled and not self.interfaces:
-            raise ValueError("enabled RDMA needs at least one interface")
+            raise FieldValueError("interfaces", "enabled RDMA needs at least one interface")
         if self.enabled and not self.cidr:
             # without a static range the secondary networks fall back to DHCP, which needs a daemon on every host
-            raise ValueError("enabled RDMA needs cidr, the IP range of the secondary network")
+            raise FieldValueError("cidr", "enabled RDMA needs cidr, the IP range of the secondary network")
         return self
 
 
@@ -284,9 +296,9 @@ class TlsIssuer(SpecModel):
     @model_validator(mode="after")
     def _kind_settings(self) -> "TlsIssuer":
         if self.kind == "acme" and not (self.acme_server and self.acme_email):
-            raise ValueError("kind 'acme' needs acmeServer and acmeEmail")
+            raise FieldValueError("acmeServer", "kind 'acme' needs acmeServer and acmeEmail")
         if self.kind == "ca-secret" and not self.ca_secret_name:
-            raise ValueError("kind 'ca-secret' needs caSecretName")
+            raise FieldValueError("caSecretName", "kind 'ca-secret' needs caSecretName")
         return self
 
 

@@ -48,6 +48,12 @@ BAD_PROD_EDITS = [
                  "'open' or 'proprietary'", id="bad-enum"),
     pytest.param({"  dcforge:versions:": "  dcforge:versionz:"}, "dcforge:versionz", "unknown key",
                  id="typo-top-level-key"),
+    # Refusals of a model validator are reported at the key they are about, not at the model.
+    pytest.param({"      purpose: inference\n": "      purpose: inference\n      quota: {gpus: 200}\n"},
+                 "dcforge:gpuPools[2].quota.gpus", "quota.gpus 200 exceeds the pool's capacity 128",
+                 id="pool-quota-above-capacity"),
+    pytest.param({"      cidr: 192.168.0.0/18\n": ""}, "dcforge:network.rdma.cidr", "enabled RDMA needs cidr",
+                 id="rdma-without-cidr"),
 ]
 
 

@@ -241,7 +241,7 @@ BAD_SPECS = {
     "overlapping CIDRs": (lambda c: c["network"].update(serviceCidr="10.244.128.0/17"),
                           "dcforge:network.serviceCidr", "overlaps podCidr"),
     "pool quota above capacity": (lambda c: c["gpuPools"][0].update(quota={"gpus": 17}),
-                                  "dcforge:gpuPools[0]", "quota.gpus 17 exceeds the pool's capacity 16"),
+                                  "dcforge:gpuPools[0].quota.gpus", "quota.gpus 17 exceeds the pool's capacity 16"),
     "duplicate namespaces": (lambda c: c["network"]["namespaces"].append({"name": "training"}),
                              "dcforge:network.namespaces", "duplicate name 'training'"),
     "taint syntax": (lambda c: c["gpuPools"][0].update(taints=["nvidia.com/gpu=present:NoShedule"]),
