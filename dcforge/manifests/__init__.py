@@ -73,25 +73,10 @@ class ComponentManifests:
         return namespaces + [release.to_manifest() for release in self.releases] + others
 
 
-from dcforge.manifests.build import (  # noqa: E402  (the types above must exist before the builders import them)
-    acceptance,
-    build_all,
-    cluster_network,
-    distributed_storage,
-    gpu_node_pool,
-    gpu_operator,
-    security_baseline,
-)
+# One module per component, named after it (GpuOperator -> gpu_operator.py, Acceptance -> acceptance.py), each
+# defining the builder function of the same name; `dcforge.manifests.build` gathers them. They are not re-exported
+# here: a function named like its module would shadow the module (`import dcforge.manifests.acceptance`).
+# The types above must exist before the builders import them.
+from dcforge.manifests.build import build_all  # noqa: E402
 
-__all__ = [
-    "HELM_RELEASE_API_VERSION",
-    "ComponentManifests",
-    "HelmRelease",
-    "acceptance",
-    "build_all",
-    "cluster_network",
-    "distributed_storage",
-    "gpu_node_pool",
-    "gpu_operator",
-    "security_baseline",
-]
+__all__ = ["HELM_RELEASE_API_VERSION", "ComponentManifests", "HelmRelease", "build_all"]

@@ -10,9 +10,8 @@ import pytest
 import yaml
 
 from dcforge.compliance import evaluate, exceptions_for, resource_id, unexcepted
-from dcforge.manifests import (
-    ComponentManifests,
-    HelmRelease,
+from dcforge.manifests import ComponentManifests, HelmRelease
+from dcforge.manifests.build import (
     acceptance,
     build_all,
     cluster_network,
