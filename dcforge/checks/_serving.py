@@ -22,7 +22,7 @@ from pydantic import Field, model_validator
 from dcforge.harness.check import CheckConfig, CheckContext
 from dcforge.harness.processes import ManagedProcess
 from dcforge.harness.result import CheckResult, Plot, Series
-from dcforge.spec.loader import REPO_ROOT
+from dcforge.paths import REPO_ROOT
 
 LOCUSTFILE = REPO_ROOT / "loadtests" / "locustfile.py"
 CHAT_TEMPLATE_TOKENS = 48

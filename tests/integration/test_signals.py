@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from dcforge.paths import REPO_ROOT
+
 pytestmark = pytest.mark.slow
 
 GONE_WITHIN_S = 10.0
@@ -187,7 +189,7 @@ def test_sigkilled_server_master_leaves_no_replica(tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     state = tmp_path / "state"
-    env = {**os.environ, "DCFORGE_API_KEY": "test-key", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env = {**os.environ, "DCFORGE_API_KEY": "test-key", "PYTHONPATH": str(REPO_ROOT)}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     master = subprocess.Popen([sys.executable, "-m", "workloads.serve", "--port", str(port), "--replicas", "2",
                                "--state-dir", str(state)], env=env, stdout=subprocess.DEVNULL,

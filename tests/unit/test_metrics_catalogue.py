@@ -19,7 +19,7 @@ from dcforge.harness.metrics import MetricSpec, UndeclaredMetric, find_spec
 from dcforge.harness.result import CheckResult
 from dcforge.metrics_catalogue import README_BEGIN, README_END, catalogue, readme_section, render_markdown
 from dcforge.report.html import render_html
-from dcforge.spec.loader import REPO_ROOT
+from dcforge.paths import REPO_ROOT
 from loadtests.metrics import RequestSlo, summarize
 
 CHECKS_DIR = REPO_ROOT / "dcforge" / "checks"
