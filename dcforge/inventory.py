@@ -138,11 +138,19 @@ def stale_files(inventory_dir: Path, files: list[GeneratedFile]) -> list[Path]:
     return sorted(existing - produced)
 
 
-def drifted_files(inventory_dir: Path, files: list[GeneratedFile]) -> list[Path]:
-    """Files that differ from what is generated, are missing, or are stale."""
-    differing = [file.path for file in files
-                 if not (inventory_dir / file.path).is_file() or (inventory_dir / file.path).read_text() != file.text]
-    return differing + stale_files(inventory_dir, files)
+def drifted_files(inventory_dir: Path, files: list[GeneratedFile], *, content_only: bool = False) -> list[Path]:
+    """Files that differ from what is generated, are missing, or are stale. `content_only` compares the YAML
+    values, not the text (the header comments name the environment file it was generated from)."""
+
+    def same(file: GeneratedFile) -> bool:
+        target = inventory_dir / file.path
+        if not target.is_file():
+            return False
+        if content_only:
+            return yaml.safe_load(target.read_text()) == yaml.safe_load(file.text)
+        return target.read_text() == file.text
+
+    return [file.path for file in files if not same(file)] + stale_files(inventory_dir, files)
 
 
 def write_inventory(inventory_dir: Path, files: list[GeneratedFile]) -> list[Path]:
@@ -166,12 +174,13 @@ def inventory_command(env: str = "local", *, env_file: Path | None = None, outpu
     files that differ from what the environment file generates."""
     from rich.console import Console
 
+    from dcforge.checks import CATALOG
     from dcforge.spec import load_environment
 
     console = console or Console(soft_wrap=True)
-    loaded = load_environment(None if env_file else env, path=env_file)
+    loaded = load_environment(None if env_file else env, path=env_file, checks=CATALOG)
     inventory_dir = Path(output) if output is not None else INVENTORIES_DIR / loaded.spec.name
-    files = inventory_files(loaded.spec, _source_name(loaded.path))
+    files = inventory_files(loaded.spec, source_name(loaded.path))
     if check:
         drifted = drifted_files(inventory_dir, files)
         for path in drifted:
@@ -188,7 +197,7 @@ def inventory_command(env: str = "local", *, env_file: Path | None = None, outpu
     return 0
 
 
-def _source_name(path: Path) -> str:
+def source_name(path: Path) -> str:
     """`stacks/Pulumi.<env>.yaml` for the checkout's environment files, else the file name."""
     from dcforge.paths import REPO_ROOT
 

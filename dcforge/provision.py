@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from dcforge.errors import ConfigError
-from dcforge.inventory import INVENTORIES_DIR, environment_verdict, versions_vars
+from dcforge.inventory import (INVENTORIES_DIR, drifted_files, environment_verdict, inventory_files, source_name,
+                               versions_vars)
 from dcforge.paths import PLAYBOOKS_DIR
 
 
@@ -111,6 +112,16 @@ def inventory_for(env: str, inventory: Path | None = None) -> Path:
         raise ConfigError(path, None, f"no Ansible inventory for environment {env!r} "
                                       f"(inventories: {', '.join(known)}; or pass --inventory)")
     return path
+
+
+def refuse_stale_inventory(loaded, inventory_path: Path) -> None:
+    """The generated inventory must match the environment file: its hosts and pool facts are not passed as
+    extravars, so a stale one would provision the wrong hosts or the wrong way."""
+    drifted = drifted_files(inventory_path, inventory_files(loaded.spec, source_name(loaded.path)),
+                            content_only=True)
+    if drifted:
+        raise ConfigError(inventory_path, None, f"differs from {loaded.path} ({', '.join(map(str, drifted))}): "
+                                                f"run `dcforge inventory --env {loaded.spec.name}` first")
 
 
 def _ansible_binary(name: str) -> str:
@@ -215,6 +226,8 @@ def provision_command(env: str = "local", *, check: bool = False, limit: str | N
     console = console or Console(soft_wrap=True)
     loaded = load_environment(None if env_file else env, path=env_file, checks=CATALOG)
     inventory_path = inventory_for(loaded.spec.name, inventory)
+    if inventory is None:
+        refuse_stale_inventory(loaded, inventory_path)
     extravars = versions_extravars(loaded)
     versions = extravars["dcforge_versions"]
     console.print(f"dcforge provision: environment [bold]{loaded.spec.name}[/] ({loaded.path}), inventory "

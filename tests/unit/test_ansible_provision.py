@@ -65,3 +65,24 @@ def test_cli_reports_bad_environment_in_one_line(tmp_path):
     # `dcforge.cli.main` turns this ConfigError into one line and exit 2.
     assert isinstance(result.exception, ConfigError)
     assert "no Ansible inventory for environment 'dev'" in str(result.exception)
+
+
+def test_provision_refuses_a_generated_inventory_that_differs_from_the_environment_file(env_file):
+    """Hosts and pool facts come from the generated inventory: provisioning from a stale one is bad input."""
+    from typer.testing import CliRunner
+
+    from dcforge.cli import app
+
+    path = env_file("dev", replace={"nodes: [dev-gpu-01, dev-gpu-02]": "nodes: [dev-gpu-01, dev-gpu-03]"})
+    result = CliRunner().invoke(app, ["provision", "--env-file", str(path)])
+    assert isinstance(result.exception, ConfigError)
+    assert "hosts.yml" in str(result.exception) and "run `dcforge inventory --env dev` first" in str(result.exception)
+    assert "dcforge.yml" not in str(result.exception)  # versions and pool facts are unchanged
+
+
+def test_an_unchanged_copy_of_the_environment_file_matches_the_inventory(env_file):
+    from dcforge.provision import refuse_stale_inventory
+    from dcforge.spec import load_environment
+
+    loaded = load_environment(path=env_file("prod"))  # another path, so other header comments: same content
+    refuse_stale_inventory(loaded, inventory_for("prod"))
