@@ -97,7 +97,7 @@ def calibrate(loaded, selected: list[str], runs: int, k: float, out: Path, repor
               log: Callable[[str], None] = print) -> tuple[Path, list[Calibration], list[str]]:
     from dcforge import __version__
     from dcforge.checks.system import git_commit, torch_versions
-    from dcforge.harness.node import acceptance_pool, visible_gpus
+    from dcforge.harness.node import visible_gpus
     from dcforge.harness.runner import RunState, run_acceptance, utc_now
     from dcforge.report import build_report, write_report_files
     from dcforge.spec.gpus import gpu_model_for_device_name
@@ -118,7 +118,7 @@ def calibrate(loaded, selected: list[str], runs: int, k: float, out: Path, repor
             raise KeyboardInterrupt
         results.append({name: state.results[name] for name in selected})
     calibrations, left_out = collect(results)
-    pool = acceptance_pool(loaded.spec)
+    pool = loaded.spec.acceptance_pool
     gpus = visible_gpus()
     if pool is not None:
         model, per_node = pool.gpu_model, pool.gpus_per_node

@@ -60,12 +60,11 @@ def acceptance_slos(env) -> tuple[list[Slo], str]:
     visible here (the `gpu` verification environment runs on whatever GPUs the machine has).
     """
     from dcforge.errors import ConfigError
-    from dcforge.harness.node import acceptance_pool
     from dcforge.spec.profiles import effective_slos, resolve_profile
 
     spec = env.spec
     model, per_node = None, None
-    if (pool := acceptance_pool(spec)) is not None:
+    if (pool := spec.acceptance_pool) is not None:
         model, per_node = pool.gpu_model, pool.gpus_per_node
     elif spec.acceptance.profile == "auto":
         from dcforge.harness.node import visible_gpus

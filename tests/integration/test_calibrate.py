@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dcforge.paths import STACKS_DIR
 from dcforge.spec.profiles import load_profile_file
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[2]
 
 
 def dcforge(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -24,7 +24,7 @@ def dcforge(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_calibrate_writes_a_profile_that_later_runs_are_judged_against(tmp_path):
-    text = (REPO / "stacks" / "Pulumi.local.yaml").read_text()
+    text = (STACKS_DIR / "Pulumi.local.yaml").read_text()
     small = "        maxBytes: 1M\n        factor: 4\n"
     text = text.split("        maxBytes: 64M")[0] + small + text.split("        factor: 4\n", 1)[1]
     env = tmp_path / "Pulumi.cal.yaml"

@@ -14,10 +14,10 @@ import yaml
 from dcforge.checks import CATALOG
 from dcforge.errors import DcforgeError
 from dcforge.harness.slo import acceptance_slos
+from dcforge.paths import REPO_ROOT
 from dcforge.spec import load_environment
 from dcforge.spec.profiles import builtin_profiles, load_profile_file
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 def dcforge(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -68,7 +68,7 @@ def test_named_profile_and_no_profile(env_file):
 
 
 def write_profile(tmp_path: Path, edit) -> Path:
-    document = yaml.safe_load((REPO / "dcforge/spec/data/profiles/h100-sxm-8gpu-nvlink-ib400.yaml").read_text())
+    document = yaml.safe_load((REPO_ROOT / "dcforge/spec/data/profiles/h100-sxm-8gpu-nvlink-ib400.yaml").read_text())
     edit(document)
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump(document))
