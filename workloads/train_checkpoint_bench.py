@@ -24,7 +24,6 @@ from dcforge.process_lifetime import die_with_torchrun_agent
 die_with_torchrun_agent()
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -39,6 +38,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict
 from workloads.checkpointing import (CheckpointCorruptError, CheckpointError, ensure_writable, load_checkpoint,
                                      save_checkpoint, tensor_checksums, verify_checksums)
 from workloads.model import GPT, get_preset
+from workloads.records import CheckpointResult, emit_result
 
 RAW_CHUNK = 16 * 2**20
 
@@ -91,7 +91,7 @@ def rank_file_bytes(directory: Path, rank: int) -> int:
     return sum(f.stat().st_size for f in directory.glob(f"__{rank}_*.distcp"))
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace) -> CheckpointResult:
     rank = dist.get_rank()
     root = Path(args.directory)
     config = get_preset(args.preset, max_seq_len=args.seq_len)
@@ -144,13 +144,13 @@ def run(args: argparse.Namespace) -> dict:
     corruption_detected = corrupt_and_reload(saved.path, tensors, rank) if args.corruption_test else None
     total = int(raw_total.item())
     save_s, raw_s = statistics.median(save_times), statistics.median(raw_times)
-    return {"preset": args.preset, "with_optimizer": args.with_optimizer, "world_size": dist.get_world_size(),
-            "bytes": total, "tensor_bytes_per_replica": saved.bytes, "tensors": len(tensor_checksums(tensors)),
-            "rounds": args.rounds, "save_s": save_s, "load_s": load_s, "raw_write_s": raw_s, "verify_s": verify_s,
-            "save_times_s": save_times, "raw_write_times_s": raw_times,
-            "save_gbps": total / save_s / 1e9, "load_gbps": total / load_s / 1e9, "raw_write_gbps": total / raw_s / 1e9,
-            "save_ratio_to_raw": median_ratio(raw_times, save_times),
-            "checksum_match": checksum_ok, "corruption_detected": corruption_detected, "directory": str(root)}
+    return CheckpointResult(
+        preset=args.preset, with_optimizer=args.with_optimizer, world_size=dist.get_world_size(), bytes=total,
+        tensor_bytes_per_replica=saved.bytes, tensors=len(tensor_checksums(tensors)), rounds=args.rounds,
+        save_s=save_s, load_s=load_s, raw_write_s=raw_s, verify_s=verify_s, save_times_s=save_times,
+        raw_write_times_s=raw_times, save_gbps=total / save_s / 1e9, load_gbps=total / load_s / 1e9,
+        raw_write_gbps=total / raw_s / 1e9, save_ratio_to_raw=median_ratio(raw_times, save_times),
+        checksum_match=checksum_ok, corruption_detected=corruption_detected, directory=str(root))
 
 
 def median_ratio(raw_times: list[float], save_times: list[float]) -> float:
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-len", type=int, default=256, help="position-embedding rows to include (256)")
     parser.add_argument("--with-optimizer", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--directory", required=True, help="checkpoint directory (on the storage under test)")
-    parser.add_argument("--output", help="JSON result (rank 0)")
+    parser.add_argument("--output", help="also write the result line (a CheckpointResult) here (rank 0)")
     parser.add_argument("--rounds", type=int, default=3, help="save + raw write rounds, order alternating (3)")
     parser.add_argument("--corruption-test", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args(argv)
@@ -197,9 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run(args)
         if dist.get_rank() == 0:
-            print(json.dumps(result, indent=1))
-            if args.output:
-                Path(args.output).write_text(json.dumps(result, indent=1))
+            emit_result(result, args.output)
     finally:
         dist.destroy_process_group()
     return 0

@@ -13,6 +13,14 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 from workloads.model import PRESETS, get_preset
 
 
+class TrainConfigError(ValueError):
+    """A setting that cannot work, with the TrainConfig field it belongs to (callers map it to their own key)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
 @dataclass
 class TrainConfig:
     preset: str = "tiny"
@@ -67,22 +75,26 @@ class TrainConfig:
     """Print a progress line to stdout every this many steps (rank 0)."""
 
     def validate(self, world_size: int) -> None:
-        """Raise ValueError with a one-line message for settings that cannot work."""
-        model = get_preset(self.preset)  # unknown preset -> ValueError listing the presets
+        """Raise TrainConfigError (a ValueError) with a one-line message for settings that cannot work."""
+        try:
+            model = get_preset(self.preset)
+        except ValueError as error:  # unknown preset: the message lists the presets
+            raise TrainConfigError("preset", str(error)) from None
         if not 1 <= self.seq_len <= model.max_seq_len:
-            raise ValueError(f"seq_len {self.seq_len} must be between 1 and the preset's max_seq_len "
-                             f"{model.max_seq_len}")
+            raise TrainConfigError("seq_len", f"seq_len {self.seq_len} must be between 1 and the preset's "
+                                              f"max_seq_len {model.max_seq_len}")
         if self.global_batch_size < 1 or self.global_batch_size % world_size:
-            raise ValueError(f"global_batch_size {self.global_batch_size} is not divisible by the world size "
-                             f"{world_size}")
+            raise TrainConfigError("global_batch_size", f"global_batch_size {self.global_batch_size} is not "
+                                                        f"divisible by the world size {world_size}")
         if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+            raise TrainConfigError("steps", f"steps must be >= 1, got {self.steps}")
         if self.checkpoint_every and not self.checkpoint_dir:
-            raise ValueError("checkpoint_every is set but checkpoint_dir is not")
+            raise TrainConfigError("checkpoint_dir", "checkpoint_every is set but checkpoint_dir is not")
         if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
-            raise ValueError("checkpoint_every must be >= 0 and keep_checkpoints >= 1")
+            raise TrainConfigError("checkpoint_every", "checkpoint_every must be >= 0 and keep_checkpoints >= 1")
         if self.fail_at_step is not None and not 0 <= self.fail_rank < world_size:
-            raise ValueError(f"fail_rank {self.fail_rank} is not a rank of a world of size {world_size}")
+            raise TrainConfigError("fail_rank",
+                                   f"fail_rank {self.fail_rank} is not a rank of a world of size {world_size}")
 
     def to_args(self) -> list[str]:
         """Command-line arguments that reproduce this config (for launching train.py under torchrun)."""
@@ -137,4 +149,4 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     return TrainConfig(**vars(namespace))
 
 
-__all__ = ["PRESETS", "TrainConfig", "build_parser", "parse_args"]
+__all__ = ["PRESETS", "TrainConfig", "TrainConfigError", "build_parser", "parse_args"]
