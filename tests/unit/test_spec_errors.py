@@ -48,6 +48,10 @@ BAD_PROD_EDITS = [
                  "'open' or 'proprietary'", id="bad-enum"),
     pytest.param({"  dcforge:versions:": "  dcforge:versionz:"}, "dcforge:versionz", "unknown key",
                  id="typo-top-level-key"),
+    pytest.param({"failAtStep: 25}": "failAtStep: 25, timeoutS: 800}"},
+                 "dcforge:acceptance.settings.train_failover.timeoutS",
+                 "no longer a setting here; set dcforge:acceptance.timeoutsS.train_failover instead",
+                 id="per-check-timeout-moved-to-timeoutsS"),
 ]
 
 

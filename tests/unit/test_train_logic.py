@@ -84,6 +84,15 @@ def test_batch_not_divisible_by_ranks_is_a_config_error_naming_the_key(tmp_path)
         TrainCheck().run(ctx, config)
 
 
+def test_a_refused_training_setting_names_its_own_key(tmp_path):
+    ctx = CheckContext(env=load_environment("local"), report_dir=tmp_path, deadline=time.monotonic() + 60)
+    with pytest.raises(ConfigError, match=r"dcforge:acceptance.settings.train_failover.failRank: fail_rank 2 is not "
+                                          r"a rank of a world of size 2"):
+        TrainFailoverCheck().run(ctx, TrainFailoverConfig(fail_rank=2, nproc_per_node=2))
+    with pytest.raises(ConfigError, match=r"dcforge:acceptance.settings.train.seqLen: seq_len 512 must be"):
+        TrainCheck().run(ctx, TrainCheckConfig(seq_len=512, nproc_per_node=2))
+
+
 def _steps(losses, attempt=0, start=1, t0=100.0):
     return [TrainStep(time=t0 + i, step=start + i, attempt=attempt, loss=loss, step_time_s=0.5, tokens_per_s=1000.0,
                       tokens_per_s_total=2000.0, mfu=0.4, lr=1e-3) for i, loss in enumerate(losses)]
