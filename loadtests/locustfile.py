@@ -32,7 +32,7 @@ try:
 except ImportError:  # `locust -f path/to/locustfile.py` outside an install: Locust puts this directory on sys.path
     from llm_protocol import (RequestLog, RequestRecord, chunk_has_text_fast,  # type: ignore[no-redef]
                               endpoint_path, make_prompt, parse_sse_line, request_body, time_per_output_token_s)
-from workloads.records import LOAD_DEFAULTS, REPLICA_HEADER, LoadEnv  # importable once llm_protocol is
+from workloads.records import LOAD_API_KEY_ENV, LOAD_DEFAULTS, REPLICA_HEADER, LoadEnv  # found once llm_protocol is
 
 _request_log: RequestLog | None = None
 DRAIN_TIMEOUT_S = 1.0
@@ -104,7 +104,7 @@ def _close_log(**_kwargs) -> None:
 def _api_key(options) -> str:
     if options.llm_api_key_file:
         return Path(options.llm_api_key_file).read_text().splitlines()[0].strip()
-    return os.environ.get("OPENAI_API_KEY", "")
+    return os.environ.get(LOAD_API_KEY_ENV, "")
 
 
 class LlmUser(FastHttpUser):

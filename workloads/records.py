@@ -45,7 +45,8 @@ REPLICA_HEADER = "x-dcforge-replica"
 
 
 class LoadEnv:
-    """Environment variables that configure loadtests/locustfile.py (each is also a `--llm-...` option)."""
+    """Environment variables that configure loadtests/locustfile.py (each is also a `--llm-...` option).
+    The server's own variables (API key, key file) are in workloads/serving/settings.py."""
 
     MODEL = "LLM_MODEL"
     ENDPOINT = "LLM_ENDPOINT"
@@ -60,6 +61,10 @@ class LoadEnv:
     MAX_INFLIGHT = "LLM_MAX_INFLIGHT"
     TIMEOUT = "LLM_TIMEOUT"
     REQUEST_LOG = "LLM_REQUEST_LOG"
+
+
+LOAD_API_KEY_ENV = "OPENAI_API_KEY"
+"""The load generator's API key when no LoadEnv.API_KEY_FILE is given (the variable OpenAI clients read)."""
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,9 @@ from dcforge.harness.check import CheckConfig, CheckContext
 from dcforge.harness.processes import ManagedProcess
 from dcforge.harness.result import CheckResult, Plot, Series
 from dcforge.spec.loader import REPO_ROOT
-from workloads.records import LOAD_DEFAULTS, REQUEST_LOG_TEMPLATE, LoadEnv, RequestRecord, ready_replicas
+from workloads.records import (LOAD_API_KEY_ENV, LOAD_DEFAULTS, REQUEST_LOG_TEMPLATE, LoadEnv, RequestRecord,
+                               ready_replicas)
+from workloads.serving.settings import API_KEY_ENV, API_KEY_FILE_ENV
 
 LOCUSTFILE = REPO_ROOT / "loadtests" / "locustfile.py"
 CHAT_TEMPLATE_TOKENS = 48
@@ -196,8 +198,8 @@ class LocalServer:
             cert, key = self_signed_certificate(secrets_dir)
             args += ["--tls-cert", str(cert), "--tls-key", str(key)]
             self.ca_file = cert
-        env = {k: v for k, v in os.environ.items() if k not in ("DCFORGE_API_KEY", "PROMETHEUS_MULTIPROC_DIR")}
-        env.update(DCFORGE_API_KEY_FILE=str(key_file), PYTHONPATH=str(REPO_ROOT), PYTHONUNBUFFERED="1")
+        env = {k: v for k, v in os.environ.items() if k not in (API_KEY_ENV, "PROMETHEUS_MULTIPROC_DIR")}
+        env.update({API_KEY_FILE_ENV: str(key_file), "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"})
         self.process = ManagedProcess(args, env=env, cwd=REPO_ROOT, log_path=self.log_path, grace_s=5.0)
         self.base_url = f"{'https' if config.tls else 'http'}://127.0.0.1:{self.port}"
 
@@ -277,7 +279,7 @@ def locust_process(config: ServingLoadConfig, server: LocalServer, secrets_dir: 
             "-t", f"{config.duration_s:g}s", "--exit-code-on-error", "0"]
     if config.locust_processes > 1:
         args += ["--processes", str(config.locust_processes)]
-    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    env = {k: v for k, v in os.environ.items() if k != LOAD_API_KEY_ENV}
     env.update({LoadEnv.API_KEY_FILE: str(secrets_dir / "api-key"), LoadEnv.MODEL: model,
                 LoadEnv.ENDPOINT: config.endpoint, LoadEnv.PROMPT_TOKENS: str(prompt_tokens),
                 LoadEnv.MAX_TOKENS: str(config.max_tokens), LoadEnv.ARRIVAL: config.arrival,
