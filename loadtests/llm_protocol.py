@@ -1,5 +1,6 @@
 """The parts of the LLM Locust user that do not need Locust: prompts, request bodies, SSE parsing and the
-per-request JSONL log. Kept apart so they are unit-tested without gevent's monkey-patching."""
+per-request JSONL log (its record type, RequestRecord, is defined with every other workload record in
+workloads/records.py). Kept apart so they are unit-tested without gevent's monkey-patching."""
 
 from __future__ import annotations
 
@@ -8,9 +9,17 @@ import os
 import random
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
+
+try:
+    from workloads.records import RequestRecord, read_records_file
+except ImportError:  # `locust -f path/to/loadtests/locustfile.py` from a checkout that is not installed
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from workloads.records import RequestRecord, read_records_file
 
 _WORDS = ("data centre GPU training serving token latency cluster network storage model batch cache kernel "
           "memory bandwidth throughput replica request stream").split()
@@ -138,42 +147,6 @@ def chunk_has_text_fast(payload: bytes) -> bool:
     return False
 
 
-_compact_json = json.JSONEncoder(separators=(",", ":")).encode
-"""One encoder for every log line: `json.dumps(..., separators=...)` builds a new encoder per call (a third of
-the cost of a line)."""
-
-
-@dataclass
-class RequestRecord:
-    """One line of the per-request log: everything the metric formulas (docs/metrics.md#inference) need."""
-
-    start: float
-    """Send time, seconds since the epoch (comparable across Locust processes and with the kill time)."""
-    end: float
-    ok: bool
-    status: int = 0
-    """HTTP status; 0 when no response arrived (connection refused/reset, timeout)."""
-    error: str = ""
-    ttft_s: float | None = None
-    """First non-empty token time - send time; None without a streamed token."""
-    e2e_s: float = 0.0
-    token_times_s: list[float] = field(default_factory=list)
-    """Arrival time (s after send) of every non-empty chunk; ITL = gaps between consecutive ones."""
-    output_tokens: int = 0
-    """The server's `usage.completion_tokens` when given, else the count of non-empty chunks."""
-    prompt_tokens: int | None = None
-    replica: str = ""
-    """The x-dcforge-replica response header (which server process answered), when the server sends it."""
-    stream: bool = True
-
-    def to_json(self) -> str:
-        # The fields are flat, so a shallow copy of __dict__ gives what dataclasses.asdict would, without its
-        # recursive deep copy (a quarter of the log's cost per request).
-        data = dict(self.__dict__)
-        data["token_times_s"] = [round(t, 6) for t in self.token_times_s]
-        return _compact_json(data)
-
-
 class RequestLog:
     """Appends records as JSON lines. `{pid}` in the path is replaced, so `--processes N` workers each write
     their own file and never interleave partial lines.
@@ -240,13 +213,9 @@ def _non_yielding_lock():
     return get_original("_thread", "allocate_lock")()
 
 
-def read_records(paths: list[Path]) -> list[dict[str, Any]]:
-    """Every record of the given JSONL files, sorted by send time; a torn last line (killed writer) is skipped."""
-    records = []
+def read_records(paths: list[Path]) -> list[RequestRecord]:
+    """Every record of the given request logs, sorted by send time; a torn last line (killed writer) is skipped."""
+    records: list[RequestRecord] = []
     for path in paths:
-        for line in Path(path).read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue
-    return sorted(records, key=lambda record: record["start"])
+        records += read_records_file(path, RequestRecord)
+    return sorted(records, key=lambda record: record.start)

@@ -32,6 +32,7 @@ try:
 except ImportError:  # `locust -f path/to/locustfile.py` outside an install: Locust puts this directory on sys.path
     from llm_protocol import (RequestLog, RequestRecord, chunk_has_text_fast,  # type: ignore[no-redef]
                               endpoint_path, make_prompt, parse_sse_line, request_body, time_per_output_token_s)
+from workloads.records import LOAD_API_KEY_ENV, LOAD_DEFAULTS, REPLICA_HEADER, LoadEnv  # found once llm_protocol is
 
 _request_log: RequestLog | None = None
 DRAIN_TIMEOUT_S = 1.0
@@ -44,25 +45,27 @@ _BLANK_LINES = (b"\n", b"\r\n")
 @events.init_command_line_parser.add_listener
 def _add_options(parser) -> None:
     group = parser.add_argument_group("LLM user")
-    group.add_argument("--llm-model", default="", env_var="LLM_MODEL", help="model id; default: first of /v1/models")
-    group.add_argument("--llm-endpoint", choices=["chat", "completions"], default="chat", env_var="LLM_ENDPOINT")
-    group.add_argument("--llm-api-key-file", default="", env_var="LLM_API_KEY_FILE",
+    group.add_argument("--llm-model", default="", env_var=LoadEnv.MODEL, help="model id; default: first of /v1/models")
+    group.add_argument("--llm-endpoint", choices=["chat", "completions"], default=LOAD_DEFAULTS.endpoint,
+                       env_var=LoadEnv.ENDPOINT)
+    group.add_argument("--llm-api-key-file", default="", env_var=LoadEnv.API_KEY_FILE,
                        help="file whose first line is the API key (else OPENAI_API_KEY)")
-    group.add_argument("--llm-prompt-tokens", type=int, default=64, env_var="LLM_PROMPT_TOKENS")
-    group.add_argument("--llm-prompt-tokens-spread", type=float, default=0.25, env_var="LLM_PROMPT_TOKENS_SPREAD",
-                       help="prompt length is uniform in tokens * (1 +/- spread)")
-    group.add_argument("--llm-max-tokens", type=int, default=32, env_var="LLM_MAX_TOKENS")
-    group.add_argument("--llm-temperature", type=float, default=1.0, env_var="LLM_TEMPERATURE")
-    group.add_argument("--llm-no-stream", action="store_true", env_var="LLM_NO_STREAM")
-    group.add_argument("--llm-arrival", choices=["closed", "constant", "poisson"], default="closed",
-                       env_var="LLM_ARRIVAL")
-    group.add_argument("--llm-rate", type=float, default=1.0, env_var="LLM_RATE",
+    group.add_argument("--llm-prompt-tokens", type=int, default=LOAD_DEFAULTS.prompt_tokens,
+                       env_var=LoadEnv.PROMPT_TOKENS)
+    group.add_argument("--llm-prompt-tokens-spread", type=float, default=LOAD_DEFAULTS.prompt_tokens_spread,
+                       env_var=LoadEnv.PROMPT_TOKENS_SPREAD, help="prompt length is uniform in tokens * (1 +/- spread)")
+    group.add_argument("--llm-max-tokens", type=int, default=LOAD_DEFAULTS.max_tokens, env_var=LoadEnv.MAX_TOKENS)
+    group.add_argument("--llm-temperature", type=float, default=1.0, env_var=LoadEnv.TEMPERATURE)
+    group.add_argument("--llm-no-stream", action="store_true", env_var=LoadEnv.NO_STREAM)
+    group.add_argument("--llm-arrival", choices=["closed", "constant", "poisson"], default=LOAD_DEFAULTS.arrival,
+                       env_var=LoadEnv.ARRIVAL)
+    group.add_argument("--llm-rate", type=float, default=LOAD_DEFAULTS.rate, env_var=LoadEnv.RATE,
                        help="open-loop arrivals per second, all users together")
-    group.add_argument("--llm-max-inflight", type=int, default=64, env_var="LLM_MAX_INFLIGHT",
+    group.add_argument("--llm-max-inflight", type=int, default=64, env_var=LoadEnv.MAX_INFLIGHT,
                        help="open loop: in-flight requests per user; arrivals beyond are logged as dropped")
-    group.add_argument("--llm-timeout", type=float, default=60.0, env_var="LLM_TIMEOUT",
+    group.add_argument("--llm-timeout", type=float, default=LOAD_DEFAULTS.request_timeout_s, env_var=LoadEnv.TIMEOUT,
                        help="seconds before a request counts as timed out")
-    group.add_argument("--llm-request-log", default="", env_var="LLM_REQUEST_LOG",
+    group.add_argument("--llm-request-log", default="", env_var=LoadEnv.REQUEST_LOG,
                        help="per-request JSONL log path; {pid} is replaced by the process id")
 
 
@@ -101,7 +104,7 @@ def _close_log(**_kwargs) -> None:
 def _api_key(options) -> str:
     if options.llm_api_key_file:
         return Path(options.llm_api_key_file).read_text().splitlines()[0].strip()
-    return os.environ.get("OPENAI_API_KEY", "")
+    return os.environ.get(LOAD_API_KEY_ENV, "")
 
 
 class LlmUser(FastHttpUser):
@@ -109,7 +112,7 @@ class LlmUser(FastHttpUser):
 
     abstract = False
     wait_time = constant(0)
-    network_timeout = 60.0
+    network_timeout = LOAD_DEFAULTS.request_timeout_s
     connection_timeout = 10.0
     insecure = True  # the bundled check serves a self-signed certificate when TLS is on
 
@@ -165,7 +168,7 @@ class LlmUser(FastHttpUser):
         with self.client.post(path, data=json.dumps(body), headers=self.post_headers, stream=stream,
                               catch_response=True, name=path) as resp:
             record.status = resp.status_code or 0
-            record.replica = (resp.headers or {}).get("x-dcforge-replica", "") if record.status else ""
+            record.replica = (resp.headers or {}).get(REPLICA_HEADER, "") if record.status else ""
             try:
                 if record.status != 200:
                     record.error = getattr(resp, "error", None) and repr(resp.error) or f"HTTP {record.status}: " \

@@ -16,16 +16,16 @@ from dcforge.process_lifetime import die_with_torchrun_agent
 die_with_torchrun_agent()
 
 import argparse
-import json
 import os
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from workloads.records import AllreduceResult, AllreduceRow, emit_result
 
 SIZE_SUFFIXES = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}
 ALGBW_FORMULA = "algbw = bytes / t"
@@ -60,17 +60,6 @@ def bus_bandwidth_factor(world_size: int) -> float:
     return 2 * (world_size - 1) / world_size
 
 
-@dataclass
-class SizeResult:
-    bytes: int
-    elements: int
-    time_s: float
-    """Mean time of one all-reduce on the slowest rank."""
-    algbw_gbps: float
-    busbw_gbps: float
-    correct: bool
-
-
 def _timed(tensor: torch.Tensor, iterations: int, device: torch.device) -> float:
     dist.barrier()
     if device.type == "cuda":
@@ -99,7 +88,7 @@ def _sum_is_correct(elements: int, dtype: torch.dtype, device: torch.device) -> 
 
 
 def sweep(sizes: list[int], warmup: int, iterations: int, dtype: torch.dtype,
-          device: torch.device) -> list[SizeResult]:
+          device: torch.device) -> list[AllreduceRow]:
     world = dist.get_world_size()
     element_size = torch.tensor([], dtype=dtype).element_size()
     results = []
@@ -112,7 +101,7 @@ def sweep(sizes: list[int], warmup: int, iterations: int, dtype: torch.dtype,
         dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
         nbytes = elements * element_size
         algbw = nbytes / seconds.item() / 1e9
-        results.append(SizeResult(nbytes, elements, seconds.item(), algbw, algbw * bus_bandwidth_factor(world),
+        results.append(AllreduceRow(nbytes, elements, seconds.item(), algbw, algbw * bus_bandwidth_factor(world),
                                   _sum_is_correct(elements, dtype, device)))
         del tensor
     return results
@@ -138,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iters", type=int, default=20, help="timed iterations per size (20)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--output", help="write the sweep as JSON here (rank 0)")
+    parser.add_argument("--output", help="also write the result line (an AllreduceResult) here (rank 0)")
     parser.add_argument("--timeout-s", type=float, default=120.0, help="collective timeout (120)")
     return parser
 
@@ -165,12 +154,9 @@ def main(argv: list[str] | None = None) -> int:
             for row in results:
                 print(f"{row.bytes:12d} {row.time_s * 1e6:10.1f} {row.algbw_gbps:11.3f} {row.busbw_gbps:11.3f}  "
                       f"{row.correct}")
-            if args.output:
-                document = {"environment": environment_record(device), "dtype": args.dtype, "warmup": args.warmup,
-                            "iterations": args.iters, "formulas": [ALGBW_FORMULA, BUSBW_FORMULA],
-                            "results": [asdict(row) for row in results]}
-                with open(args.output, "w") as handle:
-                    json.dump(document, handle, indent=1)
+            emit_result(AllreduceResult(environment=environment_record(device), dtype=args.dtype, warmup=args.warmup,
+                                        iterations=args.iters, formulas=[ALGBW_FORMULA, BUSBW_FORMULA],
+                                        results=results), args.output)
     finally:
         dist.destroy_process_group()
     return 0

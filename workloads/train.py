@@ -18,14 +18,13 @@ die_with_torchrun_agent()
 
 import dataclasses
 import hashlib
-import json
 import math
 import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -33,24 +32,23 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 from workloads.checkpointing import (CheckpointCorruptError, CheckpointError, complete_checkpoints,
                                      ensure_writable, load_checkpoint, read_marker, save_checkpoint)
-from workloads.model import GPT, flops_per_token, get_preset
+from workloads.model import GPT, GPTConfig, flops_per_token, get_preset
+from workloads.records import (JsonlAppender, Record, TrainCheckpointCorrupt, TrainCheckpointSaved, TrainFault,
+                               TrainFinal, TrainStart, TrainStep, emit_result)
 from workloads.train_config import TrainConfig, parse_args
 from workloads.train_data import SyntheticBigramData, TextFileData, rank_slice
 
 
 class MetricsLog:
-    """JSONL lines with a wall-clock timestamp; only rank 0 writes, except the fault event of a dying rank."""
+    """The run's records in the metrics JSONL; only rank 0 writes, except the fault record of a dying rank."""
 
     def __init__(self, path: str | None, rank: int):
-        self.path = path
+        self.file = JsonlAppender(path)
         self.rank = rank
 
-    def write(self, record: dict, any_rank: bool = False) -> None:
-        if not self.path or (self.rank != 0 and not any_rank):
-            return
-        line = json.dumps({"time": time.time(), **record}) + "\n"
-        with open(self.path, "a") as handle:  # one short append per line: safe across processes
-            handle.write(line)
+    def write(self, record: Record, any_rank: bool = False) -> None:
+        if self.rank == 0 or any_rank:
+            self.file.write(record)
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
@@ -111,7 +109,7 @@ def resume(config: TrainConfig, model_config, model, optimizer, log: MetricsLog)
         failed = torch.tensor([1.0 if error else 0.0])
         dist.all_reduce(failed, op=dist.ReduceOp.MAX)  # every rank must take the same decision
         if failed.item():
-            log.write({"event": "checkpoint_corrupt", "step": step, "error": error or "corrupt on another rank"})
+            log.write(TrainCheckpointCorrupt(step=step, error=error or "corrupt on another rank"))
             print(f"[train] {error or f'checkpoint {path} is corrupt on another rank'}; trying an older one",
                   file=sys.stderr)
             continue
@@ -126,9 +124,29 @@ def resume(config: TrainConfig, model_config, model, optimizer, log: MetricsLog)
     return None
 
 
-def train(config: TrainConfig, rank: int, world: int, device: torch.device) -> None:
-    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-    log = MetricsLog(config.metrics_file, rank)
+@dataclass
+class Attempt:
+    """One worker group's training state: what every step reads and updates."""
+
+    config: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    attempt: int
+    """torchrun's restart count (0 for the first worker group); the fault is injected on attempt 0 only."""
+    log: MetricsLog
+    model_config: GPTConfig
+    model: GPT
+    """The unwrapped model (its state is the one hashed at the end)."""
+    wrapped: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    data: SyntheticBigramData | TextFileData
+
+
+def build_attempt(config: TrainConfig, rank: int, world: int, device: torch.device) -> Attempt:
+    """Model, wrapper, optimizer, LR schedule and data of a fresh start (the seed makes them identical on a
+    restart until a checkpoint is loaded over them)."""
     model_config = get_preset(config.preset, max_seq_len=config.seq_len)
     torch.manual_seed(config.seed)
     model = GPT(model_config).to(device)
@@ -138,60 +156,94 @@ def train(config: TrainConfig, rank: int, world: int, device: torch.device) -> N
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
     data = TextFileData(config.data_file, config.seed, config.seq_len) if config.data_file \
         else SyntheticBigramData(config.seed)
-    last_step = 0
-    state = resume(config, model_config, wrapped, optimizer, log) if config.checkpoint_dir and config.resume else None
-    if state:
-        scheduler.load_state_dict(state["scheduler"])
-        last_step = state["step"]
-    log.write({"event": "start", "attempt": attempt, "resumed_from_step": last_step if state else None,
-               "world_size": world, "device": device.type, "preset": config.preset})
+    return Attempt(config, rank, world, device, int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
+                   MetricsLog(config.metrics_file, rank), model_config, model, wrapped, optimizer, scheduler, data)
 
+
+def start_attempt(run: Attempt) -> int:
+    """Resume from the newest good checkpoint when asked to; log the start. Returns the last completed step."""
+    config = run.config
+    state = resume(config, run.model_config, run.wrapped, run.optimizer, run.log) \
+        if config.checkpoint_dir and config.resume else None
+    last_step = 0
+    if state:
+        run.scheduler.load_state_dict(state["scheduler"])
+        last_step = state["step"]
+    run.log.write(TrainStart(attempt=run.attempt, resumed_from_step=last_step if state else None,
+                             world_size=run.world, device=run.device.type, preset=config.preset))
+    return last_step
+
+
+def inject_fault_if_due(run: Attempt, step: int) -> None:
+    """Fault injection: the chosen rank SIGKILLs itself at the start of `fail_at_step`, on the first attempt."""
+    config = run.config
+    if step == config.fail_at_step and run.rank == config.fail_rank and run.attempt == 0:
+        run.log.write(TrainFault(step=step, rank=run.rank), any_rank=True)
+        os.kill(os.getpid(), signal.SIGKILL)  # a hard crash: no cleanup, no goodbye to the peers
+
+
+def optimizer_step(run: Attempt, step: int, autocast) -> float:
+    """Forward, backward and update on this step's batch; returns the loss averaged over ranks."""
+    config = run.config
+    tokens = rank_slice(run.data.batch(step, config.global_batch_size, config.seq_len), run.rank, run.world)
+    with autocast:
+        loss = _loss(run.wrapped, tokens.to(run.device))
+    loss.backward()
+    if config.grad_clip:
+        torch.nn.utils.clip_grad_norm_(run.wrapped.parameters(), config.grad_clip)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    mean_loss = loss.detach().float().reshape(1)
+    dist.all_reduce(mean_loss)  # also a sync point, so step times are comparable across ranks
+    if run.device.type == "cuda":
+        torch.cuda.synchronize(run.device)
+    return mean_loss.item() / run.world
+
+
+def save_step_checkpoint(run: Attempt, step: int) -> None:
+    """Everything a resume needs to continue bit for bit: weights, optimizer, schedule, data position, RNG."""
+    config = run.config
+    model_state, optim_state = get_state_dict(run.wrapped, run.optimizer)
+    training_state = {"step": step, "next_data_step": step + 1, "scheduler": run.scheduler.state_dict(),
+                      "seed": config.seed, "global_batch_size": config.global_batch_size}
+    rng = {"cpu": torch.get_rng_state()}
+    if run.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(run.device)
+    saved = save_checkpoint(config.checkpoint_dir, step, {"model": model_state, "optim": optim_state},
+                            training_state, run.model_config, keep=config.keep_checkpoints, rng_state=rng)
+    run.log.write(TrainCheckpointSaved(step=step, bytes=saved.bytes, save_s=saved.seconds))
+
+
+def train(config: TrainConfig, rank: int, world: int, device: torch.device) -> None:
+    run = build_attempt(config, rank, world, device)
+    last_step = start_attempt(run)
     per_device_tokens = config.global_batch_size // world * config.seq_len
-    flops = flops_per_token(model_config, config.seq_len)
+    flops = flops_per_token(run.model_config, config.seq_len)
     peak = peak_flops_per_device(config, device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" \
         else torch.autocast("cpu", enabled=False)
     previous = time.perf_counter()
     for step in range(last_step + 1, config.steps + 1):
-        if step == config.fail_at_step and rank == config.fail_rank and attempt == 0:
-            log.write({"event": "fault", "step": step, "rank": rank}, any_rank=True)
-            os.kill(os.getpid(), signal.SIGKILL)  # a hard crash: no cleanup, no goodbye to the peers
-        tokens = rank_slice(data.batch(step, config.global_batch_size, config.seq_len), rank, world).to(device)
-        with autocast:
-            loss = _loss(wrapped, tokens)
-        loss.backward()
-        if config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(wrapped.parameters(), config.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        mean_loss = loss.detach().float().reshape(1)
-        dist.all_reduce(mean_loss)  # also a sync point, so step times are comparable across ranks
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        now = time.perf_counter()
-        step_time = now - previous
+        inject_fault_if_due(run, step)
+        loss = optimizer_step(run, step, autocast)
+        step_time = time.perf_counter() - previous
         tokens_per_s = per_device_tokens / step_time
-        record = {"step": step, "attempt": attempt, "loss": mean_loss.item() / world, "step_time_s": step_time,
-                  "tokens_per_s": tokens_per_s, "tokens_per_s_total": tokens_per_s * world,
-                  "mfu": flops * tokens_per_s / peak if peak else None, "lr": scheduler.get_last_lr()[0]}
-        log.write(record)
+        run.log.write(TrainStep(step=step, attempt=run.attempt, loss=loss, step_time_s=step_time,
+                                tokens_per_s=tokens_per_s, tokens_per_s_total=tokens_per_s * world,
+                                mfu=flops * tokens_per_s / peak if peak else None,
+                                lr=run.scheduler.get_last_lr()[0]))
         if rank == 0 and config.log_every and step % config.log_every == 0:
-            print(f"step {step:5d}  loss {record['loss']:.4f}  {step_time * 1000:7.1f} ms  "
+            print(f"step {step:5d}  loss {loss:.4f}  {step_time * 1000:7.1f} ms  "
                   f"{tokens_per_s:9.0f} tok/s/device", flush=True)
         if config.checkpoint_every and (step % config.checkpoint_every == 0 or step == config.steps):
-            model_state, optim_state = get_state_dict(wrapped, optimizer)
-            training_state = {"step": step, "next_data_step": step + 1, "scheduler": scheduler.state_dict(),
-                              "seed": config.seed, "global_batch_size": config.global_batch_size}
-            rng = {"cpu": torch.get_rng_state()}
-            if device.type == "cuda":
-                rng["cuda"] = torch.cuda.get_rng_state(device)
-            saved = save_checkpoint(config.checkpoint_dir, step, {"model": model_state, "optim": optim_state},
-                                    training_state, model_config, keep=config.keep_checkpoints, rng_state=rng)
-            log.write({"event": "checkpoint", "step": step, "bytes": saved.bytes, "save_s": saved.seconds})
+            save_step_checkpoint(run, step)
         previous = time.perf_counter()  # checkpoint time is not step time
-    log.write({"event": "final", "step": config.steps, "attempt": attempt,
-               "params_sha256": params_sha256(model) if config.parallelism == "ddp" else None})
+    final = TrainFinal(step=config.steps, attempt=run.attempt,
+                       params_sha256=params_sha256(run.model) if config.parallelism == "ddp" else None)
+    run.log.write(final)
+    if rank == 0:
+        emit_result(final)
 
 
 def _loss(wrapped: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:

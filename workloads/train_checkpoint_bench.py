@@ -24,7 +24,6 @@ from dcforge.process_lifetime import die_with_torchrun_agent
 die_with_torchrun_agent()
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -36,9 +35,10 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import get_state_dict
 
-from workloads.checkpointing import (CheckpointCorruptError, CheckpointError, ensure_writable, load_checkpoint,
-                                     save_checkpoint, tensor_checksums, verify_checksums)
-from workloads.model import GPT, get_preset
+from workloads.checkpointing import (CheckpointCorruptError, CheckpointError, SaveStats, ensure_writable,
+                                     load_checkpoint, save_checkpoint, tensor_checksums, verify_checksums)
+from workloads.model import GPT, GPTConfig, get_preset
+from workloads.records import CheckpointResult, emit_result
 
 RAW_CHUNK = 16 * 2**20
 
@@ -91,28 +91,32 @@ def rank_file_bytes(directory: Path, rank: int) -> int:
     return sum(f.stat().st_size for f in directory.glob(f"__{rank}_*.distcp"))
 
 
-def run(args: argparse.Namespace) -> dict:
-    rank = dist.get_rank()
-    root = Path(args.directory)
-    config = get_preset(args.preset, max_seq_len=args.seq_len)
+def training_tensors(config: GPTConfig, with_optimizer: bool) -> dict:
+    """The model's state (and AdamW's, after one real step), as a training checkpoint holds it."""
     torch.manual_seed(0)
     model = GPT(config)
     optimizer = torch.optim.AdamW(model.parameters())
-    if args.with_optimizer:
+    if with_optimizer:
         model.loss(torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 8, dtype=torch.long)).backward()
         optimizer.step()  # real moments, not zeros: checksums must see distinct data
     model_state, optim_state = get_state_dict(model, optimizer)
-    tensors = {"model": model_state, **({"optim": optim_state} if args.with_optimizer else {})}
+    return {"model": model_state, **({"optim": optim_state} if with_optimizer else {})}
 
-    # Storage speed drifts (shared disks, write-back caches): alternate the order, so both sides of the ratio see
-    # the same conditions. An untimed first save: DCP's first call pays one-off costs (planner, thread pool,
-    # imports) that a storage measurement should not include; it also tells each rank its share of the bytes.
-    saved = save_checkpoint(root, 0, tensors, {"step": 0}, config, keep=1, rng_state={})
-    my_bytes = rank_file_bytes(saved.path, rank)
+
+def timed_rounds(root: Path, tensors: dict, config: GPTConfig, rounds: int, my_bytes: int,
+                 first: SaveStats) -> tuple[SaveStats, list[float], list[float]]:
+    """`rounds` saves and as many raw writes of this rank's bytes, the order alternating; returns the last save
+    (`first`, the untimed one, when there are no rounds) and the slowest rank's seconds of each save and each raw
+    write.
+
+    Storage speed drifts (shared disks, write-back caches): alternating the order lets both sides of the ratio see
+    the same conditions.
+    """
     save_times: list[float] = []
     raw_times: list[float] = []
-    raw_file = root / f"raw-write-rank{rank}.bin"
-    for round_index in range(args.rounds):
+    raw_file = root / f"raw-write-rank{dist.get_rank()}.bin"
+    saved = first
+    for round_index in range(rounds):
         for action in (("save", "raw") if round_index % 2 == 0 else ("raw", "save")):
             settle()
             if action == "save":
@@ -125,32 +129,50 @@ def run(args: argparse.Namespace) -> dict:
                 raw_times.append(slowest(raw_sequential_write(raw_file, my_bytes)))
                 drop_page_cache(raw_file)
                 raw_file.unlink()
-    raw_total = torch.tensor([my_bytes], dtype=torch.float64)
-    dist.all_reduce(raw_total)
+    return saved, save_times, raw_times
 
+
+def timed_load_and_verify(path: Path, tensors: dict, rank: int) -> tuple[float, float, bool]:
+    """Load seconds (slowest rank), this rank's checksum verification seconds, and whether every rank's tensors
+    matched their checksums."""
     target = empty_like_state(tensors)
     dist.barrier()
     started = time.perf_counter()
-    load_checkpoint(saved.path, target, verify=False)
+    load_checkpoint(path, target, verify=False)
     load_s = slowest(time.perf_counter() - started)
     started = time.perf_counter()
     checksum_ok = True
     try:
-        verify_checksums(saved.path, target, rank)
+        verify_checksums(path, target, rank)
     except CheckpointCorruptError:
         checksum_ok = False
     verify_s = time.perf_counter() - started
-    checksum_ok = slowest(0.0 if checksum_ok else 1.0) == 0.0
+    return load_s, verify_s, slowest(0.0 if checksum_ok else 1.0) == 0.0
+
+
+def run(args: argparse.Namespace) -> CheckpointResult:
+    rank = dist.get_rank()
+    root = Path(args.directory)
+    config = get_preset(args.preset, max_seq_len=args.seq_len)
+    tensors = training_tensors(config, args.with_optimizer)
+    # An untimed first save: DCP's first call pays one-off costs (planner, thread pool, imports) that a storage
+    # measurement should not include; it also tells each rank its share of the bytes.
+    first = save_checkpoint(root, 0, tensors, {"step": 0}, config, keep=1, rng_state={})
+    my_bytes = rank_file_bytes(first.path, rank)
+    saved, save_times, raw_times = timed_rounds(root, tensors, config, args.rounds, my_bytes, first)
+    raw_total = torch.tensor([my_bytes], dtype=torch.float64)
+    dist.all_reduce(raw_total)
+    load_s, verify_s, checksum_ok = timed_load_and_verify(saved.path, tensors, rank)
     corruption_detected = corrupt_and_reload(saved.path, tensors, rank) if args.corruption_test else None
     total = int(raw_total.item())
     save_s, raw_s = statistics.median(save_times), statistics.median(raw_times)
-    return {"preset": args.preset, "with_optimizer": args.with_optimizer, "world_size": dist.get_world_size(),
-            "bytes": total, "tensor_bytes_per_replica": saved.bytes, "tensors": len(tensor_checksums(tensors)),
-            "rounds": args.rounds, "save_s": save_s, "load_s": load_s, "raw_write_s": raw_s, "verify_s": verify_s,
-            "save_times_s": save_times, "raw_write_times_s": raw_times,
-            "save_gbps": total / save_s / 1e9, "load_gbps": total / load_s / 1e9, "raw_write_gbps": total / raw_s / 1e9,
-            "save_ratio_to_raw": median_ratio(raw_times, save_times),
-            "checksum_match": checksum_ok, "corruption_detected": corruption_detected, "directory": str(root)}
+    return CheckpointResult(
+        preset=args.preset, with_optimizer=args.with_optimizer, world_size=dist.get_world_size(), bytes=total,
+        tensor_bytes_per_replica=saved.bytes, tensors=len(tensor_checksums(tensors)), rounds=args.rounds,
+        save_s=save_s, load_s=load_s, raw_write_s=raw_s, verify_s=verify_s, save_times_s=save_times,
+        raw_write_times_s=raw_times, save_gbps=total / save_s / 1e9, load_gbps=total / load_s / 1e9,
+        raw_write_gbps=total / raw_s / 1e9, save_ratio_to_raw=median_ratio(raw_times, save_times),
+        checksum_match=checksum_ok, corruption_detected=corruption_detected, directory=str(root))
 
 
 def median_ratio(raw_times: list[float], save_times: list[float]) -> float:
@@ -182,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-len", type=int, default=256, help="position-embedding rows to include (256)")
     parser.add_argument("--with-optimizer", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--directory", required=True, help="checkpoint directory (on the storage under test)")
-    parser.add_argument("--output", help="JSON result (rank 0)")
+    parser.add_argument("--output", help="also write the result line (a CheckpointResult) here (rank 0)")
     parser.add_argument("--rounds", type=int, default=3, help="save + raw write rounds, order alternating (3)")
     parser.add_argument("--corruption-test", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args(argv)
@@ -197,9 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run(args)
         if dist.get_rank() == 0:
-            print(json.dumps(result, indent=1))
-            if args.output:
-                Path(args.output).write_text(json.dumps(result, indent=1))
+            emit_result(result, args.output)
     finally:
         dist.destroy_process_group()
     return 0

@@ -3,6 +3,7 @@ API key handed over through a private file, the Locust subprocess, and turning t
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import ipaddress
 import os
@@ -23,6 +24,9 @@ from dcforge.harness.check import CheckConfig, CheckContext
 from dcforge.harness.processes import ManagedProcess
 from dcforge.harness.result import CheckResult, Plot, Series
 from dcforge.paths import REPO_ROOT
+from workloads.records import (LOAD_API_KEY_ENV, LOAD_DEFAULTS, REQUEST_LOG_TEMPLATE, LoadEnv, RequestRecord,
+                               ready_replicas)
+from workloads.serving.settings import API_KEY_ENV, API_KEY_FILE_ENV
 
 LOCUSTFILE = REPO_ROOT / "loadtests" / "locustfile.py"
 CHAT_TEMPLATE_TOKENS = 48
@@ -46,20 +50,20 @@ class ServingLoadConfig(CheckConfig):
     """Concurrent Locust users (closed loop) or the users carrying the open-loop arrivals."""
     spawn_rate: float = Field(default=8.0, gt=0)
     """Users started per second."""
-    arrival: Literal["closed", "constant", "poisson"] = "closed"
+    arrival: Literal["closed", "constant", "poisson"] = LOAD_DEFAULTS.arrival  # type: ignore[assignment]
     """closed: send, wait for the answer, send again; constant/poisson: open-loop arrivals at `rate`."""
-    rate: float = Field(default=10.0, gt=0)
+    rate: float = Field(default=LOAD_DEFAULTS.rate, gt=0)
     """Open-loop arrivals per second (all users together)."""
     duration_s: float = Field(default=20.0, gt=0, le=3600)
     """Length of the load run."""
     warmup_requests: int = Field(default=6, ge=0)
     """Requests sent before the load run (first-request costs stay out of the statistics)."""
-    endpoint: Literal["chat", "completions"] = "chat"
-    prompt_tokens: int = Field(default=64, ge=1)
+    endpoint: Literal["chat", "completions"] = LOAD_DEFAULTS.endpoint  # type: ignore[assignment]
+    prompt_tokens: int = Field(default=LOAD_DEFAULTS.prompt_tokens, ge=1)
     """Mean prompt length (uniform within +/-25 %)."""
-    max_tokens: int = Field(default=32, ge=1)
+    max_tokens: int = Field(default=LOAD_DEFAULTS.max_tokens, ge=1)
     """Tokens generated per request (EOS ignored, so every answer has this many)."""
-    request_timeout_s: float = Field(default=30.0, gt=0)
+    request_timeout_s: float = Field(default=LOAD_DEFAULTS.request_timeout_s, gt=0)
     """A request slower than this counts as failed."""
     goodput_ttft_ms: float | None = Field(default=None, gt=0)
     """Per-request TTFT limit for goodput; None: not part of goodput."""
@@ -151,11 +155,8 @@ class ModelChoice:
 def choose_model(ctx: CheckContext, config: ServingLoadConfig) -> ModelChoice:
     from workloads.model import get_preset
 
-    trained = ctx.state.get("train.checkpoint_dir")
-    if config.model_source == "trained" and not trained:
-        from dcforge.harness.result import CheckSkipped
-
-        raise CheckSkipped("modelSource is 'trained' but no train check wrote a checkpoint in this run")
+    trained = ctx.outputs.require("trained_checkpoint_dir") if config.model_source == "trained" \
+        else ctx.outputs.trained_checkpoint_dir
     if config.model_source != "random" and trained:
         from workloads.checkpointing import latest_checkpoint, read_marker
 
@@ -166,7 +167,8 @@ def choose_model(ctx: CheckContext, config: ServingLoadConfig) -> ModelChoice:
     return ModelChoice(f"random:{config.preset}", None, get_preset(config.preset).max_seq_len)
 
 
-def fitted_prompt_tokens(config: ServingLoadConfig, context_len: int, spread: float = 0.25) -> int:
+def fitted_prompt_tokens(config: ServingLoadConfig, context_len: int,
+                         spread: float = LOAD_DEFAULTS.prompt_tokens_spread) -> int:
     """The configured prompt length, shrunk when needed so the longest prompt plus answer fits the context."""
     room = context_len - config.max_tokens - CHAT_TEMPLATE_TOKENS
     if room < 2:
@@ -196,8 +198,8 @@ class LocalServer:
             cert, key = self_signed_certificate(secrets_dir)
             args += ["--tls-cert", str(cert), "--tls-key", str(key)]
             self.ca_file = cert
-        env = {k: v for k, v in os.environ.items() if k not in ("DCFORGE_API_KEY", "PROMETHEUS_MULTIPROC_DIR")}
-        env.update(DCFORGE_API_KEY_FILE=str(key_file), PYTHONPATH=str(REPO_ROOT), PYTHONUNBUFFERED="1")
+        env = {k: v for k, v in os.environ.items() if k not in (API_KEY_ENV, "PROMETHEUS_MULTIPROC_DIR")}
+        env.update({API_KEY_FILE_ENV: str(key_file), "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"})
         self.process = ManagedProcess(args, env=env, cwd=REPO_ROOT, log_path=self.log_path, grace_s=5.0)
         self.base_url = f"{'https' if config.tls else 'http'}://127.0.0.1:{self.port}"
 
@@ -212,7 +214,8 @@ class LocalServer:
         return child_pids(self.process.pid)
 
     def ready_pids(self) -> list[int]:
-        return [pid for pid in self.worker_pids() if (self.state_dir / f"ready-{pid}").exists()]
+        ready = ready_replicas(self.state_dir)
+        return [pid for pid in self.worker_pids() if pid in ready]
 
     def wait_ready(self, timeout_s: float) -> float:
         """Seconds until all replicas have loaded their model."""
@@ -276,11 +279,12 @@ def locust_process(config: ServingLoadConfig, server: LocalServer, secrets_dir: 
             "-t", f"{config.duration_s:g}s", "--exit-code-on-error", "0"]
     if config.locust_processes > 1:
         args += ["--processes", str(config.locust_processes)]
-    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
-    env.update(LLM_API_KEY_FILE=str(secrets_dir / "api-key"), LLM_MODEL=model, LLM_ENDPOINT=config.endpoint,
-               LLM_PROMPT_TOKENS=str(prompt_tokens), LLM_MAX_TOKENS=str(config.max_tokens),
-               LLM_ARRIVAL=config.arrival, LLM_RATE=str(config.rate), LLM_TIMEOUT=str(config.request_timeout_s),
-               LLM_REQUEST_LOG=str(request_log_dir / "requests-{pid}.jsonl"), PYTHONPATH=str(REPO_ROOT))
+    env = {k: v for k, v in os.environ.items() if k != LOAD_API_KEY_ENV}
+    env.update({LoadEnv.API_KEY_FILE: str(secrets_dir / "api-key"), LoadEnv.MODEL: model,
+                LoadEnv.ENDPOINT: config.endpoint, LoadEnv.PROMPT_TOKENS: str(prompt_tokens),
+                LoadEnv.MAX_TOKENS: str(config.max_tokens), LoadEnv.ARRIVAL: config.arrival,
+                LoadEnv.RATE: str(config.rate), LoadEnv.TIMEOUT: str(config.request_timeout_s),
+                LoadEnv.REQUEST_LOG: str(request_log_dir / REQUEST_LOG_TEMPLATE), "PYTHONPATH": str(REPO_ROOT)})
     return ManagedProcess(args, env=env, cwd=REPO_ROOT, log_path=workdir / "locust.log"), request_log_dir
 
 
@@ -293,14 +297,14 @@ def add_summary_metrics(result: CheckResult, summary: dict[str, float]) -> None:
             result.add_metric(key, value)
 
 
-def latency_plots(records: list[dict[str, Any]], t0: float, markers: list[dict[str, Any]] | None = None) -> list[Plot]:
+def latency_plots(records: list[RequestRecord], t0: float, markers: list[dict[str, Any]] | None = None) -> list[Plot]:
     """Per-second p95 latency and RPS over time, and TTFT/TPOT histograms."""
     from loadtests.metrics import latencies_ms, windows
 
-    t1 = max((r["end"] for r in records), default=t0)
+    t1 = max((r.end for r in records), default=t0)
     series = windows(records, t0, t1)
     x = [round(w.start - t0, 3) for w in series]
-    ttft_by_window = windows([{**r, "e2e_s": r["ttft_s"]} for r in records if r.get("ttft_s") is not None], t0, t1)
+    ttft_by_window = windows([dataclasses.replace(r, e2e_s=r.ttft_s) for r in records if r.ttft_s is not None], t0, t1)
     samples = latencies_ms(records)
     return [
         Plot("Latency over time (requests by send second)", "seconds since load start", "p95 latency (ms)",
@@ -364,7 +368,7 @@ def serving_session(ctx: CheckContext, config: ServingLoadConfig, check_name: st
 
 
 def run_load(ctx: CheckContext, config: ServingLoadConfig, session: ServingSession, result: CheckResult,
-             during=None) -> tuple[list[dict[str, Any]], float]:
+             during=None) -> tuple[list[RequestRecord], float]:
     """Locust for duration_s; `during(t_start)` runs in this thread meanwhile. Returns (records, load start)."""
     from loadtests.llm_protocol import read_records
 

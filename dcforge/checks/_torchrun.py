@@ -1,21 +1,70 @@
-"""What the torch checks share: launching torchrun safely, reading its JSONL, percentiles, the CPU peak.
+"""What the torch checks share: their settings base, launching torchrun safely, percentiles, the CPU peak.
 
 torchrun always runs inside a ManagedProcess (its whole process group dies with the check) with a hard timeout,
-and with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: elastic restarts hang on this platform without it.
+and with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: elastic restarts hang on this platform without it. The timeout is
+what is left of the check's own limit (`dcforge:acceptance.timeoutsS.<check>`), less the time to stop torchrun, so
+a hung run ends with torchrun's log tail rather than a bare runner timeout.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
-from dcforge.harness.check import CheckContext
+from pydantic import Field, field_validator
+
+from dcforge.harness.check import CheckConfig, CheckContext
 from dcforge.harness.processes import ManagedProcess
 from dcforge.paths import WORKLOADS_DIR
+
+TORCHRUN_STOP_MARGIN_S = 10.0
+"""Kept from the check's remaining time when torchrun is started: the SIGTERM grace of its process group (5 s)
+plus reading its log, so torchrun's own timeout fires before the runner's."""
+
+
+def check_preset(value: str) -> str:
+    from workloads.model import PRESETS  # imports torch (~1 s): the price of one preset table for all users
+
+    if value not in PRESETS:
+        raise ValueError(f"unknown model preset {value!r}; known presets: {', '.join(PRESETS)}")
+    return value
+
+
+class TorchCheckConfig(CheckConfig):
+    """Settings every torchrun check has. The time limit is not one of them: it is the runner's
+    `dcforge:acceptance.timeoutsS.<check>` (torchrun gets what is left of it)."""
+
+    min_nproc: ClassVar[int] = 1
+    """The fewest ranks the check can measure anything with."""
+    moved_keys: ClassVar[dict[str, str]] = {"timeoutS": "dcforge:acceptance.timeoutsS.{check}"}
+
+    nproc_per_node: int | None = Field(default=None)
+    """Ranks to launch; default one per GPU, or 2 on CPU."""
+
+    @field_validator("nproc_per_node")
+    @classmethod
+    def _enough_ranks(cls, value: int | None) -> int | None:
+        if value is not None and value < cls.min_nproc:
+            raise ValueError(f"must be >= {cls.min_nproc} (got {value})")
+        return value
+
+    def nproc(self) -> int:
+        return self.nproc_per_node or default_nproc()
+
+
+class ModelTorchCheckConfig(TorchCheckConfig):
+    """A torchrun check of the bundled GPT: adds the model preset."""
+
+    preset: str = "tiny"
+    """Model size (workloads.model.PRESETS)."""
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        return check_preset(value)
 
 
 class TorchrunFailed(RuntimeError):
@@ -46,10 +95,11 @@ def torchrun_env() -> dict[str, str]:
     return env
 
 
-def run_torchrun(ctx: CheckContext, script: str, args: list[str], *, nproc: int, timeout_s: float,
-                 log_path: Path, max_restarts: int = 0) -> float:
-    """Run to completion; returns wall seconds. Raises TorchrunFailed on a non-zero exit or timeout."""
-    timeout_s = min(timeout_s, max(1.0, ctx.remaining_s()))
+def run_torchrun(ctx: CheckContext, script: str, args: list[str], *, nproc: int, log_path: Path,
+                 max_restarts: int = 0) -> float:
+    """Run to completion within the check's remaining time; returns wall seconds. Raises TorchrunFailed on a
+    non-zero exit or timeout."""
+    timeout_s = max(1.0, ctx.remaining_s() - TORCHRUN_STOP_MARGIN_S)
     command = torchrun_command(script, args, nproc, max_restarts)
     ctx.log(f"torchrun {script} x{nproc}: {' '.join(args)}")
     started = time.monotonic()
@@ -57,8 +107,9 @@ def run_torchrun(ctx: CheckContext, script: str, args: list[str], *, nproc: int,
         try:
             code = process.wait(timeout_s)
         except TimeoutError:
-            raise TorchrunFailed(f"torchrun {script} did not finish within {timeout_s:.0f} s; "
-                                 f"log tail:\n{log_tail(log_path)}") from None
+            raise TorchrunFailed(f"torchrun {script} did not finish within {timeout_s:.0f} s (what was left of "
+                                 f"the check's dcforge:acceptance.timeoutsS); log tail:\n{log_tail(log_path)}") \
+                from None
     if code != 0:
         raise TorchrunFailed(f"torchrun {script} exited with {code}; log tail:\n{log_tail(log_path)}")
     return time.monotonic() - started
@@ -71,14 +122,6 @@ def log_tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
     errors = [line for line in text if "error" in line.lower()]
     return "\n".join((errors[-3:] if errors else []) + text[-lines:])
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    records = []
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            records.append(json.loads(line))
-    return records
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -115,7 +158,7 @@ def cpu_matmul_peak_flops(threads: int, sizes: tuple[int, ...] = (512, 1024, 204
 def cpu_peak_per_rank(ctx: CheckContext, nproc: int) -> float:
     """The matmul peak of one rank's share of the cores, measured once per run and shared between checks."""
     threads = max(1, (os.cpu_count() or 1) // nproc)
-    key = f"cpu_matmul_peak_flops.threads{threads}"
-    if key not in ctx.state:
-        ctx.state[key] = cpu_matmul_peak_flops(threads)
-    return ctx.state[key]
+    peaks = ctx.outputs.cpu_matmul_peak_flops
+    if threads not in peaks:
+        peaks[threads] = cpu_matmul_peak_flops(threads)
+    return peaks[threads]

@@ -6,14 +6,16 @@ the whole sweep is a plot. Any size whose sum comes back wrong fails the check.
 
 from __future__ import annotations
 
-import json
+import dataclasses
+from typing import ClassVar
 
 from pydantic import Field, field_validator
 
-from dcforge.checks._torchrun import default_nproc, run_torchrun
-from dcforge.harness.check import CheckConfig, CheckContext
+from dcforge.checks._torchrun import TorchCheckConfig, run_torchrun
+from dcforge.harness.check import CheckContext
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult, Plot, Series
+from workloads.records import ALLREDUCE_RESULT_FILE, AllreduceResult, read_result_file
 
 
 def _size(value: str | int) -> str:
@@ -23,7 +25,10 @@ def _size(value: str | int) -> str:
     return str(value)
 
 
-class AllreduceCheckConfig(CheckConfig):
+class AllreduceCheckConfig(TorchCheckConfig):
+    min_nproc: ClassVar[int] = 2
+    """A single rank has no bus to measure."""
+
     min_bytes: str = "1K"
     """Smallest message, e.g. 1K (binary units K, M, G)."""
     max_bytes: str = "1G"
@@ -36,10 +41,6 @@ class AllreduceCheckConfig(CheckConfig):
     """Timed iterations per size."""
     dtype: str = Field(default="float32", pattern="^(float32|bfloat16|float16)$")
     """Element type of the buffers."""
-    nproc_per_node: int | None = Field(default=None, ge=2)
-    """Ranks; default one per GPU, or 2 on CPU. A single rank has no bus to measure."""
-    timeout_s: float = Field(default=600.0, gt=0)
-    """Hard limit for the torchrun."""
 
     @field_validator("min_bytes", "max_bytes", mode="before")
     @classmethod
@@ -67,33 +68,32 @@ class AllreduceCheck:
 
     def run(self, ctx: CheckContext, config: AllreduceCheckConfig) -> CheckResult:
         result = CheckResult(self.name, declared=self.metrics)
-        nproc = config.nproc_per_node or default_nproc()
+        nproc = config.nproc()
         workdir = ctx.artefact_dir(self.name)
-        output = workdir / "sweep.json"
+        output = workdir / ALLREDUCE_RESULT_FILE
         args = ["--min-bytes", config.min_bytes, "--max-bytes", config.max_bytes, "--factor", str(config.factor),
                 "--warmup", str(config.warmup), "--iters", str(config.iterations), "--dtype", config.dtype,
                 "--output", str(output)]
-        run_torchrun(ctx, "allreduce.py", args, nproc=nproc, timeout_s=config.timeout_s,
-                     log_path=workdir / "torchrun.log")
-        sweep = json.loads(output.read_text())
-        rows = sweep["results"]
+        run_torchrun(ctx, "allreduce.py", args, nproc=nproc, log_path=workdir / "torchrun.log")
+        sweep = read_result_file(output, AllreduceResult)
+        rows = sweep.results
         largest = rows[-1]
-        result.add_metric("busbw_gbps", largest["busbw_gbps"], context=f"{largest['bytes']} bytes")
-        result.add_metric("algbw_gbps", largest["algbw_gbps"], context=f"{largest['bytes']} bytes")
-        result.add_metric("busbw_gbps.max", max(row["busbw_gbps"] for row in rows))
-        result.add_metric("latency_us", rows[0]["time_s"] * 1e6, context=f"{rows[0]['bytes']} bytes")
-        wrong = [row["bytes"] for row in rows if not row["correct"]]
+        result.add_metric("busbw_gbps", largest.busbw_gbps, context=f"{largest.bytes} bytes")
+        result.add_metric("algbw_gbps", largest.algbw_gbps, context=f"{largest.bytes} bytes")
+        result.add_metric("busbw_gbps.max", max(row.busbw_gbps for row in rows))
+        result.add_metric("latency_us", rows[0].time_s * 1e6, context=f"{rows[0].bytes} bytes")
+        wrong = [row.bytes for row in rows if not row.correct]
         result.add_metric("sizes_incorrect", len(wrong))
         if wrong:
             result.fail(f"all-reduce returned wrong sums at {len(wrong)} sizes (first: {wrong[0]} bytes)")
-        result.details = {**sweep["environment"], "dtype": sweep["dtype"], "warmup": sweep["warmup"],
-                          "iterations": sweep["iterations"], "sweep": rows}
+        result.details = {**sweep.environment, "dtype": sweep.dtype, "warmup": sweep.warmup,
+                          "iterations": sweep.iterations, "sweep": [dataclasses.asdict(row) for row in rows]}
         result.artefacts["sweep"] = ctx.relative(output)
         result.artefacts["torchrun_log"] = ctx.relative(workdir / "torchrun.log")
-        sizes = [float(row["bytes"]) for row in rows]
-        result.plots.append(Plot(f"All-reduce bus bandwidth ({sweep['environment']['backend']}, {nproc} ranks)",
+        sizes = [float(row.bytes) for row in rows]
+        result.plots.append(Plot(f"All-reduce bus bandwidth ({sweep.environment['backend']}, {nproc} ranks)",
                                  "message size (bytes)", "GB/s",
-                                 [Series("busbw", sizes, [row["busbw_gbps"] for row in rows]),
-                                  Series("algbw", sizes, [row["algbw_gbps"] for row in rows])],
+                                 [Series("busbw", sizes, [row.busbw_gbps for row in rows]),
+                                  Series("algbw", sizes, [row.algbw_gbps for row in rows])],
                                  log_x=True))
         return result

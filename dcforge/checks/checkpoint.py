@@ -8,40 +8,32 @@ deliberately corrupted checkpoint must be refused.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from dcforge.checks._torchrun import default_nproc, run_torchrun
-from dcforge.checks.train import check_preset, settings_error
-from dcforge.harness.check import CheckConfig, CheckContext
+from dcforge.checks._torchrun import ModelTorchCheckConfig, run_torchrun
+from dcforge.checks.train import settings_error
+from dcforge.harness.check import CheckContext
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult, Plot, Series
+from workloads.records import CHECKPOINT_RESULT_FILE, CheckpointResult, read_result_file
 
 BANDWIDTH_FORMULA = "GB/s = checkpoint bytes / wall time"
 
 
-class CheckpointCheckConfig(CheckConfig):
+class CheckpointCheckConfig(ModelTorchCheckConfig):
     directory: str | None = None
     """Checkpoint directory on the storage under test (a mounted volume); default: the run's artefact dir."""
     preset: str = "125m"
-    """Model whose state is saved (workloads.model.PRESETS)."""
+    """Model whose state is saved (workloads.model.PRESETS; validated by the base class)."""
     with_optimizer: bool = True
     """Include AdamW state (3x the model's bytes), as a training checkpoint does."""
     rounds: int = Field(default=3, ge=1)
     """Save and raw-write rounds, order alternating; figures are medians over rounds."""
-    nproc_per_node: int | None = Field(default=None, ge=1)
-    """Ranks saving together; default one per GPU, or 2 on CPU."""
     corruption_test: bool = True
     """Corrupt the saved checkpoint at the end and require that loading it fails."""
-    timeout_s: float = Field(default=600.0, gt=0)
-    """Hard limit for the torchrun."""
-
-    @field_validator("preset")
-    @classmethod
-    def _known_preset(cls, value: str) -> str:
-        return check_preset(value)
 
 
 class CheckpointCheck:
@@ -72,22 +64,21 @@ class CheckpointCheck:
         from workloads.checkpointing import CheckpointError, ensure_writable
 
         result = CheckResult(self.name, declared=self.metrics)
-        nproc = config.nproc_per_node or default_nproc()
+        nproc = config.nproc()
         workdir = ctx.artefact_dir(self.name)
         directory = Path(config.directory) if config.directory else workdir / "checkpoints"
         try:
             ensure_writable(directory)
         except CheckpointError as error:
             raise settings_error(ctx, self.name, "directory", str(error)) from None
-        output = workdir / "checkpoint.json"
+        output = workdir / CHECKPOINT_RESULT_FILE
         args = ["--preset", config.preset, "--directory", str(directory), "--output", str(output),
                 "--rounds", str(config.rounds),
                 "--with-optimizer" if config.with_optimizer else "--no-with-optimizer",
                 "--corruption-test" if config.corruption_test else "--no-corruption-test"]
         try:
-            run_torchrun(ctx, "train_checkpoint_bench.py", args, nproc=nproc, timeout_s=config.timeout_s,
-                         log_path=workdir / "torchrun.log")
-            measured = json.loads(output.read_text())
+            run_torchrun(ctx, "train_checkpoint_bench.py", args, nproc=nproc, log_path=workdir / "torchrun.log")
+            measured = read_result_file(output, CheckpointResult)
         finally:
             if not config.directory:  # our own scratch copy: gigabytes that nobody will read
                 import shutil
@@ -96,19 +87,19 @@ class CheckpointCheck:
         result.artefacts["result"] = ctx.relative(output)
         result.artefacts["torchrun_log"] = ctx.relative(workdir / "torchrun.log")
         for key in ("save_gbps", "load_gbps", "raw_write_gbps", "save_ratio_to_raw"):
-            result.add_metric(key, measured[key])
-        result.add_metric("checkpoint_gb", measured["bytes"] / 1e9)
-        result.add_metric("checksum_match", 1.0 if measured["checksum_match"] else 0.0)
-        if not measured["checksum_match"]:
+            result.add_metric(key, getattr(measured, key))
+        result.add_metric("checkpoint_gb", measured.bytes / 1e9)
+        result.add_metric("checksum_match", 1.0 if measured.checksum_match else 0.0)
+        if not measured.checksum_match:
             result.fail("loaded tensors differ from their checksums recorded at save time")
-        if measured["corruption_detected"] is not None:
-            result.add_metric("corruption_detected", 1.0 if measured["corruption_detected"] else 0.0)
-            if not measured["corruption_detected"]:
+        if measured.corruption_detected is not None:
+            result.add_metric("corruption_detected", 1.0 if measured.corruption_detected else 0.0)
+            if not measured.corruption_detected:
                 result.fail("a corrupted checkpoint was loaded without an error")
-        result.details = {**measured, "nproc": nproc}
+        result.details = {**dataclasses.asdict(measured), "nproc": nproc}
         result.plots.append(Plot("Checkpoint bandwidth", "operation", "GB/s",
-                                 [Series("GB/s", [0.0, 1.0, 2.0], [measured["save_gbps"], measured["load_gbps"],
-                                                                   measured["raw_write_gbps"]])],
+                                 [Series("GB/s", [0.0, 1.0, 2.0], [measured.save_gbps, measured.load_gbps,
+                                                                   measured.raw_write_gbps])],
                                  kind="bar", markers=[{"x": 0.0, "label": "DCP save"},
                                                       {"x": 1.0, "label": "DCP load"},
                                                       {"x": 2.0, "label": "raw write"}]))

@@ -13,16 +13,18 @@ from __future__ import annotations
 import os
 import signal
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from pydantic import Field
 
 from dcforge.checks._load_metrics import LOAD_METRICS
-from dcforge.checks._serving import (ServingLoadConfig, add_summary_metrics, latency_plots, run_load,
-                                     serving_session)
+from dcforge.checks._serving import (ServingLoadConfig, ServingSession, add_summary_metrics, latency_plots,
+                                     run_load, serving_session)
 from dcforge.harness.check import CheckContext
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult
+from workloads.records import REPLICA_HEADER, RequestRecord
 
 
 class InferenceFailoverConfig(ServingLoadConfig):
@@ -40,6 +42,36 @@ class InferenceFailoverConfig(ServingLoadConfig):
 
 def _p95(values: list[float]) -> float:
     return float(np.percentile(values, 95)) if values else float("nan")
+
+
+@dataclass
+class Kill:
+    """What happened to the victim replica during the load."""
+
+    t_kill: float
+    """SIGKILL time, seconds since the epoch (the request log's clock)."""
+    victim: int
+    respawned: int
+    """pid of the replica gunicorn started in its place."""
+    respawn_s: float
+    """SIGKILL -> the new replica announced readiness."""
+
+
+@dataclass
+class Recovery:
+    """The failover figures, computed from the request log and the kill (no processes involved)."""
+
+    ttr_s: float
+    """Time to recover, or the time until the last request when the run never recovered."""
+    recovered: bool
+    window_p95_limit_ms: float
+    steady_p95_ms: float
+    recovery_p95_ms: float
+    lost: list[RequestRecord]
+    """Failed requests sent in [t_kill, t_kill + TTR], plus failed ones in flight at t_kill."""
+    on_victim: list[RequestRecord]
+    """Requests in flight on the killed replica at t_kill."""
+    failed: int
 
 
 class InferenceFailoverCheck:
@@ -74,88 +106,105 @@ class InferenceFailoverCheck:
     )
 
     def run(self, ctx: CheckContext, config: InferenceFailoverConfig) -> CheckResult:
-        from loadtests.metrics import summarize, time_to_recover
-
         result = CheckResult(self.name, declared=self.metrics)
+        self._refuse_a_kill_too_late(ctx, config)
+        with serving_session(ctx, config, self.name, result) as session:
+            records, t_start, kill = self._load_with_a_kill(ctx, config, session, result)
+            served_by_new = sum(r.replica == str(kill.respawned) for r in records) \
+                or self._probe_replica(session, kill.respawned)
+            replicas_after = len(session.server.ready_pids())
+        recovery = measure_recovery(records, kill, config)
+        self._add_metrics(result, records, kill, recovery, config, served_by_new)
+        result.details.update(victim_pid=kill.victim, respawned_pid=kill.respawned, kill_at_s=kill.t_kill - t_start,
+                              replicas_after=replicas_after, window_p95_limit_ms=recovery.window_p95_limit_ms,
+                              lost_requests=[{"sent_at_s": round(r.start - t_start, 3), "error": r.error,
+                                              "replica": r.replica} for r in recovery.lost])
+        if not recovery.recovered:
+            result.fail(f"no {config.consecutive_windows} consecutive healthy 1-s windows after the kill")
+        if served_by_new == 0:
+            result.fail(f"the respawned replica (pid {kill.respawned}) answered no request")
+        if replicas_after < config.replicas:
+            result.fail(f"{replicas_after}/{config.replicas} replicas ready after the run")
+        result.plots.extend(latency_plots(records, t_start, [{"x": round(kill.t_kill - t_start, 3),
+                                                             "label": f"SIGKILL replica {kill.victim}"}]))
+        ctx.log(f"TTR {recovery.ttr_s:.1f} s, {len(recovery.lost)} requests lost, respawn {kill.respawn_s:.1f} s")
+        return result
+
+    def _refuse_a_kill_too_late(self, ctx: CheckContext, config: InferenceFailoverConfig) -> None:
         if config.kill_at_s >= config.duration_s - config.consecutive_windows:
             from dcforge.errors import ConfigError
 
             raise ConfigError(ctx.env.path, f"dcforge:acceptance.settings.{self.name}.killAtS",
                               f"{config.kill_at_s:g} s leaves no time to recover within durationS "
                               f"{config.duration_s:g} s")
-        kill: dict[str, float | int] = {}
-        with serving_session(ctx, config, self.name, result) as session:
-            server = session.server
-            original = set(server.worker_pids())
-
-            def kill_one_replica(t_start: float) -> None:
-                time.sleep(max(0.0, t_start + config.kill_at_s - time.time()))
-                victim = sorted(server.ready_pids())[0]
-                kill["t_kill"] = time.time()
-                os.kill(victim, signal.SIGKILL)
-                kill["victim"] = victim
-                ctx.log(f"SIGKILL replica pid {victim} at t={kill['t_kill'] - t_start:.1f} s")
-                pid, seconds = server.wait_respawn(original, max(5.0, t_start + config.duration_s - time.time() + 30))
-                kill.update(respawned=pid, respawn_s=seconds)
-
-            records, t_start = run_load(ctx, config, session, result, during=kill_one_replica)
-            served_by_new = sum(r.get("replica") == str(kill["respawned"]) for r in records)
-            if served_by_new == 0:
-                served_by_new = self._probe_replica(session, int(kill["respawned"]))
-            replicas_after = len(server.ready_pids())
-
-        t_kill, victim = float(kill["t_kill"]), int(kill["victim"])
-        steady = [r for r in records if r["start"] < t_kill]
-        steady_p95 = _p95([r["e2e_s"] * 1000 for r in steady if r["ok"]])
-        window_p95 = config.window_p95_ms or config.recovery_p95_factor * steady_p95
-        t_end = max(r["start"] for r in records)
-        ttr = time_to_recover(records, t_kill, t_end, consecutive=config.consecutive_windows,
-                              max_error_rate=config.window_max_error_rate, max_p95_ms=window_p95)
-        recovered = ttr is not None
-        ttr_value = ttr if recovered else t_end - t_kill
-        in_flight = [r for r in records if r["start"] <= t_kill <= r["end"]]
-        on_victim = [r for r in in_flight if r.get("replica") == str(victim) or (not r["ok"] and not r.get("replica"))]
-        lost = [r for r in records if not r["ok"] and (t_kill <= r["start"] <= t_kill + ttr_value or r in in_flight)]
-        failed = [r for r in records if not r["ok"]]
-        recovery = [r["e2e_s"] * 1000 for r in records
-                    if r["ok"] and t_kill <= r["start"] <= t_kill + ttr_value + config.consecutive_windows]
-        recovery_p95 = _p95(recovery)
-
-        add_summary_metrics(result, summarize(records))
-        result.add_metric("ttr_s", ttr_value, context=f"K={config.consecutive_windows}, error rate <= "
-                          f"{config.window_max_error_rate:g}, p95 <= {window_p95:.0f} ms")
-        result.add_metric("replica_respawn_s", kill["respawn_s"])
-        result.add_metric("ttr_over_respawn_s", ttr_value - float(kill["respawn_s"]))
-        result.add_metric("requests_lost", len(lost))
-        result.add_metric("killed_replica_in_flight", len(on_victim))
-        result.add_metric("excess_failures", len(failed) - len(on_victim))
-        result.add_metric("steady_p95_ms", steady_p95)
-        result.add_metric("recovery_p95_ms", recovery_p95)
-        result.add_metric("recovery_p95_ratio", recovery_p95 / steady_p95)
-        result.add_metric("respawned_replica_requests", served_by_new)
-        result.details.update(victim_pid=victim, respawned_pid=kill["respawned"], kill_at_s=t_kill - t_start,
-                              replicas_after=replicas_after, window_p95_limit_ms=window_p95,
-                              lost_requests=[{"sent_at_s": round(r["start"] - t_start, 3), "error": r["error"],
-                                              "replica": r.get("replica", "")} for r in lost])
-        if not recovered:
-            result.fail(f"no {config.consecutive_windows} consecutive healthy 1-s windows after the kill")
-        if served_by_new == 0:
-            result.fail(f"the respawned replica (pid {kill['respawned']}) answered no request")
-        if replicas_after < config.replicas:
-            result.fail(f"{replicas_after}/{config.replicas} replicas ready after the run")
-        result.plots.extend(latency_plots(records, t_start, [{"x": round(t_kill - t_start, 3),
-                                                             "label": f"SIGKILL replica {victim}"}]))
-        ctx.log(f"TTR {ttr_value:.1f} s, {len(lost)} requests lost, respawn {kill['respawn_s']:.1f} s")
-        return result
 
     @staticmethod
-    def _probe_replica(session, pid: int, attempts: int = 60) -> int:
+    def _load_with_a_kill(ctx: CheckContext, config: InferenceFailoverConfig, session: ServingSession,
+                          result: CheckResult) -> tuple[list[RequestRecord], float, Kill]:
+        """The Locust run, with one ready replica SIGKILLed at kill_at_s and its respawn awaited meanwhile."""
+        server = session.server
+        original = set(server.worker_pids())
+        kills: list[Kill] = []
+
+        def kill_one_replica(t_start: float) -> None:
+            time.sleep(max(0.0, t_start + config.kill_at_s - time.time()))
+            victim = sorted(server.ready_pids())[0]
+            t_kill = time.time()
+            os.kill(victim, signal.SIGKILL)
+            ctx.log(f"SIGKILL replica pid {victim} at t={t_kill - t_start:.1f} s")
+            pid, seconds = server.wait_respawn(original, max(5.0, t_start + config.duration_s - time.time() + 30))
+            kills.append(Kill(t_kill, victim, pid, seconds))
+
+        records, t_start = run_load(ctx, config, session, result, during=kill_one_replica)
+        return records, t_start, kills[0]
+
+    @staticmethod
+    def _add_metrics(result: CheckResult, records: list[RequestRecord], kill: Kill, recovery: Recovery,
+                     config: InferenceFailoverConfig, served_by_new: int) -> None:
+        from loadtests.metrics import summarize
+
+        add_summary_metrics(result, summarize(records))
+        result.add_metric("ttr_s", recovery.ttr_s, context=f"K={config.consecutive_windows}, error rate <= "
+                          f"{config.window_max_error_rate:g}, p95 <= {recovery.window_p95_limit_ms:.0f} ms")
+        result.add_metric("replica_respawn_s", kill.respawn_s)
+        result.add_metric("ttr_over_respawn_s", recovery.ttr_s - kill.respawn_s)
+        result.add_metric("requests_lost", len(recovery.lost))
+        result.add_metric("killed_replica_in_flight", len(recovery.on_victim))
+        result.add_metric("excess_failures", recovery.failed - len(recovery.on_victim))
+        result.add_metric("steady_p95_ms", recovery.steady_p95_ms)
+        result.add_metric("recovery_p95_ms", recovery.recovery_p95_ms)
+        result.add_metric("recovery_p95_ratio", recovery.recovery_p95_ms / recovery.steady_p95_ms)
+        result.add_metric("respawned_replica_requests", served_by_new)
+
+    @staticmethod
+    def _probe_replica(session: ServingSession, pid: int, attempts: int = 60) -> int:
         """Requests on fresh connections until one lands on `pid` (the kernel spreads accepts over replicas)."""
         import httpx
 
         headers = {"Authorization": f"Bearer {session.api_key}"}
         for _ in range(attempts):
             response = httpx.get(f"{session.server.base_url}/v1/models", headers=headers, verify=False, timeout=10)
-            if response.headers.get("x-dcforge-replica") == str(pid):
+            if response.headers.get(REPLICA_HEADER) == str(pid):
                 return 1
         return 0
+
+
+def measure_recovery(records: list[RequestRecord], kill: Kill, config: InferenceFailoverConfig) -> Recovery:
+    """TTR, requests lost and the latency impact of the kill, from the request log alone."""
+    from loadtests.metrics import time_to_recover
+
+    t_kill = kill.t_kill
+    steady_p95 = _p95([r.e2e_s * 1000 for r in records if r.start < t_kill and r.ok])
+    window_p95 = config.window_p95_ms or config.recovery_p95_factor * steady_p95
+    t_end = max(r.start for r in records)
+    ttr = time_to_recover(records, t_kill, t_end, consecutive=config.consecutive_windows,
+                          max_error_rate=config.window_max_error_rate, max_p95_ms=window_p95)
+    ttr_value = ttr if ttr is not None else t_end - t_kill
+    in_flight = [r for r in records if r.start <= t_kill <= r.end]
+    on_victim = [r for r in in_flight if r.replica == str(kill.victim) or (not r.ok and not r.replica)]
+    lost = [r for r in records if not r.ok and (t_kill <= r.start <= t_kill + ttr_value or r in in_flight)]
+    recovery = [r.e2e_s * 1000 for r in records
+                if r.ok and t_kill <= r.start <= t_kill + ttr_value + config.consecutive_windows]
+    return Recovery(ttr_s=ttr_value, recovered=ttr is not None, window_p95_limit_ms=window_p95,
+                    steady_p95_ms=steady_p95, recovery_p95_ms=_p95(recovery), lost=lost, on_victim=on_victim,
+                    failed=sum(not r.ok for r in records))

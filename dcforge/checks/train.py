@@ -9,26 +9,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from pydantic.alias_generators import to_camel
 
-from dcforge.checks._torchrun import (MATMUL_PEAK_FORMULA, cpu_peak_per_rank, default_nproc, percentile,
-                                      read_jsonl, run_torchrun)
+from dcforge.checks._torchrun import (MATMUL_PEAK_FORMULA, ModelTorchCheckConfig, cpu_peak_per_rank, percentile,
+                                      run_torchrun)
 from dcforge.errors import ConfigError
-from dcforge.harness.check import CheckConfig, CheckContext
+from dcforge.harness.check import CheckContext
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult, Plot, Series
+from workloads.records import TRAIN_METRICS_FILE, TrainStep, read_records_file
 
 if TYPE_CHECKING:  # workloads import torch: only when a check runs
     from workloads.train_config import TrainConfigError
-
-
-def check_preset(value: str) -> str:
-    from workloads.model import PRESETS  # imports torch (~1 s): the price of one preset table for all users
-
-    if value not in PRESETS:
-        raise ValueError(f"unknown model preset {value!r}; known presets: {', '.join(PRESETS)}")
-    return value
 
 
 def settings_error(ctx: CheckContext, check: str, key: str, message: str) -> ConfigError:
@@ -40,9 +33,7 @@ def train_config_error(ctx: CheckContext, check: str, error: TrainConfigError) -
     return settings_error(ctx, check, to_camel(error.field), str(error))
 
 
-class TrainCheckConfig(CheckConfig):
-    preset: str = "tiny"
-    """Model size (workloads.model.PRESETS)."""
+class TrainCheckConfig(ModelTorchCheckConfig):
     seq_len: int = Field(default=128, ge=1)
     """Tokens per sequence."""
     global_batch_size: int = Field(default=8, ge=1)
@@ -51,19 +42,10 @@ class TrainCheckConfig(CheckConfig):
     """Optimizer steps to run."""
     warmup_steps_excluded: int = Field(default=3, ge=0)
     """First steps left out of throughput and step-time statistics (allocator and thread-pool warm-up)."""
-    nproc_per_node: int | None = Field(default=None, ge=1)
-    """Ranks to launch; default one per GPU, or 2 on CPU."""
     parallelism: str = Field(default="ddp", pattern="^(ddp|fsdp)$")
     """ddp or fsdp (FSDP2 fully_shard, GPU)."""
     compile: bool = False
     """torch.compile the model."""
-    timeout_s: float = Field(default=300.0, gt=0)
-    """Hard limit for the torchrun."""
-
-    @field_validator("preset")
-    @classmethod
-    def _known_preset(cls, value: str) -> str:
-        return check_preset(value)
 
 
 class TrainCheck:
@@ -86,14 +68,15 @@ class TrainCheck:
         MetricSpec("loss_end", "nats", "lower", "mean cross-entropy of the last step",
                    "loss after training; must be below loss_start"),
     )
+    outputs = ("trained_checkpoint_dir",)
 
     def run(self, ctx: CheckContext, config: TrainCheckConfig) -> CheckResult:
         from workloads.train_config import TrainConfig, TrainConfigError
 
         result = CheckResult(self.name, declared=self.metrics)
-        nproc = config.nproc_per_node or default_nproc()
+        nproc = config.nproc()
         workdir = ctx.artefact_dir(self.name)
-        metrics_file, checkpoint_dir = workdir / "metrics.jsonl", workdir / "checkpoints"
+        metrics_file, checkpoint_dir = workdir / TRAIN_METRICS_FILE, workdir / "checkpoints"
         metrics_file.unlink(missing_ok=True)
         peak = None
         import torch
@@ -110,45 +93,42 @@ class TrainCheck:
             train_config.validate(nproc)
         except TrainConfigError as error:
             raise train_config_error(ctx, self.name, error) from None
-        run_torchrun(ctx, "train.py", train_config.to_args(), nproc=nproc, timeout_s=config.timeout_s,
-                     log_path=workdir / "torchrun.log")
+        run_torchrun(ctx, "train.py", train_config.to_args(), nproc=nproc, log_path=workdir / "torchrun.log")
         result.artefacts["metrics"] = ctx.relative(metrics_file)
         result.artefacts["torchrun_log"] = ctx.relative(workdir / "torchrun.log")
-        ctx.state["train.checkpoint_dir"] = str(checkpoint_dir)  # later checks may serve what was trained
-        summarize(result, read_jsonl(metrics_file), config, nproc, peak)
+        ctx.outputs.trained_checkpoint_dir = checkpoint_dir  # later checks may serve what was trained
+        summarize(result, read_records_file(metrics_file, TrainStep), config, nproc, peak)
         return result
 
 
-def summarize(result: CheckResult, records: list[dict], config: TrainCheckConfig, nproc: int,
+def summarize(result: CheckResult, steps: list[TrainStep], config: TrainCheckConfig, nproc: int,
               peak: float | None) -> None:
-    steps = [r for r in records if "loss" in r and "event" not in r]
     if len(steps) < config.steps:
         result.fail(f"{len(steps)} of {config.steps} steps logged")
         if not steps:
             return
     steady = steps[config.warmup_steps_excluded:] or steps
-    tokens_per_device = sum(r["tokens_per_s"] * r["step_time_s"] for r in steady)
-    elapsed = sum(r["step_time_s"] for r in steady)
+    tokens_per_device = sum(r.tokens_per_s * r.step_time_s for r in steady)
+    elapsed = sum(r.step_time_s for r in steady)
     tokens_per_s = tokens_per_device / elapsed
-    step_ms = [r["step_time_s"] * 1000 for r in steady]
+    step_ms = [r.step_time_s * 1000 for r in steady]
     result.add_metric("tokens_per_s", tokens_per_s)
     result.add_metric("tokens_per_s_total", tokens_per_s * nproc)
     result.add_metric("step_time_ms.p50", percentile(step_ms, 50))
     result.add_metric("step_time_ms.p95", percentile(step_ms, 95))
-    mfus = [r["mfu"] for r in steady if r.get("mfu") is not None]
-    if mfus:
-        mfu = sum(r["mfu"] * r["step_time_s"] for r in steady) / elapsed  # time-weighted, like tokens/s
+    if any(r.mfu is not None for r in steady):
+        mfu = sum((r.mfu or 0.0) * r.step_time_s for r in steady) / elapsed  # time-weighted, like tokens/s
         source = f"{'measured CPU matmul peak, ' + MATMUL_PEAK_FORMULA if peak else 'GPU table peak'}"
         result.add_metric("mfu", mfu, context=source)
-    loss_start, loss_end = steps[0]["loss"], steps[-1]["loss"]
+    loss_start, loss_end = steps[0].loss, steps[-1].loss
     result.add_metric("loss_start", loss_start)
     result.add_metric("loss_end", loss_end)
     if not loss_end < loss_start:
-        result.fail(f"loss did not fall: {loss_start:.4f} at step 1, {loss_end:.4f} at step {steps[-1]['step']}")
+        result.fail(f"loss did not fall: {loss_start:.4f} at step 1, {loss_end:.4f} at step {steps[-1].step}")
     result.details.update({"nproc": nproc, "preset": config.preset, "seq_len": config.seq_len,
                            "global_batch_size": config.global_batch_size,
                            "peak_flops_per_device": peak, "steps_in_statistics": len(steady)})
-    xs = [float(r["step"]) for r in steps]
-    result.plots.append(Plot("Training loss", "step", "loss (nats)", [Series("loss", xs, [r["loss"] for r in steps])]))
+    xs = [float(r.step) for r in steps]
+    result.plots.append(Plot("Training loss", "step", "loss (nats)", [Series("loss", xs, [r.loss for r in steps])]))
     result.plots.append(Plot("Training throughput", "step", "tokens/s per device",
-                             [Series("tokens/s", xs, [r["tokens_per_s"] for r in steps])]))
+                             [Series("tokens/s", xs, [r.tokens_per_s for r in steps])]))

@@ -7,18 +7,23 @@ bit: the checkpoint restored everything (weights, optimizer moments, LR schedule
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator, model_validator
+from typing import ClassVar
 
-from dcforge.checks._torchrun import default_nproc, read_jsonl, run_torchrun
-from dcforge.checks.train import check_preset, train_config_error
-from dcforge.harness.check import CheckConfig, CheckContext
+from pydantic import Field, model_validator
+
+from dcforge.checks._torchrun import ModelTorchCheckConfig, run_torchrun
+from dcforge.checks.train import train_config_error
+from dcforge.harness.check import CheckContext
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult, Plot, Series
+from workloads.records import (TRAIN_RECORDS, Record, TrainCheckpointSaved, TrainFault, TrainFinal, TrainStart,
+                               TrainStep, read_records_file)
 
 
-class TrainFailoverConfig(CheckConfig):
-    preset: str = "tiny"
-    """Model size (workloads.model.PRESETS)."""
+class TrainFailoverConfig(ModelTorchCheckConfig):
+    min_nproc: ClassVar[int] = 2
+    """One rank dies and another must survive it."""
+
     seq_len: int = Field(default=64, ge=1)
     """Tokens per sequence (short: this check is about recovery, not throughput)."""
     global_batch_size: int = Field(default=4, ge=1)
@@ -34,16 +39,6 @@ class TrainFailoverConfig(CheckConfig):
     compare_with_uninterrupted: bool = True
     """Also run without the fault and require bit-identical final parameters (CPU only: GPU kernels are not
     deterministic by default)."""
-    nproc_per_node: int | None = Field(default=None, ge=2)
-    """Ranks; default one per GPU, or 2 on CPU."""
-    timeout_s: float = Field(default=300.0, gt=0)
-    """Hard limit for each torchrun."""
-
-    @field_validator("preset")
-    @classmethod
-    def _known_preset(cls, value: str) -> str:
-        return check_preset(value)
-
     @model_validator(mode="after")
     def _fault_inside_the_run(self) -> "TrainFailoverConfig":
         if self.fail_at_step > self.steps:
@@ -81,7 +76,7 @@ class TrainFailoverCheck:
         from workloads.train_config import TrainConfig, TrainConfigError
 
         result = CheckResult(self.name, declared=self.metrics)
-        nproc = config.nproc_per_node or default_nproc()
+        nproc = config.nproc()
         workdir = ctx.artefact_dir(self.name)
         common = dict(preset=config.preset, seq_len=config.seq_len, global_batch_size=config.global_batch_size,
                       steps=config.steps, log_every=0)
@@ -98,9 +93,9 @@ class TrainFailoverCheck:
             import shutil
 
             shutil.rmtree(workdir / "checkpoints")
-        run_torchrun(ctx, "train.py", faulted.to_args(), nproc=nproc, timeout_s=config.timeout_s,
-                     log_path=workdir / "faulted.log", max_restarts=1)
-        records = read_jsonl(workdir / "faulted.jsonl")
+        run_torchrun(ctx, "train.py", faulted.to_args(), nproc=nproc, log_path=workdir / "faulted.log",
+                     max_restarts=1)
+        records = read_records_file(workdir / "faulted.jsonl", *TRAIN_RECORDS)
         result.artefacts.update(metrics=ctx.relative(workdir / "faulted.jsonl"),
                                 torchrun_log=ctx.relative(workdir / "faulted.log"))
         judge_recovery(result, records, config)
@@ -108,9 +103,8 @@ class TrainFailoverCheck:
         deterministic = not torch.cuda.is_available()
         if config.compare_with_uninterrupted and deterministic:
             reference = TrainConfig(**common, metrics_file=str(workdir / "reference.jsonl"))
-            run_torchrun(ctx, "train.py", reference.to_args(), nproc=nproc, timeout_s=config.timeout_s,
-                         log_path=workdir / "reference.log")
-            expected = final_hash(read_jsonl(workdir / "reference.jsonl"))
+            run_torchrun(ctx, "train.py", reference.to_args(), nproc=nproc, log_path=workdir / "reference.log")
+            expected = final_hash(read_records_file(workdir / "reference.jsonl", TrainFinal))
             actual = final_hash(records)
             match = expected is not None and expected == actual
             result.add_metric("final_params_match", 1.0 if match else 0.0)
@@ -122,15 +116,16 @@ class TrainFailoverCheck:
         return result
 
 
-def final_hash(records: list[dict]) -> str | None:
-    finals = [r for r in records if r.get("event") == "final"]
-    return finals[-1].get("params_sha256") if finals else None
+def final_hash(records: list[Record]) -> str | None:
+    finals = [r for r in records if isinstance(r, TrainFinal)]
+    return finals[-1].params_sha256 if finals else None
 
 
-def judge_recovery(result: CheckResult, records: list[dict], config: TrainFailoverConfig) -> None:
-    faults = [r for r in records if r.get("event") == "fault"]
-    starts = [r for r in records if r.get("event") == "start"]
-    restarted = [r for r in starts if r["attempt"] > 0]
+def judge_recovery(result: CheckResult, records: list[Record], config: TrainFailoverConfig) -> None:
+    """Steps lost and time to resume from the faulted run's records (TrainStart/TrainStep/TrainFault/...)."""
+    faults = [r for r in records if isinstance(r, TrainFault)]
+    steps = [r for r in records if isinstance(r, TrainStep)]
+    restarted = [r for r in records if isinstance(r, TrainStart) and r.attempt > 0]
     if not faults:
         result.fail("the fault was never injected (no fault event)")
         return
@@ -138,14 +133,14 @@ def judge_recovery(result: CheckResult, records: list[dict], config: TrainFailov
         result.fail("torchrun did not restart the workers after the fault")
         return
     fault, restart = faults[0], restarted[0]
-    resumed = restart.get("resumed_from_step")
-    after = [r for r in records if r.get("attempt", 0) > 0 and "loss" in r and "event" not in r]
+    resumed = restart.resumed_from_step
+    after = [r for r in steps if r.attempt > 0]
     if resumed is None:
         result.fail("the restarted workers did not resume from a checkpoint (started from scratch)")
         resumed = 0
-    steps_lost = fault["step"] - resumed
-    expected_resume = (fault["step"] - 1) // config.checkpoint_every * config.checkpoint_every
-    result.add_metric("failure_step", fault["step"])
+    steps_lost = fault.step - resumed
+    expected_resume = (fault.step - 1) // config.checkpoint_every * config.checkpoint_every
+    result.add_metric("failure_step", fault.step)
     result.add_metric("resumed_step", resumed)
     result.add_metric("steps_lost", steps_lost)
     result.add_metric("restarts", len(restarted))
@@ -155,25 +150,25 @@ def judge_recovery(result: CheckResult, records: list[dict], config: TrainFailov
     if steps_lost > config.checkpoint_every:
         result.fail(f"{steps_lost} steps lost, more than the checkpoint interval {config.checkpoint_every}")
     if after:
-        result.add_metric("time_to_resume_s", after[0]["time"] - fault["time"])
+        result.add_metric("time_to_resume_s", after[0].time - fault.time)
     else:
         result.fail("no step completed after the restart")
-    finished = [r for r in records if "loss" in r and "event" not in r and r["step"] == config.steps]
-    if not finished:
+    if not any(r.step == config.steps for r in steps):
         result.fail(f"the run did not reach step {config.steps} after the restart")
     timeline(result, records, fault, restart)
 
 
-def timeline(result: CheckResult, records: list[dict], fault: dict, restart: dict) -> None:
-    origin = records[0]["time"]
+def timeline(result: CheckResult, records: list[Record], fault: TrainFault, restart: TrainStart) -> None:
+    origin = records[0].time
+    steps = [r for r in records if isinstance(r, TrainStep)]
     series = []
-    for attempt in sorted({r.get("attempt", 0) for r in records if "loss" in r}):
-        steps = [r for r in records if r.get("attempt") == attempt and "loss" in r and "event" not in r]
-        series.append(Series(f"attempt {attempt}", [r["time"] - origin for r in steps],
-                             [float(r["step"]) for r in steps]))
-    markers = [{"x": fault["time"] - origin, "label": f"rank {fault['rank']} killed at step {fault['step']}"},
-               {"x": restart["time"] - origin, "label": f"restart, resumed from step {restart['resumed_from_step']}"}]
-    markers += [{"x": r["time"] - origin, "label": f"checkpoint {r['step']}"} for r in records
-                if r.get("event") == "checkpoint"]
+    for attempt in sorted({r.attempt for r in steps}):
+        of_attempt = [r for r in steps if r.attempt == attempt]
+        series.append(Series(f"attempt {attempt}", [r.time - origin for r in of_attempt],
+                             [float(r.step) for r in of_attempt]))
+    markers = [{"x": fault.time - origin, "label": f"rank {fault.rank} killed at step {fault.step}"},
+               {"x": restart.time - origin, "label": f"restart, resumed from step {restart.resumed_from_step}"}]
+    markers += [{"x": r.time - origin, "label": f"checkpoint {r.step}"} for r in records
+                if isinstance(r, TrainCheckpointSaved)]
     result.plots.append(Plot("Training failover timeline", "seconds since start", "step", series, kind="scatter",
                              markers=markers))

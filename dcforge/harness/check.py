@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic.alias_generators import to_camel
 
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult
 from dcforge.spec.loader import LoadedEnvironment
+from dcforge.spec.validation import moved_key_message
 
 
 class CheckConfig(BaseModel):
@@ -22,6 +23,47 @@ class CheckConfig(BaseModel):
     """
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+    moved_keys: ClassVar[dict[str, str]] = {}
+    """Keys that used to be settings -> the key that replaced them (`{check}` is the check's name); an old key is
+    refused with a hint naming the new one instead of a bare "unknown key"."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, new_key in cls.moved_keys.items():
+                if key in data:
+                    raise ValueError(f"{key}: {moved_key_message(new_key.format(check='<check>'))}")
+        return data
+
+
+@dataclass
+class RunOutputs:
+    """What a check hands to later checks of the same run: one typed field per hand-off.
+
+    A field's `producer` metadata names the check that sets it; that check lists the field in its `outputs`.
+    A consumer reads the attribute, or calls `require(name)` to be skipped with a reason naming the producer.
+    """
+
+    trained_checkpoint_dir: Path | None = field(default=None, metadata={"producer": "train"})
+    """The checkpoint directory the `train` check wrote (the serving checks may serve that model)."""
+    cpu_matmul_peak_flops: dict[int, float] = field(default_factory=dict, metadata={"producer": None})
+    """Measured fp32 matmul FLOP/s by intra-op thread count: a cache the torch checks share, measured once."""
+
+    @staticmethod
+    def producer(name: str) -> str | None:
+        return next(f.metadata.get("producer") for f in fields(RunOutputs) if f.name == name)
+
+    def require(self, name: str) -> Any:
+        """The value of output `name`; CheckSkipped naming its producer when no check produced it in this run."""
+        value = getattr(self, name)
+        if value is None:
+            from dcforge.harness.result import CheckSkipped
+
+            raise CheckSkipped(f"needs {name} from the {self.producer(name)!r} check, which did not produce it in "
+                               "this run (not selected, skipped or failed)")
+        return value
 
 
 @dataclass
@@ -35,8 +77,8 @@ class CheckContext:
     """Results of the checks that ran before this one, by name (e.g. serve the model `train` just trained)."""
     log: Callable[[str], None] = print
     """Progress lines for the live display; never pass secrets."""
-    state: dict[str, Any] = field(default_factory=dict)
-    """Scratch space shared between checks of one run (paths of trained checkpoints, server URLs, ...)."""
+    outputs: RunOutputs = field(default_factory=RunOutputs)
+    """Hand-offs between the checks of one run (RunOutputs); shared, so a check's outputs reach later ones."""
 
     def artefact_dir(self, check_name: str) -> Path:
         path = self.report_dir / "artefacts" / check_name
@@ -63,6 +105,7 @@ class Check(Protocol):
     """True: the runner skips the check, with the reason, when the environment's acceptance pool declares GPUs
     that this machine does not show (dcforge.harness.node.missing_declared_gpus); CPU numbers judged against GPU
     SLOs would mean nothing. False for checks that do not measure this node's GPUs."""
+    # Optional: `outputs = ("trained_checkpoint_dir", ...)`: the RunOutputs fields this check sets for later ones.
 
     def run(self, ctx: CheckContext, config: Any) -> CheckResult:
         """Measure, fill a CheckResult; raise CheckSkipped(reason) when the check cannot apply here."""

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from dcforge.checks import load_check
 from dcforge.errors import DcforgeError
-from dcforge.harness.check import CheckContext
+from dcforge.harness.check import CheckContext, RunOutputs
 from dcforge.harness.lifecycle import Interrupted, SignalGuard
 from dcforge.harness.node import missing_declared_gpus
 from dcforge.harness.processes import stop_everything
@@ -113,7 +113,7 @@ def time_limit(seconds: float):
         signal.signal(signal.SIGALRM, previous)
 
 
-def run_one(name: str, state: RunState, log: Callable[[str], None], shared: dict) -> CheckResult:
+def run_one(name: str, state: RunState, log: Callable[[str], None], shared: RunOutputs) -> CheckResult:
     acceptance = state.env.spec.acceptance
     timeout = acceptance.timeouts_s.get(name, acceptance.default_timeout_s)
     started = time.monotonic()
@@ -124,7 +124,7 @@ def run_one(name: str, state: RunState, log: Callable[[str], None], shared: dict
         if check.requires_declared_gpus and (reason := missing_declared_gpus(state.env.spec)):
             raise CheckSkipped(reason)
         ctx = CheckContext(env=state.env, report_dir=state.report_dir, deadline=started + timeout,
-                           results=dict(state.results), log=log, state=shared)
+                           results=dict(state.results), log=log, outputs=shared)
         with time_limit(timeout):
             result = check.run(ctx, config)
     except CheckSkipped as skipped:
@@ -160,7 +160,7 @@ def run_acceptance(state: RunState, write: Callable[[RunState], None],
                    on_check_end: Callable[[CheckResult], None] = lambda result: None) -> RunState:
     """Run `state.selected` in order; `write(state)` persists the report after every step."""
     slos, state.profile = acceptance_slos(state.env)
-    shared: dict = {}
+    shared = RunOutputs()
     configured = state.env.spec.acceptance.checks
     for name in configured:
         if name not in state.selected:

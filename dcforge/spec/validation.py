@@ -32,8 +32,14 @@ class CheckCatalog(Protocol):
         ...
 
     def settings_model(self, name: str) -> type[BaseModel]:
-        """The model that validates `dcforge:acceptance.settings.<name>`."""
+        """The model that validates `dcforge:acceptance.settings.<name>`. Its optional `moved_keys` class attribute
+        maps keys that are no longer settings to the key that replaced them (`{check}`: the check's name)."""
         ...
+
+
+def moved_key_message(new_key: str) -> str:
+    """How a key that moved elsewhere is refused: naming where it went, not just "unknown key"."""
+    return f"no longer a setting here; set {new_key} instead"
 
 
 def _duplicates(names: list[str]) -> list[str]:
@@ -171,8 +177,12 @@ def check_catalog_rules(env: Environment, checks: CheckCatalog) -> Iterator[Prob
         if name not in known:
             yield key, f"settings for unknown check {name!r}"
             continue
+        model = checks.settings_model(name)
+        moved = {old: new for old, new in getattr(model, "moved_keys", {}).items() if old in settings}
+        for old, new in moved.items():
+            yield f"{key}.{old}", moved_key_message(new.format(check=name))
         try:
-            checks.settings_model(name).model_validate(settings)
+            model.model_validate({k: v for k, v in settings.items() if k not in moved})
         except ValidationError as error:  # one line per field
             for detail in error.errors():
                 loc = ".".join(str(part) for part in detail["loc"])

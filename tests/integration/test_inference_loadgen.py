@@ -59,10 +59,10 @@ def test_request_log_has_every_counted_request_however_the_run_ends(fake_endpoin
     records = read_records(sorted(tmp_path.glob("requests-*.jsonl")))
     assert counted["/v1/chat/completions"] > 0
     assert len(records) == counted["/v1/chat/completions"]  # nothing measured was lost in the buffer
-    assert all(r["ok"] and r["output_tokens"] == 8 and len(r["token_times_s"]) == 8 for r in records)
+    assert all(r.ok and r.output_tokens == 8 and len(r.token_times_s) == 8 for r in records)
     for r in records:  # token times are logged to the microsecond
-        times = r["token_times_s"]
-        assert abs(r["ttft_s"] - times[0]) <= 1e-6 and 0 < times[0] <= times[-1] <= r["e2e_s"] + 1e-6
+        times = r.token_times_s
+        assert abs(r.ttft_s - times[0]) <= 1e-6 and 0 < times[0] <= times[-1] <= r.e2e_s + 1e-6
     assert counted["ttft"] == counted["tpot"] == len(records)  # the web UI rows count every request once
     connections = int(httpx.get(f"{fake_endpoint}/connections", timeout=5).text) - connections_before
     assert connections <= 2 * USERS + 2 < len(records)  # finished streams hand their connection back

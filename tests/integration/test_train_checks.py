@@ -21,7 +21,9 @@ def env():
 
 
 def _run(name: str, env, tmp_path):
-    ctx = CheckContext(env=env, report_dir=tmp_path, deadline=time.monotonic() + 300)
+    acceptance = env.spec.acceptance
+    limit = acceptance.timeouts_s.get(name, acceptance.default_timeout_s)  # what the runner would give the check
+    ctx = CheckContext(env=env, report_dir=tmp_path, deadline=time.monotonic() + limit)
     settings = env.spec.acceptance.settings.get(name, {})
     result = load_check(name).run(ctx, check_config_model(name).model_validate(settings))
     assert processes_mentioning(str(tmp_path)) == [], "a torchrun child outlived its check"
@@ -41,7 +43,7 @@ def test_train_check(env, tmp_path):
 
     from workloads.checkpointing import load_for_inference
 
-    model, config = load_for_inference(ctx.state["train.checkpoint_dir"])  # what the inference check would serve
+    model, config = load_for_inference(ctx.outputs.trained_checkpoint_dir)  # what the inference check would serve
     assert config.max_seq_len == env.spec.acceptance.settings["train"]["seqLen"]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -12,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from dcforge.checks._torchrun import TorchrunFailed, run_torchrun, torchrun_command, torchrun_env
+from dcforge.checks._torchrun import (TORCHRUN_STOP_MARGIN_S, TorchrunFailed, run_torchrun, torchrun_command,
+                                      torchrun_env)
 from dcforge.harness.check import CheckContext
 from dcforge.paths import WORKLOADS_DIR
 from dcforge.spec.loader import load_environment
+from workloads.records import TRAIN_RECORDS, TrainCheckpointCorrupt, TrainStart, TrainStep, read_records_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:torch.distributed is disabled")]
 PYTHON = sys.executable
@@ -79,12 +80,12 @@ def test_resume_skips_a_corrupted_checkpoint_and_reports_it(tmp_path):
     victim.write_bytes(bytes(raw))
 
     assert _torchrun([*common, "--steps", "8"], tmp_path / "second.log") == 0
-    records = [json.loads(line) for line in metrics.read_text().splitlines()]
-    corrupt = [r for r in records if r.get("event") == "checkpoint_corrupt"]
-    starts = [r for r in records if r.get("event") == "start"]
-    assert corrupt and corrupt[0]["step"] == 6
-    assert starts[-1]["resumed_from_step"] == 3  # the older, intact checkpoint
-    assert [r["step"] for r in records if "loss" in r and r.get("attempt") == 0][-5:] == [4, 5, 6, 7, 8]
+    records = read_records_file(metrics, *TRAIN_RECORDS)
+    corrupt = [r for r in records if isinstance(r, TrainCheckpointCorrupt)]
+    starts = [r for r in records if isinstance(r, TrainStart)]
+    assert corrupt and corrupt[0].step == 6
+    assert starts[-1].resumed_from_step == 3  # the older, intact checkpoint
+    assert [r.step for r in records if isinstance(r, TrainStep) and r.attempt == 0][-5:] == [4, 5, 6, 7, 8]
 
 
 @pytest.mark.parametrize("args, world, message", [
@@ -100,11 +101,14 @@ def test_bad_input_is_one_clear_line_and_exit_2(args, world, message):
 
 
 def test_a_torchrun_over_its_timeout_is_killed_with_all_its_workers(tmp_path):
-    ctx = CheckContext(env=load_environment("local"), report_dir=tmp_path, deadline=time.monotonic() + 300)
+    # The check has 4 s left once torchrun's stop margin is kept back: torchrun gets those 4 s.
+    ctx = CheckContext(env=load_environment("local"), report_dir=tmp_path,
+                       deadline=time.monotonic() + TORCHRUN_STOP_MARGIN_S + 4.4)
     marker = str(tmp_path / "never.jsonl")
     started = time.monotonic()
-    with pytest.raises(TorchrunFailed, match="did not finish within 4 s"):
-        run_torchrun(ctx, "train.py", ["--steps", "100000", "--metrics-file", marker], nproc=2, timeout_s=4,
+    with pytest.raises(TorchrunFailed, match=r"did not finish within 4 s \(what was left of the check's "
+                                             r"dcforge:acceptance.timeoutsS\)"):
+        run_torchrun(ctx, "train.py", ["--steps", "100000", "--metrics-file", marker], nproc=2,
                      log_path=tmp_path / "torchrun.log")
     assert time.monotonic() - started < 30
     assert processes_mentioning(marker) == []

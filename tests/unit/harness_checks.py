@@ -54,3 +54,23 @@ class GpuValueCheck(ValueCheck):
     """ValueCheck that only means something where the environment's GPUs are visible."""
 
     requires_declared_gpus = True
+
+
+class HandoffProducerCheck(ValueCheck):
+    """Hands a checkpoint directory to later checks, as `train` does."""
+
+    outputs = ("trained_checkpoint_dir",)
+
+    def run(self, ctx: CheckContext, config: ValueConfig) -> CheckResult:
+        ctx.outputs.trained_checkpoint_dir = ctx.artefact_dir(self.name)
+        return super().run(ctx, config)
+
+
+class HandoffConsumerCheck(ValueCheck):
+    """Needs the checkpoint directory a producer handed over; records which one it got."""
+
+    def run(self, ctx: CheckContext, config: ValueConfig) -> CheckResult:
+        directory = ctx.outputs.require("trained_checkpoint_dir")
+        result = super().run(ctx, config)
+        result.details["received"] = ctx.relative(directory)
+        return result

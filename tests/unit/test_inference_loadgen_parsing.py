@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -54,9 +55,9 @@ def test_buffered_log_writes_every_record_by_flush_and_close(tmp_path):
         log.write(record)
     log.close()
     lines = read_records([log.path])
-    assert [line["start"] for line in lines] == [float(i) for i in range(7)]
-    assert lines[0]["token_times_s"] == [0.1, 0.123457]
-    assert json.loads(records[0].to_json()).keys() == {f for f in RequestRecord.__dataclass_fields__}
+    assert [line.start for line in lines] == [float(i) for i in range(7)]
+    assert lines[0].token_times_s == [0.1, 0.123457]
+    assert json.loads(records[0].to_json()).keys() == {"record", *(f.name for f in dataclasses.fields(RequestRecord))}
     with pytest.raises(ValueError, match="closed"):
         log.write(records[0])  # a record after close is an error, never a silent loss
 

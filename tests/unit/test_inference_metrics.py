@@ -14,10 +14,10 @@ from loadtests.metrics import RequestSlo, main, summarize, time_to_recover, wind
 
 
 def record(start: float, e2e: float = 1.0, ok: bool = True, ttft: float | None = 0.2, tokens: int = 5,
-           times: list[float] | None = None) -> dict:
-    return {"start": start, "end": start + e2e, "ok": ok, "e2e_s": e2e, "ttft_s": ttft if ok else None,
-            "output_tokens": tokens if ok else 0, "prompt_tokens": 10, "token_times_s": times or [],
-            "error": "" if ok else "boom", "replica": "1"}
+           times: list[float] | None = None) -> RequestRecord:
+    return RequestRecord(start=start, end=start + e2e, ok=ok, e2e_s=e2e, ttft_s=ttft if ok else None,
+                         output_tokens=tokens if ok else 0, prompt_tokens=10, token_times_s=times or [],
+                         error="" if ok else "boom", replica="1")
 
 
 def test_summary_formulas():
@@ -84,9 +84,9 @@ def test_request_log_round_trip_and_cli(tmp_path, capsys):
     log.write(RequestRecord(start=1.0, end=1.5, ok=False, error="HTTP 500", e2e_s=0.5))
     log.close()
     with open(log.path, "a") as handle:
-        handle.write('{"start": 5, "torn')  # a writer killed mid-line must not break reading
+        handle.write('{"record":"llm.request","start": 5, "torn')  # a writer killed mid-line must not break reading
     records = read_records([log.path])
-    assert [r["start"] for r in records] == [1.0, 2.0]
+    assert [r.start for r in records] == [1.0, 2.0]
     assert main([str(log.path)]) == 0
     assert json.loads(capsys.readouterr().out)["requests"] == 2
     assert main([str(tmp_path / "missing.jsonl")]) == 2

@@ -21,6 +21,7 @@ from dcforge.metrics_catalogue import README_BEGIN, README_END, catalogue, readm
 from dcforge.report.html import render_html
 from dcforge.paths import REPO_ROOT
 from loadtests.metrics import RequestSlo, summarize
+from workloads.records import RequestRecord
 
 CHECKS_DIR = REPO_ROOT / "dcforge" / "checks"
 SERVING_CHECKS = ("inference", "inference_failover")
@@ -102,13 +103,13 @@ def test_every_metric_key_a_check_module_emits_is_declared_by_its_check():
                 assert any(re.fullmatch(pattern, key) for key in declared), f"{module}: {pattern} undeclared"
 
 
-def _records(count: int = 20) -> list[dict]:
+def _records(count: int = 20) -> list[RequestRecord]:
     records = []
     for i in range(count):
         ok = i % 10 != 9
-        records.append({"start": 100.0 + i * 0.1, "end": 100.5 + i * 0.1, "ok": ok, "e2e_s": 0.5,
-                        "ttft_s": 0.1 if ok else None, "output_tokens": 8 if ok else 0, "prompt_tokens": 16,
-                        "token_times_s": [0.1, 0.2, 0.3] if ok else [], "error": "" if ok else "HTTP 503"})
+        records.append(RequestRecord(start=100.0 + i * 0.1, end=100.5 + i * 0.1, ok=ok, e2e_s=0.5,
+                                     ttft_s=0.1 if ok else None, output_tokens=8 if ok else 0, prompt_tokens=16,
+                                     token_times_s=[0.1, 0.2, 0.3] if ok else [], error="" if ok else "HTTP 503"))
     return records
 
 

@@ -54,6 +54,10 @@ BAD_PROD_EDITS = [
                  id="pool-quota-above-capacity"),
     pytest.param({"      cidr: 192.168.0.0/18\n": ""}, "dcforge:network.rdma.cidr", "enabled RDMA needs cidr",
                  id="rdma-without-cidr"),
+    pytest.param({"failAtStep: 25}": "failAtStep: 25, timeoutS: 800}"},
+                 "dcforge:acceptance.settings.train_failover.timeoutS",
+                 "no longer a setting here; set dcforge:acceptance.timeoutsS.train_failover instead",
+                 id="per-check-timeout-moved-to-timeoutsS"),
 ]
 
 

@@ -16,6 +16,7 @@ from dcforge.harness.check import CheckContext
 from dcforge.harness.result import CheckResult, Status
 from dcforge.spec.loader import load_environment
 from workloads.allreduce import bus_bandwidth_factor, message_sizes, parse_size
+from workloads.records import TrainFault, TrainStart, TrainStep
 from workloads.train import lr_factor
 from workloads.train_config import TrainConfig, TrainConfigError, field_docs, parse_args
 from workloads.train_data import SyntheticBigramData, rank_slice
@@ -85,17 +86,18 @@ def test_batch_not_divisible_by_ranks_is_a_config_error_naming_the_key(tmp_path)
         TrainCheck().run(ctx, config)
 
 
-def test_failover_rank_outside_the_world_is_a_config_error_naming_the_key(tmp_path):
+def test_a_refused_training_setting_names_its_own_key(tmp_path):
     ctx = CheckContext(env=load_environment("local"), report_dir=tmp_path, deadline=time.monotonic() + 60)
-    config = TrainFailoverConfig(nproc_per_node=2, fail_rank=5)
-    with pytest.raises(ConfigError, match=r"dcforge:acceptance.settings.train_failover.failRank: "
-                                          r"fail_rank 5 is not a rank of a world of size 2"):
-        TrainFailoverCheck().run(ctx, config)
+    with pytest.raises(ConfigError, match=r"dcforge:acceptance.settings.train_failover.failRank: fail_rank 2 is not "
+                                          r"a rank of a world of size 2"):
+        TrainFailoverCheck().run(ctx, TrainFailoverConfig(fail_rank=2, nproc_per_node=2))
+    with pytest.raises(ConfigError, match=r"dcforge:acceptance.settings.train.seqLen: seq_len 512 must be"):
+        TrainCheck().run(ctx, TrainCheckConfig(seq_len=512, nproc_per_node=2))
 
 
 def _steps(losses, attempt=0, start=1, t0=100.0):
-    return [{"time": t0 + i, "step": start + i, "attempt": attempt, "loss": loss, "step_time_s": 0.5,
-             "tokens_per_s": 1000.0, "mfu": 0.4} for i, loss in enumerate(losses)]
+    return [TrainStep(time=t0 + i, step=start + i, attempt=attempt, loss=loss, step_time_s=0.5, tokens_per_s=1000.0,
+                      tokens_per_s_total=2000.0, mfu=0.4, lr=1e-3) for i, loss in enumerate(losses)]
 
 
 def test_summary_fails_when_loss_does_not_fall():
@@ -110,10 +112,11 @@ def test_summary_fails_when_loss_does_not_fall():
 
 
 def _failover_records(resumed_from, first_attempt_steps=6, fault_step=7):
-    records = [{"time": 99.0, "event": "start", "attempt": 0, "resumed_from_step": None}]
+    records = [TrainStart(time=99.0, attempt=0, resumed_from_step=None, world_size=2, device="cpu", preset="tiny")]
     records += _steps([5.0] * first_attempt_steps)
-    records += [{"time": 107.0, "event": "fault", "step": fault_step, "rank": 1},
-                {"time": 110.0, "event": "start", "attempt": 1, "resumed_from_step": resumed_from}]
+    records += [TrainFault(time=107.0, step=fault_step, rank=1),
+                TrainStart(time=110.0, attempt=1, resumed_from_step=resumed_from, world_size=2, device="cpu",
+                           preset="tiny")]
     records += _steps([4.0] * (12 - (resumed_from or 0)), attempt=1, start=(resumed_from or 0) + 1, t0=112.0)
     return records
 

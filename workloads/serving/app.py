@@ -27,9 +27,9 @@ from workloads.serving.engine import BatchingEngine, EngineOverloaded, SamplingP
 from workloads.serving.protocol import (APIError, ChatCompletionRequest, CompletionRequest, TextChunkEncoder,
                                         chat_body, chat_chunk, completion_body, completion_chunk, new_id, sse,
                                         usage_chunk, validation_message)
+from workloads.records import REPLICA_HEADER, mark_ready
 from workloads.serving.settings import ServerSettings
 
-REPLICA_HEADER = "x-dcforge-replica"
 """Response header naming the replica (worker pid) that served the request; the failover check uses it."""
 _ROUTES = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/ready", "/metrics"}
 
@@ -101,9 +101,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         await asyncio.to_thread(engine.warm_up)
         engine.start()
         app.state.engine = engine
-        ready_file = settings.state_dir / f"ready-{os.getpid()}" if settings.state_dir else None
-        if ready_file:
-            ready_file.write_text(str(time.time()))
+        ready_file = mark_ready(settings.state_dir) if settings.state_dir else None
         try:
             yield
         finally:
