@@ -18,6 +18,7 @@ CHECKS: dict[str, str] = {
     "train": "dcforge.checks.train:TrainCheck",
     "allreduce": "dcforge.checks.allreduce:AllreduceCheck",
     "checkpoint": "dcforge.checks.checkpoint:CheckpointCheck",
+    "storage": "dcforge.checks.storage:StorageCheck",
     "train_failover": "dcforge.checks.train_failover:TrainFailoverCheck",
     "compliance": "dcforge.checks.compliance:ComplianceCheck",
     "inference": "dcforge.checks.inference:InferenceCheck",

@@ -1,0 +1,384 @@
+"""`storage`: fio measurements of every declared storage class, and a verify pass that catches corrupted data.
+
+Per class (`dcforge:storage.classes`), in a scratch directory on that class's storage (locally: the directory in
+`settings.storage.paths.<class>`, e.g. where the class is mounted; default a directory under the report dir):
+
+- sequential write and read GB/s: 1 MiB blocks, direct I/O when the filesystem accepts O_DIRECT (probed; the
+  report says which was used), GB/s = bytes moved / fio's job runtime (decimal GB);
+- random 4 KiB read and write IOPS on the same file (libaio at `randomIodepth` with direct I/O, else psync);
+- fsync p99 (ms): 4 KiB writes each followed by fsync (fio `fsync=1`), p99 of fio's `sync.lat_ns` percentiles;
+- metadata ops/s: create, stat and delete of many empty files in one directory, timed by our own loop
+  ((creates + stats + deletes) / total seconds), so it measures the filesystem rather than fio's file layout;
+- aggregate sequential write GB/s with `clients` concurrent fio processes (numjobs, one file each, summed);
+- data verification: a file written with fio's `verify=crc32c` headers is re-read by a verify-only pass; any block
+  that differs fails the check.
+
+Every fio job is bounded by `phaseSeconds` and every file size by the class's free space. Metric names are
+`<class>.<figure>`, so SLO keys read `storage.<class>.<figure>` (e.g. `storage.checkpoints.seq_write_gbps`).
+On the Kubernetes target the same fio jobs run in client pods on one PVC per class
+(`dcforge.manifests.storage_acceptance`); this version writes those manifests and skips the run (see README).
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from dcforge.checks.fio import (FioError, FioJob, FioJobResult, FioNotFound, FioVerifyFailed, fio_executable,
+                                fio_version, run_fio)
+from dcforge.checks.train import settings_error
+from dcforge.harness.check import CheckConfig, CheckContext
+from dcforge.harness.result import CheckResult, CheckSkipped, Plot, Series
+
+MIB = 2**20
+# Below this a class cannot hold the sequential file with any meaning (a few 1 MiB blocks per client).
+MIN_SEQUENTIAL_MIB = 16
+FSYNC_FILE_MIB = 16
+# fio's start-up and file layout on top of a job's runtime bound, before we call it hung.
+FIO_TIMEOUT_MARGIN_S = 60.0
+
+
+class StorageError(Exception):
+    """A class's storage cannot be measured (unwritable, full); the message names the path."""
+
+
+class StorageCheckConfig(CheckConfig):
+    classes: list[str] | None = None
+    """Classes to measure (names from dcforge:storage.classes); default every declared class."""
+    paths: dict[str, str] = Field(default_factory=dict)
+    """Class name -> directory on that class's storage (a mounted volume); default a directory under the report."""
+    file_size_mib: int = Field(default=256, ge=MIN_SEQUENTIAL_MIB)
+    """Sequential file per class (also split across the clients of the aggregate); capped by free space."""
+    max_free_fraction: float = Field(default=0.1, gt=0, le=0.9)
+    """At most this fraction of the class's free space is written at any time."""
+    phase_seconds: float = Field(default=2.0, gt=0, le=600)
+    """Upper bound on each fio job's run time (a job also ends when its file is done)."""
+    clients: int = Field(default=4, ge=1, le=1024)
+    """Concurrent fio processes for the aggregate sequential write."""
+    random_iodepth: int = Field(default=16, ge=1, le=1024)
+    """Outstanding 4 KiB requests for random I/O (with direct I/O; buffered I/O runs at depth 1)."""
+    metadata_files: int = Field(default=2000, ge=10)
+    """Files created, stat'ed and deleted for the metadata rate (fewer when phaseSeconds runs out)."""
+    verify_size_mib: int = Field(default=32, ge=1)
+    """File written with checksummed blocks and read back by the verify pass."""
+    direct_io: Literal["auto", "on", "off"] = "auto"
+    """auto: direct I/O where the filesystem accepts O_DIRECT; on: require it; off: buffered (page cache)."""
+    image: str | None = None
+    """Container image with fio, for client pods on the Kubernetes target."""
+    pvc_size_gi: int = Field(default=20, ge=1)
+    """Size of each class's test PVC on the Kubernetes target."""
+
+    @field_validator("paths")
+    @classmethod
+    def _absolute(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, path in value.items():
+            if not os.path.isabs(path):
+                raise ValueError(f"paths.{name}: expected an absolute directory, got {path!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class StorageFigure:
+    """One per-class figure: its metric name (after `<class>.`), unit, direction and formula."""
+
+    name: str
+    unit: str
+    better: Literal["higher", "lower"]
+    formula: str
+
+
+FIGURES: tuple[StorageFigure, ...] = (
+    StorageFigure("seq_write_gbps", "GB/s", "higher", "bytes written / fio job runtime, 1 MiB blocks, one client"),
+    StorageFigure("seq_read_gbps", "GB/s", "higher", "bytes read / fio job runtime, 1 MiB blocks, one client"),
+    StorageFigure("rand_read_iops", "IOPS", "higher", "4 KiB random reads / fio job runtime"),
+    StorageFigure("rand_write_iops", "IOPS", "higher", "4 KiB random writes / fio job runtime"),
+    StorageFigure("fsync_p99_ms", "ms", "lower", "p99 of fsync latency after each 4 KiB write (fio sync.lat_ns)"),
+    StorageFigure("metadata_ops_per_s", "ops/s", "higher",
+                  "(creates + stats + deletes of empty files) / their total seconds"),
+    StorageFigure("aggregate_seq_write_gbps", "GB/s", "higher",
+                  "sum over concurrent clients of bytes written / fio group runtime, 1 MiB blocks"),
+    StorageFigure("data_verified", "bool", "higher", "fio verify=crc32c: every block read back matches"),
+)
+
+
+@dataclass
+class MetadataRates:
+    files: int
+    create_per_s: float
+    stat_per_s: float
+    delete_per_s: float
+    ops_per_s: float
+
+
+@dataclass
+class ClassMeasurement:
+    """Everything measured on one class."""
+
+    name: str
+    directory: str
+    direct_io: bool
+    sequential_bytes: int
+    figures: dict[str, float] = field(default_factory=dict)
+    fsync_percentiles_ms: dict[str, float] = field(default_factory=dict)
+    metadata: MetadataRates | None = None
+    verify_failure: str | None = None
+
+
+def supports_direct_io(directory: Path) -> bool:
+    """Whether files in `directory` accept O_DIRECT: open and write one aligned 4 KiB block (tmpfs refuses)."""
+    if not hasattr(os, "O_DIRECT"):
+        return False
+    probe = directory / f".direct-probe-{os.getpid()}"
+    buffer = mmap.mmap(-1, 4096)  # page-aligned, as O_DIRECT requires
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_DIRECT, 0o600)
+        try:
+            os.write(fd, buffer)
+        finally:
+            os.close(fd)
+        return True
+    except OSError as error:
+        if error.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+            return False
+        raise
+    finally:
+        buffer.close()
+        probe.unlink(missing_ok=True)
+
+
+def prepare_directory(base: Path) -> Path:
+    """A fresh scratch directory under `base` (created if needed), proven writable; StorageError otherwise."""
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix="dcforge-storage-", dir=base))
+        (scratch / ".write-probe").write_bytes(b"ok")
+        (scratch / ".write-probe").unlink()
+    except OSError as error:
+        raise StorageError(f"{base}: not writable: {error.strerror or error}") from None
+    return scratch
+
+
+def sequential_size(directory: Path, config: StorageCheckConfig, shown: Path | None = None) -> int:
+    """Bytes of the sequential file: the setting, capped so that what one class holds at once (the sequential
+    file, the aggregate clients' files and the verify file) stays within maxFreeFraction of the free space."""
+    free = shutil.disk_usage(directory).free
+    allowed = int(free * config.max_free_fraction) - config.verify_size_mib * MIB - FSYNC_FILE_MIB * MIB
+    size = min(config.file_size_mib * MIB, allowed // 2)
+    size -= size % MIB
+    if size < MIN_SEQUENTIAL_MIB * MIB:
+        raise StorageError(f"{shown or directory}: filesystem nearly full ({free / MIB:.0f} MiB free); the storage check "
+                           f"needs {MIN_SEQUENTIAL_MIB * 2 + config.verify_size_mib + FSYNC_FILE_MIB} MiB within "
+                           f"maxFreeFraction {config.max_free_fraction:g} of it")
+    return size
+
+
+def measure_metadata(directory: Path, files: int, seconds: float) -> MetadataRates:
+    """Create (O_CREAT|O_EXCL), stat and delete up to `files` empty files; creation stops early after `seconds`."""
+    target = directory / "metadata"
+    target.mkdir()
+    names = []
+    started = time.perf_counter()
+    deadline = started + seconds
+    for index in range(files):
+        path = str(target / f"f{index:07d}")
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        names.append(path)
+        if time.perf_counter() > deadline:
+            break
+    created = time.perf_counter()
+    for path in names:
+        os.stat(path)
+    stated = time.perf_counter()
+    for path in names:
+        os.unlink(path)
+    deleted = time.perf_counter()
+    target.rmdir()
+    count = len(names)
+    return MetadataRates(files=count, create_per_s=count / (created - started), stat_per_s=count / (stated - created),
+                         delete_per_s=count / (deleted - stated), ops_per_s=3 * count / (deleted - started))
+
+
+@dataclass(frozen=True)
+class ClassPlan:
+    """The fio jobs for one class, in run order; built once so the Kubernetes pods run the very same jobs."""
+
+    seq_write: FioJob
+    seq_read: FioJob
+    rand_read: FioJob
+    rand_write: FioJob
+    fsync: FioJob
+    aggregate: FioJob
+    verify_write: FioJob
+    verify_read: FioJob
+
+
+def class_plan(directory: str, sequential_bytes: int, direct: bool, config: StorageCheckConfig) -> ClassPlan:
+    seconds = config.phase_seconds
+    size = f"{sequential_bytes // MIB}M"
+    random_engine = {"ioengine": "libaio", "iodepth": config.random_iodepth} if direct else {}
+    per_client = max(1, sequential_bytes // MIB // config.clients)
+    verify = dict(filename="verify.dat", rw="write", bs="1M", size=f"{config.verify_size_mib}M", direct=direct,
+                  verify="crc32c", end_fsync=True)
+    return ClassPlan(
+        seq_write=FioJob("seq-write", directory, "write", "1M", size, filename="sequential.dat", direct=direct,
+                         end_fsync=True, runtime_s=seconds),
+        seq_read=FioJob("seq-read", directory, "read", "1M", size, filename="sequential.dat", direct=direct,
+                        runtime_s=seconds),
+        rand_read=FioJob("rand-read", directory, "randread", "4k", size, filename="sequential.dat", direct=direct,
+                         runtime_s=seconds, **random_engine),
+        rand_write=FioJob("rand-write", directory, "randwrite", "4k", size, filename="sequential.dat",
+                          direct=direct, end_fsync=True, runtime_s=seconds, **random_engine),
+        fsync=FioJob("fsync", directory, "write", "4k", f"{FSYNC_FILE_MIB}M", filename="fsync.dat", fsync=1,
+                     runtime_s=seconds),
+        aggregate=FioJob("aggregate", directory, "write", "1M", f"{per_client}M", direct=direct,
+                         numjobs=config.clients, end_fsync=True, runtime_s=seconds),
+        verify_write=FioJob("verify", directory, **verify, do_verify=False),
+        verify_read=FioJob("verify", directory, **verify, verify_only=True),
+    )
+
+
+def with_size(job: FioJob, nbytes: int) -> FioJob:
+    return replace(job, size=f"{max(1, nbytes // MIB)}M")
+
+
+def measure_class(name: str, base: Path, config: StorageCheckConfig, fio: str, budget_s: float,
+                  log=print) -> ClassMeasurement:
+    """Run every phase on one class; the scratch directory is removed whatever happens."""
+    scratch = prepare_directory(base)
+    try:
+        direct = {"on": True, "off": False}.get(config.direct_io)
+        probed = supports_direct_io(scratch)
+        if direct and not probed:
+            raise StorageError(f"{base}: the filesystem refuses O_DIRECT and directIo is 'on'")
+        direct = probed if direct is None else direct
+        size = sequential_size(scratch, config, shown=base)
+        plan = class_plan(str(scratch), size, direct, config)
+        measured = ClassMeasurement(name, str(base), direct, size)
+        timeout = min(config.phase_seconds + FIO_TIMEOUT_MARGIN_S, max(budget_s, 1.0))
+
+        def run(job: FioJob) -> FioJobResult:
+            log(f"storage {name}: fio {job.name} ({job.rw}, bs {job.bs}, {job.size} x {job.numjobs})")
+            try:
+                return run_fio(job, timeout, fio)
+            except FioVerifyFailed:
+                raise
+            except FioError as error:
+                raise StorageError(str(error)) from None
+
+        written = run(plan.seq_write)
+        measured.figures["seq_write_gbps"] = written.write.gbps
+        # A runtime-bounded write may stop short of the size: later jobs use what is there, so fio never lays
+        # the rest of the file out (untimed writing) before it reads.
+        on_disk = (scratch / "sequential.dat").stat().st_size
+        measured.figures["seq_read_gbps"] = run(with_size(plan.seq_read, on_disk)).read.gbps
+        measured.figures["rand_read_iops"] = run(with_size(plan.rand_read, on_disk)).read.iops
+        measured.figures["rand_write_iops"] = run(with_size(plan.rand_write, on_disk)).write.iops
+        (scratch / "sequential.dat").unlink()
+        synced = run(plan.fsync)
+        measured.fsync_percentiles_ms = {key: value / 1e6 for key, value in synced.sync_lat_percentiles_ns.items()}
+        if synced.sync_p99_ms is None:
+            raise StorageError(f"{base}: fio reported no fsync latencies (sync.lat_ns) for the fsync job")
+        measured.figures["fsync_p99_ms"] = synced.sync_p99_ms
+        (scratch / "fsync.dat").unlink()
+        log(f"storage {name}: metadata, up to {config.metadata_files} files")
+        measured.metadata = measure_metadata(scratch, config.metadata_files, config.phase_seconds)
+        measured.figures["metadata_ops_per_s"] = measured.metadata.ops_per_s
+        measured.figures["aggregate_seq_write_gbps"] = run(plan.aggregate).write.gbps
+        for client_file in scratch.glob("aggregate.*"):
+            client_file.unlink()
+        run(plan.verify_write)
+        try:
+            run(plan.verify_read)
+            measured.figures["data_verified"] = 1.0
+        except FioVerifyFailed as failure:
+            measured.figures["data_verified"] = 0.0
+            measured.verify_failure = str(failure)
+        return measured
+    except OSError as error:  # ENOSPC, EACCES, ... from our own file operations
+        raise StorageError(f"{error.filename or base}: {error.strerror or error}") from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def add_class_results(result: CheckResult, measured: ClassMeasurement) -> None:
+    for figure in FIGURES:
+        if figure.name in measured.figures:
+            result.add_metric(f"{measured.name}.{figure.name}", measured.figures[figure.name], figure.unit,
+                              figure.better, figure.formula)
+    if measured.verify_failure:
+        result.fail(f"class {measured.name}: data read back differs from what was written ({measured.verify_failure})")
+    figures = measured.figures
+    result.plots.append(Plot(
+        f"Storage class {measured.name}: sequential GB/s ({'direct' if measured.direct_io else 'buffered'} I/O)",
+        "operation", "GB/s",
+        [Series("GB/s", [0.0, 1.0, 2.0], [figures["seq_write_gbps"], figures["seq_read_gbps"],
+                                          figures["aggregate_seq_write_gbps"]])],
+        kind="bar", markers=[{"x": 0.0, "label": "write, 1 client"}, {"x": 1.0, "label": "read, 1 client"},
+                             {"x": 2.0, "label": "write, all clients"}]))
+    percentiles = sorted((float(key), value) for key, value in measured.fsync_percentiles_ms.items())
+    result.plots.append(Plot(f"Storage class {measured.name}: fsync latency after 4 KiB writes", "percentile",
+                             "ms", [Series("fsync", [p for p, _ in percentiles], [v for _, v in percentiles])]))
+
+
+class StorageCheck:
+    name = "storage"
+    description = ("fio per storage class: sequential and random I/O, fsync p99, metadata rate, several clients "
+                   "at once, data verified.")
+    Config = StorageCheckConfig
+
+    def run(self, ctx: CheckContext, config: StorageCheckConfig) -> CheckResult:
+        spec = ctx.env.spec
+        declared = [cls.name for cls in spec.storage.classes]
+        for key, names in (("classes", config.classes or []), ("paths", list(config.paths))):
+            unknown = [n for n in names if n not in declared]
+            if unknown:
+                raise settings_error(ctx, self.name, key, f"unknown storage class {unknown[0]!r}; declared: "
+                                                          f"{', '.join(declared) or 'none'}")
+        names = config.classes or declared
+        if not names:
+            raise CheckSkipped("no storage classes declared (dcforge:storage.classes)")
+        if spec.acceptance.target == "kubernetes":
+            return self._kubernetes(ctx, config, names)
+        try:
+            fio = fio_executable()
+        except FioNotFound as missing:
+            raise CheckSkipped(str(missing)) from None
+        result = CheckResult(self.name)
+        scratch_root = ctx.artefact_dir(self.name) / "scratch"
+        details: dict[str, dict] = {}
+        result.details = {"fio": fio_version(fio), "classes": details}
+        try:
+            for name in names:
+                base = Path(config.paths[name]) if name in config.paths else scratch_root / name
+                measured = measure_class(name, base, config, fio, ctx.remaining_s(), ctx.log)
+                add_class_results(result, measured)
+                details[name] = {"directory": measured.directory, "direct_io": measured.direct_io,
+                                 "sequential_mib": measured.sequential_bytes // MIB, "clients": config.clients,
+                                 "figures": measured.figures, "fsync_percentiles_ms": measured.fsync_percentiles_ms,
+                                 "metadata": vars(measured.metadata) if measured.metadata else None,
+                                 "verify_failure": measured.verify_failure}
+        except StorageError as error:
+            raise StorageError(f"class {name}: {error}") from None
+        finally:
+            shutil.rmtree(scratch_root, ignore_errors=True)
+        return result
+
+    def _kubernetes(self, ctx: CheckContext, config: StorageCheckConfig, names: list[str]) -> CheckResult:
+        from dcforge.manifests.storage_acceptance import storage_acceptance_manifests, write_manifests
+
+        if not config.image:
+            raise settings_error(ctx, self.name, "image", "a container image with fio is required on the "
+                                                          "kubernetes target")
+        manifests = storage_acceptance_manifests(ctx.env.spec, config, names, run_id="manual")
+        path = write_manifests(manifests, ctx.artefact_dir(self.name) / "storage-acceptance.yaml")
+        raise CheckSkipped(f"running fio pods on a cluster is not implemented yet; the PVCs and client pods are "
+                           f"in {ctx.relative(path)} for `kubectl apply` by hand")

@@ -1,0 +1,160 @@
+"""The storage check's parts with the real fio on temporary directories (small sizes), and its Kubernetes
+manifests against the Kubernetes schema. Skipped, with the reason, where fio is not installed."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dcforge.checks.fio import FioJob, FioVerifyFailed, parse_fio_json, run_fio
+from dcforge.checks.storage import (FIGURES, StorageCheck, StorageCheckConfig, StorageError, class_plan,
+                                    measure_class, prepare_directory, supports_direct_io)
+from dcforge.errors import ConfigError, ConfigErrors
+from dcforge.harness.check import CheckContext
+from dcforge.harness.result import CheckSkipped
+from dcforge.spec import load_environment
+from dcforge.spec.loader import REPO_ROOT
+
+FIO = shutil.which("fio")
+needs_fio = pytest.mark.skipif(FIO is None, reason="fio is not installed: `make system-deps` as root installs it")
+SMALL = dict(file_size_mib=16, phase_seconds=0.5, clients=2, metadata_files=200, verify_size_mib=4)
+
+
+def small_config(**overrides) -> StorageCheckConfig:
+    return StorageCheckConfig(**{**SMALL, **overrides})
+
+
+@needs_fio
+def test_fio_json_is_parsed_into_typed_results(tmp_path):
+    job = FioJob("seq-write", str(tmp_path), "write", "1M", "8M", filename="f.dat", end_fsync=True)
+    completed = subprocess.run([FIO, *job.args()], capture_output=True, text=True, timeout=60, check=True)
+    (result,) = parse_fio_json(completed.stdout)
+    assert result.name == "seq-write" and result.error == 0
+    assert result.write.io_bytes == 8 * 2**20 and result.write.total_ios == 8
+    assert result.write.bw_bytes > 0 and result.read.io_bytes == 0 and result.sync_p99_ms is None
+
+
+@needs_fio
+def test_fsync_job_reports_sync_latency_percentiles(tmp_path):
+    job = FioJob("fsync", str(tmp_path), "write", "4k", "64k", filename="s.dat", fsync=1)
+    result = run_fio(job, timeout_s=60)
+    # fio 3.33 counts one sync fewer than writes (16 writes of 4 KiB here, 15 syncs in its table)
+    assert result.write.total_ios == 16 and result.sync_total >= 15
+    assert result.sync_p99_ms is not None and result.sync_p99_ms > 0
+    assert result.sync_lat_percentiles_ns["50.000000"] <= result.sync_lat_percentiles_ns["99.000000"]
+
+
+@needs_fio
+def test_every_figure_is_measured_and_nothing_is_left_behind(tmp_path):
+    measured = measure_class("fast", tmp_path / "fast", small_config(), FIO, budget_s=120, log=lambda line: None)
+    assert set(measured.figures) == {figure.name for figure in FIGURES}
+    assert all(value > 0 for value in measured.figures.values()), measured.figures
+    assert measured.figures["data_verified"] == 1.0 and measured.verify_failure is None
+    assert measured.direct_io == supports_direct_io(tmp_path)
+    assert measured.metadata is not None and measured.metadata.files > 0
+    assert list((tmp_path / "fast").iterdir()) == []  # the scratch directory and every file in it are gone
+
+
+@needs_fio
+def test_verify_pass_catches_a_block_altered_after_the_write(tmp_path):
+    plan = class_plan(str(tmp_path), 16 * 2**20, supports_direct_io(tmp_path), small_config())
+    run_fio(plan.verify_write, timeout_s=60)
+    run_fio(plan.verify_read, timeout_s=60)  # intact: the verify-only pass succeeds
+    victim = tmp_path / "verify.dat"
+    with open(victim, "r+b") as handle:  # flip bytes in the middle of the third block, as a faulty store would
+        handle.seek(2 * 2**20 + 4096)
+        data = handle.read(64)
+        handle.seek(2 * 2**20 + 4096)
+        handle.write(bytes(b ^ 0xFF for b in data))
+    with pytest.raises(FioVerifyFailed, match="verify failed at file .*verify.dat"):
+        run_fio(plan.verify_read, timeout_s=60)
+
+
+def local_context(tmp_path: Path, env=None) -> CheckContext:
+    return CheckContext(env=env or load_environment("local"), report_dir=tmp_path / "report",
+                        deadline=time.monotonic() + 120, log=lambda line: None)
+
+
+def test_missing_fio_skips_with_the_reason_and_an_install_hint(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # a PATH on which no fio exists
+    with pytest.raises(CheckSkipped, match=r"fio is not installed.*apt-get install fio"):
+        StorageCheck().run(local_context(tmp_path), small_config())
+
+
+@needs_fio
+def test_unwritable_path_is_one_line_naming_it(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StorageError, match=f"^{blocker}/class: not writable: Not a directory$"):
+        prepare_directory(blocker / "class")
+    config = small_config(paths={"local-checkpoints": str(blocker / "class")})
+    with pytest.raises(StorageError, match=f"^class local-checkpoints: {blocker}/class: not writable"):
+        StorageCheck().run(local_context(tmp_path), config)
+
+
+@needs_fio
+def test_too_little_free_space_is_one_line_naming_the_path(tmp_path):
+    # A class whose free space allows less than the minimum file (here by the fraction we may use of it).
+    with pytest.raises(StorageError, match=f"^{tmp_path}/fast: filesystem nearly full"):
+        measure_class("fast", tmp_path / "fast", small_config(max_free_fraction=1e-9), FIO, budget_s=60)
+    assert list((tmp_path / "fast").iterdir()) == []
+
+
+def test_paths_for_undeclared_classes_and_relative_paths_are_refused_naming_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"dcforge:acceptance\.settings\.storage\.paths: unknown storage class "
+                                          r"'nope'; declared: local-checkpoints"):
+        StorageCheck().run(local_context(tmp_path), small_config(paths={"nope": str(tmp_path)}))
+    local = yaml.safe_load((REPO_ROOT / "stacks" / "Pulumi.local.yaml").read_text())
+    local["config"]["dcforge:acceptance"]["settings"]["storage"] = {"paths": {"local-checkpoints": "relative/dir"},
+                                                                   "clients": 0}
+    env_file = tmp_path / "Pulumi.bad.yaml"
+    env_file.write_text(yaml.safe_dump(local, sort_keys=False))
+    with pytest.raises(ConfigErrors) as raised:
+        load_environment(path=env_file)
+    keys = {error.key for error in raised.value.errors}
+    assert {"dcforge:acceptance.settings.storage.paths", "dcforge:acceptance.settings.storage.clients"} <= keys
+
+
+def test_kubernetes_pvcs_and_client_pods_validate_against_the_schema():
+    from dcforge.compliance import evaluate
+    from dcforge.compliance.exceptions import exceptions_for
+    from dcforge.manifests.storage_acceptance import RUN_LABEL, cleanup_selector, storage_acceptance_manifests
+    from dcforge.synth import schema_validate, synthesize
+
+    spec = load_environment("prod").spec  # checkpoints: Ceph block; datasets: CephFS (shared filesystem)
+    config = StorageCheckConfig(image="registry.example/fio:3.33", clients=3)
+    objects = storage_acceptance_manifests(spec, config, ["checkpoints", "datasets"], run_id="run-1")
+    report = schema_validate(objects, spec.versions.kubernetes)
+    assert report.errors == [] and report.validated == len(objects) and not report.skipped
+    pvcs = {o["metadata"]["name"]: o for o in objects if o["kind"] == "PersistentVolumeClaim"}
+    assert pvcs["storage-test-checkpoints"]["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert pvcs["storage-test-datasets"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    pods = [o["metadata"]["name"] for o in objects if o["kind"] == "Pod"]
+    # block: one pod holds every client (RWO mounts on one node); filesystem: one pod per client
+    assert pods == ["storage-checkpoints-probe", "storage-checkpoints-clients", "storage-datasets-probe",
+                    "storage-datasets-client-0", "storage-datasets-client-1", "storage-datasets-client-2"]
+    assert all(o["metadata"]["labels"][RUN_LABEL] == "run-1" for o in objects)  # one selector deletes the run
+    assert cleanup_selector("run-1") == f"{RUN_LABEL}=run-1"
+    probe = next(o for o in objects if o["metadata"]["name"] == "storage-checkpoints-probe")
+    script = probe["spec"]["containers"][0]["command"][2]
+    assert "--verify_only=1" in script and "--fsync=1" in script and "--directory=/data" in script
+    # the compliance rules hold for the pods too, judged together with the cluster they run in
+    cluster = [obj for chunk in synthesize(spec).values() for obj in chunk]
+    assert [v for v in evaluate(cluster + objects, exceptions_for(spec)) if not v.excepted] == []
+
+
+def test_kubernetes_target_writes_the_manifests_and_skips(tmp_path):
+    prod = yaml.safe_load((REPO_ROOT / "stacks" / "Pulumi.prod.yaml").read_text())
+    prod["config"]["dcforge:acceptance"]["target"] = "kubernetes"
+    env_file = tmp_path / "Pulumi.k8s.yaml"
+    env_file.write_text(yaml.safe_dump(prod, sort_keys=False))
+    ctx = local_context(tmp_path, load_environment(path=env_file))
+    with pytest.raises(CheckSkipped, match="not implemented yet.*storage-acceptance.yaml"):
+        StorageCheck().run(ctx, StorageCheckConfig(image="registry.example/fio:3.33"))
+    written = list(yaml.safe_load_all((tmp_path / "report/artefacts/storage/storage-acceptance.yaml").read_text()))
+    assert {o["kind"] for o in written} == {"PersistentVolumeClaim", "Pod"}
