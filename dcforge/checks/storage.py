@@ -4,7 +4,9 @@ Per class (`dcforge:storage.classes`), in a scratch directory on that class's st
 `settings.storage.paths.<class>`, e.g. where the class is mounted; default a directory under the report dir):
 
 - sequential write and read GB/s: 1 MiB blocks, direct I/O when the filesystem accepts O_DIRECT (probed; the
-  report says which was used), GB/s = bytes moved / fio's job runtime (decimal GB);
+  report says which was used) with `sequentialIodepth` requests in flight (a checkpoint writer's write-back keeps
+  several in flight too; depth 1 would measure the round-trip latency), GB/s = bytes moved / fio's job runtime
+  (decimal GB);
 - random 4 KiB read and write IOPS on the same file (libaio at `randomIodepth` with direct I/O, else psync);
 - fsync p99 (ms): 4 KiB writes each followed by fsync (fio `fsync=1`), p99 of fio's `sync.lat_ns` percentiles;
 - metadata ops/s: create, stat and delete of many empty files in one directory, timed by our own loop
@@ -64,8 +66,10 @@ class StorageCheckConfig(CheckConfig):
     """Upper bound on each fio job's run time (a job also ends when its file is done)."""
     clients: int = Field(default=4, ge=1, le=1024)
     """Concurrent fio processes for the aggregate sequential write."""
+    sequential_iodepth: int = Field(default=8, ge=1, le=1024)
+    """Outstanding 1 MiB requests per client for sequential I/O (libaio with direct I/O; buffered runs at 1)."""
     random_iodepth: int = Field(default=16, ge=1, le=1024)
-    """Outstanding 4 KiB requests for random I/O (with direct I/O; buffered I/O runs at depth 1)."""
+    """Outstanding 4 KiB requests for random I/O (libaio with direct I/O; buffered I/O runs at depth 1)."""
     metadata_files: int = Field(default=2000, ge=10)
     """Files created, stat'ed and deleted for the metadata rate (fewer when phaseSeconds runs out)."""
     verify_size_mib: int = Field(default=32, ge=1)
@@ -224,15 +228,17 @@ class ClassPlan:
 def class_plan(directory: str, sequential_bytes: int, direct: bool, config: StorageCheckConfig) -> ClassPlan:
     seconds = config.phase_seconds
     size = f"{sequential_bytes // MIB}M"
+    # Asynchronous submission needs direct I/O: buffered libaio completes synchronously, at depth 1.
+    sequential_engine = {"ioengine": "libaio", "iodepth": config.sequential_iodepth} if direct else {}
     random_engine = {"ioengine": "libaio", "iodepth": config.random_iodepth} if direct else {}
     per_client = max(1, sequential_bytes // MIB // config.clients)
     verify = dict(filename="verify.dat", rw="write", bs="1M", size=f"{config.verify_size_mib}M", direct=direct,
                   verify="crc32c", end_fsync=True)
     return ClassPlan(
         seq_write=FioJob("seq-write", directory, "write", "1M", size, filename="sequential.dat", direct=direct,
-                         end_fsync=True, runtime_s=seconds),
+                         end_fsync=True, runtime_s=seconds, **sequential_engine),
         seq_read=FioJob("seq-read", directory, "read", "1M", size, filename="sequential.dat", direct=direct,
-                        runtime_s=seconds),
+                        runtime_s=seconds, **sequential_engine),
         rand_read=FioJob("rand-read", directory, "randread", "4k", size, filename="sequential.dat", direct=direct,
                          runtime_s=seconds, **random_engine),
         rand_write=FioJob("rand-write", directory, "randwrite", "4k", size, filename="sequential.dat",
@@ -240,7 +246,7 @@ def class_plan(directory: str, sequential_bytes: int, direct: bool, config: Stor
         fsync=FioJob("fsync", directory, "write", "4k", f"{FSYNC_FILE_MIB}M", filename="fsync.dat", fsync=1,
                      runtime_s=seconds),
         aggregate=FioJob("aggregate", directory, "write", "1M", f"{per_client}M", direct=direct,
-                         numjobs=config.clients, end_fsync=True, runtime_s=seconds),
+                         numjobs=config.clients, end_fsync=True, runtime_s=seconds, **sequential_engine),
         verify_write=FioJob("verify", directory, **verify, do_verify=False),
         verify_read=FioJob("verify", directory, **verify, verify_only=True),
     )
