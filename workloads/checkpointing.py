@@ -28,7 +28,6 @@ import re
 import shutil
 import time
 import warnings
-import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+from zlib_ng import zlib_ng
 
 from workloads.model import GPT, GPTConfig
 
@@ -107,11 +107,13 @@ def read_marker(path: Path) -> dict[str, Any]:
 def crc32_hex(tensor: torch.Tensor) -> str:
     """CRC-32 of a tensor's bytes.
 
-    CRC-32 detects the accidental damage storage does (flipped bits, torn or truncated writes) at ~3 GB/s;
-    SHA-256 runs at ~0.3-0.9 GB/s here and would dominate the checkpoint time. Nobody forges checkpoints.
+    CRC-32 detects the accidental damage storage does (flipped bits, torn or truncated writes); SHA-256 runs at
+    ~0.3-0.9 GB/s here and would dominate the checkpoint time. Nobody forges checkpoints. zlib-ng computes the same
+    CRC-32 as zlib (same values, so older checkpoints still verify) at 4-5 GB/s instead of zlib's 0.8-1.3 GB/s
+    on this machine: at zlib's speed the checksum pass cost as much as writing the bytes.
     """
     data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
-    return f"{zlib.crc32(data):08x}"
+    return f"{zlib_ng.crc32(data):08x}"
 
 
 def chunk_key(name: str, offsets: tuple[int, ...] | torch.Size, chunk_shape: tuple[int, ...] | torch.Size,

@@ -53,7 +53,9 @@ def drop_page_cache(path: Path) -> None:
 
 
 def raw_sequential_write(path: Path, nbytes: int) -> float:
-    """Seconds to write nbytes sequentially in 16 MiB chunks and fsync: the storage's own speed."""
+    """Seconds to write nbytes sequentially in 16 MiB chunks, fsync the file and its directory: the storage's own
+    speed for a durable file (a new file's directory entry is only durable once its directory is fsynced, and the
+    save fsyncs its directories too)."""
     chunk = os.urandom(min(RAW_CHUNK, nbytes)) if nbytes else b""
     started = time.perf_counter()
     with open(path, "wb") as handle:
@@ -62,6 +64,11 @@ def raw_sequential_write(path: Path, nbytes: int) -> float:
             remaining -= handle.write(chunk[:remaining])
         handle.flush()
         os.fsync(handle.fileno())
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
     return time.perf_counter() - started
 
 
@@ -115,6 +122,12 @@ def timed_rounds(root: Path, tensors: dict, config: GPTConfig, rounds: int, my_b
     save_times: list[float] = []
     raw_times: list[float] = []
     raw_file = root / f"raw-write-rank{dist.get_rank()}.bin"
+    # The raw side's warm-up, untimed like the save's: first-touch costs of a new file of this size (page-cache
+    # allocation, block allocation on a fresh filesystem area) belong to neither side.
+    settle()
+    raw_sequential_write(raw_file, my_bytes)
+    drop_page_cache(raw_file)
+    raw_file.unlink()
     saved = first
     for round_index in range(rounds):
         for action in (("save", "raw") if round_index % 2 == 0 else ("raw", "save")):
