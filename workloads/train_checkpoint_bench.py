@@ -4,9 +4,11 @@
 
 Each rank holds a DDP-style replica of the model (and AdamW state); the save goes through the same atomic DCP
 commit as training (per-tensor CRC-32, fsync of every file, marker, rename). The yardstick, on the same directory:
-every rank writes as many raw bytes as it wrote to the checkpoint, sequentially, then fsyncs (the best the storage
-can do). Both sides do the same durability work on the data (one fsync per file before the time stops); the
-save additionally pays its commit (small fsynced files, directory fsyncs, barriers), which is part of its cost.
+every rank writes as many raw bytes as it wrote to the checkpoint, sequentially, then fsyncs the file and its
+directory (the best the storage can do for one durable file). Both sides do the same durability work on the data
+(the file and its directory entry are on storage before the time stops); the save additionally pays its commit
+(small fsynced files, the marker, the rename, barriers), which is part of its cost. Each side gets one untimed
+warm-up operation first.
 
 Fairness: before each timed operation every rank runs `os.sync()` and a barrier, so neither side pays for the
 other's deferred write-back or for block discards of files deleted earlier (ext4 `discard` runs them at the next

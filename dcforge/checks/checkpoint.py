@@ -1,8 +1,9 @@
 """`checkpoint`: how fast training state goes to and comes back from the checkpoint storage, intact.
 
 save/load GB/s = checkpoint bytes / wall time (docs/metrics.md; median over rounds for the save), compared with a raw
-sequential fsynced write of the same bytes to the same directory (both sides fsync their data, each timed after
-`os.sync()` so neither pays for the other's write-back; see workloads/train_checkpoint_bench.py); integrity = a CRC-32 of every tensor, compared after the round trip; a
+sequential fsynced write of the same bytes to the same directory (both sides fsync their data and directory, each
+timed after `os.sync()` and an untimed warm-up so neither pays for the other's write-back or for first-use costs;
+see workloads/train_checkpoint_bench.py); integrity = a CRC-32 of every tensor, compared after the round trip; a
 deliberately corrupted checkpoint must be refused.
 """
 
@@ -47,7 +48,8 @@ class CheckpointCheck:
         MetricSpec("load_gbps", "GB/s", "higher", BANDWIDTH_FORMULA + " (load, page cache dropped)",
                    "how fast training state is read back"),
         MetricSpec("raw_write_gbps", "GB/s", "higher",
-                   BANDWIDTH_FORMULA + " (sequential write + fsync, same bytes, same directory)",
+                   BANDWIDTH_FORMULA + " (sequential write + fsync of file and directory, same bytes, same "
+                                       "directory)",
                    "what the storage gives a plain sequential writer: the yardstick for save_gbps"),
         MetricSpec("save_ratio_to_raw", "ratio", "higher",
                    "median over rounds of save GB/s / raw write GB/s, measured back to back",

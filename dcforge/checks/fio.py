@@ -79,6 +79,7 @@ class FioJob:
             options["do_verify"] = "1" if self.do_verify else "0"
             options["verify_fatal"] = "1"
             options["verify_dump"] = "0"
+            options["verify_state_save"] = "0"  # else fio leaves *-verify.state files in its working directory
         if self.verify_only:
             options["verify_only"] = "1"
         options.update(dict(self.extra))

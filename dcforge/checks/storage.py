@@ -39,6 +39,7 @@ from dcforge.checks.fio import (FioError, FioJob, FioJobResult, FioNotFound, Fio
                                 fio_version, run_fio)
 from dcforge.checks.train import settings_error
 from dcforge.harness.check import CheckConfig, CheckContext
+from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult, CheckSkipped, Plot, Series
 
 MIB = 2**20
@@ -90,28 +91,44 @@ class StorageCheckConfig(CheckConfig):
         return value
 
 
-@dataclass(frozen=True)
-class StorageFigure:
-    """One per-class figure: its metric name (after `<class>.`), unit, direction and formula."""
-
-    name: str
-    unit: str
-    better: Literal["higher", "lower"]
-    formula: str
+CLASS_PLACEHOLDER = "<class>"
+"""Stands for a storage class's name in the declared metric names (`<class>.seq_write_gbps`); each run declares
+the names with its classes filled in (`class_metrics`)."""
 
 
-FIGURES: tuple[StorageFigure, ...] = (
-    StorageFigure("seq_write_gbps", "GB/s", "higher", "bytes written / fio job runtime, 1 MiB blocks, one client"),
-    StorageFigure("seq_read_gbps", "GB/s", "higher", "bytes read / fio job runtime, 1 MiB blocks, one client"),
-    StorageFigure("rand_read_iops", "IOPS", "higher", "4 KiB random reads / fio job runtime"),
-    StorageFigure("rand_write_iops", "IOPS", "higher", "4 KiB random writes / fio job runtime"),
-    StorageFigure("fsync_p99_ms", "ms", "lower", "p99 of fsync latency after each 4 KiB write (fio sync.lat_ns)"),
-    StorageFigure("metadata_ops_per_s", "ops/s", "higher",
-                  "(creates + stats + deletes of empty files) / their total seconds"),
-    StorageFigure("aggregate_seq_write_gbps", "GB/s", "higher",
-                  "sum over concurrent clients of bytes written / fio group runtime, 1 MiB blocks"),
-    StorageFigure("data_verified", "bool", "higher", "fio verify=crc32c: every block read back matches"),
+def _figure(name: str, unit: str, better: str, formula: str, meaning: str) -> MetricSpec:
+    return MetricSpec(f"{CLASS_PLACEHOLDER}.{name}", unit, better, formula, meaning)  # type: ignore[arg-type]
+
+
+FIGURES: tuple[MetricSpec, ...] = (
+    _figure("seq_write_gbps", "GB/s", "higher", "bytes written / fio job runtime, 1 MiB blocks, one client",
+            "sequential write bandwidth of one client (checkpoint saves, dataset staging)"),
+    _figure("seq_read_gbps", "GB/s", "higher", "bytes read / fio job runtime, 1 MiB blocks, one client",
+            "sequential read bandwidth of one client (checkpoint loads, data loaders)"),
+    _figure("rand_read_iops", "IOPS", "higher", "4 KiB random reads / fio job runtime",
+            "small random reads per second (shuffled samples, metadata-heavy formats)"),
+    _figure("rand_write_iops", "IOPS", "higher", "4 KiB random writes / fio job runtime",
+            "small random writes per second"),
+    _figure("fsync_p99_ms", "ms", "lower", "p99 of fsync latency after each 4 KiB write (fio sync.lat_ns)",
+            "how long a durable commit (checkpoint marker, journal) waits in the slow tail"),
+    _figure("metadata_ops_per_s", "ops/s", "higher", "(creates + stats + deletes of empty files) / their seconds",
+            "file-system metadata rate for many small files"),
+    _figure("aggregate_seq_write_gbps", "GB/s", "higher",
+            "sum over concurrent clients of bytes written / fio group runtime, 1 MiB blocks",
+            "sequential write bandwidth with `clients` writers at once: a shared store must not collapse"),
+    _figure("data_verified", "bool", "higher", "fio verify=crc32c: every block read back matches what was written",
+            "integrity: 1 when the storage returned every written block intact"),
 )
+
+
+def figure_name(spec: MetricSpec) -> str:
+    """`seq_write_gbps` for the `<class>.seq_write_gbps` declaration."""
+    return spec.name.removeprefix(f"{CLASS_PLACEHOLDER}.")
+
+
+def class_metrics(class_names: list[str]) -> tuple[MetricSpec, ...]:
+    """The declarations of one run: every figure once per measured class."""
+    return tuple(replace(spec, name=f"{name}.{figure_name(spec)}") for name in class_names for spec in FIGURES)
 
 
 @dataclass
@@ -316,10 +333,10 @@ def measure_class(name: str, base: Path, config: StorageCheckConfig, fio: str, b
 
 
 def add_class_results(result: CheckResult, measured: ClassMeasurement) -> None:
-    for figure in FIGURES:
-        if figure.name in measured.figures:
-            result.add_metric(f"{measured.name}.{figure.name}", measured.figures[figure.name], figure.unit,
-                              figure.better, figure.formula)
+    mode = "direct I/O" if measured.direct_io else "buffered I/O: the filesystem refuses O_DIRECT"
+    for figure in map(figure_name, FIGURES):
+        if figure in measured.figures:
+            result.add_metric(f"{measured.name}.{figure}", measured.figures[figure], mode)
     if measured.verify_failure:
         result.fail(f"class {measured.name}: data read back differs from what was written ({measured.verify_failure})")
     figures = measured.figures
@@ -340,6 +357,7 @@ class StorageCheck:
     description = ("fio per storage class: sequential and random I/O, fsync p99, metadata rate, several clients "
                    "at once, data verified.")
     Config = StorageCheckConfig
+    metrics = FIGURES
 
     def run(self, ctx: CheckContext, config: StorageCheckConfig) -> CheckResult:
         spec = ctx.env.spec
@@ -358,7 +376,7 @@ class StorageCheck:
             fio = fio_executable()
         except FioNotFound as missing:
             raise CheckSkipped(str(missing)) from None
-        result = CheckResult(self.name)
+        result = CheckResult(self.name, declared=class_metrics(names))
         scratch_root = ctx.artefact_dir(self.name) / "scratch"
         details: dict[str, dict] = {}
         result.details = {"fio": fio_version(fio), "classes": details}

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from dcforge.checks import load_check
-from dcforge.checks.storage import FIGURES
+from dcforge.checks.storage import FIGURES, figure_name
 from dcforge.harness.check import CheckContext
 from dcforge.harness.result import Status
 from dcforge.harness.slo import evaluate, parse_slos
@@ -41,8 +41,9 @@ def test_two_classes_measured_judged_and_cleaned_up(tmp_path):
                        log=lambda line: None)
     result = check.run(ctx, check.Config.model_validate(acceptance["settings"]["storage"]))
     assert result.status == Status.PASS, result.reason
-    assert set(result.metrics) == {f"{cls}.{figure.name}" for cls in ("local-checkpoints", "scratch")
+    assert set(result.metrics) == {f"{cls}.{figure_name(figure)}" for cls in ("local-checkpoints", "scratch")
                                    for figure in FIGURES}
+    assert result.metrics["scratch.seq_write_gbps"].unit == "GB/s"  # from the check's declaration
     verdicts = {s.metric: evaluate(s, {"storage": result}).verdict for s in parse_slos(acceptance["slos"])}
     assert verdicts == {"storage.scratch.seq_write_gbps": "pass", "storage.local-checkpoints.data_verified": "pass",
                         "storage.scratch.fsync_p99_ms": "fail"}

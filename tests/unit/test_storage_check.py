@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from dcforge.checks.fio import FioJob, FioVerifyFailed, parse_fio_json, run_fio
-from dcforge.checks.storage import (FIGURES, StorageCheck, StorageCheckConfig, StorageError, class_plan,
+from dcforge.checks.storage import (FIGURES, StorageCheck, figure_name, StorageCheckConfig, StorageError, class_plan,
                                     measure_class, prepare_directory, supports_direct_io)
 from dcforge.errors import ConfigError, ConfigErrors
 from dcforge.harness.check import CheckContext
@@ -52,7 +52,7 @@ def test_fsync_job_reports_sync_latency_percentiles(tmp_path):
 @needs_fio
 def test_every_figure_is_measured_and_nothing_is_left_behind(tmp_path):
     measured = measure_class("fast", tmp_path / "fast", small_config(), FIO, budget_s=120, log=lambda line: None)
-    assert set(measured.figures) == {figure.name for figure in FIGURES}
+    assert set(measured.figures) == {figure_name(figure) for figure in FIGURES}
     assert all(value > 0 for value in measured.figures.values()), measured.figures
     assert measured.figures["data_verified"] == 1.0 and measured.verify_failure is None
     assert measured.direct_io == supports_direct_io(tmp_path)
