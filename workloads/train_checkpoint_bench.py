@@ -174,6 +174,8 @@ def run(args: argparse.Namespace) -> CheckpointResult:
     # measurement should not include; it also tells each rank its share of the bytes.
     first = save_checkpoint(root, 0, tensors, {"step": 0}, config, keep=1, rng_state={})
     my_bytes = rank_file_bytes(first.path, rank)
+    for path in first.path.iterdir():  # as after every timed save: its page-cache pages are free again
+        drop_page_cache(path)
     saved, save_times, raw_times = timed_rounds(root, tensors, config, args.rounds, my_bytes, first)
     raw_total = torch.tensor([my_bytes], dtype=torch.float64)
     dist.all_reduce(raw_total)
