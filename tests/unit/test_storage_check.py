@@ -61,6 +61,16 @@ def test_every_figure_is_measured_and_nothing_is_left_behind(tmp_path):
 
 
 @needs_fio
+def test_buffered_io_when_direct_io_is_off(tmp_path):
+    measured = measure_class("slow", tmp_path / "slow", small_config(direct_io="off"), FIO, budget_s=120,
+                             log=lambda line: None)
+    assert measured.direct_io is False and measured.figures["data_verified"] == 1.0
+    assert all(value > 0 for value in measured.figures.values()), measured.figures
+    plan = class_plan(str(tmp_path), 16 * 2**20, False, small_config())
+    assert {plan.rand_read.ioengine, plan.seq_write.ioengine} == {"psync"} and plan.rand_read.iodepth == 1
+
+
+@needs_fio
 def test_verify_pass_catches_a_block_altered_after_the_write(tmp_path):
     plan = class_plan(str(tmp_path), 16 * 2**20, supports_direct_io(tmp_path), small_config())
     run_fio(plan.verify_write, timeout_s=60)
