@@ -82,6 +82,16 @@ class StorageCheckConfig(CheckConfig):
     pvc_size_gi: int = Field(default=20, ge=1)
     """Size of each class's test PVC on the Kubernetes target."""
 
+    def environment_problems(self, env) -> list[tuple[str, str]]:
+        """(key, message) for classes and paths naming classes the environment does not declare."""
+        declared = [cls.name for cls in env.storage.classes]
+        problems = []
+        for key, names in (("classes", self.classes or []), ("paths", list(self.paths))):
+            problems += [(f"{key}.{name}" if key == "paths" else key,
+                          f"unknown storage class {name!r}; declared: {', '.join(declared) or 'none'}")
+                         for name in names if name not in declared]
+        return problems
+
     @field_validator("paths")
     @classmethod
     def _absolute(cls, value: dict[str, str]) -> dict[str, str]:
@@ -361,13 +371,9 @@ class StorageCheck:
 
     def run(self, ctx: CheckContext, config: StorageCheckConfig) -> CheckResult:
         spec = ctx.env.spec
-        declared = [cls.name for cls in spec.storage.classes]
-        for key, names in (("classes", config.classes or []), ("paths", list(config.paths))):
-            unknown = [n for n in names if n not in declared]
-            if unknown:
-                raise settings_error(ctx, self.name, key, f"unknown storage class {unknown[0]!r}; declared: "
-                                                          f"{', '.join(declared) or 'none'}")
-        names = config.classes or declared
+        for key, message in config.environment_problems(spec):  # refused by validation; kept for direct callers
+            raise settings_error(ctx, self.name, key, message)
+        names = config.classes or [cls.name for cls in spec.storage.classes]
         if not names:
             raise CheckSkipped("no storage classes declared (dcforge:storage.classes)")
         if spec.acceptance.target == "kubernetes":

@@ -182,11 +182,15 @@ def check_catalog_rules(env: Environment, checks: CheckCatalog) -> Iterator[Prob
         for old, new in moved.items():
             yield f"{key}.{old}", moved_key_message(new.format(check=name))
         try:
-            model.model_validate({k: v for k, v in settings.items() if k not in moved})
+            validated = model.model_validate({k: v for k, v in settings.items() if k not in moved})
         except ValidationError as error:  # one line per field
             for detail in error.errors():
                 loc = ".".join(str(part) for part in detail["loc"])
                 yield f"{key}.{loc}" if loc else key, _pydantic_message(detail)
+            continue
+        # Settings that must agree with the rest of the environment (e.g. storage paths of declared classes).
+        for loc, message in getattr(validated, "environment_problems", lambda spec: ())(env):
+            yield f"{key}.{loc}", message
     for metric in acceptance.slos:
         check = metric.split(".", 1)[0]
         if "." not in metric:

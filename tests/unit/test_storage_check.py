@@ -116,8 +116,8 @@ def test_too_little_free_space_is_one_line_naming_the_path(tmp_path):
 
 
 def test_paths_for_undeclared_classes_and_relative_paths_are_refused_naming_the_key(tmp_path):
-    with pytest.raises(ConfigError, match=r"dcforge:acceptance\.settings\.storage\.paths: unknown storage class "
-                                          r"'nope'; declared: local-checkpoints"):
+    with pytest.raises(ConfigError, match=r"dcforge:acceptance\.settings\.storage\.paths\.nope: unknown storage "
+                                          r"class 'nope'; declared: local-checkpoints"):
         StorageCheck().run(local_context(tmp_path), small_config(paths={"nope": str(tmp_path)}))
     local = yaml.safe_load((REPO_ROOT / "stacks" / "Pulumi.local.yaml").read_text())
     local["config"]["dcforge:acceptance"]["settings"]["storage"] = {"paths": {"local-checkpoints": "relative/dir"},
@@ -128,6 +128,15 @@ def test_paths_for_undeclared_classes_and_relative_paths_are_refused_naming_the_
         load_environment(path=env_file)
     keys = {error.key for error in raised.value.errors}
     assert {"dcforge:acceptance.settings.storage.paths", "dcforge:acceptance.settings.storage.clients"} <= keys
+    # a class the environment does not declare is refused when the file is loaded, before anything runs
+    local["config"]["dcforge:acceptance"]["settings"]["storage"] = {"paths": {"nope": "/mnt/x"}, "classes": ["typo"]}
+    env_file = tmp_path / "Pulumi.bad.yaml"
+    env_file.write_text(yaml.safe_dump(local, sort_keys=False))
+    with pytest.raises(ConfigErrors) as raised:
+        load_environment(path=env_file)
+    messages = {error.key: error.message for error in raised.value.errors}
+    assert messages["dcforge:acceptance.settings.storage.paths.nope"].startswith("unknown storage class 'nope'")
+    assert messages["dcforge:acceptance.settings.storage.classes"].startswith("unknown storage class 'typo'")
 
 
 def test_kubernetes_pvcs_and_client_pods_validate_against_the_schema():
