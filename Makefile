@@ -21,7 +21,8 @@ accept: install
 	$(BIN)/dcforge accept --env $(ENV)
 
 # System tools the Ansible tests need (debootstrap for the chroot target, gpg to sign the local test mirror) and
-# fio for the storage check: installed with apt only when missing and only as root; otherwise those tests skip and say why.
+# fio for the storage check: installed with apt only when missing and only as root; otherwise those tests skip
+# and say why.
 system-deps:
 	@missing=""; command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || missing="$$missing debootstrap"; \
 	command -v gpg >/dev/null || missing="$$missing gnupg"; \

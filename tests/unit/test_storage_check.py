@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dcforge.checks import CATALOG
 from dcforge.checks.fio import FioJob, FioVerifyFailed, parse_fio_json, run_fio
 from dcforge.checks.storage import (FIGURES, StorageCheck, figure_name, StorageCheckConfig, StorageError, class_plan,
                                     measure_class, prepare_directory, supports_direct_io)
@@ -125,7 +126,7 @@ def test_paths_for_undeclared_classes_and_relative_paths_are_refused_naming_the_
     env_file = tmp_path / "Pulumi.bad.yaml"
     env_file.write_text(yaml.safe_dump(local, sort_keys=False))
     with pytest.raises(ConfigErrors) as raised:
-        load_environment(path=env_file)
+        load_environment(path=env_file, checks=CATALOG)
     keys = {error.key for error in raised.value.errors}
     assert {"dcforge:acceptance.settings.storage.paths", "dcforge:acceptance.settings.storage.clients"} <= keys
     # a class the environment does not declare is refused when the file is loaded, before anything runs
@@ -133,7 +134,7 @@ def test_paths_for_undeclared_classes_and_relative_paths_are_refused_naming_the_
     env_file = tmp_path / "Pulumi.bad.yaml"
     env_file.write_text(yaml.safe_dump(local, sort_keys=False))
     with pytest.raises(ConfigErrors) as raised:
-        load_environment(path=env_file)
+        load_environment(path=env_file, checks=CATALOG)
     messages = {error.key: error.message for error in raised.value.errors}
     assert messages["dcforge:acceptance.settings.storage.paths.nope"].startswith("unknown storage class 'nope'")
     assert messages["dcforge:acceptance.settings.storage.classes"].startswith("unknown storage class 'typo'")
