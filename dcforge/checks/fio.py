@@ -14,8 +14,11 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from dcforge.harness.processes import ManagedProcess
 
 FIO_INSTALL_HINT = "install it with `apt-get install fio` (or `make system-deps` as root)"
 # The p99 key in fio's percentile tables (fio formats the percentile list with six decimals).
@@ -172,27 +175,34 @@ def _error_line(stderr: str, stdout: str) -> str:
 
 
 def run_fio(job: FioJob, timeout_s: float, executable: str | None = None) -> FioJobResult:
-    """Run one job to completion and return its parsed result; FioError (one line) when fio reports an error."""
+    """Run one job to completion and return its parsed result; FioError (one line) when fio reports an error.
+
+    fio runs as a ManagedProcess (its own process group, killed with the check on a timeout or Ctrl-C, clients
+    included), in a scratch working directory, with the JSON report in its own file (`--output`) and its
+    messages in a log beside it."""
     command = [executable or fio_executable(), *job.args()]
-    try:
-        completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s,
-                                   start_new_session=True)
-    except subprocess.TimeoutExpired:
-        raise FioError(f"fio job {job.name!r} in {job.directory} ran past {timeout_s:g} s") from None
+    with tempfile.TemporaryDirectory(prefix="dcforge-fio-") as scratch:
+        report, log = Path(scratch) / "report.json", Path(scratch) / "fio.log"
+        with ManagedProcess([*command, f"--output={report}"], cwd=scratch, log_path=log) as process:
+            try:
+                returncode = process.wait(timeout_s)
+            except TimeoutError:
+                raise FioError(f"fio job {job.name!r} in {job.directory} ran past {timeout_s:g} s") from None
+        messages = log.read_text(errors="replace") if log.exists() else ""
+        text = report.read_text(errors="replace") if report.exists() else ""
     results = None
     try:
-        results = parse_fio_json(completed.stdout)
+        results = parse_fio_json(text)
     except FioError:
-        if completed.returncode == 0:
+        if returncode == 0:
             raise
-    failed = completed.returncode != 0 or results is None or any(r.error for r in results)
+    failed = returncode != 0 or results is None or any(r.error for r in results)
     if failed:
         code = next((r.error for r in results or [] if r.error), 0)
-        if "verify failed" in completed.stderr or "bad header" in completed.stderr:
-            raise FioVerifyFailed(f"fio verify of {job.directory}: "
-                                  f"{_error_line(completed.stderr, completed.stdout)}")
+        if "verify failed" in messages or "bad header" in messages:
+            raise FioVerifyFailed(f"fio verify of {job.directory}: {_error_line(messages, text)}")
         # fio's own line (e.g. "No space left on device") names the cause better than the bare errno.
-        reason = _error_line(completed.stderr, completed.stdout) if completed.stderr.strip() else os.strerror(code)
-        raise FioError(f"fio job {job.name!r} in {job.directory} failed (exit {completed.returncode}): {reason}")
+        reason = _error_line(messages, text) if messages.strip() else os.strerror(code)
+        raise FioError(f"fio job {job.name!r} in {job.directory} failed (exit {returncode}): {reason}")
     assert results is not None
     return results[0]

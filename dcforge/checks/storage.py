@@ -299,7 +299,9 @@ def measure_class(name: str, base: Path, config: StorageCheckConfig, fio: str, b
         timeout = min(config.phase_seconds + FIO_TIMEOUT_MARGIN_S, max(budget_s, 1.0))
 
         def run(job: FioJob) -> FioJobResult:
-            log(f"storage {name}: fio {job.name} ({job.rw}, bs {job.bs}, {job.size} x {job.numjobs})")
+            phase = f"{job.name} (verify-only pass)" if job.verify_only else f"{job.name} ({job.rw}"
+            log(f"{name}: fio {phase}, bs {job.bs}, {job.size} x {job.numjobs} client(s))" if not job.verify_only
+                else f"{name}: fio {phase}")
             try:
                 return run_fio(job, timeout, fio)
             except FioVerifyFailed:
@@ -322,7 +324,7 @@ def measure_class(name: str, base: Path, config: StorageCheckConfig, fio: str, b
             raise StorageError(f"{base}: fio reported no fsync latencies (sync.lat_ns) for the fsync job")
         measured.figures["fsync_p99_ms"] = synced.sync_p99_ms
         (scratch / "fsync.dat").unlink()
-        log(f"storage {name}: metadata, up to {config.metadata_files} files")
+        log(f"{name}: metadata, up to {config.metadata_files} files")
         measured.metadata = measure_metadata(scratch, config.metadata_files, config.phase_seconds)
         measured.figures["metadata_ops_per_s"] = measured.metadata.ops_per_s
         measured.figures["aggregate_seq_write_gbps"] = run(plan.aggregate).write.gbps
@@ -368,6 +370,7 @@ class StorageCheck:
                    "at once, data verified.")
     Config = StorageCheckConfig
     metrics = FIGURES
+    requires_declared_gpus = False  # measures storage, whether or not this node's GPUs are visible
 
     def run(self, ctx: CheckContext, config: StorageCheckConfig) -> CheckResult:
         spec = ctx.env.spec

@@ -178,3 +178,10 @@ def test_kubernetes_target_writes_the_manifests_and_skips(tmp_path):
         StorageCheck().run(ctx, StorageCheckConfig(image="registry.example/fio:3.33"))
     written = list(yaml.safe_load_all((tmp_path / "report/artefacts/storage/storage-acceptance.yaml").read_text()))
     assert {o["kind"] for o in written} == {"PersistentVolumeClaim", "Pod"}
+
+
+def test_the_check_satisfies_the_check_protocol_the_runner_relies_on():
+    from dcforge.harness.check import Check
+
+    check = StorageCheck()
+    assert isinstance(check, Check) and check.requires_declared_gpus is False and check.metrics == FIGURES
