@@ -206,8 +206,8 @@ def sequential_size(directory: Path, config: StorageCheckConfig, shown: Path | N
     size = min(config.file_size_mib * MIB, allowed // 2)
     size -= size % MIB
     if size < MIN_SEQUENTIAL_MIB * MIB:
-        raise StorageError(f"{shown or directory}: filesystem nearly full ({free / MIB:.0f} MiB free); the storage check "
-                           f"needs {MIN_SEQUENTIAL_MIB * 2 + config.verify_size_mib + FSYNC_FILE_MIB} MiB within "
+        raise StorageError(f"{shown or directory}: filesystem nearly full ({free / MIB:.0f} MiB free); the storage "
+                           f"check needs {MIN_SEQUENTIAL_MIB * 2 + config.verify_size_mib + FSYNC_FILE_MIB} MiB within "
                            f"maxFreeFraction {config.max_free_fraction:g} of it")
     return size
 
@@ -364,6 +364,17 @@ def add_class_results(result: CheckResult, measured: ClassMeasurement) -> None:
                              "ms", [Series("fsync", [p for p, _ in percentiles], [v for _, v in percentiles])]))
 
 
+def kubernetes_plans(config: StorageCheckConfig, class_names: list[str]) -> dict[str, ClassPlan]:
+    """The fio jobs of each class for its PVC: the volume is requested at pvcSizeGi, and the sequential file takes
+    maxFreeFraction of it, as locally."""
+    from dcforge.manifests.storage_acceptance import MOUNT_PATH
+
+    sequential = min(config.file_size_mib * MIB, int(config.pvc_size_gi * 1024 * MIB * config.max_free_fraction))
+    sequential -= sequential % MIB
+    direct = config.direct_io != "off"
+    return {name: class_plan(MOUNT_PATH, sequential, direct, config) for name in class_names}
+
+
 class StorageCheck:
     name = "storage"
     description = ("fio per storage class: sequential and random I/O, fsync p99, metadata rate, several clients "
@@ -411,7 +422,8 @@ class StorageCheck:
         if not config.image:
             raise settings_error(ctx, self.name, "image", "a container image with fio is required on the "
                                                           "kubernetes target")
-        manifests = storage_acceptance_manifests(ctx.env.spec, config, names, run_id="manual")
+        manifests = storage_acceptance_manifests(ctx.env.spec, kubernetes_plans(config, names), config.image,
+                                                 config.clients, config.pvc_size_gi, run_id="manual")
         path = write_manifests(manifests, ctx.artefact_dir(self.name) / "storage-acceptance.yaml")
         raise CheckSkipped(f"running fio pods on a cluster is not implemented yet; the PVCs and client pods are "
                            f"in {ctx.relative(path)} for `kubectl apply` by hand")

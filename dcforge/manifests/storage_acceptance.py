@@ -1,5 +1,5 @@
 """The storage check on the Kubernetes target: one PVC per storage class and fio client pods, built from the very
-fio jobs the local check runs (`dcforge.checks.storage.class_plan`).
+fio jobs the local check runs (the check passes its `class_plan`s in).
 
 Per class: a PVC of that StorageClass (ReadWriteMany for shared-filesystem classes, ReadWriteOnce for block), a
 `probe` pod running the single-client jobs one after the other, and the aggregate write: `clients` pods with one
@@ -22,8 +22,8 @@ from dcforge.manifests.common import acceptance_namespace, metadata
 from dcforge.manifests.harness_access import HARNESS_NAME
 from dcforge.spec.models import Environment, StorageClassSpec
 
-if TYPE_CHECKING:
-    from dcforge.checks.storage import StorageCheckConfig
+if TYPE_CHECKING:  # the check builds the plans and calls this module; nothing here imports a check at run time
+    from dcforge.checks.storage import ClassPlan
 
 RUN_LABEL = "dcforge.io/storage-run"
 CLASS_LABEL = "dcforge.io/storage-class"
@@ -74,29 +74,23 @@ def fio_pod(spec: Environment, cls: StorageClassSpec, run_id: str, name: str, im
     }
 
 
-def storage_acceptance_manifests(spec: Environment, config: "StorageCheckConfig", class_names: list[str],
-                                 run_id: str) -> list[dict[str, Any]]:
-    from dcforge.checks.storage import MIB, class_plan
-
-    assert config.image, "the image setting is checked by the caller"
+def storage_acceptance_manifests(spec: Environment, plans: dict[str, "ClassPlan"], image: str, clients: int,
+                                 pvc_size_gi: int, run_id: str) -> list[dict[str, Any]]:
+    """PVC and client pods per class; `plans` are the check's fio jobs per class, built for MOUNT_PATH."""
     by_name = {cls.name: cls for cls in spec.storage.classes}
-    # The volume is requested at pvcSizeGi; the sequential file takes maxFreeFraction of it, as locally.
-    sequential = min(config.file_size_mib * MIB, int(config.pvc_size_gi * 1024 * MIB * config.max_free_fraction))
-    sequential -= sequential % MIB
     objects: list[dict[str, Any]] = []
-    for name in class_names:
+    for name, plan in plans.items():
         cls = by_name[name]
-        objects.append(test_pvc(spec, cls, run_id, config.pvc_size_gi))
-        plan = class_plan(MOUNT_PATH, sequential, direct=config.direct_io != "off", config=config)
+        objects.append(test_pvc(spec, cls, run_id, pvc_size_gi))
         single = [plan.seq_write, plan.seq_read, plan.rand_read, plan.rand_write, plan.fsync, plan.verify_write,
                   plan.verify_read]
-        objects.append(fio_pod(spec, cls, run_id, "probe", config.image, [job.args() for job in single]))
+        objects.append(fio_pod(spec, cls, run_id, "probe", image, [job.args() for job in single]))
         if cls.kind == "filesystem":
-            for client in range(config.clients):
+            for client in range(clients):
                 job = replace(plan.aggregate, name=f"aggregate-{client}", numjobs=1)
-                objects.append(fio_pod(spec, cls, run_id, f"client-{client}", config.image, [job.args()]))
+                objects.append(fio_pod(spec, cls, run_id, f"client-{client}", image, [job.args()]))
         else:
-            objects.append(fio_pod(spec, cls, run_id, "clients", config.image, [plan.aggregate.args()]))
+            objects.append(fio_pod(spec, cls, run_id, "clients", image, [plan.aggregate.args()]))
     return objects
 
 

@@ -13,8 +13,8 @@ import yaml
 
 from dcforge.checks import CATALOG
 from dcforge.checks.fio import FioJob, FioVerifyFailed, parse_fio_json, run_fio
-from dcforge.checks.storage import (FIGURES, StorageCheck, figure_name, StorageCheckConfig, StorageError, class_plan,
-                                    measure_class, prepare_directory, supports_direct_io)
+from dcforge.checks.storage import (FIGURES, StorageCheck, StorageCheckConfig, StorageError, class_plan, figure_name,
+                                    kubernetes_plans, measure_class, prepare_directory, supports_direct_io)
 from dcforge.errors import ConfigError, ConfigErrors
 from dcforge.harness.check import CheckContext
 from dcforge.harness.result import CheckSkipped
@@ -148,7 +148,8 @@ def test_kubernetes_pvcs_and_client_pods_validate_against_the_schema():
 
     spec = load_environment("prod").spec  # checkpoints: Ceph block; datasets: CephFS (shared filesystem)
     config = StorageCheckConfig(image="registry.example/fio:3.33", clients=3)
-    objects = storage_acceptance_manifests(spec, config, ["checkpoints", "datasets"], run_id="run-1")
+    plans = kubernetes_plans(config, ["checkpoints", "datasets"])
+    objects = storage_acceptance_manifests(spec, plans, config.image, config.clients, config.pvc_size_gi, "run-1")
     report = schema_validate(objects, spec.versions.kubernetes)
     assert report.errors == [] and report.validated == len(objects) and not report.skipped
     pvcs = {o["metadata"]["name"]: o for o in objects if o["kind"] == "PersistentVolumeClaim"}
