@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from dcforge.manifests.common import acceptance_namespace, metadata
-from dcforge.manifests.harness_access import HARNESS_NAME
+from dcforge.manifests.acceptance import HARNESS_NAME
 from dcforge.spec.models import Environment, StorageClassSpec
 
 if TYPE_CHECKING:  # the check builds the plans and calls this module; nothing here imports a check at run time
