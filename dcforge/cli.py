@@ -86,6 +86,8 @@ def accept(
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="A previous report.json to compare against."),
     tolerance: float = typer.Option(0.05, "--tolerance", min=0.0, help="Relative change that counts as a regression."),
     fail_on_regression: bool = typer.Option(False, "--fail-on-regression", help="Exit 1 when the baseline shows a regression."),
+    sign_key: Optional[Path] = typer.Option(None, "--sign-key", help="Ed25519 private key (PEM): write report.json.sig, "
+                                            "a detached signature over the final report.json."),
 ) -> None:
     """Run the environment's acceptance checks, judge its SLOs, write JSON + JUnit + HTML reports.
 
@@ -98,8 +100,10 @@ def accept(
     """
     from dcforge.harness.runner import RunState, select_checks, utc_now
     from dcforge.report.baseline import load_baseline
+    from dcforge.report.provenance import load_private_key, sign_report
 
     loaded = _load(env, env_file)
+    signing_key = load_private_key(sign_key) if sign_key else None  # a bad key is bad input before any check runs
     selected = select_checks(loaded.spec.acceptance.checks, _split(only), _split(skip))
     baseline_report = load_baseline(baseline) if baseline else None
     report_dir = _new_report_dir(reports, loaded.spec.name)
@@ -112,6 +116,8 @@ def accept(
 
     _print_summary(writer.latest)
     console.print(f"Report: {report_dir / 'report.html'}  (also report.json, junit.xml)")
+    if signing_key is not None:
+        console.print(f"Signed: {sign_report(report_dir, signing_key)}")
     raise typer.Exit(_accept_exit_code(state, writer.latest, fail_on_regression))
 
 
@@ -243,8 +249,31 @@ def calibrate(
 
 
 @app.command()
-def report(path: Path = typer.Argument(..., help="A report directory (or its report.json).")) -> None:
-    """Re-render junit.xml and report.html from a report.json."""
+def report(
+    path: Path = typer.Argument(..., help="A report directory (or its report.json); or the word `verify`."),
+    verify_dir: Optional[Path] = typer.Argument(None, metavar="[DIR]", help="With `verify`: the report directory."),
+    public_key: Optional[Path] = typer.Option(None, "--public-key", help="With `verify`: also check report.json.sig "
+                                              "against this Ed25519 public key (PEM)."),
+) -> None:
+    """`dcforge report DIR`: re-render junit.xml and report.html from a report.json.
+
+    `dcforge report verify DIR [--public-key PUB]`: recompute the sha256 of every artefact, the env file and the
+    code recorded in report.json (and check the signature); exit 0 when all match, 1 with one line per changed or
+    missing item, 2 on bad input. (A report folder literally named `verify` is `./verify`.)"""
+    if str(path) == "verify":
+        from dcforge.report.provenance import verify_report
+
+        if verify_dir is None:
+            raise DcforgeError("report verify: missing the report directory (dcforge report verify DIR)")
+        verdict = verify_report(verify_dir, public_key)
+        for line in verdict.problems:
+            console.print(line, markup=False, highlight=False)
+        if not verdict.ok:
+            raise typer.Exit(1)
+        console.print(f"verified {verify_dir}: {', '.join(verdict.checked)}", markup=False, highlight=False)
+        return
+    if verify_dir is not None or public_key is not None:
+        raise DcforgeError(f"report {path}: a second directory and --public-key belong to `dcforge report verify DIR`")
     from dcforge.report import rerender
 
     directory = rerender(path)

@@ -18,6 +18,7 @@ from dcforge import __version__
 from dcforge.report.baseline import DEFAULT_TOLERANCE, compare
 from dcforge.report.html import render_html
 from dcforge.report.junit import junit_xml
+from dcforge.report.provenance import provenance
 
 SCHEMA = "dcforge.report/v1"
 FILES = ("report.json", "junit.xml", "report.html")
@@ -58,6 +59,7 @@ def build_report(state, *, baseline: dict | None = None, baseline_path: str | No
         "checks": checks,
         "slos": [slo.to_dict() for slo in state.slo_results],
         "baseline": None,
+        "provenance": provenance(state.report_dir, Path(env.path).resolve()),
     }
     if baseline is not None:
         comparisons = compare(report, baseline, tolerance)
