@@ -170,6 +170,23 @@ def verify_environment(spec: Environment) -> Verification:
     return verify_objects(spec, [obj for objects in synthesize(spec).values() for obj in objects])
 
 
+AUDIT_POLICY_NOTE = ("no API-server audit policy declared (dcforge:security.auditPolicy): a self-managed cluster "
+                     "then has no audit trail of Secrets access, RBAC changes, exec/attach or acceptance writes")
+
+
+def write_audit_policy(spec: Environment, out_dir: Path) -> Path | None:
+    """Write the declared audit policy as its own file (see dcforge.manifests.audit); remove a stale one."""
+    from dcforge.manifests.audit import AUDIT_POLICY_FILE, audit_policy
+
+    path = out_dir / AUDIT_POLICY_FILE
+    policy = audit_policy(spec)
+    if policy is None:
+        path.unlink(missing_ok=True)
+        return None
+    path.write_text(render_yaml([policy]))
+    return path
+
+
 def synth_command(env: str, out_dir: Path, env_file: Path | None = None) -> int:
     """Write the environment's manifests to `out_dir`, print what was written and verified; 0 when schema and
     compliance hold, 1 otherwise (the files are written either way, so the problems can be inspected)."""
@@ -181,9 +198,13 @@ def synth_command(env: str, out_dir: Path, env_file: Path | None = None) -> int:
     files = synthesize(spec)
     written = write_files(files, Path(out_dir))
     objects = [obj for chunk in files.values() for obj in chunk]
+    if (audit_file := write_audit_policy(spec, Path(out_dir))) is not None:
+        written.append(audit_file)
     verification = verify_objects(spec, objects)
     print(f"dcforge synth: environment {spec.name} ({loaded.path}) -> {out_dir}: {len(written)} files, "
           f"{len(objects)} objects")
+    if audit_file is None:
+        print(f"note: {AUDIT_POLICY_NOTE}")
     print(summary_line(verification))
     for line in verification.lines():
         print(line)

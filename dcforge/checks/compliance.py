@@ -62,7 +62,8 @@ class ComplianceCheck:
 
     def run(self, ctx: CheckContext, config: ComplianceConfig) -> CheckResult:
         from dcforge.compliance import RULES, RULES_BY_ID, exceptions_for
-        from dcforge.synth import summary_line, synthesize, verify_objects, write_files
+        from dcforge.synth import (AUDIT_POLICY_NOTE, summary_line, synthesize, verify_objects, write_audit_policy,
+                                   write_files)
 
         result = CheckResult(self.name, declared=self.metrics)
         spec = ctx.env.spec
@@ -92,8 +93,11 @@ class ComplianceCheck:
         result.add_metric("rules", len(RULES))
         ctx.log(summary_line(verification))
 
+        # Informational findings: reported, never counted as violations.
+        informational = [] if spec.security.audit_policy is not None else [AUDIT_POLICY_NOTE]
         exceptions = exceptions_for(spec)
         findings = {
+            "informational": informational,
             "kubernetes_version": verification.schema.kubernetes_version,
             "rules": [{"id": r.id, "title": r.title, "severity": r.severity, "source": r.source, "scope": r.scope}
                       for r in RULES],
@@ -107,6 +111,7 @@ class ComplianceCheck:
         result.artefacts["findings"] = ctx.relative(folder / "findings.json")
         if config.write_manifests:
             write_files(files, folder / "manifests")
+            write_audit_policy(spec, folder / "manifests")
             result.artefacts["manifests"] = ctx.relative(folder / "manifests")
         result.details = {
             "source": source,
@@ -114,6 +119,7 @@ class ComplianceCheck:
             "exceptions": [f"{e.id} ({', '.join(e.namespaces)}): {e.reason}" for e in exceptions],
             "excepted": [f"{v.rule_id} {v.resource} ({v.exception})" for v in verification.violations if v.excepted],
             "schema_skipped": dict(verification.schema.skipped),
+            "informational": informational,
         }
 
         if config.fail_on_schema_errors and verification.schema.errors:

@@ -302,6 +302,26 @@ class TlsIssuer(SpecModel):
         return self
 
 
+class AuditPolicy(SpecModel):
+    """The kube-apiserver audit policy of a self-managed cluster (`--audit-policy-file`), written by `dcforge synth`
+    as `apiserver-audit-policy.yaml`. Always audited: Secrets access (Metadata only: a body would log the secret),
+    RBAC changes (RequestResponse), pods exec/attach/portforward (Metadata), writes in the acceptance namespaces
+    (Request)."""
+
+    acceptance_namespaces: list[str] = Field(default_factory=list)
+    """Namespaces whose writes are audited; default: every namespace declared with purpose `acceptance`."""
+    other_requests: Literal["None", "Metadata"] = "None"
+    """Level of every other request (`Metadata` audits everything, at a volume cost)."""
+
+    @field_validator("acceptance_namespaces")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        bad = [name for name in value if not re.fullmatch(DNS_LABEL, name)]
+        if bad:
+            raise ValueError(f"not a namespace name: {', '.join(bad)}")
+        return value
+
+
 class Security(SpecModel):
     teams: list[Team] = Field(default_factory=list)
     platform_admin_groups: list[str] = Field(default_factory=lambda: ["platform-admins"])
@@ -310,6 +330,8 @@ class Security(SpecModel):
     """Default Pod Security Admission level of workload namespaces."""
     cert_manager_chart_version: str = Field(default="v1.16.2", pattern=VERSION_PATTERN)
     inference_hostnames: list[str] = Field(default_factory=list)
+    audit_policy: AuditPolicy | None = None
+    """API-server audit policy for self-managed clusters; none declared is noted by the compliance check."""
 
 
 class Versions(SpecModel):

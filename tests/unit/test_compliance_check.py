@@ -36,7 +36,7 @@ def test_prod_passes_with_exceptions_listed(tmp_path):
     findings = json.loads((tmp_path / result.artefacts["findings"]).read_text())
     assert {e["id"] for e in findings["exceptions"]} >= {"EXC-GPU-OPERATOR", "EXC-RDMA-IPC-LOCK"}
     assert all(v["excepted"] for v in findings["violations"])
-    assert len(list((tmp_path / result.artefacts["manifests"]).glob("*.yaml"))) == 8
+    assert len(list((tmp_path / result.artefacts["manifests"]).glob("*.yaml"))) == 9  # 8 components + audit policy
     assert any("EXC-RDMA-IPC-LOCK" in line for line in result.details["exceptions"])
 
 
@@ -112,3 +112,16 @@ def test_cluster_source_without_kubectl_is_a_clear_error(tmp_path):
 
     with pytest.raises(KubectlError, match="not found on PATH"):
         run(load_environment("dev"), tmp_path, source="cluster", kubectl="no-such-kubectl-here")
+
+
+def test_missing_audit_policy_is_informational_not_a_violation(tmp_path):
+    local = run(load_environment("local"), tmp_path / "local")
+    assert local.status == Status.PASS and local.metrics["violations"].value == 0
+    (note,) = local.details["informational"]
+    assert note.startswith("no API-server audit policy declared (dcforge:security.auditPolicy)")
+    findings = json.loads((tmp_path / "local" / local.artefacts["findings"]).read_text())
+    assert findings["informational"] == [note]
+
+    prod = run(load_environment("prod"), tmp_path / "prod")
+    assert prod.details["informational"] == []
+    assert (tmp_path / "prod" / prod.artefacts["manifests"] / "apiserver-audit-policy.yaml").is_file()

@@ -24,7 +24,8 @@ def test_synth_writes_one_file_per_component_in_apply_order(tmp_path, capsys):
     assert names == ["00-ClusterNetwork-platform.yaml", "01-SecurityBaseline-platform.yaml",
                      "02-GpuOperator-platform.yaml", "03-DistributedStorage-platform.yaml",
                      "04-GpuNodePool-train-a.yaml", "05-GpuNodePool-train-b.yaml", "06-GpuNodePool-infer-l40s.yaml",
-                     "07-Acceptance-acceptance.yaml"]
+                     "07-Acceptance-acceptance.yaml", "apiserver-audit-policy.yaml"]
+    names.remove("apiserver-audit-policy.yaml")  # a file for the API server, not a cluster object
     written = [doc for name in names for doc in yaml.safe_load_all((out / name).read_text())]
     assert written == [obj for chunk in synthesize(load_environment("prod").spec).values() for obj in chunk]
     storage = list(yaml.safe_load_all((out / "03-DistributedStorage-platform.yaml").read_text()))
@@ -98,3 +99,30 @@ def test_cli_synth_exit_codes(tmp_path):
     bad = run("--env-file", str(edited_prod(tmp_path, overlapping_cidrs)), "-o", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "overlaps podCidr" in bad.stderr and not (tmp_path / "bad").exists()
+
+
+def test_declared_audit_policy_is_written_and_covers_the_sensitive_requests(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert synth_command("prod", out) == 0
+    (policy,) = yaml.safe_load_all((out / "apiserver-audit-policy.yaml").read_text())
+    assert policy["apiVersion"] == "audit.k8s.io/v1" and policy["kind"] == "Policy"
+    levels = {(rule["level"], tuple(r for group in rule.get("resources", []) for r in group["resources"]))
+              for rule in policy["rules"]}
+    assert ("Metadata", ("secrets",)) in levels  # never Request/RequestResponse: that would log secret values
+    assert ("Metadata", ("pods/exec", "pods/attach", "pods/portforward")) in levels
+    rbac = next(rule for rule in policy["rules"] if rule.get("resources", [{}])[0].get("group") ==
+                "rbac.authorization.k8s.io")
+    assert rbac["level"] == "RequestResponse" and "clusterrolebindings" in rbac["resources"][0]["resources"]
+    writes = next(rule for rule in policy["rules"] if "namespaces" in rule)
+    assert writes["namespaces"] == ["acceptance"] and "delete" in writes["verbs"]
+    assert policy["rules"][-1] == {"level": "None"}
+    assert "no API-server audit policy" not in capsys.readouterr().out
+
+
+def test_undeclared_audit_policy_is_a_note_and_a_stale_file_is_removed(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "apiserver-audit-policy.yaml").write_text("---\n")
+    assert synth_command("local", out) == 0
+    assert not (out / "apiserver-audit-policy.yaml").exists()
+    assert "note: no API-server audit policy declared (dcforge:security.auditPolicy)" in capsys.readouterr().out
