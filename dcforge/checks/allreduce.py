@@ -14,6 +14,7 @@ from pydantic import Field, field_validator
 from dcforge.checks._torchrun import TorchCheckConfig, run_torchrun
 from dcforge.harness.check import CheckContext
 from dcforge.harness.metrics import MetricSpec
+from dcforge.harness.power import record_energy, sample_power
 from dcforge.harness.result import CheckResult, Plot, Series
 from workloads.records import ALLREDUCE_RESULT_FILE, AllreduceResult, read_result_file
 
@@ -74,7 +75,8 @@ class AllreduceCheck:
         args = ["--min-bytes", config.min_bytes, "--max-bytes", config.max_bytes, "--factor", str(config.factor),
                 "--warmup", str(config.warmup), "--iters", str(config.iterations), "--dtype", config.dtype,
                 "--output", str(output)]
-        run_torchrun(ctx, "allreduce.py", args, nproc=nproc, log_path=workdir / "torchrun.log")
+        with sample_power() as power:
+            run_torchrun(ctx, "allreduce.py", args, nproc=nproc, log_path=workdir / "torchrun.log")
         sweep = read_result_file(output, AllreduceResult)
         rows = sweep.results
         largest = rows[-1]
@@ -88,6 +90,7 @@ class AllreduceCheck:
             result.fail(f"all-reduce returned wrong sums at {len(wrong)} sizes (first: {wrong[0]} bytes)")
         result.details = {**sweep.environment, "dtype": sweep.dtype, "warmup": sweep.warmup,
                           "iterations": sweep.iterations, "sweep": [dataclasses.asdict(row) for row in rows]}
+        record_energy(result, power)
         result.artefacts["sweep"] = ctx.relative(output)
         result.artefacts["torchrun_log"] = ctx.relative(workdir / "torchrun.log")
         sizes = [float(row.bytes) for row in rows]

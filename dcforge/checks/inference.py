@@ -12,6 +12,7 @@ from dcforge.checks._serving import (ServingLoadConfig, add_summary_metrics, dec
                                      run_load, serving_session)
 from dcforge.harness.check import CheckContext
 from dcforge.harness.metrics import MetricSpec
+from dcforge.harness.power import record_energy, sample_power
 from dcforge.harness.result import CheckResult
 
 
@@ -46,12 +47,15 @@ class InferenceCheck:
             for finding in findings:
                 if not finding.passed:
                     result.fail(f"{finding.rule}: {finding.detail}")
-            records, t_start = run_load(ctx, config, session, result)
+            with sample_power() as power:
+                records, t_start = run_load(ctx, config, session, result)
             batch = decode_batch_mean(session.server.scrape_metrics())
         if batch is not None:
             result.add_metric("decode_batch_mean", batch)
         summary = summarize(records, RequestSlo(ttft_ms=config.goodput_ttft_ms, tpot_ms=config.goodput_tpot_ms))
         add_summary_metrics(result, summary)
+        record_energy(result, power, work=sum(r["output_tokens"] for r in records if r["ok"]),
+                      work_metric="output_tokens_per_joule", work_unit="output token", per_joule=True)
         result.plots.extend(latency_plots(records, t_start))
         ctx.log(f"{summary['rps']:.1f} req/s, {summary['output_tokens_per_s']:.0f} output tokens/s, "
                 f"TTFT p95 {summary['ttft_ms.p95']:.0f} ms, errors {summary['error_rate']:.2%}")

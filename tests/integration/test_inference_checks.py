@@ -11,6 +11,7 @@ from dcforge.checks import load_check
 from dcforge.harness.check import CheckContext
 from dcforge.harness.result import Status
 from dcforge.spec.loader import load_environment
+from tests.integration.energy_support import assert_energy
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +41,8 @@ def test_inference_check_measures_a_loaded_server(tmp_path):
     assert metrics["output_tokens_per_s"] == pytest.approx(metrics["rps"] * 16, rel=0.01)  # ignore_eos: 16 each
     assert metrics["goodput_fraction"] == 1.0 and metrics["endpoint_compliance_failures"] == 0
     assert {f["rule"] for f in result.details["endpoint_compliance"]} == {"api-key-required", "tls-minimum-version"}
-    assert len(result.plots) == 4
+    assert len([plot for plot in result.plots if plot.title != "Power draw"]) == 4
+    assert_energy(result, "output_tokens_per_joule")
     request_log = (tmp_path / result.artefacts["request_log"]).read_text()
     assert request_log.count("\n") == metrics["requests"]
     server_log = (tmp_path / result.artefacts["server_log"]).read_text()

@@ -10,6 +10,7 @@ from dcforge.checks import check_config_model, load_check
 from dcforge.harness.check import CheckContext
 from dcforge.harness.result import Status
 from dcforge.spec.loader import load_environment
+from tests.integration.energy_support import assert_energy
 from tests.integration.test_train_workloads import processes_mentioning
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -38,7 +39,8 @@ def test_train_check(env, tmp_path):
     assert result.metrics["loss_end"].value < result.metrics["loss_start"].value
     assert 0 < result.metrics["mfu"].value and result.metrics["tokens_per_s"].value > 0
     assert result.metrics["step_time_ms.p50"].value <= result.metrics["step_time_ms.p95"].value
-    assert [plot.title for plot in result.plots] == ["Training loss", "Training throughput"]
+    assert [plot.title for plot in result.plots][:2] == ["Training loss", "Training throughput"]
+    assert_energy(result, "joules_per_token")
     assert len(result.plots[0].series[0].x) == env.spec.acceptance.settings["train"]["steps"]
 
     from workloads.checkpointing import load_for_inference
@@ -53,6 +55,7 @@ def test_allreduce_check(env, tmp_path):
     assert result.metrics["sizes_incorrect"].value == 0 and result.metrics["busbw_gbps"].value > 0
     assert result.details["backend"] == "gloo" and result.plots[0].log_x
     assert result.details["sweep"][-1]["bytes"] == 64 * 2**20
+    assert_energy(result, "energy_j")
 
 
 def test_checkpoint_check(env, tmp_path):
