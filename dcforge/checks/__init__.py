@@ -21,6 +21,7 @@ CHECKS: dict[str, str] = {
     "storage": "dcforge.checks.storage:StorageCheck",
     "train_failover": "dcforge.checks.train_failover:TrainFailoverCheck",
     "compliance": "dcforge.checks.compliance:ComplianceCheck",
+    "monitoring": "dcforge.checks.monitoring:MonitoringCheck",
     "inference": "dcforge.checks.inference:InferenceCheck",
     "inference_failover": "dcforge.checks.inference_failover:InferenceFailoverCheck",
 }
