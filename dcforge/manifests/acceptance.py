@@ -16,6 +16,7 @@ from dcforge.manifests.common import (
     namespaces_with_purpose,
     network_policy,
 )
+from dcforge.manifests.monitoring import scrape_monitors
 from dcforge.manifests.security_baseline import RBAC_API
 from dcforge.spec.models import Environment
 
@@ -73,5 +74,7 @@ def acceptance(spec: Environment) -> ComponentManifests:
         binding("RoleBinding", HARNESS_NAME, name, "Role", name),
         harness_cluster_reader(),
         binding("ClusterRoleBinding", f"{HARNESS_NAME}-reader", None, "ClusterRole", name),
+        # What the `monitoring` check proves reports: declared only where the Prometheus operator's CRDs are.
+        *scrape_monitors(spec),
     ]
     return ComponentManifests(component="Acceptance", name="acceptance", manifests=manifests)

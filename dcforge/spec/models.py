@@ -376,6 +376,18 @@ class Acceptance(SpecModel):
     model and GPUs per node), a profile name, or a `.yaml` path relative to this file. Explicit SLOs override."""
 
 
+class Monitoring(SpecModel):
+    """Scrape configuration for a Prometheus operator already running in the cluster (its CRDs must be present):
+    a ServiceMonitor for the GPU Operator's DCGM exporter and a PodMonitor for the inference servers."""
+
+    prometheus_operator: bool = False
+    """Declare ServiceMonitor/PodMonitor objects (needs the monitoring.coreos.com CRDs in the cluster)."""
+    scrape_interval: str = Field(default="30s", pattern=r"^[1-9]\d*(s|m)$")
+    selector_labels: dict[str, str] = Field(default_factory=dict)
+    """Labels the Prometheus selects monitors by (its serviceMonitorSelector/podMonitorSelector),
+    e.g. {release: kube-prometheus-stack}."""
+
+
 class EnvironmentMeta(SpecModel):
     description: str = ""
     kind: Literal["local", "dev", "staging", "prod"] = "dev"
@@ -393,6 +405,7 @@ class Environment(SpecModel):
     security: Security = Field(default_factory=Security)
     versions: Versions
     acceptance: Acceptance = Field(default_factory=Acceptance)
+    monitoring: Monitoring = Field(default_factory=Monitoring)
 
     @property
     def total_gpus(self) -> int:
