@@ -18,12 +18,14 @@ CHECKS: dict[str, str] = {
     "train": "dcforge.checks.train:TrainCheck",
     "allreduce": "dcforge.checks.allreduce:AllreduceCheck",
     "checkpoint": "dcforge.checks.checkpoint:CheckpointCheck",
+    "checkpoint_backup": "dcforge.checks.checkpoint_backup:CheckpointBackupCheck",
     "storage": "dcforge.checks.storage:StorageCheck",
     "train_failover": "dcforge.checks.train_failover:TrainFailoverCheck",
     "compliance": "dcforge.checks.compliance:ComplianceCheck",
     "monitoring": "dcforge.checks.monitoring:MonitoringCheck",
     "inference": "dcforge.checks.inference:InferenceCheck",
     "inference_failover": "dcforge.checks.inference_failover:InferenceFailoverCheck",
+    "compression": "dcforge.checks.compression:CompressionCheck",
 }
 
 
