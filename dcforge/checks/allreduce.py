@@ -14,7 +14,7 @@ from pydantic import Field, field_validator
 from dcforge.checks._torchrun import TorchCheckConfig, run_torchrun
 from dcforge.harness.check import CheckContext
 from dcforge.harness.metrics import MetricSpec
-from dcforge.harness.power import record_energy, sample_power
+from dcforge.harness.power import ENERGY_METRICS, record_energy, sample_power
 from dcforge.harness.result import CheckResult, Plot, Series
 from workloads.records import ALLREDUCE_RESULT_FILE, AllreduceResult, read_result_file
 
@@ -65,6 +65,7 @@ class AllreduceCheck:
                    "latency of a small all-reduce"),
         MetricSpec("sizes_incorrect", "sizes", "lower", "sizes whose all-reduce sum was wrong",
                    "correctness: must be 0"),
+        *ENERGY_METRICS,
     )
 
     def run(self, ctx: CheckContext, config: AllreduceCheckConfig) -> CheckResult:

@@ -22,6 +22,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from dcforge.harness.check import CheckConfig, CheckContext
+from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult, CheckSkipped
 
 BANDWIDTH_FORMULA = "GB/s = checkpoint bytes / wall time"
@@ -65,6 +66,26 @@ class CheckpointBackupCheck:
     name = "checkpoint_backup"
     description = "Backs up the last complete checkpoint, restores it to a clean place, verifies it, resumes from it."
     Config = CheckpointBackupConfig
+    metrics = (
+        MetricSpec("backup_gb", "GB", None, "bytes of the checkpoint's files / 1e9", "size of the backup"),
+        MetricSpec("copy_gbps", "GB/s", "higher", BANDWIDTH_FORMULA + " (to the store, fsynced on a directory)",
+                   "how fast a checkpoint reaches the backup store"),
+        MetricSpec("restore_gbps", "GB/s", "higher", BANDWIDTH_FORMULA + " (from the store to a clean directory)",
+                   "how fast a checkpoint comes back from the backup store"),
+        MetricSpec("files_match", "bool", "higher", "sha256 of every restored file equals the source's",
+                   "integrity of the restored copy: must be 1"),
+        MetricSpec("tensor_checksums_match", "bool", "higher",
+                   "every model tensor's CRC-32 after loading the restored copy equals the one saved",
+                   "the restored model is the trained one: must be 1"),
+        MetricSpec("resume_step", "step", None, "step the run resumed from the restored copy continued from "
+                   "(-1: it started from scratch)", "where training picked up from the backup"),
+        MetricSpec("resume_step_matches", "bool", "higher",
+                   "resumed at the backed-up step and trained every step after it",
+                   "training continues from the backup: must be 1"),
+        MetricSpec("corruption_detected", "bool", "higher",
+                   "a backup with flipped bytes is caught by the file digests after restore",
+                   "a damaged backup is never restored silently: must be 1"),
+    )
     requires_declared_gpus = True
 
     def run(self, ctx: CheckContext, config: CheckpointBackupConfig) -> CheckResult:
@@ -75,7 +96,7 @@ class CheckpointBackupCheck:
         if found is None:
             raise CheckSkipped("no complete checkpoint from the train check in this run (run train first)")
         step, source = found
-        result = CheckResult(self.name)
+        result = CheckResult(self.name, declared=self.metrics)
         workdir = ctx.artefact_dir(self.name)
         with tempfile.TemporaryDirectory(prefix="dcforge-backup-") as scratch:
             store = self._store(config, Path(scratch) / "store")
@@ -110,14 +131,12 @@ class CheckpointBackupCheck:
         started = time.perf_counter()
         restored_bytes = store.get(key, restored)
         restore_s = time.perf_counter() - started
-        result.add_metric("backup_gb", copied / 1e9, "GB", None, "bytes of the checkpoint's files")
-        result.add_metric("copy_gbps", copied / 1e9 / copy_s, "GB/s", "higher", BANDWIDTH_FORMULA + " (to the store)")
-        result.add_metric("restore_gbps", restored_bytes / 1e9 / restore_s, "GB/s", "higher",
-                          BANDWIDTH_FORMULA + " (from the store to a clean directory)")
+        result.add_metric("backup_gb", copied / 1e9)
+        result.add_metric("copy_gbps", copied / 1e9 / copy_s)
+        result.add_metric("restore_gbps", restored_bytes / 1e9 / restore_s)
 
         differing = self._differences(digests, file_digests(restored))
-        result.add_metric("files_match", float(not differing), "bool", "higher",
-                          "sha256 of every restored file equals the source's")
+        result.add_metric("files_match", float(not differing))
         if differing:
             result.fail(f"restored backup differs from the checkpoint: {', '.join(differing[:3])}")
         self._verify_tensors(result, restore_root)
@@ -140,8 +159,7 @@ class CheckpointBackupCheck:
         except CheckpointError as error:
             ok = False
             result.fail(f"restored model tensors fail their checksums: {error}")
-        result.add_metric("tensor_checksums_match", float(ok), "bool", "higher",
-                          "every model tensor's CRC-32 after loading the restored copy equals the one saved")
+        result.add_metric("tensor_checksums_match", float(ok))
 
     def _resume(self, ctx: CheckContext, config: CheckpointBackupConfig, result: CheckResult, restore_root: Path,
                 step: int, workdir: Path) -> None:
@@ -165,11 +183,9 @@ class CheckpointBackupCheck:
         start = next((r for r in records if r.get("event") == "start"), {})
         resumed = start.get("resumed_from_step")
         trained_steps = [r for r in records if "loss" in r and "event" not in r]
-        result.add_metric("resume_step", float(resumed if resumed is not None else -1), "step", None,
-                          "step the resumed run continued from (-1: it started from scratch)")
+        result.add_metric("resume_step", float(resumed if resumed is not None else -1))
         matches = resumed == step and len(trained_steps) == config.resume_steps
-        result.add_metric("resume_step_matches", float(matches), "bool", "higher",
-                          "resumed at the backed-up step and trained every step after it")
+        result.add_metric("resume_step_matches", float(matches))
         if not matches:
             result.fail(f"resume from the restored copy: started at step {resumed}, {len(trained_steps)} steps "
                         f"trained (expected step {step} and {config.resume_steps} steps)")
@@ -186,8 +202,7 @@ class CheckpointBackupCheck:
         again = scratch / "restored-again" / restored.name
         store.get(key, again)
         caught = bool(self._differences(digests, file_digests(again)))
-        result.add_metric("corruption_detected", float(caught), "bool", "higher",
-                          "a backup with flipped bytes is caught by the file digests after restore")
+        result.add_metric("corruption_detected", float(caught))
         result.details["corrupted_file"] = victim.relative_to(tampered).as_posix()
         if not caught:
             result.fail(f"a corrupted backup ({victim.name}) restored without any digest mismatch")

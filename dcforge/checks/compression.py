@@ -20,6 +20,7 @@ from pydantic import Field, field_validator
 
 from dcforge.checks.train import check_preset
 from dcforge.harness.check import CheckConfig, CheckContext
+from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult
 
 HELD_OUT_FIRST_STEP = 1_000_000
@@ -76,6 +77,19 @@ class CompressionCheck:
     name = "compression"
     description = "int8 dynamic quantization vs full precision: decode speedup, next-token agreement, loss delta."
     Config = CompressionConfig
+    metrics = (
+        MetricSpec("output_tokens_per_s", "tokens/s", "higher",
+                   "batch · new tokens / median wall time over rounds (greedy decoding, no cache)",
+                   "decoding throughput of the full-precision and the int8 model", stats=("fp32", "int8")),
+        MetricSpec("speedup", "ratio", "higher", "output tokens/s int8 / output tokens/s fp32",
+                   "what int8 dynamic quantization buys in decoding speed"),
+        MetricSpec("next_token_agreement", "ratio", "higher",
+                   "positions with equal argmax next token / positions (held-out sequences)",
+                   "how often the int8 model picks the full-precision model's greedy token"),
+        MetricSpec("loss_fp32", "nats", None, "cross-entropy on held-out sequences", "full-precision quality"),
+        MetricSpec("loss_int8", "nats", None, "cross-entropy on held-out sequences", "int8 quality"),
+        MetricSpec("loss_delta", "nats", "lower", "loss int8 − loss fp32", "what int8 costs in quality"),
+    )
 
     def run(self, ctx: CheckContext, config: CompressionConfig) -> CheckResult:
         import torch
@@ -84,7 +98,7 @@ class CompressionCheck:
         from workloads.train_config import TrainConfig
         from workloads.train_data import SyntheticBigramData
 
-        result = CheckResult(self.name)
+        result = CheckResult(self.name, declared=self.metrics)
         from workloads.checkpointing import latest_checkpoint, load_for_inference
 
         trained = ctx.state.get("train.checkpoint_dir")
@@ -117,15 +131,12 @@ class CompressionCheck:
         agreement, loss_fp32, loss_int8, positions = agreement_and_losses(model, quantized, held_out)
 
         for label, rate in rates.items():
-            result.add_metric(f"output_tokens_per_s.{label}", rate, "tokens/s", "higher",
-                              f"batch · new tokens / median wall time over {config.rounds} rounds (greedy, no cache)")
-        result.add_metric("speedup", rates["int8"] / rates["fp32"], "ratio", "higher",
-                          "output tokens/s int8 / output tokens/s fp32")
-        result.add_metric("next_token_agreement", agreement, "ratio", "higher",
-                          "positions with equal argmax next token / positions (held-out sequences)")
-        result.add_metric("loss_fp32", loss_fp32, "nats", None, "cross-entropy on held-out sequences")
-        result.add_metric("loss_int8", loss_int8, "nats", None, "cross-entropy on held-out sequences")
-        result.add_metric("loss_delta", loss_int8 - loss_fp32, "nats", "lower", "loss int8 − loss fp32")
+            result.add_metric(f"output_tokens_per_s.{label}", rate)
+        result.add_metric("speedup", rates["int8"] / rates["fp32"])
+        result.add_metric("next_token_agreement", agreement)
+        result.add_metric("loss_fp32", loss_fp32)
+        result.add_metric("loss_int8", loss_int8)
+        result.add_metric("loss_delta", loss_int8 - loss_fp32)
         result.details.update(model=source, positions=positions, batch=config.batch,
                               prompt_tokens=config.prompt_tokens, new_tokens=config.new_tokens,
                               timings_s=timings, quantized_modules="torch.nn.Linear (qint8 dynamic)",

@@ -12,7 +12,7 @@ from dcforge.checks._serving import (ServingLoadConfig, add_summary_metrics, dec
                                      run_load, serving_session)
 from dcforge.harness.check import CheckContext
 from dcforge.harness.metrics import MetricSpec
-from dcforge.harness.power import record_energy, sample_power
+from dcforge.harness.power import ENERGY_METRICS, OUTPUT_TOKENS_PER_JOULE, record_energy, sample_power
 from dcforge.harness.result import CheckResult
 
 
@@ -33,6 +33,8 @@ class InferenceCheck:
         MetricSpec("decode_batch_mean", "sequences", "higher",
                    "mean sequences per decode forward pass (server histogram)",
                    "how well the server batches concurrent requests"),
+        *ENERGY_METRICS,
+        OUTPUT_TOKENS_PER_JOULE,
     )
 
     def run(self, ctx: CheckContext, config: InferenceConfig) -> CheckResult:
@@ -55,7 +57,7 @@ class InferenceCheck:
         summary = summarize(records, RequestSlo(ttft_ms=config.goodput_ttft_ms, tpot_ms=config.goodput_tpot_ms))
         add_summary_metrics(result, summary)
         record_energy(result, power, work=sum(r["output_tokens"] for r in records if r["ok"]),
-                      work_metric="output_tokens_per_joule", work_unit="output token", per_joule=True)
+                      work_metric=OUTPUT_TOKENS_PER_JOULE, per_joule=True)
         result.plots.extend(latency_plots(records, t_start))
         ctx.log(f"{summary['rps']:.1f} req/s, {summary['output_tokens_per_s']:.0f} output tokens/s, "
                 f"TTFT p95 {summary['ttft_ms.p95']:.0f} ms, errors {summary['error_rate']:.2%}")

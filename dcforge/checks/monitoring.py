@@ -21,6 +21,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from dcforge.harness.check import CheckConfig, CheckContext
+from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult
 
 BUNDLED_SERVER = "bundled-server"
@@ -136,9 +137,29 @@ class MonitoringCheck:
     name = "monitoring"
     description = "Scrapes the declared metrics endpoints before and after a workload: families present, counters moving."
     Config = MonitoringConfig
+    metrics = (
+        MetricSpec("targets", "targets", None, "declared scrape targets, the bundled server included",
+                   "how many metrics endpoints were judged"),
+        MetricSpec("targets_down", "targets", "lower", "targets whose /metrics could not be scraped or parsed",
+                   "monitoring blind spots: must be 0"),
+        MetricSpec("families_missing", "families", "lower", "expected metric families absent after the workload",
+                   "metrics a dashboard or alert would miss: must be 0"),
+        MetricSpec("families_static", "families", "lower",
+                   "families expected to move whose total did not increase between the scrapes",
+                   "telemetry that is exported but not updated: must be 0"),
+        MetricSpec("requests_sent", "requests", None, "sequential completions sent between the two scrapes",
+                   "the workload the counters must reflect"),
+        MetricSpec("request_counter_delta", "requests", None,
+                   'dcforge_requests_total{route="/v1/completions",status="200"} after − before',
+                   "requests the server's counter saw"),
+        MetricSpec("request_counter_matches", "bool", "higher",
+                   "1 when the request counter grew by exactly the requests sent",
+                   "no request lost or double-counted by the telemetry"),
+        MetricSpec("scrape_ms", "ms", "lower", "slowest scrape of any target", "scrape latency", stats=("max",)),
+    )
 
     def run(self, ctx: CheckContext, config: MonitoringConfig) -> CheckResult:
-        result = CheckResult(self.name)
+        result = CheckResult(self.name, declared=self.metrics)
         if config.bundled_server:
             self._with_bundled_server(ctx, config, result)
         else:
@@ -180,11 +201,9 @@ class MonitoringCheck:
             (workdir / "metrics-after.txt").write_text(texts_after[0])
             result.artefacts["metrics_before"] = ctx.relative(workdir / "metrics-before.txt")
             result.artefacts["metrics_after"] = ctx.relative(workdir / "metrics-after.txt")
-        result.add_metric("requests_sent", config.requests, "requests", None, "sequential completions between scrapes")
-        result.add_metric("request_counter_delta", delta, "requests", None,
-                          f'{REQUEST_FAMILY}_total{{route="{COMPLETIONS_ROUTE}",status="200"}} after − before')
-        result.add_metric("request_counter_matches", float(delta == config.requests), "bool", "higher",
-                          "1 when the request counter grew by exactly the requests sent")
+        result.add_metric("requests_sent", config.requests)
+        result.add_metric("request_counter_delta", delta)
+        result.add_metric("request_counter_matches", float(delta == config.requests))
         if delta != config.requests:
             result.fail(f"target {BUNDLED_SERVER}: {REQUEST_FAMILY} grew by {delta:g}, {config.requests} requests "
                         f"were sent")
@@ -213,11 +232,9 @@ class MonitoringCheck:
             if row["static"]:
                 result.fail(f"target {first.target} ({first.url}): {', '.join(row['static'])} did not increase "
                             f"during the workload")
-        result.add_metric("targets", len(before), "targets", None, "declared scrape targets (bundled server included)")
-        result.add_metric("targets_down", down, "targets", "lower", "targets whose /metrics could not be scraped")
-        result.add_metric("families_missing", missing, "families", "lower", "expected families absent")
-        result.add_metric("families_static", static, "families", "lower",
-                          "families expected to move whose total did not increase between the scrapes")
-        result.add_metric("scrape_ms.max", 1000 * max(s.seconds for s in [*before, *after]), "ms", "lower",
-                          "slowest scrape")
+        result.add_metric("targets", len(before))
+        result.add_metric("targets_down", down)
+        result.add_metric("families_missing", missing)
+        result.add_metric("families_static", static)
+        result.add_metric("scrape_ms.max", 1000 * max(s.seconds for s in [*before, *after]))
         result.details["targets"] = table

@@ -17,7 +17,7 @@ from dcforge.checks._torchrun import (MATMUL_PEAK_FORMULA, ModelTorchCheckConfig
 from dcforge.errors import ConfigError
 from dcforge.harness.check import CheckContext
 from dcforge.harness.metrics import MetricSpec
-from dcforge.harness.power import record_energy, sample_power
+from dcforge.harness.power import ENERGY_METRICS, JOULES_PER_TOKEN, record_energy, sample_power
 from dcforge.harness.result import CheckResult, Plot, Series
 from workloads.records import TRAIN_METRICS_FILE, TrainStep, read_records_file
 
@@ -68,6 +68,8 @@ class TrainCheck:
         MetricSpec("loss_start", "nats", None, "mean cross-entropy of the first step", "loss before training"),
         MetricSpec("loss_end", "nats", "lower", "mean cross-entropy of the last step",
                    "loss after training; must be below loss_start"),
+        *ENERGY_METRICS,
+        JOULES_PER_TOKEN,
     )
     outputs = ("trained_checkpoint_dir",)
 
@@ -97,7 +99,7 @@ class TrainCheck:
         with sample_power() as power:
             run_torchrun(ctx, "train.py", train_config.to_args(), nproc=nproc, log_path=workdir / "torchrun.log")
         record_energy(result, power, work=config.steps * config.global_batch_size * config.seq_len,
-                      work_metric="joules_per_token", work_unit="token")  # whole torchrun / tokens trained
+                      work_metric=JOULES_PER_TOKEN)  # whole torchrun / tokens trained
         result.artefacts["metrics"] = ctx.relative(metrics_file)
         result.artefacts["torchrun_log"] = ctx.relative(workdir / "torchrun.log")
         ctx.outputs.trained_checkpoint_dir = checkpoint_dir  # later checks may serve what was trained

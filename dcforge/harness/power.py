@@ -10,7 +10,9 @@ Checks use it in two lines:
 
     with sample_power(ctx) as power:
         run_the_workload()
-    record_energy(result, power, work=tokens, ...)
+    record_energy(result, power, work=tokens, work_metric=JOULES_PER_TOKEN)
+
+and declare `*ENERGY_METRICS` (and the work metric) in their `metrics`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult, Plot, Series
 
 DEFAULT_INTERVAL_S = 0.1
@@ -216,32 +219,50 @@ def sample_power(sensors: tuple[list[PowerSensor], list[str]] | None = None,
         sampler.stop()
 
 
-def record_energy(result: CheckResult, trace: PowerTrace, *, work: float = 0.0, work_metric: str = "",
-                  work_unit: str = "", per_joule: bool = False) -> None:
-    """Add the energy metrics of one workload to `result`, or record why they are skipped.
+ENERGY_METRICS = (
+    MetricSpec("gpu_power_w", "W", None, "avg: mean over GPUs of ∫P dt / sampled time; peak: highest sample of any GPU "
+               "(NVML board power)", "power the GPUs drew during the workload (per GPU in details.energy)",
+               stats=("avg", "peak")),
+    MetricSpec("cpu_power_w", "W", None, "avg: mean over CPU packages of ∫P dt / sampled time; peak: highest "
+               "sample of any package (RAPL)", "power the CPU packages drew during the workload",
+               stats=("avg", "peak")),
+    MetricSpec("energy_j", "J", "lower", ENERGY_FORMULA, "energy the sampled devices used during the workload"),
+)
+"""Declared by every check that samples power (train, allreduce, inference); absent where no sensor exists."""
+JOULES_PER_TOKEN = MetricSpec("joules_per_token", "J/token", "lower",
+                              f"{ENERGY_FORMULA} over the whole torchrun / tokens trained",
+                              "training energy per token (where GPU or CPU power sensors exist)")
+OUTPUT_TOKENS_PER_JOULE = MetricSpec("output_tokens_per_joule", "tokens/J", "higher",
+                                     f"output tokens of successful requests / {ENERGY_FORMULA} over the load run",
+                                     "serving energy efficiency (where GPU or CPU power sensors exist)")
 
-    Per channel: `power_w.<channel>.avg` (energy / sampled time) and `.peak` (highest sample); in total
-    `energy_j`; and, when given, `work_metric`: joules per unit of work (`per_joule=False`, e.g. train.joules_per_token) or
-    units of work per joule (`per_joule=True`, e.g. inference.output_tokens_per_joule)."""
+
+def record_energy(result: CheckResult, trace: PowerTrace, *, work: float = 0.0,
+                  work_metric: MetricSpec | None = None, per_joule: bool = False) -> None:
+    """Add the energy metrics of one workload to `result` (see ENERGY_METRICS), or record why they are skipped.
+
+    Per channel (`gpu0`, `cpu-package-0`): average and peak W in `details.energy.channels` and a "Power draw"
+    plot; `work_metric` (declared by the check): joules per unit of work, or with `per_joule` units per joule."""
     if not trace.usable():
         result.details["energy"] = {"skipped": trace.skipped_reason or "fewer than two power samples were taken",
                                     "sensor_errors": trace.errors}
         return
-    total_j = 0.0
+    channels: dict[str, dict[str, float]] = {}
     series = []
     for channel in trace.channels:
         xs, ys = trace.series(channel)
         energy = trace.energy_j(channel)
-        total_j += energy
-        result.add_metric(f"power_w.{channel}.avg", energy / (xs[-1] - xs[0]), "W", None,
-                          "average power = ∫P dt / sampled time")
-        result.add_metric(f"power_w.{channel}.peak", max(ys), "W", None, "highest power sample")
+        channels[channel] = {"avg_w": energy / (xs[-1] - xs[0]), "peak_w": max(ys), "energy_j": energy}
         series.append(Series(channel, xs, ys))
-    result.add_metric("energy_j", total_j, "J", "lower", ENERGY_FORMULA)
-    if work_metric and work > 0 and total_j > 0:
-        if per_joule:
-            result.add_metric(work_metric, work / total_j, f"{work_unit}/J", "higher", f"{work_unit} / {ENERGY_FORMULA}")
-        else:
-            result.add_metric(work_metric, total_j / work, f"J/{work_unit}", "lower", f"{ENERGY_FORMULA} / {work_unit}")
+    for prefix, metric in (("gpu", "gpu_power_w"), ("cpu", "cpu_power_w")):
+        group = [figures for name, figures in channels.items() if name.startswith(prefix)]
+        if group:
+            result.add_metric(f"{metric}.avg", sum(f["avg_w"] for f in group) / len(group))
+            result.add_metric(f"{metric}.peak", max(f["peak_w"] for f in group))
+    total_j = sum(f["energy_j"] for f in channels.values())
+    result.add_metric("energy_j", total_j)
+    if work_metric is not None and work > 0 and total_j > 0:
+        result.add_metric(work_metric.name, work / total_j if per_joule else total_j / work)
     result.plots.append(Plot("Power draw", "time since the workload started (s)", "W", series))
-    result.details["energy"] = {"sensors": trace.sensors, "samples": len(trace.t), "sensor_errors": trace.errors}
+    result.details["energy"] = {"sensors": trace.sensors, "samples": len(trace.t), "channels": channels,
+                                "sensor_errors": trace.errors}

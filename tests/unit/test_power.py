@@ -8,9 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from dcforge.harness.power import (PowerSampler, PowerTrace, RaplSensor, discover_sensors, record_energy,
-                                   sample_power)
+from dcforge.harness.power import (ENERGY_METRICS, JOULES_PER_TOKEN, OUTPUT_TOKENS_PER_JOULE, PowerSampler,
+                                   PowerTrace, RaplSensor, discover_sensors, record_energy, sample_power)
 from dcforge.harness.result import CheckResult
+
+
+def result_of(check: str, *extra) -> CheckResult:
+    return CheckResult(check, declared=(*ENERGY_METRICS, *extra))
 
 
 class ScriptedGpuSensor:
@@ -34,21 +38,24 @@ def test_energy_metrics_from_gpu_readings():
     trace = PowerTrace(sensors=["nvml"], t=[0.0, 1.0, 2.0, 3.0],
                        watts=[{"gpu0": 100.0, "gpu1": 50.0}, {"gpu0": 200.0, "gpu1": 50.0},
                               {"gpu0": 300.0, "gpu1": 50.0}, {"gpu0": 400.0, "gpu1": 50.0}])
-    result = CheckResult("train")
-    record_energy(result, trace, work=1500.0, work_metric="joules_per_token", work_unit="token")
+    result = result_of("train", JOULES_PER_TOKEN)
+    record_energy(result, trace, work=1500.0, work_metric=JOULES_PER_TOKEN)
     metrics = {name: metric.value for name, metric in result.metrics.items()}
-    assert metrics["power_w.gpu0.avg"] == pytest.approx(250.0)  # (150 + 250 + 350) J / 3 s
-    assert metrics["power_w.gpu0.peak"] == 400.0
-    assert metrics["power_w.gpu1.avg"] == pytest.approx(50.0) and metrics["power_w.gpu1.peak"] == 50.0
+    channels = result.details["energy"]["channels"]
+    assert channels["gpu0"]["avg_w"] == pytest.approx(250.0)  # (150 + 250 + 350) J / 3 s
+    assert channels["gpu0"]["peak_w"] == 400.0
+    assert channels["gpu1"]["avg_w"] == pytest.approx(50.0) and channels["gpu1"]["peak_w"] == 50.0
+    assert metrics["gpu_power_w.avg"] == pytest.approx(150.0)  # mean of the GPUs' averages
+    assert metrics["gpu_power_w.peak"] == 400.0
+    assert "cpu_power_w.avg" not in metrics  # no CPU channel sampled
     assert metrics["energy_j"] == pytest.approx(750.0 + 150.0)
     assert metrics["joules_per_token"] == pytest.approx(900.0 / 1500.0)
     assert result.metrics["joules_per_token"].better == "lower"
     (plot,) = result.plots
     assert plot.title == "Power draw" and [s.name for s in plot.series] == ["gpu0", "gpu1"]
 
-    inference = CheckResult("inference")
-    record_energy(inference, trace, work=450.0, work_metric="output_tokens_per_joule", work_unit="output token",
-                  per_joule=True)
+    inference = result_of("inference", OUTPUT_TOKENS_PER_JOULE)
+    record_energy(inference, trace, work=450.0, work_metric=OUTPUT_TOKENS_PER_JOULE, per_joule=True)
     assert inference.metrics["output_tokens_per_joule"].value == pytest.approx(0.5)
     assert inference.metrics["output_tokens_per_joule"].better == "higher"
 
@@ -59,10 +66,10 @@ def test_sampler_thread_polls_a_sensor_while_the_workload_runs():
         time.sleep(0.3)
     assert sensor.closed and len(trace.t) >= 5 and trace.t == sorted(trace.t)
     assert trace.t[-1] >= 0.3
-    result = CheckResult("allreduce")
+    result = result_of("allreduce")
     record_energy(result, trace)
-    assert result.metrics["power_w.gpu0.peak"].value == 320.0
-    assert 300.0 < result.metrics["power_w.gpu0.avg"].value <= 320.0
+    assert result.metrics["gpu_power_w.peak"].value == 320.0
+    assert 300.0 < result.metrics["gpu_power_w.avg"].value <= 320.0
     assert "joules_per_token" not in result.metrics
 
 
@@ -75,8 +82,8 @@ def test_a_failing_sensor_loses_samples_not_the_workload():
     sampler.start()
     time.sleep(0.05)
     trace = sampler.stop()
-    result = CheckResult("train")
-    record_energy(result, trace, work=10, work_metric="joules_per_token", work_unit="token")
+    result = result_of("train", JOULES_PER_TOKEN)
+    record_energy(result, trace, work=10, work_metric=JOULES_PER_TOKEN)
     assert not result.metrics
     assert result.details["energy"]["skipped"] == "fewer than two power samples were taken"
     assert result.details["energy"]["sensor_errors"][0] == "nvml: GPU fell off the bus"
@@ -108,8 +115,8 @@ def test_no_sensor_skips_energy_with_the_reason(tmp_path):
     with sample_power(([], ["NVML: NVML Shared Library Not Found", f"RAPL: no RAPL package zone under {tmp_path}"])) \
             as trace:
         pass
-    result = CheckResult("train")
-    record_energy(result, trace, work=1000, work_metric="joules_per_token", work_unit="token")
+    result = result_of("train", JOULES_PER_TOKEN)
+    record_energy(result, trace, work=1000, work_metric=JOULES_PER_TOKEN)
     assert not result.metrics and not result.plots  # never zero, never estimated
     assert result.details["energy"]["skipped"] == ("no power sensor exposed: NVML: NVML Shared Library Not Found; "
                                                    f"RAPL: no RAPL package zone under {tmp_path}")
