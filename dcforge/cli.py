@@ -92,9 +92,11 @@ def accept(
     """Run the environment's acceptance checks, judge its SLOs, write JSON + JUnit + HTML reports.
 
     Checks: system (inventory), gpu_health (NVML, XIDs, DCGM), gpu_bandwidth (copies, GEMM), train (torchrun GPT:
-    tokens/s, MFU), allreduce (busbw sweep), checkpoint (DCP save/load GB/s, integrity), train_failover (a rank
-    dies; resume), compliance (manifest rules), inference (OpenAI-compatible server under Locust:
-    TTFT/TPOT/goodput), inference_failover (a replica is SIGKILLed).
+    tokens/s, MFU), allreduce (busbw sweep), checkpoint (DCP save/load GB/s, integrity), checkpoint_backup (backup,
+    restore, verify, resume), train_failover (a rank dies; resume), compression (int8 vs fp32), compliance
+    (manifest rules), monitoring (metrics scraped, counters move), inference (OpenAI-compatible server under
+    Locust: TTFT/TPOT/goodput), inference_failover (a replica is SIGKILLed). Energy (NVML/RAPL) is sampled during
+    train, allreduce and inference where sensors exist.
     Exit 0 all passed, 1 a check or SLO failed or errored, 2 bad input, 128 + signal when interrupted by SIGINT
     (130), SIGTERM (143) or SIGHUP (129): the report keeps every result measured so far, no child is left running.
     """

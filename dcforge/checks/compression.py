@@ -77,6 +77,7 @@ class CompressionCheck:
     name = "compression"
     description = "int8 dynamic quantization vs full precision: decode speedup, next-token agreement, loss delta."
     Config = CompressionConfig
+    requires_declared_gpus = False  # dynamic int8 quantization runs on the CPU
     metrics = (
         MetricSpec("output_tokens_per_s", "tokens/s", "higher",
                    "batch · new tokens / median wall time over rounds (greedy decoding, no cache)",

@@ -137,6 +137,7 @@ class MonitoringCheck:
     name = "monitoring"
     description = "Scrapes the declared metrics endpoints before and after a workload: families present, counters moving."
     Config = MonitoringConfig
+    requires_declared_gpus = False  # telemetry flow is judged the same on a CPU node
     metrics = (
         MetricSpec("targets", "targets", None, "declared scrape targets, the bundled server included",
                    "how many metrics endpoints were judged"),
