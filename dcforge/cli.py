@@ -86,8 +86,8 @@ def accept(
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="A previous report.json to compare against."),
     tolerance: float = typer.Option(0.05, "--tolerance", min=0.0, help="Relative change that counts as a regression."),
     fail_on_regression: bool = typer.Option(False, "--fail-on-regression", help="Exit 1 when the baseline shows a regression."),
-    sign_key: Optional[Path] = typer.Option(None, "--sign-key", help="Ed25519 private key (PEM): write report.json.sig, "
-                                            "a detached signature over the final report.json."),
+    sign_key: Optional[Path] = typer.Option(None, "--sign-key", help="Ed25519 private key (PEM): write "
+                                            "report.json.sig, a detached signature over the final report.json."),
 ) -> None:
     """Run the environment's acceptance checks, judge its SLOs, write JSON + JUnit + HTML reports.
 
