@@ -44,8 +44,6 @@ class CheckpointBackupConfig(CheckConfig):
     """Training steps run after resuming from the restored copy."""
     corruption_test: bool = True
     """Flip bytes in the stored backup and require that the restore is caught."""
-    timeout_s: float = Field(default=300.0, gt=0)
-    """Hard limit for the resume torchrun."""
 
     @model_validator(mode="after")
     def _s3_needs_bucket(self) -> "CheckpointBackupConfig":
@@ -91,10 +89,10 @@ class CheckpointBackupCheck:
     def run(self, ctx: CheckContext, config: CheckpointBackupConfig) -> CheckResult:
         from workloads.checkpointing import latest_checkpoint
 
-        trained = ctx.state.get("train.checkpoint_dir")
-        found = latest_checkpoint(trained) if trained else None
+        trained = ctx.outputs.require("trained_checkpoint_dir")  # skipped, naming `train`, when it wrote none
+        found = latest_checkpoint(trained)
         if found is None:
-            raise CheckSkipped("no complete checkpoint from the train check in this run (run train first)")
+            raise CheckSkipped(f"no complete checkpoint under {trained} (the train check did not finish one)")
         step, source = found
         result = CheckResult(self.name, declared=self.metrics)
         workdir = ctx.artefact_dir(self.name)
@@ -163,7 +161,8 @@ class CheckpointBackupCheck:
 
     def _resume(self, ctx: CheckContext, config: CheckpointBackupConfig, result: CheckResult, restore_root: Path,
                 step: int, workdir: Path) -> None:
-        from dcforge.checks._torchrun import read_jsonl, run_torchrun
+        from dcforge.checks._torchrun import run_torchrun
+        from workloads.records import TrainStart, TrainStep, read_records_file
         from workloads.train_config import TrainConfig
 
         trained = ctx.results["train"].details
@@ -175,14 +174,12 @@ class CheckpointBackupCheck:
                                    checkpoint_dir=str(restore_root), checkpoint_every=step + config.resume_steps,
                                    keep_checkpoints=2, resume=True, log_every=1)
         ctx.log(f"resuming training from the restored step {step}")
-        run_torchrun(ctx, "train.py", train_config.to_args(), nproc=1, timeout_s=config.timeout_s,
-                     log_path=workdir / "resume-torchrun.log")
+        run_torchrun(ctx, "train.py", train_config.to_args(), nproc=1, log_path=workdir / "resume-torchrun.log")
         result.artefacts["resume_metrics"] = ctx.relative(metrics_file)
         result.artefacts["resume_torchrun_log"] = ctx.relative(workdir / "resume-torchrun.log")
-        records = read_jsonl(metrics_file)
-        start = next((r for r in records if r.get("event") == "start"), {})
-        resumed = start.get("resumed_from_step")
-        trained_steps = [r for r in records if "loss" in r and "event" not in r]
+        starts = read_records_file(metrics_file, TrainStart)
+        resumed = starts[0].resumed_from_step if starts else None
+        trained_steps = read_records_file(metrics_file, TrainStep)
         result.add_metric("resume_step", float(resumed if resumed is not None else -1))
         matches = resumed == step and len(trained_steps) == config.resume_steps
         result.add_metric("resume_step_matches", float(matches))

@@ -18,7 +18,7 @@ import time
 
 from pydantic import Field, field_validator
 
-from dcforge.checks.train import check_preset
+from dcforge.checks._torchrun import check_preset
 from dcforge.harness.check import CheckConfig, CheckContext
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult
@@ -102,7 +102,7 @@ class CompressionCheck:
         result = CheckResult(self.name, declared=self.metrics)
         from workloads.checkpointing import latest_checkpoint, load_for_inference
 
-        trained = ctx.state.get("train.checkpoint_dir")
+        trained = ctx.outputs.trained_checkpoint_dir
         if trained and latest_checkpoint(trained) is not None:
 
             model, model_config = load_for_inference(trained)

@@ -56,7 +56,7 @@ class InferenceCheck:
             result.add_metric("decode_batch_mean", batch)
         summary = summarize(records, RequestSlo(ttft_ms=config.goodput_ttft_ms, tpot_ms=config.goodput_tpot_ms))
         add_summary_metrics(result, summary)
-        record_energy(result, power, work=sum(r["output_tokens"] for r in records if r["ok"]),
+        record_energy(result, power, work=sum(r.output_tokens for r in records if r.ok),
                       work_metric=OUTPUT_TOKENS_PER_JOULE, per_joule=True)
         result.plots.extend(latency_plots(records, t_start))
         ctx.log(f"{summary['rps']:.1f} req/s, {summary['output_tokens_per_s']:.0f} output tokens/s, "

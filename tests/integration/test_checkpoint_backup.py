@@ -32,13 +32,13 @@ def trained(tmp_path_factory):
                        log=lambda line: None)
     result = load_check("train").run(ctx, TrainCheckConfig(steps=4, warmup_steps_excluded=1))
     assert result.status == Status.PASS, result.reason
-    return ctx.state, result
+    return ctx.outputs, result
 
 
 def run_backup(tmp_path, trained, settings: dict):
-    state, train_result = trained
+    outputs, train_result = trained
     ctx = CheckContext(env=load_environment("local"), report_dir=tmp_path, deadline=time.monotonic() + 200,
-                       results={"train": train_result}, state=dict(state), log=lambda line: None)
+                       results={"train": train_result}, outputs=outputs, log=lambda line: None)
     result = load_check("checkpoint_backup").run(ctx, CheckpointBackupConfig.model_validate(settings))
     assert processes_mentioning(str(tmp_path)) == [], "the resume torchrun outlived the check"
     return result
@@ -109,5 +109,5 @@ def test_no_checkpoint_in_this_run_is_skipped(tmp_path):
     from dcforge.harness.result import CheckSkipped
 
     ctx = CheckContext(env=load_environment("local"), report_dir=tmp_path, deadline=time.monotonic() + 10)
-    with pytest.raises(CheckSkipped, match="no complete checkpoint from the train check"):
+    with pytest.raises(CheckSkipped, match="needs trained_checkpoint_dir from the 'train' check"):
         load_check("checkpoint_backup").run(ctx, CheckpointBackupConfig())
