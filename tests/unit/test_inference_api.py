@@ -99,3 +99,36 @@ def test_api_key_from_env_or_file(tmp_path):
     assert read_api_key({"DCFORGE_API_KEY_FILE": str(key_file)}) == "from-file"
     assert read_api_key({}) == ""
     assert "secret" not in repr(ServerSettings(api_key="secret"))
+
+
+@pytest.mark.parametrize("stop", ["", [""], ["", ""]])
+def test_an_empty_stop_string_is_no_stop(client, stop):
+    body = {"model": "dcforge-gpt", "prompt": "hello", "max_tokens": 6, "temperature": 0, "ignore_eos": True}
+    plain = client.post("/v1/completions", json=body, headers=AUTH)
+    stopped = client.post("/v1/completions", json={**body, "stop": stop}, headers=AUTH)
+    assert stopped.status_code == 200, stopped.text
+    assert stopped.json()["choices"][0]["text"] == plain.json()["choices"][0]["text"]
+    assert stopped.json()["usage"]["completion_tokens"] == 6
+
+
+def test_more_than_four_stop_strings_are_refused(client):
+    body = {"model": "dcforge-gpt", "prompt": "hello", "stop": ["a", "b", "c", "d", "e"]}
+    response = client.post("/v1/completions", json=body, headers=AUTH)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "stop" and "at most 4" in response.json()["error"]["message"]
+
+
+def test_a_wrong_method_gets_405_with_an_allow_header(client):
+    response = client.get("/v1/completions", headers=AUTH)
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert response.json()["error"]["message"]
+    assert client.post("/health").headers["allow"] == "GET"
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_a_missing_or_wrong_content_type_gets_415(client, content_type):
+    headers = {**AUTH, **({"Content-Type": content_type} if content_type else {})}
+    response = client.post("/v1/completions", content=b'{"model": "dcforge-gpt", "prompt": "x"}', headers=headers)
+    assert response.status_code == 415
+    assert "application/json" in response.json()["error"]["message"]

@@ -29,6 +29,10 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
 
 
+MAX_STOP_STRINGS = 4
+"""OpenAI's limit on `stop` sequences per request."""
+
+
 class StreamOptions(BaseModel):
     include_usage: StrictBool = False
 
@@ -60,13 +64,15 @@ class _Request(BaseModel):
     @field_validator("stop")
     @classmethod
     def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
-        stops = [value] if isinstance(value, str) else (value or [])
-        if len(stops) > 4 or any(not stop for stop in stops):
-            raise ValueError("at most 4 non-empty stop strings")
+        if isinstance(value, list) and len(value) > MAX_STOP_STRINGS:
+            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings")
         return value
 
     def stop_strings(self) -> tuple[str, ...]:
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        """The stop strings that can end a generation: an empty string matches nothing and is dropped, as the
+        OpenAI API treats `"stop": ""` as no stop at all."""
+        stops = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        return tuple(stop for stop in stops if stop)
 
     def requested_max_tokens(self) -> int:
         return 16 if self.max_tokens is None else self.max_tokens
