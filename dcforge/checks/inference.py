@@ -8,8 +8,11 @@ per-request log from which every figure is computed exactly (docs/metrics.md). E
 from __future__ import annotations
 
 from dcforge.checks._load_metrics import LOAD_METRICS
-from dcforge.checks._serving import (ServingLoadConfig, add_summary_metrics, decode_batch_mean, latency_plots,
-                                     run_load, serving_session)
+from dcforge.checks.serving.load import run_load, serving_session
+from dcforge.checks.serving.plots import latency_plots
+from dcforge.checks.serving.scraping import decode_batch_mean
+from dcforge.checks.serving.settings import ServingLoadConfig
+from dcforge.checks.serving.summary import add_summary_metrics
 from dcforge.harness.check import CheckContext
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.power import ENERGY_METRICS, OUTPUT_TOKENS_PER_JOULE, record_energy, sample_power

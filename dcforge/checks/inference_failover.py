@@ -19,8 +19,10 @@ import numpy as np
 from pydantic import Field
 
 from dcforge.checks._load_metrics import LOAD_METRICS
-from dcforge.checks._serving import (ServingLoadConfig, ServingSession, add_summary_metrics, latency_plots,
-                                     run_load, serving_session)
+from dcforge.checks.serving.load import ServingSession, run_load, serving_session
+from dcforge.checks.serving.plots import latency_plots
+from dcforge.checks.serving.settings import ServingLoadConfig
+from dcforge.checks.serving.summary import add_summary_metrics
 from dcforge.harness.check import CheckContext
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult

@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from dcforge.checks._serving import free_port
+from dcforge.checks.serving.server import free_port
 from dcforge.harness.processes import ManagedProcess
 from dcforge.paths import REPO_ROOT
 from loadtests.llm_protocol import read_records

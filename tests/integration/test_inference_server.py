@@ -11,7 +11,9 @@ import httpx
 import openai
 import pytest
 
-from dcforge.checks._serving import LocalServer, ModelChoice, ServingLoadConfig, private_dir
+from dcforge.checks.serving.credentials import private_dir
+from dcforge.checks.serving.server import LocalServer
+from dcforge.checks.serving.settings import ModelChoice, ServingLoadConfig
 from dcforge.compliance.endpoint import check_endpoint
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import torch
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
@@ -28,9 +28,8 @@ from workloads.serving.protocol import (APIError, ChatCompletionRequest, Complet
                                         chat_body, chat_chunk, completion_body, completion_chunk, new_id, sse,
                                         usage_chunk, validation_message)
 from workloads.records import REPLICA_HEADER, mark_ready
-from workloads.serving.settings import ServerSettings
+from workloads.serving.settings import LimitSettings, ServerSettings
 
-"""Response header naming the replica (worker pid) that served the request; the failover check uses it."""
 _ROUTES = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/ready", "/metrics"}
 
 
@@ -85,184 +84,241 @@ class ServingMiddleware:
         await self.app(scope, limited_receive, send_tagged)
 
 
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Loads the model and starts the batching engine of this replica; announces readiness with a `ready-<pid>`
+    file in the state directory (the supervisor's and the checks' signal) and removes it on the way out."""
+    settings: ServerSettings = app.state.settings
+    torch.set_num_threads(settings.engine.torch_threads)
+    model, config = await asyncio.to_thread(load_model, settings.model)
+    model = model.to(resolve_device(settings.engine.device))
+    engine = BatchingEngine(model, config, settings.engine, max_pending=settings.limits.max_pending,
+                            observer=metrics.observe_step, load_observer=metrics.observe_load)
+    await asyncio.to_thread(engine.warm_up)
+    engine.start()
+    app.state.engine = engine
+    ready_file = mark_ready(settings.state_dir) if settings.state_dir else None
+    try:
+        yield
+    finally:
+        engine.stop()
+        if ready_file:
+            ready_file.unlink(missing_ok=True)
+
+
+# -- error rendering: every refusal in OpenAI's error shape -----------------------------------------------------
+
+async def api_error(_: Request, error: APIError) -> JSONResponse:
+    return JSONResponse(error.body(), error.status)
+
+
+async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+    code = "not_found" if error.status_code == 404 else None
+    # error.headers carries Starlette's `Allow` on a 405, which HTTP requires on that answer.
+    return JSONResponse(APIError(error.status_code, str(error.detail), code=code).body(), error.status_code,
+                        headers=error.headers)
+
+
+async def unexpected_error(_: Request, error: Exception) -> JSONResponse:
+    return JSONResponse(APIError(500, f"internal error: {type(error).__name__}", "server_error").body(), 500)
+
+
+async def request_validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+    return JSONResponse(APIError(400, str(error.errors()[:1])).body(), 400)
+
+
+# -- dependencies --------------------------------------------------------------------------------------------------
+
+def server_settings(request: Request) -> ServerSettings:
+    return request.app.state.settings
+
+
+def loaded_engine(request: Request) -> BatchingEngine:
+    return request.app.state.engine
+
+
+def require_api_key(request: Request, settings: ServerSettings = Depends(server_settings)) -> None:
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    # compare_digest: the time taken must not reveal how many leading characters were right.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), settings.api_key.encode()):
+        raise APIError(401, "Incorrect or missing API key; send 'Authorization: Bearer <key>'.",
+                       "invalid_request_error", code="invalid_api_key")
+
+
+async def parse_body(request: Request, model_class: type, settings: ServerSettings) -> Any:
+    """The request body as `model_class`, checked in order: content type (415), size (413), JSON (400), schema
+    (400), served model (404)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise APIError(415, f"Content-Type must be application/json, got {content_type or 'none'!r}")
+    try:
+        raw = await request.body()
+    except BodyTooLarge:
+        raise APIError(413, f"request body exceeds {settings.limits.max_body_bytes} bytes") from None
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise APIError(400, "request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "request body must be a JSON object")
+    try:
+        parsed = model_class.model_validate(data)
+    except ValidationError as error:
+        message, param = validation_message(error)
+        raise APIError(400, message, param=param) from None
+    served = settings.model.served_name
+    if parsed.model != served:
+        raise APIError(404, f"The model {parsed.model!r} does not exist; this server serves {served!r}.",
+                       param="model", code="model_not_found")
+    return parsed
+
+
+async def completion_request(request: Request,
+                             settings: ServerSettings = Depends(server_settings)) -> CompletionRequest:
+    return await parse_body(request, CompletionRequest, settings)
+
+
+async def chat_request(request: Request, settings: ServerSettings = Depends(server_settings)) -> ChatCompletionRequest:
+    return await parse_body(request, ChatCompletionRequest, settings)
+
+
+# -- generation ----------------------------------------------------------------------------------------------------
+
+def submit(engine: BatchingEngine, limits: LimitSettings, body: CompletionRequest | ChatCompletionRequest):
+    """The request checked against the limits and the context, queued on the engine (429 when it is full)."""
+    prompt_ids = body.prompt_ids(engine.tokenizer)
+    max_tokens = body.requested_max_tokens()
+    if not 1 <= max_tokens <= limits.max_tokens:
+        raise APIError(400, f"max_tokens must be between 1 and {limits.max_tokens}, got {max_tokens}",
+                       param="max_tokens")
+    if len(prompt_ids) > limits.max_prompt_tokens:
+        raise APIError(400, f"the prompt has {len(prompt_ids)} tokens, the limit is {limits.max_prompt_tokens}",
+                       param="prompt", code="context_length_exceeded")
+    if len(prompt_ids) + max_tokens > engine.max_context:
+        raise APIError(400, f"This model's maximum context length is {engine.max_context} tokens; the prompt "
+                       f"has {len(prompt_ids)} and max_tokens is {max_tokens}.", param="max_tokens",
+                       code="context_length_exceeded")
+    params = SamplingParams(max_tokens=max_tokens, temperature=body.temperature, seed=body.seed,
+                            stop=body.stop_strings(), ignore_eos=body.ignore_eos)
+    try:
+        handle = engine.submit(prompt_ids, params)
+    except EngineOverloaded as error:
+        raise APIError(429, f"server overloaded: {error}", "rate_limit_error") from None
+    metrics.PROMPT_TOKENS.inc(len(prompt_ids))
+    return handle
+
+
+async def respond(engine: BatchingEngine, settings: ServerSettings, body: CompletionRequest | ChatCompletionRequest,
+                  chat: bool) -> Response:
+    handle = submit(engine, settings.limits, body)
+    served = settings.model.served_name
+    request_id = new_id("chatcmpl" if chat else "cmpl")
+    submitted = time.perf_counter()
+    if body.stream:
+        return StreamingResponse(stream(handle, request_id, served, body, chat, submitted),
+                                 media_type="text/event-stream", headers={"cache-control": "no-cache"})
+    pieces, event = [], None
+    try:
+        async for event in handle.events():
+            if not pieces:
+                metrics.TTFT_SECONDS.observe(time.perf_counter() - submitted)
+            pieces.append(event.text)
+    finally:
+        handle.cancel()
+    metrics.GENERATED_TOKENS.inc(event.completion_tokens)
+    if event.finish_reason == "error":
+        raise APIError(500, "generation failed on the server", "server_error")
+    build = chat_body if chat else completion_body
+    return JSONResponse(build(request_id, served, "".join(pieces), event.finish_reason, handle.prompt_tokens,
+                              event.completion_tokens))
+
+
+async def stream(handle, request_id: str, served: str, body: CompletionRequest | ChatCompletionRequest, chat: bool,
+                 submitted: float) -> AsyncIterator[bytes]:
+    kind = "chat.completion.chunk" if chat else "text_completion"
+    first = True
+    text_event = TextChunkEncoder(request_id, served, chat)
+    try:
+        if chat:  # OpenAI opens a chat stream with the assistant role and empty content
+            yield sse(chat_chunk(request_id, served, {"role": "assistant", "content": ""}, None))
+        async for event in handle.events():
+            if first:
+                metrics.TTFT_SECONDS.observe(time.perf_counter() - submitted)
+                first = False
+            if event.finish_reason == "error":
+                yield sse(APIError(500, "generation failed on the server", "server_error").body())
+                break
+            if event.text:
+                yield text_event(event.text)
+            if event.finish_reason:
+                metrics.GENERATED_TOKENS.inc(event.completion_tokens)
+                yield sse(chat_chunk(request_id, served, {}, event.finish_reason) if chat
+                          else completion_chunk(request_id, served, "", event.finish_reason))
+                if body.include_usage_in_stream():
+                    yield sse(usage_chunk(request_id, served, kind, handle.prompt_tokens, event.completion_tokens))
+        yield sse("[DONE]")
+    finally:
+        handle.cancel()  # a client that went away frees its batch slot at the next step
+
+
+# -- routes --------------------------------------------------------------------------------------------------------
+
+router = APIRouter()
+authorized = [Depends(require_api_key)]
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+async def ready(request: Request) -> JSONResponse:
+    engine = getattr(request.app.state, "engine", None)
+    if engine is None:
+        return JSONResponse({"status": "loading"}, 503)
+    return JSONResponse({"status": "ready", "replica": os.getpid(), "queue_depth": engine.queue_depth,
+                         "active_sequences": engine.active_sequences})
+
+
+@router.get("/metrics")
+async def prometheus_metrics() -> Response:
+    payload, content_type = metrics.render()
+    return Response(payload, media_type=content_type)
+
+
+@router.get("/v1/models", dependencies=authorized)
+async def list_models(settings: ServerSettings = Depends(server_settings)) -> dict[str, Any]:
+    served = settings.model.served_name
+    return {"object": "list", "data": [{"id": served, "object": "model", "created": 0, "owned_by": "dcforge"}]}
+
+
+@router.post("/v1/completions", dependencies=authorized)
+async def completions(body: CompletionRequest = Depends(completion_request),
+                      engine: BatchingEngine = Depends(loaded_engine),
+                      settings: ServerSettings = Depends(server_settings)) -> Response:
+    return await respond(engine, settings, body, chat=False)
+
+
+@router.post("/v1/chat/completions", dependencies=authorized)
+async def chat_completions(body: ChatCompletionRequest = Depends(chat_request),
+                           engine: BatchingEngine = Depends(loaded_engine),
+                           settings: ServerSettings = Depends(server_settings)) -> Response:
+    return await respond(engine, settings, body, chat=True)
+
+
 def create_app(settings: ServerSettings) -> FastAPI:
+    """One replica's app: the routes above, the settings in `app.state.settings`, the engine (once loaded) in
+    `app.state.engine`."""
     if not settings.api_key:
         raise ValueError("an API key is required: set DCFORGE_API_KEY or DCFORGE_API_KEY_FILE")
-    served = settings.model.served_name
-    limits = settings.limits
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        torch.set_num_threads(settings.engine.torch_threads)
-        model, config = await asyncio.to_thread(load_model, settings.model)
-        model = model.to(resolve_device(settings.engine.device))
-        engine = BatchingEngine(model, config, settings.engine, max_pending=limits.max_pending,
-                                observer=metrics.observe_step, load_observer=metrics.observe_load)
-        await asyncio.to_thread(engine.warm_up)
-        engine.start()
-        app.state.engine = engine
-        ready_file = mark_ready(settings.state_dir) if settings.state_dir else None
-        try:
-            yield
-        finally:
-            engine.stop()
-            if ready_file:
-                ready_file.unlink(missing_ok=True)
-
     app = FastAPI(title="dcforge OpenAI-compatible server", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
-    app.add_middleware(ServingMiddleware, max_body_bytes=limits.max_body_bytes)
-
-    @app.exception_handler(APIError)
-    async def _api_error(_: Request, error: APIError) -> JSONResponse:
-        return JSONResponse(error.body(), error.status)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
-        code = "not_found" if error.status_code == 404 else None
-        return JSONResponse(APIError(error.status_code, str(error.detail), code=code).body(), error.status_code)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, error: Exception) -> JSONResponse:
-        return JSONResponse(APIError(500, f"internal error: {type(error).__name__}", "server_error").body(), 500)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
-        return JSONResponse(APIError(400, str(error.errors()[:1])).body(), 400)
-
-    def require_api_key(request: Request) -> None:
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        # compare_digest: the time taken must not reveal how many leading characters were right.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), settings.api_key.encode()):
-            raise APIError(401, "Incorrect or missing API key; send 'Authorization: Bearer <key>'.",
-                           "invalid_request_error", code="invalid_api_key")
-
-    async def parse(request: Request, model_class: type) -> Any:
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type != "application/json":
-            raise APIError(415, f"Content-Type must be application/json, got {content_type or 'none'!r}")
-        try:
-            raw = await request.body()
-        except BodyTooLarge:
-            raise APIError(413, f"request body exceeds {limits.max_body_bytes} bytes") from None
-        try:
-            data = json.loads(raw)
-        except (ValueError, RecursionError):
-            raise APIError(400, "request body is not valid JSON") from None
-        if not isinstance(data, dict):
-            raise APIError(400, "request body must be a JSON object")
-        try:
-            parsed = model_class.model_validate(data)
-        except ValidationError as error:
-            message, param = validation_message(error)
-            raise APIError(400, message, param=param) from None
-        if parsed.model != served:
-            raise APIError(404, f"The model {parsed.model!r} does not exist; this server serves {served!r}.",
-                           param="model", code="model_not_found")
-        return parsed
-
-    def submit(request: Request, body: CompletionRequest | ChatCompletionRequest):
-        engine: BatchingEngine = request.app.state.engine
-        prompt_ids = body.prompt_ids(engine.tokenizer)
-        max_tokens = body.requested_max_tokens()
-        if not 1 <= max_tokens <= limits.max_tokens:
-            raise APIError(400, f"max_tokens must be between 1 and {limits.max_tokens}, got {max_tokens}",
-                           param="max_tokens")
-        if len(prompt_ids) > limits.max_prompt_tokens:
-            raise APIError(400, f"the prompt has {len(prompt_ids)} tokens, the limit is {limits.max_prompt_tokens}",
-                           param="prompt", code="context_length_exceeded")
-        if len(prompt_ids) + max_tokens > engine.max_context:
-            raise APIError(400, f"This model's maximum context length is {engine.max_context} tokens; the prompt "
-                           f"has {len(prompt_ids)} and max_tokens is {max_tokens}.", param="max_tokens",
-                           code="context_length_exceeded")
-        params = SamplingParams(max_tokens=max_tokens, temperature=body.temperature, seed=body.seed,
-                                stop=body.stop_strings(), ignore_eos=body.ignore_eos)
-        try:
-            handle = engine.submit(prompt_ids, params)
-        except EngineOverloaded as error:
-            raise APIError(429, f"server overloaded: {error}", "rate_limit_error") from None
-        metrics.PROMPT_TOKENS.inc(len(prompt_ids))
-        return handle
-
-    async def respond(request: Request, body: CompletionRequest | ChatCompletionRequest, chat: bool) -> Response:
-        handle = submit(request, body)
-        request_id = new_id("chatcmpl" if chat else "cmpl")
-        submitted = time.perf_counter()
-        if body.stream:
-            return StreamingResponse(stream(handle, request_id, body, chat, submitted),
-                                     media_type="text/event-stream", headers={"cache-control": "no-cache"})
-        pieces, event = [], None
-        try:
-            async for event in handle.events():
-                if not pieces:
-                    metrics.TTFT_SECONDS.observe(time.perf_counter() - submitted)
-                pieces.append(event.text)
-        finally:
-            handle.cancel()
-        metrics.GENERATED_TOKENS.inc(event.completion_tokens)
-        if event.finish_reason == "error":
-            raise APIError(500, "generation failed on the server", "server_error")
-        build = chat_body if chat else completion_body
-        return JSONResponse(build(request_id, served, "".join(pieces), event.finish_reason, handle.prompt_tokens,
-                                  event.completion_tokens))
-
-    async def stream(handle, request_id: str, body, chat: bool, submitted: float) -> AsyncIterator[bytes]:
-        kind = "chat.completion.chunk" if chat else "text_completion"
-        first = True
-        text_event = TextChunkEncoder(request_id, served, chat)
-        try:
-            if chat:  # OpenAI opens a chat stream with the assistant role and empty content
-                yield sse(chat_chunk(request_id, served, {"role": "assistant", "content": ""}, None))
-            async for event in handle.events():
-                if first:
-                    metrics.TTFT_SECONDS.observe(time.perf_counter() - submitted)
-                    first = False
-                if event.finish_reason == "error":
-                    yield sse(APIError(500, "generation failed on the server", "server_error").body())
-                    break
-                if event.text:
-                    yield text_event(event.text)
-                if event.finish_reason:
-                    metrics.GENERATED_TOKENS.inc(event.completion_tokens)
-                    yield sse(chat_chunk(request_id, served, {}, event.finish_reason) if chat
-                              else completion_chunk(request_id, served, "", event.finish_reason))
-                    if body.include_usage_in_stream():
-                        yield sse(usage_chunk(request_id, served, kind, handle.prompt_tokens,
-                                              event.completion_tokens))
-            yield sse("[DONE]")
-        finally:
-            handle.cancel()  # a client that went away frees its batch slot at the next step
-
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/ready")
-    async def ready(request: Request) -> JSONResponse:
-        engine = getattr(request.app.state, "engine", None)
-        if engine is None:
-            return JSONResponse({"status": "loading"}, 503)
-        return JSONResponse({"status": "ready", "replica": os.getpid(), "queue_depth": engine.queue_depth,
-                             "active_sequences": engine.active_sequences})
-
-    @app.get("/metrics")
-    async def prometheus_metrics() -> Response:
-        payload, content_type = metrics.render()
-        return Response(payload, media_type=content_type)
-
-    @app.get("/v1/models")
-    async def list_models(request: Request) -> dict[str, Any]:
-        require_api_key(request)
-        return {"object": "list", "data": [{"id": served, "object": "model", "created": 0, "owned_by": "dcforge"}]}
-
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Response:
-        require_api_key(request)
-        return await respond(request, await parse(request, CompletionRequest), chat=False)
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
-        require_api_key(request)
-        return await respond(request, await parse(request, ChatCompletionRequest), chat=True)
-
+    app.state.settings = settings
+    app.add_middleware(ServingMiddleware, max_body_bytes=settings.limits.max_body_bytes)
+    app.add_exception_handler(APIError, api_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected_error)
+    app.add_exception_handler(RequestValidationError, request_validation_error)
+    app.include_router(router)
     return app

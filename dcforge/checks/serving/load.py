@@ -1,0 +1,104 @@
+"""A serving run: the server started, ready and warmed up, then Locust for `durationS` writing a per-request log."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from dcforge.checks.serving.credentials import new_api_key, private_dir
+from dcforge.checks.serving.server import LocalServer, warm_up
+from dcforge.checks.serving.settings import ModelChoice, ServingLoadConfig, choose_model, fitted_prompt_tokens
+from dcforge.harness.check import CheckContext
+from dcforge.harness.processes import ManagedProcess
+from dcforge.harness.result import CheckResult
+from dcforge.spec.loader import REPO_ROOT
+
+LOCUSTFILE = REPO_ROOT / "loadtests" / "locustfile.py"
+
+def locust_process(config: ServingLoadConfig, server: LocalServer, secrets_dir: Path, workdir: Path,
+                   prompt_tokens: int, model: str) -> tuple[ManagedProcess, Path]:
+    """Locust headless in its own process group (gevent monkey-patching stays out of this process)."""
+    request_log_dir = workdir / "requests"
+    shutil.rmtree(request_log_dir, ignore_errors=True)  # a reused report directory must not mix in old runs
+    request_log_dir.mkdir(parents=True)
+    args = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
+            "--host", server.base_url, "-u", str(config.users), "-r", str(config.spawn_rate),
+            "-t", f"{config.duration_s:g}s", "--exit-code-on-error", "0"]
+    if config.locust_processes > 1:
+        args += ["--processes", str(config.locust_processes)]
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    env.update(LLM_API_KEY_FILE=str(secrets_dir / "api-key"), LLM_MODEL=model, LLM_ENDPOINT=config.endpoint,
+               LLM_PROMPT_TOKENS=str(prompt_tokens), LLM_MAX_TOKENS=str(config.max_tokens),
+               LLM_ARRIVAL=config.arrival, LLM_RATE=str(config.rate), LLM_TIMEOUT=str(config.request_timeout_s),
+               LLM_REQUEST_LOG=str(request_log_dir / "requests-{pid}.jsonl"), PYTHONPATH=str(REPO_ROOT))
+    return ManagedProcess(args, env=env, cwd=REPO_ROOT, log_path=workdir / "locust.log"), request_log_dir
+
+
+@dataclass
+class ServingSession:
+    server: LocalServer
+    api_key: str
+    secrets_dir: Path
+    workdir: Path
+    model: ModelChoice
+    prompt_tokens: int
+    served_name: str = "dcforge-gpt"
+
+
+@contextmanager
+def serving_session(ctx: CheckContext, config: ServingLoadConfig, check_name: str,
+                    result: CheckResult) -> Iterator[ServingSession]:
+    """Server started and ready (all replicas), warmed up; stopped on exit whatever happens."""
+    from dcforge.errors import ConfigError
+
+    model = choose_model(ctx, config)
+    try:
+        prompt_tokens = fitted_prompt_tokens(config, model.context_len)
+    except ValueError as error:
+        raise ConfigError(ctx.env.path, f"dcforge:acceptance.settings.{check_name}.maxTokens", str(error)) from None
+    workdir = ctx.artefact_dir(check_name)
+    api_key = new_api_key()  # per run, handed over in a 0600 file: never on a command line, never logged
+    result.details.update(model=model.source, replicas=config.replicas, users=config.users,
+                          arrival=config.arrival, duration_s=config.duration_s, prompt_tokens=prompt_tokens,
+                          max_tokens=config.max_tokens, endpoint=config.endpoint, tls=config.tls,
+                          max_batch=config.max_batch, max_wait_ms=config.max_wait_ms)
+    with private_dir() as secrets_dir, LocalServer(config, model, secrets_dir, workdir, api_key) as server:
+        result.artefacts["server_log"] = ctx.relative(server.log_path)
+        ctx.log(f"starting {config.replicas} replicas ({model.source}) on {server.base_url}")
+        ready_s = server.wait_ready(min(config.ready_timeout_s, max(1.0, ctx.remaining_s())))
+        result.add_metric("replicas_ready_s", ready_s)
+        session = ServingSession(server, api_key, secrets_dir, workdir, model, prompt_tokens)
+        warm_up(server, api_key, session.served_name, config.warmup_requests, config.max_tokens)
+        yield session
+
+
+def run_load(ctx: CheckContext, config: ServingLoadConfig, session: ServingSession, result: CheckResult,
+             during=None) -> tuple[list[dict[str, Any]], float]:
+    """Locust for duration_s; `during(t_start)` runs in this thread meanwhile. Returns (records, load start)."""
+    from loadtests.llm_protocol import read_records
+
+    locust, log_dir = locust_process(config, session.server, session.secrets_dir, session.workdir,
+                                     session.prompt_tokens, session.served_name)
+    result.artefacts["locust_log"] = ctx.relative(session.workdir / "locust.log")
+    ctx.log(f"Locust: {config.users} users, {config.arrival} arrivals, {config.duration_s:g} s")
+    t_start = time.time()
+    with locust:
+        if during is not None:
+            during(t_start)
+        code = locust.wait(timeout=min(config.duration_s + 60, max(5.0, ctx.remaining_s())))
+    if code != 0:
+        raise RuntimeError(f"Locust exited with code {code}; see {ctx.relative(session.workdir / 'locust.log')}")
+    paths = sorted(log_dir.glob("*.jsonl"))
+    records = read_records(paths)
+    if not records:
+        raise RuntimeError("Locust recorded no requests; see the Locust log")
+    merged = session.workdir / "requests.jsonl"
+    merged.write_text("".join(p.read_text() for p in paths))
+    result.artefacts["request_log"] = ctx.relative(merged)
+    return records, t_start
