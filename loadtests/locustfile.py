@@ -10,7 +10,11 @@ SIGINT and every second) from which percentiles are computed exactly.
 
 Arrivals: `--llm-arrival closed` (each user sends, waits for the answer, sends again), or open-loop `constant` /
 `poisson` at `--llm-rate` requests/s in total, spread over the users, where every arrival runs in its own greenlet
-so slow answers never slow the arrivals. Works with `--processes N`. The API key comes from OPENAI_API_KEY or the
+so slow answers never slow the arrivals. Closed-loop users start at jittered offsets (--llm-start-jitter) and
+wait a think time between requests (--llm-think-time, exponential by default; 0 is the lockstep loop), so their
+requests do not convoy; in-flight requests at the end of the window complete within Locust's --stop-timeout and
+are counted, and a window file (--llm-window-file) records the window and how many were abandoned
+(loadtests/pacing.py states the stop semantics). Works with `--processes N`. The API key comes from OPENAI_API_KEY or the
 file named by --llm-api-key-file / LLM_API_KEY_FILE, never from the command line.
 """
 
@@ -24,17 +28,23 @@ import time
 from pathlib import Path
 
 import gevent
-from locust import FastHttpUser, constant, events, task
+from locust import FastHttpUser, events, task
 
 try:
+    from loadtests import pacing
     from loadtests.llm_protocol import (RequestLog, RequestRecord, chunk_has_text_fast, endpoint_path, make_prompt,
                                         parse_sse_line, request_body, time_per_output_token_s)
 except ImportError:  # `locust -f path/to/locustfile.py` outside an install: Locust puts this directory on sys.path
+    import pacing  # type: ignore[no-redef]
     from llm_protocol import (RequestLog, RequestRecord, chunk_has_text_fast,  # type: ignore[no-redef]
                               endpoint_path, make_prompt, parse_sse_line, request_body, time_per_output_token_s)
 from workloads.records import LOAD_API_KEY_ENV, LOAD_DEFAULTS, REPLICA_HEADER, LoadEnv  # found once llm_protocol is
 
 _request_log: RequestLog | None = None
+_window: dict[str, float] = {}
+"""Start and stop of this process's measurement window (epoch seconds)."""
+_in_flight = 0
+"""Requests sent and not yet logged, over all users of this process: those left at the end are abandoned."""
 DRAIN_TIMEOUT_S = 1.0
 """How long a finished stream waits for the end of its HTTP body so its connection can be reused."""
 LOG_FLUSH_INTERVAL_S = 1.0
@@ -65,6 +75,14 @@ def _add_options(parser) -> None:
                        help="open loop: in-flight requests per user; arrivals beyond are logged as dropped")
     group.add_argument("--llm-timeout", type=float, default=LOAD_DEFAULTS.request_timeout_s, env_var=LoadEnv.TIMEOUT,
                        help="seconds before a request counts as timed out")
+    group.add_argument("--llm-think-time", type=float, default=pacing.THINK_TIME_S, env_var="LLM_THINK_TIME",
+                       help="closed loop: mean seconds between an answer and the user's next request; 0: lockstep")
+    group.add_argument("--llm-think-distribution", choices=["exponential", "constant"],
+                       default=pacing.THINK_DISTRIBUTION, env_var="LLM_THINK_DISTRIBUTION")
+    group.add_argument("--llm-start-jitter", type=float, default=pacing.START_JITTER_S, env_var="LLM_START_JITTER",
+                       help="closed loop: each user waits uniform(0, this) seconds before its first request")
+    group.add_argument("--llm-window-file", default="", env_var=pacing.WINDOW_FILE_ENV,
+                       help="JSON file of the measurement window and abandoned requests; {pid} is replaced")
     group.add_argument("--llm-request-log", default="", env_var=LoadEnv.REQUEST_LOG,
                        help="per-request JSONL log path; {pid} is replaced by the process id")
 
@@ -72,6 +90,7 @@ def _add_options(parser) -> None:
 @events.test_start.add_listener
 def _open_log(environment, **_kwargs) -> None:
     global _request_log
+    _window["start"] = time.time()
     options = environment.parsed_options
     if options is not None and options.llm_request_log and _request_log is None:
         _request_log = RequestLog(options.llm_request_log, flush_after_s=LOG_FLUSH_INTERVAL_S)
@@ -84,6 +103,23 @@ def _flush_periodically(log: RequestLog) -> None:
     while True:
         gevent.sleep(LOG_FLUSH_INTERVAL_S)
         log.flush()
+
+
+@events.test_stopping.add_listener
+def _end_window(**_kwargs) -> None:
+    # Fired when the run time is over, before the users stop: requests sent so far may complete in the grace period.
+    _window.setdefault("stop", time.time())
+
+
+@events.test_stop.add_listener
+def _write_window(environment, **_kwargs) -> None:
+    # Fired once the users have stopped, i.e. after the grace period: what is still in flight is abandoned.
+    options = environment.parsed_options
+    if options is None or not options.llm_window_file or "start" not in _window:
+        return
+    stop = _window.setdefault("stop", time.time())
+    pacing.MeasurementWindow(start=_window["start"], stop=stop, grace_s=float(environment.stop_timeout or 0),
+                             abandoned=_in_flight).write(options.llm_window_file.replace("{pid}", str(os.getpid())))
 
 
 @events.test_stop.add_listener
@@ -111,10 +147,14 @@ class LlmUser(FastHttpUser):
     """One simulated client of an OpenAI-compatible endpoint."""
 
     abstract = False
-    wait_time = constant(0)
     network_timeout = LOAD_DEFAULTS.request_timeout_s
     connection_timeout = 10.0
     insecure = True  # the bundled check serves a self-signed certificate when TLS is on
+
+    def wait_time(self) -> float:
+        if self.options.llm_arrival != "closed":
+            return 0.0  # open loop: `generate` paces the arrivals itself
+        return pacing.think_time_s(self.rng, self.options.llm_think_time, self.options.llm_think_distribution)
 
     def on_start(self) -> None:
         self.options = self.environment.parsed_options
@@ -126,6 +166,8 @@ class LlmUser(FastHttpUser):
         self.inflight = 0
         users = max(1, getattr(self.options, "num_users", 1) or 1)
         self.user_rate = self.options.llm_rate / users
+        if self.options.llm_arrival == "closed":
+            gevent.sleep(pacing.start_offset_s(self.rng, self.options.llm_start_jitter))
 
     def _first_model(self) -> str:
         with self.client.get("/v1/models", headers=self.headers, name="/v1/models", catch_response=True) as resp:
@@ -156,6 +198,7 @@ class LlmUser(FastHttpUser):
             self.inflight -= 1
 
     def send_request(self) -> None:
+        global _in_flight
         options = self.options
         spread = options.llm_prompt_tokens_spread
         prompt_tokens = max(1, round(options.llm_prompt_tokens * self.rng.uniform(1 - spread, 1 + spread)))
@@ -165,6 +208,7 @@ class LlmUser(FastHttpUser):
         path = endpoint_path(options.llm_endpoint)
         record = RequestRecord(start=time.time(), end=0.0, ok=False, stream=stream)
         started = time.perf_counter()
+        _in_flight += 1
         with self.client.post(path, data=json.dumps(body), headers=self.post_headers, stream=stream,
                               catch_response=True, name=path) as resp:
             record.status = resp.status_code or 0
@@ -194,6 +238,7 @@ class LlmUser(FastHttpUser):
             # Log before leaving the block, where Locust counts the request: nothing between here and that count
             # yields to another greenlet, so a run stopped at any moment has exactly one line per counted request.
             self._record(record)
+            _in_flight -= 1
             self._fire_token_events(record)
 
     def _read_stream(self, resp, record: RequestRecord, started: float) -> None:

@@ -16,7 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from workloads.serving.settings import EngineSettings, LimitSettings, ModelSettings, ServerSettings, read_api_key
+from workloads.serving.settings import (BALANCE_MODES, EngineSettings, LimitSettings, ModelSettings, ServerSettings,
+                                        read_api_key)
 
 WORKER_CLASS = "workloads.serving.worker.ServingWorker"
 
@@ -43,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--tls-cert", type=Path, help="PEM certificate; with --tls-key serves HTTPS (TLS >= 1.2 only)")
     add("--tls-key", type=Path)
     add("--state-dir", type=Path, help="where replicas write ready-<pid> files (default: a temporary directory)")
+    add("--balance", choices=BALANCE_MODES, default=ServerSettings.balance,
+        help="requests: one request per connection, spread over the replicas; connections: keep-alive")
     add("--worker-timeout", type=int, default=60, help="seconds without a heartbeat before a replica is replaced")
     add("--log-level", default="info")
     return parser
@@ -57,6 +60,7 @@ def settings_from_args(args: argparse.Namespace, api_key: str, state_dir: Path) 
         limits=LimitSettings(max_body_bytes=args.max_body_bytes, max_prompt_tokens=args.max_prompt_tokens,
                              max_tokens=args.max_tokens, max_pending=args.max_pending),
         api_key=api_key,
+        balance=args.balance,
         state_dir=state_dir,
     )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dcforge.checks._load_metrics import LOAD_METRICS
 from dcforge.checks.serving.load import run_load, serving_session
 from dcforge.checks.serving.plots import latency_plots
+from dcforge.checks.serving.replicas import add_share_metrics, replica_shares
 from dcforge.checks.serving.scraping import decode_batch_mean
 from dcforge.checks.serving.settings import ServingLoadConfig
 from dcforge.checks.serving.summary import add_summary_metrics
@@ -61,6 +62,7 @@ class InferenceCheck:
         add_summary_metrics(result, summary)
         record_energy(result, power, work=sum(r.output_tokens for r in records if r.ok),
                       work_metric=OUTPUT_TOKENS_PER_JOULE, per_joule=True)
+        add_share_metrics(result, replica_shares(records, config.replicas), "all requests")
         result.plots.extend(latency_plots(records, t_start))
         ctx.log(f"{summary['rps']:.1f} req/s, {summary['output_tokens_per_s']:.0f} output tokens/s, "
                 f"TTFT p95 {summary['ttft_ms.p95']:.0f} ms, errors {summary['error_rate']:.2%}")

@@ -38,12 +38,17 @@ class BodyTooLarge(Exception):
 
 
 class ServingMiddleware:
-    """Pure ASGI (streaming-safe): body-size limit, replica header, request metrics."""
+    """Pure ASGI (streaming-safe): body-size limit, replica header, request metrics, and `Connection: close` when
+    requests are balanced over the replicas (ServerSettings.balance)."""
 
-    def __init__(self, app: Any, max_body_bytes: int):
+    def __init__(self, app: Any, max_body_bytes: int, close_connections: bool):
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.replica = str(os.getpid()).encode()
+        extra = [(REPLICA_HEADER.encode(), self.replica)]
+        if close_connections:  # uvicorn closes the connection after a response that says so
+            extra.append((b"connection", b"close"))
+        self.response_headers = extra
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -55,7 +60,7 @@ class ServingMiddleware:
         async def send_tagged(message: dict) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
-                message["headers"] = [*message.get("headers", []), (REPLICA_HEADER.encode(), self.replica)]
+                message["headers"] = [*message.get("headers", []), *self.response_headers]
             await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 metrics.REQUESTS.labels(route, str(status["code"])).inc()
@@ -315,7 +320,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app = FastAPI(title="dcforge OpenAI-compatible server", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.state.settings = settings
-    app.add_middleware(ServingMiddleware, max_body_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(ServingMiddleware, max_body_bytes=settings.limits.max_body_bytes,
+                       close_connections=settings.balance == "requests")
     app.add_exception_handler(APIError, api_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, unexpected_error)

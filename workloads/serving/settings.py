@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 API_KEY_ENV = "DCFORGE_API_KEY"
 """Environment variable holding the API key (preferred over a command-line flag, which `ps` would show)."""
 API_KEY_FILE_ENV = "DCFORGE_API_KEY_FILE"
 """Environment variable naming a file whose first line is the API key."""
+
+BALANCE_MODES = ("requests", "connections")
+Balance = Literal["requests", "connections"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,11 @@ class ServerSettings:
     limits: LimitSettings = field(default_factory=LimitSettings)
     api_key: str = field(default="", repr=False)
     """The Bearer key every /v1 request must present. Never printed: repr=False keeps it out of logs."""
+    balance: Balance = "requests"
+    """requests: every answer closes its connection (`Connection: close`), so each request is accepted afresh by
+    whichever replica takes it first and requests spread over the replicas; connections: keep-alive, and a
+    connection's requests all stay on the replica that accepted it, which with a few long-lived client
+    connections can leave a replica idle."""
     state_dir: Path | None = None
     """Where each replica drops a `ready-<pid>` file once its model is loaded (supervisors wait on these)."""
 

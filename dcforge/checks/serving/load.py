@@ -18,25 +18,32 @@ from dcforge.harness.check import CheckContext
 from dcforge.harness.processes import ManagedProcess
 from dcforge.harness.result import CheckResult
 from dcforge.spec.loader import REPO_ROOT
+from loadtests import pacing
 
 LOCUSTFILE = REPO_ROOT / "loadtests" / "locustfile.py"
+REQUEST_LOG_DIR = "requests"
+"""Folder of the per-process request logs and window files under the check's artefact directory."""
+
 
 def locust_process(config: ServingLoadConfig, server: LocalServer, secrets_dir: Path, workdir: Path,
                    prompt_tokens: int, model: str) -> tuple[ManagedProcess, Path]:
     """Locust headless in its own process group (gevent monkey-patching stays out of this process)."""
-    request_log_dir = workdir / "requests"
+    request_log_dir = workdir / REQUEST_LOG_DIR
     shutil.rmtree(request_log_dir, ignore_errors=True)  # a reused report directory must not mix in old runs
     request_log_dir.mkdir(parents=True)
     args = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
             "--host", server.base_url, "-u", str(config.users), "-r", str(config.spawn_rate),
-            "-t", f"{config.duration_s:g}s", "--exit-code-on-error", "0"]
+            "-t", f"{config.duration_s:g}s", "--stop-timeout", f"{config.stop_grace_s:g}", "--exit-code-on-error", "0"]
     if config.locust_processes > 1:
         args += ["--processes", str(config.locust_processes)]
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     env.update(LLM_API_KEY_FILE=str(secrets_dir / "api-key"), LLM_MODEL=model, LLM_ENDPOINT=config.endpoint,
                LLM_PROMPT_TOKENS=str(prompt_tokens), LLM_MAX_TOKENS=str(config.max_tokens),
                LLM_ARRIVAL=config.arrival, LLM_RATE=str(config.rate), LLM_TIMEOUT=str(config.request_timeout_s),
+               LLM_THINK_TIME=str(config.think_time_s), LLM_THINK_DISTRIBUTION=config.think_distribution,
+               LLM_START_JITTER=str(config.start_jitter_s),
                LLM_REQUEST_LOG=str(request_log_dir / "requests-{pid}.jsonl"), PYTHONPATH=str(REPO_ROOT))
+    env[pacing.WINDOW_FILE_ENV] = str(request_log_dir / "window-{pid}.json")
     return ManagedProcess(args, env=env, cwd=REPO_ROOT, log_path=workdir / "locust.log"), request_log_dir
 
 
@@ -80,7 +87,9 @@ def serving_session(ctx: CheckContext, config: ServingLoadConfig, check_name: st
 
 def run_load(ctx: CheckContext, config: ServingLoadConfig, session: ServingSession, result: CheckResult,
              during=None) -> tuple[list[dict[str, Any]], float]:
-    """Locust for duration_s; `during(t_start)` runs in this thread meanwhile. Returns (records, load start)."""
+    """Locust for duration_s; `during(t_start, request_log_dir)` runs in this thread meanwhile. Returns (records,
+    load start); the arrival model, the spread of request starts and what happened to requests in flight at the
+    end of the window go into the result."""
     from loadtests.llm_protocol import read_records
 
     locust, log_dir = locust_process(config, session.server, session.secrets_dir, session.workdir,
@@ -90,8 +99,8 @@ def run_load(ctx: CheckContext, config: ServingLoadConfig, session: ServingSessi
     t_start = time.time()
     with locust:
         if during is not None:
-            during(t_start)
-        code = locust.wait(timeout=min(config.duration_s + 60, max(5.0, ctx.remaining_s())))
+            during(t_start, log_dir)
+        code = locust.wait(timeout=min(config.duration_s + config.stop_grace_s + 60, max(5.0, ctx.remaining_s())))
     if code != 0:
         raise RuntimeError(f"Locust exited with code {code}; see {ctx.relative(session.workdir / 'locust.log')}")
     paths = sorted(log_dir.glob("*.jsonl"))
@@ -101,4 +110,32 @@ def run_load(ctx: CheckContext, config: ServingLoadConfig, session: ServingSessi
     merged = session.workdir / "requests.jsonl"
     merged.write_text("".join(p.read_text() for p in paths))
     result.artefacts["request_log"] = ctx.relative(merged)
+    add_pacing_figures(result, config, records, [pacing.MeasurementWindow.read(path)
+                                                  for path in sorted(log_dir.glob("window-*.json"))])
     return records, t_start
+
+
+def add_pacing_figures(result: CheckResult, config: ServingLoadConfig, records: list[dict[str, Any]],
+                       windows: list[pacing.MeasurementWindow]) -> None:
+    """How requests arrived (model and measured spread of starts) and how the window ended (stop semantics)."""
+    result.details["arrival_model"] = pacing.describe_arrivals(config.arrival, config.think_time_s,
+                                                               config.think_distribution, config.start_jitter_s,
+                                                               config.rate)
+    spread = pacing.start_spread([record["start"] for record in records])
+    if spread is not None:
+        result.add_metric("start_gap_ms.p50", spread.median_gap_ms, "ms", None,
+                          "median gap between consecutive request starts (all users)")
+        result.add_metric("starts_in_lockstep_fraction", spread.lockstep_fraction, "", "lower",
+                          f"share of consecutive request starts under {pacing.LOCKSTEP_GAP_S * 1000:g} ms apart")
+    accounting = pacing.stop_accounting(windows, [(record["start"], record["end"]) for record in records])
+    if accounting is None:
+        result.details["stop_semantics"] = "unknown: Locust wrote no window file"
+        return
+    result.details["stop_semantics"] = (f"requests in flight when the {config.duration_s:g}-s window ended completed "
+                                        f"within a {config.stop_grace_s:g}-s grace period and are counted; those "
+                                        "still unanswered after it are abandoned, not counted, and reported")
+    result.add_metric("completed_in_grace", accounting.completed_in_grace, "requests", None,
+                      "requests sent before the window ended and answered in the grace period (counted)")
+    result.add_metric("abandoned_at_stop", accounting.abandoned, "requests", "lower",
+                      "requests still unanswered when the grace period ended (not counted)")
+    result.details["sent_after_window"] = accounting.sent_after_stop  # 0 unless a user raced Locust's stop

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from dcforge.harness.check import CheckConfig, CheckContext
+from loadtests import pacing
 
 CHAT_TEMPLATE_TOKENS = 48
 """Tokens the server's chat template and BOS add around the user's prompt (byte tokenizer), with margin."""
@@ -56,6 +57,17 @@ class ServingLoadConfig(CheckConfig):
     """Locust worker processes (--processes); 1 runs Locust in a single process."""
     ready_timeout_s: float = Field(default=120.0, gt=0)
     """Limit for all replicas to load their model."""
+    balance: Literal["requests", "connections"] = "requests"
+    """How the server spreads load over its replicas (docs/serving.md): requests (one request per connection) or
+    connections (keep-alive; a replica may be left idle)."""
+    think_time_s: float = Field(default=pacing.THINK_TIME_S, ge=0)
+    """Closed loop: mean wait between an answer and the user's next request; 0: lockstep users."""
+    think_distribution: Literal["exponential", "constant"] = pacing.THINK_DISTRIBUTION
+    start_jitter_s: float = Field(default=pacing.START_JITTER_S, ge=0)
+    """Closed loop: each user's first request waits uniform(0, startJitterS)."""
+    stop_grace_s: float = Field(default=pacing.STOP_GRACE_S, ge=0)
+    """Requests in flight when durationS ends may complete within this and are counted; later ones are reported
+    as abandoned."""
 
     @model_validator(mode="after")
     def _arrival_needs_rate(self) -> "ServingLoadConfig":

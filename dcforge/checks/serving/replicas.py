@@ -1,0 +1,70 @@
+"""How requests spread over the server's replicas, from the replica header each answer carries (the per-request
+log's `replica` field), and the failover victim chosen among replicas that carry traffic."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from dcforge.harness.result import CheckResult
+
+
+def requests_per_replica(records: Iterable[dict[str, Any]]) -> Counter[str]:
+    """Answered requests (any status) per replica pid; requests that got no answer name no replica."""
+    return Counter(record["replica"] for record in records if record.get("replica"))
+
+
+@dataclass(frozen=True)
+class ReplicaShares:
+    counts: dict[str, int]
+    replicas: int
+    """The configured number: a replica that answered nothing has share 0 and lowers the minimum."""
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def min_share(self) -> float:
+        if not self.total:
+            return 0.0
+        return 0.0 if len(self.counts) < self.replicas else min(self.counts.values()) / self.total
+
+    @property
+    def max_share(self) -> float:
+        return max(self.counts.values()) / self.total if self.total else 0.0
+
+    @property
+    def min_to_fair(self) -> float:
+        """The least-loaded replica's share over the fair share 1/replicas: 1 is a perfect spread, 0 an idle
+        replica; comparable across replica counts, so one SLO fits any of them."""
+        return self.min_share * self.replicas
+
+
+def replica_shares(records: Iterable[dict[str, Any]], replicas: int) -> ReplicaShares:
+    return ReplicaShares(dict(requests_per_replica(records)), replicas)
+
+
+def add_share_metrics(result: CheckResult, shares: ReplicaShares, scope: str) -> None:
+    result.add_metric("replica_share_min", shares.min_share, "", "higher",
+                      f"least-loaded replica's requests / all answered requests ({scope})")
+    result.add_metric("replica_share_max", shares.max_share, "", "lower",
+                      f"most-loaded replica's requests / all answered requests ({scope})")
+    result.add_metric("replica_share_min_to_fair", shares.min_to_fair, "", "higher",
+                      f"replica_share_min x replicas: 1 = even spread, 0 = an idle replica ({scope})")
+    result.details["requests_per_replica"] = {scope: shares.counts}
+
+
+class IdleVictim(RuntimeError):
+    """Killing this replica would test nothing: it carried no traffic."""
+
+
+def busiest_replica(counts: Counter[str] | dict[str, int], candidates: Iterable[int]) -> tuple[int, int]:
+    """The candidate pid that answered the most requests, and that count; IdleVictim when none answered any."""
+    ranked = sorted(((counts.get(str(pid), 0), pid) for pid in candidates), reverse=True)
+    if not ranked or ranked[0][0] == 0:
+        raise IdleVictim(f"no ready replica among {sorted(candidates)} has answered a request yet "
+                         f"(answers per replica: {dict(counts) or 'none'})")
+    count, pid = ranked[0]
+    return pid, count

@@ -1,0 +1,121 @@
+"""How closed-loop users pace their requests, and what a run's request starts and stop looked like.
+
+Closed-loop users that all send, wait for equally long answers and send again fire in lockstep: their requests
+convoy, and the server prefills batches of all users at once, which real traffic rarely produces. Users therefore
+start at jittered offsets and wait a think time between requests (exponential by default, so the gaps are
+memoryless like independent clients; 0 keeps the lockstep loop). Kept free of Locust so it is unit-tested plainly
+and the check reads the same defaults.
+
+Stop semantics: when the measurement window ends, a request already sent completes within a grace period (Locust's
+`--stop-timeout`) and is counted, as AIPerf does; no request starts after the window. Requests still unanswered
+when the grace period is over are abandoned, and their number is written to the window file, so none is dropped
+silently.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal, Sequence
+
+ThinkDistribution = Literal["exponential", "constant"]
+
+THINK_TIME_S = 0.1
+"""Mean wait between a user's answer and its next request (closed loop)."""
+THINK_DISTRIBUTION: ThinkDistribution = "exponential"
+START_JITTER_S = 0.5
+"""Each closed-loop user waits uniform(0, this) before its first request."""
+STOP_GRACE_S = 10.0
+"""How long requests in flight at the end of the window may take to complete and still be counted."""
+LOCKSTEP_GAP_S = 0.001
+"""Two request starts closer than this count as fired together (the convoy the pacing prevents)."""
+WINDOW_FILE_ENV = "LLM_WINDOW_FILE"
+"""Environment variable naming the per-process window file ({pid} replaced), written at the end of a run."""
+
+
+def think_time_s(rng: random.Random, mean_s: float, distribution: ThinkDistribution) -> float:
+    """One wait between requests; 0 when mean_s is 0 (lockstep, the loop without pacing)."""
+    if mean_s <= 0:
+        return 0.0
+    return rng.expovariate(1.0 / mean_s) if distribution == "exponential" else mean_s
+
+
+def start_offset_s(rng: random.Random, jitter_s: float) -> float:
+    return rng.uniform(0.0, jitter_s) if jitter_s > 0 else 0.0
+
+
+def describe_arrivals(arrival: str, think_mean_s: float, distribution: str, jitter_s: float, rate: float) -> str:
+    """The arrival model in words, for the report."""
+    if arrival != "closed":
+        return f"open loop, {arrival} arrivals at {rate:g} req/s in total"
+    if think_mean_s <= 0:
+        pacing = "no think time (lockstep)"
+    else:
+        pacing = f"{distribution} think time, mean {think_mean_s * 1000:g} ms"
+    return f"closed loop, {pacing}, start offsets uniform in [0, {jitter_s:g}] s"
+
+
+@dataclass(frozen=True)
+class StartSpread:
+    """How far apart consecutive request starts were, over all users."""
+
+    median_gap_ms: float
+    lockstep_fraction: float
+    """Share of consecutive starts under LOCKSTEP_GAP_S apart."""
+
+
+def start_spread(starts: Sequence[float]) -> StartSpread | None:
+    """None with fewer than two starts."""
+    ordered = sorted(starts)
+    gaps = [b - a for a, b in zip(ordered, ordered[1:])]
+    if not gaps:
+        return None
+    return StartSpread(median_gap_ms=statistics.median(gaps) * 1000,
+                       lockstep_fraction=sum(gap < LOCKSTEP_GAP_S for gap in gaps) / len(gaps))
+
+
+@dataclass(frozen=True)
+class MeasurementWindow:
+    """One Locust process's window: requests sent in [start, stop] are measured; those answered after `stop`
+    (within the grace period) are counted; `abandoned` were still unanswered when the grace period ended."""
+
+    start: float
+    stop: float
+    grace_s: float
+    abandoned: int
+
+    def write(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self)) + "\n")
+
+    @classmethod
+    def read(cls, path: str | Path) -> "MeasurementWindow":
+        return cls(**json.loads(Path(path).read_text()))
+
+
+@dataclass(frozen=True)
+class StopAccounting:
+    """What happened to requests in flight when the window ended, over all Locust processes."""
+
+    stop: float
+    """The earliest stop of any process (they stop together within milliseconds)."""
+    completed_in_grace: int
+    """Requests sent before the stop and answered after it: counted."""
+    abandoned: int
+    """Requests still unanswered at the end of the grace period: not in the log, reported here."""
+    sent_after_stop: int
+    """Requests sent after the stop (0 unless pacing is broken)."""
+
+
+def stop_accounting(windows: Sequence[MeasurementWindow], starts_and_ends: Sequence[tuple[float, float]]
+                    ) -> StopAccounting | None:
+    if not windows:
+        return None
+    stop = min(window.stop for window in windows)
+    last_stop = max(window.stop for window in windows)
+    return StopAccounting(stop=stop,
+                          completed_in_grace=sum(start <= last_stop < end for start, end in starts_and_ends),
+                          abandoned=sum(window.abandoned for window in windows),
+                          sent_after_stop=sum(start > last_stop for start, _ in starts_and_ends))
