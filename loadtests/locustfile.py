@@ -14,8 +14,8 @@ so slow answers never slow the arrivals. Closed-loop users start at jittered off
 wait a think time between requests (--llm-think-time, exponential by default; 0 is the lockstep loop), so their
 requests do not convoy; in-flight requests at the end of the window complete within Locust's --stop-timeout and
 are counted, and a window file (--llm-window-file) records the window and how many were abandoned
-(loadtests/pacing.py states the stop semantics). Works with `--processes N`. The API key comes from OPENAI_API_KEY or the
-file named by --llm-api-key-file / LLM_API_KEY_FILE, never from the command line.
+(loadtests/pacing.py states the stop semantics). Works with `--processes N`. The API key comes from
+OPENAI_API_KEY or the file named by --llm-api-key-file / LLM_API_KEY_FILE, never from the command line.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ _window: dict[str, float] = {}
 """Start and stop of this process's measurement window (epoch seconds)."""
 _in_flight = 0
 """Requests sent and not yet logged, over all users of this process: those left at the end are abandoned."""
+_sent = 0
+"""Requests sent by this process."""
 DRAIN_TIMEOUT_S = 1.0
 """How long a finished stream waits for the end of its HTTP body so its connection can be reused."""
 LOG_FLUSH_INTERVAL_S = 1.0
@@ -118,8 +120,9 @@ def _write_window(environment, **_kwargs) -> None:
     if options is None or not options.llm_window_file or "start" not in _window:
         return
     stop = _window.setdefault("stop", time.time())
-    pacing.MeasurementWindow(start=_window["start"], stop=stop, grace_s=float(environment.stop_timeout or 0),
-                             abandoned=_in_flight).write(options.llm_window_file.replace("{pid}", str(os.getpid())))
+    window = pacing.MeasurementWindow(start=_window["start"], stop=stop, grace_s=float(environment.stop_timeout or 0),
+                                      sent=_sent, abandoned=_in_flight)
+    window.write(options.llm_window_file.replace("{pid}", str(os.getpid())))
 
 
 @events.test_stop.add_listener
@@ -198,7 +201,7 @@ class LlmUser(FastHttpUser):
             self.inflight -= 1
 
     def send_request(self) -> None:
-        global _in_flight
+        global _in_flight, _sent
         options = self.options
         spread = options.llm_prompt_tokens_spread
         prompt_tokens = max(1, round(options.llm_prompt_tokens * self.rng.uniform(1 - spread, 1 + spread)))
@@ -209,6 +212,7 @@ class LlmUser(FastHttpUser):
         record = RequestRecord(start=time.time(), end=0.0, ok=False, stream=stream)
         started = time.perf_counter()
         _in_flight += 1
+        _sent += 1
         with self.client.post(path, data=json.dumps(body), headers=self.post_headers, stream=stream,
                               catch_response=True, name=path) as resp:
             record.status = resp.status_code or 0

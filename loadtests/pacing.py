@@ -80,11 +80,14 @@ def start_spread(starts: Sequence[float]) -> StartSpread | None:
 @dataclass(frozen=True)
 class MeasurementWindow:
     """One Locust process's window: requests sent in [start, stop] are measured; those answered after `stop`
-    (within the grace period) are counted; `abandoned` were still unanswered when the grace period ended."""
+    (within the grace period) are counted; `abandoned` were still unanswered when the grace period ended.
+    Every request sent is either in the request log or abandoned: sent = logged - dropped + abandoned, where
+    dropped are open-loop arrivals refused at the client's in-flight limit (logged, never sent)."""
 
     start: float
     stop: float
     grace_s: float
+    sent: int
     abandoned: int
 
     def write(self, path: str | Path) -> None:

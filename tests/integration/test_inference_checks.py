@@ -8,17 +8,33 @@ import time
 import pytest
 
 from dcforge.checks import load_check
+from dcforge.checks.inference import InferenceConfig
+from dcforge.checks.serving.load import REQUEST_LOG_DIR, run_load, serving_session
+from dcforge.checks.serving.replicas import replica_shares
 from dcforge.harness.check import CheckContext
-from dcforge.harness.result import Status
+from dcforge.harness.result import CheckResult, Status
 from dcforge.spec.loader import load_environment
+from loadtests.pacing import MeasurementWindow
 from tests.integration.energy_support import assert_energy
 
 pytestmark = pytest.mark.slow
+PACED_LOCKSTEP_MAX = 0.2
+PACED_GAP_MIN_MS = 5.0
+LOCKSTEP_MIN = 0.3
 
 
 def context(tmp_path) -> CheckContext:
     return CheckContext(env=load_environment("local"), report_dir=tmp_path, deadline=time.monotonic() + 300,
                         log=lambda line: None)
+
+
+def run_figures(ctx: CheckContext, config: InferenceConfig, session) -> dict[str, float]:
+    """One Locust run against a running session: replica spread and start spread."""
+    result = CheckResult("inference")
+    records, _ = run_load(ctx, config, session, result)
+    shares = replica_shares(records, config.replicas)
+    return {"replica_share_min_to_fair": shares.min_to_fair, **{name: result.metrics[name].value for name in
+                                                                 ("starts_in_lockstep_fraction", "start_gap_ms.p50")}}
 
 
 def alive(pid: int) -> bool:
@@ -66,3 +82,62 @@ def test_failover_check_kills_a_replica_and_sees_it_respawn(tmp_path):
     assert result.status == Status.PASS, result.reason
     # Every server process is gone once the check returns.
     assert not alive(details["respawned_pid"]) and not alive(details["victim_pid"])
+    # The victim carried traffic, and the spread over replicas before the kill is reported.
+    assert 0 < metrics["victim_share"] <= metrics["replica_share_max"]
+    assert metrics["replica_share_min"] > 0
+
+
+def test_failover_kills_the_replica_that_carries_pinned_traffic(tmp_path):
+    # Keep-alive balance and one closed-loop user: one connection, so one replica answers everything and the
+    # other is idle. The victim must be the busy one; the spread figures show the idle replica.
+    check = load_check("inference_failover")
+    config = check.Config.model_validate({"replicas": 2, "users": 1, "durationS": 8, "killAtS": 3,
+                                          "maxTokens": 16, "consecutiveWindows": 2, "balance": "connections",
+                                          "warmupRequests": 0})
+    result = check.run(context(tmp_path), config)
+    metrics = {name: metric.value for name, metric in result.metrics.items()}
+    assert metrics["victim_share"] == 1.0
+    assert metrics["replica_share_min"] == 0.0 and metrics["replica_share_min_to_fair"] == 0.0
+    before_kill = result.details["requests_per_replica"]["requests sent before the kill"]
+    assert list(before_kill) == [str(result.details["victim_pid"])]
+
+
+def test_two_replicas_share_the_load_run_after_run_and_paced_users_do_not_convoy(tmp_path):
+    ctx = context(tmp_path)
+    config = InferenceConfig.model_validate({"replicas": 2, "users": 8, "durationS": 10, "maxTokens": 8})
+    with serving_session(ctx, config, "inference", CheckResult("inference")) as session:
+        paced = [run_figures(ctx, config, session) for _ in range(3)]
+        lockstep = run_figures(ctx, config.model_copy(update={"think_time_s": 0.0, "start_jitter_s": 0.0}), session)
+    for figures in paced:
+        assert figures["replica_share_min_to_fair"] >= 0.7, paced  # the SLO of the local environment
+        assert figures["starts_in_lockstep_fraction"] <= PACED_LOCKSTEP_MAX, paced
+        assert figures["start_gap_ms.p50"] >= PACED_GAP_MIN_MS, paced
+    assert lockstep["starts_in_lockstep_fraction"] >= LOCKSTEP_MIN, lockstep
+    assert lockstep["start_gap_ms.p50"] < PACED_GAP_MIN_MS, lockstep
+
+
+@pytest.mark.parametrize("grace_s", [10.0, 0.0])
+def test_requests_in_flight_at_the_end_are_completed_in_the_grace_period_or_reported_abandoned(tmp_path, grace_s):
+    ctx = context(tmp_path)
+    config = InferenceConfig.model_validate({"replicas": 1, "users": 4, "durationS": 3, "maxTokens": 64,
+                                             "thinkTimeS": 0, "stopGraceS": grace_s, "warmupRequests": 1})
+    result = CheckResult("inference")
+    with serving_session(ctx, config, "inference", result) as session:
+        records, _ = run_load(ctx, config, session, result)
+    log_dir = session.workdir / REQUEST_LOG_DIR
+    windows = [MeasurementWindow.read(path) for path in log_dir.glob("window-*.json")]
+    assert len(windows) == 1 and windows[0].grace_s == grace_s
+    window = windows[0]
+    logged = (tmp_path / result.artefacts["request_log"]).read_text().count("\n")
+    assert logged == len(records)
+    # Exact: every request sent is in the log or counted as abandoned.
+    assert window.sent == logged + window.abandoned
+    after_stop = [r for r in records if r["start"] <= window.stop < r["end"]]
+    assert result.metrics["completed_in_grace"].value == len(after_stop)
+    assert result.metrics["abandoned_at_stop"].value == window.abandoned
+    assert not [r for r in records if r["start"] > window.stop]
+    if grace_s:  # 4 users always busy: some were in flight at the stop, all completed
+        assert after_stop and window.abandoned == 0 and all(r["ok"] for r in after_stop)
+    else:  # killed at the stop: in flight ones are abandoned, none completes after it
+        assert window.abandoned >= 1 and not after_stop
+    assert "grace period" in result.details["stop_semantics"]

@@ -47,8 +47,8 @@ def test_describe_arrivals_names_the_model():
 
 
 def test_stop_accounting_counts_requests_answered_in_the_grace_period(tmp_path):
-    windows = [pacing.MeasurementWindow(start=0, stop=10.0, grace_s=5, abandoned=2),
-               pacing.MeasurementWindow(start=0, stop=10.02, grace_s=5, abandoned=1)]
+    windows = [pacing.MeasurementWindow(start=0, stop=10.0, grace_s=5, sent=40, abandoned=2),
+               pacing.MeasurementWindow(start=0, stop=10.02, grace_s=5, sent=30, abandoned=1)]
     windows[0].write(tmp_path / "w.json")
     assert pacing.MeasurementWindow.read(tmp_path / "w.json") == windows[0]
     # (10.01, 10.03) was sent by the process that stopped at 10.02: inside its window, answered in the grace period

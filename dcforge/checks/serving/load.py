@@ -33,7 +33,8 @@ def locust_process(config: ServingLoadConfig, server: LocalServer, secrets_dir: 
     request_log_dir.mkdir(parents=True)
     args = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
             "--host", server.base_url, "-u", str(config.users), "-r", str(config.spawn_rate),
-            "-t", f"{config.duration_s:g}s", "--stop-timeout", f"{config.stop_grace_s:g}", "--exit-code-on-error", "0"]
+            "-t", f"{config.duration_s:g}s", "--stop-timeout", f"{config.stop_grace_s:g}",
+            "--exit-code-on-error", "0"]
     if config.locust_processes > 1:
         args += ["--processes", str(config.locust_processes)]
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
