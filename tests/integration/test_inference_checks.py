@@ -91,10 +91,11 @@ def test_failover_kills_the_replica_that_carries_pinned_traffic(tmp_path):
     # Keep-alive balance and one closed-loop user: one connection, so one replica answers everything and the
     # other is idle. The victim must be the busy one; the spread figures show the idle replica.
     check = load_check("inference_failover")
-    config = check.Config.model_validate({"replicas": 2, "users": 1, "durationS": 8, "killAtS": 3,
+    config = check.Config.model_validate({"replicas": 2, "users": 1, "durationS": 10, "killAtS": 4,
                                           "maxTokens": 16, "consecutiveWindows": 2, "balance": "connections",
                                           "warmupRequests": 0})
     result = check.run(context(tmp_path), config)
+    assert result.status == Status.PASS or "replica_share" in result.reason, result.reason
     metrics = {name: metric.value for name, metric in result.metrics.items()}
     assert metrics["victim_share"] == 1.0
     assert metrics["replica_share_min"] == 0.0 and metrics["replica_share_min_to_fair"] == 0.0
@@ -119,7 +120,7 @@ def test_two_replicas_share_the_load_run_after_run_and_paced_users_do_not_convoy
 @pytest.mark.parametrize("grace_s", [10.0, 0.0])
 def test_requests_in_flight_at_the_end_are_completed_in_the_grace_period_or_reported_abandoned(tmp_path, grace_s):
     ctx = context(tmp_path)
-    config = InferenceConfig.model_validate({"replicas": 1, "users": 4, "durationS": 3, "maxTokens": 64,
+    config = InferenceConfig.model_validate({"replicas": 1, "users": 4, "durationS": 6, "maxTokens": 32,
                                              "thinkTimeS": 0, "stopGraceS": grace_s, "warmupRequests": 1})
     result = CheckResult("inference")
     with serving_session(ctx, config, "inference", result) as session:
