@@ -48,7 +48,8 @@ def test_request_log_has_every_counted_request_however_the_run_ends(fake_endpoin
             "--only-summary", "--host", fake_endpoint, "-u", str(USERS), "-r", str(USERS), "-t", run_time,
             "--json-file", str(tmp_path / "stats")]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OPENAI_API_KEY": "x", "LLM_MODEL": "fake",
-           "LLM_MAX_TOKENS": "8", "LLM_REQUEST_LOG": str(tmp_path / "requests-{pid}.jsonl")}
+           "LLM_MAX_TOKENS": "8", "LLM_THINK_TIME": "0", "LLM_START_JITTER": "0",  # back to back: many requests
+           "LLM_REQUEST_LOG": str(tmp_path / "requests-{pid}.jsonl")}
     with ManagedProcess(args, env=env, cwd=REPO_ROOT, log_path=tmp_path / "locust.log") as locust:
         if ending != "run time over":
             time.sleep(4)  # imports, spawning, then load until interrupted mid-run
