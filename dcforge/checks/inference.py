@@ -8,9 +8,9 @@ per-request log from which every figure is computed exactly (docs/metrics.md). E
 from __future__ import annotations
 
 from dcforge.checks._load_metrics import LOAD_METRICS
-from dcforge.checks.serving.load import run_load, serving_session
+from dcforge.checks.serving.load import RUN_METRICS, run_load, serving_session
 from dcforge.checks.serving.plots import latency_plots
-from dcforge.checks.serving.replicas import add_share_metrics, replica_shares
+from dcforge.checks.serving.replicas import REPLICA_SHARE_METRICS, add_share_metrics, replica_shares
 from dcforge.checks.serving.scraping import decode_batch_mean
 from dcforge.checks.serving.settings import ServingLoadConfig
 from dcforge.checks.serving.summary import add_summary_metrics
@@ -31,6 +31,8 @@ class InferenceCheck:
     requires_declared_gpus = True
     metrics = (
         *LOAD_METRICS,
+        *RUN_METRICS,
+        *REPLICA_SHARE_METRICS,
         MetricSpec("endpoint_compliance_failures", "findings", "lower",
                    "dynamic endpoint rules that failed (API key required, TLS floor)",
                    "security of the serving endpoint: must be 0"),

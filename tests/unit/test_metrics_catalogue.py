@@ -14,7 +14,7 @@ import pytest
 
 from dcforge.checks import CHECKS, load_check
 from dcforge.checks._load_metrics import LOAD_METRICS, SUMMARY_NOT_REPORTED
-from dcforge.checks._serving import add_summary_metrics
+from dcforge.checks.serving.summary import add_summary_metrics
 from dcforge.harness.metrics import MetricSpec, UndeclaredMetric, find_spec
 from dcforge.harness.result import CheckResult
 from dcforge.metrics_catalogue import README_BEGIN, README_END, catalogue, readme_section, render_markdown
@@ -25,7 +25,7 @@ from workloads.records import RequestRecord
 
 CHECKS_DIR = REPO_ROOT / "dcforge" / "checks"
 SERVING_CHECKS = ("inference", "inference_failover")
-"""Checks whose results `_serving.py` adds metrics to (serving_session, add_summary_metrics)."""
+"""Checks whose results the `serving` package adds metrics to (serving_session, add_summary_metrics, ...)."""
 
 
 def _check_of_module() -> dict[str, list[str]]:
@@ -33,7 +33,8 @@ def _check_of_module() -> dict[str, list[str]]:
     owners: dict[str, list[str]] = {}
     for name, target in CHECKS.items():
         owners.setdefault(target.split(":")[0].rsplit(".", 1)[1] + ".py", []).append(name)
-    owners["_serving.py"] = list(SERVING_CHECKS)
+    for module in sorted((CHECKS_DIR / "serving").glob("*.py")):
+        owners[f"serving/{module.name}"] = list(SERVING_CHECKS)
     return owners
 
 
@@ -92,7 +93,7 @@ def test_every_metric_key_a_check_module_emits_is_declared_by_its_check():
     The one call whose keys are data (add_summary_metrics) is covered by the next test."""
     for module, checks in _check_of_module().items():
         literal, patterns, unresolved = _emitted_keys(CHECKS_DIR / module)
-        if module == "_serving.py":
+        if module == "serving/summary.py":
             assert len(unresolved) == 1, "add_summary_metrics is the only data-driven add_metric call"
         else:
             assert not unresolved, f"{module}: add_metric keys at lines {unresolved} cannot be checked statically"

@@ -15,12 +15,27 @@ from dcforge.checks.serving.credentials import new_api_key, private_dir
 from dcforge.checks.serving.server import LocalServer, warm_up
 from dcforge.checks.serving.settings import ModelChoice, ServingLoadConfig, choose_model, fitted_prompt_tokens
 from dcforge.harness.check import CheckContext
+from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.processes import ManagedProcess
 from dcforge.harness.result import CheckResult
 from dcforge.spec.loader import REPO_ROOT
 from loadtests import pacing
 
 LOCUSTFILE = REPO_ROOT / "loadtests" / "locustfile.py"
+RUN_METRICS = (
+    MetricSpec("start_gap_ms", "ms", None, "gap between consecutive request starts, all users pooled",
+               "how spread out requests arrive: near 0 means users fire together", stats=("p50",)),
+    MetricSpec("starts_in_lockstep_fraction", "", "lower",
+               f"consecutive request starts under {pacing.LOCKSTEP_GAP_S * 1000:g} ms apart / all consecutive pairs",
+               "share of requests sent in a convoy with another one"),
+    MetricSpec("completed_in_grace", "requests", None,
+               "requests sent before the window ended and answered after it, within the grace period",
+               "requests in flight at the end of the window that were completed and counted"),
+    MetricSpec("abandoned_at_stop", "requests", "lower",
+               "requests still unanswered when the grace period ended (not in the request log)",
+               "requests sent but neither answered nor counted"),
+)
+"""Metrics of every load run besides the request summary: arrival spread and stop accounting."""
 REQUEST_LOG_DIR = "requests"
 """Folder of the per-process request logs and window files under the check's artefact directory."""
 
@@ -124,10 +139,8 @@ def add_pacing_figures(result: CheckResult, config: ServingLoadConfig, records: 
                                                                config.rate)
     spread = pacing.start_spread([record["start"] for record in records])
     if spread is not None:
-        result.add_metric("start_gap_ms.p50", spread.median_gap_ms, "ms", None,
-                          "median gap between consecutive request starts (all users)")
-        result.add_metric("starts_in_lockstep_fraction", spread.lockstep_fraction, "", "lower",
-                          f"share of consecutive request starts under {pacing.LOCKSTEP_GAP_S * 1000:g} ms apart")
+        result.add_metric("start_gap_ms.p50", spread.median_gap_ms)
+        result.add_metric("starts_in_lockstep_fraction", spread.lockstep_fraction)
     accounting = pacing.stop_accounting(windows, [(record["start"], record["end"]) for record in records])
     if accounting is None:
         result.details["stop_semantics"] = "unknown: Locust wrote no window file"
@@ -135,8 +148,6 @@ def add_pacing_figures(result: CheckResult, config: ServingLoadConfig, records: 
     result.details["stop_semantics"] = (f"requests in flight when the {config.duration_s:g}-s window ended completed "
                                         f"within a {config.stop_grace_s:g}-s grace period and are counted; those "
                                         "still unanswered after it are abandoned, not counted, and reported")
-    result.add_metric("completed_in_grace", accounting.completed_in_grace, "requests", None,
-                      "requests sent before the window ended and answered in the grace period (counted)")
-    result.add_metric("abandoned_at_stop", accounting.abandoned, "requests", "lower",
-                      "requests still unanswered when the grace period ended (not counted)")
+    result.add_metric("completed_in_grace", accounting.completed_in_grace)
+    result.add_metric("abandoned_at_stop", accounting.abandoned)
     result.details["sent_after_window"] = accounting.sent_after_stop  # 0 unless a user raced Locust's stop

@@ -7,7 +7,17 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult
+
+REPLICA_SHARE_METRICS = (
+    MetricSpec("replica_share_min", "", "higher", "least-loaded replica's answered requests / all answered requests",
+               "the share of the replica that got the least work (0: a replica was idle)"),
+    MetricSpec("replica_share_max", "", "lower", "most-loaded replica's answered requests / all answered requests",
+               "the share of the replica that got the most work"),
+    MetricSpec("replica_share_min_to_fair", "", "higher", "replica_share_min x replicas",
+               "how evenly load spread over the replicas: 1 even, 0 an idle replica; one SLO fits any replica count"),
+)
 
 
 def requests_per_replica(records: Iterable[dict[str, Any]]) -> Counter[str]:
@@ -47,12 +57,9 @@ def replica_shares(records: Iterable[dict[str, Any]], replicas: int) -> ReplicaS
 
 
 def add_share_metrics(result: CheckResult, shares: ReplicaShares, scope: str) -> None:
-    result.add_metric("replica_share_min", shares.min_share, "", "higher",
-                      f"least-loaded replica's requests / all answered requests ({scope})")
-    result.add_metric("replica_share_max", shares.max_share, "", "lower",
-                      f"most-loaded replica's requests / all answered requests ({scope})")
-    result.add_metric("replica_share_min_to_fair", shares.min_to_fair, "", "higher",
-                      f"replica_share_min x replicas: 1 = even spread, 0 = an idle replica ({scope})")
+    result.add_metric("replica_share_min", shares.min_share, context=scope)
+    result.add_metric("replica_share_max", shares.max_share, context=scope)
+    result.add_metric("replica_share_min_to_fair", shares.min_to_fair, context=scope)
     result.details["requests_per_replica"] = {scope: shares.counts}
 
 

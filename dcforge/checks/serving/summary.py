@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dcforge.harness.result import CheckResult
 
+
 def add_summary_metrics(result: CheckResult, summary: dict[str, float]) -> None:
     """Every entry of `loadtests.metrics.summarize` as a metric declared in `_load_metrics.LOAD_METRICS`."""
     from dcforge.checks._load_metrics import SUMMARY_NOT_REPORTED
