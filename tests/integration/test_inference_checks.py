@@ -30,7 +30,7 @@ def context(tmp_path) -> CheckContext:
 
 def run_figures(ctx: CheckContext, config: InferenceConfig, session) -> dict[str, float]:
     """One Locust run against a running session: replica spread and start spread."""
-    result = CheckResult("inference")
+    result = CheckResult("inference", declared=load_check("inference").metrics)
     records, _ = run_load(ctx, config, session, result)
     shares = replica_shares(records, config.replicas)
     return {"replica_share_min_to_fair": shares.min_to_fair, **{name: result.metrics[name].value for name in
@@ -106,7 +106,8 @@ def test_failover_kills_the_replica_that_carries_pinned_traffic(tmp_path):
 def test_two_replicas_share_the_load_run_after_run_and_paced_users_do_not_convoy(tmp_path):
     ctx = context(tmp_path)
     config = InferenceConfig.model_validate({"replicas": 2, "users": 8, "durationS": 10, "maxTokens": 8})
-    with serving_session(ctx, config, "inference", CheckResult("inference")) as session:
+    session_result = CheckResult("inference", declared=load_check("inference").metrics)
+    with serving_session(ctx, config, "inference", session_result) as session:
         paced = [run_figures(ctx, config, session) for _ in range(3)]
         lockstep = run_figures(ctx, config.model_copy(update={"think_time_s": 0.0, "start_jitter_s": 0.0}), session)
     for figures in paced:
@@ -122,7 +123,7 @@ def test_requests_in_flight_at_the_end_are_completed_in_the_grace_period_or_repo
     ctx = context(tmp_path)
     config = InferenceConfig.model_validate({"replicas": 1, "users": 4, "durationS": 6, "maxTokens": 32,
                                              "thinkTimeS": 0, "stopGraceS": grace_s, "warmupRequests": 1})
-    result = CheckResult("inference")
+    result = CheckResult("inference", declared=load_check("inference").metrics)
     with serving_session(ctx, config, "inference", result) as session:
         records, _ = run_load(ctx, config, session, result)
     log_dir = session.workdir / REQUEST_LOG_DIR
