@@ -57,6 +57,8 @@ class ServingLoadConfig(CheckConfig):
     """Locust worker processes (--processes); 1 runs Locust in a single process."""
     ready_timeout_s: float = Field(default=120.0, gt=0)
     """Limit for all replicas to load their model."""
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    """Where replicas serve: auto (the visible GPUs, round-robin; else the CPU), cpu, cuda or cuda:N."""
     balance: Literal["requests", "connections"] = "requests"
     """How the server spreads load over its replicas (docs/serving.md): requests (one request per connection) or
     connections (keep-alive; a replica may be left idle)."""
