@@ -112,7 +112,11 @@ def test_two_replicas_share_the_load_run_after_run_and_paced_users_do_not_convoy
     session_result = CheckResult("inference", declared=load_check("inference").metrics)
     with serving_session(ctx, config, "inference", session_result) as session:
         paced = [run_figures(ctx, config, session) for _ in range(3)]
-        lockstep = run_figures(ctx, config.model_copy(update={"think_time_s": 0.0, "start_jitter_s": 0.0}), session)
+    # Today's loop for contrast: no think time, no jitter, one keep-alive replica batching all users together.
+    unpaced = config.model_copy(update={"replicas": 1, "balance": "connections", "think_time_s": 0.0,
+                                        "start_jitter_s": 0.0, "duration_s": 6.0})
+    with serving_session(ctx, unpaced, "inference", session_result) as session:
+        lockstep = run_figures(ctx, unpaced, session)
     for figures in paced:
         assert share_slo.holds(figures["replica_share_min_to_fair"]), (share_slo.expression, paced)
         assert figures["starts_in_lockstep_fraction"] <= PACED_LOCKSTEP_MAX, paced
