@@ -74,3 +74,19 @@ def test_the_failover_victim_is_the_busiest_ready_replica_and_never_an_idle_one(
         busiest_replica(Counter({"99": 5}), [11, 12])
     with pytest.raises(IdleVictim):
         busiest_replica(Counter(), [11])
+
+
+def test_the_victim_picker_reads_the_request_log_and_gives_up_on_idle_replicas(tmp_path):
+    import json
+    import time
+
+    from dcforge.checks.serving.replicas import wait_for_busiest_replica
+
+    log = tmp_path / "requests-1.jsonl"
+    log.write_text("".join(json.dumps({"start": i, "end": i + 1, "ok": True, "replica": replica}) + "\n"
+                           for i, replica in enumerate(["11", "12", "12", ""])))
+    assert wait_for_busiest_replica(tmp_path, lambda: [11, 12], deadline=0) == 12
+    started = time.monotonic()
+    with pytest.raises(IdleVictim):
+        wait_for_busiest_replica(tmp_path, lambda: [13], deadline=time.time() + 0.3, poll_s=0.05)
+    assert 0.3 <= time.monotonic() - started < 2

@@ -3,9 +3,11 @@ log's `replica` field), and the failover victim chosen among replicas that carry
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Iterable
+from pathlib import Path
+from typing import Any, Callable, Iterable
 
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult
@@ -75,3 +77,20 @@ def busiest_replica(counts: Counter[str] | dict[str, int], candidates: Iterable[
                          f"(answers per replica: {dict(counts) or 'none'})")
     count, pid = ranked[0]
     return pid, count
+
+
+def wait_for_busiest_replica(request_log_dir: Path, ready_pids: Callable[[], list[int]], deadline: float,
+                             poll_s: float = 0.2) -> int:
+    """The failover victim: the ready replica that answered the most requests so far, by the request log (flushed
+    at least every second), so the kill always bites. While none has answered yet (Locust still starting on a busy
+    machine) it waits; IdleVictim once `deadline` (epoch seconds) passes with every replica still idle."""
+    from loadtests.llm_protocol import read_records
+
+    while True:
+        so_far = requests_per_replica(read_records(sorted(request_log_dir.glob("*.jsonl"))))
+        try:
+            return busiest_replica(so_far, ready_pids())[0]
+        except IdleVictim:
+            if time.time() >= deadline:
+                raise
+            time.sleep(poll_s)
