@@ -77,13 +77,13 @@ def _add_options(parser) -> None:
                        help="open loop: in-flight requests per user; arrivals beyond are logged as dropped")
     group.add_argument("--llm-timeout", type=float, default=LOAD_DEFAULTS.request_timeout_s, env_var=LoadEnv.TIMEOUT,
                        help="seconds before a request counts as timed out")
-    group.add_argument("--llm-think-time", type=float, default=pacing.THINK_TIME_S, env_var="LLM_THINK_TIME",
+    group.add_argument("--llm-think-time", type=float, default=pacing.THINK_TIME_S, env_var=LoadEnv.THINK_TIME,
                        help="closed loop: mean seconds between an answer and the user's next request; 0: lockstep")
     group.add_argument("--llm-think-distribution", choices=["exponential", "constant"],
-                       default=pacing.THINK_DISTRIBUTION, env_var="LLM_THINK_DISTRIBUTION")
-    group.add_argument("--llm-start-jitter", type=float, default=pacing.START_JITTER_S, env_var="LLM_START_JITTER",
+                       default=pacing.THINK_DISTRIBUTION, env_var=LoadEnv.THINK_DISTRIBUTION)
+    group.add_argument("--llm-start-jitter", type=float, default=pacing.START_JITTER_S, env_var=LoadEnv.START_JITTER,
                        help="closed loop: each user waits uniform(0, this) seconds before its first request")
-    group.add_argument("--llm-window-file", default="", env_var=pacing.WINDOW_FILE_ENV,
+    group.add_argument("--llm-window-file", default="", env_var=LoadEnv.WINDOW_FILE,
                        help="JSON file of the measurement window and abandoned requests; {pid} is replaced")
     group.add_argument("--llm-request-log", default="", env_var=LoadEnv.REQUEST_LOG,
                        help="per-request JSONL log path; {pid} is replaced by the process id")

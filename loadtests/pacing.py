@@ -32,8 +32,8 @@ STOP_GRACE_S = 10.0
 """How long requests in flight at the end of the window may take to complete and still be counted."""
 LOCKSTEP_GAP_S = 0.001
 """Two request starts closer than this count as fired together (the convoy the pacing prevents)."""
-WINDOW_FILE_ENV = "LLM_WINDOW_FILE"
-"""Environment variable naming the per-process window file ({pid} replaced), written at the end of a run."""
+WINDOW_FILE_TEMPLATE = "window-{pid}.json"
+"""The window file's name beside the request logs; `{pid}` is replaced by the Locust process id."""
 
 
 def think_time_s(rng: random.Random, mean_s: float, distribution: ThinkDistribution) -> float:

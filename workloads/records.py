@@ -61,6 +61,11 @@ class LoadEnv:
     MAX_INFLIGHT = "LLM_MAX_INFLIGHT"
     TIMEOUT = "LLM_TIMEOUT"
     REQUEST_LOG = "LLM_REQUEST_LOG"
+    THINK_TIME = "LLM_THINK_TIME"
+    THINK_DISTRIBUTION = "LLM_THINK_DISTRIBUTION"
+    START_JITTER = "LLM_START_JITTER"
+    WINDOW_FILE = "LLM_WINDOW_FILE"
+    """The per-process measurement-window file (loadtests/pacing.py), `{pid}` replaced."""
 
 
 LOAD_API_KEY_ENV = "OPENAI_API_KEY"

@@ -5,7 +5,9 @@
   minus t_kill (window p95 limit: recoveryP95Factor x steady-state p95 unless windowP95Ms is given);
 - requests lost: failed or timed-out requests sent in [t_kill, t_kill + TTR], plus those in flight on the killed
   replica (listed in the details); excess failures = all failures - requests in flight on the killed replica;
-- p95 e2e while recovering vs steady state, and that gunicorn respawned the replica and it served requests.
+- p95 e2e while recovering vs steady state, and that gunicorn respawned the replica and it served requests;
+- the victim: the ready replica that answered the most requests so far, and its share of the requests sent before
+  the kill; when no replica carries traffic there is nothing to fail over and the check fails.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ import os
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from pydantic import Field
 
 from dcforge.checks._load_metrics import LOAD_METRICS
-from dcforge.checks.serving.load import ServingSession, run_load, serving_session
+from dcforge.checks.serving.load import RUN_METRICS, ServingSession, run_load, serving_session
 from dcforge.checks.serving.plots import latency_plots
+from dcforge.checks.serving.replicas import (REPLICA_SHARE_METRICS, IdleVictim, add_share_metrics, replica_shares,
+                                             wait_for_busiest_replica)
 from dcforge.checks.serving.settings import ServingLoadConfig
 from dcforge.checks.serving.summary import add_summary_metrics
 from dcforge.harness.check import CheckContext
@@ -31,7 +36,8 @@ from workloads.records import REPLICA_HEADER, RequestRecord
 
 class InferenceFailoverConfig(ServingLoadConfig):
     kill_at_s: float = Field(default=8.0, gt=0)
-    """Seconds after the load starts when one replica is SIGKILLed (must leave time to see it respawn)."""
+    """Seconds after the load starts when one replica is SIGKILLed (must leave time to see it respawn); later when no
+    replica has answered a request by then."""
     consecutive_windows: int = Field(default=3, ge=1)
     """K: healthy 1-s windows in a row that count as recovered."""
     window_max_error_rate: float = Field(default=0.0, ge=0, le=1)
@@ -83,6 +89,10 @@ class InferenceFailoverCheck:
     requires_declared_gpus = True
     metrics = (
         *LOAD_METRICS,
+        *RUN_METRICS,
+        *REPLICA_SHARE_METRICS,
+        MetricSpec("victim_share", "", None, "killed replica's answered requests / all answered requests, both "
+                   "sent before the kill", "how much traffic the kill hit: 0 would make the failover untested"),
         MetricSpec("ttr_s", "s", "lower", "first t >= t_kill starting K consecutive healthy 1-s windows - t_kill",
                    "time to recover: how long users see errors or slow answers after a replica dies"),
         MetricSpec("replica_respawn_s", "s", "lower", "SIGKILL -> new replica ready",
@@ -112,11 +122,14 @@ class InferenceFailoverCheck:
         self._refuse_a_kill_too_late(ctx, config)
         with serving_session(ctx, config, self.name, result) as session:
             records, t_start, kill = self._load_with_a_kill(ctx, config, session, result)
+            if isinstance(kill, IdleVictim):
+                return result.fail(f"no replica to kill carries traffic, so failover cannot be measured: {kill}")
             served_by_new = sum(r.replica == str(kill.respawned) for r in records) \
                 or self._probe_replica(session, kill.respawned)
             replicas_after = len(session.server.ready_pids())
         recovery = measure_recovery(records, kill, config)
         self._add_metrics(result, records, kill, recovery, config, served_by_new)
+        self._add_victim_share(result, records, kill, config)
         result.details.update(victim_pid=kill.victim, respawned_pid=kill.respawned, kill_at_s=kill.t_kill - t_start,
                               replicas_after=replicas_after, window_p95_limit_ms=recovery.window_p95_limit_ms,
                               lost_requests=[{"sent_at_s": round(r.start - t_start, 3), "error": r.error,
@@ -142,15 +155,21 @@ class InferenceFailoverCheck:
 
     @staticmethod
     def _load_with_a_kill(ctx: CheckContext, config: InferenceFailoverConfig, session: ServingSession,
-                          result: CheckResult) -> tuple[list[RequestRecord], float, Kill]:
-        """The Locust run, with one ready replica SIGKILLed at kill_at_s and its respawn awaited meanwhile."""
+                          result: CheckResult) -> tuple[list[RequestRecord], float, Kill | IdleVictim]:
+        """The Locust run, with the busiest ready replica SIGKILLed at kill_at_s (or as soon after as one has
+        answered) and its respawn awaited meanwhile; IdleVictim when no replica answered in time."""
         server = session.server
         original = set(server.worker_pids())
-        kills: list[Kill] = []
+        kills: list[Kill | IdleVictim] = []
 
-        def kill_one_replica(t_start: float) -> None:
+        def kill_one_replica(t_start: float, request_log_dir: Path) -> None:
             time.sleep(max(0.0, t_start + config.kill_at_s - time.time()))
-            victim = sorted(server.ready_pids())[0]
+            try:  # at most until too little of the run is left to see a recovery
+                victim = wait_for_busiest_replica(request_log_dir, server.ready_pids,
+                                                  t_start + config.duration_s - config.consecutive_windows)
+            except IdleVictim as refusal:
+                kills.append(refusal)
+                return
             t_kill = time.time()
             os.kill(victim, signal.SIGKILL)
             ctx.log(f"SIGKILL replica pid {victim} at t={t_kill - t_start:.1f} s")
@@ -177,6 +196,18 @@ class InferenceFailoverCheck:
         result.add_metric("recovery_p95_ms", recovery.recovery_p95_ms)
         result.add_metric("recovery_p95_ratio", recovery.recovery_p95_ms / recovery.steady_p95_ms)
         result.add_metric("respawned_replica_requests", served_by_new)
+
+    @staticmethod
+    def _add_victim_share(result: CheckResult, records: list[RequestRecord], kill: Kill,
+                          config: InferenceFailoverConfig) -> None:
+        """Replica shares and the victim's share over the requests sent before the kill; an idle victim fails."""
+        shares = replica_shares([r for r in records if r.start < kill.t_kill], config.replicas)
+        add_share_metrics(result, shares, "requests sent before the kill")
+        victim_share = shares.counts.get(str(kill.victim), 0) / shares.total if shares.total else 0.0
+        result.add_metric("victim_share", victim_share)
+        if victim_share == 0:
+            result.fail(f"the killed replica (pid {kill.victim}) answered no request before the kill: an idle "
+                        "victim tests nothing")
 
     @staticmethod
     def _probe_replica(session: ServingSession, pid: int, attempts: int = 60) -> int:

@@ -141,12 +141,12 @@ def test_requests_in_flight_at_the_end_are_completed_in_the_grace_period_or_repo
     assert logged == len(records)
     # Exact: every request sent is in the log or counted as abandoned.
     assert window.sent == logged + window.abandoned
-    after_stop = [r for r in records if r["start"] <= window.stop < r["end"]]
+    after_stop = [r for r in records if r.start <= window.stop < r.end]
     assert result.metrics["completed_in_grace"].value == len(after_stop)
     assert result.metrics["abandoned_at_stop"].value == window.abandoned
-    assert not [r for r in records if r["start"] > window.stop]
+    assert not [r for r in records if r.start > window.stop]
     if grace_s:  # 4 users always busy: some were in flight at the stop, all completed
-        assert after_stop and window.abandoned == 0 and all(r["ok"] for r in after_stop)
+        assert after_stop and window.abandoned == 0 and all(r.ok for r in after_stop)
     else:  # killed at the stop: in flight ones are abandoned, none completes after it
         assert window.abandoned >= 1 and not after_stop
     assert "grace period" in result.details["stop_semantics"]

@@ -10,6 +10,11 @@ import pytest
 
 from dcforge.checks.serving.replicas import IdleVictim, busiest_replica, replica_shares
 from loadtests import pacing
+from workloads.records import RequestRecord
+
+
+def answered(replica: str, start: float = 0.0) -> RequestRecord:
+    return RequestRecord(start=start, end=start + 1, ok=bool(replica), replica=replica)
 
 
 def test_zero_think_time_is_the_lockstep_loop_and_the_default_is_exponential():
@@ -59,10 +64,10 @@ def test_stop_accounting_counts_requests_answered_in_the_grace_period(tmp_path):
 
 
 def test_replica_shares_count_an_idle_replica_as_zero():
-    records = [{"replica": "11"}] * 6 + [{"replica": "12"}] * 4 + [{"replica": ""}]
+    records = [answered("11")] * 6 + [answered("12")] * 4 + [answered("")]
     shares = replica_shares(records, replicas=2)
     assert (shares.min_share, shares.max_share, shares.min_to_fair) == (0.4, 0.6, 0.8)
-    stuck = replica_shares([{"replica": "11"}] * 10, replicas=2)
+    stuck = replica_shares([answered("11")] * 10, replicas=2)
     assert (stuck.min_share, stuck.max_share, stuck.min_to_fair) == (0.0, 1.0, 0.0)
     assert replica_shares([], replicas=3).min_to_fair == 0.0
 
@@ -77,13 +82,12 @@ def test_the_failover_victim_is_the_busiest_ready_replica_and_never_an_idle_one(
 
 
 def test_the_victim_picker_reads_the_request_log_and_gives_up_on_idle_replicas(tmp_path):
-    import json
     import time
 
     from dcforge.checks.serving.replicas import wait_for_busiest_replica
 
     log = tmp_path / "requests-1.jsonl"
-    log.write_text("".join(json.dumps({"start": i, "end": i + 1, "ok": True, "replica": replica}) + "\n"
+    log.write_text("".join(answered(replica, start=i).to_json() + "\n"
                            for i, replica in enumerate(["11", "12", "12", ""])))
     assert wait_for_busiest_replica(tmp_path, lambda: [11, 12], deadline=0) == 12
     started = time.monotonic()

@@ -143,10 +143,10 @@ _SIDE_DEFAULTS = textwrap.dedent("""
                           "env_vars": sorted(v for k, (_, v) in options.items() if k.startswith("llm_"))}))
     else:
         import inspect
-        from dcforge.checks import _serving
+        from dcforge.checks.serving import settings as serving_settings
         from dcforge.checks.inference import InferenceConfig
         config = InferenceConfig()
-        spread = inspect.signature(_serving.fitted_prompt_tokens).parameters["spread"].default
+        spread = inspect.signature(serving_settings.fitted_prompt_tokens).parameters["spread"].default
         print(json.dumps({"endpoint": config.endpoint, "prompt_tokens": config.prompt_tokens,
                           "prompt_tokens_spread": spread, "max_tokens": config.max_tokens,
                           "arrival": config.arrival, "rate": config.rate,

@@ -9,7 +9,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 from dcforge.checks.serving.credentials import new_api_key, private_dir
 from dcforge.checks.serving.server import LocalServer, warm_up
@@ -18,8 +18,9 @@ from dcforge.harness.check import CheckContext
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.processes import ManagedProcess
 from dcforge.harness.result import CheckResult
-from dcforge.spec.loader import REPO_ROOT
+from dcforge.paths import REPO_ROOT
 from loadtests import pacing
+from workloads.records import LOAD_API_KEY_ENV, REQUEST_LOG_TEMPLATE, LoadEnv, RequestRecord
 
 LOCUSTFILE = REPO_ROOT / "loadtests" / "locustfile.py"
 RUN_METRICS = (
@@ -52,14 +53,16 @@ def locust_process(config: ServingLoadConfig, server: LocalServer, secrets_dir: 
             "--exit-code-on-error", "0"]
     if config.locust_processes > 1:
         args += ["--processes", str(config.locust_processes)]
-    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
-    env.update(LLM_API_KEY_FILE=str(secrets_dir / "api-key"), LLM_MODEL=model, LLM_ENDPOINT=config.endpoint,
-               LLM_PROMPT_TOKENS=str(prompt_tokens), LLM_MAX_TOKENS=str(config.max_tokens),
-               LLM_ARRIVAL=config.arrival, LLM_RATE=str(config.rate), LLM_TIMEOUT=str(config.request_timeout_s),
-               LLM_THINK_TIME=str(config.think_time_s), LLM_THINK_DISTRIBUTION=config.think_distribution,
-               LLM_START_JITTER=str(config.start_jitter_s),
-               LLM_REQUEST_LOG=str(request_log_dir / "requests-{pid}.jsonl"), PYTHONPATH=str(REPO_ROOT))
-    env[pacing.WINDOW_FILE_ENV] = str(request_log_dir / "window-{pid}.json")
+    env = {k: v for k, v in os.environ.items() if k != LOAD_API_KEY_ENV}
+    env.update({LoadEnv.API_KEY_FILE: str(secrets_dir / "api-key"), LoadEnv.MODEL: model,
+                LoadEnv.ENDPOINT: config.endpoint, LoadEnv.PROMPT_TOKENS: str(prompt_tokens),
+                LoadEnv.MAX_TOKENS: str(config.max_tokens), LoadEnv.ARRIVAL: config.arrival,
+                LoadEnv.RATE: str(config.rate), LoadEnv.TIMEOUT: str(config.request_timeout_s),
+                LoadEnv.REQUEST_LOG: str(request_log_dir / REQUEST_LOG_TEMPLATE), "PYTHONPATH": str(REPO_ROOT),
+                LoadEnv.THINK_TIME: str(config.think_time_s),
+                LoadEnv.THINK_DISTRIBUTION: config.think_distribution,
+                LoadEnv.START_JITTER: str(config.start_jitter_s),
+                LoadEnv.WINDOW_FILE: str(request_log_dir / pacing.WINDOW_FILE_TEMPLATE)})
     return ManagedProcess(args, env=env, cwd=REPO_ROOT, log_path=workdir / "locust.log"), request_log_dir
 
 
@@ -102,7 +105,7 @@ def serving_session(ctx: CheckContext, config: ServingLoadConfig, check_name: st
 
 
 def run_load(ctx: CheckContext, config: ServingLoadConfig, session: ServingSession, result: CheckResult,
-             during=None) -> tuple[list[dict[str, Any]], float]:
+             during=None) -> tuple[list[RequestRecord], float]:
     """Locust for duration_s; `during(t_start, request_log_dir)` runs in this thread meanwhile. Returns (records,
     load start); the arrival model, the spread of request starts and what happened to requests in flight at the
     end of the window go into the result."""
@@ -131,17 +134,17 @@ def run_load(ctx: CheckContext, config: ServingLoadConfig, session: ServingSessi
     return records, t_start
 
 
-def add_pacing_figures(result: CheckResult, config: ServingLoadConfig, records: list[dict[str, Any]],
+def add_pacing_figures(result: CheckResult, config: ServingLoadConfig, records: list[RequestRecord],
                        windows: list[pacing.MeasurementWindow]) -> None:
     """How requests arrived (model and measured spread of starts) and how the window ended (stop semantics)."""
     result.details["arrival_model"] = pacing.describe_arrivals(config.arrival, config.think_time_s,
                                                                config.think_distribution, config.start_jitter_s,
                                                                config.rate)
-    spread = pacing.start_spread([record["start"] for record in records])
+    spread = pacing.start_spread([record.start for record in records])
     if spread is not None:
         result.add_metric("start_gap_ms.p50", spread.median_gap_ms)
         result.add_metric("starts_in_lockstep_fraction", spread.lockstep_fraction)
-    accounting = pacing.stop_accounting(windows, [(record["start"], record["end"]) for record in records])
+    accounting = pacing.stop_accounting(windows, [(record.start, record.end) for record in records])
     if accounting is None:
         result.details["stop_semantics"] = "unknown: Locust wrote no window file"
         return

@@ -7,10 +7,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult
+from workloads.records import RequestRecord
 
 REPLICA_SHARE_METRICS = (
     MetricSpec("replica_share_min", "", "higher", "least-loaded replica's answered requests / all answered requests",
@@ -22,9 +23,9 @@ REPLICA_SHARE_METRICS = (
 )
 
 
-def requests_per_replica(records: Iterable[dict[str, Any]]) -> Counter[str]:
+def requests_per_replica(records: Iterable[RequestRecord]) -> Counter[str]:
     """Answered requests (any status) per replica pid; requests that got no answer name no replica."""
-    return Counter(record["replica"] for record in records if record.get("replica"))
+    return Counter(record.replica for record in records if record.replica)
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class ReplicaShares:
         return self.min_share * self.replicas
 
 
-def replica_shares(records: Iterable[dict[str, Any]], replicas: int) -> ReplicaShares:
+def replica_shares(records: Iterable[RequestRecord], replicas: int) -> ReplicaShares:
     return ReplicaShares(dict(requests_per_replica(records)), replicas)
 
 

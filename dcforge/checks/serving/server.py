@@ -12,7 +12,9 @@ from typing import Any
 from dcforge.checks.serving.credentials import self_signed_certificate, write_secret
 from dcforge.checks.serving.settings import ModelChoice, ServingLoadConfig
 from dcforge.harness.processes import ManagedProcess
-from dcforge.spec.loader import REPO_ROOT
+from dcforge.paths import REPO_ROOT
+from workloads.records import ready_replicas
+from workloads.serving.settings import API_KEY_ENV, API_KEY_FILE_ENV
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -48,8 +50,8 @@ class LocalServer:
             cert, key = self_signed_certificate(secrets_dir)
             args += ["--tls-cert", str(cert), "--tls-key", str(key)]
             self.ca_file = cert
-        env = {k: v for k, v in os.environ.items() if k not in ("DCFORGE_API_KEY", "PROMETHEUS_MULTIPROC_DIR")}
-        env.update(DCFORGE_API_KEY_FILE=str(key_file), PYTHONPATH=str(REPO_ROOT), PYTHONUNBUFFERED="1")
+        env = {k: v for k, v in os.environ.items() if k not in (API_KEY_ENV, "PROMETHEUS_MULTIPROC_DIR")}
+        env.update({API_KEY_FILE_ENV: str(key_file), "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"})
         self.process = ManagedProcess(args, env=env, cwd=REPO_ROOT, log_path=self.log_path, grace_s=5.0)
         self.base_url = f"{'https' if config.tls else 'http'}://127.0.0.1:{self.port}"
 
@@ -64,7 +66,8 @@ class LocalServer:
         return child_pids(self.process.pid)
 
     def ready_pids(self) -> list[int]:
-        return [pid for pid in self.worker_pids() if (self.state_dir / f"ready-{pid}").exists()]
+        ready = ready_replicas(self.state_dir)
+        return [pid for pid in self.worker_pids() if pid in ready]
 
     def wait_ready(self, timeout_s: float) -> float:
         """Seconds until all replicas have loaded their model."""

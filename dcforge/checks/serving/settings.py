@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 
 from dcforge.harness.check import CheckConfig, CheckContext
 from loadtests import pacing
+from workloads.records import LOAD_DEFAULTS
 
 CHAT_TEMPLATE_TOKENS = 48
 """Tokens the server's chat template and BOS add around the user's prompt (byte tokenizer), with margin."""
@@ -32,20 +33,20 @@ class ServingLoadConfig(CheckConfig):
     """Concurrent Locust users (closed loop) or the users carrying the open-loop arrivals."""
     spawn_rate: float = Field(default=8.0, gt=0)
     """Users started per second."""
-    arrival: Literal["closed", "constant", "poisson"] = "closed"
+    arrival: Literal["closed", "constant", "poisson"] = LOAD_DEFAULTS.arrival  # type: ignore[assignment]
     """closed: send, wait for the answer, send again; constant/poisson: open-loop arrivals at `rate`."""
-    rate: float = Field(default=10.0, gt=0)
+    rate: float = Field(default=LOAD_DEFAULTS.rate, gt=0)
     """Open-loop arrivals per second (all users together)."""
     duration_s: float = Field(default=20.0, gt=0, le=3600)
     """Length of the load run."""
     warmup_requests: int = Field(default=6, ge=0)
     """Requests sent before the load run (first-request costs stay out of the statistics)."""
-    endpoint: Literal["chat", "completions"] = "chat"
-    prompt_tokens: int = Field(default=64, ge=1)
+    endpoint: Literal["chat", "completions"] = LOAD_DEFAULTS.endpoint  # type: ignore[assignment]
+    prompt_tokens: int = Field(default=LOAD_DEFAULTS.prompt_tokens, ge=1)
     """Mean prompt length (uniform within +/-25 %)."""
-    max_tokens: int = Field(default=32, ge=1)
+    max_tokens: int = Field(default=LOAD_DEFAULTS.max_tokens, ge=1)
     """Tokens generated per request (EOS ignored, so every answer has this many)."""
-    request_timeout_s: float = Field(default=30.0, gt=0)
+    request_timeout_s: float = Field(default=LOAD_DEFAULTS.request_timeout_s, gt=0)
     """A request slower than this counts as failed."""
     goodput_ttft_ms: float | None = Field(default=None, gt=0)
     """Per-request TTFT limit for goodput; None: not part of goodput."""
@@ -89,11 +90,8 @@ class ModelChoice:
 def choose_model(ctx: CheckContext, config: ServingLoadConfig) -> ModelChoice:
     from workloads.model import get_preset
 
-    trained = ctx.state.get("train.checkpoint_dir")
-    if config.model_source == "trained" and not trained:
-        from dcforge.harness.result import CheckSkipped
-
-        raise CheckSkipped("modelSource is 'trained' but no train check wrote a checkpoint in this run")
+    trained = ctx.outputs.require("trained_checkpoint_dir") if config.model_source == "trained" \
+        else ctx.outputs.trained_checkpoint_dir
     if config.model_source != "random" and trained:
         from workloads.checkpointing import latest_checkpoint, read_marker
 
@@ -104,7 +102,8 @@ def choose_model(ctx: CheckContext, config: ServingLoadConfig) -> ModelChoice:
     return ModelChoice(f"random:{config.preset}", None, get_preset(config.preset).max_seq_len)
 
 
-def fitted_prompt_tokens(config: ServingLoadConfig, context_len: int, spread: float = 0.25) -> int:
+def fitted_prompt_tokens(config: ServingLoadConfig, context_len: int,
+                         spread: float = LOAD_DEFAULTS.prompt_tokens_spread) -> int:
     """The configured prompt length, shrunk when needed so the longest prompt plus answer fits the context."""
     room = context_len - config.max_tokens - CHAT_TEMPLATE_TOKENS
     if room < 2:
