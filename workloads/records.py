@@ -365,7 +365,7 @@ class CheckpointResult(Record):
     directory: str
 
 
-# --- Serving: workloads/serving -> dcforge/checks/_serving.py ----------------------------------------------------
+# --- Serving: workloads/serving -> dcforge/checks/serving/ --------------------------------------------------------
 
 @dataclass
 class ReplicaReady(Record):

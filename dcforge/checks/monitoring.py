@@ -171,8 +171,10 @@ class MonitoringCheck:
         return result
 
     def _with_bundled_server(self, ctx: CheckContext, config: MonitoringConfig, result: CheckResult) -> None:
-        from dcforge.checks._serving import (LocalServer, ServingLoadConfig, ServingSession, choose_model,
-                                             new_api_key, private_dir, warm_up)
+        from dcforge.checks.serving.credentials import new_api_key, private_dir
+        from dcforge.checks.serving.load import ServingSession
+        from dcforge.checks.serving.server import LocalServer, warm_up
+        from dcforge.checks.serving.settings import ServingLoadConfig, choose_model
 
         serving = ServingLoadConfig(replicas=1, model_source="random", preset=config.preset, warmup_requests=0,
                                     max_tokens=config.max_tokens)
