@@ -131,10 +131,10 @@ def in_phase(check: str, procs: list[Proc]) -> bool:
     return any(" -m locust " in p.cmdline for p in procs) and sum("workloads.serve" in p.cmdline for p in procs) >= 3
 
 
-# Each kind of child is stopped once by a terminating signal the harness handles and once by SIGKILL, which it
-# cannot; SIGTERM and SIGHUP share one code path (tests/unit/test_runner.py maps all three signals to exit codes).
-CASES = [("train", signal.SIGTERM), ("train", signal.SIGKILL), ("train_failover", signal.SIGHUP),
-         ("train_failover", signal.SIGKILL), ("inference", signal.SIGTERM), ("inference", signal.SIGKILL)]
+# Every terminating signal a CI runner, a terminal or the kernel sends, against each kind of child: torchrun
+# workers (train), a torchrun restarted by elastic recovery (train_failover), a server with Locust (inference).
+CASES = [(check, sig) for check in ("train", "train_failover", "inference")
+         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGKILL)]
 
 
 @pytest.mark.parametrize("check, sig", CASES, ids=[f"{c}-{s.name}" for c, s in CASES])
