@@ -1,0 +1,13 @@
+"""Executors: a check describes its workload, an executor runs it here, on SSH hosts, or (later) on Kubernetes.
+
+See docs/executors.md.
+"""
+
+from dcforge.executors.base import (Execution, ExecutionOutcome, Executor, ExecutorError, NodeState, NodeStatus,
+                                    Readiness, Resources, Role, VolumePurpose, Workload)
+from dcforge.executors.hosts import Host, HostsExecutor, HostUnreachable, SshOptions
+from dcforge.executors.local import LocalExecutor
+
+__all__ = ["Execution", "ExecutionOutcome", "Executor", "ExecutorError", "Host", "HostUnreachable", "HostsExecutor",
+           "LocalExecutor", "NodeState", "NodeStatus", "Readiness", "Resources", "Role", "SshOptions",
+           "VolumePurpose", "Workload"]

@@ -1,0 +1,236 @@
+"""What a check asks an executor to run, and what every executor does with it (docs/executors.md).
+
+A check describes its workload -- roles, command, environment, resources, node count, named ports, volumes by
+purpose, readiness -- and never says *where* it runs. An executor places each node of each role somewhere (a
+local process group, a process group on an SSH host, a pod of an Indexed Job) and hands back an `Execution`:
+per-node status and logs, a results file reader, failure injection, and a stop that leaves nothing behind.
+
+Commands and environment values are templates filled per node by the executor:
+
+    {node_index}      this node's index within its role (0 .. nodes-1)
+    {node_count}      the role's node count
+    {node_address}    the address other nodes reach this node at
+    {leader_address}  the address of node 0 of the role (the rendezvous host)
+    {is_leader}       `true` on node 0 of the role, else `false` (torchrun's `is_host`)
+    {port[NAME]}      the number the executor assigned to the role's named port NAME
+    {volume[PURPOSE]} the path of the volume for PURPOSE (scratch, checkpoints, results) on this node
+    {python}          the Python interpreter with dcforge and the workloads installed, on this node
+    {workdir}         the directory the command runs in (the project root, where `workloads/` is)
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+
+class VolumePurpose(str, enum.Enum):
+    SCRATCH = "scratch"
+    """Per-node temporary space, gone after the run (emptyDir on Kubernetes)."""
+    CHECKPOINTS = "checkpoints"
+    """Storage every node of the role shares and that outlives a node (the checkpoints storage class)."""
+    RESULTS = "results"
+    """Where the workload writes the JSON the check reads back through `Execution.read_result`."""
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus: float = 1.0
+    memory_mib: int = 1024
+    gpus: int = 0
+    """GPUs per node (`nvidia.com/gpu` on Kubernetes; ignored by the local and hosts executors)."""
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """When a role counts as ready: a TCP port accepting connections, or a line in its log."""
+
+    port: str | None = None
+    """A named port of the role."""
+    log_line: str | None = None
+    timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str
+    command: tuple[str, ...]
+    """Program and arguments, each a template (see the module docstring)."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """Extra environment, values are templates; added to what the executor provides."""
+    nodes: int = 1
+    resources: Resources = field(default_factory=Resources)
+    ports: tuple[str, ...] = ()
+    """Named ports the role listens on; the executor assigns the numbers (free ports locally, fixed in pods)."""
+    readiness: Readiness | None = None
+
+    def __post_init__(self) -> None:
+        if self.nodes < 1:
+            raise ValueError(f"role {self.name!r}: nodes must be >= 1, got {self.nodes}")
+        if not self.command:
+            raise ValueError(f"role {self.name!r}: empty command")
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    roles: tuple[Role, ...]
+    volumes: tuple[VolumePurpose, ...] = (VolumePurpose.SCRATCH, VolumePurpose.RESULTS)
+    timeout_s: float = 600.0
+    """Hard limit for `Execution.wait` when the caller gives none."""
+
+
+class NodeState(str, enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    KILLED = "killed"
+    """Stopped by the executor: failure injection, a timeout or the end of the run."""
+
+    @property
+    def finished(self) -> bool:
+        return self not in (NodeState.PENDING, NodeState.RUNNING)
+
+
+@dataclass
+class NodeStatus:
+    """One node of one role: where it runs, how it is doing, where its log is."""
+
+    role: str
+    index: int
+    host: str
+    """Where the node runs: `local`, an inventory host name, a pod name."""
+    address: str
+    state: NodeState = NodeState.PENDING
+    exit_code: int | None = None
+    log_path: Path | None = None
+    """This node's log on the machine running dcforge."""
+    reason: str = ""
+
+    @property
+    def node_id(self) -> str:
+        return f"{self.role}/{self.index}"
+
+
+@dataclass
+class ExecutionOutcome:
+    nodes: list[NodeStatus]
+    timed_out: bool = False
+
+    @property
+    def succeeded(self) -> bool:
+        return not self.timed_out and all(node.state is NodeState.SUCCEEDED for node in self.nodes)
+
+    def failure_summary(self) -> str:
+        bad = [node for node in self.nodes if node.state is not NodeState.SUCCEEDED]
+        parts = [f"{node.node_id} on {node.host}: {node.state.value}"
+                 + (f" (exit {node.exit_code})" if node.exit_code is not None else "")
+                 + (f": {node.reason}" if node.reason else "") for node in bad]
+        prefix = "timed out; " if self.timed_out else ""
+        return prefix + "; ".join(parts)
+
+
+StatusCallback = Callable[[list[NodeStatus]], None]
+
+
+class ExecutorError(RuntimeError):
+    """The executor could not place or reach a node; the message is one line naming the node or host."""
+
+
+@runtime_checkable
+class Execution(Protocol):
+    """A started workload. Use as a context manager: leaving it stops every node, whatever happened."""
+
+    workload: Workload
+
+    def statuses(self) -> list[NodeStatus]:
+        """Current status of every node (also refreshes states of nodes that exited)."""
+        ...
+
+    def wait(self, timeout_s: float | None = None, on_status: StatusCallback | None = None,
+             poll_s: float = 0.2) -> ExecutionOutcome:
+        """Block until every node finished, or the timeout (then every node is killed and `timed_out` set).
+        `on_status` is called with all statuses whenever one changes. Stops early when any node fails
+        unless the role tolerates it (elastic roles: not yet)."""
+        ...
+
+    def kill_node(self, role: str, index: int) -> None:
+        """Failure injection: SIGKILL every process of one node, at once, without grace."""
+        ...
+
+    def read_result(self, role: str, index: int, name: str) -> bytes:
+        """The file `name` that the node wrote under its results volume."""
+        ...
+
+    def stop(self) -> None:
+        """Terminate every node (SIGTERM, then SIGKILL after the grace period) and release connections.
+        Idempotent; called on pass, fail, timeout and interrupt alike."""
+        ...
+
+    def __enter__(self) -> "Execution": ...
+
+    def __exit__(self, *exc_info) -> None: ...
+
+
+@runtime_checkable
+class Executor(Protocol):
+    name: str
+
+    def start(self, workload: Workload, run_dir: Path) -> Execution:
+        """Place and start every node of every role; logs go under `run_dir`. Raises ExecutorError (one line,
+        naming the host) when a node cannot be placed or reached."""
+        ...
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one node runs, as the template fields see it."""
+
+    role: Role
+    index: int
+    host: str
+    address: str
+    leader_address: str
+    ports: Mapping[str, int]
+    volumes: Mapping[str, str]
+    python: str
+    workdir: str
+
+    def fields(self) -> dict[str, object]:
+        return {"node_index": self.index, "node_count": self.role.nodes, "node_address": self.address,
+                "leader_address": self.leader_address, "is_leader": "true" if self.index == 0 else "false",
+                "port": dict(self.ports), "volume": dict(self.volumes),
+                "python": self.python, "workdir": self.workdir}
+
+    def command(self) -> list[str]:
+        return [part.format(**self.fields()) for part in self.role.command]
+
+    def env(self) -> dict[str, str]:
+        return {key: value.format(**self.fields()) for key, value in self.role.env.items()}
+
+
+def wait_loop(execution: Execution, timeout_s: float, on_status: StatusCallback | None, poll_s: float,
+              kill_all: Callable[[], None]) -> ExecutionOutcome:
+    """The wait every executor shares: poll statuses, report changes, stop at the first failure or timeout."""
+    deadline = time.monotonic() + timeout_s
+    last: list[tuple[str, NodeState]] | None = None
+    while True:
+        statuses = execution.statuses()
+        snapshot = [(status.node_id, status.state) for status in statuses]
+        if on_status is not None and snapshot != last:
+            on_status(statuses)
+        last = snapshot
+        if all(status.state.finished for status in statuses):
+            return ExecutionOutcome(statuses)
+        if any(status.state in (NodeState.FAILED, NodeState.KILLED) for status in statuses):
+            kill_all()  # one failed rank leaves the others blocked in a collective until their own timeout
+            return ExecutionOutcome(execution.statuses())
+        if time.monotonic() >= deadline:
+            kill_all()
+            return ExecutionOutcome(execution.statuses(), timed_out=True)
+        time.sleep(poll_s)

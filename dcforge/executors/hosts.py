@@ -1,0 +1,362 @@
+"""The `hosts` executor: every node is a process group on an SSH host (the system OpenSSH client).
+
+One ControlMaster connection per host carries every session (probe, port lookup, the workload, kills). Host
+keys are checked (`StrictHostKeyChecking=yes`) against the usual known_hosts files or the one the inventory
+names; keys come from the usual places (ssh-agent, ~/.ssh) or the inventory. `BatchMode=yes` and
+`ConnectTimeout` turn an unreachable host or a refused key into one line naming the host, never a prompt.
+
+How nothing outlives the run on a remote host: the workload runs in its own session (`setsid`) under a small
+POSIX shell supervisor that writes the session's process-group id to a pid file and watches its stdin, which is
+a pipe from this process through ssh. When that pipe closes -- `stop()`, this process dying for any reason,
+the ssh connection closing -- the supervisor sends SIGTERM to the group, then SIGKILL after the grace period.
+`stop()` also kills the group through a second session as a fallback for a wedged connection, and
+`kill_node()` (failure injection) SIGKILLs it at once the same way.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from dcforge.executors.base import (ExecutionOutcome, ExecutorError, NodeState, NodeStatus, Placement,
+                                    StatusCallback, VolumePurpose, Workload, wait_loop)
+from dcforge.executors.local import PROJECT_ROOT
+from dcforge.harness.processes import kill_group
+
+REMOTE_RUN_ROOT = "/tmp/dcforge-runs"
+EXIT_SETUP_FAILED = 125
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    """Inventory name, used in logs and errors."""
+    address: str
+    """What ssh connects to and what other nodes reach this host at (the rendezvous address of node 0)."""
+    port: int = 22
+    user: str | None = None
+    identity_file: str | None = None
+    """Private key; default: ssh-agent and the usual ~/.ssh keys."""
+    known_hosts_file: str | None = None
+    """Default: ~/.ssh/known_hosts and /etc/ssh/ssh_known_hosts."""
+    python: str = sys.executable
+    """Interpreter with dcforge and the workloads installed on the host."""
+    workdir: str = str(PROJECT_ROOT)
+    """The project root on the host."""
+
+
+@dataclass(frozen=True)
+class SshOptions:
+    connect_timeout_s: int = 10
+    """Per connection attempt; an unreachable host is reported after about this long."""
+    grace_s: float = 5.0
+    """SIGTERM to SIGKILL on the remote process group."""
+    check_host_keys: bool = True
+    ssh: str = "ssh"
+
+
+class HostUnreachable(ExecutorError):
+    """A host could not be reached or refused us: one line naming it."""
+
+
+def classify_ssh_failure(host: Host, stderr: str) -> str:
+    """One line naming the host and what went wrong, from ssh's last error lines."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    text = " ".join(lines).lower()
+    if "host key verification failed" in text or "remote host identification has changed" in text:
+        what = "host key not trusted (add it to known_hosts, or name a knownHostsFile in acceptance.hosts)"
+    elif "permission denied" in text or "too many authentication failures" in text:
+        what = "authentication failed"
+    elif "timed out" in text or "no route to host" in text or "network is unreachable" in text:
+        what = "unreachable"
+    elif "connection refused" in text:
+        what = "connection refused"
+    elif "could not resolve" in text:
+        what = "unknown host name"
+    else:
+        what = "ssh failed"
+    detail = lines[-1] if lines else "no output from ssh"
+    return f"host {host.name} ({host.address}:{host.port}): {what}: {detail}"
+
+
+class SshConnections:
+    """ssh command lines for a set of hosts sharing one ControlMaster each; `close()` ends the masters."""
+
+    def __init__(self, options: SshOptions):
+        self.options = options
+        # short path: a unix socket path is limited to ~100 bytes and %C adds 40
+        self.control_dir = Path(tempfile.mkdtemp(prefix="dcf-ssh-", dir="/tmp"))
+        self._used: dict[str, Host] = {}
+
+    def command(self, host: Host, remote: str, *, master: bool = False) -> list[str]:
+        options = self.options
+        args = [options.ssh, "-o", "BatchMode=yes", "-o", f"ConnectTimeout={options.connect_timeout_s}",
+                "-o", f"StrictHostKeyChecking={'yes' if options.check_host_keys else 'no'}",
+                "-o", "ControlMaster=auto", "-o", f"ControlPath={self.control_dir}/%C",
+                "-o", "ControlPersist=120", "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3",
+                "-o", "LogLevel=ERROR", "-p", str(host.port)]
+        if host.known_hosts_file:
+            args += ["-o", f"UserKnownHostsFile={host.known_hosts_file}"]
+        if not options.check_host_keys:
+            args += ["-o", "UserKnownHostsFile=/dev/null"]
+        if host.identity_file:
+            args += ["-i", host.identity_file, "-o", "IdentitiesOnly=yes"]
+        if host.user:
+            args += ["-l", host.user]
+        self._used[host.name] = host
+        return [*args, host.address, remote]
+
+    def run(self, host: Host, remote: str, timeout_s: float | None = None) -> subprocess.CompletedProcess:
+        """A short remote command; a connection failure or timeout raises HostUnreachable naming the host."""
+        timeout_s = timeout_s if timeout_s is not None else self.options.connect_timeout_s + 10
+        try:
+            done = subprocess.run(self.command(host, remote), capture_output=True, text=True, timeout=timeout_s,
+                                  stdin=subprocess.DEVNULL, start_new_session=True)
+        except subprocess.TimeoutExpired:
+            raise HostUnreachable(f"host {host.name} ({host.address}:{host.port}): no answer within "
+                                  f"{timeout_s:.0f} s") from None
+        if done.returncode == 255:  # ssh's own failure, never the remote command's
+            raise HostUnreachable(classify_ssh_failure(host, done.stderr))
+        return done
+
+    def probe(self, hosts: list[Host]) -> None:
+        """Connect to every host in parallel (which also starts its master); raise one line per bad host."""
+        errors: dict[str, str] = {}
+
+        def one(host: Host) -> None:
+            try:
+                self.run(host, "true")
+            except HostUnreachable as error:
+                errors[host.name] = str(error)
+
+        threads = [threading.Thread(target=one, args=(host,), daemon=True) for host in hosts]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise HostUnreachable("; ".join(errors[host.name] for host in hosts if host.name in errors))
+
+    def close(self) -> None:
+        for host in self._used.values():
+            args = self.command(host, "")[:-2]
+            subprocess.run([*args, "-O", "exit", host.address], capture_output=True, timeout=10,
+                           stdin=subprocess.DEVNULL)
+        shutil.rmtree(self.control_dir, ignore_errors=True)
+
+
+# `tree PID`: PID and its descendants, parents first (torchrun starts each worker in a session of its own, so a
+# node's processes are a tree, not one process group); /proc children lists, else pgrep.
+TREE_FUNCTION = ('tree() { echo "$1"; for c in $(cat /proc/"$1"/task/*/children 2>/dev/null || pgrep -P "$1"); '
+                 'do tree "$c"; done; }')
+KILL_TREE = 'for p in $pids; do kill -KILL -- -"$p" 2>/dev/null; kill -KILL "$p" 2>/dev/null; done'
+
+
+def supervisor_script(placement: Placement, pid_file: str, grace_s: float) -> str:
+    """The POSIX sh that runs one node on its host (see the module docstring for why it looks like this)."""
+    q = shlex.quote
+    env = " ".join(q(f"{key}={value}") for key, value in placement.env().items())
+    command = " ".join(q(part) for part in placement.command())
+    volumes = " ".join(q(path) for path in [str(Path(pid_file).parent), *placement.volumes.values()])
+    return "\n".join([
+        TREE_FUNCTION,
+        f"mkdir -p {volumes} || exit {EXIT_SETUP_FAILED}",
+        f"cd {q(placement.workdir)} || exit {EXIT_SETUP_FAILED}",
+        "exec 3<&0",
+        # in a non-interactive shell a background job is not a group leader, so setsid(1) does not fork:
+        # $! is the new session's process-group id
+        f"env {env} setsid {command} </dev/null 2>&1 &",
+        "pid=$!",
+        f"echo $pid > {q(pid_file)}",
+        # the watcher: EOF on the pipe from dcforge -> SIGTERM the group (torchrun stops its workers), then
+        # SIGKILL the whole tree as it was before the SIGTERM
+        f"( while read -r _ <&3; do :; done; pids=$(tree $pid); kill -TERM -- -$pid 2>/dev/null; "
+        f"sleep {grace_s:g}; {KILL_TREE} ) </dev/null >/dev/null 2>&1 &",
+        "watcher=$!",
+        "wait $pid; code=$?",
+        "kill $watcher 2>/dev/null",
+        f"rm -f {q(pid_file)}",
+        "exit $code",
+    ])
+
+
+def kill_tree_script(pid_file: str) -> str:
+    """SIGKILL the node's whole process tree at once (failure injection, or a connection that hangs)."""
+    return f"{TREE_FUNCTION}\npid=$(cat {shlex.quote(pid_file)} 2>/dev/null) && pids=$(tree $pid) && {KILL_TREE}; true"
+
+
+class HostsExecution:
+    def __init__(self, workload: Workload, placements: list[Placement], hosts: dict[str, Host],
+                 connections: SshConnections, run_dir: Path, run_id: str):
+        self.workload = workload
+        self.run_dir = run_dir
+        self._placements = placements
+        self._hosts = hosts
+        self._connections = connections
+        self._run_id = run_id
+        self._sessions: list[subprocess.Popen] = []
+        self._logs: list = []
+        self._killed: set[int] = set()
+        self._statuses = [NodeStatus(p.role.name, p.index, p.host, p.address,
+                                     log_path=run_dir / f"{p.role.name}-{p.index}-{p.host}.log") for p in placements]
+        self._stopped = False
+
+    def _pid_file(self, placement: Placement) -> str:
+        return f"{REMOTE_RUN_ROOT}/{self._run_id}/{placement.role.name}-{placement.index}.pgid"
+
+    def start(self) -> "HostsExecution":
+        try:
+            for placement, status in zip(self._placements, self._statuses):
+                script = supervisor_script(placement, self._pid_file(placement), self._connections.options.grace_s)
+                log = open(status.log_path, "ab")
+                self._logs.append(log)
+                command = self._connections.command(self._hosts[placement.host], f"sh -c {shlex.quote(script)}")
+                # stdin is a pipe we never write: its closing is the remote supervisor's signal to stop
+                self._sessions.append(subprocess.Popen(command, stdin=subprocess.PIPE, stdout=log,
+                                                       stderr=subprocess.STDOUT, start_new_session=True))
+                status.state = NodeState.RUNNING
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def statuses(self) -> list[NodeStatus]:
+        for position, (session, status) in enumerate(zip(self._sessions, self._statuses)):
+            code = session.poll()
+            if code is not None and not status.state.finished:
+                status.exit_code = code
+                if position in self._killed:
+                    status.state = NodeState.KILLED
+                elif code == 0:
+                    status.state = NodeState.SUCCEEDED
+                else:
+                    status.state = NodeState.FAILED
+                    if code == 255:
+                        status.reason = f"ssh to {status.host} failed (see {status.log_path.name})"
+                    elif code == EXIT_SETUP_FAILED:
+                        status.reason = f"could not prepare the volumes or enter {self._placements[position].workdir}"
+        return list(self._statuses)
+
+    def wait(self, timeout_s: float | None = None, on_status: StatusCallback | None = None,
+             poll_s: float = 0.2) -> ExecutionOutcome:
+        return wait_loop(self, timeout_s if timeout_s is not None else self.workload.timeout_s, on_status, poll_s,
+                         self._terminate_all)
+
+    def _position(self, role: str, index: int) -> int:
+        for position, status in enumerate(self._statuses):
+            if status.role == role and status.index == index:
+                return position
+        raise KeyError(f"workload {self.workload.name!r} has no node {role}/{index}")
+
+    def kill_node(self, role: str, index: int) -> None:
+        position = self._position(role, index)
+        placement = self._placements[position]
+        self._killed.add(position)
+        self._connections.run(self._hosts[placement.host], kill_tree_script(self._pid_file(placement)))
+
+    def read_result(self, role: str, index: int, name: str) -> bytes:
+        placement = self._placements[self._position(role, index)]
+        path = f"{placement.volumes[VolumePurpose.RESULTS.value]}/{name}"
+        done = subprocess.run(self._connections.command(self._hosts[placement.host], f"cat {shlex.quote(path)}"),
+                              capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise ExecutorError(f"host {placement.host}: cannot read {path}: "
+                                f"{done.stderr.decode(errors='replace').strip() or 'exit ' + str(done.returncode)}")
+        return done.stdout
+
+    def _terminate_all(self) -> None:
+        running = [position for position, session in enumerate(self._sessions) if session.poll() is None]
+        self._killed.update(running)
+        for position in running:  # EOF on stdin: each supervisor TERMs, then KILLs, its process group
+            try:
+                self._sessions[position].stdin.close()
+            except OSError:
+                pass
+        deadline = time.monotonic() + self._connections.options.grace_s + 2.0
+        while time.monotonic() < deadline and any(self._sessions[p].poll() is None for p in running):
+            time.sleep(0.05)
+        for position in running:
+            if self._sessions[position].poll() is None:  # wedged connection: kill through a fresh session
+                placement = self._placements[position]
+                try:
+                    self._connections.run(self._hosts[placement.host],
+                                          kill_tree_script(self._pid_file(placement)), timeout_s=15)
+                except ExecutorError:
+                    pass
+                kill_group(self._sessions[position].pid, grace_s=1.0, reap=self._sessions[position].poll)
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            self._terminate_all()
+            self.statuses()
+        finally:
+            for log in self._logs:
+                log.close()
+            self._connections.close()
+
+    def __enter__(self) -> "HostsExecution":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+class HostsExecutor:
+    """Places node i of each role on hosts[i]; every host is probed before anything starts."""
+
+    name = "hosts"
+
+    def __init__(self, hosts: list[Host], options: SshOptions | None = None):
+        if not hosts:
+            raise ValueError("the hosts executor needs at least one host")
+        self.hosts = list(hosts)
+        self.options = options or SshOptions()
+
+    def start(self, workload: Workload, run_dir: Path) -> HostsExecution:
+        needed = max(role.nodes for role in workload.roles)
+        if needed > len(self.hosts):
+            raise ExecutorError(f"workload {workload.name!r} needs {needed} hosts, the inventory has "
+                                f"{len(self.hosts)}")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        run_id = f"{workload.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        connections = SshConnections(self.options)
+        try:
+            used = self.hosts[:needed]
+            connections.probe(used)
+            placements = []
+            for role in workload.roles:
+                leader = used[0]
+                ports = {name: self._free_port(connections, leader) for name in role.ports}
+                for index in range(role.nodes):
+                    host = used[index]
+                    base = f"{REMOTE_RUN_ROOT}/{run_id}"
+                    volumes = {purpose.value: (f"{base}/{purpose.value}" if purpose is VolumePurpose.CHECKPOINTS
+                                               else f"{base}/{role.name}-{index}/{purpose.value}")
+                               for purpose in workload.volumes}
+                    placements.append(Placement(role, index, host.name, host.address, leader.address, ports,
+                                                volumes, host.python, host.workdir))
+        except BaseException:
+            connections.close()
+            raise
+        return HostsExecution(workload, placements, {h.name: h for h in used}, connections, run_dir,
+                              run_id).start()
+
+    @staticmethod
+    def _free_port(connections: SshConnections, host: Host) -> int:
+        """A port free on `host` now (bound to port 0 there); the small race is the same as locally."""
+        probe = "import socket; s=socket.socket(); s.bind(('', 0)); print(s.getsockname()[1])"
+        done = connections.run(host, f"{shlex.quote(host.python)} -c {shlex.quote(probe)}")
+        if done.returncode != 0:
+            raise ExecutorError(f"host {host.name}: cannot run {host.python}: {done.stderr.strip()}")
+        return int(done.stdout.strip())

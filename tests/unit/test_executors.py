@@ -1,0 +1,146 @@
+"""The executor interface with the local executor: real processes, per-node templates, logs, kills, timeouts."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import pytest
+
+from dcforge.executors.base import NodeState, Placement, Readiness, Role, VolumePurpose, Workload
+from dcforge.executors.hosts import Host, classify_ssh_failure, supervisor_script
+from dcforge.executors.local import LocalExecutor
+
+PY = sys.executable
+
+
+def alive(pid: int) -> bool:
+    """Running or sleeping; a killed process whose parent died too may linger as a zombie until init reaps it."""
+    try:
+        status = open(f"/proc/{pid}/status").read()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def test_role_rejects_zero_nodes_and_empty_command():
+    with pytest.raises(ValueError, match="nodes must be >= 1"):
+        Role("worker", ("true",), nodes=0)
+    with pytest.raises(ValueError, match="empty command"):
+        Role("worker", ())
+
+
+def test_templates_fill_node_fields_ports_and_volumes():
+    role = Role("worker", ("{python}", "--rank={node_index}/{node_count}", "{leader_address}:{port[rdzv]}",
+                           "{volume[results]}/out.json"), env={"ADDR": "{node_address}"}, nodes=3, ports=("rdzv",))
+    placement = Placement(role, 2, "h2", "10.0.0.12", "10.0.0.10", {"rdzv": 29400}, {"results": "/r"}, "/py", "/w")
+    assert placement.command() == ["/py", "--rank=2/3", "10.0.0.10:29400", "/r/out.json"]
+    assert placement.env() == {"ADDR": "10.0.0.12"}
+
+
+def test_local_executor_runs_every_node_and_reads_each_result(tmp_path):
+    # literal braces are doubled: every command part is a template
+    write = ("import json, os, sys; json.dump({{'index': int(sys.argv[1]), 'port': int(sys.argv[2]), "
+             "'tag': os.environ['TAG']}}, open(sys.argv[3], 'w')); print('node', sys.argv[1], 'done')")
+    role = Role("worker", ("{python}", "-c", write, "{node_index}", "{port[rdzv]}", "{volume[results]}/r.json"),
+                env={"TAG": "n{node_index}"}, nodes=3, ports=("rdzv",))
+    seen = []
+    with LocalExecutor().start(Workload("demo", (role,)), tmp_path) as execution:
+        outcome = execution.wait(60, on_status=lambda statuses: seen.append([s.state for s in statuses]))
+        results = [json.loads(execution.read_result("worker", i, "r.json")) for i in range(3)]
+    assert outcome.succeeded, outcome.failure_summary()
+    assert [r["index"] for r in results] == [0, 1, 2]
+    assert [r["tag"] for r in results] == ["n0", "n1", "n2"]
+    assert len({r["port"] for r in results}) == 1 and results[0]["port"] > 0  # one rendezvous port per role
+    assert seen[0] == [NodeState.RUNNING] * 3 and seen[-1] == [NodeState.SUCCEEDED] * 3
+    for i, status in enumerate(outcome.nodes):
+        assert status.log_path.read_text().strip() == f"node {i} done"
+
+
+def test_a_failed_node_stops_the_others_and_is_named(tmp_path):
+    role = Role("worker", ("{python}", "-c", "import sys, time; sys.exit(3) if {node_index} == 1 else time.sleep(60)"),
+                nodes=3)
+    started = time.monotonic()
+    with LocalExecutor(grace_s=1).start(Workload("demo", (role,)), tmp_path) as execution:
+        outcome = execution.wait(60)
+    assert time.monotonic() - started < 20
+    assert not outcome.succeeded
+    states = {s.index: (s.state, s.exit_code) for s in outcome.nodes}
+    assert states[1] == (NodeState.FAILED, 3)
+    assert states[0][0] is NodeState.KILLED and states[2][0] is NodeState.KILLED
+    assert "worker/1 on local: failed (exit 3)" in outcome.failure_summary()
+
+
+def test_timeout_kills_every_process_group_including_grandchildren(tmp_path):
+    # each node starts a grandchild and records its pid: the whole group must die with the node
+    spawn = ("import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; "
+             "time.sleep(120)']); open(sys.argv[1], 'w').write(str(p.pid)); time.sleep(120)")
+    role = Role("worker", ("{python}", "-c", spawn, "{volume[scratch]}/child.pid"), nodes=2)
+    with LocalExecutor(grace_s=1).start(Workload("demo", (role,), volumes=(VolumePurpose.SCRATCH,)),
+                                        tmp_path) as execution:
+        deadline = time.monotonic() + 30
+        pid_files = [tmp_path / f"worker-{i}" / "scratch" / "child.pid" for i in range(2)]
+        while not all(p.exists() and p.read_text() for p in pid_files) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        outcome = execution.wait(0.5)
+    assert outcome.timed_out and "timed out" in outcome.failure_summary()
+    assert all(s.state is NodeState.KILLED for s in outcome.nodes)
+    grandchildren = [int(p.read_text()) for p in pid_files]
+    time.sleep(0.2)
+    assert not any(alive(pid) for pid in grandchildren)
+
+
+def test_kill_node_is_failure_injection_of_the_whole_tree(tmp_path):
+    # the child runs in a session of its own, as torchrun starts its workers: a group kill would miss it
+    spawn = ("import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; "
+             "time.sleep(120)'], start_new_session=True); open(sys.argv[1], 'w').write(str(p.pid)); time.sleep(120)")
+    role = Role("worker", ("{python}", "-c", spawn, "{volume[scratch]}/child.pid"), nodes=2)
+    with LocalExecutor(grace_s=1).start(Workload("demo", (role,), volumes=(VolumePurpose.SCRATCH,)),
+                                        tmp_path) as execution:
+        pid_file = tmp_path / "worker-0" / "scratch" / "child.pid"
+        deadline = time.monotonic() + 30
+        while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        execution.kill_node("worker", 0)
+        time.sleep(0.2)
+        assert not alive(int(pid_file.read_text()))
+        outcome = execution.wait(30)
+        with pytest.raises(KeyError, match="no node worker/5"):
+            execution.kill_node("worker", 5)
+    assert outcome.nodes[0].state is NodeState.KILLED and outcome.nodes[0].exit_code == -9
+    assert outcome.nodes[1].state is NodeState.KILLED  # stopped because its peer died
+
+
+def test_exception_inside_the_with_block_stops_every_node(tmp_path):
+    role = Role("worker", ("{python}", "-c", "import time; time.sleep(60)"), nodes=2,
+                readiness=Readiness(log_line="ready"))
+    with pytest.raises(RuntimeError, match="boom"):
+        with LocalExecutor(grace_s=1).start(Workload("demo", (role,)), tmp_path) as execution:
+            pids = [p.pid for p in execution._processes]
+            raise RuntimeError("boom")
+    time.sleep(0.1)
+    assert not any(alive(pid) for pid in pids)
+
+
+def test_supervisor_script_quotes_and_watches_stdin():
+    role = Role("w", ("{python}", "-c", "print('a b')"), env={"X": "it's"})
+    placement = Placement(role, 0, "h", "10.0.0.1", "10.0.0.1", {}, {"results": "/tmp/r x"}, "/v/py", "/w d")
+    script = supervisor_script(placement, "/tmp/run/w-0.pgid", 2.0)
+    assert "cd '/w d'" in script and "'/tmp/r x'" in script
+    assert "setsid /v/py -c 'print('\"'\"'a b'\"'\"')'" in script
+    assert "'X=it'\"'\"'s'" in script
+    assert "read -r _ <&3" in script and "kill -TERM -- -$pid" in script and "sleep 2;" in script
+
+
+@pytest.mark.parametrize("stderr, expected", [
+    ("ssh: connect to host 10.9.9.9 port 22: Connection timed out", "unreachable"),
+    ("root@10.9.9.9: Permission denied (publickey).", "authentication failed"),
+    ("Host key verification failed.", "host key not trusted"),
+    ("ssh: connect to host 10.9.9.9 port 22: Connection refused", "connection refused"),
+    ("ssh: Could not resolve hostname nope: Name or service not known", "unknown host name"),
+])
+def test_ssh_failures_become_one_line_naming_the_host(stderr, expected):
+    line = classify_ssh_failure(Host("gpu-07", "10.9.9.9"), f"warning: something\n{stderr}\n")
+    assert line.startswith(f"host gpu-07 (10.9.9.9:22): {expected}")
+    assert "\n" not in line and line.endswith(stderr)
