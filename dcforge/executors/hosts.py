@@ -177,8 +177,9 @@ def supervisor_script(placement: Placement, pid_file: str, grace_s: float) -> st
         "pid=$!",
         f"echo $pid > {q(pid_file)}",
         # the watcher: EOF on the pipe from dcforge -> SIGTERM the group (torchrun stops its workers), then
-        # SIGKILL the whole tree as it was before the SIGTERM
-        f"( while read -r _ <&3; do :; done; pids=$(tree $pid); kill -TERM -- -$pid 2>/dev/null; "
+        # SIGKILL the whole tree as it was before the SIGTERM; from EOF on it ignores the `kill $watcher` below,
+        # which would otherwise end it the moment the group leader exits, sparing workers in their own sessions
+        f"( while read -r _ <&3; do :; done; trap '' TERM; pids=$(tree $pid); kill -TERM -- -$pid 2>/dev/null; "
         f"sleep {grace_s:g}; {KILL_TREE} ) </dev/null >/dev/null 2>&1 &",
         "watcher=$!",
         "wait $pid; code=$?",

@@ -1,0 +1,226 @@
+"""The hosts executor over real SSH to network-namespace hosts (tests/integration/netns_hosts.py).
+
+Root, iproute2 and openssh-server are needed (`make system-deps`); otherwise every test here skips and says why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from dcforge.executors.base import ExecutorError, NodeState, Role, Workload
+from dcforge.executors.hosts import Host, HostsExecutor, HostUnreachable, SshOptions
+from dcforge.executors.torchrun import TorchrunJob, run_torchrun_job
+from tests.integration.netns_hosts import IFNAME, missing_prerequisites, namespace_hosts
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.slow]
+
+_missing = missing_prerequisites()
+needs_namespaces = pytest.mark.skipif(_missing is not None, reason=_missing or "")
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory):
+    if _missing:
+        pytest.skip(_missing)
+    with namespace_hosts(3, tmp_path_factory.mktemp("nshosts")) as env:
+        yield env
+
+
+def no_workload_left(env, timeout_s: float = 10.0) -> list[set[int]]:
+    """Processes left in each namespace once the ssh masters had time to exit (empty sets when clean)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = [env.pids(i) for i in range(len(env.hosts))]
+        if not any(left) or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
+def running(env, index: int, needle: str) -> list[int]:
+    """Processes in host `index`'s namespace whose command line mentions `needle`."""
+    found = []
+    for pid in env.pids(index):
+        try:
+            if needle in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
+OPTIONS = SshOptions(connect_timeout_s=3, grace_s=2)
+
+
+@needs_namespaces
+@pytest.mark.timeout(60)
+def test_every_node_runs_on_its_own_host_with_its_own_log(hosts, tmp_path):
+    role = Role("probe", ("sh", "-c", "ip -4 -o addr show " + IFNAME + " | awk '{{print $4}}'; "
+                          "echo {node_index} {leader_address} {port[p]} > {volume[results]}/me.txt"),
+                nodes=3, ports=("p",))
+    with HostsExecutor(hosts.hosts, OPTIONS).start(Workload("probe", (role,)), tmp_path) as execution:
+        outcome = execution.wait(30)
+        mine = [execution.read_result("probe", i, "me.txt").decode().split() for i in range(3)]
+    assert outcome.succeeded, outcome.failure_summary()
+    for i, (node, host) in enumerate(zip(outcome.nodes, hosts.hosts)):
+        assert node.host == host.name
+        assert node.log_path.read_text().strip() == f"{host.address}/24"  # it really ran in that namespace
+        assert mine[i][:2] == [str(i), hosts.hosts[0].address]
+    assert no_workload_left(hosts) == [set(), set(), set()]
+
+
+@needs_namespaces
+@pytest.mark.timeout(60)
+def test_kill_node_kills_the_whole_tree_and_stop_leaves_nothing(hosts, tmp_path):
+    # a child in a session of its own, like torchrun's workers: killing the node's group alone would miss it
+    spawn = ("import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; "
+             "time.sleep(120)'], start_new_session=True); open(sys.argv[1], 'w').write(str(p.pid)); time.sleep(120)")
+    role = Role("sleeper", ("{python}", "-c", spawn, "{volume[results]}/child.pid"), nodes=3)
+    with HostsExecutor(hosts.hosts, OPTIONS).start(Workload("sleeper", (role,)), tmp_path) as execution:
+        deadline = time.monotonic() + 20
+        child = b""
+        while not child and time.monotonic() < deadline:
+            try:
+                child = execution.read_result("sleeper", 1, "child.pid")
+            except ExecutorError:
+                time.sleep(0.2)
+        assert int(child) in hosts.pids(1)
+        execution.kill_node("sleeper", 1)
+        time.sleep(0.5)
+        assert int(child) not in hosts.pids(1)
+        outcome = execution.wait(20)
+    assert outcome.nodes[1].state is NodeState.KILLED
+    assert "sleeper/1 on ns-host-1: killed" in outcome.failure_summary()
+    assert no_workload_left(hosts) == [set(), set(), set()]
+
+
+@needs_namespaces
+@pytest.mark.timeout(60)
+def test_unreachable_host_and_refused_key_are_one_line_naming_the_host(hosts, tmp_path):
+    gone = Host("ns-host-gone", "10.251.0.254" if not hosts.hosts[0].address.startswith("10.251.0.")
+                else "10.251.255.254", user="root", identity_file=hosts.hosts[0].identity_file,
+                known_hosts_file=hosts.hosts[0].known_hosts_file)
+    started = time.monotonic()
+    with pytest.raises(HostUnreachable) as error:
+        HostsExecutor([hosts.hosts[0], gone], OPTIONS).start(
+            Workload("x", (Role("r", ("true",), nodes=2),)), tmp_path)
+    message = str(error.value)
+    assert message.startswith(f"host ns-host-gone ({gone.address}:22): ") and "\n" not in message
+    assert time.monotonic() - started < OPTIONS.connect_timeout_s + 12
+
+    other_key = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_key)], check=True)
+    stranger = Host(hosts.hosts[1].name, hosts.hosts[1].address, user="root", identity_file=str(other_key),
+                    known_hosts_file=hosts.hosts[1].known_hosts_file)
+    with pytest.raises(HostUnreachable, match=r"^host ns-host-1 \(.*\): authentication failed: "):
+        HostsExecutor([stranger], OPTIONS).start(Workload("x", (Role("r", ("true",)),)), tmp_path)
+
+    empty_known_hosts = tmp_path / "known_hosts"
+    empty_known_hosts.write_text("")
+    untrusted = Host(hosts.hosts[2].name, hosts.hosts[2].address, user="root",
+                     identity_file=hosts.hosts[2].identity_file, known_hosts_file=str(empty_known_hosts))
+    with pytest.raises(HostUnreachable, match=r"^host ns-host-2 \(.*\): host key not trusted"):
+        HostsExecutor([untrusted], OPTIONS).start(Workload("x", (Role("r", ("true",)),)), tmp_path)
+    assert no_workload_left(hosts) == [set(), set(), set()]
+
+
+def tiny_allreduce(nnodes: int = 3) -> TorchrunJob:
+    return TorchrunJob("allreduce.py", ("--min-bytes", "1K", "--max-bytes", "64K", "--factor", "8", "--warmup", "5",
+                                        "--iters", "20", "--timeout-s", "60",
+                                        "--output", "{volume[results]}/sweep.json"),
+                       nnodes=nnodes, nproc_per_node=1, socket_ifname=IFNAME, rendezvous_timeout_s=60,
+                       timeout_s=120, result_files=("sweep.json",))
+
+
+@needs_namespaces
+@pytest.mark.timeout(150)
+def test_three_node_allreduce(hosts, tmp_path):
+    run = run_torchrun_job(HostsExecutor(hosts.hosts, OPTIONS), "allreduce3", tiny_allreduce(), tmp_path)
+    assert run.outcome.succeeded, run.outcome.failure_summary() + "\n" + "\n".join(
+        n.log_path.read_text()[-1500:] for n in run.outcome.nodes)
+    _, data = run.result("sweep.json")
+    sweep = json.loads(data)
+    assert sweep["environment"]["world_size"] == 3
+    assert sweep["environment"]["backend"] == "gloo"
+    assert all(row["correct"] for row in sweep["results"]) and len(sweep["results"]) == 3
+    assert all(row["busbw_gbps"] > 0 for row in sweep["results"])
+    assert no_workload_left(hosts) == [set(), set(), set()]
+
+
+@needs_namespaces
+@pytest.mark.timeout(150)
+def test_three_node_training(hosts, tmp_path):
+    from workloads.train_config import TrainConfig
+
+    config = TrainConfig(preset="tiny", seq_len=64, global_batch_size=12, steps=10, warmup_steps=2,
+                         metrics_file="{volume[results]}/m.jsonl",
+                         checkpoint_dir="{volume[checkpoints]}/ckpt", checkpoint_every=10, keep_checkpoints=1,
+                         resume=False, log_every=1)
+    job = TorchrunJob("train.py", tuple(config.to_args()), nnodes=3, nproc_per_node=1, socket_ifname=IFNAME,
+                      timeout_s=120, result_files=("m.jsonl",))
+    run = run_torchrun_job(HostsExecutor(hosts.hosts, OPTIONS), "train3", job, tmp_path)
+    assert run.outcome.succeeded, run.outcome.failure_summary() + "\n" + "\n".join(
+        n.log_path.read_text()[-1500:] for n in run.outcome.nodes)
+    _, data = run.result("m.jsonl")
+    steps = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+    steps = [r for r in steps if "loss" in r and "event" not in r]
+    assert len(steps) == 10 and steps[-1]["loss"] < steps[0]["loss"]
+    assert no_workload_left(hosts) == [set(), set(), set()]
+
+
+DRIVER = textwrap.dedent("""
+    import json, signal, sys
+    from pathlib import Path
+    from dcforge.executors.hosts import Host, HostsExecutor, SshOptions
+    from dcforge.executors.torchrun import TorchrunJob, run_torchrun_job
+
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupted)  # what the runner does: SIGTERM is handled like Ctrl-C
+    hosts = [Host(**h) for h in json.loads(sys.argv[1])]
+    job = TorchrunJob("allreduce.py", ("--min-bytes", "64M", "--max-bytes", "64M", "--warmup", "5",
+                                       "--iters", "100000", "--output", "{volume[results]}/sweep.json"),
+                      nnodes=3, nproc_per_node=1, socket_ifname=sys.argv[2], timeout_s=120)
+    print("started", flush=True)
+    try:
+        run_torchrun_job(HostsExecutor(hosts, SshOptions(connect_timeout_s=3, grace_s=2)), "interrupt", job,
+                         Path(sys.argv[3]), on_status=lambda s: print([n.state.value for n in s], flush=True))
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        sys.exit(130)
+""")
+
+
+@needs_namespaces
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_leaves_no_process_in_any_namespace(hosts, tmp_path, sig):
+    from dataclasses import asdict
+
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps([asdict(h) for h in hosts.hosts]), IFNAME,
+                               str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        # wait until the all-reduce runs on every host: torchrun's agent and its worker in each namespace
+        while time.monotonic() < deadline and not all(len(running(hosts, i, "allreduce.py")) >= 2 for i in range(3)):
+            time.sleep(0.2)
+        assert all(len(running(hosts, i, "allreduce.py")) >= 2 for i in range(3)), driver.stdout and ""
+        driver.send_signal(sig)
+        output, _ = driver.communicate(timeout=30)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    assert driver.returncode == 130, output
+    assert "interrupted" in output
+    assert no_workload_left(hosts) == [set(), set(), set()]
