@@ -17,6 +17,8 @@ CHECKS: dict[str, str] = {
     "gpu_bandwidth": "dcforge.checks.gpu_bandwidth:GpuBandwidthCheck",
     "train": "dcforge.checks.train:TrainCheck",
     "allreduce": "dcforge.checks.allreduce:AllreduceCheck",
+    "train_multinode": "dcforge.checks.multinode:TrainMultinodeCheck",
+    "allreduce_multinode": "dcforge.checks.multinode:AllreduceMultinodeCheck",
     "checkpoint": "dcforge.checks.checkpoint:CheckpointCheck",
     "checkpoint_backup": "dcforge.checks.checkpoint_backup:CheckpointBackupCheck",
     "storage": "dcforge.checks.storage:StorageCheck",

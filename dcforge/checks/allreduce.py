@@ -78,26 +78,30 @@ class AllreduceCheck:
                 "--output", str(output)]
         with sample_power() as power:
             run_torchrun(ctx, "allreduce.py", args, nproc=nproc, log_path=workdir / "torchrun.log")
-        sweep = read_result_file(output, AllreduceResult)
-        rows = sweep.results
-        largest = rows[-1]
-        result.add_metric("busbw_gbps", largest.busbw_gbps, context=f"{largest.bytes} bytes")
-        result.add_metric("algbw_gbps", largest.algbw_gbps, context=f"{largest.bytes} bytes")
-        result.add_metric("busbw_gbps.max", max(row.busbw_gbps for row in rows))
-        result.add_metric("latency_us", rows[0].time_s * 1e6, context=f"{rows[0].bytes} bytes")
-        wrong = [row.bytes for row in rows if not row.correct]
-        result.add_metric("sizes_incorrect", len(wrong))
-        if wrong:
-            result.fail(f"all-reduce returned wrong sums at {len(wrong)} sizes (first: {wrong[0]} bytes)")
-        result.details = {**sweep.environment, "dtype": sweep.dtype, "warmup": sweep.warmup,
-                          "iterations": sweep.iterations, "sweep": [dataclasses.asdict(row) for row in rows]}
+        record_sweep(result, read_result_file(output, AllreduceResult), nproc)
         record_energy(result, power)
         result.artefacts["sweep"] = ctx.relative(output)
         result.artefacts["torchrun_log"] = ctx.relative(workdir / "torchrun.log")
-        sizes = [float(row.bytes) for row in rows]
-        result.plots.append(Plot(f"All-reduce bus bandwidth ({sweep.environment['backend']}, {nproc} ranks)",
-                                 "message size (bytes)", "GB/s",
-                                 [Series("busbw", sizes, [row.busbw_gbps for row in rows]),
-                                  Series("algbw", sizes, [row.algbw_gbps for row in rows])],
-                                 log_x=True))
         return result
+
+
+def record_sweep(result: CheckResult, sweep: AllreduceResult, ranks: int) -> None:
+    """Metrics, correctness, details and the plot of one sweep (workloads/allreduce.py's result record)."""
+    rows = sweep.results
+    largest = rows[-1]
+    result.add_metric("busbw_gbps", largest.busbw_gbps, context=f"{largest.bytes} bytes")
+    result.add_metric("algbw_gbps", largest.algbw_gbps, context=f"{largest.bytes} bytes")
+    result.add_metric("busbw_gbps.max", max(row.busbw_gbps for row in rows))
+    result.add_metric("latency_us", rows[0].time_s * 1e6, context=f"{rows[0].bytes} bytes")
+    wrong = [row.bytes for row in rows if not row.correct]
+    result.add_metric("sizes_incorrect", len(wrong))
+    if wrong:
+        result.fail(f"all-reduce returned wrong sums at {len(wrong)} sizes (first: {wrong[0]} bytes)")
+    result.details.update({**sweep.environment, "dtype": sweep.dtype, "warmup": sweep.warmup,
+                           "iterations": sweep.iterations, "sweep": [dataclasses.asdict(row) for row in rows]})
+    sizes = [float(row.bytes) for row in rows]
+    result.plots.append(Plot(f"All-reduce bus bandwidth ({sweep.environment['backend']}, {ranks} ranks)",
+                             "message size (bytes)", "GB/s",
+                             [Series("busbw", sizes, [row.busbw_gbps for row in rows]),
+                              Series("algbw", sizes, [row.algbw_gbps for row in rows])],
+                             log_x=True))

@@ -357,6 +357,49 @@ class Versions(SpecModel):
         return self.fabric_manager or self.driver
 
 
+class AcceptanceHost(SpecModel):
+    """One SSH host of the `hosts` acceptance target (docs/executors.md)."""
+
+    name: str = Field(min_length=1)
+    address: str | None = None
+    """What ssh connects to and other nodes reach the host at; default: the name."""
+    port: int = Field(default=22, ge=1, le=65535)
+    user: str | None = None
+    identity_file: str | None = None
+
+
+class AcceptanceHosts(SpecModel):
+    """SSH hosts that multi-node checks run on: listed here, or the hosts of an Ansible inventory group."""
+
+    hosts: list[AcceptanceHost] = Field(default_factory=list)
+    inventory: str | None = None
+    """An Ansible inventory (YAML), relative to the environment file, e.g. playbooks/inventories/dev/hosts.yml."""
+    group: str | None = None
+    """Inventory group to use; default: every host of the inventory."""
+    user: str | None = None
+    """Default SSH user of hosts that name none."""
+    identity_file: str | None = None
+    """Default private key; otherwise ssh-agent and ~/.ssh."""
+    known_hosts_file: str | None = None
+    """Host keys are always checked: against this file, or ~/.ssh/known_hosts and /etc/ssh/ssh_known_hosts."""
+    connect_timeout_s: int = Field(default=10, ge=1, le=300)
+    """An unreachable host is reported after about this long."""
+    socket_ifname: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,15}$")
+    """Interface the collectives use between hosts (GLOO_SOCKET_IFNAME and NCCL_SOCKET_IFNAME)."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "AcceptanceHosts":
+        if bool(self.hosts) == bool(self.inventory):
+            raise ValueError("give either hosts or inventory (exactly one)")
+        if self.group and not self.inventory:
+            raise ValueError("group selects hosts of an inventory; it needs inventory")
+        names = [host.name for host in self.hosts]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"host names must be unique: {', '.join(duplicates)}")
+        return self
+
+
 class Acceptance(SpecModel):
     """What `dcforge accept` runs and the SLOs it judges (docs/slos.md)."""
 
@@ -368,12 +411,20 @@ class Acceptance(SpecModel):
     timeouts_s: dict[str, float] = Field(default_factory=dict)
     """Per-check wall-clock limit in seconds; a check that runs over is an error."""
     default_timeout_s: float = Field(default=900.0, gt=0)
-    target: Literal["local", "kubernetes"] = "local"
+    target: Literal["local", "kubernetes", "hosts"] = "local"
+    hosts: AcceptanceHosts | None = None
+    """The SSH hosts of target `hosts` (multi-node checks); required there."""
     pool: str | None = None
     """Pool whose node this acceptance runs on (node-level acceptance); defaults to the first pool."""
     profile: str | None = None
     """Threshold profile filling default SLOs (`dcforge/spec/data/profiles/`): `auto` (the acceptance pool's GPU
     model and GPUs per node), a profile name, or a `.yaml` path relative to this file. Explicit SLOs override."""
+
+    @model_validator(mode="after")
+    def _hosts_target_has_hosts(self) -> "Acceptance":
+        if self.target == "hosts" and self.hosts is None:
+            raise ValueError("target hosts needs `hosts` (a list of hosts or an inventory)")
+        return self
 
 
 class Monitoring(SpecModel):

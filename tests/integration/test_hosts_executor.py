@@ -133,29 +133,6 @@ def test_unreachable_host_and_refused_key_are_one_line_naming_the_host(hosts, tm
     assert no_workload_left(hosts) == [set(), set(), set()]
 
 
-def tiny_allreduce(nnodes: int = 3) -> TorchrunJob:
-    return TorchrunJob("allreduce.py", ("--min-bytes", "1K", "--max-bytes", "64K", "--factor", "8", "--warmup", "5",
-                                        "--iters", "20", "--timeout-s", "60",
-                                        "--output", "{volume[results]}/sweep.json"),
-                       nnodes=nnodes, nproc_per_node=1, socket_ifname=IFNAME, rendezvous_timeout_s=60,
-                       timeout_s=120, result_files=("sweep.json",))
-
-
-@needs_namespaces
-@pytest.mark.timeout(150)
-def test_three_node_allreduce(hosts, tmp_path):
-    run = run_torchrun_job(HostsExecutor(hosts.hosts, OPTIONS), "allreduce3", tiny_allreduce(), tmp_path)
-    assert run.outcome.succeeded, run.outcome.failure_summary() + "\n" + "\n".join(
-        n.log_path.read_text()[-1500:] for n in run.outcome.nodes)
-    _, data = run.result("sweep.json")
-    sweep = json.loads(data)
-    assert sweep["environment"]["world_size"] == 3
-    assert sweep["environment"]["backend"] == "gloo"
-    assert all(row["correct"] for row in sweep["results"]) and len(sweep["results"]) == 3
-    assert all(row["busbw_gbps"] > 0 for row in sweep["results"])
-    assert no_workload_left(hosts) == [set(), set(), set()]
-
-
 @needs_namespaces
 @pytest.mark.timeout(150)
 def test_three_node_training(hosts, tmp_path):
@@ -224,3 +201,59 @@ def test_interrupt_leaves_no_process_in_any_namespace(hosts, tmp_path, sig):
     assert driver.returncode == 130, output
     assert "interrupted" in output
     assert no_workload_left(hosts) == [set(), set(), set()]
+
+
+def accept_on_hosts(tmp_path: Path, hosts_section: dict, checks: list[str], settings: dict) -> tuple:
+    """`dcforge accept` on an environment whose acceptance target is hosts; returns (process, report)."""
+    import yaml
+
+    document = yaml.safe_load((REPO / "stacks" / "Pulumi.local.yaml").read_text())
+    document["config"]["dcforge:acceptance"] = {"checks": checks, "settings": settings, "target": "hosts",
+                                                "hosts": hosts_section, "defaultTimeoutS": 240}
+    stacks = tmp_path / "stacks"
+    stacks.mkdir()
+    (stacks / "Pulumi.nshosts.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    proc = subprocess.run([sys.executable, "-m", "dcforge.cli", "accept", "--env", "nshosts"], capture_output=True,
+                          text=True, timeout=280, cwd=tmp_path, env={**os.environ, "DCFORGE_STACKS_DIR": str(stacks)})
+    reports = list((tmp_path / "reports" / "nshosts").glob("*/report.json"))
+    return proc, json.loads(reports[0].read_text()) if reports else None
+
+
+@needs_namespaces
+@pytest.mark.timeout(300)
+def test_accept_runs_multinode_allreduce_on_the_inventory_hosts(hosts, tmp_path):
+    import yaml
+
+    inventory = {"all": {"children": {"ns_hosts": {"hosts": {
+        h.name: {"ansible_host": h.address, "ansible_user": "root", "ansible_ssh_private_key_file": h.identity_file}
+        for h in hosts.hosts}}}}}
+    (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory))
+    section = {"inventory": str(tmp_path / "hosts.yml"), "group": "ns_hosts",
+               "knownHostsFile": hosts.hosts[0].known_hosts_file, "socketIfname": IFNAME, "connectTimeoutS": 3}
+    proc, report = accept_on_hosts(tmp_path, section, ["allreduce_multinode"],
+                                   {"allreduce_multinode": {"maxBytes": "64K", "factor": 8, "timeoutS": 150}})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    check = next(c for c in report["checks"] if c["name"] == "allreduce_multinode")
+    assert check["status"] == "pass", check["reason"]
+    assert check["details"]["world_size"] == 3 and check["details"]["executor"] == "hosts"
+    assert [n["host"] for n in check["details"]["nodes"]] == ["ns-host-0", "ns-host-1", "ns-host-2"]
+    assert all(n["state"] == "succeeded" for n in check["details"]["nodes"])
+    assert check["metrics"]["busbw_gbps"]["value"] > 0 and check["metrics"]["sizes_incorrect"]["value"] == 0
+    assert no_workload_left(hosts) == [set(), set(), set()]
+
+
+@needs_namespaces
+@pytest.mark.timeout(120)
+def test_accept_with_an_unreachable_host_errors_naming_it(hosts, tmp_path):
+    first = hosts.hosts[0]
+    octet = first.address.split(".")[2]
+    section = {"hosts": [{"name": first.name, "address": first.address},
+                         {"name": "gpu-gone", "address": f"10.251.{octet}.99"}],
+               "user": "root", "identityFile": first.identity_file, "knownHostsFile": first.known_hosts_file,
+               "socketIfname": IFNAME, "connectTimeoutS": 3}
+    proc, report = accept_on_hosts(tmp_path, section, ["allreduce_multinode"], {})
+    assert proc.returncode != 0
+    check = next(c for c in report["checks"] if c["name"] == "allreduce_multinode")
+    assert check["status"] == "error"
+    assert check["reason"].startswith(f"host gpu-gone (10.251.{octet}.99:22): ") and "\n" not in check["reason"]
+    assert "gpu-gone" in proc.stdout + proc.stderr

@@ -1,0 +1,160 @@
+"""`allreduce_multinode` and `train_multinode`: torchrun with `--nnodes N` across nodes, c10d rendezvous on node 0.
+
+Where the nodes run follows `acceptance.target`: `hosts` -> one node per SSH host of `acceptance.hosts`
+(docs/executors.md); `local` -> N torchrun agents on this machine over loopback (the same rendezvous and
+collectives, without a network between them). The figures are the single-node checks' (same formulas, same
+records); details carry a `nodes` table: host, address, state and log of every node.
+"""
+
+from __future__ import annotations
+
+import json
+from pydantic import Field
+
+from dcforge.checks.allreduce import AllreduceCheck, AllreduceCheckConfig, record_sweep
+from dcforge.checks.train import TrainCheck, TrainCheckConfig, settings_error, summarize
+from dcforge.executors.base import ExecutorError, NodeStatus
+from dcforge.executors.torchrun import TorchrunJob, TorchrunRun, node_records, run_torchrun_job
+from dcforge.harness.check import CheckContext
+from dcforge.harness.result import CheckResult, CheckSkipped, Status
+
+LOOPBACK_IFNAME = "lo"
+
+
+class AllreduceMultinodeConfig(AllreduceCheckConfig):
+    nodes: int | None = Field(default=None, ge=2)
+    """Nodes (hosts) to run on; default every host of acceptance.hosts, or 2 on target local."""
+    rendezvous_timeout_s: int = Field(default=60, ge=1)
+    """How long nodes wait for each other at the c10d rendezvous."""
+    nproc_per_node: int | None = Field(default=None, ge=1)
+    """Ranks per node; default one per GPU, or 1 on CPU (the network between nodes is what is measured)."""
+
+
+class TrainMultinodeConfig(TrainCheckConfig):
+    nodes: int | None = Field(default=None, ge=2)
+    """Nodes (hosts) to run on; default every host of acceptance.hosts, or 2 on target local."""
+    rendezvous_timeout_s: int = Field(default=60, ge=1)
+    """How long nodes wait for each other at the c10d rendezvous."""
+
+
+def executor_for(ctx: CheckContext, check: str, nodes: int | None):
+    """The executor `acceptance.target` selects, the node count, and the socket interface for collectives."""
+    from dcforge.executors.hosts import HostsExecutor, SshOptions
+    from dcforge.executors.inventory import acceptance_hosts
+    from dcforge.executors.local import LocalExecutor
+
+    acceptance = ctx.env.spec.acceptance
+    if acceptance.target == "hosts":
+        hosts = acceptance_hosts(ctx.env)
+        count = nodes or len(hosts)
+        if count > len(hosts):
+            raise settings_error(ctx, check, "nodes", f"{count} nodes asked, acceptance.hosts has {len(hosts)}")
+        options = SshOptions(connect_timeout_s=acceptance.hosts.connect_timeout_s)
+        return HostsExecutor(hosts[:count], options), count, acceptance.hosts.socket_ifname
+    if acceptance.target == "local":
+        return LocalExecutor(), nodes or 2, LOOPBACK_IFNAME
+    raise CheckSkipped(f"multi-node checks run on target local or hosts, not {acceptance.target}")
+
+
+def _cpu_default_nproc() -> int:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.device_count()
+    except ImportError:
+        pass
+    return 1
+
+
+def run_nodes(ctx: CheckContext, check: str, job: TorchrunJob, executor, result: CheckResult) -> TorchrunRun | None:
+    workdir = ctx.artefact_dir(check)
+
+    def show(statuses: list[NodeStatus]) -> None:
+        ctx.log(" ".join(f"{s.host}:{s.state.value}" for s in statuses))
+
+    ctx.log(f"torchrun {job.script} on {job.nnodes} nodes x{job.nproc_per_node} ({executor.name})")
+    try:
+        run = run_torchrun_job(executor, check, job, workdir / "nodes", on_status=show)
+    except ExecutorError as error:
+        result.status, result.reason = Status.ERROR, str(error)
+        return None
+    result.details["nodes"] = node_records(run.outcome.nodes, ctx.relative)
+    for node in run.outcome.nodes:
+        result.artefacts[f"log.{node.host}"] = ctx.relative(node.log_path)
+    if not run.outcome.succeeded:
+        result.fail(f"torchrun across {job.nnodes} nodes: {run.outcome.failure_summary()}")
+    return run
+
+
+class AllreduceMultinodeCheck:
+    name = "allreduce_multinode"
+    description = "All-reduce sweep across nodes (torchrun --nnodes): busbw between nodes, per-node records."
+    Config = AllreduceMultinodeConfig
+    metrics = AllreduceCheck.metrics
+
+    def run(self, ctx: CheckContext, config: AllreduceMultinodeConfig) -> CheckResult:
+        result = CheckResult(self.name, declared=self.metrics)
+        executor, nodes, ifname = executor_for(ctx, self.name, config.nodes)
+        nproc = config.nproc_per_node or _cpu_default_nproc()
+        job = TorchrunJob("allreduce.py", ("--min-bytes", config.min_bytes, "--max-bytes", config.max_bytes,
+                                           "--factor", str(config.factor), "--warmup", str(config.warmup),
+                                           "--iters", str(config.iterations), "--dtype", config.dtype,
+                                           "--timeout-s", str(int(min(config.timeout_s, 600))),
+                                           "--output", "{volume[results]}/sweep.json"),
+                          nnodes=nodes, nproc_per_node=nproc, socket_ifname=ifname,
+                          rendezvous_timeout_s=config.rendezvous_timeout_s,
+                          timeout_s=min(config.timeout_s, max(1.0, ctx.remaining_s())),
+                          result_files=("sweep.json",))
+        run = run_nodes(ctx, self.name, job, executor, result)
+        if run is None or not run.outcome.succeeded:
+            return result
+        _, data = run.result("sweep.json")
+        output = ctx.artefact_dir(self.name) / "sweep.json"
+        output.write_bytes(data)
+        record_sweep(result, json.loads(data), nodes * nproc)
+        result.details.update({"nnodes": nodes, "nproc_per_node": nproc, "executor": executor.name,
+                               "socket_ifname": ifname})
+        result.artefacts["sweep"] = ctx.relative(output)
+        return result
+
+
+class TrainMultinodeCheck:
+    name = "train_multinode"
+    description = "Trains the bundled GPT across nodes (torchrun --nnodes, DDP): tokens/s, loss, per-node records."
+    Config = TrainMultinodeConfig
+    metrics = TrainCheck.metrics
+
+    def run(self, ctx: CheckContext, config: TrainMultinodeConfig) -> CheckResult:
+        from workloads.train_config import TrainConfig
+
+        result = CheckResult(self.name, declared=self.metrics)
+        executor, nodes, ifname = executor_for(ctx, self.name, config.nodes)
+        nproc = config.nproc_per_node or _cpu_default_nproc()
+        train_config = TrainConfig(preset=config.preset, seq_len=config.seq_len,
+                                   global_batch_size=config.global_batch_size, steps=config.steps,
+                                   parallelism=config.parallelism, compile=config.compile,
+                                   metrics_file="{volume[results]}/metrics.jsonl",
+                                   checkpoint_dir="{volume[checkpoints]}/train", checkpoint_every=config.steps,
+                                   keep_checkpoints=1, resume=False, log_every=5)
+        try:
+            train_config.validate(nodes * nproc)
+        except ValueError as error:
+            key = "globalBatchSize" if "global_batch_size" in str(error) else "seqLen"
+            raise settings_error(ctx, self.name, key, str(error)) from None
+        job = TorchrunJob("train.py", tuple(train_config.to_args()), nnodes=nodes, nproc_per_node=nproc,
+                          socket_ifname=ifname, rendezvous_timeout_s=config.rendezvous_timeout_s,
+                          timeout_s=min(config.timeout_s, max(1.0, ctx.remaining_s())),
+                          result_files=("metrics.jsonl",))
+        run = run_nodes(ctx, self.name, job, executor, result)
+        if run is None or not run.outcome.succeeded:
+            return result
+        _, data = run.result("metrics.jsonl")
+        output = ctx.artefact_dir(self.name) / "metrics.jsonl"
+        output.write_bytes(data)
+        records = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+        summarize(result, records, config, nodes * nproc, None)
+        result.details.update({"nnodes": nodes, "nproc_per_node": nproc, "executor": executor.name,
+                               "socket_ifname": ifname})
+        result.artefacts["metrics"] = ctx.relative(output)
+        return result
