@@ -19,6 +19,7 @@ CHECKS: dict[str, str] = {
     "allreduce": "dcforge.checks.allreduce:AllreduceCheck",
     "train_multinode": "dcforge.checks.multinode:TrainMultinodeCheck",
     "allreduce_multinode": "dcforge.checks.multinode:AllreduceMultinodeCheck",
+    "slow_node": "dcforge.checks.slow_node:SlowNodeCheck",
     "checkpoint": "dcforge.checks.checkpoint:CheckpointCheck",
     "checkpoint_backup": "dcforge.checks.checkpoint_backup:CheckpointBackupCheck",
     "storage": "dcforge.checks.storage:StorageCheck",

@@ -257,3 +257,27 @@ def test_accept_with_an_unreachable_host_errors_naming_it(hosts, tmp_path):
     assert check["status"] == "error"
     assert check["reason"].startswith(f"host gpu-gone (10.251.{octet}.99:22): ") and "\n" not in check["reason"]
     assert "gpu-gone" in proc.stdout + proc.stderr
+
+
+@needs_namespaces
+@pytest.mark.timeout(300)
+def test_accept_names_the_rate_limited_host_by_pairwise_search(tmp_path, tmp_path_factory):
+    # hosts of its own: a rate limit must not outlive this test into the module's shared hosts
+    with namespace_hosts(3, tmp_path_factory.mktemp("slowhosts")) as env:
+        env.limit_rate(1, "8mbit")
+        first = env.hosts[0]
+        section = {"hosts": [{"name": h.name, "address": h.address} for h in env.hosts], "user": "root",
+                   "identityFile": first.identity_file, "knownHostsFile": first.known_hosts_file,
+                   "socketIfname": IFNAME, "connectTimeoutS": 3}
+        proc, report = accept_on_hosts(tmp_path, section, ["slow_node"], {"slow_node": {"timeoutS": 90}})
+        assert no_workload_left(env) == [set(), set(), set()]
+    check = next(c for c in report["checks"] if c["name"] == "slow_node")
+    assert check["status"] == "fail", (check["reason"], proc.stdout[-2000:])
+    assert check["details"]["culprit"] == "ns-host-1"
+    assert check["reason"].startswith("slow node: ns-host-1")
+    assert check["metrics"]["rounds"]["value"] <= 3  # ⌈log2 3⌉ + 1
+    verdicts = {n["host"]: n["verdict"] for n in check["details"]["nodes"]}
+    assert verdicts == {"ns-host-0": "cleared", "ns-host-1": "slow", "ns-host-2": "cleared"}
+    pairs = [p for r in check["details"]["rounds"] for p in r["pairs"]]
+    assert all(p["slow"] == ("ns-host-1" in p["nodes"]) for p in pairs)
+    assert proc.returncode != 0
