@@ -92,6 +92,7 @@ class AllreduceMultinodeCheck:
     description = "All-reduce sweep across nodes (torchrun --nnodes): busbw between nodes, per-node records."
     Config = AllreduceMultinodeConfig
     metrics = AllreduceCheck.metrics
+    requires_declared_gpus = False  # the nodes are the hosts (target hosts), not necessarily this machine
 
     def run(self, ctx: CheckContext, config: AllreduceMultinodeConfig) -> CheckResult:
         result = CheckResult(self.name, declared=self.metrics)
@@ -124,6 +125,7 @@ class TrainMultinodeCheck:
     description = "Trains the bundled GPT across nodes (torchrun --nnodes, DDP): tokens/s, loss, per-node records."
     Config = TrainMultinodeConfig
     metrics = TrainCheck.metrics
+    requires_declared_gpus = False  # the nodes are the hosts (target hosts), not necessarily this machine
 
     def run(self, ctx: CheckContext, config: TrainMultinodeConfig) -> CheckResult:
         from workloads.train_config import TrainConfig

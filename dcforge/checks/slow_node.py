@@ -143,6 +143,7 @@ class SlowNodeCheck:
     name = "slow_node"
     description = "Pairwise all-reduce in rounds: names the node that drags collectives down, per-node busbw."
     Config = SlowNodeConfig
+    requires_declared_gpus = False  # it measures the network between the hosts
     metrics = (
         MetricSpec("rounds", "rounds", "lower", "rounds of parallel pairwise all-reduce until the search ended",
                    "search cost; one slow node among N takes at most ⌈log2 N⌉ + 1"),

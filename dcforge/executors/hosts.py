@@ -10,11 +10,14 @@ POSIX shell supervisor that writes the session's process-group id to a pid file 
 a pipe from this process through ssh. When that pipe closes -- `stop()`, this process dying for any reason,
 the ssh connection closing -- the supervisor sends SIGTERM to the group, then SIGKILL after the grace period.
 `stop()` also kills the group through a second session as a fallback for a wedged connection, and
-`kill_node()` (failure injection) SIGKILLs it at once the same way.
+`kill_node()` (failure injection) SIGKILLs it at once the same way. An execution registers in the harness's
+`RUNNING` children (dcforge.harness.processes), so the runner's `stop_everything()` on SIGINT/SIGTERM/SIGHUP
+reaches it too; the ssh clients carry PR_SET_PDEATHSIG like every other child.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import subprocess
@@ -29,7 +32,7 @@ from pathlib import Path
 from dcforge.executors.base import (ExecutionOutcome, ExecutorError, NodeState, NodeStatus, Placement,
                                     StatusCallback, VolumePurpose, Workload, wait_loop)
 from dcforge.executors.local import PROJECT_ROOT
-from dcforge.harness.processes import kill_group
+from dcforge.harness.processes import RUNNING, _child_setup, kill_group, signals_deferred
 
 REMOTE_RUN_ROOT = "/tmp/dcforge-runs"
 EXIT_SETUP_FAILED = 125
@@ -214,15 +217,19 @@ class HostsExecution:
         return f"{REMOTE_RUN_ROOT}/{self._run_id}/{placement.role.name}-{placement.index}.pgid"
 
     def start(self) -> "HostsExecution":
+        RUNNING.add(self)  # a terminating signal stops it through the runner like any local child
         try:
             for placement, status in zip(self._placements, self._statuses):
                 script = supervisor_script(placement, self._pid_file(placement), self._connections.options.grace_s)
                 log = open(status.log_path, "ab")
                 self._logs.append(log)
                 command = self._connections.command(self._hosts[placement.host], f"sh -c {shlex.quote(script)}")
-                # stdin is a pipe we never write: its closing is the remote supervisor's signal to stop
-                self._sessions.append(subprocess.Popen(command, stdin=subprocess.PIPE, stdout=log,
-                                                       stderr=subprocess.STDOUT, start_new_session=True))
+                # stdin is a pipe we never write: its closing is the remote supervisor's signal to stop. The ssh
+                # client dies with dcforge (PR_SET_PDEATHSIG), and so does our end of that pipe.
+                with signals_deferred():
+                    self._sessions.append(subprocess.Popen(command, stdin=subprocess.PIPE, stdout=log,
+                                                           stderr=subprocess.STDOUT, start_new_session=True,
+                                                           preexec_fn=_child_setup(os.getpid())))
                 status.state = NodeState.RUNNING
         except BaseException:
             self.stop()
@@ -305,6 +312,7 @@ class HostsExecution:
             for log in self._logs:
                 log.close()
             self._connections.close()
+            RUNNING.discard(self)
 
     def __enter__(self) -> "HostsExecution":
         return self

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -154,57 +153,8 @@ def test_three_node_training(hosts, tmp_path):
     assert no_workload_left(hosts) == [set(), set(), set()]
 
 
-DRIVER = textwrap.dedent("""
-    import json, signal, sys
-    from pathlib import Path
-    from dcforge.executors.hosts import Host, HostsExecutor, SshOptions
-    from dcforge.executors.torchrun import TorchrunJob, run_torchrun_job
-
-    def interrupted(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, interrupted)  # what the runner does: SIGTERM is handled like Ctrl-C
-    hosts = [Host(**h) for h in json.loads(sys.argv[1])]
-    job = TorchrunJob("allreduce.py", ("--min-bytes", "64M", "--max-bytes", "64M", "--warmup", "5",
-                                       "--iters", "100000", "--output", "{volume[results]}/sweep.json"),
-                      nnodes=3, nproc_per_node=1, socket_ifname=sys.argv[2], timeout_s=120)
-    print("started", flush=True)
-    try:
-        run_torchrun_job(HostsExecutor(hosts, SshOptions(connect_timeout_s=3, grace_s=2)), "interrupt", job,
-                         Path(sys.argv[3]), on_status=lambda s: print([n.state.value for n in s], flush=True))
-    except KeyboardInterrupt:
-        print("interrupted", flush=True)
-        sys.exit(130)
-""")
-
-
-@needs_namespaces
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_interrupt_leaves_no_process_in_any_namespace(hosts, tmp_path, sig):
-    from dataclasses import asdict
-
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps([asdict(h) for h in hosts.hosts]), IFNAME,
-                               str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 90
-        # wait until the all-reduce runs on every host: torchrun's agent and its worker in each namespace
-        while time.monotonic() < deadline and not all(len(running(hosts, i, "allreduce.py")) >= 2 for i in range(3)):
-            time.sleep(0.2)
-        assert all(len(running(hosts, i, "allreduce.py")) >= 2 for i in range(3)), driver.stdout and ""
-        driver.send_signal(sig)
-        output, _ = driver.communicate(timeout=30)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-            driver.wait()
-    assert driver.returncode == 130, output
-    assert "interrupted" in output
-    assert no_workload_left(hosts) == [set(), set(), set()]
-
-
-def accept_on_hosts(tmp_path: Path, hosts_section: dict, checks: list[str], settings: dict) -> tuple:
-    """`dcforge accept` on an environment whose acceptance target is hosts; returns (process, report)."""
+def write_hosts_env(tmp_path: Path, hosts_section: dict, checks: list[str], settings: dict) -> Path:
+    """stacks/Pulumi.nshosts.yaml under tmp_path: the local environment with acceptance target hosts."""
     import yaml
 
     document = yaml.safe_load((REPO / "stacks" / "Pulumi.local.yaml").read_text())
@@ -213,6 +163,48 @@ def accept_on_hosts(tmp_path: Path, hosts_section: dict, checks: list[str], sett
     stacks = tmp_path / "stacks"
     stacks.mkdir()
     (stacks / "Pulumi.nshosts.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    return stacks
+
+
+def section_for(env) -> dict:
+    first = env.hosts[0]
+    return {"hosts": [{"name": h.name, "address": h.address} for h in env.hosts], "user": "root",
+            "identityFile": first.identity_file, "knownHostsFile": first.known_hosts_file,
+            "socketIfname": IFNAME, "connectTimeoutS": 3}
+
+
+@needs_namespaces
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_accept_leaves_no_process_in_any_namespace(hosts, tmp_path, sig):
+    # an all-reduce that would run for hours: only the signal ends it
+    stacks = write_hosts_env(tmp_path, section_for(hosts), ["allreduce_multinode"],
+                             {"allreduce_multinode": {"minBytes": "64M", "maxBytes": "64M", "iterations": 100000,
+                                                      "timeoutS": 3000}})
+    accept = subprocess.Popen([sys.executable, "-m", "dcforge.cli", "accept", "--env", "nshosts"], cwd=tmp_path,
+                              env={**os.environ, "DCFORGE_STACKS_DIR": str(stacks)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        # wait until the all-reduce runs on every host: torchrun's worker (`python -u workloads/allreduce.py`)
+        worker = "\0-u\0workloads/allreduce.py\0"
+        while time.monotonic() < deadline and not all(running(hosts, i, worker) for i in range(3)):
+            time.sleep(0.2)
+        assert all(running(hosts, i, worker) for i in range(3)), "the all-reduce never started"
+        time.sleep(1.0)  # into the timed iterations
+        accept.send_signal(sig)
+        output, _ = accept.communicate(timeout=40)
+    finally:
+        if accept.poll() is None:
+            os.killpg(accept.pid, signal.SIGKILL)
+            accept.wait()
+    assert accept.returncode == 128 + sig, output[-3000:]
+    assert no_workload_left(hosts) == [set(), set(), set()]
+
+
+def accept_on_hosts(tmp_path: Path, hosts_section: dict, checks: list[str], settings: dict) -> tuple:
+    """`dcforge accept` on an environment whose acceptance target is hosts; returns (process, report)."""
+    stacks = write_hosts_env(tmp_path, hosts_section, checks, settings)
     proc = subprocess.run([sys.executable, "-m", "dcforge.cli", "accept", "--env", "nshosts"], capture_output=True,
                           text=True, timeout=280, cwd=tmp_path, env={**os.environ, "DCFORGE_STACKS_DIR": str(stacks)})
     reports = list((tmp_path / "reports" / "nshosts").glob("*/report.json"))
@@ -265,11 +257,7 @@ def test_accept_names_the_rate_limited_host_by_pairwise_search(tmp_path, tmp_pat
     # hosts of its own: a rate limit must not outlive this test into the module's shared hosts
     with namespace_hosts(3, tmp_path_factory.mktemp("slowhosts")) as env:
         env.limit_rate(1, "8mbit")
-        first = env.hosts[0]
-        section = {"hosts": [{"name": h.name, "address": h.address} for h in env.hosts], "user": "root",
-                   "identityFile": first.identity_file, "knownHostsFile": first.known_hosts_file,
-                   "socketIfname": IFNAME, "connectTimeoutS": 3}
-        proc, report = accept_on_hosts(tmp_path, section, ["slow_node"], {"slow_node": {"timeoutS": 90}})
+        proc, report = accept_on_hosts(tmp_path, section_for(env), ["slow_node"], {"slow_node": {"timeoutS": 90}})
         assert no_workload_left(env) == [set(), set(), set()]
     check = next(c for c in report["checks"] if c["name"] == "slow_node")
     assert check["status"] == "fail", (check["reason"], proc.stdout[-2000:])
