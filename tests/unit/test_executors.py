@@ -53,7 +53,10 @@ def test_local_executor_runs_every_node_and_reads_each_result(tmp_path):
     assert [r["index"] for r in results] == [0, 1, 2]
     assert [r["tag"] for r in results] == ["n0", "n1", "n2"]
     assert len({r["port"] for r in results}) == 1 and results[0]["port"] > 0  # one rendezvous port per role
-    assert seen[0] == [NodeState.RUNNING] * 3 and seen[-1] == [NodeState.SUCCEEDED] * 3
+    # called once per change: from running (or already done) to every node succeeded
+    assert seen[-1] == [NodeState.SUCCEEDED] * 3
+    assert all(state in (NodeState.RUNNING, NodeState.SUCCEEDED) for snapshot in seen for state in snapshot)
+    assert all(before != after for before, after in zip(seen, seen[1:]))
     for i, status in enumerate(outcome.nodes):
         assert status.log_path.read_text().strip() == f"node {i} done"
 
