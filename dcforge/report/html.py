@@ -6,6 +6,8 @@ import html
 import json
 from functools import lru_cache
 
+from dcforge.report.nodes import node_problem, node_rows
+
 STATUS_COLOURS = {"pass": "#1a7f37", "fail": "#cf222e", "error": "#bf3989", "skipped": "#6e7781",
                   "running": "#9a6700", "interrupted": "#bc4c00"}
 
@@ -17,7 +19,7 @@ text-align:left;vertical-align:top;font-size:.92rem} th{background:#f6f8fa}
 .badge{display:inline-block;padding:.1rem .55rem;border-radius:1rem;color:#fff;font-weight:600;font-size:.85rem}
 .muted{color:#59636e} code,pre{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.85rem}
 pre{background:#f6f8fa;padding:.6rem;overflow-x:auto} td.num{text-align:right;font-variant-numeric:tabular-nums}
-details{margin:.4rem 0}
+details{margin:.4rem 0} tr.outlier td{background:#ffebe9}
 """
 
 
@@ -165,6 +167,16 @@ def render_html(report: dict) -> str:
         if check.get("artefacts"):
             links = " · ".join(f"<a href='{e(path)}'>{e(name)}</a>" for name, path in check["artefacts"].items())
             parts.append(f"<p>Artefacts: {links}</p>")
+        rows = node_rows(check)
+        if rows:
+            columns = list(dict.fromkeys(key for row in rows for key in row))
+            parts.append("<table class='nodes'><tr>" + "".join(f"<th>{e(c)}</th>" for c in columns) + "<th></th></tr>")
+            for row in rows:
+                problem = node_problem(row)
+                parts.append(f"<tr{' class=outlier' if problem else ''} title='{e(problem)}'>"
+                             + "".join(f"<td>{_format(row.get(c))}</td>" for c in columns)
+                             + f"<td>{badge('fail') if problem else badge('pass')}</td></tr>")
+            parts.append("</table>")
         if check.get("details"):
             parts.append("<details><summary>details</summary><pre>"
                          f"{e(json.dumps(check['details'], indent=2, default=str))}</pre></details>")

@@ -1,8 +1,11 @@
-"""JUnit XML: one testcase per check and one per SLO, so CI systems show acceptance like tests."""
+"""JUnit XML: one testcase per check, one per node of checks that report nodes, and one per SLO, so CI systems
+show acceptance like tests."""
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+
+from dcforge.report.nodes import node_problem, node_rows
 
 
 def junit_xml(report: dict) -> str:
@@ -13,6 +16,11 @@ def junit_xml(report: dict) -> str:
         (check["name"], check["status"], check.get("reason", ""), check.get("duration_s", 0.0), _check_output(check))
         for check in checks
     ], report["metadata"].get("started_at", "")))
+    node_cases = [(f"{check['name']} {row['host']}", "fail" if node_problem(row) else "pass", node_problem(row), 0.0,
+                   ", ".join(f"{k} = {v}" for k, v in row.items() if k != "host"))
+                  for check in checks for row in node_rows(check)]
+    if node_cases:  # a testcase per node of every check that reports nodes
+        suites.append(_suite(f"dcforge.nodes.{env}", node_cases, report["metadata"].get("started_at", "")))
     suites.append(_suite(f"dcforge.slos.{env}", [
         (f"{slo['metric']} {slo['expression']}", slo["verdict"], slo.get("reason", ""), 0.0,
          f"value: {slo['value']}") for slo in slos

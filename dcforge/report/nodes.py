@@ -1,0 +1,34 @@
+"""The per-node table a check may put in `details.nodes`: one row per node, shown in the HTML report and as a
+JUnit testcase per node.
+
+A row is a JSON object with at least `host`; `state` (a node's process outcome: succeeded, failed, killed, ...),
+`verdict` (`slow`, `suspect`, `cleared`, ...) and `outlier` (true when the node is more than the configured
+fraction below the pool median) decide whether the node passed. Other keys are figures, shown as columns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+BAD_STATES = {"failed", "killed", "pending", "running"}
+BAD_VERDICTS = {"slow", "suspect"}
+
+
+def node_rows(check: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = (check.get("details") or {}).get("nodes")
+    if not isinstance(rows, list):
+        return []
+    return [row for row in rows if isinstance(row, dict) and "host" in row]
+
+
+def node_problem(row: dict[str, Any]) -> str:
+    """Why this node did not pass, or '' when it did."""
+    if row.get("state") in BAD_STATES:
+        reason = f": {row['reason']}" if row.get("reason") else ""
+        return f"{row['host']}: {row['state']}" + (f" (exit {row['exit_code']})" if row.get("exit_code") is not None
+                                                   else "") + reason
+    if row.get("verdict") in BAD_VERDICTS:
+        return f"{row['host']}: {row['verdict']} node"
+    if row.get("outlier"):
+        return f"{row['host']}: outlier, more than the configured fraction below the pool median"
+    return ""
