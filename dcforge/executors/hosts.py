@@ -149,11 +149,17 @@ class SshConnections:
             raise HostUnreachable("; ".join(errors[host.name] for host in hosts if host.name in errors))
 
     def close(self) -> None:
-        for host in self._used.values():
-            args = self.command(host, "")[:-2]
-            subprocess.run([*args, "-O", "exit", host.address], capture_output=True, timeout=10,
-                           stdin=subprocess.DEVNULL)
-        shutil.rmtree(self.control_dir, ignore_errors=True)
+        """End every master (bounded: a hung host must not keep the rest open) and remove the sockets' folder."""
+        try:
+            for host in self._used.values():
+                args = self.command(host, "")[:-2]
+                try:
+                    subprocess.run([*args, "-O", "exit", host.address], capture_output=True, timeout=10,
+                                   stdin=subprocess.DEVNULL)
+                except subprocess.TimeoutExpired:
+                    pass
+        finally:
+            shutil.rmtree(self.control_dir, ignore_errors=True)
 
 
 # `tree PID`: PID and its descendants, parents first (torchrun starts each worker in a session of its own, so a
@@ -301,6 +307,14 @@ class HostsExecution:
                     pass
                 kill_group(self._sessions[position].pid, grace_s=1.0, reap=self._sessions[position].poll)
 
+    def _remove_run_folders(self) -> None:
+        """The run's folder on every host (scratch, results, checkpoints): results were read before stop."""
+        for host in self._hosts.values():
+            try:
+                self._connections.run(host, f"rm -rf {shlex.quote(f'{REMOTE_RUN_ROOT}/{self._run_id}')}", timeout_s=30)
+            except ExecutorError:
+                pass
+
     def stop(self) -> None:
         if self._stopped:
             return
@@ -308,6 +322,7 @@ class HostsExecution:
         try:
             self._terminate_all()
             self.statuses()
+            self._remove_run_folders()
         finally:
             for log in self._logs:
                 log.close()

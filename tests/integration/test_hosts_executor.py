@@ -64,7 +64,7 @@ OPTIONS = SshOptions(connect_timeout_s=3, grace_s=2)
 @pytest.mark.timeout(60)
 def test_every_node_runs_on_its_own_host_with_its_own_log(hosts, tmp_path):
     role = Role("probe", ("sh", "-c", "ip -4 -o addr show " + IFNAME + " | awk '{{print $4}}'; "
-                          "echo {node_index} {leader_address} {port[p]} > {volume[results]}/me.txt"),
+                          "echo {node_index} {leader_address} {port[p]} {volume[results]} > {volume[results]}/me.txt"),
                 nodes=3, ports=("p",))
     with HostsExecutor(hosts.hosts, OPTIONS).start(Workload("probe", (role,)), tmp_path) as execution:
         outcome = execution.wait(30)
@@ -74,6 +74,7 @@ def test_every_node_runs_on_its_own_host_with_its_own_log(hosts, tmp_path):
         assert node.host == host.name
         assert node.log_path.read_text().strip() == f"{host.address}/24"  # it really ran in that namespace
         assert mine[i][:2] == [str(i), hosts.hosts[0].address]
+        assert not Path(mine[i][3]).exists()  # the run's folders are removed from every host at stop
     assert no_workload_left(hosts) == [set(), set(), set()]
 
 
