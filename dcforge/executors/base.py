@@ -21,6 +21,7 @@ Commands and environment values are templates filled per node by the executor:
 from __future__ import annotations
 
 import enum
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -159,6 +160,12 @@ class Execution(Protocol):
         unless the role tolerates it (elastic roles: not yet)."""
         ...
 
+    def wait_ready(self, role: str) -> None:
+        """Block until every node of `role` meets the role's readiness (a named port accepting connections at
+        the node's address, or a line in its log), within readiness.timeout_s; ExecutorError naming the node
+        when it exits first or the time runs out. A role without readiness is ready at once."""
+        ...
+
     def kill_node(self, role: str, index: int) -> None:
         """Failure injection: SIGKILL every process of one node, at once, without grace."""
         ...
@@ -234,3 +241,46 @@ def wait_loop(execution: Execution, timeout_s: float, on_status: StatusCallback 
             kill_all()
             return ExecutionOutcome(execution.statuses(), timed_out=True)
         time.sleep(poll_s)
+
+
+def wait_ready_loop(execution: Execution, placements: list[Placement], role: str, poll_s: float = 0.1) -> None:
+    """The readiness wait every executor shares: poll each node of `role` until its readiness holds."""
+    mine = [p for p in placements if p.role.name == role]
+    if not mine:
+        raise KeyError(f"workload {execution.workload.name!r} has no role {role!r}")
+    readiness = mine[0].role.readiness
+    if readiness is None:
+        return
+    deadline = time.monotonic() + readiness.timeout_s
+    pending = list(mine)
+    while pending:
+        statuses = {(s.role, s.index): s for s in execution.statuses()}
+        for placement in list(pending):
+            status = statuses[(role, placement.index)]
+            if status.state.finished:
+                raise ExecutorError(f"{status.node_id} on {status.host} exited ({status.state.value}, exit "
+                                    f"{status.exit_code}) before it was ready")
+            if _is_ready(readiness, placement, status):
+                pending.remove(placement)
+        if pending and time.monotonic() >= deadline:
+            node = pending[0]
+            what = f"port {readiness.port}" if readiness.port else f"log line {readiness.log_line!r}"
+            raise ExecutorError(f"{role}/{node.index} on {node.host} not ready ({what}) within "
+                                f"{readiness.timeout_s:g} s")
+        if pending:
+            time.sleep(poll_s)
+
+
+def _is_ready(readiness: Readiness, placement: Placement, status: NodeStatus) -> bool:
+    if readiness.port is not None:
+        try:
+            with socket.create_connection((placement.address, placement.ports[readiness.port]), timeout=1.0):
+                return True
+        except OSError:
+            return False
+    if readiness.log_line is not None and status.log_path is not None:
+        try:
+            return readiness.log_line in status.log_path.read_text(errors="replace")
+        except OSError:
+            return False
+    return True

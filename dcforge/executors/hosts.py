@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dcforge.executors.base import (ExecutionOutcome, ExecutorError, NodeState, NodeStatus, Placement,
-                                    StatusCallback, VolumePurpose, Workload, wait_loop)
+                                    StatusCallback, VolumePurpose, Workload, wait_loop, wait_ready_loop)
 from dcforge.executors.local import PROJECT_ROOT
 from dcforge.harness.processes import RUNNING, _child_setup, kill_group, signals_deferred
 
@@ -269,6 +269,9 @@ class HostsExecution:
             if status.role == role and status.index == index:
                 return position
         raise KeyError(f"workload {self.workload.name!r} has no node {role}/{index}")
+
+    def wait_ready(self, role: str) -> None:
+        wait_ready_loop(self, self._placements, role)
 
     def kill_node(self, role: str, index: int) -> None:
         position = self._position(role, index)

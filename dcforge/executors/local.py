@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from dcforge.executors.base import (ExecutionOutcome, NodeState, NodeStatus, Placement, StatusCallback,
-                                    VolumePurpose, Workload, wait_loop)
+                                    VolumePurpose, Workload, wait_loop, wait_ready_loop)
 from dcforge.harness.processes import ManagedProcess
 
 LOOPBACK = "127.0.0.1"
@@ -75,6 +75,9 @@ class LocalExecution:
             if status.role == role and status.index == index:
                 return position
         raise KeyError(f"workload {self.workload.name!r} has no node {role}/{index}")
+
+    def wait_ready(self, role: str) -> None:
+        wait_ready_loop(self, self._placements, role)
 
     def kill_node(self, role: str, index: int) -> None:
         position = self._position(role, index)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from dcforge.executors.base import NodeState, Placement, Readiness, Role, VolumePurpose, Workload
+from dcforge.executors.base import ExecutorError, NodeState, Placement, Readiness, Role, VolumePurpose, Workload
 from dcforge.executors.hosts import Host, classify_ssh_failure, supervisor_script
 from dcforge.executors.local import LocalExecutor
 
@@ -147,3 +147,32 @@ def test_ssh_failures_become_one_line_naming_the_host(stderr, expected):
     line = classify_ssh_failure(Host("gpu-07", "10.9.9.9"), f"warning: something\n{stderr}\n")
     assert line.startswith(f"host gpu-07 (10.9.9.9:22): {expected}")
     assert "\n" not in line and line.endswith(stderr)
+
+
+def test_wait_ready_on_a_port_and_on_a_log_line(tmp_path):
+    import urllib.request
+
+    server = Role("server", ("{python}", "-m", "http.server", "--bind", "{node_address}", "{port[http]}"),
+                  ports=("http",), readiness=Readiness(port="http", timeout_s=30))
+    logger = Role("logger", ("{python}", "-c", "import time; time.sleep(0.5); print('serving now', flush=True); "
+                             "time.sleep(60)"), readiness=Readiness(log_line="serving now", timeout_s=30))
+    with LocalExecutor(grace_s=1).start(Workload("demo", (server, logger)), tmp_path) as execution:
+        execution.wait_ready("server")
+        port = execution._placements[0].ports["http"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+            assert response.status == 200
+        execution.wait_ready("logger")
+        assert "serving now" in execution.statuses()[1].log_path.read_text()
+        with pytest.raises(KeyError, match="no role 'nope'"):
+            execution.wait_ready("nope")
+
+
+def test_wait_ready_names_the_node_that_exits_or_stays_silent(tmp_path):
+    quits = Role("quits", ("{python}", "-c", "import sys; sys.exit(4)"), readiness=Readiness(log_line="up"))
+    silent = Role("silent", ("{python}", "-c", "import time; time.sleep(60)"),
+                  readiness=Readiness(log_line="up", timeout_s=1))
+    with LocalExecutor(grace_s=1).start(Workload("demo", (quits, silent)), tmp_path) as execution:
+        with pytest.raises(ExecutorError, match=r"^quits/0 on local exited \(failed, exit 4\) before it was ready"):
+            execution.wait_ready("quits")
+        with pytest.raises(ExecutorError, match=r"^silent/0 on local not ready \(log line 'up'\) within 1 s"):
+            execution.wait_ready("silent")
