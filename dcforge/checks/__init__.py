@@ -20,6 +20,7 @@ CHECKS: dict[str, str] = {
     "train_multinode": "dcforge.checks.multinode:TrainMultinodeCheck",
     "allreduce_multinode": "dcforge.checks.multinode:AllreduceMultinodeCheck",
     "slow_node": "dcforge.checks.slow_node:SlowNodeCheck",
+    "network": "dcforge.checks.network:NetworkCheck",
     "checkpoint": "dcforge.checks.checkpoint:CheckpointCheck",
     "checkpoint_backup": "dcforge.checks.checkpoint_backup:CheckpointBackupCheck",
     "storage": "dcforge.checks.storage:StorageCheck",

@@ -254,11 +254,12 @@ def test_accept_with_an_unreachable_host_errors_naming_it(hosts, tmp_path):
 
 @needs_namespaces
 @pytest.mark.timeout(300)
-def test_accept_names_the_rate_limited_host_by_pairwise_search(tmp_path, tmp_path_factory):
+def test_accept_names_the_rate_limited_host_by_pairwise_search_and_iperf3(tmp_path, tmp_path_factory):
     # hosts of its own: a rate limit must not outlive this test into the module's shared hosts
     with namespace_hosts(3, tmp_path_factory.mktemp("slowhosts")) as env:
         env.limit_rate(1, "8mbit")
-        proc, report = accept_on_hosts(tmp_path, section_for(env), ["slow_node"], {"slow_node": {"timeoutS": 90}})
+        proc, report = accept_on_hosts(tmp_path, section_for(env), ["slow_node", "network"],
+                                       {"slow_node": {"timeoutS": 90}, "network": {"seconds": 1}})
         assert no_workload_left(env) == [set(), set(), set()]
     check = next(c for c in report["checks"] if c["name"] == "slow_node")
     assert check["status"] == "fail", (check["reason"], proc.stdout[-2000:])
@@ -269,4 +270,8 @@ def test_accept_names_the_rate_limited_host_by_pairwise_search(tmp_path, tmp_pat
     assert verdicts == {"ns-host-0": "cleared", "ns-host-1": "slow", "ns-host-2": "cleared"}
     pairs = [p for r in check["details"]["rounds"] for p in r["pairs"]]
     assert all(p["slow"] == ("ns-host-1" in p["nodes"]) for p in pairs)
+    network = next(c for c in report["checks"] if c["name"] == "network")
+    assert network["status"] == "fail" and network["reason"].startswith("outliers: ns-host-1 ")
+    assert [n["host"] for n in network["details"]["nodes"] if n["outlier"]] == ["ns-host-1"]
+    assert len(network["details"]["pairs"]) == 3
     assert proc.returncode != 0

@@ -20,9 +20,10 @@ pytestmark = [pytest.mark.slow]
 def test_multinode_checks_pass_on_two_local_nodes_with_a_node_table(tmp_path):
     document = yaml.safe_load((REPO / "stacks" / "Pulumi.local.yaml").read_text())
     document["config"]["dcforge:acceptance"] = {
-        "checks": ["train_multinode", "allreduce_multinode"],
+        "checks": ["train_multinode", "allreduce_multinode", "network"],
         "settings": {"train_multinode": {"seqLen": 64, "globalBatchSize": 8, "steps": 10, "timeoutS": 200},
-                     "allreduce_multinode": {"maxBytes": "64K", "factor": 8, "timeoutS": 120}},
+                     "allreduce_multinode": {"maxBytes": "64K", "factor": 8, "timeoutS": 120},
+                     "network": {"seconds": 1}},
         "slos": {"allreduce_multinode.sizes_incorrect": "== 0", "train_multinode.loss_end": "< 6"}}
     stacks = tmp_path / "stacks"
     stacks.mkdir()
@@ -41,6 +42,10 @@ def test_multinode_checks_pass_on_two_local_nodes_with_a_node_table(tmp_path):
         for node in check["details"]["nodes"]:
             assert (report_file.parent / node["log"]).is_file()
     assert checks["allreduce_multinode"]["details"]["world_size"] == 2
+    network = checks["network"]
+    assert network["status"] == "pass", network["reason"]
+    assert network["details"]["pairs"][0]["nodes"] == ["local-0", "local-1"]
+    assert network["metrics"]["tcp_gbps.min"]["value"] > 0 and network["metrics"]["rtt_us.max"]["value"] > 0
     train = checks["train_multinode"]["metrics"]
     assert train["loss_end"]["value"] < train["loss_start"]["value"]
     assert train["tokens_per_s_total"]["value"] == pytest.approx(2 * train["tokens_per_s"]["value"])

@@ -1,0 +1,113 @@
+"""`network`: TCP bandwidth and round-trip time between every pair of nodes, with iperf3 (JSON output).
+
+For each pair (a, b), a < b, in turn (pairs run one after another so they do not share links): b runs
+`iperf3 --server --one-off` on its address, a runs `iperf3 --client` against it for `seconds`, retrying until the
+server listens. Bandwidth = iperf3's received bits/s of the whole test; RTT = the kernel's smoothed mean RTT of the
+sending TCP socket (iperf3's `mean_rtt`, Linux). Per node: the best bandwidth of the pairs it is in (a pair is
+as slow as its slower end, so a sound node has at least one fast pair); a node more than outlierFraction below
+the median of those is an outlier. RDMA bandwidth (ib_write_bw) is not measured yet.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+
+from pydantic import Field
+
+from dcforge.checks.multinode import executor_for
+from dcforge.checks.slow_node import SlowNodeCheck
+from dcforge.executors.base import ExecutorError, Role, VolumePurpose, Workload
+from dcforge.harness.check import CheckConfig, CheckContext
+from dcforge.harness.metrics import MetricSpec
+from dcforge.harness.result import CheckResult, CheckSkipped, Status
+
+IPERF_PORT = "iperf"
+
+
+class NetworkCheckConfig(CheckConfig):
+    nodes: int | None = Field(default=None, ge=2)
+    """Nodes to measure; default every host of acceptance.hosts, or 2 on target local."""
+    seconds: int = Field(default=2, ge=1, le=60)
+    """Length of each pair's iperf3 test."""
+    outlier_fraction: float = Field(default=0.5, gt=0, lt=1)
+    """A node is an outlier below (1 − outlierFraction) × the median of the per-node bandwidths."""
+    timeout_s: float = Field(default=60.0, gt=0)
+    """Limit for each pair."""
+
+
+def pair_command(seconds: int) -> tuple[str, ...]:
+    """Node 0 serves once, node 1 measures against it (retrying until the server listens)."""
+    script = ("if [ {node_index} = 0 ]; then exec iperf3 --server --one-off --bind {node_address} "
+              "--port {port[%s]}; fi; "
+              "for attempt in $(seq 100); do "
+              "iperf3 --client {leader_address} --port {port[%s]} --time %d --json "
+              "> {volume[results]}/iperf.json && exit 0; sleep 0.2; done; exit 1") % (IPERF_PORT, IPERF_PORT, seconds)
+    return ("sh", "-c", script)
+
+
+class NetworkCheck:
+    name = "network"
+    description = "iperf3 between every pair of nodes: TCP bandwidth and RTT per pair, per-node outliers."
+    Config = NetworkCheckConfig
+    requires_declared_gpus = False  # it measures the network between the hosts
+    metrics = (
+        MetricSpec("tcp_gbps", "Gbit/s", "higher", "received bits / s of one iperf3 TCP test per pair",
+                   "TCP bandwidth between two nodes", stats=("min", "median")),
+        MetricSpec("rtt_us", "µs", "lower", "mean smoothed RTT of the sending socket (iperf3 mean_rtt) per pair",
+                   "round-trip time between two nodes under load", stats=("max",)),
+        MetricSpec("outliers", "nodes", "lower", "nodes whose best pair bandwidth < (1 − outlierFraction) × median",
+                   "nodes well below the pool, even when they meet an absolute SLO"),
+    )
+
+    def run(self, ctx: CheckContext, config: NetworkCheckConfig) -> CheckResult:
+        result = CheckResult(self.name, declared=self.metrics)
+        executor, count, _ = executor_for(ctx, self.name, config.nodes)
+        if executor.name == "local" and shutil.which("iperf3") is None:
+            raise CheckSkipped("iperf3 is not installed (make system-deps)")
+        names = SlowNodeCheck._names(executor, count)
+        workdir = ctx.artefact_dir(self.name)
+        pairs = []
+        try:
+            for a in range(count):
+                for b in range(a + 1, count):
+                    pairs.append(self._measure(ctx, executor, (a, b), names, config, workdir))
+        except ExecutorError as error:
+            result.status, result.reason = Status.ERROR, str(error)
+            return result
+        per_node = {node: max(p["tcp_gbps"] for p in pairs if names[node] in p["nodes"]) for node in range(count)}
+        median = statistics.median(per_node.values())
+        outliers = [n for n, value in per_node.items() if value < (1 - config.outlier_fraction) * median]
+        bandwidths = [p["tcp_gbps"] for p in pairs]
+        result.add_metric("tcp_gbps.min", min(bandwidths))
+        result.add_metric("tcp_gbps.median", statistics.median(bandwidths))
+        result.add_metric("rtt_us.max", max(p["rtt_us"] for p in pairs))
+        result.add_metric("outliers", len(outliers))
+        result.details["pairs"] = pairs
+        result.details["nodes"] = [{"node": n, "host": names[n], "tcp_gbps_best": per_node[n],
+                                    "outlier": n in outliers} for n in range(count)]
+        if outliers:
+            result.fail("outliers: " + ", ".join(f"{names[n]} ({per_node[n]:.3g} Gbit/s, median {median:.3g})"
+                                                 for n in outliers))
+        return result
+
+    @staticmethod
+    def _measure(ctx: CheckContext, executor, pair: tuple[int, int], names: list[str], config: NetworkCheckConfig,
+                 workdir) -> dict:
+        server, client = pair[1], pair[0]
+        ctx.log(f"iperf3 {names[client]} -> {names[server]}")
+        role = Role("iperf", pair_command(config.seconds), nodes=2, ports=(IPERF_PORT,))
+        workload = Workload(f"iperf{client}-{server}", (role,), volumes=(VolumePurpose.RESULTS,),
+                            timeout_s=config.timeout_s)
+        # node 0 (the server) on the pair's second host, node 1 (the client) on its first
+        pair_executor = SlowNodeCheck._pair_executor(executor, (server, client))
+        with pair_executor.start(workload, workdir / f"pair{client}-{server}") as execution:
+            outcome = execution.wait(min(config.timeout_s, max(1.0, ctx.remaining_s())))
+            if not outcome.succeeded:
+                raise ExecutorError(f"iperf3 {names[client]} -> {names[server]}: {outcome.failure_summary()}")
+            report = json.loads(execution.read_result("iperf", 1, "iperf.json"))
+        end = report["end"]
+        rtts = [s["sender"]["mean_rtt"] for s in end.get("streams", []) if "mean_rtt" in s.get("sender", {})]
+        return {"nodes": [names[client], names[server]], "tcp_gbps": end["sum_received"]["bits_per_second"] / 1e9,
+                "rtt_us": float(max(rtts)) if rtts else 0.0}
