@@ -8,25 +8,30 @@ records); details carry a `nodes` table: host, address, state and log of every n
 
 from __future__ import annotations
 
-import json
+from typing import ClassVar
+
 from pydantic import Field
 
 from dcforge.checks.allreduce import AllreduceCheck, AllreduceCheckConfig, record_sweep
-from dcforge.checks.train import TrainCheck, TrainCheckConfig, settings_error, summarize
+from dcforge.checks.train import TrainCheck, TrainCheckConfig, settings_error, summarize, train_config_error
 from dcforge.executors.base import ExecutorError, NodeStatus
 from dcforge.executors.torchrun import TorchrunJob, TorchrunRun, node_records, run_torchrun_job
 from dcforge.harness.check import CheckContext
 from dcforge.harness.result import CheckResult, CheckSkipped, Status
+from workloads.records import (ALLREDUCE_RESULT_FILE, TRAIN_METRICS_FILE, AllreduceResult, TrainStep, read_records,
+                               read_result)
 
 LOOPBACK_IFNAME = "lo"
 
 
 class AllreduceMultinodeConfig(AllreduceCheckConfig):
+    min_nproc: ClassVar[int] = 1  # two nodes already make a bus
+
     nodes: int | None = Field(default=None, ge=2)
     """Nodes (hosts) to run on; default every host of acceptance.hosts, or 2 on target local."""
     rendezvous_timeout_s: int = Field(default=60, ge=1)
     """How long nodes wait for each other at the c10d rendezvous."""
-    nproc_per_node: int | None = Field(default=None, ge=1)
+    nproc_per_node: int | None = Field(default=None)
     """Ranks per node; default one per GPU, or 1 on CPU (the network between nodes is what is measured)."""
 
 
@@ -101,19 +106,19 @@ class AllreduceMultinodeCheck:
         job = TorchrunJob("allreduce.py", ("--min-bytes", config.min_bytes, "--max-bytes", config.max_bytes,
                                            "--factor", str(config.factor), "--warmup", str(config.warmup),
                                            "--iters", str(config.iterations), "--dtype", config.dtype,
-                                           "--timeout-s", str(int(min(config.timeout_s, 600))),
-                                           "--output", "{volume[results]}/sweep.json"),
+                                           "--timeout-s", str(int(max(1.0, ctx.remaining_s()))),
+                                           "--output", f"{{volume[results]}}/{ALLREDUCE_RESULT_FILE}"),
                           nnodes=nodes, nproc_per_node=nproc, socket_ifname=ifname,
-                          rendezvous_timeout_s=config.rendezvous_timeout_s,
-                          timeout_s=min(config.timeout_s, max(1.0, ctx.remaining_s())),
-                          result_files=("sweep.json",))
+                          rendezvous_timeout_s=config.rendezvous_timeout_s, timeout_s=max(1.0, ctx.remaining_s()),
+                          result_files=(ALLREDUCE_RESULT_FILE,))
         run = run_nodes(ctx, self.name, job, executor, result)
         if run is None or not run.outcome.succeeded:
             return result
-        _, data = run.result("sweep.json")
-        output = ctx.artefact_dir(self.name) / "sweep.json"
+        _, data = run.result(ALLREDUCE_RESULT_FILE)
+        output = ctx.artefact_dir(self.name) / ALLREDUCE_RESULT_FILE
         output.write_bytes(data)
-        record_sweep(result, json.loads(data), nodes * nproc)
+        record_sweep(result, read_result(data.decode().splitlines(), AllreduceResult, source=str(output)),
+                     nodes * nproc)
         result.details.update({"nnodes": nodes, "nproc_per_node": nproc, "executor": executor.name,
                                "socket_ifname": ifname})
         result.artefacts["sweep"] = ctx.relative(output)
@@ -128,7 +133,7 @@ class TrainMultinodeCheck:
     requires_declared_gpus = False  # the nodes are the hosts (target hosts), not necessarily this machine
 
     def run(self, ctx: CheckContext, config: TrainMultinodeConfig) -> CheckResult:
-        from workloads.train_config import TrainConfig
+        from workloads.train_config import TrainConfig, TrainConfigError
 
         result = CheckResult(self.name, declared=self.metrics)
         executor, nodes, ifname = executor_for(ctx, self.name, config.nodes)
@@ -136,26 +141,23 @@ class TrainMultinodeCheck:
         train_config = TrainConfig(preset=config.preset, seq_len=config.seq_len,
                                    global_batch_size=config.global_batch_size, steps=config.steps,
                                    parallelism=config.parallelism, compile=config.compile,
-                                   metrics_file="{volume[results]}/metrics.jsonl",
+                                   metrics_file=f"{{volume[results]}}/{TRAIN_METRICS_FILE}",
                                    checkpoint_dir="{volume[checkpoints]}/train", checkpoint_every=config.steps,
                                    keep_checkpoints=1, resume=False, log_every=5)
         try:
             train_config.validate(nodes * nproc)
-        except ValueError as error:
-            key = "globalBatchSize" if "global_batch_size" in str(error) else "seqLen"
-            raise settings_error(ctx, self.name, key, str(error)) from None
+        except TrainConfigError as error:
+            raise train_config_error(ctx, self.name, error) from None
         job = TorchrunJob("train.py", tuple(train_config.to_args()), nnodes=nodes, nproc_per_node=nproc,
                           socket_ifname=ifname, rendezvous_timeout_s=config.rendezvous_timeout_s,
-                          timeout_s=min(config.timeout_s, max(1.0, ctx.remaining_s())),
-                          result_files=("metrics.jsonl",))
+                          timeout_s=max(1.0, ctx.remaining_s()), result_files=(TRAIN_METRICS_FILE,))
         run = run_nodes(ctx, self.name, job, executor, result)
         if run is None or not run.outcome.succeeded:
             return result
-        _, data = run.result("metrics.jsonl")
-        output = ctx.artefact_dir(self.name) / "metrics.jsonl"
+        _, data = run.result(TRAIN_METRICS_FILE)
+        output = ctx.artefact_dir(self.name) / TRAIN_METRICS_FILE
         output.write_bytes(data)
-        records = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
-        summarize(result, records, config, nodes * nproc, None)
+        summarize(result, read_records(data.decode().splitlines(), TrainStep), config, nodes * nproc, None)
         result.details.update({"nnodes": nodes, "nproc_per_node": nproc, "executor": executor.name,
                                "socket_ifname": ifname})
         result.artefacts["metrics"] = ctx.relative(output)

@@ -33,8 +33,8 @@ class NetworkCheckConfig(CheckConfig):
     """Length of each pair's iperf3 test."""
     outlier_fraction: float = Field(default=0.5, gt=0, lt=1)
     """A node is an outlier below (1 − outlierFraction) × the median of the per-node bandwidths."""
-    timeout_s: float = Field(default=60.0, gt=0)
-    """Limit for each pair."""
+    pair_timeout_s: float = Field(default=60.0, gt=0)
+    """Limit for each pair (the whole check has the runner's acceptance.timeoutsS.network)."""
 
 
 def pair_command(seconds: int) -> tuple[str, ...]:
@@ -99,11 +99,11 @@ class NetworkCheck:
         ctx.log(f"iperf3 {names[client]} -> {names[server]}")
         role = Role("iperf", pair_command(config.seconds), nodes=2, ports=(IPERF_PORT,))
         workload = Workload(f"iperf{client}-{server}", (role,), volumes=(VolumePurpose.RESULTS,),
-                            timeout_s=config.timeout_s)
+                            timeout_s=config.pair_timeout_s)
         # node 0 (the server) on the pair's second host, node 1 (the client) on its first
         pair_executor = SlowNodeCheck._pair_executor(executor, (server, client))
         with pair_executor.start(workload, workdir / f"pair{client}-{server}") as execution:
-            outcome = execution.wait(min(config.timeout_s, max(1.0, ctx.remaining_s())))
+            outcome = execution.wait(min(config.pair_timeout_s, max(1.0, ctx.remaining_s())))
             if not outcome.succeeded:
                 raise ExecutorError(f"iperf3 {names[client]} -> {names[server]}: {outcome.failure_summary()}")
             report = json.loads(execution.read_result("iperf", 1, "iperf.json"))

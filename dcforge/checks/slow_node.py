@@ -17,7 +17,6 @@ more than outlierFraction below the median of the per-node figures is an outlier
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +30,7 @@ from dcforge.executors.torchrun import TorchrunJob, run_torchrun_job
 from dcforge.harness.check import CheckConfig, CheckContext
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult, Status
+from workloads.records import ALLREDUCE_RESULT_FILE, AllreduceResult, read_result
 
 Pair = tuple[int, int]
 
@@ -135,8 +135,8 @@ class SlowNodeConfig(CheckConfig):
     outlier_fraction: float = Field(default=0.5, gt=0, lt=1)
     """A node is an outlier below (1 − outlierFraction) × the median per-node busbw."""
     rendezvous_timeout_s: int = Field(default=60, ge=1)
-    timeout_s: float = Field(default=120.0, gt=0)
-    """Limit for each round."""
+    round_timeout_s: float = Field(default=120.0, gt=0)
+    """Limit for each round (the whole check has the runner's acceptance.timeoutsS.slow_node)."""
 
 
 class SlowNodeCheck:
@@ -167,18 +167,20 @@ class SlowNodeCheck:
         def one(pair: Pair, round_index: int) -> float:
             job = TorchrunJob("allreduce.py", ("--min-bytes", config.message_bytes, "--max-bytes", config.message_bytes,
                                                "--warmup", "5", "--iters", str(config.iterations),
-                                               "--timeout-s", str(int(config.timeout_s)),
-                                               "--output", "{volume[results]}/sweep.json"),
+                                               "--timeout-s", str(int(config.round_timeout_s)),
+                                               "--output", f"{{volume[results]}}/{ALLREDUCE_RESULT_FILE}"),
                               nnodes=2, nproc_per_node=1, socket_ifname=ifname,
                               rendezvous_timeout_s=config.rendezvous_timeout_s,
-                              timeout_s=min(config.timeout_s, max(1.0, ctx.remaining_s())),
-                              result_files=("sweep.json",))
+                              timeout_s=min(config.round_timeout_s, max(1.0, ctx.remaining_s())),
+                              result_files=(ALLREDUCE_RESULT_FILE,))
             run = run_torchrun_job(self._pair_executor(executor, pair), f"pair{pair[0]}-{pair[1]}", job,
                                    workdir / f"round{round_index}" / f"pair{pair[0]}-{pair[1]}")
             if not run.outcome.succeeded:
                 raise ExecutorError(f"pair {node_names[pair[0]]}+{node_names[pair[1]]}: "
                                     f"{run.outcome.failure_summary()}")
-            return json.loads(run.result("sweep.json")[1])["results"][-1]["busbw_gbps"]
+            sweep = read_result(run.result(ALLREDUCE_RESULT_FILE)[1].decode().splitlines(), AllreduceResult,
+                                source=f"{node_names[pair[0]]}+{node_names[pair[1]]}")
+            return sweep.results[-1].busbw_gbps
 
         def measure(pairs: list[Pair]) -> list[float]:
             round_index = len(state_rounds) + 1

@@ -19,6 +19,7 @@ from dcforge.executors.base import ExecutorError, NodeState, Role, Workload
 from dcforge.executors.hosts import Host, HostsExecutor, HostUnreachable, SshOptions
 from dcforge.executors.torchrun import TorchrunJob, run_torchrun_job
 from tests.integration.netns_hosts import IFNAME, missing_prerequisites, namespace_hosts
+from workloads.records import TrainStep, read_records
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow]
@@ -148,9 +149,8 @@ def test_three_node_training(hosts, tmp_path):
     assert run.outcome.succeeded, run.outcome.failure_summary() + "\n" + "\n".join(
         n.log_path.read_text()[-1500:] for n in run.outcome.nodes)
     _, data = run.result("m.jsonl")
-    steps = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
-    steps = [r for r in steps if "loss" in r and "event" not in r]
-    assert len(steps) == 10 and steps[-1]["loss"] < steps[0]["loss"]
+    steps = read_records(data.decode().splitlines(), TrainStep)
+    assert len(steps) == 10 and steps[-1].loss < steps[0].loss
     assert no_workload_left(hosts) == [set(), set(), set()]
 
 
@@ -181,7 +181,7 @@ def test_interrupted_accept_leaves_no_process_in_any_namespace(hosts, tmp_path, 
     # an all-reduce that would run for hours: only the signal ends it
     stacks = write_hosts_env(tmp_path, section_for(hosts), ["allreduce_multinode"],
                              {"allreduce_multinode": {"minBytes": "64M", "maxBytes": "64M", "iterations": 100000,
-                                                      "timeoutS": 3000}})
+                                                      }})
     accept = subprocess.Popen([sys.executable, "-m", "dcforge.cli", "accept", "--env", "nshosts"], cwd=tmp_path,
                               env={**os.environ, "DCFORGE_STACKS_DIR": str(stacks)}, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -224,7 +224,7 @@ def test_accept_runs_multinode_allreduce_on_the_inventory_hosts(hosts, tmp_path)
     section = {"inventory": str(tmp_path / "hosts.yml"), "group": "ns_hosts",
                "knownHostsFile": hosts.hosts[0].known_hosts_file, "socketIfname": IFNAME, "connectTimeoutS": 3}
     proc, report = accept_on_hosts(tmp_path, section, ["allreduce_multinode"],
-                                   {"allreduce_multinode": {"maxBytes": "64K", "factor": 8, "timeoutS": 150}})
+                                   {"allreduce_multinode": {"maxBytes": "64K", "factor": 8}})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     check = next(c for c in report["checks"] if c["name"] == "allreduce_multinode")
     assert check["status"] == "pass", check["reason"]
@@ -259,7 +259,7 @@ def test_accept_names_the_rate_limited_host_by_pairwise_search_and_iperf3(tmp_pa
     with namespace_hosts(3, tmp_path_factory.mktemp("slowhosts")) as env:
         env.limit_rate(1, "8mbit")
         proc, report = accept_on_hosts(tmp_path, section_for(env), ["slow_node", "network"],
-                                       {"slow_node": {"timeoutS": 90}, "network": {"seconds": 1}})
+                                       {"slow_node": {"roundTimeoutS": 90}, "network": {"seconds": 1}})
         assert no_workload_left(env) == [set(), set(), set()]
     check = next(c for c in report["checks"] if c["name"] == "slow_node")
     assert check["status"] == "fail", (check["reason"], proc.stdout[-2000:])

@@ -21,8 +21,8 @@ def test_multinode_checks_pass_on_two_local_nodes_with_a_node_table(tmp_path):
     document = yaml.safe_load((REPO / "stacks" / "Pulumi.local.yaml").read_text())
     document["config"]["dcforge:acceptance"] = {
         "checks": ["train_multinode", "allreduce_multinode", "network"],
-        "settings": {"train_multinode": {"seqLen": 64, "globalBatchSize": 8, "steps": 10, "timeoutS": 200},
-                     "allreduce_multinode": {"maxBytes": "64K", "factor": 8, "timeoutS": 120},
+        "settings": {"train_multinode": {"seqLen": 64, "globalBatchSize": 8, "steps": 10},
+                     "allreduce_multinode": {"maxBytes": "64K", "factor": 8},
                      "network": {"seconds": 1}},
         "slos": {"allreduce_multinode.sizes_incorrect": "== 0", "train_multinode.loss_end": "< 6"}}
     stacks = tmp_path / "stacks"
