@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import itertools
 import json
 from functools import lru_cache
 
@@ -93,12 +94,29 @@ def _metric_link(key: str, metrics: dict[str, dict], declared: dict[str, str]) -
 
 
 def render_html(report: dict) -> str:
-    meta = report["metadata"]
-    e = html.escape
+    """The whole report as one self-contained page: header, check and SLO tables, baseline, then one section
+    per check (metrics, plots, artefacts, nodes, details)."""
     metrics = {f"{check['name']}.{name}": metric
                for check in report.get("checks", []) for name, metric in check.get("metrics", {}).items()}
     declared = _declared_definitions()
-    parts = [
+    parts = _header(report) + _checks_table(report) + _slo_section(report, metrics, declared)
+    parts += _baseline_section(report.get("baseline"), metrics, declared)
+    plot_ids = (f"plot-{number}" for number in itertools.count(1))
+    for check in report.get("checks", []):
+        parts += _check_section(check, plot_ids)
+    parts.append("<h2>Metric formulas</h2><p class='muted'>Every metric names the formula it was computed with and "
+                 "what it means (hover a metric or an SLO); the definitions are in docs/metrics.md of the dcforge "
+                 "repository, one section per check (nccl-tests bus bandwidth, torchtitan FLOPs per token, "
+                 "vLLM goodput, exact percentiles from per-request logs), and <code>dcforge metrics</code> lists "
+                 "every metric each check can report.</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _header(report: dict) -> list[str]:
+    meta = report["metadata"]
+    e = html.escape
+    return [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>dcforge acceptance — {e(meta['environment'])}</title><style>{STYLE}</style>",
         f"<script>{_plotly_js()}</script></head><body>",
@@ -107,83 +125,95 @@ def render_html(report: dict) -> str:
         f"host {e(meta.get('hostname', ''))} · dcforge {e(meta.get('dcforge_version', ''))} · commit "
         f"<code>{e(meta.get('git_commit', ''))}</code> · env file <code>{e(meta.get('env_file', ''))}</code> "
         f"(sha256 <code>{e(meta.get('env_sha256', '')[:16])}</code>)</p>",
-        "<h2>Checks</h2><table><tr><th>check</th><th>status</th><th>duration</th><th>reason</th></tr>",
     ]
+
+
+def _checks_table(report: dict) -> list[str]:
+    e = html.escape
+    parts = ["<h2>Checks</h2><table><tr><th>check</th><th>status</th><th>duration</th><th>reason</th></tr>"]
     for check in report.get("checks", []):
         parts.append(f"<tr><td><a href='#check-{e(check['name'])}'>{e(check['name'])}</a></td>"
                      f"<td>{badge(check['status'])}</td><td class='num'>{check.get('duration_s', 0):.1f} s</td>"
                      f"<td>{e(check.get('reason', ''))}</td></tr>")
     parts.append("</table>")
+    return parts
 
-    parts.append("<h2>SLOs</h2>")
-    if report.get("slos"):
-        parts.append("<table><tr><th>metric</th><th>SLO</th><th>value</th><th>verdict</th><th>reason</th>"
-                     "<th>threshold from</th></tr>")
-        for slo in report["slos"]:
-            parts.append(f"<tr><td>{_metric_link(slo['metric'], metrics, declared)}</td>"
-                         f"<td><code>{e(slo['expression'])}</code></td>"
-                         f"<td class='num'>{_format(slo['value'])}</td><td>{badge(slo['verdict'])}</td>"
-                         f"<td>{e(slo.get('reason', ''))}</td>"
-                         f"<td>{e(slo.get('source', 'environment file'))}</td></tr>")
+
+def _slo_section(report: dict, metrics: dict[str, dict], declared: dict[str, str]) -> list[str]:
+    e = html.escape
+    if not report.get("slos"):
+        return ["<h2>SLOs</h2>", "<p class='muted'>This environment declares no SLOs.</p>"]
+    parts = ["<h2>SLOs</h2>", "<table><tr><th>metric</th><th>SLO</th><th>value</th><th>verdict</th><th>reason</th>"
+             "<th>threshold from</th></tr>"]
+    for slo in report["slos"]:
+        parts.append(f"<tr><td>{_metric_link(slo['metric'], metrics, declared)}</td>"
+                     f"<td><code>{e(slo['expression'])}</code></td>"
+                     f"<td class='num'>{_format(slo['value'])}</td><td>{badge(slo['verdict'])}</td>"
+                     f"<td>{e(slo.get('reason', ''))}</td>"
+                     f"<td>{e(slo.get('source', 'environment file'))}</td></tr>")
+    parts.append("</table>")
+    return parts
+
+
+def _baseline_section(baseline: dict | None, metrics: dict[str, dict], declared: dict[str, str]) -> list[str]:
+    if not baseline:
+        return []
+    e = html.escape
+    regressions = [c for c in baseline["comparisons"] if c["regressed"]]
+    parts = [f"<h2>Baseline</h2><p>Compared with <code>{e(baseline['path'])}</code> (tolerance "
+             f"{baseline['tolerance']:.0%}): {len(regressions)} regression(s) in "
+             f"{len(baseline['comparisons'])} directional metrics.</p>",
+             "<table><tr><th>metric</th><th>baseline</th><th>current</th><th>change</th><th>better</th><th></th></tr>"]
+    for c in baseline["comparisons"]:
+        flag = badge("fail") if c["regressed"] else ""
+        parts.append(f"<tr><td>{_metric_link(c['metric'], metrics, declared)}</td>"
+                     f"<td class='num'>{_format(c['baseline'])}</td>"
+                     f"<td class='num'>{_format(c['current'])}</td><td class='num'>{c['change']:+.1%}</td>"
+                     f"<td>{e(c['better'])}</td><td>{flag}</td></tr>")
+    parts.append("</table>")
+    return parts
+
+
+def _check_section(check: dict, plot_ids) -> list[str]:
+    e = html.escape
+    parts = [f"<h2 id='check-{e(check['name'])}'>{e(check['name'])} {badge(check['status'])}</h2>"]
+    if check.get("reason"):
+        parts.append(f"<p>{e(check['reason'])}</p>")
+    if check.get("metrics"):
+        parts.append("<table><tr><th>metric</th><th>value</th><th>unit</th><th>better</th><th>meaning</th>"
+                     "<th>formula</th></tr>")
+        for name, metric in check["metrics"].items():
+            key = f"{check['name']}.{name}"
+            parts.append(f"<tr id='metric-{e(key)}' title='{e(_definition(metric))}'>"
+                         f"<td><code>{e(name)}</code></td><td class='num'>{_format(metric['value'])}</td>"
+                         f"<td>{e(metric.get('unit', ''))}</td><td>{e(metric.get('better') or '')}</td>"
+                         f"<td>{e(metric.get('meaning', ''))}</td>"
+                         f"<td><code>{e(metric.get('formula', ''))}</code></td></tr>")
         parts.append("</table>")
-    else:
-        parts.append("<p class='muted'>This environment declares no SLOs.</p>")
+    for plot in check.get("plots", []):
+        parts.append(plot_html(plot, next(plot_ids)))
+    if check.get("artefacts"):
+        links = " · ".join(f"<a href='{e(path)}'>{e(name)}</a>" for name, path in check["artefacts"].items())
+        parts.append(f"<p>Artefacts: {links}</p>")
+    parts += _node_table(check)
+    if check.get("details"):
+        parts.append("<details><summary>details</summary><pre>"
+                     f"{e(json.dumps(check['details'], indent=2, default=str))}</pre></details>")
+    return parts
 
-    baseline = report.get("baseline")
-    if baseline:
-        regressions = [c for c in baseline["comparisons"] if c["regressed"]]
-        parts.append(f"<h2>Baseline</h2><p>Compared with <code>{e(baseline['path'])}</code> (tolerance "
-                     f"{baseline['tolerance']:.0%}): {len(regressions)} regression(s) in "
-                     f"{len(baseline['comparisons'])} directional metrics.</p>")
-        parts.append("<table><tr><th>metric</th><th>baseline</th><th>current</th><th>change</th><th>better</th>"
-                     "<th></th></tr>")
-        for c in baseline["comparisons"]:
-            flag = badge("fail") if c["regressed"] else ""
-            parts.append(f"<tr><td>{_metric_link(c['metric'], metrics, declared)}</td>"
-                         f"<td class='num'>{_format(c['baseline'])}</td>"
-                         f"<td class='num'>{_format(c['current'])}</td><td class='num'>{c['change']:+.1%}</td>"
-                         f"<td>{e(c['better'])}</td><td>{flag}</td></tr>")
-        parts.append("</table>")
 
-    plot_number = 0
-    for check in report.get("checks", []):
-        parts.append(f"<h2 id='check-{e(check['name'])}'>{e(check['name'])} {badge(check['status'])}</h2>")
-        if check.get("reason"):
-            parts.append(f"<p>{e(check['reason'])}</p>")
-        if check.get("metrics"):
-            parts.append("<table><tr><th>metric</th><th>value</th><th>unit</th><th>better</th><th>meaning</th>"
-                         "<th>formula</th></tr>")
-            for name, metric in check["metrics"].items():
-                key = f"{check['name']}.{name}"
-                parts.append(f"<tr id='metric-{e(key)}' title='{e(_definition(metric))}'>"
-                             f"<td><code>{e(name)}</code></td><td class='num'>{_format(metric['value'])}</td>"
-                             f"<td>{e(metric.get('unit', ''))}</td><td>{e(metric.get('better') or '')}</td>"
-                             f"<td>{e(metric.get('meaning', ''))}</td>"
-                             f"<td><code>{e(metric.get('formula', ''))}</code></td></tr>")
-            parts.append("</table>")
-        for plot in check.get("plots", []):
-            plot_number += 1
-            parts.append(plot_html(plot, f"plot-{plot_number}"))
-        if check.get("artefacts"):
-            links = " · ".join(f"<a href='{e(path)}'>{e(name)}</a>" for name, path in check["artefacts"].items())
-            parts.append(f"<p>Artefacts: {links}</p>")
-        rows = node_rows(check)
-        if rows:
-            columns = list(dict.fromkeys(key for row in rows for key in row))
-            parts.append("<table class='nodes'><tr>" + "".join(f"<th>{e(c)}</th>" for c in columns) + "<th></th></tr>")
-            for row in rows:
-                problem = node_problem(row)
-                parts.append(f"<tr{' class=outlier' if problem else ''} title='{e(problem)}'>"
-                             + "".join(f"<td>{_format(row.get(c))}</td>" for c in columns)
-                             + f"<td>{badge('fail') if problem else badge('pass')}</td></tr>")
-            parts.append("</table>")
-        if check.get("details"):
-            parts.append("<details><summary>details</summary><pre>"
-                         f"{e(json.dumps(check['details'], indent=2, default=str))}</pre></details>")
-    parts.append("<h2>Metric formulas</h2><p class='muted'>Every metric names the formula it was computed with and "
-                 "what it means (hover a metric or an SLO); the definitions are in docs/metrics.md of the dcforge "
-                 "repository, one section per check (nccl-tests bus bandwidth, torchtitan FLOPs per token, "
-                 "vLLM goodput, exact percentiles from per-request logs), and <code>dcforge metrics</code> lists "
-                 "every metric each check can report.</p>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+def _node_table(check: dict) -> list[str]:
+    """Per-node figures of a multi-node check; a node with a problem (outlier, failure) is highlighted."""
+    rows = node_rows(check)
+    if not rows:
+        return []
+    e = html.escape
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    parts = ["<table class='nodes'><tr>" + "".join(f"<th>{e(c)}</th>" for c in columns) + "<th></th></tr>"]
+    for row in rows:
+        problem = node_problem(row)
+        parts.append(f"<tr{' class=outlier' if problem else ''} title='{e(problem)}'>"
+                     + "".join(f"<td>{_format(row.get(c))}</td>" for c in columns)
+                     + f"<td>{badge('fail') if problem else badge('pass')}</td></tr>")
+    parts.append("</table>")
+    return parts
