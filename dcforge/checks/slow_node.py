@@ -195,6 +195,13 @@ class SlowNodeCheck:
         except ExecutorError as error:
             result.status, result.reason = Status.ERROR, str(error)
             return result
+        self._record(result, state, node_names, config)
+        return result
+
+
+    @staticmethod
+    def _record(result: CheckResult, state: Search, node_names: list[str], config: SlowNodeConfig) -> None:
+        """Rounds, per-node figures and the verdict of a finished search."""
         figures = node_figures(state)
         culprit = state.culprit()
         named_outliers = outliers(figures, config.outlier_fraction)
@@ -223,7 +230,6 @@ class SlowNodeCheck:
                         + ", ".join(node_names[n] for n in sorted(state.suspects())))
         if named_outliers:
             result.fail("outliers: " + ", ".join(node_names[n] for n in named_outliers))
-        return result
 
     @staticmethod
     def _names(executor, count: int) -> list[str]:
