@@ -294,3 +294,22 @@ def flops_per_token(config: GPTConfig, seq_len: int) -> float:
     values, L layers, H heads, Q head dim, T sequence length (6, not 12: the causal mask halves the work).
     """
     return 6.0 * non_embedding_params(config) + 6.0 * config.n_layer * config.n_head * config.head_dim * seq_len
+
+
+QUANTIZE_MODES = ("none", "int8")
+"""Weight precisions the model can be served and compared in: `none` (as trained, fp32) or `int8` (`quantize_int8`)."""
+
+
+def quantize_int8(model: GPT) -> GPT:
+    """The model's int8 dynamically quantized copy, for CPU inference: every `nn.Linear` (attention qkv and proj,
+    MLP up and down) gets int8 weights and quantizes its float activations per batch; the rest stays fp32.
+
+    The output head is not an `nn.Linear`: it is `F.linear` over the token embedding (tied weights), so it stays
+    fp32 -- quantizing it would need untying it from the embedding, and the logits it makes decide every greedy
+    token, where a full-precision head keeps agreement with the fp32 model high for little time (one matmul per
+    step against 4 per block). The quantized Linear layers take and return float tensors, so the KV cache and the
+    batched/cached forward are unchanged. `quantize_dynamic` has CPU kernels only: the model must be on the CPU.
+    """
+    if any(parameter.device.type != "cpu" for parameter in model.parameters()):
+        raise ValueError("int8 dynamic quantization runs on the CPU only; the model is not on the CPU")
+    return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8).eval()

@@ -2,6 +2,7 @@
 each a uvicorn/FastAPI app with continuous batching over a KV cache.
 
     DCFORGE_API_KEY=secret python -m workloads.serve --replicas 3 --port 8000 [--checkpoint DIR] [--tls-cert ..]
+        [--quantize int8]
 
 The API key is read from DCFORGE_API_KEY or from the file DCFORGE_API_KEY_FILE names -- never from the command
 line, which `ps` shows to every user. Routes: /v1/models, /v1/completions, /v1/chat/completions (streaming and
@@ -37,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-context", type=int, default=None)
     add("--torch-threads", type=int, default=EngineSettings.torch_threads)
     add("--device", default=EngineSettings.device, help="auto (GPUs when visible), cpu, cuda or cuda:N")
+    add("--quantize", default=ModelSettings.quantize,
+        help="none (fp32 as loaded) or int8 (dynamic int8 quantization of every Linear; CPU only)")
     add("--max-body-bytes", type=int, default=LimitSettings.max_body_bytes)
     add("--max-prompt-tokens", type=int, default=LimitSettings.max_prompt_tokens)
     add("--max-tokens", type=int, default=LimitSettings.max_tokens)
@@ -54,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace, api_key: str, state_dir: Path) -> ServerSettings:
     return ServerSettings(
         model=ModelSettings(preset=args.preset, checkpoint=args.checkpoint, served_name=args.model_name,
-                            seed=args.seed),
+                            seed=args.seed, quantize=args.quantize),
         engine=EngineSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_context=args.max_context,
                               torch_threads=args.torch_threads, device=args.device),
         limits=LimitSettings(max_body_bytes=args.max_body_bytes, max_prompt_tokens=args.max_prompt_tokens,
@@ -67,7 +70,8 @@ def settings_from_args(args: argparse.Namespace, api_key: str, state_dir: Path) 
 
 def validate(args: argparse.Namespace, api_key: str) -> list[str]:
     """Input problems found before any process starts, one line each."""
-    from workloads.model import PRESETS  # light: model.py imports torch lazily enough for a CLI check
+    from workloads.model import PRESETS, QUANTIZE_MODES  # light: model.py imports torch lazily enough for a CLI check
+    from workloads.serving.engine import quantized_on_cuda_error
 
     problems = []
     if not api_key:
@@ -76,6 +80,10 @@ def validate(args: argparse.Namespace, api_key: str) -> list[str]:
         problems.append(f"--preset {args.preset!r} is unknown; known: {', '.join(PRESETS)}")
     if args.checkpoint is not None and not args.checkpoint.exists():
         problems.append(f"--checkpoint {args.checkpoint} does not exist")
+    if args.quantize not in QUANTIZE_MODES:
+        problems.append(f"--quantize {args.quantize!r} is unknown; expected one of: {', '.join(QUANTIZE_MODES)}")
+    elif args.quantize == "int8" and args.device != "auto" and not args.device.startswith("cpu"):
+        problems.append(quantized_on_cuda_error(args.device))
     if bool(args.tls_cert) != bool(args.tls_key):
         problems.append("--tls-cert and --tls-key go together")
     for path in (args.tls_cert, args.tls_key):

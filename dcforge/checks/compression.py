@@ -1,8 +1,9 @@
 """`compression`: what int8 dynamic quantization buys and costs for the bundled model, on the same inputs.
 
 The model is the checkpoint the `train` check wrote in this run (else random weights of `preset`). Its int8 copy is
-`torch.ao.quantization.quantize_dynamic` over every `nn.Linear` (int8 weights, activations quantized per batch;
-the tied output head stays fp32). Both run in this process, one thread pool, alternating rounds:
+`workloads.model.quantize_int8` -- the same function the bundled server applies with `--quantize int8` -- which
+runs `torch.ao.quantization.quantize_dynamic` over every `nn.Linear` (int8 weights, activations quantized per
+batch; the tied output head stays fp32). Both run in this process, one thread pool, alternating rounds:
 
 - `output_tokens_per_s.fp32|int8`, `speedup` = int8 / fp32: greedy decoding of `newTokens` tokens for `batch`
   prompts, median over `rounds`;
@@ -95,7 +96,7 @@ class CompressionCheck:
     def run(self, ctx: CheckContext, config: CompressionConfig) -> CheckResult:
         import torch
 
-        from workloads.model import GPT, get_preset
+        from workloads.model import GPT, get_preset, quantize_int8
         from workloads.train_config import TrainConfig
         from workloads.train_data import SyntheticBigramData
 
@@ -111,7 +112,7 @@ class CompressionCheck:
             torch.manual_seed(0)
             model_config = get_preset(config.preset)
             model, source = GPT(model_config).eval(), f"random:{config.preset}"
-        quantized = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8).eval()
+        quantized = quantize_int8(model)
         seq_len = min(model_config.max_seq_len, config.prompt_tokens + config.new_tokens)
         data = SyntheticBigramData(TrainConfig().seed)  # the training distribution
         prompts = data.batch(HELD_OUT_FIRST_STEP, config.batch, seq_len)[:, :config.prompt_tokens]

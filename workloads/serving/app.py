@@ -95,8 +95,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     file in the state directory (the supervisor's and the checks' signal) and removes it on the way out."""
     settings: ServerSettings = app.state.settings
     torch.set_num_threads(settings.engine.torch_threads)
+    device = resolve_device(settings.engine.device, settings.model.quantize)  # int8 on CUDA refused before loading
     model, config = await asyncio.to_thread(load_model, settings.model)
-    model = model.to(resolve_device(settings.engine.device))
+    model = model.to(device)
+    metrics.SERVED_PRECISION.labels(settings.model.precision).set(1)
     engine = BatchingEngine(model, config, settings.engine, max_pending=settings.limits.max_pending,
                             observer=metrics.observe_step, load_observer=metrics.observe_load)
     await asyncio.to_thread(engine.warm_up)
@@ -295,7 +297,9 @@ async def prometheus_metrics() -> Response:
 @router.get("/v1/models", dependencies=authorized)
 async def list_models(settings: ServerSettings = Depends(server_settings)) -> dict[str, Any]:
     served = settings.model.served_name
-    return {"object": "list", "data": [{"id": served, "object": "model", "created": 0, "owned_by": "dcforge"}]}
+    # `precision` (fp32 | int8) is an extra field, as vLLM adds its own: lets a load test verify what is served.
+    return {"object": "list", "data": [{"id": served, "object": "model", "created": 0, "owned_by": "dcforge",
+                                        "precision": settings.model.precision}]}
 
 
 @router.post("/v1/completions", dependencies=authorized)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from workloads.model import GPT, ByteTokenizer, GPTConfig, KVCache, StreamDecoder, get_preset
+from workloads.model import GPT, ByteTokenizer, GPTConfig, KVCache, StreamDecoder, get_preset, quantize_int8
 from workloads.serving.settings import EngineSettings, ModelSettings
 
 log = logging.getLogger("dcforge.serve")
@@ -128,9 +128,20 @@ class _Sequence:
     """Decoded text held back because it could be the start of a stop string."""
 
 
-def resolve_device(name: str) -> torch.device:
+def quantized_on_cuda_error(device: str) -> str:
+    """The one-line refusal of int8 serving on a GPU (the CLI and the replica say the same)."""
+    return (f"--quantize int8 cannot serve on --device {device}: int8 dynamic quantization (torch quantize_dynamic) "
+            "runs on the CPU only; use --device cpu or auto")
+
+
+def resolve_device(name: str, quantize: str = "none") -> torch.device:
     """The device a replica serves on: `auto` puts replica processes round-robin on the visible GPUs (by process
-    id: gunicorn gives replicas no index), or on the CPU when there is none."""
+    id: gunicorn gives replicas no index), or on the CPU when there is none. An int8 model serves on the CPU:
+    `auto` means the CPU then, and a CUDA device is a ValueError."""
+    if quantize == "int8":
+        if name != "auto" and torch.device(name).type != "cpu":
+            raise ValueError(quantized_on_cuda_error(name))
+        return torch.device("cpu")
     if name != "auto":
         return torch.device(name)
     if torch.cuda.is_available():
@@ -139,7 +150,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_model(settings: ModelSettings) -> tuple[GPT, GPTConfig]:
-    """Random weights of a preset (seeded: every replica serves the same model) or a training checkpoint."""
+    """Random weights of a preset (seeded: every replica serves the same model) or a training checkpoint, on the
+    CPU; its int8 copy (`quantize_int8`) when `settings.quantize` is int8."""
     if settings.checkpoint is not None:
         from workloads.checkpointing import load_for_inference  # the training side owns the checkpoint format
 
@@ -148,7 +160,10 @@ def load_model(settings: ModelSettings) -> tuple[GPT, GPTConfig]:
         config = get_preset(settings.preset)
         torch.manual_seed(settings.seed)
         model = GPT(config)
-    return model.eval(), config
+    model = model.eval()
+    if settings.quantize == "int8":
+        model = quantize_int8(model)
+    return model, config
 
 
 StepObserver = Callable[[str, int, float], None]

@@ -23,6 +23,8 @@ FORWARD_SECONDS = Histogram("dcforge_forward_seconds", "Duration of one forward 
                             buckets=_LATENCY_BUCKETS)
 QUEUE_DEPTH = Gauge("dcforge_queue_depth", "Requests waiting for a batch slot", multiprocess_mode="livesum")
 ACTIVE_SEQUENCES = Gauge("dcforge_active_sequences", "Sequences being generated", multiprocess_mode="livesum")
+SERVED_PRECISION = Gauge("dcforge_served_precision", "1 for the weight precision the replicas serve (fp32, int8)",
+                         ["precision"], multiprocess_mode="livemax")
 
 
 def observe_step(phase: str, batch: int, seconds: float) -> None:

@@ -14,6 +14,8 @@ API_KEY_FILE_ENV = "DCFORGE_API_KEY_FILE"
 
 BALANCE_MODES = ("requests", "connections")
 Balance = Literal["requests", "connections"]
+Quantize = Literal["none", "int8"]
+"""The values of `workloads.model.QUANTIZE_MODES`, as a type."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,14 @@ class ModelSettings:
     """The model id clients pass as `model` and `/v1/models` lists."""
     seed: int = 0
     """Seed of the random weights, so every replica serves the same model."""
+    quantize: Quantize = "none"
+    """none: the weights as loaded (fp32); int8: `workloads.model.quantize_int8` applied once the model is loaded
+    (CPU only: with `auto` the replicas serve on the CPU, an explicit CUDA device is refused)."""
+
+    @property
+    def precision(self) -> str:
+        """What /v1/models and /metrics report as served: `fp32` or `int8`."""
+        return "int8" if self.quantize == "int8" else "fp32"
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ class LocalServer:
         args = [sys.executable, "-m", "workloads.serve", "--host", "127.0.0.1", "--port", str(self.port),
                 "--replicas", str(config.replicas), "--max-batch", str(config.max_batch),
                 "--max-wait-ms", str(config.max_wait_ms), "--state-dir", str(self.state_dir),
-                "--device", config.device, "--balance", config.balance]
+                "--device", config.device, "--balance", config.balance, "--quantize", config.quantize]
         args += ["--checkpoint", str(model.checkpoint)] if model.checkpoint else ["--preset", config.preset]
         self.ca_file: Path | None = None
         if config.tls:

@@ -60,6 +60,9 @@ class ServingLoadConfig(CheckConfig):
     """Limit for all replicas to load their model."""
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     """Where replicas serve: auto (the visible GPUs, round-robin; else the CPU), cpu, cuda or cuda:N."""
+    quantize: Literal["none", "int8"] = "none"
+    """Weights the server serves (`--quantize`): none (fp32 as loaded) or int8 (dynamic int8 quantization of every
+    Linear, the `compression` check's model; CPU only, so `device` must be auto or cpu)."""
     balance: Literal["requests", "connections"] = "requests"
     """How the server spreads load over its replicas (docs/serving.md): requests (one request per connection) or
     connections (keep-alive; a replica may be left idle)."""
@@ -76,6 +79,12 @@ class ServingLoadConfig(CheckConfig):
     def _arrival_needs_rate(self) -> "ServingLoadConfig":
         if self.arrival != "closed" and self.rate <= 0:
             raise ValueError("open-loop arrivals need rate > 0")
+        return self
+
+    @model_validator(mode="after")
+    def _int8_on_cpu(self) -> "ServingLoadConfig":
+        if self.quantize == "int8" and self.device not in ("auto", "cpu"):
+            raise ValueError(f"quantize int8 runs on the CPU only; device must be auto or cpu, got {self.device!r}")
         return self
 
 
