@@ -21,10 +21,11 @@ KEY = "integration-key-0123456789"
 MODEL = "dcforge-gpt"
 
 
-def start_server(tmp_path_factory, replicas: int, tls: bool):
+def start_server(tmp_path_factory, replicas: int, tls: bool, quantize: str = "none"):
     secrets = private_dir()
     secrets_dir = secrets.__enter__()
-    server = LocalServer(ServingLoadConfig(replicas=replicas, tls=tls), ModelChoice("random:tiny", None, 256),
+    server = LocalServer(ServingLoadConfig(replicas=replicas, tls=tls, quantize=quantize),
+                         ModelChoice("random:tiny", None, 256),
                          secrets_dir, tmp_path_factory.mktemp("server"), KEY)
     server.__enter__()
     try:
@@ -50,7 +51,7 @@ def client(server):
 
 
 def test_openai_client_non_streaming(client):
-    assert [m.id for m in client.models.list()] == [MODEL]
+    assert [(m.id, m.model_extra["precision"]) for m in client.models.list()] == [(MODEL, "fp32")]
     completion = client.completions.create(model=MODEL, prompt="Hello", max_tokens=6, temperature=0,
                                            extra_body={"ignore_eos": True})
     assert completion.usage.completion_tokens == 6 and completion.choices[0].finish_reason == "length"
@@ -61,6 +62,28 @@ def test_openai_client_non_streaming(client):
     assert chat.choices[0].message.role == "assistant"
     assert chat.choices[0].message.content == again.choices[0].message.content  # same seed, same answer
     assert chat.usage.total_tokens == chat.usage.prompt_tokens + 4
+
+
+def test_int8_server_answers_the_openai_client_and_says_int8(tmp_path_factory):
+    """`--quantize int8` end to end: the replica quantizes its model, /v1/models and /metrics say int8, and the
+    official client completes a non-streaming and a streaming request."""
+    server, secrets = start_server(tmp_path_factory, replicas=1, tls=False, quantize="int8")
+    try:
+        int8 = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=KEY, max_retries=0, timeout=30)
+        [model] = int8.models.list().data
+        assert (model.id, model.model_extra["precision"]) == (MODEL, "int8")
+        assert 'dcforge_served_precision{precision="int8"} 1.0' in server.scrape_metrics()
+        completion = int8.completions.create(model=MODEL, prompt="Hello", max_tokens=6, temperature=0,
+                                             extra_body={"ignore_eos": True})
+        assert completion.usage.completion_tokens == 6 and completion.choices[0].finish_reason == "length"
+        chunks = list(int8.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "stream"}],
+                                                   max_tokens=8, stream=True, stream_options={"include_usage": True},
+                                                   extra_body={"ignore_eos": True}))
+        assert chunks[-1].usage.completion_tokens == 8
+        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    finally:
+        server.__exit__(None, None, None)
+        secrets.__exit__(None, None, None)
 
 
 def test_openai_client_streaming(client):
