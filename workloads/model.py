@@ -296,10 +296,6 @@ def flops_per_token(config: GPTConfig, seq_len: int) -> float:
     return 6.0 * non_embedding_params(config) + 6.0 * config.n_layer * config.n_head * config.head_dim * seq_len
 
 
-QUANTIZE_MODES = ("none", "int8")
-"""Weight precisions the model can be served and compared in: `none` (as trained, fp32) or `int8` (`quantize_int8`)."""
-
-
 def quantize_int8(model: GPT) -> GPT:
     """The model's int8 dynamically quantized copy, for CPU inference: every `nn.Linear` (attention qkv and proj,
     MLP up and down) gets int8 weights and quantizes its float activations per batch; the rest stays fp32.

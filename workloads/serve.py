@@ -17,8 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from workloads.serving.settings import (BALANCE_MODES, EngineSettings, LimitSettings, ModelSettings, ServerSettings,
-                                        read_api_key)
+from workloads.serving.settings import (BALANCE_MODES, QUANTIZE_MODES, EngineSettings, LimitSettings, ModelSettings,
+                                        ServerSettings, read_api_key)
 
 WORKER_CLASS = "workloads.serving.worker.ServingWorker"
 
@@ -70,7 +70,7 @@ def settings_from_args(args: argparse.Namespace, api_key: str, state_dir: Path) 
 
 def validate(args: argparse.Namespace, api_key: str) -> list[str]:
     """Input problems found before any process starts, one line each."""
-    from workloads.model import PRESETS, QUANTIZE_MODES  # light: model.py imports torch lazily enough for a CLI check
+    from workloads.model import PRESETS  # light: model.py imports torch lazily enough for a CLI check
     from workloads.serving.engine import quantized_on_cuda_error
 
     problems = []

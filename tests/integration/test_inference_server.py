@@ -76,9 +76,10 @@ def test_int8_server_answers_the_openai_client_and_says_int8(tmp_path_factory):
         completion = int8.completions.create(model=MODEL, prompt="Hello", max_tokens=6, temperature=0,
                                              extra_body={"ignore_eos": True})
         assert completion.usage.completion_tokens == 6 and completion.choices[0].finish_reason == "length"
-        chunks = list(int8.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "stream"}],
-                                                   max_tokens=8, stream=True, stream_options={"include_usage": True},
-                                                   extra_body={"ignore_eos": True}))
+        stream = int8.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "stream"}],
+                                              max_tokens=8, stream=True, stream_options={"include_usage": True},
+                                              extra_body={"ignore_eos": True})
+        chunks = list(stream)
         assert chunks[-1].usage.completion_tokens == 8
         assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
     finally:

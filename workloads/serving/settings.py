@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 API_KEY_ENV = "DCFORGE_API_KEY"
 """Environment variable holding the API key (preferred over a command-line flag, which `ps` would show)."""
@@ -15,7 +15,8 @@ API_KEY_FILE_ENV = "DCFORGE_API_KEY_FILE"
 BALANCE_MODES = ("requests", "connections")
 Balance = Literal["requests", "connections"]
 Quantize = Literal["none", "int8"]
-"""The values of `workloads.model.QUANTIZE_MODES`, as a type."""
+"""Weights served: `none` (as loaded, fp32) or `int8` (`workloads.model.quantize_int8`)."""
+QUANTIZE_MODES: tuple[str, ...] = get_args(Quantize)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 from dcforge.harness.check import CheckConfig, CheckContext
 from loadtests import pacing
 from workloads.records import LOAD_DEFAULTS
+from workloads.serving.settings import Quantize
 
 CHAT_TEMPLATE_TOKENS = 48
 """Tokens the server's chat template and BOS add around the user's prompt (byte tokenizer), with margin."""
@@ -60,7 +61,7 @@ class ServingLoadConfig(CheckConfig):
     """Limit for all replicas to load their model."""
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     """Where replicas serve: auto (the visible GPUs, round-robin; else the CPU), cpu, cuda or cuda:N."""
-    quantize: Literal["none", "int8"] = "none"
+    quantize: Quantize = "none"
     """Weights the server serves (`--quantize`): none (fp32 as loaded) or int8 (dynamic int8 quantization of every
     Linear, the `compression` check's model; CPU only, so `device` must be auto or cpu)."""
     balance: Literal["requests", "connections"] = "requests"
