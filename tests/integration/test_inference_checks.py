@@ -125,10 +125,17 @@ def test_two_replicas_share_the_load_run_after_run_and_paced_users_do_not_convoy
     assert lockstep["start_gap_ms.p50"] < PACED_GAP_MIN_MS, lockstep
 
 
+STOP_KILL_SLACK_S = 0.1
+"""With no grace period, how long after the window's end a request may still complete: the users are killed
+right after the stop is recorded, but a greenlet already woken by its last chunk finishes first."""
+
+
 @pytest.mark.parametrize("grace_s", [10.0, 0.0])
 def test_requests_in_flight_at_the_end_are_completed_in_the_grace_period_or_reported_abandoned(tmp_path, grace_s):
     ctx = context(tmp_path)
-    config = InferenceConfig.model_validate({"replicas": 1, "users": 4, "durationS": 6, "maxTokens": 32,
+    # Long answers: the one replica decodes the 4 users' requests in one batch, so they end together and, for an
+    # instant, none is in flight; Locust's stop timer lands on that instant about once in (answer tokens + 1) runs.
+    config = InferenceConfig.model_validate({"replicas": 1, "users": 4, "durationS": 6, "maxTokens": 160,
                                              "thinkTimeS": 0, "stopGraceS": grace_s, "warmupRequests": 1})
     result = CheckResult("inference", declared=load_check("inference").metrics)
     with serving_session(ctx, config, "inference", result) as session:
@@ -147,6 +154,8 @@ def test_requests_in_flight_at_the_end_are_completed_in_the_grace_period_or_repo
     assert not [r for r in records if r.start > window.stop]
     if grace_s:  # 4 users always busy: some were in flight at the stop, all completed
         assert after_stop and window.abandoned == 0 and all(r.ok for r in after_stop)
-    else:  # killed at the stop: in flight ones are abandoned, none completes after it
-        assert window.abandoned >= 1 and not after_stop
+    else:  # killed at the stop: in flight ones are abandoned; only a chunk already on its way may still land in
+        # the instant Locust takes to stop the users (measured: under 1 ms)
+        assert window.abandoned >= 1
+        assert all(r.end - window.stop < STOP_KILL_SLACK_S for r in after_stop), after_stop
     assert "grace period" in result.details["stop_semantics"]
