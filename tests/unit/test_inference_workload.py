@@ -184,3 +184,29 @@ def test_an_slo_on_an_alias_is_refused_naming_the_canonical_key(env_file, alias,
     (line,) = proc.stderr.strip().splitlines()
     assert f"dcforge:acceptance.slos.inference.{alias}" in line
     assert line.endswith(f"'{alias}' is the {source} name of this metric; write inference.{canonical}")
+
+
+def test_prompt_file_is_found_beside_the_environment_file_and_a_bad_one_names_the_setting(env_file, tmp_path):
+    import time
+
+    from dcforge.checks.serving.load import describe_workload, resolved_prompt_file
+    from dcforge.errors import ConfigError
+    from dcforge.harness.check import CheckContext
+    from dcforge.spec.loader import load_environment
+
+    path = env_file("local")  # written into tmp_path
+    ctx = CheckContext(env=load_environment(path=path), report_dir=tmp_path / "report",
+                       deadline=time.monotonic() + 60, log=lambda line: None)
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "hello"}\n')
+    config = InferenceConfig(prompt_file="prompts.jsonl", shared_prefixes=2, shared_prefix_tokens=64)
+    resolved = resolved_prompt_file(ctx, config, "dcforge:acceptance.settings.inference.promptFile")
+    assert resolved == (tmp_path / "prompts.jsonl").resolve()
+    assert describe_workload(config, 64, resolved) == \
+        f"prompts from {resolved}, each behind one of 2 shared 64-token system prompts; answers of 32 tokens"
+    assert describe_workload(InferenceConfig(), 64, None) == \
+        "generated prompts of uniform 48-80 tokens; answers of 32 tokens"
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "hello"}\n{"prompt": 3}\n')
+    with pytest.raises(ConfigError) as caught:
+        resolved_prompt_file(ctx, config, "dcforge:acceptance.settings.inference.promptFile")
+    assert caught.value.key == "dcforge:acceptance.settings.inference.promptFile" and "line 2" in str(caught.value)
+    assert resolved_prompt_file(ctx, InferenceConfig(), "k") is None
