@@ -229,6 +229,7 @@ def test_html_report_links_every_slo_to_its_metric_definition():
                      page)
     assert link and link.group(1) == row.group(1)
     assert "docs/metrics.md" in page
+    assert "aiperf: <code>time_to_first_token.p95</code>" in page  # the aliases report.json carries
 
 
 def test_html_report_defines_an_slo_metric_that_a_skipped_check_did_not_produce():
