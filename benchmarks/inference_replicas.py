@@ -39,7 +39,7 @@ def main() -> None:
             result = run_check("inference", {**BASE, **settings})
             value = {key: metric.value for key, metric in result.metrics.items()}
             per_replica = " / ".join(str(count) for count in result.details["requests_per_replica"]["all requests"].values())
-            print(f"| {label} | {value['rps']:.1f} | {value['ttft_ms.p50']:.0f} / {value['ttft_ms.p95']:.0f} "
+            print(f"| {label} | {value['request_throughput']:.1f} | {value['p50_ttft_ms']:.0f} / {value['p95_ttft_ms']:.0f} "
                   f"| {per_replica} | {value['replica_share_min_to_fair']:.2f} | {value['start_gap_ms.p50']:.1f} "
                   f"| {value['starts_in_lockstep_fraction']:.0%} |", flush=True)
     print(f"load average (1, 5, 15 min) at end: {load_average()}")

@@ -1,8 +1,10 @@
 """`inference`: what LLM users feel from the bundled server under Locust load -- throughput, TTFT/TPOT/ITL/e2e
-percentiles, error rate, goodput -- plus endpoint compliance (401 without a key, TLS >= 1.2 when TLS is on).
+statistics, lengths, error rate, goodput, under vLLM `bench serve`'s names -- plus endpoint compliance (401 without
+a key, TLS >= 1.2 when TLS is on).
 
-N replicas run on 127.0.0.1 under gunicorn; Locust runs headless in a subprocess with a hard timeout and writes a
-per-request log from which every figure is computed exactly (docs/metrics.md). Every process is stopped at the end.
+N replicas run on 127.0.0.1 under gunicorn; Locust runs headless in a subprocess with a hard timeout, warms every
+replica up, and writes a per-request log (warm-up requests marked) from which every figure is computed exactly
+(docs/metrics.md), also exported in AIPerf's per-request form. Every process is stopped at the end.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class InferenceCheck:
 
     def run(self, ctx: CheckContext, config: InferenceConfig) -> CheckResult:
         from dcforge.compliance.endpoint import check_endpoint
-        from loadtests.metrics import RequestSlo, summarize
+        from loadtests.metrics import summarize
 
         result = CheckResult(self.name, declared=self.metrics)
         with serving_session(ctx, config, self.name, result) as session:
@@ -60,12 +62,12 @@ class InferenceCheck:
             batch = decode_batch_mean(session.server.scrape_metrics())
         if batch is not None:
             result.add_metric("decode_batch_mean", batch)
-        summary = summarize(records, RequestSlo(ttft_ms=config.goodput_ttft_ms, tpot_ms=config.goodput_tpot_ms))
+        summary = summarize(records, config.request_slo())
         add_summary_metrics(result, summary)
         record_energy(result, power, work=sum(r.output_tokens for r in records if r.ok),
                       work_metric=OUTPUT_TOKENS_PER_JOULE, per_joule=True)
         add_share_metrics(result, replica_shares(records, config.replicas), "all requests")
         result.plots.extend(latency_plots(records, t_start))
-        ctx.log(f"{summary['rps']:.1f} req/s, {summary['output_tokens_per_s']:.0f} output tokens/s, "
-                f"TTFT p95 {summary['ttft_ms.p95']:.0f} ms, errors {summary['error_rate']:.2%}")
+        ctx.log(f"{summary['request_throughput']:.1f} req/s, {summary['output_throughput']:.0f} output tokens/s, "
+                f"TTFT p95 {summary['p95_ttft_ms']:.0f} ms, errors {summary['error_rate']:.2%}")
         return result

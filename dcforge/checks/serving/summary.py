@@ -7,8 +7,5 @@ from dcforge.harness.result import CheckResult
 
 def add_summary_metrics(result: CheckResult, summary: dict[str, float]) -> None:
     """Every entry of `loadtests.metrics.summarize` as a metric declared in `_load_metrics.LOAD_METRICS`."""
-    from dcforge.checks._load_metrics import SUMMARY_NOT_REPORTED
-
     for key, value in summary.items():
-        if key not in SUMMARY_NOT_REPORTED:
-            result.add_metric(key, value)
+        result.add_metric(key, value)
