@@ -1,4 +1,4 @@
-"""Multi-replica serving: balance, arrival spread and TTFT, measured side by side (python -m benchmarks.inference_replicas).
+"""Multi-replica serving: balance, arrival spread and TTFT side by side (python -m benchmarks.inference_replicas).
 
 Three settings of the `inference` check, as the local environment configures it (3 replicas, 8 closed-loop users,
 20 s, 64-token prompts, 32 output tokens, tiny GPT), one run each per round, rounds interleaved:
@@ -38,10 +38,11 @@ def main() -> None:
         for label, settings in SETTINGS.items():
             result = run_check("inference", {**BASE, **settings})
             value = {key: metric.value for key, metric in result.metrics.items()}
-            per_replica = " / ".join(str(count) for count in result.details["requests_per_replica"]["all requests"].values())
-            print(f"| {label} | {value['request_throughput']:.1f} | {value['p50_ttft_ms']:.0f} / {value['p95_ttft_ms']:.0f} "
-                  f"| {per_replica} | {value['replica_share_min_to_fair']:.2f} | {value['start_gap_ms.p50']:.1f} "
-                  f"| {value['starts_in_lockstep_fraction']:.0%} |", flush=True)
+            counts = result.details["requests_per_replica"]["all requests"].values()
+            print(f"| {label} | {value['request_throughput']:.1f} "
+                  f"| {value['p50_ttft_ms']:.0f} / {value['p95_ttft_ms']:.0f} "
+                  f"| {' / '.join(str(count) for count in counts)} | {value['replica_share_min_to_fair']:.2f} "
+                  f"| {value['start_gap_ms.p50']:.1f} | {value['starts_in_lockstep_fraction']:.0%} |", flush=True)
     print(f"load average (1, 5, 15 min) at end: {load_average()}")
 
 
