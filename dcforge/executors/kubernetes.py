@@ -332,6 +332,9 @@ class KubernetesExecution:
             status.state, status.reason = NodeState.KILLED, "deleted by dcforge"
         elif pod is not None:
             status.state, status.exit_code, status.reason = pod_state(pod)
+        elif key in self._pod_of and self._pods is not None and self._pod_of[key] in self._pods.deleted:
+            # gone without dcforge deleting it: evicted, preempted, or its Job ended (activeDeadlineSeconds)
+            status.state, status.reason = NodeState.FAILED, f"pod {self._pod_of[key]} was deleted, not by dcforge"
         elif rejection := self._rejection(role_name):
             status.state, status.reason = NodeState.FAILED, rejection
         if status.state.finished:

@@ -173,6 +173,19 @@ def test_kill_node_deletes_that_pod_and_the_timeout_kills_the_rest(spec, cluster
     assert labelled(cluster) == []
 
 
+def test_a_pod_deleted_by_someone_else_fails_its_node(spec, cluster, tmp_path):
+    from kubernetes import client
+
+    with executor(spec, cluster).start(training(), tmp_path) as execution:
+        pods = cluster.start_job_pods(NS, job_name(spec))
+        until(lambda: all(s.host in pods for s in execution.statuses()))
+        client.CoreV1Api(cluster.api_client("evictor")).delete_namespaced_pod(pods[0], NS)
+        outcome = execution.wait(10)
+        assert outcome.nodes[0].state is NodeState.FAILED
+        assert outcome.nodes[0].reason == f"pod {pods[0]} was deleted, not by dcforge"
+    assert labelled(cluster) == []
+
+
 def test_stop_after_an_exception_in_the_with_block_leaves_nothing(spec, cluster, tmp_path):
     with pytest.raises(RuntimeError, match="check crashed"):
         with executor(spec, cluster).start(training(3), tmp_path):
