@@ -119,7 +119,8 @@ UNSCHEDULABLE = {"phase": "Pending", "conditions": [{
     "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]}
 IMAGE_PULL = {"phase": "Pending", "containerStatuses": [{"name": "node", "ready": False, "restartCount": 0,
               "image": "registry.example/dcforge:0.1.0", "imageID": "", "state": {"waiting": {
-                  "reason": "ImagePullBackOff", "message": "Back-off pulling image \"registry.example/dcforge:0.1.0\""}}}]}
+                  "reason": "ImagePullBackOff",
+                  "message": "Back-off pulling image \"registry.example/dcforge:0.1.0\""}}}]}
 CRASH_LOOP = {"phase": "Running", "containerStatuses": [{"name": "node", "ready": False, "restartCount": 3,
               "image": "i", "imageID": "", "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}},
               "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}}}]}
