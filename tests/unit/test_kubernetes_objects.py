@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,10 +14,12 @@ from dcforge.compliance import evaluate, exceptions_for, unexcepted
 from dcforge.errors import ConfigErrors
 from dcforge.executors.base import Readiness, Resources, Role, VolumePurpose, Workload
 from dcforge.executors.kubernetes_objects import (
+    IMAGE_WORKDIR,
     JOB_INDEX_LABEL,
     KUEUE_QUEUE_LABEL,
     MULTUS_NETWORKS_ANNOTATION,
     RUN_LABEL,
+    RUN_USER_ID,
     ObjectError,
     object_name,
     prerequisite_objects,
@@ -223,3 +226,11 @@ def test_results_travel_through_the_log(tmp_path):
     log = "step 1\nno newline at the end" + out + "dcforge.result fake not-base64!\n"
     assert parse_results(log) == {"train.json": b'{"kind": "train.result"}\n', "sub/raw.bin": bytes(range(256))}
     assert result_lines(tmp_path)[0].split(" ")[2] == base64.b64encode(bytes(range(256))).decode()
+
+
+def test_the_containerfile_holds_what_the_pods_expect():
+    """The image cannot be built here (no container runtime): its text at least agrees with the pod spec."""
+    text = (Path(__file__).resolve().parents[2] / "Containerfile").read_text()
+    assert f"WORKDIR {IMAGE_WORKDIR}\n" in text and f"USER {RUN_USER_ID}:{RUN_USER_ID}\n" in text
+    assert all(f"COPY {part} {part}\n" in text for part in ("dcforge", "workloads", "loadtests"))
+    assert "AS base-cpu" in text and "AS base-cuda" in text and "FROM base-${VARIANT}" in text
