@@ -4,8 +4,9 @@ Built on the official `kubernetes` client. `start` creates the run's objects in 
 claims, Services, then the Jobs and Deployments: the pods are given their leader's Service cluster IP), then two
 watches keep the pods and the namespace's events current; `statuses` is computed from what they saw, so waiting
 costs no API requests. A pod that cannot run becomes a failed node at once, with one line naming the pod and the
-reason: Unschedulable (no node with the GPUs, an untolerated taint), ImagePullBackOff, CrashLoopBackOff,
-OOMKilled, and a Job or ReplicaSet whose pods are rejected at admission (PodSecurity, quota: FailedCreate).
+reason: Unschedulable (no node with the GPUs, an untolerated taint; after a short grace), ImagePullBackOff,
+CrashLoopBackOff, OOMKilled, and a Job or ReplicaSet whose pods are rejected at admission (PodSecurity, quota:
+FailedCreate).
 
 `stop` deletes every object labelled `dcforge.io/run=<run id>` (workloads first, so no controller recreates a
 pod) and waits, bounded, until none is left. Every API call is one of `EXECUTOR_API_ACCESS`, which the
@@ -45,9 +46,13 @@ KINDS: dict[str, tuple[str, str]] = {
 }
 DELETE_ORDER = ("Job", "Deployment", "Pod", "Service", "PersistentVolumeClaim", "NetworkPolicy")
 """Controllers first (they would recreate pods), then pods, then what the pods used."""
-FATAL_WAITING = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CrashLoopBackOff",
+FATAL_WAITING = {"ImagePullBackOff", "InvalidImageName", "CrashLoopBackOff",
                  "CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
-"""Container waiting reasons that do not resolve by themselves: the node has failed."""
+"""Container waiting reasons that do not resolve by themselves: the node has failed. (ErrImagePull is the first,
+possibly transient, failure; the kubelet reports ImagePullBackOff seconds later when it persists.)"""
+UNSCHEDULABLE_GRACE_S = 20.0
+"""How long a pod may stay Unschedulable before its node fails: a claim being provisioned reports Unschedulable
+("unbound immediate PersistentVolumeClaims") for a few seconds; missing GPUs or an untolerated taint do not pass."""
 REQUEST_TIMEOUT = (5.0, 30.0)
 """(connect, read) seconds of every request but the watches."""
 WATCH_S = 60
@@ -94,8 +99,10 @@ def pod_condition(pod: dict[str, Any], kind: str) -> dict[str, Any]:
     return next((c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") == kind), {})
 
 
-def pod_state(pod: dict[str, Any]) -> tuple[NodeState, int | None, str]:
-    """A pod's node state, exit code and one-line reason naming the pod."""
+def pod_state(pod: dict[str, Any], unschedulable_for_s: float = float("inf"),
+              unschedulable_grace_s: float = 0.0) -> tuple[NodeState, int | None, str]:
+    """A pod's node state, exit code and one-line reason naming the pod. An Unschedulable pod fails once it has
+    been so for `unschedulable_grace_s` (`unschedulable_for_s`: how long it has been seen so)."""
     name = pod["metadata"]["name"]
     status = pod.get("status") or {}
     phase = status.get("phase") or "Pending"
@@ -117,9 +124,22 @@ def pod_state(pod: dict[str, Any]) -> tuple[NodeState, int | None, str]:
             return NodeState.FAILED, last.get("exitCode"), one_line(
                 f"pod {name}: {waiting['reason']}{cause}: {waiting.get('message') or ''}".rstrip(": "))
     scheduled = pod_condition(pod, "PodScheduled")
-    if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
+    if is_unschedulable(pod) and unschedulable_for_s >= unschedulable_grace_s:
         return NodeState.FAILED, None, one_line(f"pod {name}: Unschedulable: {scheduled.get('message') or ''}")
     return (NodeState.RUNNING if phase == "Running" else NodeState.PENDING), None, ""
+
+
+def is_unschedulable(pod: dict[str, Any]) -> bool:
+    scheduled = pod_condition(pod, "PodScheduled")
+    return scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
+
+
+def made_by(involved: dict[str, Any], controller: str, server: bool) -> bool:
+    """Whether an event's object is the role's Job, or a ReplicaSet (`<deployment>-<hash>`) of its Deployment."""
+    name = involved.get("name") or ""
+    if server:
+        return involved.get("kind") == "ReplicaSet" and "-" in name and name.rsplit("-", 1)[0] == controller
+    return involved.get("kind") == "Job" and name == controller
 
 
 class _Watch:
@@ -196,7 +216,8 @@ class KubernetesExecution:
     """One run's objects on the cluster; a context manager whose exit deletes them all."""
 
     def __init__(self, target: Target, workload: Workload, run_dir: Path, api_client: Any,
-                 grace_s: float = 5.0, stop_timeout_s: float = 30.0):
+                 grace_s: float = 5.0, stop_timeout_s: float = 30.0,
+                 unschedulable_grace_s: float = UNSCHEDULABLE_GRACE_S):
         from kubernetes import client
 
         self.target = target
@@ -204,6 +225,8 @@ class KubernetesExecution:
         self.run_dir = run_dir
         self.grace_s = grace_s
         self.stop_timeout_s = stop_timeout_s
+        self.unschedulable_grace_s = unschedulable_grace_s
+        self._unschedulable_since: dict[str, float] = {}
         self.api_requests = 0
         """API requests made so far (a watch counts once per (re)connection)."""
         self.leftovers: list[str] = []
@@ -271,12 +294,9 @@ class KubernetesExecution:
 
     def _is_our_event(self, event: dict[str, Any]) -> bool:
         """Admission rejections of our pods: FailedCreate on one of our Jobs or a Deployment's ReplicaSet."""
-        involved = (event.get("involvedObject") or {}).get("name") or ""
         return event.get("reason") == "FailedCreate" and any(
-            involved == name or involved.startswith(f"{name}-") for name in self._controller_names())
-
-    def _controller_names(self) -> list[str]:
-        return [object_name(self.target, role.name) for role in self.workload.roles]
+            made_by(event.get("involvedObject") or {}, object_name(self.target, role.name), is_server(role))
+            for role in self.workload.roles)
 
     # --- status ------------------------------------------------------------------------------------------------
 
@@ -296,12 +316,13 @@ class KubernetesExecution:
         return mine[-1] if mine else None
 
     def _rejection(self, role_name: str) -> str:
+        role = next(r for r in self.workload.roles if r.name == role_name)
         name = object_name(self.target, role_name)
         for event in (self._events.objects.values() if self._events else ()):
-            involved = (event.get("involvedObject") or {}).get("name") or ""
-            if involved == name or involved.startswith(f"{name}-"):
-                return one_line(f"{(event.get('involvedObject') or {}).get('kind', 'controller')} {involved}: "
-                                f"FailedCreate: {event.get('message') or ''}")
+            involved = event.get("involvedObject") or {}
+            if made_by(involved, name, is_server(role)):
+                return one_line(f"{involved.get('kind')} {involved.get('name')}: FailedCreate: "
+                                f"{event.get('message') or ''}")
         return ""
 
     def statuses(self) -> list[NodeStatus]:
@@ -331,7 +352,9 @@ class KubernetesExecution:
                 self._killed_nodes:
             status.state, status.reason = NodeState.KILLED, "deleted by dcforge"
         elif pod is not None:
-            status.state, status.exit_code, status.reason = pod_state(pod)
+            status.state, status.exit_code, status.reason = pod_state(
+                pod, self._unschedulable_for(pod["metadata"]["name"], is_unschedulable(pod)),
+                self.unschedulable_grace_s)
         elif key in self._pod_of and self._pods is not None and self._pod_of[key] in self._pods.deleted:
             # gone without dcforge deleting it: evicted, preempted, or its Job ended (activeDeadlineSeconds)
             status.state, status.reason = NodeState.FAILED, f"pod {self._pod_of[key]} was deleted, not by dcforge"
@@ -340,6 +363,13 @@ class KubernetesExecution:
         if status.state.finished:
             self._final[key] = status
         return status
+
+    def _unschedulable_for(self, pod: str, unschedulable: bool) -> float:
+        """Seconds since the pod was first seen Unschedulable (0 when it is not)."""
+        if not unschedulable:
+            self._unschedulable_since.pop(pod, None)
+            return 0.0
+        return time.monotonic() - self._unschedulable_since.setdefault(pod, time.monotonic())
 
     def _save_log(self, status: NodeStatus) -> None:
         pod = self._pod_of.get((status.role, status.index))
@@ -518,7 +548,7 @@ class KubernetesExecutor:
 
     def __init__(self, spec: Environment, run_id: str, api_client: Any = None, *, kubeconfig: str | None = None,
                  context: str | None = None, pool: str | None = None, grace_s: float = 5.0,
-                 stop_timeout_s: float = 30.0):
+                 stop_timeout_s: float = 30.0, unschedulable_grace_s: float = UNSCHEDULABLE_GRACE_S):
         try:
             self.target = target_for(spec, run_id, pool)
         except ObjectError as error:
@@ -526,6 +556,7 @@ class KubernetesExecutor:
         self._api_client = api_client
         self._kubeconfig, self._context = kubeconfig, context
         self.grace_s, self.stop_timeout_s = grace_s, stop_timeout_s
+        self.unschedulable_grace_s = unschedulable_grace_s
 
     def start(self, workload: Workload, run_dir: Path) -> KubernetesExecution:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -533,7 +564,7 @@ class KubernetesExecutor:
             self._api_client = client_from_kubeconfig(self._kubeconfig, self._context)
         try:
             execution = KubernetesExecution(self.target, workload, run_dir, self._api_client, self.grace_s,
-                                            self.stop_timeout_s)
+                                            self.stop_timeout_s, self.unschedulable_grace_s)
             return execution.start()
         except ObjectError as error:
             raise ExecutorError(str(error)) from None

@@ -40,8 +40,9 @@ def spec() -> Environment:
     return Environment.model_validate(data)
 
 
-def executor(spec: Environment, cluster: FakeCluster) -> KubernetesExecutor:
-    return KubernetesExecutor(spec, RUN, cluster.api_client(), grace_s=0, stop_timeout_s=10)
+def executor(spec: Environment, cluster: FakeCluster, unschedulable_grace_s: float = 1.0) -> KubernetesExecutor:
+    return KubernetesExecutor(spec, RUN, cluster.api_client(), grace_s=0, stop_timeout_s=10,
+                              unschedulable_grace_s=unschedulable_grace_s)
 
 
 def training(nodes: int = 2) -> Workload:
@@ -149,6 +150,21 @@ def test_a_pod_that_cannot_run_fails_its_node_at_once_with_the_reason(spec, clus
     assert labelled(cluster) == []
 
 
+def test_a_pod_unschedulable_for_a_moment_is_not_a_failure(spec, cluster, tmp_path):
+    """A claim being provisioned makes a pod Unschedulable for a few seconds; only a lasting state fails it."""
+    with executor(spec, cluster, unschedulable_grace_s=2.0).start(training(1), tmp_path) as execution:
+        (pod,) = cluster.start_job_pods(NS, job_name(spec))
+        cluster.set_pod_status(NS, pod, UNSCHEDULABLE)
+        until(lambda: execution.statuses()[0].host == pod)
+        time.sleep(0.5)
+        assert execution.statuses()[0].state is NodeState.PENDING
+        cluster.set_pod_status(NS, pod, {"phase": "Running", "conditions": [{"type": "PodScheduled",
+                                                                              "status": "True"}]})
+        until(lambda: execution.statuses()[0].state is NodeState.RUNNING)
+        time.sleep(2.0)
+        assert execution.statuses()[0].state is NodeState.RUNNING
+
+
 def test_pods_refused_at_admission_fail_the_role_with_the_event(spec, cluster, tmp_path):
     message = ('pods "dcf-report-42-torchrun-0-x" is forbidden: violates PodSecurity "restricted:v1.31": '
                'unrestricted capabilities (container "node" must not include "IPC_LOCK")')
@@ -158,6 +174,19 @@ def test_pods_refused_at_admission_fail_the_role_with_the_event(spec, cluster, t
         assert [n.state for n in outcome.nodes] == [NodeState.FAILED, NodeState.FAILED]
         assert outcome.nodes[0].reason == f"Job {job_name(spec)}: FailedCreate: {message}"
     assert labelled(cluster) == []
+
+
+def test_a_rejected_replica_set_fails_only_its_deployment_role(spec, cluster, tmp_path):
+    server = Role("server", ("serve", "{port[http]}"), ports=("http",), readiness=Readiness(port="http"))
+    server_b = Role("server-b", ("serve", "{port[http]}"), ports=("http",), readiness=Readiness(port="http"))
+    workload = Workload("inference", (server, server_b), volumes=(VolumePurpose.SCRATCH,))
+    with executor(spec, cluster).start(workload, tmp_path) as execution:
+        rejected = f"{job_name(spec, 'server-b')}-7c9f5d8b4"
+        cluster.add_event(NS, "ReplicaSet", rejected, "FailedCreate", 'pods "x" is forbidden: exceeded quota')
+        until(lambda: execution.statuses()[1].state is NodeState.FAILED)
+        assert execution.statuses()[1].reason == (f"ReplicaSet {rejected}: FailedCreate: pods \"x\" is forbidden: "
+                                                  "exceeded quota")
+        assert execution.statuses()[0].state is NodeState.PENDING
 
 
 def test_kill_node_deletes_that_pod_and_the_timeout_kills_the_rest(spec, cluster, tmp_path):
