@@ -38,6 +38,8 @@ from dcforge.spec.models import Environment, GpuPool
 
 RUN_LABEL = "dcforge.io/run"
 """On every object of one run (the report id): what `stop()` and `dcforge clean` delete by."""
+RUN_ID_ENV = "DCFORGE_RUN_ID"
+"""The run id inside every container."""
 ROLE_LABEL = "dcforge.io/role"
 WORKLOAD_LABEL = "dcforge.io/workload"
 JOB_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
@@ -300,7 +302,7 @@ def container(target: Target, workload: Workload, role: Role, leader_address: st
         "command": ["/bin/sh", "-c", script],
         "workingDir": IMAGE_WORKDIR,
         "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}, {"name": "HOME", "value": "/tmp"},
-                {"name": RUN_LABEL_ENV, "value": target.run_id},
+                {"name": RUN_ID_ENV, "value": target.run_id},
                 {"name": _NODE_ADDRESS_VAR, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
                 *({"name": key, "value": value} for key, value in shell_env.items())],
         "resources": _resources(target, role),
@@ -315,8 +317,6 @@ def container(target: Target, workload: Workload, role: Role, leader_address: st
         body["readinessProbe"], body["livenessProbe"] = _probes(role)
     return body
 
-
-RUN_LABEL_ENV = "DCFORGE_RUN_ID"
 
 
 def _port_name(name: str) -> str:
