@@ -27,11 +27,10 @@ import uuid
 from typing import Any
 
 import kmock
-from kmock._internal import enums, rendering
 
 # kmock's actions -> the RBAC verbs the same request needs on a real cluster.
-RBAC_VERBS = {enums.action.LIST: "list", enums.action.WATCH: "watch", enums.action.FETCH: "get",
-              enums.action.CREATE: "create", enums.action.UPDATE: "patch", enums.action.DELETE: "delete"}
+RBAC_VERBS = {kmock.action.LIST: "list", kmock.action.WATCH: "watch", kmock.action.FETCH: "get",
+              kmock.action.CREATE: "create", kmock.action.UPDATE: "patch", kmock.action.DELETE: "delete"}
 
 
 BUILT_IN_RESOURCES = ("v1/pods", "v1/services", "v1/persistentvolumeclaims", "v1/events", "batch/v1/jobs",
@@ -48,7 +47,7 @@ class FakeApiServer(kmock.KubernetesEmulator):
         """(User-Agent, verb, api group, resource[/subresource]) of every Kubernetes request."""
         self._ips = (str(ip) for ip in itertools.islice(ipaddress.ip_network("10.96.0.0/12").hosts(), 10, None))
         self._versions = itertools.count(1)
-        self[enums.action.FETCH, kmock.resource("v1/pods"), kmock.subresource("log")] << self._serve_log
+        self[kmock.action.FETCH, kmock.resource("v1/pods"), kmock.subresource("log")] << self._serve_log
         for resource in BUILT_IN_RESOURCES:  # every cluster serves these, objects or not
             self.resources[resource] = {}
 
@@ -59,13 +58,13 @@ class FakeApiServer(kmock.KubernetesEmulator):
             raw_request = raw_request.clone(rel_url=raw_request.rel_url.update_query(watch="true"))
         return await super().__call__(raw_request)
 
-    async def _handle(self, request: rendering.Request):  # noqa: ANN201 (kmock's signature)
+    async def _handle(self, request: kmock.Request):  # noqa: ANN201 (kmock's signature)
         if request.resource is not None and request.action is not None:
             plural = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
             self.requests_seen.append((request.headers.get("User-Agent", ""),
                                        RBAC_VERBS.get(request.action, str(request.action)),
                                        request.resource.group or "", plural))
-            if request.action == enums.action.CREATE and isinstance(request.data, dict):
+            if request.action == kmock.action.CREATE and isinstance(request.data, dict):
                 meta = request.data.setdefault("metadata", {})
                 meta.setdefault("uid", str(uuid.uuid4()))
                 meta["resourceVersion"] = str(next(self._versions))
@@ -77,7 +76,7 @@ class FakeApiServer(kmock.KubernetesEmulator):
                         spec["clusterIP"] = next(self._ips)
         return await super()._handle(request)
 
-    async def _serve_log(self, request: rendering.Request) -> bytes:
+    async def _serve_log(self, request: kmock.Request) -> bytes:
         return self.logs.get((request.namespace or "", request.name or ""), "").encode()
 
 
