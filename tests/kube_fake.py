@@ -9,7 +9,8 @@ real API server does that the executor relies on, and nothing else:
 - a Service gets a `spec.clusterIP` from the service range (the API server's allocator);
 - pod logs (`pods/log`) are served from what the test's stand-in kubelet wrote (`FakeCluster.write_log`);
 - `watch=True` (how the Python client spells it) starts a watch, as on the real API server;
-- every request is recorded as (verb, resource) so tests can prove which API access the executor needs.
+- every request is recorded as (User-Agent, verb, resource), and a User-Agent can be held to the rules of a Role
+  (`FakeCluster.grant`: anything else is 403 Forbidden, as RBAC answers).
 
 What the cluster's controllers and kubelets do (a Job creating pods, pods changing phase) the tests do themselves
 through the same API (`FakeCluster.run_job_pods`, `set_pod_status`), as the real controllers would.
@@ -43,6 +44,8 @@ class FakeApiServer(kmock.KubernetesEmulator):
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.logs: dict[tuple[str, str], str] = {}
+        self.grants: dict[str, set[tuple[str, str, str]]] = {}
+        """RBAC: User-Agent -> the (api group, resource, verb) it may use; agents not listed may do anything."""
         self.requests_seen: list[tuple[str, str, str, str]] = []
         """(User-Agent, verb, api group, resource[/subresource]) of every Kubernetes request."""
         self._ips = (str(ip) for ip in itertools.islice(ipaddress.ip_network("10.96.0.0/12").hosts(), 10, None))
@@ -61,9 +64,13 @@ class FakeApiServer(kmock.KubernetesEmulator):
     async def _handle(self, request: kmock.Request):  # noqa: ANN201 (kmock's signature)
         if request.resource is not None and request.action is not None:
             plural = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
-            self.requests_seen.append((request.headers.get("User-Agent", ""),
-                                       RBAC_VERBS.get(request.action, str(request.action)),
-                                       request.resource.group or "", plural))
+            agent, verb, group = (request.headers.get("User-Agent", ""), RBAC_VERBS.get(request.action, "?"),
+                                  request.resource.group or "")
+            self.requests_seen.append((agent, verb, group, plural))
+            if agent in self.grants and (group, plural, verb) not in self.grants[agent]:
+                raise kmock.KubernetesError(status=403, reason="Forbidden", message=(
+                    f'{plural} is forbidden: User "{agent}" cannot {verb} resource "{plural}" in API group '
+                    f'"{group}" in the namespace "{request.namespace}"'), details={})
             if request.action == kmock.action.CREATE and isinstance(request.data, dict):
                 meta = request.data.setdefault("metadata", {})
                 meta.setdefault("uid", str(uuid.uuid4()))
@@ -121,6 +128,12 @@ class FakeCluster:
         api = client.ApiClient(configuration)
         api.user_agent = user_agent
         return api
+
+    def grant(self, user_agent: str, rules: list[dict[str, Any]]) -> None:
+        """Let `user_agent` do exactly what these RBAC rules (a Role's `rules`) allow, and nothing else."""
+        allowed = {(group, resource, verb) for rule in rules for group in rule["apiGroups"]
+                   for resource in rule["resources"] for verb in rule["verbs"]}
+        self._loop.call_soon_threadsafe(self.api.grants.__setitem__, user_agent, allowed)
 
     def write_log(self, namespace: str, pod: str, text: str) -> None:
         self._loop.call_soon_threadsafe(self.api.logs.__setitem__, (namespace, pod), text)

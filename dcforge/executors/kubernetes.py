@@ -57,6 +57,8 @@ REQUEST_TIMEOUT = (5.0, 30.0)
 """(connect, read) seconds of every request but the watches."""
 WATCH_S = 60
 """Server-side timeout of one watch request; the watch is then resumed from where it was."""
+WATCH_FAILURE_S = 30.0
+"""A watch failing this long (the API server unreachable) is an error, not a wait until the run's timeout."""
 
 
 def client_from_kubeconfig(kubeconfig: str | None = None, context: str | None = None) -> Any:
@@ -144,20 +146,24 @@ def made_by(involved: dict[str, Any], controller: str, server: bool) -> bool:
 
 class _Watch:
     """List then watch one resource in the namespace, keeping the latest object per name; resumes after a
-    timeout or a broken connection, re-listing (410 Gone) when its resource version is too old."""
+    timeout or a broken connection, re-listing (410 Gone) when its resource version is too old. A failure is
+    kept in `error` (one line) until the watch works again; `fatal` when retrying cannot help (401, 403, 404)."""
 
-    def __init__(self, execution: "KubernetesExecution", list_method: Callable[..., Any], label_selector: str,
-                 keep: Callable[[dict[str, Any]], bool] = lambda obj: True):
+    def __init__(self, execution: "KubernetesExecution", what: str, list_method: Callable[..., Any],
+                 label_selector: str, keep: Callable[[dict[str, Any]], bool] = lambda obj: True):
+        self.what = what
         self.objects: dict[str, dict[str, Any]] = {}
         self.deleted: set[str] = set()
-        self.synced = threading.Event()
+        self.error: str | None = None
+        self.fatal = False
+        self.failing_since: float | None = None
         self._execution = execution
         self._list = list_method
         self._selector = label_selector
         self._keep = keep
         self._stopped = threading.Event()
         self._watch: Any = None
-        self.thread = threading.Thread(target=self._run, name=f"watch-{list_method.__name__}", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=f"watch-{what}", daemon=True)
 
     def start(self) -> "_Watch":
         self.thread.start()
@@ -169,31 +175,39 @@ class _Watch:
             self._watch.stop()
 
     def _run(self) -> None:
-        from kubernetes import watch
-
         namespace = self._execution.target.namespace
         while not self._stopped.is_set():
             try:
-                listing = json.loads(self._execution.call(
-                    self._list, namespace, label_selector=self._selector, _preload_content=False,
-                    _request_timeout=REQUEST_TIMEOUT).data)
-                fresh = {o["metadata"]["name"]: o for o in listing.get("items") or [] if self._keep(o)}
-                with self._execution.lock:
-                    self.deleted.update(set(self.objects) - set(fresh))
-                    self.objects = fresh
-                self.synced.set()
-                self._watch = watch.Watch()
-                self._execution.count_request()
-                for event in self._watch.stream(
-                        self._list, namespace, label_selector=self._selector,
-                        resource_version=(listing.get("metadata") or {}).get("resourceVersion"),
-                        timeout_seconds=WATCH_S, deserialize=False, _request_timeout=(5.0, WATCH_S + 10.0)):
-                    self._apply(event)
-                    if self._stopped.is_set():
-                        break
-            except Exception:  # noqa: BLE001 (a broken watch is resumed: the list re-syncs what was missed)
+                self._list_and_watch(namespace)
+            except Exception as error:  # noqa: BLE001 (a broken watch is resumed: the list re-syncs what was missed)
+                status = getattr(error, "status", None)
+                self.error = str(api_error(f"watching {self.what} in namespace {namespace}", error))
+                self.fatal = status in (401, 403, 404)
+                self.failing_since = self.failing_since or time.monotonic()
                 if self._stopped.wait(0.5):
                     return
+
+    def _list_and_watch(self, namespace: str) -> None:
+        from kubernetes import watch
+
+        listing = json.loads(self._execution.call(
+            self._list, namespace, label_selector=self._selector, _preload_content=False,
+            _request_timeout=REQUEST_TIMEOUT).data)
+        fresh = {o["metadata"]["name"]: o for o in listing.get("items") or [] if self._keep(o)}
+        with self._execution.lock:
+            self.deleted.update(set(self.objects) - set(fresh))
+            self.objects = fresh
+        self._watch = watch.Watch()
+        self._execution.count_request()
+        for event in self._watch.stream(
+                self._list, namespace, label_selector=self._selector,
+                resource_version=(listing.get("metadata") or {}).get("resourceVersion"),
+                timeout_seconds=WATCH_S, deserialize=False, _request_timeout=(5.0, WATCH_S + 10.0)):
+            self.error, self.fatal, self.failing_since = None, False, None  # the watch works
+            self._apply(event)
+            if self._stopped.is_set():
+                return
+        self.error, self.fatal, self.failing_since = None, False, None
 
     def _apply(self, event: dict[str, Any]) -> None:
         obj = event.get("object") or {}
@@ -283,8 +297,8 @@ class KubernetesExecution:
                         if run_label_value(declared.name) == role:
                             self.leader_addresses[declared.name] = address
             core = self._apis["CoreV1Api"]
-            self._pods = _Watch(self, core.list_namespaced_pod, self._selector).start()
-            self._events = _Watch(self, core.list_namespaced_event, "", keep=self._is_our_event).start()
+            self._pods = _Watch(self, "pods", core.list_namespaced_pod, self._selector).start()
+            self._events = _Watch(self, "events", core.list_namespaced_event, "", keep=self._is_our_event).start()
             for obj in workload_objects(self.target, self.workload, self.leader_addresses):
                 self._create(obj)
         except BaseException:
@@ -325,7 +339,21 @@ class KubernetesExecution:
                                 f"{event.get('message') or ''}")
         return ""
 
+    def _check_watches(self) -> None:
+        """ExecutorError when a watch cannot work (no permission) or has failed for WATCH_FAILURE_S: statuses
+        would otherwise stand still until the timeout."""
+        for watcher in (self._pods, self._events):
+            if watcher is None or watcher.error is None:
+                continue
+            if watcher.fatal or time.monotonic() - (watcher.failing_since or time.monotonic()) > WATCH_FAILURE_S:
+                raise ExecutorError(watcher.error)
+
     def statuses(self) -> list[NodeStatus]:
+        self._check_watches()
+        return self._current_statuses()
+
+    def _current_statuses(self) -> list[NodeStatus]:
+        """What the watches saw, without judging whether they still work (for killing and cleaning up)."""
         out = []
         with self.lock:
             for role in self.workload.roles:
@@ -447,7 +475,7 @@ class KubernetesExecution:
 
     def read_result(self, role: str, index: int, name: str) -> bytes:
         """The file `name` the node left in its results volume, read back from its pod log."""
-        self.statuses()
+        self._current_statuses()
         pod = self._pod_of.get((role, index))
         if pod is None:
             raise ExecutorError(f"{role}/{index}: no pod ran, so no result {name}")
@@ -479,7 +507,7 @@ class KubernetesExecution:
 
     def _terminate_all(self) -> None:
         """Kill every node still running (a failed rank or the timeout): delete the Jobs, Deployments and pods."""
-        statuses = self.statuses()
+        statuses = self._current_statuses()
         with self.lock:
             for status in statuses:
                 if not status.state.finished:
@@ -497,7 +525,7 @@ class KubernetesExecution:
             return
         self._stopped = True
         try:
-            self.statuses()  # final states and logs before the pods go
+            self._current_statuses()  # final states and logs before the pods go
         except Exception:  # noqa: BLE001 (cleanup must go on)
             pass
         deadline = time.monotonic() + self.stop_timeout_s

@@ -19,6 +19,7 @@ from dcforge.executors.kubernetes import EXECUTOR_API_ACCESS, KubernetesExecutor
 from dcforge.executors.kubernetes_objects import RUN_LABEL, object_name  # noqa: E402
 from dcforge.executors.pod_results import result_lines  # noqa: E402
 from dcforge.executors.torchrun import TorchrunJob, torchrun_workload  # noqa: E402
+from dcforge.manifests.build import acceptance  # noqa: E402
 from dcforge.spec import load_environment  # noqa: E402
 from dcforge.spec.models import Environment  # noqa: E402
 from tests.kube_fake import FakeCluster  # noqa: E402
@@ -276,6 +277,40 @@ def test_the_executor_uses_only_the_declared_api_access(spec, cluster, tmp_path)
     assert used <= granted, used - granted
     assert {("batch", "jobs", "create"), ("", "pods", "watch"), ("", "pods/log", "get"),
             ("", "pods", "delete")} <= used
+
+
+def test_the_executor_works_with_only_the_acceptance_role(spec, cluster, tmp_path):
+    """The Role the stack declares (dcforge/manifests/acceptance.py) is enough for a whole run: the fake answers
+    403 to anything else, as RBAC would."""
+    (role,) = [m for m in acceptance(spec).manifests if m["kind"] == "Role"]
+    cluster.grant("dcforge-test", role["rules"])
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "train.json").write_text("{}\n")
+    with executor(spec, cluster).start(training(), tmp_path / "run") as execution:
+        pods = cluster.start_job_pods(NS, job_name(spec))
+        cluster.write_log(NS, pods[0], "\n".join(result_lines(results)) + "\n")
+        for pod in pods:
+            cluster.set_pod_status(NS, pod, {"phase": "Succeeded"})
+        assert execution.wait(10).succeeded
+        assert execution.read_result("torchrun", 0, "train.json") == b"{}\n"
+        execution.kill_node("torchrun", 1)
+    assert labelled(cluster) == [] and execution.leftovers == []
+    assert not [r for r in cluster.api.requests_seen if r[0] == "dcforge-test" and r[1] == "?"]
+
+
+def test_a_watch_the_role_forbids_is_an_error_not_a_silent_wait(spec, cluster, tmp_path):
+    (role,) = [m for m in acceptance(spec).manifests if m["kind"] == "Role"]
+    rules = [{**rule, "verbs": [v for v in rule["verbs"] if not (rule["resources"] == ["pods"] and v == "watch")]}
+             for rule in role["rules"]]
+    cluster.grant("dcforge-test", rules)
+    with executor(spec, cluster).start(training(), tmp_path) as execution:
+        started = time.monotonic()
+        with pytest.raises(ExecutorError, match=r'^watching pods in namespace acceptance: HTTP 403: pods is '
+                                                r'forbidden: User "dcforge-test" cannot watch resource "pods"'):
+            execution.wait(30)
+        assert time.monotonic() - started < 10
+    assert labelled(cluster) == []
 
 
 def test_missing_image_and_bad_kubeconfig_are_one_line_errors(spec, tmp_path):
