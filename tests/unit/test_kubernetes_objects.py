@@ -234,3 +234,16 @@ def test_the_containerfile_holds_what_the_pods_expect():
     assert f"WORKDIR {IMAGE_WORKDIR}\n" in text and f"USER {RUN_USER_ID}:{RUN_USER_ID}\n" in text
     assert all(f"COPY {part} {part}\n" in text for part in ("dcforge", "workloads", "loadtests"))
     assert "AS base-cpu" in text and "AS base-cuda" in text and "FROM base-${VARIANT}" in text
+
+
+def test_gpus_are_the_resource_the_pools_device_plugin_advertises():
+    """A MIG pool with the mixed strategy advertises one resource per profile; others `nvidia.com/gpu`."""
+    data = spec_of("dev").model_dump(by_alias=True)
+    data["gpuPools"][0]["sharing"] = {"mode": "mig", "migStrategy": "mixed", "migProfile": "1g.10gb"}
+    mig = Environment.model_validate(data)
+    (pod,) = pod_specs(all_objects(mig, training(nodes=1, gpus=2)))
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/mig-1g.10gb"] == 2
+    (pod,) = pod_specs(all_objects(spec_of("dev"), training(nodes=1, gpus=1), pool="infer-l4"))  # time-slicing
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["nodeSelector"] == {"dcforge.io/pool": "infer-l4"}
+    assert schema_validate(all_objects(mig, training(nodes=1, gpus=2)), mig.versions.kubernetes).errors == []
