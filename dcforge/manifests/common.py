@@ -34,6 +34,8 @@ NFS_CSI_NAMESPACE = "csi-nfs"
 CERT_MANAGER_NAMESPACE = "cert-manager"
 NETWORK_OPERATOR_NAMESPACE = "nvidia-network-operator"
 DEFAULT_ACCEPTANCE_NAMESPACE = "acceptance"
+ACCEPTANCE_SERVICE_ACCOUNT = "dcforge-acceptance"
+"""The Acceptance component's ServiceAccount: dcforge accept and the workload pods it starts run as it."""
 DEFAULT_SERVICE_ACCOUNT = "default"
 """The ServiceAccount Kubernetes creates in every namespace."""
 

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from dcforge.compliance import evaluate, exceptions_for, resource_id, unexcepted
+from dcforge.executors.kubernetes_access import EXECUTOR_API_ACCESS
 from dcforge.manifests import ComponentManifests, HelmRelease
 from dcforge.manifests.build import (
     acceptance,
@@ -263,8 +264,14 @@ def test_acceptance_access_is_least_privilege():
     access = acceptance(spec)
     assert [n["metadata"]["name"] for n in objects(access, "Namespace")] == ["acceptance"]
     (role,) = objects(access, "Role")
-    verbs = {verb for rule in role["rules"] for verb in rule["verbs"]}
-    assert verbs == {"get", "list", "watch", "create", "delete"}
+    # Exactly what the kubernetes executor uses (the executor tests prove it needs no more), nothing cluster-wide,
+    # no Secrets, no wildcards, nothing that grants more access.
+    granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+               for resource in rule["resources"] for verb in rule["verbs"]}
+    assert granted == {(a.group, resource, verb) for a in EXECUTOR_API_ACCESS for resource in a.resources
+                       for verb in a.verbs}
+    assert not {resource for _, resource, _ in granted} & {"secrets", "*", "roles", "rolebindings"}
+    assert {verb for _, _, verb in granted} <= {"get", "list", "watch", "create", "delete"}
     (reader,) = objects(access, "ClusterRole")
     assert not any("secrets" in rule["resources"] for rule in reader["rules"])
     assert all(set(rule["verbs"]) <= {"get", "list", "watch"} for rule in reader["rules"])
