@@ -5,11 +5,12 @@ Gaps between arrivals are drawn from a gamma distribution with shape `burstiness
 (coefficient of variation 1/sqrt(burstiness)), above 1 they are more regular; `constant` arrivals are exactly
 1/rate apart. Kept free of Locust and gevent so it is unit-tested plainly and the check reads the same defaults.
 
-One `ArrivalSchedule` per load-generator process is shared by all its users: each user joins with its share of the
-rate and, before each request, takes the next arrival time from the schedule. The process's requests are then one
-stream with the gap distribution above, whatever the number of users (separate per-user streams would each be
-bursty, but their superposition tends to Poisson as users are added, hiding the burstiness). With several Locust
-processes (`--processes N`) each process is one such stream and the total is their superposition.
+One `ArrivalSchedule` per load-generator process is shared by all its users: before each request a user takes the
+next arrival time from it. The process's requests are then one stream at the process's rate with the gap
+distribution above, whatever the number of users and from the first user on (separate per-user streams would each
+be bursty, but their superposition tends to Poisson as users are added, hiding the burstiness; and a stream whose
+rate grew as users joined would draw its first gaps at a fraction of the rate, losing arrivals at the start). With
+several Locust processes (`--processes N`) each runs rate/N and the total is their superposition.
 """
 
 from __future__ import annotations
@@ -41,25 +42,20 @@ def gap_s(rng: random.Random, arrival: OpenLoopArrival, rate: float, burstiness:
 
 
 class ArrivalSchedule:
-    """The arrival times of one process's stream; its rate is the sum of the rates its users joined with."""
+    """The arrival times of one process's stream at `rate` per second; the first comes one gap after the first ask."""
 
-    def __init__(self, arrival: OpenLoopArrival, burstiness: float = BURSTINESS, rng: random.Random | None = None):
+    def __init__(self, arrival: OpenLoopArrival, rate: float, burstiness: float = BURSTINESS,
+                 rng: random.Random | None = None):
+        if rate <= 0:
+            raise ValueError(f"arrival rate must be > 0, got {rate}")
         self.arrival = arrival
+        self.rate = rate
         self.burstiness = burstiness
         self.rng = rng or random.Random()
-        self.rate = 0.0
         self._next_at: float | None = None
-
-    def join(self, rate: float) -> None:
-        self.rate += rate
-
-    def leave(self, rate: float) -> None:
-        self.rate = max(0.0, self.rate - rate)
 
     def next_delay_s(self, now: float) -> float:
         """Seconds from `now` until the next arrival, which is then taken: each arrival goes to one caller."""
-        if self.rate <= 0:
-            raise ValueError("no user has joined the arrival schedule")
         previous = now if self._next_at is None else max(self._next_at, now - MAX_LAG_S)
         self._next_at = previous + gap_s(self.rng, self.arrival, self.rate, self.burstiness)
         return max(0.0, self._next_at - now)

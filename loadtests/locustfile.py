@@ -169,16 +169,11 @@ class LlmUser(FastHttpUser):
         self.rng = random.Random()
         self.model = self.options.llm_model or self._first_model()
         self.inflight = 0
-        users = max(1, getattr(self.options, "num_users", 1) or 1)
-        self.user_rate = self.options.llm_rate / users
         if self.options.llm_arrival == "closed":
             gevent.sleep(pacing.start_offset_s(self.rng, self.options.llm_start_jitter))
-        else:
-            arrival_schedule(self.options).join(self.user_rate)
 
     def on_stop(self) -> None:
         if self.options.llm_arrival != "closed":
-            arrival_schedule(self.options).leave(self.user_rate)
             # Open loop: this user's requests run in greenlets of their own, which Locust does not wait for; the
             # grace period (--stop-timeout) is spent here, and Locust ends this wait when it is over.
             while self.inflight > 0 and self.environment.stop_timeout:
@@ -362,8 +357,10 @@ def _add_arrival_options(parser) -> None:
 
 
 def arrival_schedule(options) -> arrivals.ArrivalSchedule:
-    """This process's open-loop arrival stream, created on first use with the options' model and burstiness."""
+    """This process's open-loop arrival stream, created on first use: --llm-rate split evenly over the Locust
+    processes (--processes N), whatever number of users each runs."""
     global _schedule
     if _schedule is None:
-        _schedule = arrivals.ArrivalSchedule(options.llm_arrival, options.llm_burstiness)
+        processes = max(1, getattr(options, "processes", None) or 1)
+        _schedule = arrivals.ArrivalSchedule(options.llm_arrival, options.llm_rate / processes, options.llm_burstiness)
     return _schedule

@@ -2,17 +2,18 @@
 
     FAKE_CAPACITY_RPS=40 uvicorn tests.integration.capacity_fake_openai:app
 
-It measures the request rate it receives -- requests since the current burst of traffic began / time since then
-(at least MIN_WINDOW_S), a pause longer than IDLE_RESET_S starting a new burst, as between two load points -- and
-answers the first token after FAST_TTFT_S while that rate is at most FAKE_CAPACITY_RPS, after SLOW_TTFT_S above it.
-So the TTFT of most requests rises past the known rate: a median-TTFT SLO between the two holds below it and breaks
-above it, up to the Poisson noise of the measured rate. Every answer streams ANSWER_TOKENS one-token chunks, a usage
+It measures the request rate it receives -- requests received in the last WINDOW_S seconds / WINDOW_S -- and answers
+the first token after FAST_TTFT_S while that rate is at most FAKE_CAPACITY_RPS, after SLOW_TTFT_S above it. So the
+TTFT of most requests rises past the known rate: a median-TTFT SLO between the two holds below it and breaks above
+it, up to the noise of the measured rate (and for the first WINDOW_S of a load point, which the window carries over
+from the previous point and then fills up). Every answer streams ANSWER_TOKENS one-token chunks, a usage
 chunk and `[DONE]`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
 import time
@@ -20,8 +21,7 @@ import time
 CAPACITY_RPS = float(os.environ.get("FAKE_CAPACITY_RPS", "40"))
 FAST_TTFT_S = 0.005
 SLOW_TTFT_S = 0.4
-IDLE_RESET_S = 0.5
-MIN_WINDOW_S = 1.0
+WINDOW_S = 1.0
 ANSWER_TOKENS = 4
 
 _CHUNK = json.dumps({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "tok"}}]})
@@ -33,18 +33,16 @@ _SSE = [(b"content-type", b"text/event-stream")]
 
 
 class RateMeter:
-    """Requests per second since the current burst of traffic began."""
+    """Requests per second over the last WINDOW_S seconds, this one included."""
 
     def __init__(self) -> None:
-        self.first = self.last = -1e9
-        self.count = 0
+        self.arrivals: collections.deque[float] = collections.deque()
 
     def arrive(self, now: float) -> float:
-        if now - self.last > IDLE_RESET_S:
-            self.first, self.count = now, 0
-        self.last = now
-        self.count += 1
-        return self.count / max(now - self.first, MIN_WINDOW_S)
+        self.arrivals.append(now)
+        while self.arrivals[0] < now - WINDOW_S:
+            self.arrivals.popleft()
+        return len(self.arrivals) / WINDOW_S
 
 
 _meter = RateMeter()

@@ -30,9 +30,9 @@ MEDIAN_TTFT_SLO = {"inference.ttft_ms.p50": "< 150"}
 """Between the fake's fast (5 ms) and slow (400 ms) first token: holds below its capacity, breaks above it."""
 REGULAR_ARRIVALS = 16.0
 """Burstiness of the search test's arrivals: gamma gaps with CV 0.25. The fake judges its load by the rate it
-measures, and with Poisson arrivals that measurement is itself noisy (+-16 % over its first second at 40 req/s):
-in simulation a Poisson point at 0.92x the capacity breaks 19 % of the time and one at 1.1x holds 16 % of the time,
-which would test the fake's meter, not the search. With CV 0.25 those are 0.1 % and 0 %."""
+measures over 1 s, and with Poisson arrivals that measurement is itself noisy (+-16 % at 40 req/s): in simulation
+a Poisson point at 0.92x the capacity breaks 8 % of the time and one at 1.1x holds 32 % of the time, which would
+test the fake's meter, not the search. With CV 0.25 both are below 0.1 % (and 1.03x breaks 73 % of the time)."""
 
 
 @dataclass

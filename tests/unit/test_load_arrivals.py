@@ -22,21 +22,17 @@ def test_gaps_have_the_rate_and_the_burstiness_of_vllms_gamma_arrivals():
         gap_s(rng, "poisson", 0.0)
 
 
-def test_the_schedule_is_one_stream_at_the_rate_of_its_users():
-    schedule = ArrivalSchedule("constant")
-    for _ in range(4):
-        schedule.join(2.5)  # four users at 2.5 req/s each: one stream at 10 req/s
+def test_the_schedule_is_one_stream_at_its_rate_from_the_first_arrival():
+    schedule = ArrivalSchedule("constant", 10.0)
     delays = [schedule.next_delay_s(now=0.0) for _ in range(3)]
     assert delays == pytest.approx([0.1, 0.2, 0.3])  # each arrival is taken once, by whichever user asks
-    schedule.leave(2.5)
-    schedule.leave(2.5)
-    assert schedule.next_delay_s(now=0.3) == pytest.approx(0.2)  # 5 req/s now
+    assert schedule.next_delay_s(now=0.35) == pytest.approx(0.05)
     # A generator that stalled skips what it missed beyond MAX_LAG_S instead of bursting it all out.
     assert schedule.next_delay_s(now=100.0) == 0.0
-    late = [schedule.next_delay_s(now=100.0) for _ in range(int(MAX_LAG_S * 5) + 2)]
-    assert late[-1] > 0 and sum(delay == 0.0 for delay in late) <= MAX_LAG_S * 5
-    with pytest.raises(ValueError, match="no user has joined"):
-        ArrivalSchedule("poisson").next_delay_s(0.0)
+    late = [schedule.next_delay_s(now=100.0) for _ in range(int(MAX_LAG_S * 10) + 2)]
+    assert late[-1] > 0 and sum(delay == 0.0 for delay in late) <= MAX_LAG_S * 10
+    with pytest.raises(ValueError, match="rate must be > 0"):
+        ArrivalSchedule("poisson", 0.0)
 
 
 def test_the_report_names_gamma_arrivals_with_their_burstiness():
