@@ -93,6 +93,7 @@ def test_points_are_judged_by_latency_and_error_slos_not_by_throughput_floors():
     why = {entry["slo"].split()[0]: entry["why"] for entry in not_judged}
     assert why["inference.rps"].startswith("a throughput floor") and "inference.output_tokens_per_s" in why
     assert why["inference.endpoint_compliance_failures"] == "not a figure of a load run"
+    assert why["inference.capacity_rps"] == "not a figure of a load run"  # judged on the search's result
     ceiling, = parse_slos({"inference.rps": "< 1000"})  # a ceiling on throughput is a limit like any other
     assert point_slos([ceiling], RUN_METRICS + LOAD_METRICS)[0] == [ceiling]
 
