@@ -136,3 +136,28 @@ def test_a_malformed_sweep_setting_is_one_line_naming_the_key_and_exit_2(env_fil
     assert completed.returncode == 2, completed.stderr
     line, = completed.stderr.strip().splitlines()
     assert "dcforge:acceptance.settings.inference.capacity.sweep.rates.1" in line and "number" in line, line
+
+
+def test_a_concurrency_search_reports_its_users_and_the_rate_served_there():
+    from dcforge.checks.inference import InferenceCheck
+    from dcforge.checks.serving.capacity import CapacityReport
+    from dcforge.harness.result import CheckResult
+
+    def outcome(users: float) -> PointOutcome:
+        verdict = "pass" if users <= 13 else "fail"
+        return PointOutcome(LoadPoint("concurrency", users), [SloResult("inference.ttft_ms.p95", "< 500", verdict,
+                                                                         40.0 * users)], {"rps": 3.0 * users})
+
+    settings = CapacitySettings.model_validate({"search": {"mode": "concurrency"}})
+    rule = StoppingRule(ratio=1.1, max_steps=8, lowest=1, integer=True)
+    search = search_capacity(outcome, lambda point: point.holds, 8, rule)
+    report = CapacityReport(settings, ["inference.ttft_ms.p95 < 500"], [], {}, "", search, 8, rule, 1.0)
+    result = CheckResult("inference", declared=InferenceCheck.metrics)
+    report.report(result)
+    assert result.metrics["capacity_concurrency"].value == 13
+    assert result.metrics["capacity_rps"].value == 39.0 and "served at 13 users" in result.metrics["capacity_rps"].formula
+    assert result.metrics["capacity_bracket_ratio"].value == pytest.approx(14 / 13)
+    points = result.details["capacity"]["search"]["points"]
+    assert [p["users"] for p in points] == [step.load for step in search.steps] and points[0]["load"] == "8 users"
+    tried, = [plot for plot in result.plots if plot.title == "Capacity search: every point tried"]
+    assert sorted(tried.series[0].y + tried.series[1].y) == sorted(step.load for step in search.steps)
