@@ -117,6 +117,7 @@ def test_a_point_holds_only_when_every_verdict_passes_and_nothing_was_abandoned(
     ({"sweep": {"concurrencies": [2.5]}}, "integer"),
     ({"pointDurationS": 2, "sweep": {"rates": [2, 8]}}, "rates 2 req/s give fewer than 10 requests"),
     ({"search": {"stopRatio": 1}}, "greater than 1"),
+    ({"pointDurationS": 4, "search": {"lowest": 2}}, "lowest 2 req/s gives fewer than 10 requests"),
     ({"search": {"mode": "concurrency", "start": 2.5}}, "start must be whole numbers"),
     ({"search": {"lowest": 8, "highest": 4}}, "lowest (8) must be below highest (4)"),
     ({"search": {"mode": "tokens"}}, "'rate' or 'concurrency'"),

@@ -144,6 +144,17 @@ class CapacitySettings(_Settings):
                                  f"{MIN_POINT_REQUESTS} requests in pointDurationS {duration:g} s")
         return sweep
 
+    @field_validator("search")
+    @classmethod
+    def _lowest_gives_enough_requests(cls, search: SearchSettings | None,
+                                      info: ValidationInfo) -> SearchSettings | None:
+        duration = info.data.get("point_duration_s")
+        if search is not None and duration is not None and search.mode == "rate" and search.lowest is not None \
+                and search.lowest * duration < MIN_POINT_REQUESTS:
+            raise ValueError(f"lowest {search.lowest:g} req/s gives fewer than {MIN_POINT_REQUESTS} requests in "
+                             f"pointDurationS {duration:g} s")
+        return search
+
     @model_validator(mode="after")
     def _something_to_do(self) -> "CapacitySettings":
         if self.sweep is None and self.search is None:
