@@ -9,10 +9,11 @@ JSONL log (--llm-request-log, `{pid}` replaced per process, written in batches a
 SIGINT and every second) from which percentiles are computed exactly.
 
 Arrivals: `--llm-arrival closed` (each user sends, waits for the answer, sends again), or open-loop `constant` /
-`poisson` at `--llm-rate` requests/s in total, spread over the users, where every arrival runs in its own greenlet
-so slow answers never slow the arrivals. Closed-loop users start at jittered offsets (--llm-start-jitter) and
-wait a think time between requests (--llm-think-time, exponential by default; 0 is the lockstep loop), so their
-requests do not convoy; in-flight requests at the end of the window complete within Locust's --stop-timeout and
+`poisson` at `--llm-rate` requests/s in total: the users of a process take turns in one arrival stream
+(loadtests/arrivals.py; `--llm-burstiness` makes Poisson gaps gamma-distributed, as vLLM's `--burstiness`), and
+every arrival runs in its own greenlet so slow answers never slow the arrivals. Closed-loop users start at
+jittered offsets (--llm-start-jitter) and wait a think time between requests (--llm-think-time, exponential by
+default; 0 is the lockstep loop), so their requests do not convoy; in-flight requests at the end of the window complete within Locust's --stop-timeout and
 are counted, and a window file (--llm-window-file) records the window and how many were abandoned
 (loadtests/pacing.py states the stop semantics). Works with `--processes N`. The API key comes from
 OPENAI_API_KEY or the file named by --llm-api-key-file / LLM_API_KEY_FILE, never from the command line.
@@ -41,12 +42,13 @@ from locust import FastHttpUser, events, task
 from locust.runners import LocalRunner
 
 try:
-    from loadtests import pacing
+    from loadtests import arrivals, pacing
     from loadtests.llm_protocol import (PromptFileError, RequestLog, RequestRecord, Workload, chunk_has_text_fast,
                                         endpoint_path, parse_sse_line, read_prompt_file, request_body,
                                         shared_prefixes, time_per_output_token_s)
     from loadtests.warmup import WarmupPlan
 except ImportError:  # `locust -f path/to/locustfile.py` outside an install: Locust puts this directory on sys.path
+    import arrivals  # type: ignore[no-redef]
     import pacing  # type: ignore[no-redef]
     from llm_protocol import (PromptFileError, RequestLog, RequestRecord, Workload,  # type: ignore[no-redef]
                               chunk_has_text_fast, endpoint_path, parse_sse_line, read_prompt_file, request_body,
@@ -238,8 +240,6 @@ class LlmUser(FastHttpUser):
         self.rng = random.Random()
         self.model = self.options.llm_model or self._first_model()
         self.inflight = 0
-        users = max(1, getattr(self.options, "num_users", 1) or 1)
-        self.user_rate = self.options.llm_rate / users
         self._warm_up()
         if self.options.llm_arrival == "closed":
             gevent.sleep(pacing.start_offset_s(self.rng, self.options.llm_start_jitter))
@@ -256,6 +256,13 @@ class LlmUser(FastHttpUser):
             else:
                 _warmup_over.wait(WARMUP_POLL_S)
 
+    def on_stop(self) -> None:
+        if self.options.llm_arrival != "closed":
+            # Open loop: this user's requests run in greenlets of their own, which Locust does not wait for; the
+            # grace period (--stop-timeout) is spent here, and Locust ends this wait when it is over.
+            while self.inflight > 0 and self.environment.stop_timeout:
+                gevent.sleep(0.01)
+
     def _first_model(self) -> str:
         with self.client.get("/v1/models", headers=self.headers, name="/v1/models", catch_response=True) as resp:
             try:
@@ -269,8 +276,9 @@ class LlmUser(FastHttpUser):
         if self.options.llm_arrival == "closed":
             self.send_request()
             return
-        mean_gap = 1.0 / self.user_rate if self.user_rate > 0 else 1.0
-        gevent.sleep(self.rng.expovariate(1.0 / mean_gap) if self.options.llm_arrival == "poisson" else mean_gap)
+        gevent.sleep(arrival_schedule(self.options).next_delay_s(time.monotonic()))
+        if "stop" in _window:
+            return  # the window ended while this arrival was pending: nothing is sent after it
         if self.inflight >= self.options.llm_max_inflight:
             now = time.time()
             self._record(RequestRecord(start=now, end=now, ok=False, error="dropped: client at max in-flight"))
@@ -409,3 +417,35 @@ class LlmUser(FastHttpUser):
         tpot_s = time_per_output_token_s(record.e2e_s, record.ttft_s, record.output_tokens)
         if tpot_s is not None:
             stats.get("tpot", "LLM").log(tpot_s * 1000, record.output_tokens)
+
+
+# --- Open-loop arrivals: one schedule per process, shared by its users (loadtests/arrivals.py) ----------------------
+
+_schedule: arrivals.ArrivalSchedule | None = None
+
+
+def _positive_float(text: str) -> float:
+    import argparse
+
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+@events.init_command_line_parser.add_listener
+def _add_arrival_options(parser) -> None:
+    parser.add_argument("--llm-burstiness", type=_positive_float, default=arrivals.BURSTINESS,
+                        env_var=LoadEnv.BURSTINESS,
+                        help="poisson arrivals: gamma shape of the gaps, mean 1/rate (vLLM's --burstiness); 1 is "
+                             "Poisson, below 1 burstier, above 1 more regular")
+
+
+def arrival_schedule(options) -> arrivals.ArrivalSchedule:
+    """This process's open-loop arrival stream, created on first use: --llm-rate split evenly over the Locust
+    processes (--processes N), whatever number of users each runs."""
+    global _schedule
+    if _schedule is None:
+        processes = max(1, getattr(options, "processes", None) or 1)
+        _schedule = arrivals.ArrivalSchedule(options.llm_arrival, options.llm_rate / processes, options.llm_burstiness)
+    return _schedule

@@ -58,6 +58,8 @@ class LoadEnv:
     NO_STREAM = "LLM_NO_STREAM"
     ARRIVAL = "LLM_ARRIVAL"
     RATE = "LLM_RATE"
+    BURSTINESS = "LLM_BURSTINESS"
+    """Gamma shape of Poisson-mode gaps (loadtests/arrivals.py); 1 is a Poisson process."""
     MAX_INFLIGHT = "LLM_MAX_INFLIGHT"
     TIMEOUT = "LLM_TIMEOUT"
     REQUEST_LOG = "LLM_REQUEST_LOG"

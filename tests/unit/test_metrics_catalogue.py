@@ -26,6 +26,8 @@ from workloads.records import RequestRecord
 CHECKS_DIR = REPO_ROOT / "dcforge" / "checks"
 SERVING_CHECKS = ("inference", "inference_failover")
 """Checks whose results the `serving` package adds metrics to (serving_session, add_summary_metrics, ...)."""
+SERVING_MODULES_OF_ONE_CHECK = {"capacity.py": ["inference"]}
+"""`serving` modules that only one of the serving checks uses (the capacity step belongs to `inference`)."""
 
 
 def _check_of_module() -> dict[str, list[str]]:
@@ -34,7 +36,7 @@ def _check_of_module() -> dict[str, list[str]]:
     for name, target in CHECKS.items():
         owners.setdefault(target.split(":")[0].rsplit(".", 1)[1] + ".py", []).append(name)
     for module in sorted((CHECKS_DIR / "serving").glob("*.py")):
-        owners[f"serving/{module.name}"] = list(SERVING_CHECKS)
+        owners[f"serving/{module.name}"] = SERVING_MODULES_OF_ONE_CHECK.get(module.name, list(SERVING_CHECKS))
     return owners
 
 

@@ -88,7 +88,8 @@ def locust_process(config: ServingLoadConfig, server: LocalServer, secrets_dir: 
                 LoadEnv.SHARED_PREFIX_TOKENS: str(config.shared_prefix_tokens),
                 LoadEnv.WARMUP_PER_REPLICA: str(config.warmup_per_replica),
                 LoadEnv.WARMUP_REPLICAS: str(config.replicas),
-                LoadEnv.DURATION: str(config.duration_s if single else 0.0)})
+                LoadEnv.DURATION: str(config.duration_s if single else 0.0),
+                LoadEnv.BURSTINESS: str(config.burstiness)})
     return ManagedProcess(args, env=env, cwd=REPO_ROOT, log_path=workdir / "locust.log"), request_log_dir
 
 
@@ -212,7 +213,7 @@ def add_pacing_figures(result: CheckResult, config: ServingLoadConfig, records: 
     """How requests arrived (model and measured spread of starts) and how the window ended (stop semantics)."""
     result.details["arrival_model"] = pacing.describe_arrivals(config.arrival, config.think_time_s,
                                                                config.think_distribution, config.start_jitter_s,
-                                                               config.rate)
+                                                               config.rate, config.burstiness)
     spread = pacing.start_spread([record.start for record in records])
     if spread is not None:
         result.add_metric("start_gap_ms.p50", spread.median_gap_ms)

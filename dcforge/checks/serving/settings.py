@@ -9,7 +9,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from dcforge.harness.check import CheckConfig, CheckContext
-from loadtests import pacing
+from loadtests import arrivals, pacing
 from workloads.records import LOAD_DEFAULTS
 from workloads.serving.settings import Quantize
 
@@ -38,6 +38,9 @@ class ServingLoadConfig(CheckConfig):
     """closed: send, wait for the answer, send again; constant/poisson: open-loop arrivals at `rate`."""
     rate: float = Field(default=LOAD_DEFAULTS.rate, gt=0)
     """Open-loop arrivals per second (all users together)."""
+    burstiness: float = Field(default=arrivals.BURSTINESS, gt=0)
+    """Poisson arrivals: gamma shape of the gaps, mean 1/rate (vLLM's `--burstiness`): 1 is Poisson, below 1
+    burstier, above 1 more regular (loadtests/arrivals.py)."""
     duration_s: float = Field(default=20.0, gt=0, le=3600)
     """Length of the load run."""
     warmup_per_replica: int = Field(default=LOAD_DEFAULTS.warmup_per_replica, ge=0, le=100)

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from dcforge.checks.serving.settings import ServingLoadConfig
 from dcforge.harness.result import CheckResult
+from workloads.records import RequestRecord
+
+
+def load_summary(config: ServingLoadConfig, records: Sequence[RequestRecord]) -> dict[str, float]:
+    """`loadtests.metrics.summarize` of a load run, goodput judged by the check's per-request SLOs."""
+    from loadtests.metrics import summarize
+
+    return summarize(records, config.request_slo())
 
 
 def add_summary_metrics(result: CheckResult, summary: dict[str, float]) -> None:
