@@ -16,6 +16,7 @@ BENCHMARKS = [
     ("benchmarks.inference_serving", False, 900),
     ("benchmarks.inference_loadgen", False, 900),
     ("benchmarks.inference_replicas", False, 900),
+    ("benchmarks.capacity_search", False, 900),
     ("benchmarks.stacks_scale", False, 900),
     ("benchmarks.ansible_converge", True, 1200),
 ]

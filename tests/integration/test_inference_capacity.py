@@ -3,84 +3,32 @@ against a fake OpenAI-compatible server whose first-token latency rises past a k
 
 from __future__ import annotations
 
-import os
 import statistics
-import sys
 import time
-from dataclasses import dataclass
 
-import httpx
 import pytest
 
-from dcforge.checks.inference import InferenceCheck, InferenceConfig
-from dcforge.checks.serving.capacity import measure_capacity
-from dcforge.checks.serving.load import ServingSession
-from dcforge.checks.serving.server import free_port
-from dcforge.harness.check import CheckContext
-from dcforge.harness.processes import ManagedProcess
-from dcforge.harness.result import CheckResult
-from dcforge.harness.slo import parse_slos
-from dcforge.paths import REPO_ROOT
-from dcforge.spec.loader import load_environment
+from benchmarks.capacity_search import CAPACITY_RPS, REGULAR_ARRIVALS, SEARCH, fake_capacity_server
+from benchmarks.capacity_search import measure as measure_capacity_of
 from loadtests.llm_protocol import read_records
 
 pytestmark = pytest.mark.slow
-CAPACITY_RPS = 40.0
-MEDIAN_TTFT_SLO = {"inference.p50_ttft_ms": "< 150"}
-"""Between the fake's fast (5 ms) and slow (400 ms) first token: holds below its capacity, breaks above it."""
-REGULAR_ARRIVALS = 16.0
-"""Burstiness of the search test's arrivals: gamma gaps with CV 0.25. The fake judges its load by the rate it
-measures over 1 s, and with Poisson arrivals that measurement is itself noisy (+-16 % at 40 req/s): in simulation
-a Poisson point at 0.92x the capacity breaks 8 % of the time and one at 1.1x holds 32 % of the time, which would
-test the fake's meter, not the search. With CV 0.25 both are below 0.1 % (and 1.03x breaks 73 % of the time)."""
-
-
-@dataclass
-class FakeEndpoint:
-    base_url: str
 
 
 @pytest.fixture(scope="module")
 def fake_server(tmp_path_factory):
-    port = free_port()
-    with ManagedProcess([sys.executable, "-m", "uvicorn", "tests.integration.capacity_fake_openai:app", "--host",
-                         "127.0.0.1", "--port", str(port), "--log-level", "warning"], cwd=REPO_ROOT,
-                        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "FAKE_CAPACITY_RPS": str(CAPACITY_RPS)},
-                        log_path=tmp_path_factory.mktemp("fake") / "server.log"):
-        host = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{host}/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline, "fake server did not start"
-                time.sleep(0.1)
-        yield host
+    with fake_capacity_server(tmp_path_factory.mktemp("fake")) as base_url:
+        yield base_url
 
 
 def measure(fake_server: str, report_dir, capacity: dict, **settings):
-    """The check's capacity step against the fake server; returns the report and the check result it fills."""
-    secrets = report_dir / "secrets"
-    secrets.mkdir(parents=True)
-    (secrets / "api-key").write_text("test-key\n")
-    session = ServingSession(FakeEndpoint(fake_server), "test-key", secrets, report_dir / "inference", None,
-                             prompt_tokens=8, served_name="fake")
-    ctx = CheckContext(env=load_environment("local"), report_dir=report_dir, deadline=time.monotonic() + 300,
-                       log=lambda line: print(line, flush=True))
-    config = InferenceConfig.model_validate({"users": 8, "maxTokens": 4, "capacity": capacity, **settings})
-    report = measure_capacity(ctx, config, config.capacity, session, "inference", InferenceCheck.metrics,
-                              parse_slos(MEDIAN_TTFT_SLO), {})
-    result = CheckResult("inference", declared=InferenceCheck.metrics)
-    report.report(result)
-    return report, result
+    return measure_capacity_of(fake_server, report_dir, capacity, log=lambda line: print(line, flush=True),
+                               **settings)
 
 
 def test_search_finds_the_known_capacity_within_ten_percent_in_at_most_six_points(fake_server, tmp_path):
     started = time.monotonic()
-    report, result = measure(fake_server, tmp_path, {"pointDurationS": 4, "stopGraceS": 1,
-                                                     "search": {"start": 24, "stopRatio": 1.1, "maxSteps": 6}},
-                             burstiness=REGULAR_ARRIVALS)
+    report, result = measure(fake_server, tmp_path, SEARCH, burstiness=REGULAR_ARRIVALS)
     search = report.search
     tried = [(round(step.load, 2), step.holds) for step in search.steps]
     print(f"capacity search: found {search.capacity:.2f} req/s vs known {CAPACITY_RPS:g} "

@@ -1,6 +1,6 @@
-"""An OpenAI-compatible endpoint (no model) with a known capacity, for the capacity search tests:
+"""An OpenAI-compatible endpoint (no model) with a known capacity, for the capacity search test and benchmark:
 
-    FAKE_CAPACITY_RPS=40 uvicorn tests.integration.capacity_fake_openai:app
+    FAKE_CAPACITY_RPS=40 uvicorn benchmarks.capacity_fake_openai:app
 
 It measures the request rate it receives -- requests received in the last WINDOW_S seconds / WINDOW_S -- and answers
 the first token after FAST_TTFT_S while that rate is at most FAKE_CAPACITY_RPS, after SLOW_TTFT_S above it. So the
