@@ -18,7 +18,9 @@ several rounds (raw, then each placement's server at max_batch 32: low-load TTFT
 unbatched server) and every ratio pairs the runs of one round; the median and range over rounds are printed.
 Besides tokens/s (what the goals are about, and what swings with other processes on the machine) the same ratios
 are printed per CPU second of the processes doing the work (this process for the raw loop; the server's replica
-and, with `--engine process`, its engine process), which other load barely moves.
+and, with `--engine process`, its engine process), which other load barely moves. How long those processes were
+ready to run but waited for a CPU (schedstat) is printed per row: well above 0 means other load on the machine
+held the measured work back, and the tokens/s figures understate what a quiet machine gives.
 
     python -m benchmarks.inference_serving [--rounds 3]
 """
@@ -57,18 +59,30 @@ DEFAULT_ENGINE = EngineSettings.isolation
 KEY = "benchmark-key"
 
 
-def raw_decode_tokens_per_s(batch: int, duration_s: float = 6.0) -> tuple[float, float]:
+def runqueue_wait_s(pid: int | str) -> float:
+    """Seconds the threads of a process were ready to run but waiting for a CPU (/proc/<pid>/task/*/schedstat,
+    second field): how much other load on the machine held the measured work back."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):  # a thread that ended meanwhile
+            pass
+    return total / 1e9
+
+
+def raw_decode_tokens_per_s(batch: int, duration_s: float = 6.0) -> tuple[float, float, float]:
     """The best one process does with the model: prefill `batch` prompts in one forward, then decode MAX_TOKENS
     steps for all of them in lock step (every step attends over the same, shortest possible prefix), repeatedly.
     Same model, threads, cache size (the server's context) and token counts as the server.
-    Returns (output tokens/s, output tokens per CPU second)."""
+    Returns (output tokens/s, output tokens per CPU second, seconds per second it waited for a CPU)."""
     torch.set_num_threads(1)
     config = get_preset(PRESET)
     torch.manual_seed(0)
     model = GPT(config).eval()
     cache = KVCache(config, batch, config.max_seq_len)
     slots = torch.arange(batch)
-    tokens, started, cpu_started = 0, time.perf_counter(), time.process_time()
+    tokens, started, cpu_started, waited = 0, time.perf_counter(), time.process_time(), runqueue_wait_s("self")
     with torch.inference_mode():
         while time.perf_counter() - started < duration_s:
             # Like the server: the prefill yields the first output token, MAX_TOKENS - 1 decode steps the rest.
@@ -80,7 +94,8 @@ def raw_decode_tokens_per_s(batch: int, duration_s: float = 6.0) -> tuple[float,
                                positions=torch.full((batch, 1), PROMPT_TOKENS + step))
                 next_tokens = torch.argmax(logits[:, -1], dim=-1, keepdim=True)
             tokens += batch * MAX_TOKENS
-    return tokens / (time.perf_counter() - started), tokens / (time.process_time() - cpu_started)
+    elapsed = time.perf_counter() - started
+    return tokens / elapsed, tokens / (time.process_time() - cpu_started), (runqueue_wait_s("self") - waited) / elapsed
 
 
 async def _stream_loop(client: httpx.AsyncClient, deadline: float, counts: list[int]) -> None:
@@ -103,16 +118,21 @@ def _cpu_s(pids: list[int]) -> float:
     return sum(process_cpu_s(pid) for pid in pids)
 
 
+def _waited_s(pids: list[int]) -> float:
+    return sum(runqueue_wait_s(pid) for pid in pids)
+
+
 async def _drive(client: httpx.AsyncClient, streams: int, duration_s: float,
-                 pids: list[int]) -> tuple[float, float, float]:
-    """(output tokens/s, output tokens per CPU second of `pids`, cores the client used) over `streams` closed-loop
-    streams for `duration_s`."""
+                 pids: list[int]) -> tuple[float, float, float, float]:
+    """(output tokens/s, output tokens per CPU second of `pids`, seconds per second `pids` waited for a CPU, cores
+    the client used) over `streams` closed-loop streams for `duration_s`."""
     counts: list[int] = []
     await asyncio.gather(*(_stream_loop(client, time.perf_counter() + 2.0, []) for _ in range(4)))  # warm-up
-    started, server_cpu, client_cpu = time.perf_counter(), _cpu_s(pids), time.process_time()
+    started, server_cpu, waited = time.perf_counter(), _cpu_s(pids), _waited_s(pids)
+    client_cpu = time.process_time()
     await asyncio.gather(*(_stream_loop(client, started + duration_s, counts) for _ in range(streams)))
     elapsed = time.perf_counter() - started
-    return (sum(counts) / elapsed, sum(counts) / (_cpu_s(pids) - server_cpu),
+    return (sum(counts) / elapsed, sum(counts) / (_cpu_s(pids) - server_cpu), (_waited_s(pids) - waited) / elapsed,
             (time.process_time() - client_cpu) / elapsed)
 
 
@@ -170,8 +190,8 @@ def batched_server(engine: str) -> dict[str, object]:
         return asyncio.run(measure(base_url, pids))
 
 
-def unbatched_server(engine: str) -> tuple[float, float, float]:
-    async def measure(base_url: str, pids: list[int]) -> tuple[float, float, float]:
+def unbatched_server(engine: str) -> tuple[float, float, float, float]:
+    async def measure(base_url: str, pids: list[int]) -> tuple[float, float, float, float]:
         async with _client(base_url, STREAMS) as client:
             return await _drive(client, STREAMS, DURATION_S, pids)
 
@@ -206,9 +226,10 @@ def main(argv: list[str] | None = None) -> None:
                  (f"--engine {engine}: {STREAMS} streams, max_batch {STREAMS}", [r["batched"] for r in runs[engine]])]
     rows.append((f"--engine {DEFAULT_ENGINE}: {STREAMS} streams, max_batch 1", unbatched))
     for label, measured in rows:
-        client = f", client used {statistics.median(r[2] for r in measured):.2f} core" if len(measured[0]) > 2 else ""
+        client = f", client used {statistics.median(r[3] for r in measured):.2f} core" if len(measured[0]) > 3 else ""
         print(f"{label:<44} {statistics.median(r[0] for r in measured):8.0f} output tokens/s "
-              f"({statistics.median(r[1] for r in measured):.0f} per CPU s{client})")
+              f"({statistics.median(r[1] for r in measured):.0f} per CPU s, waited for a CPU "
+              f"{statistics.median(r[2] for r in measured):.2f} s/s{client})")
     for engine in ENGINES:
         ttft = [statistics.median(r["ttft_ms"]) for r in runs[engine]]
         p90 = [statistics.quantiles(r["ttft_ms"], n=10)[-1] for r in runs[engine]]
@@ -218,7 +239,8 @@ def main(argv: list[str] | None = None) -> None:
     batched = {engine: [r["batched"] for r in runs[engine]] for engine in ENGINES}
     _print_ratios([(f"serving efficiency, --engine {engine}", saturated[engine], raw,
                     ">= 0.85" if engine == DEFAULT_ENGINE else "--") for engine in ENGINES] +
-                  [(f"same at {STREAMS} streams, --engine {engine}", batched[engine], raw, "--") for engine in ENGINES] +
+                  [(f"same at {STREAMS} streams, --engine {engine}", batched[engine], raw, "--")
+                   for engine in ENGINES] +
                   [("saturation, process / thread", saturated["process"], saturated["thread"], "--"),
                    (f"batching speedup (batch {STREAMS} / batch 1)", batched[DEFAULT_ENGINE], unbatched, ">= 4")])
 
