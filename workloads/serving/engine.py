@@ -75,6 +75,10 @@ class Handle(Protocol):
 
 Deliver = Callable[[list["Handle"]], None]
 """Called by the engine thread after every step with the handles that published events in it."""
+Receive = Callable[[float | None], None]
+"""Reads the engine's own input for up to the given seconds (0: only what has arrived; None: until something does)
+and queues what it brings with `enqueue`: the engine process's loop (`workloads.serving.engine_process`) reads its
+socket itself, in the engine's thread, instead of waiting for another thread to submit."""
 
 
 def check_prompt(prompt_ids: list[int], max_context: int) -> None:
@@ -200,7 +204,7 @@ LoadObserver = Callable[[int, int], None]
 class BatchingEngine:
     def __init__(self, model: GPT, config: GPTConfig, settings: EngineSettings, *, max_pending: int = 256,
                  observer: StepObserver | None = None, load_observer: LoadObserver | None = None,
-                 deliver: Deliver = deliver):
+                 deliver: Deliver = deliver, receive: Receive | None = None):
         self.model = model
         self.config = config
         self.settings = settings
@@ -210,6 +214,7 @@ class BatchingEngine:
         self._observer = observer
         self._load_observer = load_observer
         self._deliver = deliver
+        self._receive = receive
         self.device = next(model.parameters()).device
         self._cache = KVCache(config, settings.max_batch, self.max_context, device=self.device)
         self._free_slots = deque(range(settings.max_batch))  # FIFO: see the module docstring
@@ -244,13 +249,11 @@ class BatchingEngine:
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="batching-engine", daemon=True)
+        self._thread = threading.Thread(target=self.run, name="batching-engine", daemon=True)
         self._thread.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
+        self.request_stop()
         if self._thread:
             self._thread.join(timeout_s)
 
@@ -267,7 +270,14 @@ class BatchingEngine:
         return torch.tensor(data, device=self.device)
 
     # -- engine thread ------------------------------------------------------------------------------------------
-    def _run(self) -> None:
+    def request_stop(self) -> None:
+        """The loop ends after its current step (callable from the loop's own `receive`)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+
+    def run(self) -> None:
+        """The engine loop, until stopped: in a thread of its own (`start`), or the engine process's main thread."""
         torch.set_num_threads(self.settings.torch_threads)
         with torch.inference_mode():
             while True:
@@ -285,15 +295,17 @@ class BatchingEngine:
     def _admit(self) -> list[_Sequence] | None:
         """New sequences for free slots; blocks while idle. None when the engine is stopping."""
         max_wait_s = self.settings.max_wait_ms / 1000
-        with self._cond:
+        with self._cond:  # re-entrant: `receive` enqueues from this thread
+            if self._receive is not None:
+                self._receive(0)
             if not self._active:
                 while not self._pending and not self._stopping:
-                    self._cond.wait()
+                    self._wait(None)
                 # Idle engine: let concurrent arrivals gather for up to max_wait so they share the first batch.
                 deadline = time.monotonic() + max_wait_s
                 while (len(self._pending) < len(self._free_slots) and not self._stopping
                        and (remaining := deadline - time.monotonic()) > 0):
-                    self._cond.wait(remaining)
+                    self._wait(remaining)
             if self._stopping:
                 for handle in self._pending:
                     handle.publish(TokenEvent("", 0, "error"))
@@ -309,6 +321,12 @@ class BatchingEngine:
                 admitted.append(_Sequence(handle, self._free_slots.popleft(), torch.Generator().manual_seed(seed),
                                           self.tokenizer.stream_decoder()))
             return admitted
+
+    def _wait(self, timeout_s: float | None) -> None:
+        if self._receive is not None:
+            self._receive(timeout_s)
+        else:
+            self._cond.wait(timeout_s)
 
     def _guarded(self, step: Callable[[list[_Sequence]], None], sequences: list[_Sequence]) -> None:
         """A failing forward pass ends the sequences it carried with finish_reason "error", never the engine."""

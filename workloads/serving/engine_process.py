@@ -27,6 +27,7 @@ import asyncio
 import logging
 import os
 import pickle
+import select
 import signal
 import socket
 import struct
@@ -247,25 +248,64 @@ class _Request:
 
 
 class _Link:
-    """The engine process's end of the socket. The main thread receives; the engine thread sends (`deliver`)."""
+    """The engine process's end of the socket. One thread does everything: the engine loop reads the replica's
+    messages between steps and while idle (`receive`, the engine's `Receive`) and sends each step's (`deliver`),
+    so nothing in this process competes with the forward passes for the GIL."""
 
     def __init__(self, sock: socket.socket):
         self._sock = sock
-        self._file = sock.makefile("rb")
+        self._buffer = bytearray()
         self.requests: dict[int, _Request] = {}
         self.received = 0
         self.observations: list[tuple[str, int, float]] = []
         self.engine = None
 
-    def receive(self) -> tuple:
-        header = self._file.read(_HEADER.size)
-        if len(header) < _HEADER.size:
-            raise EOFError
-        (size,) = _HEADER.unpack(header)
-        payload = self._file.read(size)
-        if len(payload) < size:
-            raise EOFError
-        return pickle.loads(payload)
+    def _frames(self) -> list[tuple]:
+        """The whole messages in the buffer, removed from it."""
+        messages = []
+        while len(self._buffer) >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(self._buffer)
+            if len(self._buffer) < _HEADER.size + size:
+                break
+            messages.append(pickle.loads(self._buffer[_HEADER.size:_HEADER.size + size]))
+            del self._buffer[:_HEADER.size + size]
+        return messages
+
+    def _read(self, timeout_s: float | None) -> list[tuple] | None:
+        """Messages that arrived within `timeout_s` (possibly none); None once the replica has closed its end."""
+        if select.select([self._sock], [], [], timeout_s)[0]:
+            try:
+                data = self._sock.recv(1 << 16)
+            except OSError:
+                data = b""
+            if not data:
+                return None
+            self._buffer += data
+        return self._frames()
+
+    def first(self) -> tuple | None:
+        """The replica's first message, waiting for it; None if the replica went away first."""
+        while (messages := self._read(None)) is not None:
+            if messages:
+                assert len(messages) == 1, "the replica sends nothing before the engine is ready"
+                return messages[0]
+        return None
+
+    def receive(self, timeout_s: float | None) -> None:
+        """Submissions and cancellations that arrive within `timeout_s`, handed to the engine."""
+        messages = self._read(timeout_s)
+        if messages is None:
+            self.engine.request_stop()
+            return
+        for message in messages:
+            if message[0] == "submit":
+                _, request_id, prompt_ids, params = message
+                request = _Request(request_id, prompt_ids, params)
+                self.requests[request_id] = request
+                self.engine.enqueue(request)
+                self.received += 1
+            elif message[0] == "cancel" and (request := self.requests.pop(message[1], None)) is not None:
+                request.cancelled = True
 
     def send(self, message: object) -> None:
         self._sock.sendall(_frame(message))
@@ -283,11 +323,10 @@ class _Link:
                 if event.finish_reason is not None:
                     self.requests.pop(request.request_id, None)
         observations, self.observations = self.observations, []
-        received = self.received  # read before the queue depth: a submit in between is counted twice, not never
         load = (self.engine.queue_depth, self.engine.active_sequences)
         try:
-            self.send(("step", events, load, observations, received))
-        except OSError:  # the replica is gone; the main thread sees the end of the socket and stops
+            self.send(("step", events, load, observations, self.received))
+        except OSError:  # the replica is gone; the next `receive` sees the end of the socket and stops the loop
             pass
 
 
@@ -300,7 +339,7 @@ def _start_engine(link: _Link, model_settings: ModelSettings, settings: EngineSe
     model, config = load_model(model_settings)
     model = model.to(torch.device(device))
     engine = BatchingEngine(model, config, settings, max_pending=sys.maxsize, observer=link.observe,
-                            deliver=link.deliver)  # the replica enforces max_pending: it refuses with 429
+                            deliver=link.deliver, receive=link.receive)  # the replica enforces max_pending (429)
     engine.warm_up()
     return engine
 
@@ -317,10 +356,9 @@ def main(argv: list[str]) -> int:
         signal.signal(ignored, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format=f"[{os.getpid()}] [engine] %(levelname)s %(message)s")
     link = _Link(socket.socket(fileno=fd))
-    try:
-        _, model_settings, settings, device = link.receive()
-    except EOFError:
+    if (start := link.first()) is None:
         return 0
+    _, model_settings, settings, device = start
     try:
         engine = _start_engine(link, model_settings, settings, device)
     except Exception as error:  # reported to the replica, which fails its start with this line
@@ -328,22 +366,8 @@ def main(argv: list[str]) -> int:
         link.send(("failed", f"{type(error).__name__}: {error}"))
         return 1
     link.engine = engine
-    engine.start()
     link.send(("ready", engine.max_context))
-    while True:
-        try:
-            message = link.receive()
-        except (EOFError, OSError):
-            break
-        if message[0] == "submit":
-            _, request_id, prompt_ids, params = message
-            request = _Request(request_id, prompt_ids, params)
-            link.requests[request_id] = request
-            engine.enqueue(request)
-            link.received += 1
-        elif message[0] == "cancel" and (request := link.requests.pop(message[1], None)) is not None:
-            request.cancelled = True
-    engine.stop()
+    engine.run()  # in this thread, until the replica closes the socket
     return 0
 
 
