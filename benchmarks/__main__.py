@@ -15,6 +15,8 @@ BENCHMARKS = [
     ("benchmarks.train_overhead", False, 1200),
     ("benchmarks.inference_serving", False, 900),
     ("benchmarks.inference_loadgen", False, 900),
+    ("benchmarks.inference_replicas", False, 900),
+    ("benchmarks.capacity_search", False, 900),
     ("benchmarks.stacks_scale", False, 900),
     ("benchmarks.ansible_converge", True, 1200),
 ]

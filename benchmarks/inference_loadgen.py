@@ -74,9 +74,10 @@ def run_locust(contender: Contender, host: str, server_pid: int, workdir: Path, 
     if contender.llm:
         for old in log_dir.glob("*.jsonl"):
             old.unlink()
-        # No think time and no start jitter: the benchmark measures how fast the user can send, back to back.
+        # No think time and no start jitter: the benchmark measures how fast the user can send, back to back. No
+        # warm-up either: Locust's statistics and the log then cover the same requests (log_complete compares them).
         env.update(OPENAI_API_KEY="x", LLM_MODEL="fake", LLM_MAX_TOKENS="8", LLM_PROMPT_TOKENS="64",
-                   LLM_THINK_TIME="0", LLM_START_JITTER="0",
+                   LLM_THINK_TIME="0", LLM_START_JITTER="0", LLM_WARMUP_PER_REPLICA="0",
                    LLM_REQUEST_LOG=str(log_dir / "requests-{pid}.jsonl"))
     server_cpu_before = process_cpu_s(server_pid)
     with ManagedProcess(args, env=env, cwd=REPO_ROOT, log_path=workdir / "locust.log") as locust:

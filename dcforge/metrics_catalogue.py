@@ -28,19 +28,26 @@ class CatalogueEntry:
     spec: MetricSpec
 
     @property
-    def key(self) -> str:
-        """`<check>.<metric>`: an SLO key as is, or with `.<stat>` appended when the metric has statistics."""
-        return f"{self.check}.{self.spec.name}"
-
-    @property
     def slo_keys(self) -> list[str]:
         return [f"{self.check}.{key}" for key in self.spec.keys]
+
+    @property
+    def key(self) -> str:
+        """`<check>.<metric>`: an SLO key as is, or with the statistic added (`.<stat>`, or `<stat>_` in front for
+        vLLM's names) when the metric has statistics."""
+        return f"{self.check}.{self.spec.name}"
 
     def to_dict(self) -> dict[str, Any]:
         spec = self.spec
         return {"check": self.check, "name": spec.name, "key": self.key, "unit": spec.unit,
                 "direction": spec.direction, "formula": spec.formula, "meaning": spec.meaning,
-                "stats": list(spec.stats), "slo_keys": self.slo_keys, "definition": definition_link(self.check)}
+                "stats": list(spec.stats), "slo_keys": self.slo_keys, "definition": definition_link(self.check),
+                "aliases": {key: spec.aliases_of(key) for key in spec.keys if spec.aliases}}
+
+
+def alias_text(spec: MetricSpec, code: str = "") -> str:
+    """The metric's other names with their source: "`time_to_first_token` (aiperf), `ttft_ms` (dcforge (former))"."""
+    return ", ".join(f"{code}{alias.name}{code} ({alias.source})" for alias in spec.aliases)
 
 
 def catalogue(check: str | None = None) -> list[CatalogueEntry]:
@@ -63,12 +70,14 @@ def _cell(text: str) -> str:
 
 def render_markdown(entries: list[CatalogueEntry]) -> str:
     """One row per declared metric; the key links to its check's section of docs/metrics.md."""
-    lines = ["| metric (SLO key) | stats | unit | better | meaning | formula |", "|---|---|---|---|---|---|"]
+    lines = ["| metric (SLO key) | stats | unit | better | meaning | formula | aliases |",
+             "|---|---|---|---|---|---|---|"]
     for entry in entries:
         spec = entry.spec
-        stats = ", ".join(f"`.{stat}`" for stat in spec.stats)
+        stats = ", ".join(f"`{stat}_`" if spec.stat_first else f"`.{stat}`" for stat in spec.stats)
         lines.append(f"| [`{entry.key}`]({definition_link(entry.check)}) | {stats} | {_cell(spec.unit)} | "
-                     f"{spec.direction} | {_cell(spec.meaning)} | {_cell(spec.formula)} |")
+                     f"{spec.direction} | {_cell(spec.meaning)} | {_cell(spec.formula)} | "
+                     f"{_cell(alias_text(spec, '`'))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -86,11 +95,12 @@ def print_table(entries: list[CatalogueEntry], console) -> None:
     table = Table(title="Metrics (definitions: docs/metrics.md)", show_lines=False)
     for column in ("metric", "stats", "unit", "better"):
         table.add_column(column, no_wrap=True)
-    for column in ("meaning", "formula"):
+    for column in ("meaning", "formula", "aliases"):
         table.add_column(column, overflow="fold")
     for entry in entries:
         spec = entry.spec
-        table.add_row(entry.key, " ".join(spec.stats), spec.unit, spec.direction, spec.meaning, spec.formula)
+        stats = " ".join(f"{stat}_" if spec.stat_first else stat for stat in spec.stats)
+        table.add_row(entry.key, stats, spec.unit, spec.direction, spec.meaning, spec.formula, alias_text(spec))
     console.print(table)
 
 

@@ -9,7 +9,7 @@ import os
 import random
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -65,7 +65,8 @@ def make_prompt(rng: random.Random, approx_tokens: int) -> str:
 
 
 def request_body(endpoint: str, model: str, prompt: str, max_tokens: int, stream: bool, temperature: float,
-                 ignore_eos: bool = True) -> dict[str, Any]:
+                 ignore_eos: bool = True, system: str = "") -> dict[str, Any]:
+    """An OpenAI request; `system` (a shared prefix) is the system message of a chat, the text's start otherwise."""
     body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "temperature": temperature, "stream": stream}
     if stream:
         body["stream_options"] = {"include_usage": True}
@@ -74,10 +75,87 @@ def request_body(endpoint: str, model: str, prompt: str, max_tokens: int, stream
         # that do not know the field ignore it.
         body["ignore_eos"] = True
     if endpoint == "chat":
-        body["messages"] = [{"role": "user", "content": prompt}]
+        body["messages"] = ([{"role": "system", "content": system}] if system else []) \
+            + [{"role": "user", "content": prompt}]
     else:
-        body["prompt"] = prompt
+        body["prompt"] = f"{system}\n\n{prompt}" if system else prompt
     return body
+
+
+# --- Workload shapes: prompt and output lengths, prompts from a file, shared prefixes -------------------------------
+
+@dataclass(frozen=True)
+class Prompt:
+    """One request's input: its text, the answer length asked for, and the shared prefix it starts with."""
+
+    text: str
+    max_tokens: int
+    system: str = ""
+
+
+class PromptFileError(ValueError):
+    """A prompt file line that is not a prompt; the message names the file and line."""
+
+
+def read_prompt_file(path: str | os.PathLike[str]) -> list[tuple[str, int | None]]:
+    """(text, output tokens or None) of every line of a JSONL prompt file: `{"prompt": "..."}` or AIPerf's
+    `{"text": "..."}`, optionally `"max_tokens"` / `"output_tokens"` (vLLM's custom dataset); blank lines skipped."""
+    prompts: list[tuple[str, int | None]] = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise PromptFileError(f"{path}: cannot read: {error}") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except ValueError:
+            raise PromptFileError(f"{path}: line {number}: not JSON") from None
+        text = data.get("prompt", data.get("text")) if isinstance(data, dict) else None
+        length = data.get("max_tokens", data.get("output_tokens")) if isinstance(data, dict) else None
+        if not isinstance(text, str) or not text:
+            raise PromptFileError(f"{path}: line {number}: expected an object with a non-empty \"prompt\" (or "
+                                  "\"text\") string")
+        if length is not None and (not isinstance(length, int) or isinstance(length, bool) or length < 1):
+            raise PromptFileError(f"{path}: line {number}: \"max_tokens\"/\"output_tokens\" must be an integer >= 1")
+        prompts.append((text, length))
+    if not prompts:
+        raise PromptFileError(f"{path}: no prompts")
+    return prompts
+
+
+def uniform_length(rng: random.Random, mean: int, spread: float) -> int:
+    """A length uniform in mean x (1 +/- spread), at least 1 (vLLM's --random-range-ratio); `mean` when spread is 0."""
+    return max(1, round(mean * rng.uniform(1 - spread, 1 + spread))) if spread > 0 else mean
+
+
+def shared_prefixes(count: int, tokens: int) -> list[str]:
+    """`count` distinct long system prompts, the same in every process of a run (seeded by their index), so each
+    is sent many times and a server with prefix caching can reuse its KV cache."""
+    return [f"System prompt {i}. " + make_prompt(random.Random(f"dcforge-shared-prefix-{i}"), tokens)
+            for i in range(count)]
+
+
+@dataclass
+class Workload:
+    """The request inputs of a load run: generated prompts of uniform (or fixed) length, or prompts from a file, each
+    optionally behind one of a few shared prefixes; answer lengths uniform (or fixed) unless the file gives them."""
+
+    prompt_tokens: int
+    max_tokens: int
+    prompt_tokens_spread: float = 0.0
+    max_tokens_spread: float = 0.0
+    file_prompts: list[tuple[str, int | None]] | None = None
+    prefixes: list[str] = field(default_factory=list)
+
+    def next(self, rng: random.Random) -> Prompt:
+        if self.file_prompts:
+            text, length = rng.choice(self.file_prompts)
+        else:
+            text, length = make_prompt(rng, uniform_length(rng, self.prompt_tokens, self.prompt_tokens_spread)), None
+        max_tokens = length or uniform_length(rng, self.max_tokens, self.max_tokens_spread)
+        return Prompt(text, max_tokens, rng.choice(self.prefixes) if self.prefixes else "")
 
 
 def time_per_output_token_s(e2e_s: float, ttft_s: float, output_tokens: int) -> float | None:

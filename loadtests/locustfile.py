@@ -9,13 +9,21 @@ JSONL log (--llm-request-log, `{pid}` replaced per process, written in batches a
 SIGINT and every second) from which percentiles are computed exactly.
 
 Arrivals: `--llm-arrival closed` (each user sends, waits for the answer, sends again), or open-loop `constant` /
-`poisson` at `--llm-rate` requests/s in total, spread over the users, where every arrival runs in its own greenlet
-so slow answers never slow the arrivals. Closed-loop users start at jittered offsets (--llm-start-jitter) and
-wait a think time between requests (--llm-think-time, exponential by default; 0 is the lockstep loop), so their
-requests do not convoy; in-flight requests at the end of the window complete within Locust's --stop-timeout and
+`poisson` at `--llm-rate` requests/s in total: the users of a process take turns in one arrival stream
+(loadtests/arrivals.py; `--llm-burstiness` makes Poisson gaps gamma-distributed, as vLLM's `--burstiness`), and
+every arrival runs in its own greenlet so slow answers never slow the arrivals. Closed-loop users start at
+jittered offsets (--llm-start-jitter) and wait a think time between requests (--llm-think-time, exponential by
+default; 0 is the lockstep loop), so their requests do not convoy; in-flight requests at the end of the window complete within Locust's --stop-timeout and
 are counted, and a window file (--llm-window-file) records the window and how many were abandoned
 (loadtests/pacing.py states the stop semantics). Works with `--processes N`. The API key comes from
 OPENAI_API_KEY or the file named by --llm-api-key-file / LLM_API_KEY_FILE, never from the command line.
+
+Warm-up (loadtests/warmup.py): users first send --llm-warmup-per-replica requests per replica (logged with
+`"warmup": true`, in no statistic); once they are answered and every user is spawned, Locust's statistics are reset
+and the measurement window starts; with --llm-duration the process ends the run that many seconds later (a single
+process; with --processes, Locust's -t ends it). Workload shapes: prompt and output lengths fixed or uniform
+(--llm-prompt-tokens-spread, --llm-max-tokens-spread), prompts from a JSONL file (--llm-prompt-file), and a few
+long shared system prompts (--llm-shared-prefixes) for prefix caching.
 """
 
 from __future__ import annotations
@@ -24,23 +32,37 @@ import atexit
 import json
 import os
 import random
+import sys
 import time
 from pathlib import Path
 
 import gevent
+import gevent.event
 from locust import FastHttpUser, events, task
+from locust.runners import LocalRunner
 
 try:
-    from loadtests import pacing
-    from loadtests.llm_protocol import (RequestLog, RequestRecord, chunk_has_text_fast, endpoint_path, make_prompt,
-                                        parse_sse_line, request_body, time_per_output_token_s)
+    from loadtests import arrivals, pacing
+    from loadtests.llm_protocol import (PromptFileError, RequestLog, RequestRecord, Workload, chunk_has_text_fast,
+                                        endpoint_path, parse_sse_line, read_prompt_file, request_body,
+                                        shared_prefixes, time_per_output_token_s)
+    from loadtests.warmup import WarmupPlan
 except ImportError:  # `locust -f path/to/locustfile.py` outside an install: Locust puts this directory on sys.path
+    import arrivals  # type: ignore[no-redef]
     import pacing  # type: ignore[no-redef]
-    from llm_protocol import (RequestLog, RequestRecord, chunk_has_text_fast,  # type: ignore[no-redef]
-                              endpoint_path, make_prompt, parse_sse_line, request_body, time_per_output_token_s)
+    from llm_protocol import (PromptFileError, RequestLog, RequestRecord, Workload,  # type: ignore[no-redef]
+                              chunk_has_text_fast, endpoint_path, parse_sse_line, read_prompt_file, request_body,
+                              shared_prefixes, time_per_output_token_s)
+    from warmup import WarmupPlan  # type: ignore[no-redef]
 from workloads.records import LOAD_API_KEY_ENV, LOAD_DEFAULTS, REPLICA_HEADER, LoadEnv  # found once llm_protocol is
 
 _request_log: RequestLog | None = None
+_workload: Workload | None = None
+_warmup: WarmupPlan | None = None
+_warmup_over = gevent.event.Event()
+"""Set once the warm-up is answered and every user is spawned: the measurement window has started."""
+_spawned = gevent.event.Event()
+WARMUP_POLL_S = 0.02
 _window: dict[str, float] = {}
 """Start and stop of this process's measurement window (epoch seconds)."""
 _in_flight = 0
@@ -87,13 +109,64 @@ def _add_options(parser) -> None:
                        help="JSON file of the measurement window and abandoned requests; {pid} is replaced")
     group.add_argument("--llm-request-log", default="", env_var=LoadEnv.REQUEST_LOG,
                        help="per-request JSONL log path; {pid} is replaced by the process id")
+    group.add_argument("--llm-max-tokens-spread", type=float, default=0.0, env_var=LoadEnv.MAX_TOKENS_SPREAD,
+                       help="output length is uniform in max_tokens * (1 +/- spread); 0: fixed")
+    group.add_argument("--llm-prompt-file", default="", env_var=LoadEnv.PROMPT_FILE,
+                       help='JSONL of {"prompt" or "text": ..., optional "max_tokens"}: prompts sent in random order')
+    group.add_argument("--llm-shared-prefixes", type=int, default=0, env_var=LoadEnv.SHARED_PREFIXES,
+                       help="every prompt starts with one of this many shared system prompts (0: none)")
+    group.add_argument("--llm-shared-prefix-tokens", type=int, default=128, env_var=LoadEnv.SHARED_PREFIX_TOKENS)
+    group.add_argument("--llm-warmup-per-replica", type=int, default=LOAD_DEFAULTS.warmup_per_replica,
+                       env_var=LoadEnv.WARMUP_PER_REPLICA,
+                       help="warm-up requests per replica before measuring (logged as warm-up, in no statistic)")
+    group.add_argument("--llm-warmup-replicas", type=int, default=1, env_var=LoadEnv.WARMUP_REPLICAS,
+                       help="replicas the warm-up must reach (by the replica header)")
+    group.add_argument("--llm-duration", type=float, default=0.0, env_var=LoadEnv.DURATION,
+                       help="seconds measured after the warm-up, then the run ends (single process); 0: Locust's -t")
+
+
+@events.init.add_listener
+def _load_workload(environment, **_kwargs) -> None:
+    """The prompts of this run, before any user starts: a bad prompt file ends Locust with one line, exit 2."""
+    global _workload
+    options = environment.parsed_options
+    if options is None or not hasattr(options, "llm_prompt_tokens"):
+        return
+    try:
+        prompts = read_prompt_file(options.llm_prompt_file) if options.llm_prompt_file else None
+    except PromptFileError as error:
+        print(f"error: --llm-prompt-file: {error}", file=sys.stderr)
+        sys.exit(2)
+    _workload = Workload(prompt_tokens=options.llm_prompt_tokens, max_tokens=options.llm_max_tokens,
+                         prompt_tokens_spread=options.llm_prompt_tokens_spread,
+                         max_tokens_spread=options.llm_max_tokens_spread, file_prompts=prompts,
+                         prefixes=shared_prefixes(options.llm_shared_prefixes, options.llm_shared_prefix_tokens))
+
+
+@events.spawning_complete.add_listener
+def _ramp_up_over(**_kwargs) -> None:
+    _spawned.set()
+
+
+def _finish_warmup(environment) -> None:
+    """Reset Locust's statistics (warm-up and ramp-up out) and start the measurement window; end the run after
+    --llm-duration seconds when this process runs the users alone."""
+    if _warmup_over.is_set():
+        return
+    environment.stats.reset_all()
+    _window["start"] = time.time()
+    _warmup_over.set()
+    duration = environment.parsed_options.llm_duration
+    if duration > 0 and isinstance(environment.runner, LocalRunner):
+        gevent.spawn_later(duration, environment.runner.quit)  # what Locust's -t does when it expires
 
 
 @events.test_start.add_listener
 def _open_log(environment, **_kwargs) -> None:
-    global _request_log
-    _window["start"] = time.time()
+    global _request_log, _warmup
     options = environment.parsed_options
+    if options is not None and _warmup is None:
+        _warmup = WarmupPlan(getattr(options, "llm_warmup_per_replica", 0), getattr(options, "llm_warmup_replicas", 1))
     if options is not None and options.llm_request_log and _request_log is None:
         _request_log = RequestLog(options.llm_request_log, flush_after_s=LOG_FLUSH_INTERVAL_S)
         gevent.spawn(_flush_periodically, _request_log)
@@ -167,10 +240,28 @@ class LlmUser(FastHttpUser):
         self.rng = random.Random()
         self.model = self.options.llm_model or self._first_model()
         self.inflight = 0
-        users = max(1, getattr(self.options, "num_users", 1) or 1)
-        self.user_rate = self.options.llm_rate / users
+        self._warm_up()
         if self.options.llm_arrival == "closed":
             gevent.sleep(pacing.start_offset_s(self.rng, self.options.llm_start_jitter))
+
+    def _warm_up(self) -> None:
+        """Send warm-up requests while the plan wants more, then wait until the warm-up is over for every user."""
+        plan = _warmup if _warmup is not None else WarmupPlan(0)
+        while not _warmup_over.is_set():
+            if plan.take():
+                record = self.send_request(warmup=True)
+                plan.finish(record.ok, record.replica)
+            elif plan.done and _spawned.is_set():
+                _finish_warmup(self.environment)
+            else:
+                _warmup_over.wait(WARMUP_POLL_S)
+
+    def on_stop(self) -> None:
+        if self.options.llm_arrival != "closed":
+            # Open loop: this user's requests run in greenlets of their own, which Locust does not wait for; the
+            # grace period (--stop-timeout) is spent here, and Locust ends this wait when it is over.
+            while self.inflight > 0 and self.environment.stop_timeout:
+                gevent.sleep(0.01)
 
     def _first_model(self) -> str:
         with self.client.get("/v1/models", headers=self.headers, name="/v1/models", catch_response=True) as resp:
@@ -185,8 +276,9 @@ class LlmUser(FastHttpUser):
         if self.options.llm_arrival == "closed":
             self.send_request()
             return
-        mean_gap = 1.0 / self.user_rate if self.user_rate > 0 else 1.0
-        gevent.sleep(self.rng.expovariate(1.0 / mean_gap) if self.options.llm_arrival == "poisson" else mean_gap)
+        gevent.sleep(arrival_schedule(self.options).next_delay_s(time.monotonic()))
+        if "stop" in _window:
+            return  # the window ended while this arrival was pending: nothing is sent after it
         if self.inflight >= self.options.llm_max_inflight:
             now = time.time()
             self._record(RequestRecord(start=now, end=now, ok=False, error="dropped: client at max in-flight"))
@@ -200,16 +292,16 @@ class LlmUser(FastHttpUser):
         finally:
             self.inflight -= 1
 
-    def send_request(self) -> None:
+    def send_request(self, warmup: bool = False) -> RequestRecord:
         global _in_flight, _sent
         options = self.options
-        spread = options.llm_prompt_tokens_spread
-        prompt_tokens = max(1, round(options.llm_prompt_tokens * self.rng.uniform(1 - spread, 1 + spread)))
+        assert _workload is not None, "the init event builds the workload"
+        prompt = _workload.next(self.rng)
         stream = not options.llm_no_stream
-        body = request_body(options.llm_endpoint, self.model, make_prompt(self.rng, prompt_tokens),
-                            options.llm_max_tokens, stream, options.llm_temperature)
+        body = request_body(options.llm_endpoint, self.model, prompt.text, prompt.max_tokens, stream,
+                            options.llm_temperature, system=prompt.system)
         path = endpoint_path(options.llm_endpoint)
-        record = RequestRecord(start=time.time(), end=0.0, ok=False, stream=stream)
+        record = RequestRecord(start=time.time(), end=0.0, ok=False, stream=stream, warmup=warmup)
         started = time.perf_counter()
         _in_flight += 1
         _sent += 1
@@ -244,6 +336,7 @@ class LlmUser(FastHttpUser):
             self._record(record)
             _in_flight -= 1
             self._fire_token_events(record)
+        return record
 
     def _read_stream(self, resp, record: RequestRecord, started: float) -> None:
         raw = resp._response  # geventhttpclient response: readline returns each SSE line as soon as it arrives
@@ -324,3 +417,35 @@ class LlmUser(FastHttpUser):
         tpot_s = time_per_output_token_s(record.e2e_s, record.ttft_s, record.output_tokens)
         if tpot_s is not None:
             stats.get("tpot", "LLM").log(tpot_s * 1000, record.output_tokens)
+
+
+# --- Open-loop arrivals: one schedule per process, shared by its users (loadtests/arrivals.py) ----------------------
+
+_schedule: arrivals.ArrivalSchedule | None = None
+
+
+def _positive_float(text: str) -> float:
+    import argparse
+
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+@events.init_command_line_parser.add_listener
+def _add_arrival_options(parser) -> None:
+    parser.add_argument("--llm-burstiness", type=_positive_float, default=arrivals.BURSTINESS,
+                        env_var=LoadEnv.BURSTINESS,
+                        help="poisson arrivals: gamma shape of the gaps, mean 1/rate (vLLM's --burstiness); 1 is "
+                             "Poisson, below 1 burstier, above 1 more regular")
+
+
+def arrival_schedule(options) -> arrivals.ArrivalSchedule:
+    """This process's open-loop arrival stream, created on first use: --llm-rate split evenly over the Locust
+    processes (--processes N), whatever number of users each runs."""
+    global _schedule
+    if _schedule is None:
+        processes = max(1, getattr(options, "processes", None) or 1)
+        _schedule = arrivals.ArrivalSchedule(options.llm_arrival, options.llm_rate / processes, options.llm_burstiness)
+    return _schedule

@@ -47,9 +47,12 @@ def start_offset_s(rng: random.Random, jitter_s: float) -> float:
     return rng.uniform(0.0, jitter_s) if jitter_s > 0 else 0.0
 
 
-def describe_arrivals(arrival: str, think_mean_s: float, distribution: str, jitter_s: float, rate: float) -> str:
+def describe_arrivals(arrival: str, think_mean_s: float, distribution: str, jitter_s: float, rate: float,
+                      burstiness: float = 1.0) -> str:
     """The arrival model in words, for the report."""
     if arrival != "closed":
+        if burstiness != 1.0 and arrival == "poisson":
+            return f"open loop, gamma arrivals (burstiness {burstiness:g}) at {rate:g} req/s in total"
         return f"open loop, {arrival} arrivals at {rate:g} req/s in total"
     if think_mean_s <= 0:
         pacing = "no think time (lockstep)"

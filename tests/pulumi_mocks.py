@@ -122,6 +122,7 @@ GOLDEN_INPUTS: dict[str, tuple[str, ...]] = {
     "NodePatch": ("metadata.labels", "spec.taints"),
     "StorageClass": ("provisioner",),
     "ServiceAccount": ("automountServiceAccountToken",),
+    "ServiceAccountPatch": ("automountServiceAccountToken",),
     "NetworkPolicy": ("spec.policyTypes",),
 }
 

@@ -58,6 +58,8 @@ class LoadEnv:
     NO_STREAM = "LLM_NO_STREAM"
     ARRIVAL = "LLM_ARRIVAL"
     RATE = "LLM_RATE"
+    BURSTINESS = "LLM_BURSTINESS"
+    """Gamma shape of Poisson-mode gaps (loadtests/arrivals.py); 1 is a Poisson process."""
     MAX_INFLIGHT = "LLM_MAX_INFLIGHT"
     TIMEOUT = "LLM_TIMEOUT"
     REQUEST_LOG = "LLM_REQUEST_LOG"
@@ -66,6 +68,14 @@ class LoadEnv:
     START_JITTER = "LLM_START_JITTER"
     WINDOW_FILE = "LLM_WINDOW_FILE"
     """The per-process measurement-window file (loadtests/pacing.py), `{pid}` replaced."""
+    MAX_TOKENS_SPREAD = "LLM_MAX_TOKENS_SPREAD"
+    PROMPT_FILE = "LLM_PROMPT_FILE"
+    SHARED_PREFIXES = "LLM_SHARED_PREFIXES"
+    SHARED_PREFIX_TOKENS = "LLM_SHARED_PREFIX_TOKENS"
+    WARMUP_PER_REPLICA = "LLM_WARMUP_PER_REPLICA"
+    WARMUP_REPLICAS = "LLM_WARMUP_REPLICAS"
+    DURATION = "LLM_DURATION"
+    """Seconds measured after the warm-up; the process ends the run then (Locust's -t stays the hard limit)."""
 
 
 LOAD_API_KEY_ENV = "OPENAI_API_KEY"
@@ -87,6 +97,8 @@ class LoadDefaults:
     """Open-loop arrivals per second, all users together (the inference checks' long-standing default)."""
     request_timeout_s: float = 30.0
     """A request slower than this counts as failed (the inference checks' long-standing default)."""
+    warmup_per_replica: int = 2
+    """Warm-up requests per replica before measuring (loadtests/warmup.py)."""
 
 
 LOAD_DEFAULTS = LoadDefaults()
@@ -429,6 +441,9 @@ class RequestRecord(Record):
     replica: str = ""
     """The REPLICA_HEADER of the answer (which server process answered), when the server sends it."""
     stream: bool = True
+    warmup: bool = False
+    """Sent in the warm-up before measuring: kept in the log, excluded from every statistic (the measured set is
+    the records without it)."""
 
     def to_json(self) -> str:
         # Written per request by Locust, under a lock: the fields are flat, so a shallow copy of __dict__ gives

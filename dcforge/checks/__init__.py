@@ -54,5 +54,11 @@ class RegisteredChecks:
     def settings_model(self, name: str) -> type[CheckConfig]:
         return check_config_model(name)
 
+    def metric_aliases(self, name: str) -> dict[str, tuple[str, str]]:
+        from dcforge.harness.metrics import alias_index
+
+        module_name, _, class_name = CHECKS[name].partition(":")
+        return alias_index(getattr(importlib.import_module(module_name), class_name).metrics)
+
 
 CATALOG = RegisteredChecks()

@@ -1,19 +1,22 @@
 """`inference`: what LLM users feel from the bundled server under Locust load -- throughput, TTFT/TPOT/ITL/e2e
-percentiles, error rate, goodput -- plus endpoint compliance (401 without a key, TLS >= 1.2 when TLS is on).
+statistics, lengths, error rate, goodput, under vLLM `bench serve`'s names -- plus endpoint compliance (401 without
+a key, TLS >= 1.2 when TLS is on).
 
-N replicas run on 127.0.0.1 under gunicorn; Locust runs headless in a subprocess with a hard timeout and writes a
-per-request log from which every figure is computed exactly (docs/metrics.md). Every process is stopped at the end.
+N replicas run on 127.0.0.1 under gunicorn; Locust runs headless in a subprocess with a hard timeout, warms every
+replica up, and writes a per-request log (warm-up requests marked) from which every figure is computed exactly
+(docs/metrics.md), also exported in AIPerf's per-request form. Every process is stopped at the end.
 """
 
 from __future__ import annotations
 
 from dcforge.checks._load_metrics import LOAD_METRICS
+from dcforge.checks.serving.capacity import CAPACITY_METRICS, CapacitySettings, measure_capacity
 from dcforge.checks.serving.load import RUN_METRICS, run_load, serving_session
 from dcforge.checks.serving.plots import latency_plots
 from dcforge.checks.serving.replicas import REPLICA_SHARE_METRICS, add_share_metrics, replica_shares
 from dcforge.checks.serving.scraping import decode_batch_mean
 from dcforge.checks.serving.settings import ServingLoadConfig
-from dcforge.checks.serving.summary import add_summary_metrics
+from dcforge.checks.serving.summary import add_summary_metrics, load_summary
 from dcforge.harness.check import CheckContext
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.power import ENERGY_METRICS, OUTPUT_TOKENS_PER_JOULE, record_energy, sample_power
@@ -21,7 +24,10 @@ from dcforge.harness.result import CheckResult
 
 
 class InferenceConfig(ServingLoadConfig):
-    """Everything is shared with inference_failover (see ServingLoadConfig)."""
+    """Everything else is shared with inference_failover (see ServingLoadConfig)."""
+
+    capacity: CapacitySettings | None = None
+    """Sweeps and the SLA search after the main measurement (dcforge/checks/serving/capacity.py)."""
 
 
 class InferenceCheck:
@@ -41,11 +47,12 @@ class InferenceCheck:
                    "how well the server batches concurrent requests"),
         *ENERGY_METRICS,
         OUTPUT_TOKENS_PER_JOULE,
+        *CAPACITY_METRICS,
     )
 
     def run(self, ctx: CheckContext, config: InferenceConfig) -> CheckResult:
         from dcforge.compliance.endpoint import check_endpoint
-        from loadtests.metrics import RequestSlo, summarize
+        from dcforge.harness.slo import acceptance_slos
 
         result = CheckResult(self.name, declared=self.metrics)
         with serving_session(ctx, config, self.name, result) as session:
@@ -58,14 +65,19 @@ class InferenceCheck:
             with sample_power() as power:
                 records, t_start = run_load(ctx, config, session, result)
             batch = decode_batch_mean(session.server.scrape_metrics())
+            summary = load_summary(config, records)
+            capacity = None if config.capacity is None else measure_capacity(
+                ctx, config, config.capacity, session, self.name, self.metrics,
+                [slo for slo in acceptance_slos(ctx.env)[0] if slo.check == self.name], summary)
         if batch is not None:
             result.add_metric("decode_batch_mean", batch)
-        summary = summarize(records, RequestSlo(ttft_ms=config.goodput_ttft_ms, tpot_ms=config.goodput_tpot_ms))
         add_summary_metrics(result, summary)
         record_energy(result, power, work=sum(r.output_tokens for r in records if r.ok),
                       work_metric=OUTPUT_TOKENS_PER_JOULE, per_joule=True)
         add_share_metrics(result, replica_shares(records, config.replicas), "all requests")
         result.plots.extend(latency_plots(records, t_start))
-        ctx.log(f"{summary['rps']:.1f} req/s, {summary['output_tokens_per_s']:.0f} output tokens/s, "
-                f"TTFT p95 {summary['ttft_ms.p95']:.0f} ms, errors {summary['error_rate']:.2%}")
+        ctx.log(f"{summary['request_throughput']:.1f} req/s, {summary['output_throughput']:.0f} output tokens/s, "
+                f"TTFT p95 {summary['p95_ttft_ms']:.0f} ms, errors {summary['error_rate']:.2%}")
+        if capacity is not None:
+            capacity.report(result)
         return result

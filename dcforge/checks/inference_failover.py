@@ -184,7 +184,7 @@ class InferenceFailoverCheck:
                      config: InferenceFailoverConfig, served_by_new: int) -> None:
         from loadtests.metrics import summarize
 
-        add_summary_metrics(result, summarize(records))
+        add_summary_metrics(result, summarize(records, config.request_slo()))
         result.add_metric("ttr_s", recovery.ttr_s, context=f"K={config.consecutive_windows}, error rate <= "
                           f"{config.window_max_error_rate:g}, p95 <= {recovery.window_p95_limit_ms:.0f} ms")
         result.add_metric("replica_respawn_s", kill.respawn_s)

@@ -173,10 +173,10 @@ class MonitoringCheck:
     def _with_bundled_server(self, ctx: CheckContext, config: MonitoringConfig, result: CheckResult) -> None:
         from dcforge.checks.serving.credentials import new_api_key, private_dir
         from dcforge.checks.serving.load import ServingSession
-        from dcforge.checks.serving.server import LocalServer, warm_up
+        from dcforge.checks.serving.server import LocalServer, send_completions
         from dcforge.checks.serving.settings import ServingLoadConfig, choose_model
 
-        serving = ServingLoadConfig(replicas=1, model_source="random", preset=config.preset, warmup_requests=0,
+        serving = ServingLoadConfig(replicas=1, model_source="random", preset=config.preset, warmup_per_replica=0,
                                     max_tokens=config.max_tokens)
         model = choose_model(ctx, serving)
         workdir = ctx.artefact_dir(self.name)
@@ -190,7 +190,7 @@ class MonitoringCheck:
             before, texts_before = zip(*(scrape(n, u, config.scrape_timeout_s, n != BUNDLED_SERVER)
                                          for n, u in targets.items()))
             ctx.log(f"{config.requests} completions of {config.max_tokens} tokens between two scrapes")
-            warm_up(server, api_key, ServingSession.served_name, config.requests, config.max_tokens)
+            send_completions(server, api_key, ServingSession.served_name, config.requests, config.max_tokens)
             counted_before = labelled_value(texts_before[0], REQUEST_FAMILY, REQUEST_FAMILY + "_total",
                                             {"route": COMPLETIONS_ROUTE, "status": "200"})
             # A response reaches the client just before the server's counter is incremented: poll briefly.

@@ -198,7 +198,6 @@ class SlowNodeCheck:
         self._record(result, state, node_names, config)
         return result
 
-
     @staticmethod
     def _record(result: CheckResult, state: Search, node_names: list[str], config: SlowNodeConfig) -> None:
         """Rounds, per-node figures and the verdict of a finished search."""
@@ -219,7 +218,7 @@ class SlowNodeCheck:
             {"node": node, "host": node_names[node], "busbw_gbps": figures.get(node),
              "verdict": "slow" if node == culprit else "suspect" if node in state.suspects()
              else "cleared" if node in state.cleared() else "untested", "outlier": node in named_outliers}
-            for node in range(count)]
+            for node in range(len(node_names))]
         result.details["culprit"] = node_names[culprit] if culprit is not None else None
         result.details["reference_busbw_gbps"] = state.reference()
         if culprit is not None:

@@ -221,6 +221,47 @@ class Placement:
         return {key: value.format(**self.fields()) for key, value in self.role.env.items()}
 
 
+class PlacedExecution:
+    """What the process-based executions share: nodes found by role and index, and the common wait loops.
+
+    A subclass sets `workload`, `_placements` and `_statuses` (one per node, same order) and implements
+    `statuses`, `_terminate_all`, `kill_node`, `read_result` and `stop`.
+    """
+
+    workload: Workload
+    _placements: list[Placement]
+    _statuses: list[NodeStatus]
+
+    def statuses(self) -> list[NodeStatus]:
+        raise NotImplementedError
+
+    def _terminate_all(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def wait(self, timeout_s: float | None = None, on_status: StatusCallback | None = None,
+             poll_s: float = 0.2) -> ExecutionOutcome:
+        return wait_loop(self, timeout_s if timeout_s is not None else self.workload.timeout_s, on_status, poll_s,
+                         self._terminate_all)
+
+    def wait_ready(self, role: str) -> None:
+        wait_ready_loop(self, self._placements, role)
+
+    def _position(self, role: str, index: int) -> int:
+        for position, status in enumerate(self._statuses):
+            if status.role == role and status.index == index:
+                return position
+        raise KeyError(f"workload {self.workload.name!r} has no node {role}/{index}")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
 def wait_loop(execution: Execution, timeout_s: float, on_status: StatusCallback | None, poll_s: float,
               kill_all: Callable[[], None]) -> ExecutionOutcome:
     """The wait every executor shares: poll statuses, report changes, stop at the first failure or timeout."""

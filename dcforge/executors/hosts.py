@@ -29,8 +29,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from dcforge.executors.base import (ExecutionOutcome, ExecutorError, NodeState, NodeStatus, Placement,
-                                    StatusCallback, VolumePurpose, Workload, wait_loop, wait_ready_loop)
+from dcforge.executors.base import (ExecutorError, NodeState, NodeStatus, PlacedExecution, Placement, VolumePurpose,
+                                    Workload)
 from dcforge.executors.local import PROJECT_ROOT
 from dcforge.harness.processes import RUNNING, _child_setup, kill_group, signals_deferred
 
@@ -203,7 +203,7 @@ def kill_tree_script(pid_file: str) -> str:
     return f"{TREE_FUNCTION}\npid=$(cat {shlex.quote(pid_file)} 2>/dev/null) && pids=$(tree $pid) && {KILL_TREE}; true"
 
 
-class HostsExecution:
+class HostsExecution(PlacedExecution):
     def __init__(self, workload: Workload, placements: list[Placement], hosts: dict[str, Host],
                  connections: SshConnections, run_dir: Path, run_id: str):
         self.workload = workload
@@ -258,20 +258,6 @@ class HostsExecution:
                     elif code == EXIT_SETUP_FAILED:
                         status.reason = f"could not prepare the volumes or enter {self._placements[position].workdir}"
         return list(self._statuses)
-
-    def wait(self, timeout_s: float | None = None, on_status: StatusCallback | None = None,
-             poll_s: float = 0.2) -> ExecutionOutcome:
-        return wait_loop(self, timeout_s if timeout_s is not None else self.workload.timeout_s, on_status, poll_s,
-                         self._terminate_all)
-
-    def _position(self, role: str, index: int) -> int:
-        for position, status in enumerate(self._statuses):
-            if status.role == role and status.index == index:
-                return position
-        raise KeyError(f"workload {self.workload.name!r} has no node {role}/{index}")
-
-    def wait_ready(self, role: str) -> None:
-        wait_ready_loop(self, self._placements, role)
 
     def kill_node(self, role: str, index: int) -> None:
         position = self._position(role, index)
@@ -332,11 +318,6 @@ class HostsExecution:
             self._connections.close()
             RUNNING.discard(self)
 
-    def __enter__(self) -> "HostsExecution":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
 
 
 class HostsExecutor:

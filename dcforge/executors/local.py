@@ -8,8 +8,7 @@ import socket
 import sys
 from pathlib import Path
 
-from dcforge.executors.base import (ExecutionOutcome, NodeState, NodeStatus, Placement, StatusCallback,
-                                    VolumePurpose, Workload, wait_loop, wait_ready_loop)
+from dcforge.executors.base import NodeState, NodeStatus, PlacedExecution, Placement, VolumePurpose, Workload
 from dcforge.harness.processes import ManagedProcess
 
 LOOPBACK = "127.0.0.1"
@@ -33,7 +32,7 @@ def volume_paths(run_dir: Path, workload: Workload, node_dir: str) -> dict[str, 
     return paths
 
 
-class LocalExecution:
+class LocalExecution(PlacedExecution):
     def __init__(self, workload: Workload, placements: list[Placement], run_dir: Path, grace_s: float):
         self.workload = workload
         self.run_dir = run_dir
@@ -65,20 +64,6 @@ class LocalExecution:
                                 else NodeState.SUCCEEDED if code == 0 else NodeState.FAILED)
         return list(self._statuses)
 
-    def wait(self, timeout_s: float | None = None, on_status: StatusCallback | None = None,
-             poll_s: float = 0.2) -> ExecutionOutcome:
-        return wait_loop(self, timeout_s if timeout_s is not None else self.workload.timeout_s, on_status, poll_s,
-                         self._terminate_all)
-
-    def _position(self, role: str, index: int) -> int:
-        for position, status in enumerate(self._statuses):
-            if status.role == role and status.index == index:
-                return position
-        raise KeyError(f"workload {self.workload.name!r} has no node {role}/{index}")
-
-    def wait_ready(self, role: str) -> None:
-        wait_ready_loop(self, self._placements, role)
-
     def kill_node(self, role: str, index: int) -> None:
         position = self._position(role, index)
         self._killed.add(position)
@@ -105,11 +90,6 @@ class LocalExecution:
         self._terminate_all()
         self.statuses()
 
-    def __enter__(self) -> "LocalExecution":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
 
 
 def process_tree(pid: int) -> list[int]:

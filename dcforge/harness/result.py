@@ -28,6 +28,8 @@ class Metric:
     """The formula the value was computed with (docs/metrics.md), shown in the report."""
     meaning: str = ""
     """What the number tells, from the check's declaration (empty in reports written before it existed)."""
+    aliases: dict[str, str] = field(default_factory=dict)
+    """Other names of this figure by source (`{"aiperf": "time_to_first_token.p95"}`), from the declaration."""
 
 
 @dataclass
@@ -76,7 +78,7 @@ class CheckResult:
             raise UndeclaredMetric(f"check {self.name!r} reports metric {key!r}, which its `metrics` declaration "
                                    f"does not list (declared: {', '.join(k for s in self.declared for k in s.keys)})")
         formula = f"{spec.formula} ({context})" if context else spec.formula
-        self.metrics[key] = Metric(float(value), spec.unit, spec.better, formula, spec.meaning)
+        self.metrics[key] = Metric(float(value), spec.unit, spec.better, formula, spec.meaning, spec.aliases_of(key))
 
     def fail(self, reason: str) -> "CheckResult":
         """Mark the check failed (a measured property is wrong), keeping the first reason and adding others."""

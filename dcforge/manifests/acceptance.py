@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from dcforge.executors.kubernetes_access import EXECUTOR_API_ACCESS, rbac_rules
 from dcforge.manifests import ComponentManifests
 from dcforge.manifests.common import (
+    ACCEPTANCE_SERVICE_ACCOUNT,
     acceptance_namespace,
     allow_api_server,
     allow_same_namespace,
@@ -20,18 +22,14 @@ from dcforge.manifests.monitoring import scrape_monitors
 from dcforge.manifests.security_baseline import RBAC_API
 from dcforge.spec.models import Environment
 
-HARNESS_NAME = "dcforge-acceptance"
+HARNESS_NAME = ACCEPTANCE_SERVICE_ACCOUNT
 
 
 def harness_role(namespace_name: str) -> dict[str, Any]:
-    """Runs the benchmark jobs and reads their logs, in its own namespace only."""
-    return {"apiVersion": RBAC_API, "kind": "Role", "metadata": metadata(HARNESS_NAME, namespace_name), "rules": [
-        {"apiGroups": [""], "resources": ["pods", "services", "configmaps"],
-         "verbs": ["get", "list", "watch", "create", "delete"]},
-        {"apiGroups": [""], "resources": ["pods/log", "events"], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "delete"]},
-        {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads"], "verbs": ["get", "list", "watch"]},
-    ]}
+    """Runs the workloads and reads their logs, in its own namespace only: exactly the API access the kubernetes
+    executor uses (`EXECUTOR_API_ACCESS`, defined once in dcforge/executors/kubernetes_access.py)."""
+    return {"apiVersion": RBAC_API, "kind": "Role", "metadata": metadata(HARNESS_NAME, namespace_name),
+            "rules": rbac_rules(EXECUTOR_API_ACCESS)}
 
 
 def harness_cluster_reader() -> dict[str, Any]:

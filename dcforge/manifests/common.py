@@ -34,6 +34,10 @@ NFS_CSI_NAMESPACE = "csi-nfs"
 CERT_MANAGER_NAMESPACE = "cert-manager"
 NETWORK_OPERATOR_NAMESPACE = "nvidia-network-operator"
 DEFAULT_ACCEPTANCE_NAMESPACE = "acceptance"
+ACCEPTANCE_SERVICE_ACCOUNT = "dcforge-acceptance"
+"""The Acceptance component's ServiceAccount: dcforge accept and the workload pods it starts run as it."""
+DEFAULT_SERVICE_ACCOUNT = "default"
+"""The ServiceAccount Kubernetes creates in every namespace."""
 
 # The API server is not a pod, so it cannot be selected by labels; operators reach it on these ports.
 API_SERVER_PORTS = (443, 6443)
@@ -138,10 +142,23 @@ def platform_namespace(spec: Environment, name: str, pod_security: str,
     return objects
 
 
+def default_service_account(namespace_name: str) -> dict[str, Any]:
+    """The `default` ServiceAccount with its token not automounted.
+
+    Kubernetes creates `default` in every namespace, and every pod that names no other account runs as it with an
+    API token mounted (CIS 5.1.6, rule DCF-SA-001). Declaring it makes the stack own that setting; it exists before
+    the stack touches it, so the stacks patch it (server-side apply) instead of creating it.
+    """
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata(DEFAULT_SERVICE_ACCOUNT, namespace_name),
+            "automountServiceAccountToken": False}
+
+
 def namespace_bundle(spec: Environment, name: str, purpose: str, pod_security: str,
                      extra_labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """Namespace + default-deny + DNS egress: the minimum every namespace gets."""
-    return [namespace(spec, name, purpose, pod_security, extra_labels), default_deny(name), allow_dns(spec, name)]
+    """Namespace + its default ServiceAccount without a token + default-deny + DNS egress: the minimum every
+    namespace gets."""
+    return [namespace(spec, name, purpose, pod_security, extra_labels), default_service_account(name),
+            default_deny(name), allow_dns(spec, name)]
 
 
 def acceptance_namespace(spec: Environment) -> str:

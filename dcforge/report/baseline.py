@@ -50,9 +50,22 @@ def metric_values(report: dict) -> dict[str, tuple[float, str | None]]:
     return values
 
 
+def former_keys(report: dict) -> dict[str, str]:
+    """`check.metric` -> the `check.metric` it was reported under before a rename (from each metric's aliases)."""
+    from dcforge.harness.metrics import FORMER_NAME
+
+    return {f"{check['name']}.{name}": f"{check['name']}.{metric['aliases'][FORMER_NAME]}"
+            for check in report.get("checks", []) for name, metric in check.get("metrics", {}).items()
+            if FORMER_NAME in (metric.get("aliases") or {})}
+
+
 def compare(current: dict, baseline: dict, tolerance: float = DEFAULT_TOLERANCE) -> list[Comparison]:
-    """Every directional metric present in both reports, with `regressed` set when worse by more than tolerance."""
+    """Every directional metric present in both reports, with `regressed` set when worse by more than tolerance.
+    A baseline written before a metric was renamed is compared under the metric's former name."""
     now, before = metric_values(current), metric_values(baseline)
+    for key, former in former_keys(current).items():
+        if key not in before and former in before:
+            before[key] = before[former]
     comparisons = []
     for key in sorted(set(now) & set(before)):
         value, better = now[key]

@@ -69,6 +69,16 @@ def _format(value) -> str:
     return html.escape(str(value))
 
 
+def _aliases_html(metric: dict) -> str:
+    """The metric's other names (AIPerf's, a former one) under its key, as report.json lists them."""
+    aliases = metric.get("aliases") or {}
+    if not aliases:
+        return ""
+    e = html.escape
+    return "<br><small class='muted'>" + " · ".join(f"{e(source)}: <code>{e(name)}</code>"
+                                                    for source, name in aliases.items()) + "</small>"
+
+
 def _definition(metric: dict) -> str:
     """Tooltip text of a metric: its meaning and the formula it was computed with."""
     return " — ".join(part for part in (metric.get("meaning", ""), metric.get("formula", "")) if part)
@@ -185,7 +195,8 @@ def _check_section(check: dict, plot_ids) -> list[str]:
         for name, metric in check["metrics"].items():
             key = f"{check['name']}.{name}"
             parts.append(f"<tr id='metric-{e(key)}' title='{e(_definition(metric))}'>"
-                         f"<td><code>{e(name)}</code></td><td class='num'>{_format(metric['value'])}</td>"
+                         f"<td><code>{e(name)}</code>{_aliases_html(metric)}</td>"
+                         f"<td class='num'>{_format(metric['value'])}</td>"
                          f"<td>{e(metric.get('unit', ''))}</td><td>{e(metric.get('better') or '')}</td>"
                          f"<td>{e(metric.get('meaning', ''))}</td>"
                          f"<td><code>{e(metric.get('formula', ''))}</code></td></tr>")

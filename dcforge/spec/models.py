@@ -25,6 +25,9 @@ TAINT_PATTERN = re.compile(
     r":(?P<effect>NoSchedule|PreferNoSchedule|NoExecute)$"
 )
 VERSION_PATTERN = r"^v?\d+(\.\d+){1,3}$"
+# A container image pinned by a digest, or by a tag other than `latest` (the tag is after the last `/`).
+IMAGE_DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+IMAGE_TAG = re.compile(r":(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})$")
 # MIG instances of each compute size that fit on one GPU (A100/H100/H200/B200 all cut into 7 compute slices).
 MIG_SLICES_PER_GPU = {"1g": 7, "2g": 3, "3g": 2, "4g": 1, "7g": 1}
 
@@ -416,9 +419,24 @@ class Acceptance(SpecModel):
     """The SSH hosts of target `hosts` (multi-node checks); required there."""
     pool: str | None = None
     """Pool whose node this acceptance runs on (node-level acceptance); defaults to the first pool."""
+    image: str | None = None
+    """The acceptance image (`Containerfile`) the kubernetes executor runs every workload in, pinned by a tag
+    (`registry.example/dcforge:0.1.0`) or a digest (`...@sha256:<64 hex>`); `latest` or no tag is refused."""
+    image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
     profile: str | None = None
     """Threshold profile filling default SLOs (`dcforge/spec/data/profiles/`): `auto` (the acceptance pool's GPU
     model and GPUs per node), a profile name, or a `.yaml` path relative to this file. Explicit SLOs override."""
+
+    @field_validator("image")
+    @classmethod
+    def _pinned_image(cls, value: str | None) -> str | None:
+        if value is None or IMAGE_DIGEST.search(value):
+            return value
+        tag = IMAGE_TAG.search(value.rsplit("/", 1)[-1])
+        if not tag or tag["tag"] == "latest" or any(c.isspace() for c in value):
+            raise ValueError(f"image {value!r} is not pinned: give a tag other than latest (repo/dcforge:0.1.0) "
+                             f"or a digest (repo/dcforge@sha256:<64 hex digits>)")
+        return value
 
     @model_validator(mode="after")
     def _hosts_target_has_hosts(self) -> "Acceptance":

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 from pydantic import BaseModel, ValidationError
@@ -34,6 +34,11 @@ class CheckCatalog(Protocol):
     def settings_model(self, name: str) -> type[BaseModel]:
         """The model that validates `dcforge:acceptance.settings.<name>`. Its optional `moved_keys` class attribute
         maps keys that are no longer settings to the key that replaced them (`{check}`: the check's name)."""
+        ...
+
+    def metric_aliases(self, name: str) -> Mapping[str, tuple[str, str]]:
+        """Other names of the check's metrics (AIPerf's, former ones) -> (canonical key, whose name it is): an SLO
+        naming one is refused with the canonical key."""
         ...
 
 
@@ -198,8 +203,13 @@ def check_catalog_rules(env: Environment, checks: CheckCatalog) -> Iterator[Prob
         key = f"dcforge:acceptance.slos.{metric}"
         if check not in known:
             yield key, f"unknown check {check!r}; known: {', '.join(known)}"
-        elif check not in acceptance.checks:
+            continue
+        if check not in acceptance.checks:
             yield key, f"check {check!r} is not in acceptance.checks, so this SLO could never be judged"
+        alias = checks.metric_aliases(check).get(metric.split(".", 1)[1])
+        if alias is not None:
+            canonical, source = alias
+            yield key, f"{metric.split('.', 1)[1]!r} is the {source} name of this metric; write {check}.{canonical}"
     for name in acceptance.timeouts_s:
         if name not in known:
             yield f"dcforge:acceptance.timeoutsS.{name}", f"timeout for unknown check {name!r}"

@@ -2,8 +2,10 @@
 
 Built-in kinds (Namespace, NetworkPolicy, Role, StorageClass, ...) become their typed classes, so that Pulumi
 knows their schema (diffs, await logic, secret fields); every other API group (Kueue, Rook-Ceph, cert-manager,
-NetworkAttachmentDefinition, ...) becomes a `CustomResource`. A `Node` is never created: bare-metal nodes exist
-already, so their labels and taints are applied with a server-side-apply `NodePatch`.
+NetworkAttachmentDefinition, ...) becomes a `CustomResource`. Objects that exist before the stack runs are never
+created: bare-metal nodes get their labels and taints with a server-side-apply `NodePatch`, and the `default`
+ServiceAccount Kubernetes puts in every namespace gets `automountServiceAccountToken: false` with a
+`ServiceAccountPatch`.
 """
 
 from __future__ import annotations
@@ -21,8 +23,12 @@ import pulumi_kubernetes as k8s
 # (`rbac.authorization.k8s.io` -> `rbac`, `networking.k8s.io` -> `networking`, core `v1` -> `core`).
 _BUILT_IN_GROUP_SUFFIX = ".k8s.io"
 _BUILT_IN_SHORT_GROUPS = {"", "apps", "batch", "policy", "autoscaling"}
-# Objects that exist before the stack runs and are patched, never created or deleted.
-PATCHED_KINDS = {("v1", "Node"): k8s.core.v1.NodePatch}
+# Objects that exist before the stack runs and are patched, never created or deleted: (apiVersion, kind) -> the
+# patch class and the object names it applies to (None: every object of the kind).
+PATCHED_OBJECTS: dict[tuple[str, str], tuple[type[pulumi.CustomResource], frozenset[str] | None]] = {
+    ("v1", "Node"): (k8s.core.v1.NodePatch, None),
+    ("v1", "ServiceAccount"): (k8s.core.v1.ServiceAccountPatch, frozenset({"default"})),
+}
 # Fields that live beside apiVersion/kind at the top level and are passed through as typed-class arguments.
 _IDENTITY_KEYS = {"apiVersion", "kind"}
 # Secret payload fields: the values are wrapped in Pulumi secrets so they are encrypted in the state file.
@@ -82,11 +88,18 @@ def is_built_in(api_version: str) -> bool:
     return group in _BUILT_IN_SHORT_GROUPS or group.endswith(_BUILT_IN_GROUP_SUFFIX)
 
 
+def resource_class(key: ObjectKey) -> type[pulumi.CustomResource] | None:
+    """The class that declares this object: its patch class when it exists before the stack runs, else the typed
+    class of its kind, else None (a custom resource)."""
+    patch = PATCHED_OBJECTS.get((key.api_version, key.kind))
+    if patch is not None and (patch[1] is None or key.name in patch[1]):
+        return patch[0]
+    return typed_class(key.api_version, key.kind)
+
+
 @functools.lru_cache(maxsize=None)
 def typed_class(api_version: str, kind: str) -> type[pulumi.CustomResource] | None:
     """The pulumi-kubernetes class of a built-in kind, or None for a custom resource."""
-    if (api_version, kind) in PATCHED_KINDS:
-        return PATCHED_KINDS[(api_version, kind)]
     if not is_built_in(api_version):
         return None
     group, _, version = api_version.rpartition("/")
@@ -114,7 +127,7 @@ def resource_arguments(manifest: dict[str, Any]) -> dict[str, Any]:
     form the API server expects (checked under mocks in the tests).
     """
     key = object_key(manifest)
-    cls = typed_class(key.api_version, key.kind)
+    cls = resource_class(key)
     fields = {name: value for name, value in manifest.items() if name not in _IDENTITY_KEYS}
     if cls is None:
         unknown = set(fields) - {"metadata", "spec"}
@@ -136,7 +149,7 @@ def resource_arguments(manifest: dict[str, Any]) -> dict[str, Any]:
 def declare_object(manifest: dict[str, Any], opts: pulumi.ResourceOptions | None = None) -> pulumi.CustomResource:
     """Create the Pulumi resource of one manifest dict (the single mapping every component uses)."""
     key = object_key(manifest)
-    cls = typed_class(key.api_version, key.kind)
+    cls = resource_class(key)
     arguments = resource_arguments(manifest)
     if cls is None:
         return k8s.apiextensions.CustomResource(resource_name(manifest), opts=opts, **arguments)

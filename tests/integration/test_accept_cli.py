@@ -70,7 +70,7 @@ def test_bad_baseline_is_bad_input(tmp_path):
 
 
 def test_full_local_acceptance_passes_every_check_and_slo(tmp_path):
-    """What `make accept` runs: all nine checks on this machine, judged against Pulumi.local.yaml's SLOs."""
+    """What `make accept` runs: all twelve checks on this machine, judged against Pulumi.local.yaml's SLOs."""
     proc = subprocess.run([sys.executable, "-m", "dcforge.cli", "accept", "--env", "local"], capture_output=True,
                           text=True, timeout=900, cwd=tmp_path)
     report = json.loads((only_report(tmp_path) / "report.json").read_text())
@@ -79,7 +79,7 @@ def test_full_local_acceptance_passes_every_check_and_slo(tmp_path):
                  if s["verdict"] != "pass"]
     assert proc.returncode == 0 and not problems, "\n".join(problems) + proc.stdout[-3000:] + proc.stderr[-3000:]
     assert [c["name"] for c in report["checks"]] == [
-        "system", "train", "allreduce", "checkpoint", "storage", "train_failover", "compliance", "inference",
-        "inference_failover"]
+        "system", "train", "allreduce", "checkpoint", "checkpoint_backup", "storage", "train_failover", "compression",
+        "compliance", "monitoring", "inference", "inference_failover"]
     plots = {p["title"] for c in report["checks"] for p in c["plots"]}
     assert len(plots) >= 6  # loss, throughput, busbw, storage per class, failover timelines, latency, histograms

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -15,6 +16,7 @@ from dcforge.harness.check import CheckContext
 from dcforge.harness.result import CheckResult, Status
 from dcforge.harness.slo import parse_slos
 from dcforge.spec.loader import load_environment
+from loadtests.llm_protocol import read_records
 from loadtests.pacing import MeasurementWindow
 from tests.integration.energy_support import assert_energy
 
@@ -49,21 +51,47 @@ def alive(pid: int) -> bool:
 def test_inference_check_measures_a_loaded_server(tmp_path):
     check = load_check("inference")
     config = check.Config.model_validate({"replicas": 2, "users": 4, "durationS": 6, "maxTokens": 16,
-                                          "goodputTtftMs": 60000, "tls": True})
+                                          "goodput": "ttft:60000", "tls": True, "warmupPerReplica": 2})
     result = check.run(context(tmp_path), config)
     assert result.status == Status.PASS, result.reason
     metrics = {name: metric.value for name, metric in result.metrics.items()}
-    assert metrics["requests"] > 4 and metrics["error_rate"] == 0
-    assert metrics["ttft_ms.p50"] <= metrics["ttft_ms.p95"] <= metrics["ttft_ms.p99"] <= metrics["e2e_ms.p99"]
-    assert metrics["output_tokens_per_s"] == pytest.approx(metrics["rps"] * 16, rel=0.01)  # ignore_eos: 16 each
+    assert metrics["requests"] > 4 and metrics["error_rate"] == 0 and metrics["completed"] == metrics["requests"]
+    assert metrics["p50_ttft_ms"] <= metrics["p95_ttft_ms"] <= metrics["p99_ttft_ms"] <= metrics["p99_e2el_ms"]
+    assert metrics["output_throughput"] == pytest.approx(metrics["request_throughput"] * 16, rel=0.01)  # ignore_eos
+    assert metrics["min_output_tokens"] == metrics["max_output_tokens"] == 16 and metrics["mean_input_tokens"] > 0
     assert metrics["goodput_fraction"] == 1.0 and metrics["endpoint_compliance_failures"] == 0
+    assert result.metrics["p95_ttft_ms"].aliases == {"aiperf": "time_to_first_token.p95",
+                                                     "dcforge (former)": "ttft_ms.p95"}
     assert {f["rule"] for f in result.details["endpoint_compliance"]} == {"api-key-required", "tls-minimum-version"}
     assert len([plot for plot in result.plots if plot.title != "Power draw"]) == 4
     assert_energy(result, "output_tokens_per_joule")
-    request_log = (tmp_path / result.artefacts["request_log"]).read_text()
-    assert request_log.count("\n") == metrics["requests"]
+    # Warm-up: every replica answered 2 streamed requests before measuring; they are in the log, marked, and in
+    # no statistic (requests counts only the others).
+    logged = read_records([tmp_path / result.artefacts["request_log"]])
+    warmup = [r for r in logged if r.warmup]
+    assert metrics["warmup_requests"] == len(warmup) >= 4 and len(logged) - len(warmup) == metrics["requests"]
+    assert all(r.ok and r.stream for r in warmup) and len({r.replica for r in warmup}) == 2
+    assert max(r.start for r in warmup) < min(r.start for r in logged if not r.warmup)
+    export = [json.loads(line) for line in (tmp_path / result.artefacts["aiperf_profile_export"]).open()]
+    assert len(export) == len(logged)
+    assert sum(x["metadata"]["benchmark_phase"] == "warmup" for x in export) == len(warmup)
     server_log = (tmp_path / result.artefacts["server_log"]).read_text()
     assert "Bearer" not in server_log and "Bearer" not in (tmp_path / result.artefacts["locust_log"]).read_text()
+
+
+def test_shared_prefix_workload_from_a_prompt_file_reports_its_lengths(tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "short question"}\n{"text": "a somewhat longer question", "output_tokens": 4}\n')
+    check = load_check("inference")
+    config = check.Config.model_validate({"replicas": 1, "users": 2, "durationS": 3, "maxTokens": 8,
+                                          "promptFile": str(prompts), "sharedPrefixes": 2,
+                                          "sharedPrefixTokens": 64, "warmupPerReplica": 1})
+    result = check.run(context(tmp_path), config)
+    assert result.status == Status.PASS, result.reason
+    metrics = {name: metric.value for name, metric in result.metrics.items()}
+    assert (metrics["min_output_tokens"], metrics["max_output_tokens"]) == (4, 8)
+    assert metrics["min_input_tokens"] > 64  # every prompt is behind a 64-token system prompt
+    assert "prompts from" in result.details["workload"] and "2 shared 64-token" in result.details["workload"]
 
 
 def test_failover_check_kills_a_replica_and_sees_it_respawn(tmp_path):
@@ -94,7 +122,7 @@ def test_failover_kills_the_replica_that_carries_pinned_traffic(tmp_path):
     check = load_check("inference_failover")
     config = check.Config.model_validate({"replicas": 2, "users": 1, "durationS": 10, "killAtS": 4,
                                           "maxTokens": 16, "consecutiveWindows": 2, "balance": "connections",
-                                          "warmupRequests": 0})
+                                          "warmupPerReplica": 0})
     result = check.run(context(tmp_path), config)
     assert result.status == Status.PASS or "replica_share" in result.reason, result.reason
     metrics = {name: metric.value for name, metric in result.metrics.items()}
@@ -125,11 +153,18 @@ def test_two_replicas_share_the_load_run_after_run_and_paced_users_do_not_convoy
     assert lockstep["start_gap_ms.p50"] < PACED_GAP_MIN_MS, lockstep
 
 
+STOP_KILL_SLACK_S = 0.1
+"""With no grace period, how long after the window's end a request may still complete: the users are killed
+right after the stop is recorded, but a greenlet already woken by its last chunk finishes first."""
+
+
 @pytest.mark.parametrize("grace_s", [10.0, 0.0])
 def test_requests_in_flight_at_the_end_are_completed_in_the_grace_period_or_reported_abandoned(tmp_path, grace_s):
     ctx = context(tmp_path)
-    config = InferenceConfig.model_validate({"replicas": 1, "users": 4, "durationS": 6, "maxTokens": 32,
-                                             "thinkTimeS": 0, "stopGraceS": grace_s, "warmupRequests": 1})
+    # Long answers: the one replica decodes the 4 users' requests in one batch, so they end together and, for an
+    # instant, none is in flight; Locust's stop timer lands on that instant about once in (answer tokens + 1) runs.
+    config = InferenceConfig.model_validate({"replicas": 1, "users": 4, "durationS": 6, "maxTokens": 160,
+                                             "thinkTimeS": 0, "stopGraceS": grace_s, "warmupPerReplica": 1})
     result = CheckResult("inference", declared=load_check("inference").metrics)
     with serving_session(ctx, config, "inference", result) as session:
         records, _ = run_load(ctx, config, session, result)
@@ -138,7 +173,7 @@ def test_requests_in_flight_at_the_end_are_completed_in_the_grace_period_or_repo
     assert len(windows) == 1 and windows[0].grace_s == grace_s
     window = windows[0]
     logged = (tmp_path / result.artefacts["request_log"]).read_text().count("\n")
-    assert logged == len(records)
+    assert logged == len(records) + result.metrics["warmup_requests"].value  # warm-up requests are logged too
     # Exact: every request sent is in the log or counted as abandoned.
     assert window.sent == logged + window.abandoned
     after_stop = [r for r in records if r.start <= window.stop < r.end]
@@ -147,6 +182,8 @@ def test_requests_in_flight_at_the_end_are_completed_in_the_grace_period_or_repo
     assert not [r for r in records if r.start > window.stop]
     if grace_s:  # 4 users always busy: some were in flight at the stop, all completed
         assert after_stop and window.abandoned == 0 and all(r.ok for r in after_stop)
-    else:  # killed at the stop: in flight ones are abandoned, none completes after it
-        assert window.abandoned >= 1 and not after_stop
+    else:  # killed at the stop: in flight ones are abandoned; only a chunk already on its way may still land in
+        # the instant Locust takes to stop the users (measured: under 1 ms)
+        assert window.abandoned >= 1
+        assert all(r.end - window.stop < STOP_KILL_SLACK_S for r in after_stop), after_stop
     assert "grace period" in result.details["stop_semantics"]

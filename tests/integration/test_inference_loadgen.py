@@ -19,6 +19,7 @@ from loadtests.llm_protocol import read_records
 
 pytestmark = pytest.mark.slow
 USERS = 4
+WARMUP = 3
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def test_request_log_has_every_counted_request_however_the_run_ends(fake_endpoin
             "--json-file", str(tmp_path / "stats")]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OPENAI_API_KEY": "x", "LLM_MODEL": "fake",
            "LLM_MAX_TOKENS": "8", "LLM_THINK_TIME": "0", "LLM_START_JITTER": "0",  # back to back: many requests
-           "LLM_REQUEST_LOG": str(tmp_path / "requests-{pid}.jsonl")}
+           "LLM_REQUEST_LOG": str(tmp_path / "requests-{pid}.jsonl"), "LLM_WARMUP_PER_REPLICA": str(WARMUP)}
     with ManagedProcess(args, env=env, cwd=REPO_ROOT, log_path=tmp_path / "locust.log") as locust:
         if ending != "run time over":
             time.sleep(4)  # imports, spawning, then load until interrupted mid-run
@@ -57,10 +58,13 @@ def test_request_log_has_every_counted_request_however_the_run_ends(fake_endpoin
             os.kill(locust.pid, getattr(signal, ending))
         locust.wait(60)
     counted = {s["name"]: s["num_requests"] for s in json.loads((tmp_path / "stats.json").read_text())}
-    records = read_records(sorted(tmp_path.glob("requests-*.jsonl")))
+    logged = read_records(sorted(tmp_path.glob("requests-*.jsonl")))
+    records = [r for r in logged if not r.warmup]
+    assert len(logged) - len(records) >= WARMUP  # the warm-up is logged, marked
     assert counted["/v1/chat/completions"] > 0
-    assert len(records) == counted["/v1/chat/completions"]  # nothing measured was lost in the buffer
-    assert all(r.ok and r.output_tokens == 8 and len(r.token_times_s) == 8 for r in records)
+    # Locust's statistics were reset after the warm-up, and nothing measured was lost in the buffer.
+    assert len(records) == counted["/v1/chat/completions"]
+    assert all(r.ok and r.output_tokens == 8 and len(r.token_times_s) == 8 for r in logged)
     for r in records:  # token times are logged to the microsecond
         times = r.token_times_s
         assert abs(r.ttft_s - times[0]) <= 1e-6 and 0 < times[0] <= times[-1] <= r.e2e_s + 1e-6

@@ -33,8 +33,8 @@ LONG_RUNNING = {
     "        steps: 20\n": "        steps: 100000\n",
     "        steps: 12\n        checkpointEvery: 4\n        failAtStep: 7\n":
         "        steps: 100000\n        checkpointEvery: 2\n        failAtStep: 3\n",
-    "      inference:\n        replicas: 3\n        users: 8\n        durationS: 20\n":
-        "      inference:\n        replicas: 2\n        users: 2\n        durationS: 300\n        warmupRequests: 1\n",
+    "      inference:\n        replicas: 3\n        users: 8\n        durationS: 18\n":
+        "      inference:\n        replicas: 2\n        users: 2\n        durationS: 300\n        warmupPerReplica: 1\n",
 }
 
 

@@ -65,3 +65,19 @@ def test_roundtrip_through_json(tmp_path):
     path = tmp_path / "r.json"
     path.write_text(json.dumps(report(train__x=(1, "higher"))))
     assert load_baseline(path)["checks"][0]["name"] == "train"
+
+
+def test_a_baseline_from_before_a_rename_is_compared_under_the_former_name():
+    from dcforge.checks import load_check
+    from dcforge.harness.result import CheckResult
+
+    result = CheckResult("inference", declared=load_check("inference").metrics)
+    result.add_metric("p95_ttft_ms", 300.0)
+    result.add_metric("request_throughput", 5.0)
+    current = {"schema": "dcforge.report/v1", "checks": [result.to_dict()]}
+    baseline = report(inference__ttft_ms__p95=(100.0, "lower"), inference__rps=(5.0, "higher"))
+    for check in baseline["checks"]:  # report() splits at the first "__"; the former key is "ttft_ms.p95"
+        check["metrics"] = {name.replace("__", "."): metric for name, metric in check["metrics"].items()}
+    by_metric = {c.metric: c for c in compare(current, baseline)}
+    assert set(by_metric) == {"inference.p95_ttft_ms", "inference.request_throughput"}
+    assert by_metric["inference.p95_ttft_ms"].baseline == 100.0 and by_metric["inference.p95_ttft_ms"].regressed

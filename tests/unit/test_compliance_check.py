@@ -53,6 +53,11 @@ def test_unencrypted_storage_and_privileged_namespace_fail(tmp_path):
     assert result.metrics["violations"].value == 2
     assert result.metrics["violations_high"].value == 1 and result.metrics["violations_medium"].value == 1
     assert "DCF-NS-001 Namespace/inference" in result.reason or "DCF-STO-001" in result.reason
+    # every violating object is named with its rule, not only counted per rule
+    violating = result.details["violating_objects"]
+    assert len(violating) == 2
+    assert any(line.startswith("DCF-NS-001 Namespace/inference: ") for line in violating)
+    assert any(line.startswith("DCF-STO-001 StorageClass/") for line in violating)
     advisory = run(loaded, tmp_path / "advisory", fail_on_severity="never", write_manifests=False)
     assert advisory.status == Status.PASS and advisory.metrics["violations"].value == 2
     assert "manifests" not in advisory.artefacts

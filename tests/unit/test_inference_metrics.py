@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from loadtests.llm_protocol import RequestLog, RequestRecord, make_prompt, parse_sse_line, read_records, request_body
-from loadtests.metrics import RequestSlo, main, summarize, time_to_recover, windows
+from loadtests.metrics import RequestSlo, main, parse_goodput, summarize, time_to_recover, windows
 
 
 def record(start: float, e2e: float = 1.0, ok: bool = True, ttft: float | None = 0.2, tokens: int = 5,
@@ -20,29 +21,70 @@ def record(start: float, e2e: float = 1.0, ok: bool = True, ttft: float | None =
                          error="" if ok else "boom", replica="1")
 
 
-def test_summary_formulas():
+def test_summary_formulas_under_vllm_names():
     records = [record(0.0, e2e=1.0, ttft=0.2, tokens=5, times=[0.2, 0.4, 0.6, 0.8, 1.0]),
                record(1.0, e2e=2.0, ttft=0.5, tokens=4, times=[0.5, 1.0, 1.5, 2.0]),
                record(2.0, ok=False, e2e=1.0)]
     summary = summarize(records, RequestSlo(ttft_ms=300))
-    assert summary["interval_s"] == 3.0  # first send 0.0 -> last answer 3.0
-    assert summary["rps"] == pytest.approx(2 / 3)
+    assert summary["duration"] == 3.0  # first send 0.0 -> last answer 3.0
+    assert (summary["requests"], summary["completed"], summary["failed"]) == (3, 2, 1)
+    assert summary["request_throughput"] == pytest.approx(2 / 3)
     assert summary["error_rate"] == pytest.approx(1 / 3)
-    assert summary["output_tokens_per_s"] == pytest.approx(9 / 3)
-    assert summary["total_tokens_per_s"] == pytest.approx((9 + 20) / 3)
+    assert summary["output_throughput"] == pytest.approx(9 / 3)
+    assert summary["total_token_throughput"] == pytest.approx((9 + 20) / 3)
+    assert (summary["total_input_tokens"], summary["total_output_tokens"]) == (20, 9)
     # TPOT = (e2e - TTFT) / (tokens - 1): 0.8/4 = 200 ms and 1.5/3 = 500 ms
-    assert summary["tpot_ms.p50"] == pytest.approx(350)
+    assert summary["median_tpot_ms"] == summary["p50_tpot_ms"] == pytest.approx(350)
+    assert summary["mean_tpot_ms"] == pytest.approx(350) and summary["std_tpot_ms"] == pytest.approx(150)
     # ITL pools every gap: four of 200 ms and three of 500 ms
-    assert summary["itl_ms.p50"] == pytest.approx(np.percentile([200] * 4 + [500] * 3, 50))
-    assert summary["ttft_ms.p99"] == pytest.approx(np.percentile([200, 500], 99))
+    assert summary["p50_itl_ms"] == pytest.approx(np.percentile([200] * 4 + [500] * 3, 50))
+    assert summary["p99_ttft_ms"] == pytest.approx(np.percentile([200, 500], 99))
+    assert summary["p90_e2el_ms"] == pytest.approx(np.percentile([1000, 2000], 90))
+    assert summary["mean_output_tokens"] == 4.5
+    assert (summary["min_output_tokens"], summary["max_output_tokens"]) == (4, 5)
+    assert summary["p50_input_tokens"] == 10
     # Goodput: only the first request succeeded within TTFT 300 ms
-    assert summary["goodput_rps"] == pytest.approx(1 / 3)
+    assert summary["request_goodput"] == pytest.approx(1 / 3)
     assert summary["goodput_fraction"] == pytest.approx(1 / 3)
 
 
-def test_percentiles_of_nothing_are_nan_not_zero():
+def test_statistics_of_nothing_are_nan_not_zero():
     summary = summarize([record(0.0, ok=False)])
-    assert summary["error_rate"] == 1.0 and math.isnan(summary["ttft_ms.p95"])
+    assert summary["error_rate"] == 1.0 and math.isnan(summary["p95_ttft_ms"]) and math.isnan(summary["std_itl_ms"])
+
+
+def test_warmup_requests_are_in_no_statistic():
+    warm = [dataclasses.replace(record(float(i), e2e=9.0, ttft=8.0, times=[8.0, 9.0]), warmup=True) for i in range(3)]
+    warm.append(dataclasses.replace(record(3.0, ok=False), warmup=True))
+    measured = [record(10.0, e2e=1.0, ttft=0.2, times=[0.2, 1.0]), record(11.0, e2e=1.0, ttft=0.4, times=[0.4, 1.0])]
+    assert summarize(warm + measured) == summarize(measured)
+    summary = summarize(warm + measured)
+    assert summary["requests"] == 2 and summary["failed"] == 0 and summary["max_output_tokens"] == 5
+    assert summary["duration"] == 2.0 and summary["p99_ttft_ms"] < 400  # the 8-s warm-up TTFTs poison nothing
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("ttft:500", RequestSlo(ttft_ms=500)),
+    ("ttft:500 tpot:50", RequestSlo(ttft_ms=500, tpot_ms=50)),
+    ("  e2el:2000.5   tpot:.5 ", RequestSlo(tpot_ms=0.5, e2el_ms=2000.5)),
+])
+def test_goodput_is_written_as_vllm_writes_it(text, expected):
+    assert parse_goodput(text) == expected
+    assert parse_goodput(expected.describe()) == expected
+
+
+@pytest.mark.parametrize("text", ["", "ttft", "ttft:", "ttft:abc", "ttft:0", "ttft:-5", "latency:5",
+                                  "ttft:5 ttft:6", "ttft=5", "ttft:5,tpot:6", "TTFT:5"])
+def test_malformed_goodput_is_refused_with_the_expected_form(text):
+    with pytest.raises(ValueError, match=r"expected 'ttft:MS tpot:MS e2el:MS'"):
+        parse_goodput(text)
+
+
+def test_goodput_limits_judge_each_request():
+    slow_tpot = record(0.0, e2e=2.0, ttft=0.1, tokens=3)  # TPOT 950 ms
+    fast = record(1.0, e2e=0.3, ttft=0.1, tokens=3)       # TPOT 100 ms, e2e 300 ms
+    assert [parse_goodput("tpot:200").met_by(r) for r in (slow_tpot, fast)] == [False, True]
+    assert not parse_goodput("e2el:250").met_by(fast) and parse_goodput("e2el:300 ttft:100").met_by(fast)
 
 
 def test_time_to_recover_needs_k_consecutive_healthy_windows():
@@ -90,6 +132,11 @@ def test_request_log_round_trip_and_cli(tmp_path, capsys):
     assert main([str(log.path)]) == 0
     assert json.loads(capsys.readouterr().out)["requests"] == 2
     assert main([str(tmp_path / "missing.jsonl")]) == 2
+    assert main(["--goodput", "ttft:50", str(log.path)]) == 0
+    assert json.loads(capsys.readouterr().out)["goodput_fraction"] == 0  # 100 ms TTFT, and one failed
+    assert main(["--goodput", "ttft:fast", str(log.path)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: --goodput: expected 'ttft:MS tpot:MS e2el:MS'")
 
 
 def test_prompts_and_bodies():

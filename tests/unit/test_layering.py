@@ -30,7 +30,7 @@ def test_bad_check_settings_name_the_key_through_the_registry(env_file):
     from dcforge.errors import ConfigErrors
     from dcforge.spec import load_environment
 
-    edit = {"        durationS: 20\n        promptTokens": "        durationS: -1\n        promptTokens"}
+    edit = {"        durationS: 18\n        promptTokens": "        durationS: -1\n        promptTokens"}
     path = env_file("local", replace=edit)
     with pytest.raises(ConfigErrors) as caught:
         load_environment(path=path, checks=CATALOG)

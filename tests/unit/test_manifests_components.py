@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from dcforge.compliance import evaluate, exceptions_for, resource_id, unexcepted
+from dcforge.executors.kubernetes_access import EXECUTOR_API_ACCESS
 from dcforge.manifests import ComponentManifests, HelmRelease
 from dcforge.manifests.build import (
     acceptance,
@@ -22,6 +23,7 @@ from dcforge.manifests.build import (
 )
 from dcforge.spec import load_environment
 from dcforge.spec.models import Environment
+from dcforge.synth import synthesize
 
 ENVIRONMENTS = ("local", "dev", "prod")
 
@@ -262,14 +264,33 @@ def test_acceptance_access_is_least_privilege():
     access = acceptance(spec)
     assert [n["metadata"]["name"] for n in objects(access, "Namespace")] == ["acceptance"]
     (role,) = objects(access, "Role")
-    verbs = {verb for rule in role["rules"] for verb in rule["verbs"]}
-    assert verbs == {"get", "list", "watch", "create", "delete"}
+    # Exactly what the kubernetes executor uses (the executor tests prove it needs no more), nothing cluster-wide,
+    # no Secrets, no wildcards, nothing that grants more access.
+    granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+               for resource in rule["resources"] for verb in rule["verbs"]}
+    assert granted == {(a.group, resource, verb) for a in EXECUTOR_API_ACCESS for resource in a.resources
+                       for verb in a.verbs}
+    assert not {resource for _, resource, _ in granted} & {"secrets", "*", "roles", "rolebindings"}
+    assert {verb for _, _, verb in granted} <= {"get", "list", "watch", "create", "delete"}
     (reader,) = objects(access, "ClusterRole")
     assert not any("secrets" in rule["resources"] for rule in reader["rules"])
     assert all(set(rule["verbs"]) <= {"get", "list", "watch"} for rule in reader["rules"])
-    (account,) = objects(access, "ServiceAccount")
+    default, account = objects(access, "ServiceAccount")
+    assert default["metadata"]["name"] == "default" and default["automountServiceAccountToken"] is False
     bound = objects(access, "ClusterRoleBinding")[0]["subjects"][0]
     assert bound == {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": "acceptance"}
+
+
+def test_every_namespace_has_its_default_service_account_without_a_token():
+    """Kubernetes' own `default` account would mount an API token into every pod that names no account (DCF-SA-001
+    on a live cluster); the stack declares it, for every namespace it creates, with automount off."""
+    for env in ("local", "dev", "prod"):
+        manifests = [m for chunk in synthesize(spec_of(env)).values() for m in chunk]
+        namespaces = {m["metadata"]["name"] for m in manifests if m["kind"] == "Namespace"}
+        defaults = {m["metadata"]["namespace"]: m for m in manifests
+                    if m["kind"] == "ServiceAccount" and m["metadata"]["name"] == "default"}
+        assert set(defaults) == namespaces, env
+        assert all(m["automountServiceAccountToken"] is False for m in defaults.values())
 
 
 def test_helm_release_pseudo_manifest_round_trip():

@@ -13,19 +13,21 @@ from pathlib import Path
 import pytest
 
 from dcforge.checks import CHECKS, load_check
-from dcforge.checks._load_metrics import LOAD_METRICS, SUMMARY_NOT_REPORTED
+from dcforge.checks._load_metrics import LOAD_METRICS
 from dcforge.checks.serving.summary import add_summary_metrics
 from dcforge.harness.metrics import MetricSpec, UndeclaredMetric, find_spec
 from dcforge.harness.result import CheckResult
 from dcforge.metrics_catalogue import README_BEGIN, README_END, catalogue, readme_section, render_markdown
 from dcforge.report.html import render_html
 from dcforge.paths import REPO_ROOT
-from loadtests.metrics import RequestSlo, summarize
+from loadtests.metrics import LATENCY_STATS, RequestSlo, summarize
 from workloads.records import RequestRecord
 
 CHECKS_DIR = REPO_ROOT / "dcforge" / "checks"
 SERVING_CHECKS = ("inference", "inference_failover")
 """Checks whose results the `serving` package adds metrics to (serving_session, add_summary_metrics, ...)."""
+SERVING_MODULES_OF_ONE_CHECK = {"capacity.py": ["inference"]}
+"""`serving` modules that only one of the serving checks uses (the capacity step belongs to `inference`)."""
 
 
 def _check_of_module() -> dict[str, list[str]]:
@@ -34,7 +36,7 @@ def _check_of_module() -> dict[str, list[str]]:
     for name, target in CHECKS.items():
         owners.setdefault(target.split(":")[0].rsplit(".", 1)[1] + ".py", []).append(name)
     for module in sorted((CHECKS_DIR / "serving").glob("*.py")):
-        owners[f"serving/{module.name}"] = list(SERVING_CHECKS)
+        owners[f"serving/{module.name}"] = SERVING_MODULES_OF_ONE_CHECK.get(module.name, list(SERVING_CHECKS))
     return owners
 
 
@@ -119,18 +121,22 @@ def _records(count: int = 20) -> list[RequestRecord]:
 def test_load_summary_reports_exactly_the_declared_load_metrics(check):
     result = CheckResult(check, declared=load_check(check).metrics)
     add_summary_metrics(result, summarize(_records(), RequestSlo(ttft_ms=200)))
-    load_keys = {key for spec in LOAD_METRICS for key in spec.keys} - {"replicas_ready_s"}
+    load_keys = {key for spec in LOAD_METRICS for key in spec.keys} - {"replicas_ready_s", "warmup_requests"}
     assert set(result.metrics) == load_keys  # nothing undeclared, and no declared load metric left unmeasured
-    assert set(summarize(_records())) - set(result.metrics) == SUMMARY_NOT_REPORTED
-    assert result.metrics["ttft_ms.p95"].value == pytest.approx(100) and result.metrics["error_rate"].value == 0.1
+    assert set(summarize(_records())) == set(result.metrics)
+    assert result.metrics["p95_ttft_ms"].value == pytest.approx(100) and result.metrics["error_rate"].value == 0.1
+    assert result.metrics["p95_ttft_ms"].aliases == {"aiperf": "time_to_first_token.p95",
+                                                     "dcforge (former)": "ttft_ms.p95"}
+    assert result.metrics["mean_ttft_ms"].aliases["aiperf"] == "time_to_first_token.avg"
+    assert result.metrics["request_throughput"].aliases == {"aiperf": "request_throughput", "dcforge (former)": "rps"}
 
 
 def test_a_result_takes_unit_direction_formula_and_meaning_from_the_declaration():
     check = load_check("inference")
     result = CheckResult("inference", declared=check.metrics)
-    result.add_metric("ttft_ms.p95", 123.0)
-    spec = find_spec(check.metrics, "ttft_ms.p95")
-    metric = result.metrics["ttft_ms.p95"]
+    result.add_metric("p95_ttft_ms", 123.0)
+    spec = find_spec(check.metrics, "p95_ttft_ms")
+    metric = result.metrics["p95_ttft_ms"]
     assert (metric.value, metric.unit, metric.better, metric.formula, metric.meaning) == \
         (123.0, "ms", "lower", spec.formula, spec.meaning)
     failover = CheckResult("inference_failover", declared=load_check("inference_failover").metrics)
@@ -142,8 +148,10 @@ def test_a_result_takes_unit_direction_formula_and_meaning_from_the_declaration(
 
 def test_reporting_an_undeclared_metric_is_a_programming_error():
     result = CheckResult("inference", declared=load_check("inference").metrics)
-    with pytest.raises(UndeclaredMetric, match="'ttft_ms.p90'.*does not list"):
-        result.add_metric("ttft_ms.p90", 1.0)  # a statistic the declaration does not name
+    with pytest.raises(UndeclaredMetric, match="'p75_ttft_ms'.*does not list"):
+        result.add_metric("p75_ttft_ms", 1.0)  # a statistic the declaration does not name
+    with pytest.raises(UndeclaredMetric, match="'ttft_ms.p95'"):
+        result.add_metric("ttft_ms.p95", 1.0)  # an alias is never reported
     with pytest.raises(UndeclaredMetric, match="'tokens_per_s'"):
         CheckResult("system", declared=load_check("system").metrics).add_metric("tokens_per_s", 1.0)
     assert not result.metrics
@@ -181,8 +189,9 @@ def test_metrics_command_json_lists_every_declared_metric():
     entries = json.loads(proc.stdout)
     assert len(entries) == sum(len(load_check(name).metrics) for name in CHECKS)
     by_key = {(e["key"], tuple(e["stats"])): e for e in entries}
-    ttft = by_key[("inference.ttft_ms", ("p50", "p95", "p99"))]
-    assert ttft["unit"] == "ms" and ttft["direction"] == "lower" and "inference.ttft_ms.p95" in ttft["slo_keys"]
+    ttft = by_key[("inference.ttft_ms", LATENCY_STATS)]
+    assert ttft["unit"] == "ms" and ttft["direction"] == "lower" and "inference.p95_ttft_ms" in ttft["slo_keys"]
+    assert ttft["aliases"]["p99_ttft_ms"] == {"aiperf": "time_to_first_token.p99", "dcforge (former)": "ttft_ms.p99"}
     assert ttft["formula"] and ttft["meaning"] and ttft["definition"] == "docs/metrics.md#inference"
     assert {e["check"] for e in entries} == set(CHECKS)
     assert by_key[("system.cpu_count", ())]["direction"] == "none"
@@ -210,18 +219,19 @@ def test_metrics_command_bad_input_is_one_line_and_exit_2(args, expected):
 
 def test_html_report_links_every_slo_to_its_metric_definition():
     result = CheckResult("inference", declared=load_check("inference").metrics)
-    result.add_metric("ttft_ms.p95", 120.0)
+    result.add_metric("p95_ttft_ms", 120.0)
     report = {"metadata": {"environment": "local"}, "status": "pass", "checks": [result.to_dict()],
-              "slos": [{"metric": "inference.ttft_ms.p95", "expression": "< 500", "verdict": "pass", "value": 120.0,
+              "slos": [{"metric": "inference.p95_ttft_ms", "expression": "< 500", "verdict": "pass", "value": 120.0,
                         "reason": ""}]}
     page = render_html(report)
-    spec = find_spec(load_check("inference").metrics, "ttft_ms.p95")
-    row = re.search(r"<tr id='metric-inference\.ttft_ms\.p95' title='([^']*)'>", page)
+    spec = find_spec(load_check("inference").metrics, "p95_ttft_ms")
+    row = re.search(r"<tr id='metric-inference\.p95_ttft_ms' title='([^']*)'>", page)
     assert row and spec.formula.replace(">", "&gt;") in row.group(1) and spec.meaning in page
-    link = re.search(r"<a href='#metric-inference\.ttft_ms\.p95' title='([^']*)'><code>inference\.ttft_ms\.p95",
+    link = re.search(r"<a href='#metric-inference\.p95_ttft_ms' title='([^']*)'><code>inference\.p95_ttft_ms",
                      page)
     assert link and link.group(1) == row.group(1)
     assert "docs/metrics.md" in page
+    assert "aiperf: <code>time_to_first_token.p95</code>" in page  # the aliases report.json carries
 
 
 def test_html_report_defines_an_slo_metric_that_a_skipped_check_did_not_produce():

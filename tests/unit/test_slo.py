@@ -42,40 +42,40 @@ def test_non_string_expression_is_refused():
 
 
 def test_lists_must_all_hold():
-    slos = parse_slos({"inference.ttft_ms.p95": ["> 0", "< 500"]})
+    slos = parse_slos({"inference.p95_ttft_ms": ["> 0", "< 500"]})
     assert [s.expression for s in slos] == ["> 0", "< 500"]
-    assert slos[0].check == "inference" and slos[0].metric_name == "ttft_ms.p95"
+    assert slos[0].check == "inference" and slos[0].metric_name == "p95_ttft_ms"
 
 
 def _result(status=Status.PASS, **metrics) -> dict[str, CheckResult]:
     result = CheckResult("inference", status=status, reason="why" if status != Status.PASS else "",
                          declared=InferenceCheck.metrics)
     for name, value in metrics.items():
-        result.add_metric(name.replace("__", "."), value)
+        result.add_metric(name, value)
     return {"inference": result}
 
 
 def test_evaluate_pass_and_fail_carry_value_and_reason():
-    slo = parse_slo("inference.ttft_ms.p95", "< 500")
-    passed = evaluate(slo, _result(ttft_ms__p95=120))
+    slo = parse_slo("inference.p95_ttft_ms", "< 500")
+    passed = evaluate(slo, _result(p95_ttft_ms=120))
     assert (passed.verdict, passed.value, passed.reason) == ("pass", 120, "")
-    failed = evaluate(slo, _result(ttft_ms__p95=800))
+    failed = evaluate(slo, _result(p95_ttft_ms=800))
     assert failed.verdict == "fail" and "800 ms is not < 500" in failed.reason
 
 
 def test_missing_metric_is_an_error_naming_what_exists():
-    verdict = evaluate(parse_slo("inference.ttft_ms.p99", "< 500"), _result(ttft_ms__p95=1))
+    verdict = evaluate(parse_slo("inference.p99_ttft_ms", "< 500"), _result(p95_ttft_ms=1))
     assert verdict.verdict == "error"
-    assert "produced no metric 'ttft_ms.p99'" in verdict.reason and "ttft_ms.p95" in verdict.reason
+    assert "produced no metric 'p99_ttft_ms'" in verdict.reason and "p95_ttft_ms" in verdict.reason
 
 
 def test_errored_check_makes_its_slos_errors_not_passes():
-    verdict = evaluate(parse_slo("inference.ttft_ms.p95", "< 500"), _result(Status.ERROR))
+    verdict = evaluate(parse_slo("inference.p95_ttft_ms", "< 500"), _result(Status.ERROR))
     assert verdict.verdict == "error" and "errored" in verdict.reason
 
 
 def test_skipped_check_makes_its_slos_skipped_never_passed():
-    verdict = evaluate(parse_slo("inference.ttft_ms.p95", "< 500"), _result(Status.SKIPPED, ttft_ms__p95=1))
+    verdict = evaluate(parse_slo("inference.p95_ttft_ms", "< 500"), _result(Status.SKIPPED, p95_ttft_ms=1))
     assert verdict.verdict == "skipped" and "skipped" in verdict.reason
 
 

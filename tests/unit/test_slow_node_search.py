@@ -53,3 +53,19 @@ def test_noise_within_the_fraction_is_not_a_slow_pair():
 
     state = search(8, measure, slow_fraction=0.5, max_rounds=9)
     assert state.culprit() is None and not state.suspects()
+
+
+def test_a_finished_search_is_recorded_with_a_row_per_node_and_the_culprit_named():
+    from dcforge.checks.slow_node import SlowNodeCheck, SlowNodeConfig
+    from dcforge.harness.result import CheckResult, Status
+
+    measure, _ = pool(2)
+    state = search(4, measure, slow_fraction=0.5, max_rounds=5)
+    result = CheckResult("slow_node", declared=SlowNodeCheck.metrics)
+    names = ["host-a", "host-b", "host-c", "host-d"]
+    SlowNodeCheck._record(result, state, names, SlowNodeConfig())
+    assert [row["host"] for row in result.details["nodes"]] == names
+    assert [row["verdict"] for row in result.details["nodes"]][2] == "slow"
+    assert result.details["culprit"] == "host-c"
+    assert result.status == Status.FAIL and "slow node: host-c" in result.reason
+    assert result.metrics["slow_nodes"].value == 1

@@ -16,9 +16,11 @@ from components import COMPONENTS, declare_platform  # noqa: E402
 from components.base import ManifestComponent, StackRegistry, component_order  # noqa: E402
 from components.objects import (  # noqa: E402
     ManifestError,
+    ObjectKey,
     creation_order,
     declare_object,
     resource_arguments,
+    resource_class,
     resource_name,
     typed_class,
 )
@@ -64,22 +66,24 @@ def floats_to_ints(value):
     return value
 
 
-@pytest.mark.parametrize(("api_version", "kind", "expected"), [
-    ("v1", "Namespace", k8s.core.v1.Namespace),
-    ("v1", "ServiceAccount", k8s.core.v1.ServiceAccount),
-    ("networking.k8s.io/v1", "NetworkPolicy", k8s.networking.v1.NetworkPolicy),
-    ("rbac.authorization.k8s.io/v1", "Role", k8s.rbac.v1.Role),
-    ("storage.k8s.io/v1", "StorageClass", k8s.storage.v1.StorageClass),
-    ("scheduling.k8s.io/v1", "PriorityClass", k8s.scheduling.v1.PriorityClass),
-    ("policy/v1", "PodDisruptionBudget", k8s.policy.v1.PodDisruptionBudget),
-    ("apps/v1", "Deployment", k8s.apps.v1.Deployment),
-    ("v1", "Node", k8s.core.v1.NodePatch),
-    ("kueue.x-k8s.io/v1beta1", "ClusterQueue", None),
-    ("ceph.rook.io/v1", "CephCluster", None),
-    ("cert-manager.io/v1", "ClusterIssuer", None),
+@pytest.mark.parametrize(("api_version", "kind", "name", "expected"), [
+    ("v1", "Namespace", "training", k8s.core.v1.Namespace),
+    ("v1", "ServiceAccount", "acceptance-runner", k8s.core.v1.ServiceAccount),
+    # exists in every namespace before the stack runs: patched, never created
+    ("v1", "ServiceAccount", "default", k8s.core.v1.ServiceAccountPatch),
+    ("networking.k8s.io/v1", "NetworkPolicy", "default-deny-all", k8s.networking.v1.NetworkPolicy),
+    ("rbac.authorization.k8s.io/v1", "Role", "r", k8s.rbac.v1.Role),
+    ("storage.k8s.io/v1", "StorageClass", "s", k8s.storage.v1.StorageClass),
+    ("scheduling.k8s.io/v1", "PriorityClass", "p", k8s.scheduling.v1.PriorityClass),
+    ("policy/v1", "PodDisruptionBudget", "b", k8s.policy.v1.PodDisruptionBudget),
+    ("apps/v1", "Deployment", "d", k8s.apps.v1.Deployment),
+    ("v1", "Node", "gpu-node-1", k8s.core.v1.NodePatch),
+    ("kueue.x-k8s.io/v1beta1", "ClusterQueue", "q", None),
+    ("ceph.rook.io/v1", "CephCluster", "c", None),
+    ("cert-manager.io/v1", "ClusterIssuer", "i", None),
 ])
-def test_kinds_map_to_typed_classes_or_custom_resources(api_version, kind, expected):
-    assert typed_class(api_version, kind) is expected
+def test_objects_map_to_typed_classes_patches_or_custom_resources(api_version, kind, name, expected):
+    assert resource_class(ObjectKey(api_version, kind, "", name)) is expected
 
 
 def test_an_unknown_built_in_kind_is_an_error():

@@ -129,7 +129,7 @@ _SIDE_DEFAULTS = textwrap.dedent("""
     if sys.argv[2] == "patched":  # a different value in the one place must reach the side under test
         records.LOAD_DEFAULTS = records.LoadDefaults(endpoint="completions", prompt_tokens=99,
                                                      prompt_tokens_spread=0.125, max_tokens=11, arrival="poisson",
-                                                     rate=7.5, request_timeout_s=42.0)
+                                                     rate=7.5, request_timeout_s=42.0, warmup_per_replica=5)
     if sys.argv[1] == "locust":
         from locust import argument_parser, events
         parser = argument_parser.get_parser()
@@ -140,17 +140,17 @@ _SIDE_DEFAULTS = textwrap.dedent("""
                           "prompt_tokens_spread": options["llm_prompt_tokens_spread"][0],
                           "max_tokens": options["llm_max_tokens"][0], "arrival": options["llm_arrival"][0],
                           "rate": options["llm_rate"][0], "request_timeout_s": options["llm_timeout"][0],
+                          "warmup_per_replica": options["llm_warmup_per_replica"][0],
                           "env_vars": sorted(v for k, (_, v) in options.items() if k.startswith("llm_"))}))
     else:
-        import inspect
-        from dcforge.checks.serving import settings as serving_settings
         from dcforge.checks.inference import InferenceConfig
         config = InferenceConfig()
-        spread = inspect.signature(serving_settings.fitted_prompt_tokens).parameters["spread"].default
+        spread = config.prompt_tokens_spread
         print(json.dumps({"endpoint": config.endpoint, "prompt_tokens": config.prompt_tokens,
                           "prompt_tokens_spread": spread, "max_tokens": config.max_tokens,
                           "arrival": config.arrival, "rate": config.rate,
-                          "request_timeout_s": config.request_timeout_s}))
+                          "request_timeout_s": config.request_timeout_s,
+                          "warmup_per_replica": config.warmup_per_replica}))
 """)
 
 

@@ -1,4 +1,5 @@
-"""A serving run: the server started, ready and warmed up, then Locust for `durationS` writing a per-request log."""
+"""A serving run: the server started and ready, then Locust -- a warm-up of `warmupPerReplica` requests per replica,
+then `durationS` measured -- writing a per-request log (warm-up requests marked in it)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from dcforge.checks.serving.credentials import new_api_key, private_dir
-from dcforge.checks.serving.server import LocalServer, warm_up
+from dcforge.checks.serving.server import LocalServer
 from dcforge.checks.serving.settings import ModelChoice, ServingLoadConfig, choose_model, fitted_prompt_tokens
 from dcforge.harness.check import CheckContext
 from dcforge.harness.metrics import MetricSpec
@@ -20,6 +21,7 @@ from dcforge.harness.processes import ManagedProcess
 from dcforge.harness.result import CheckResult
 from dcforge.paths import REPO_ROOT
 from loadtests import pacing
+from loadtests.warmup import CAP_FACTOR
 from workloads.records import LOAD_API_KEY_ENV, REQUEST_LOG_TEMPLATE, LoadEnv, RequestRecord
 
 LOCUSTFILE = REPO_ROOT / "loadtests" / "locustfile.py"
@@ -37,21 +39,37 @@ RUN_METRICS = (
                "requests sent but neither answered nor counted"),
 )
 """Metrics of every load run besides the request summary: arrival spread and stop accounting."""
+AIPERF_EXPORT_FILE = "profile_export.jsonl"
+"""Every request of the log in AIPerf's per-request export form (loadtests/aiperf_export.py), beside requests.jsonl."""
 REQUEST_LOG_DIR = "requests"
 """Folder of the per-process request logs and window files under the check's artefact directory."""
 
 
+def warmup_allowance_s(config: ServingLoadConfig) -> float:
+    """The longest ramp-up and warm-up can take: spawning every user, then the warm-up's request cap in waves of
+    `users` requests, each within the request timeout. Only a hard limit (Locust's -t beyond durationS): a healthy
+    warm-up takes a second or two, and the measured window is durationS whatever it took."""
+    waves = -(-CAP_FACTOR * config.warmup_per_replica * config.replicas // config.users)
+    return config.users / config.spawn_rate + waves * config.request_timeout_s + 5.0
+
+
 def locust_process(config: ServingLoadConfig, server: LocalServer, secrets_dir: Path, workdir: Path,
-                   prompt_tokens: int, model: str) -> tuple[ManagedProcess, Path]:
-    """Locust headless in its own process group (gevent monkey-patching stays out of this process)."""
+                   prompt_tokens: int, model: str, prompt_file: Path | None = None) -> tuple[ManagedProcess, Path]:
+    """Locust headless in its own process group (gevent monkey-patching stays out of this process).
+
+    One process measures exactly durationS after the warm-up and ends the run itself; -t is the hard limit. With
+    locustProcesses > 1 the processes cannot agree on when the warm-up ended, so -t is durationS and the warm-up
+    is part of it."""
     request_log_dir = workdir / REQUEST_LOG_DIR
     shutil.rmtree(request_log_dir, ignore_errors=True)  # a reused report directory must not mix in old runs
     request_log_dir.mkdir(parents=True)
+    single = config.locust_processes == 1
+    run_time = config.duration_s + (warmup_allowance_s(config) if single else 0.0)
     args = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
             "--host", server.base_url, "-u", str(config.users), "-r", str(config.spawn_rate),
-            "-t", f"{config.duration_s:g}s", "--stop-timeout", f"{config.stop_grace_s:g}",
+            "-t", f"{run_time:.0f}s", "--stop-timeout", f"{config.stop_grace_s:g}",
             "--exit-code-on-error", "0"]
-    if config.locust_processes > 1:
+    if not single:
         args += ["--processes", str(config.locust_processes)]
     env = {k: v for k, v in os.environ.items() if k != LOAD_API_KEY_ENV}
     env.update({LoadEnv.API_KEY_FILE: str(secrets_dir / "api-key"), LoadEnv.MODEL: model,
@@ -62,7 +80,16 @@ def locust_process(config: ServingLoadConfig, server: LocalServer, secrets_dir: 
                 LoadEnv.THINK_TIME: str(config.think_time_s),
                 LoadEnv.THINK_DISTRIBUTION: config.think_distribution,
                 LoadEnv.START_JITTER: str(config.start_jitter_s),
-                LoadEnv.WINDOW_FILE: str(request_log_dir / pacing.WINDOW_FILE_TEMPLATE)})
+                LoadEnv.WINDOW_FILE: str(request_log_dir / pacing.WINDOW_FILE_TEMPLATE),
+                LoadEnv.PROMPT_TOKENS_SPREAD: str(config.prompt_tokens_spread),
+                LoadEnv.MAX_TOKENS_SPREAD: str(config.max_tokens_spread),
+                LoadEnv.PROMPT_FILE: str(prompt_file or ""),
+                LoadEnv.SHARED_PREFIXES: str(config.shared_prefixes),
+                LoadEnv.SHARED_PREFIX_TOKENS: str(config.shared_prefix_tokens),
+                LoadEnv.WARMUP_PER_REPLICA: str(config.warmup_per_replica),
+                LoadEnv.WARMUP_REPLICAS: str(config.replicas),
+                LoadEnv.DURATION: str(config.duration_s if single else 0.0),
+                LoadEnv.BURSTINESS: str(config.burstiness)})
     return ManagedProcess(args, env=env, cwd=REPO_ROOT, log_path=workdir / "locust.log"), request_log_dir
 
 
@@ -74,34 +101,70 @@ class ServingSession:
     workdir: Path
     model: ModelChoice
     prompt_tokens: int
+    prompt_file: Path | None = None
+    """The JSONL prompt file (promptFile, resolved and read once before the run)."""
     served_name: str = "dcforge-gpt"
 
 
 @contextmanager
 def serving_session(ctx: CheckContext, config: ServingLoadConfig, check_name: str,
                     result: CheckResult) -> Iterator[ServingSession]:
-    """Server started and ready (all replicas), warmed up; stopped on exit whatever happens."""
+    """Server started and ready (all replicas); stopped on exit whatever happens. A prompt file that cannot be read
+    or a length that does not fit the model's context is bad input (ConfigError naming the setting)."""
     from dcforge.errors import ConfigError
 
     model = choose_model(ctx, config)
+    settings_key = f"dcforge:acceptance.settings.{check_name}"
     try:
         prompt_tokens = fitted_prompt_tokens(config, model.context_len)
     except ValueError as error:
-        raise ConfigError(ctx.env.path, f"dcforge:acceptance.settings.{check_name}.maxTokens", str(error)) from None
+        raise ConfigError(ctx.env.path, f"{settings_key}.maxTokens", str(error)) from None
+    prompt_file = resolved_prompt_file(ctx, config, f"{settings_key}.promptFile")
     workdir = ctx.artefact_dir(check_name)
     api_key = new_api_key()  # per run, handed over in a 0600 file: never on a command line, never logged
     result.details.update(model=model.source, replicas=config.replicas, users=config.users,
                           arrival=config.arrival, duration_s=config.duration_s, prompt_tokens=prompt_tokens,
                           max_tokens=config.max_tokens, endpoint=config.endpoint, tls=config.tls,
-                          max_batch=config.max_batch, max_wait_ms=config.max_wait_ms)
+                          max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
+                          warmup_per_replica=config.warmup_per_replica, workload=describe_workload(
+                              config, prompt_tokens, prompt_file),
+                          goodput=config.request_slo().describe() or "every successful request")
     with private_dir() as secrets_dir, LocalServer(config, model, secrets_dir, workdir, api_key) as server:
         result.artefacts["server_log"] = ctx.relative(server.log_path)
         ctx.log(f"starting {config.replicas} replicas ({model.source}) on {server.base_url}")
         ready_s = server.wait_ready(min(config.ready_timeout_s, max(1.0, ctx.remaining_s())))
         result.add_metric("replicas_ready_s", ready_s)
-        session = ServingSession(server, api_key, secrets_dir, workdir, model, prompt_tokens)
-        warm_up(server, api_key, session.served_name, config.warmup_requests, config.max_tokens)
-        yield session
+        yield ServingSession(server, api_key, secrets_dir, workdir, model, prompt_tokens, prompt_file)
+
+
+def resolved_prompt_file(ctx: CheckContext, config: ServingLoadConfig, key: str) -> Path | None:
+    """promptFile relative to the environment file's folder, read once here so a bad file is one line, exit 2."""
+    from dcforge.errors import ConfigError
+    from loadtests.llm_protocol import PromptFileError, read_prompt_file
+
+    if not config.prompt_file:
+        return None
+    path = Path(config.prompt_file).expanduser()
+    if not path.is_absolute() and ctx.env.path is not None:
+        path = Path(ctx.env.path).parent / path
+    try:
+        read_prompt_file(path)
+    except PromptFileError as error:
+        raise ConfigError(ctx.env.path, key, str(error)) from None
+    return path.resolve()
+
+
+def describe_workload(config: ServingLoadConfig, prompt_tokens: int, prompt_file: Path | None) -> str:
+    """The request shapes in words, for the report."""
+    def lengths(mean: int, spread: float) -> str:
+        low, high = max(1, round(mean * (1 - spread))), max(1, round(mean * (1 + spread)))
+        return f"{mean} tokens" if spread == 0 else f"uniform {low}-{high} tokens"
+
+    prompts = f"prompts from {prompt_file}" if prompt_file else \
+        f"generated prompts of {lengths(prompt_tokens, config.prompt_tokens_spread)}"
+    prefix = f", each behind one of {config.shared_prefixes} shared {config.shared_prefix_tokens}-token system " \
+        "prompts" if config.shared_prefixes else ""
+    return f"{prompts}{prefix}; answers of {lengths(config.max_tokens, config.max_tokens_spread)}"
 
 
 def run_load(ctx: CheckContext, config: ServingLoadConfig, session: ServingSession, result: CheckResult,
@@ -111,24 +174,35 @@ def run_load(ctx: CheckContext, config: ServingLoadConfig, session: ServingSessi
     end of the window go into the result."""
     from loadtests.llm_protocol import read_records
 
+    from loadtests.aiperf_export import write_profile_export
+    from loadtests.llm_protocol import read_records
+    from loadtests.metrics import measured
+
     locust, log_dir = locust_process(config, session.server, session.secrets_dir, session.workdir,
-                                     session.prompt_tokens, session.served_name)
+                                     session.prompt_tokens, session.served_name, session.prompt_file)
     result.artefacts["locust_log"] = ctx.relative(session.workdir / "locust.log")
-    ctx.log(f"Locust: {config.users} users, {config.arrival} arrivals, {config.duration_s:g} s")
+    ctx.log(f"Locust: {config.users} users, {config.arrival} arrivals, {config.warmup_per_replica} warm-up "
+            f"requests per replica, then {config.duration_s:g} s")
     t_start = time.time()
+    limit = config.duration_s + warmup_allowance_s(config) + config.stop_grace_s + 60
     with locust:
         if during is not None:
             during(t_start, log_dir)
-        code = locust.wait(timeout=min(config.duration_s + config.stop_grace_s + 60, max(5.0, ctx.remaining_s())))
+        code = locust.wait(timeout=min(limit, max(5.0, ctx.remaining_s())))
     if code != 0:
         raise RuntimeError(f"Locust exited with code {code}; see {ctx.relative(session.workdir / 'locust.log')}")
     paths = sorted(log_dir.glob("*.jsonl"))
-    records = read_records(paths)
+    logged = read_records(paths)
+    records = measured(logged)
     if not records:
-        raise RuntimeError("Locust recorded no requests; see the Locust log")
+        raise RuntimeError("Locust recorded no measured requests; see the Locust log")
     merged = session.workdir / "requests.jsonl"
     merged.write_text("".join(p.read_text() for p in paths))
     result.artefacts["request_log"] = ctx.relative(merged)
+    export = session.workdir / AIPERF_EXPORT_FILE
+    write_profile_export(logged, export)
+    result.artefacts["aiperf_profile_export"] = ctx.relative(export)
+    result.add_metric("warmup_requests", len(logged) - len(records))
     add_pacing_figures(result, config, records, [pacing.MeasurementWindow.read(path)
                                                   for path in sorted(log_dir.glob("window-*.json"))])
     return records, t_start
@@ -139,7 +213,7 @@ def add_pacing_figures(result: CheckResult, config: ServingLoadConfig, records: 
     """How requests arrived (model and measured spread of starts) and how the window ended (stop semantics)."""
     result.details["arrival_model"] = pacing.describe_arrivals(config.arrival, config.think_time_s,
                                                                config.think_distribution, config.start_jitter_s,
-                                                               config.rate)
+                                                               config.rate, config.burstiness)
     spread = pacing.start_spread([record.start for record in records])
     if spread is not None:
         result.add_metric("start_gap_ms.p50", spread.median_gap_ms)

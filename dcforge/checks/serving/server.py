@@ -107,14 +107,15 @@ class LocalServer:
         return httpx.get(f"{self.base_url}/metrics", verify=False, timeout=10).text
 
 
-def warm_up(server: LocalServer, api_key: str, model: str, count: int, max_tokens: int) -> None:
-    """A few requests so lazy initialisation stays out of the measured run; a failure here is an error."""
+def send_completions(server: LocalServer, api_key: str, model: str, count: int, max_tokens: int) -> None:
+    """`count` non-streamed completions one after the other (the monitoring check's traffic between two scrapes);
+    a failure is an error. The load checks' warm-up is the load generator's own (loadtests/warmup.py)."""
     import httpx
 
     with httpx.Client(base_url=server.base_url, verify=False, timeout=60,
                       headers={"Authorization": f"Bearer {api_key}"}) as client:
         for i in range(count):
-            response = client.post("/v1/completions", json={"model": model, "prompt": f"warm-up {i}",
+            response = client.post("/v1/completions", json={"model": model, "prompt": f"request {i}",
                                                             "max_tokens": max_tokens})
             if response.status_code != 200:
                 raise RuntimeError(f"warm-up request failed with {response.status_code}: {response.text[:200]}")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from dcforge.harness.check import CheckConfig, CheckContext
-from loadtests import pacing
+from loadtests import arrivals, pacing
 from workloads.records import LOAD_DEFAULTS
 from workloads.serving.settings import Quantize
 
@@ -38,21 +38,37 @@ class ServingLoadConfig(CheckConfig):
     """closed: send, wait for the answer, send again; constant/poisson: open-loop arrivals at `rate`."""
     rate: float = Field(default=LOAD_DEFAULTS.rate, gt=0)
     """Open-loop arrivals per second (all users together)."""
+    burstiness: float = Field(default=arrivals.BURSTINESS, gt=0)
+    """Poisson arrivals: gamma shape of the gaps, mean 1/rate (vLLM's `--burstiness`): 1 is Poisson, below 1
+    burstier, above 1 more regular (loadtests/arrivals.py)."""
     duration_s: float = Field(default=20.0, gt=0, le=3600)
     """Length of the load run."""
-    warmup_requests: int = Field(default=6, ge=0)
-    """Requests sent before the load run (first-request costs stay out of the statistics)."""
+    warmup_per_replica: int = Field(default=LOAD_DEFAULTS.warmup_per_replica, ge=0, le=100)
+    """Warm-up requests per replica before measuring: the load generator's users send them (streamed, the measured
+    requests' shape) until every replica answered this many (at most 4x that many in all), then Locust's statistics
+    are reset and the `durationS` window starts. In the request log, marked `warmup`; in no statistic."""
     endpoint: Literal["chat", "completions"] = LOAD_DEFAULTS.endpoint  # type: ignore[assignment]
     prompt_tokens: int = Field(default=LOAD_DEFAULTS.prompt_tokens, ge=1)
-    """Mean prompt length (uniform within +/-25 %)."""
+    """Mean prompt length in tokens (uniform within promptTokens x (1 +/- promptTokensSpread))."""
+    prompt_tokens_spread: float = Field(default=LOAD_DEFAULTS.prompt_tokens_spread, ge=0, lt=1)
+    """Prompt lengths are uniform in promptTokens x (1 +/- this) (vLLM's --random-range-ratio); 0: fixed."""
     max_tokens: int = Field(default=LOAD_DEFAULTS.max_tokens, ge=1)
-    """Tokens generated per request (EOS ignored, so every answer has this many)."""
+    """Mean tokens generated per request (EOS ignored, so an answer has exactly the requested number)."""
+    max_tokens_spread: float = Field(default=0.0, ge=0, lt=1)
+    """Output lengths are uniform in maxTokens x (1 +/- this); 0 (the default): every answer has maxTokens."""
+    prompt_file: str | None = None
+    """A JSONL file of prompts (`{"prompt": "..."}` or AIPerf's `{"text": "..."}`, optional `"max_tokens"` or
+    `"output_tokens"`), sent in random order instead of generated ones; relative to the environment file."""
+    shared_prefixes: int = Field(default=0, ge=0, le=64)
+    """Shared-prefix workload: every prompt starts with one of this many long system prompts (0: off), so a server
+    with prefix caching can reuse them."""
+    shared_prefix_tokens: int = Field(default=128, ge=1)
+    """Length of each shared system prompt."""
     request_timeout_s: float = Field(default=LOAD_DEFAULTS.request_timeout_s, gt=0)
     """A request slower than this counts as failed."""
-    goodput_ttft_ms: float | None = Field(default=None, gt=0)
-    """Per-request TTFT limit for goodput; None: not part of goodput."""
-    goodput_tpot_ms: float | None = Field(default=None, gt=0)
-    """Per-request TPOT limit for goodput."""
+    goodput: str | None = None
+    """Per-request SLOs a request must meet to count towards goodput, as vLLM's `--goodput`: "ttft:MS tpot:MS
+    e2el:MS" (any of them); None: every successful request counts."""
     tls: bool = False
     """Serve HTTPS with a self-signed certificate (and check the TLS 1.2 floor)."""
     locust_processes: int = Field(default=1, ge=1)
@@ -75,6 +91,27 @@ class ServingLoadConfig(CheckConfig):
     stop_grace_s: float = Field(default=pacing.STOP_GRACE_S, ge=0)
     """Requests in flight when durationS ends may complete within this and are counted; later ones are reported
     as abandoned."""
+
+    moved_keys: ClassVar[dict[str, str]] = {
+        "warmupRequests": "dcforge:acceptance.settings.{check}.warmupPerReplica",
+        "goodputTtftMs": "dcforge:acceptance.settings.{check}.goodput (\"ttft:MS tpot:MS\")",
+        "goodputTpotMs": "dcforge:acceptance.settings.{check}.goodput (\"ttft:MS tpot:MS\")",
+    }
+
+    @field_validator("goodput")
+    @classmethod
+    def _goodput_as_vllm_writes_it(cls, value: str | None) -> str | None:
+        from loadtests.metrics import parse_goodput
+
+        if value is not None:
+            parse_goodput(value)  # ValueError: one line naming the expected form
+        return value
+
+    def request_slo(self):
+        """The goodput limits as loadtests.metrics.RequestSlo."""
+        from loadtests.metrics import RequestSlo, parse_goodput
+
+        return parse_goodput(self.goodput) if self.goodput else RequestSlo()
 
     @model_validator(mode="after")
     def _arrival_needs_rate(self) -> "ServingLoadConfig":
@@ -112,11 +149,17 @@ def choose_model(ctx: CheckContext, config: ServingLoadConfig) -> ModelChoice:
     return ModelChoice(f"random:{config.preset}", None, get_preset(config.preset).max_seq_len)
 
 
-def fitted_prompt_tokens(config: ServingLoadConfig, context_len: int,
-                         spread: float = LOAD_DEFAULTS.prompt_tokens_spread) -> int:
-    """The configured prompt length, shrunk when needed so the longest prompt plus answer fits the context."""
-    room = context_len - config.max_tokens - CHAT_TEMPLATE_TOKENS
+def longest_output_tokens(config: ServingLoadConfig) -> int:
+    return max(1, round(config.max_tokens * (1 + config.max_tokens_spread)))
+
+
+def fitted_prompt_tokens(config: ServingLoadConfig, context_len: int) -> int:
+    """The configured prompt length, shrunk when needed so the longest prompt (with its shared prefix) plus the
+    longest answer fits the context."""
+    prefix = config.shared_prefix_tokens if config.shared_prefixes else 0
+    room = context_len - longest_output_tokens(config) - CHAT_TEMPLATE_TOKENS - prefix
     if room < 2:
-        raise ValueError(f"maxTokens {config.max_tokens} leaves no room for a prompt in a {context_len}-token "
-                         "context")
-    return max(1, min(config.prompt_tokens, int(room / (1 + spread))))
+        raise ValueError(f"maxTokens {config.max_tokens} (spread {config.max_tokens_spread:g})"
+                         + (f" and sharedPrefixTokens {prefix}" if prefix else "")
+                         + f" leave no room for a prompt in a {context_len}-token context")
+    return max(1, min(config.prompt_tokens, int(room / (1 + config.prompt_tokens_spread))))

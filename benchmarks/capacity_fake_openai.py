@@ -1,0 +1,74 @@
+"""An OpenAI-compatible endpoint (no model) with a known capacity, for the capacity search test and benchmark:
+
+    FAKE_CAPACITY_RPS=40 uvicorn benchmarks.capacity_fake_openai:app
+
+It measures the request rate it receives -- requests received in the last WINDOW_S seconds / WINDOW_S -- and answers
+the first token after FAST_TTFT_S while that rate is at most FAKE_CAPACITY_RPS, after SLOW_TTFT_S above it. So the
+TTFT of most requests rises past the known rate: a median-TTFT SLO between the two holds below it and breaks above
+it, up to the noise of the measured rate (and for the first WINDOW_S of a load point, which the window carries over
+from the previous point and then fills up). Every answer streams ANSWER_TOKENS one-token chunks, a usage
+chunk and `[DONE]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import time
+
+CAPACITY_RPS = float(os.environ.get("FAKE_CAPACITY_RPS", "40"))
+FAST_TTFT_S = 0.005
+SLOW_TTFT_S = 0.4
+WINDOW_S = 1.0
+ANSWER_TOKENS = 4
+
+_CHUNK = json.dumps({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "tok"}}]})
+_USAGE = json.dumps({"object": "chat.completion.chunk", "choices": [],
+                     "usage": {"prompt_tokens": 8, "completion_tokens": ANSWER_TOKENS,
+                               "total_tokens": 8 + ANSWER_TOKENS}})
+_JSON = [(b"content-type", b"application/json")]
+_SSE = [(b"content-type", b"text/event-stream")]
+
+
+class RateMeter:
+    """Requests per second over the last WINDOW_S seconds, this one included."""
+
+    def __init__(self) -> None:
+        self.arrivals: collections.deque[float] = collections.deque()
+
+    def arrive(self, now: float) -> float:
+        self.arrivals.append(now)
+        while self.arrivals[0] < now - WINDOW_S:
+            self.arrivals.popleft()
+        return len(self.arrivals) / WINDOW_S
+
+
+_meter = RateMeter()
+
+
+async def _reply(send, status: int, headers, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def app(scope, receive, send) -> None:
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):  # read the request body to its end before answering
+        pass
+    route = (scope["method"], scope["path"])
+    if route == ("GET", "/health"):
+        await _reply(send, 200, _JSON, b'{"status":"ok"}')
+    elif route == ("GET", "/v1/models"):
+        await _reply(send, 200, _JSON, b'{"object":"list","data":[{"id":"fake","object":"model"}]}')
+    elif route == ("POST", "/v1/chat/completions"):
+        rate = _meter.arrive(time.monotonic())
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE})
+        await asyncio.sleep(FAST_TTFT_S if rate <= CAPACITY_RPS else SLOW_TTFT_S)
+        body = "".join(f"data: {_CHUNK}\n\n" for _ in range(ANSWER_TOKENS)) + f"data: {_USAGE}\n\ndata: [DONE]\n\n"
+        await send({"type": "http.response.body", "body": body.encode(), "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    else:
+        await _reply(send, 404, _JSON, b'{"error":{"message":"not found"}}')

@@ -1,0 +1,598 @@
+"""The `kubernetes` executor: every role as Kubernetes objects in the acceptance namespace (docs/executors.md).
+
+Built on the official `kubernetes` client. `start` creates the run's objects in order (NetworkPolicy, checkpoint
+claims, Services, then the Jobs and Deployments: the pods are given their leader's Service cluster IP), then two
+watches keep the pods and the namespace's events current; `statuses` is computed from what they saw, so waiting
+costs no API requests. A pod that cannot run becomes a failed node at once, with one line naming the pod and the
+reason: Unschedulable (no node with the GPUs, an untolerated taint; after a short grace), ImagePullBackOff,
+CrashLoopBackOff, OOMKilled, and a Job or ReplicaSet whose pods are rejected at admission (PodSecurity, quota:
+FailedCreate).
+
+`stop` deletes every object labelled `dcforge.io/run=<run id>` (workloads first, so no controller recreates a
+pod) and waits, bounded, until none is left. Every API call is one of `EXECUTOR_API_ACCESS`, which the
+Acceptance component's Role grants and nothing more.
+
+Not yet selectable: `dcforge accept` and the checks do not use this executor yet (issue 10).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dcforge.executors.base import (ExecutionOutcome, ExecutorError, NodeState, NodeStatus, StatusCallback,
+                                    Workload, wait_loop)
+from dcforge.executors.kubernetes_access import EXECUTOR_API_ACCESS
+from dcforge.executors.kubernetes_objects import (JOB_INDEX_LABEL, ROLE_LABEL, RUN_LABEL,
+                                                  ObjectError, Target, is_server, object_name, prerequisite_objects,
+                                                  run_label_value, target_for, workload_objects)
+from dcforge.executors.pod_results import parse_results
+from dcforge.spec.models import Environment
+
+__all__ = ["EXECUTOR_API_ACCESS", "KubernetesExecution", "KubernetesExecutor", "client_from_kubeconfig"]
+
+# kind -> (client API class, method suffix): create_<suffix>, list_<suffix>, delete_<suffix>.
+KINDS: dict[str, tuple[str, str]] = {
+    "NetworkPolicy": ("NetworkingV1Api", "namespaced_network_policy"),
+    "PersistentVolumeClaim": ("CoreV1Api", "namespaced_persistent_volume_claim"),
+    "Service": ("CoreV1Api", "namespaced_service"),
+    "Job": ("BatchV1Api", "namespaced_job"),
+    "Deployment": ("AppsV1Api", "namespaced_deployment"),
+    "Pod": ("CoreV1Api", "namespaced_pod"),
+}
+DELETE_ORDER = ("Job", "Deployment", "Pod", "Service", "PersistentVolumeClaim", "NetworkPolicy")
+"""Controllers first (they would recreate pods), then pods, then what the pods used."""
+FATAL_WAITING = {"ImagePullBackOff", "InvalidImageName", "CrashLoopBackOff",
+                 "CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
+"""Container waiting reasons that do not resolve by themselves: the node has failed. (ErrImagePull is the first,
+possibly transient, failure; the kubelet reports ImagePullBackOff seconds later when it persists.)"""
+UNSCHEDULABLE_GRACE_S = 20.0
+"""How long a pod may stay Unschedulable before its node fails: a claim being provisioned reports Unschedulable
+("unbound immediate PersistentVolumeClaims") for a few seconds; missing GPUs or an untolerated taint do not pass."""
+REQUEST_TIMEOUT = (5.0, 30.0)
+"""(connect, read) seconds of every request but the watches."""
+WATCH_S = 60
+"""Server-side timeout of one watch request; the watch is then resumed from where it was."""
+WATCH_FAILURE_S = 30.0
+"""A watch failing this long (the API server unreachable) is an error, not a wait until the run's timeout."""
+
+
+def client_from_kubeconfig(kubeconfig: str | None = None, context: str | None = None) -> Any:
+    """An ApiClient from a kubeconfig (default: $KUBECONFIG or ~/.kube/config), or the in-cluster account when
+    there is no kubeconfig and dcforge runs in a pod. ExecutorError (one line) when neither works."""
+    from kubernetes import client, config
+
+    try:
+        return config.new_client_from_config(config_file=kubeconfig, context=context)
+    except (config.ConfigException, OSError) as error:
+        if kubeconfig is None and context is None:
+            try:
+                config.load_incluster_config()
+                return client.ApiClient()
+            except config.ConfigException:
+                pass
+        raise ExecutorError(f"kubeconfig {kubeconfig or '(default)'}: {one_line(str(error))}") from None
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def api_error(what: str, error: BaseException) -> ExecutorError:
+    """An API or connection failure as one line naming what was being done."""
+    status = getattr(error, "status", None)
+    if status:
+        message = getattr(error, "reason", "") or ""
+        try:
+            body = json.loads(getattr(error, "body", "") or "{}")
+            message = body.get("message") or message
+        except (ValueError, AttributeError):
+            pass
+        return ExecutorError(f"{what}: HTTP {status}: {one_line(str(message))}")
+    return ExecutorError(f"{what}: {one_line(str(error) or type(error).__name__)}")
+
+
+def pod_condition(pod: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") == kind), {})
+
+
+def pod_state(pod: dict[str, Any], unschedulable_for_s: float = float("inf"),
+              unschedulable_grace_s: float = 0.0) -> tuple[NodeState, int | None, str]:
+    """A pod's node state, exit code and one-line reason naming the pod. An Unschedulable pod fails once it has
+    been so for `unschedulable_grace_s` (`unschedulable_for_s`: how long it has been seen so)."""
+    name = pod["metadata"]["name"]
+    status = pod.get("status") or {}
+    phase = status.get("phase") or "Pending"
+    containers = status.get("containerStatuses") or []
+    terminated = next(((c.get("state") or {}).get("terminated") for c in containers
+                       if (c.get("state") or {}).get("terminated")), None)
+    if phase == "Succeeded":
+        return NodeState.SUCCEEDED, 0, ""
+    if phase == "Failed":
+        code = terminated.get("exitCode") if terminated else None
+        why = (terminated or {}).get("reason") or status.get("reason") or "failed"
+        detail = status.get("message") or (terminated or {}).get("message") or ""
+        return NodeState.FAILED, code, one_line(f"pod {name}: {why}" + (f": {detail}" if detail else ""))
+    for container in containers:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in FATAL_WAITING:
+            last = ((container.get("lastState") or {}).get("terminated") or {})
+            cause = f" (last exit: {last.get('reason')}, code {last.get('exitCode')})" if last else ""
+            return NodeState.FAILED, last.get("exitCode"), one_line(
+                f"pod {name}: {waiting['reason']}{cause}: {waiting.get('message') or ''}".rstrip(": "))
+    scheduled = pod_condition(pod, "PodScheduled")
+    if is_unschedulable(pod) and unschedulable_for_s >= unschedulable_grace_s:
+        return NodeState.FAILED, None, one_line(f"pod {name}: Unschedulable: {scheduled.get('message') or ''}")
+    return (NodeState.RUNNING if phase == "Running" else NodeState.PENDING), None, ""
+
+
+def is_unschedulable(pod: dict[str, Any]) -> bool:
+    scheduled = pod_condition(pod, "PodScheduled")
+    return scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
+
+
+def made_by(involved: dict[str, Any], controller: str, server: bool) -> bool:
+    """Whether an event's object is the role's Job, or a ReplicaSet (`<deployment>-<hash>`) of its Deployment."""
+    name = involved.get("name") or ""
+    if server:
+        return involved.get("kind") == "ReplicaSet" and "-" in name and name.rsplit("-", 1)[0] == controller
+    return involved.get("kind") == "Job" and name == controller
+
+
+class _Watch:
+    """List then watch one resource in the namespace, keeping the latest object per name; resumes after a
+    timeout or a broken connection, re-listing (410 Gone) when its resource version is too old. A failure is
+    kept in `error` (one line) until the watch works again; `fatal` when retrying cannot help (401, 403, 404)."""
+
+    def __init__(self, execution: "KubernetesExecution", what: str, list_method: Callable[..., Any],
+                 label_selector: str, keep: Callable[[dict[str, Any]], bool] = lambda obj: True):
+        self.what = what
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.deleted: set[str] = set()
+        self.error: str | None = None
+        self.fatal = False
+        self.failing_since: float | None = None
+        self._execution = execution
+        self._list = list_method
+        self._selector = label_selector
+        self._keep = keep
+        self._stopped = threading.Event()
+        self._watch: Any = None
+        self.thread = threading.Thread(target=self._run, name=f"watch-{what}", daemon=True)
+
+    def start(self) -> "_Watch":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._watch is not None:
+            self._watch.stop()
+
+    def _run(self) -> None:
+        namespace = self._execution.target.namespace
+        while not self._stopped.is_set():
+            try:
+                self._list_and_watch(namespace)
+            except Exception as error:  # noqa: BLE001 (a broken watch is resumed: the list re-syncs what was missed)
+                status = getattr(error, "status", None)
+                self.error = str(api_error(f"watching {self.what} in namespace {namespace}", error))
+                self.fatal = status in (401, 403, 404)
+                self.failing_since = self.failing_since or time.monotonic()
+                if self._stopped.wait(0.5):
+                    return
+
+    def _list_and_watch(self, namespace: str) -> None:
+        from kubernetes import watch
+
+        listing = json.loads(self._execution.call(
+            self._list, namespace, label_selector=self._selector, _preload_content=False,
+            _request_timeout=REQUEST_TIMEOUT).data)
+        fresh = {o["metadata"]["name"]: o for o in listing.get("items") or [] if self._keep(o)}
+        with self._execution.lock:
+            self.deleted.update(set(self.objects) - set(fresh))
+            self.objects = fresh
+        self._watch = watch.Watch()
+        self._execution.count_request()
+        for event in self._watch.stream(
+                self._list, namespace, label_selector=self._selector,
+                resource_version=(listing.get("metadata") or {}).get("resourceVersion"),
+                timeout_seconds=WATCH_S, deserialize=False, _request_timeout=(5.0, WATCH_S + 10.0)):
+            self.error, self.fatal, self.failing_since = None, False, None  # the watch works
+            self._apply(event)
+            if self._stopped.is_set():
+                return
+        self.error, self.fatal, self.failing_since = None, False, None
+
+    def _apply(self, event: dict[str, Any]) -> None:
+        obj = event.get("object") or {}
+        kind = event.get("type")
+        if kind == "ERROR":
+            raise RuntimeError(f"watch error: {obj.get('message')}")  # 410 Gone: re-list
+        name = (obj.get("metadata") or {}).get("name")
+        if not name or kind not in ("ADDED", "MODIFIED", "DELETED") or not self._keep(obj):
+            return
+        with self._execution.lock:
+            if kind == "DELETED":
+                self.objects.pop(name, None)
+                self.deleted.add(name)
+            else:
+                self.objects[name] = obj
+        self._execution.changed.set()
+
+
+class KubernetesExecution:
+    """One run's objects on the cluster; a context manager whose exit deletes them all."""
+
+    def __init__(self, target: Target, workload: Workload, run_dir: Path, api_client: Any,
+                 grace_s: float = 5.0, stop_timeout_s: float = 30.0,
+                 unschedulable_grace_s: float = UNSCHEDULABLE_GRACE_S):
+        from kubernetes import client
+
+        self.target = target
+        self.workload = workload
+        self.run_dir = run_dir
+        self.grace_s = grace_s
+        self.stop_timeout_s = stop_timeout_s
+        self.unschedulable_grace_s = unschedulable_grace_s
+        self._unschedulable_since: dict[str, float] = {}
+        self.api_requests = 0
+        """API requests made so far (a watch counts once per (re)connection)."""
+        self.leftovers: list[str] = []
+        """Objects `stop` could not delete within its time (Kind/name), for the report."""
+        self.lock = threading.RLock()
+        self.changed = threading.Event()
+        self.leader_addresses: dict[str, str] = {}
+        self._apis = {name: getattr(client, name)(api_client) for name, _ in KINDS.values()}
+        self._selector = f"{RUN_LABEL}={target.run_id}"
+        self._killed_pods: set[str] = set()
+        self._killed_nodes: set[tuple[str, int]] = set()
+        self._final: dict[tuple[str, int], NodeStatus] = {}
+        self._pod_of: dict[tuple[str, int], str] = {}
+        self._logs_saved: set[tuple[str, int]] = set()
+        self._stopped = False
+        self._pods: _Watch | None = None
+        self._events: _Watch | None = None
+
+    # --- API plumbing ------------------------------------------------------------------------------------------
+
+    def count_request(self) -> None:
+        with self.lock:
+            self.api_requests += 1
+
+    def call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        self.count_request()
+        return method(*args, **kwargs)
+
+    def _method(self, verb: str, kind: str) -> Callable[..., Any]:
+        api, suffix = KINDS[kind]
+        return getattr(self._apis[api], f"{verb}_{suffix}")
+
+    def _create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        what = f"creating {obj['kind']}/{obj['metadata']['name']} in namespace {self.target.namespace}"
+        try:
+            response = self.call(self._method("create", obj["kind"]), self.target.namespace, obj,
+                                 _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+        except Exception as error:  # noqa: BLE001 (ApiException, urllib3 errors: reported in one line)
+            raise api_error(what, error) from None
+        return json.loads(response.data)
+
+    # --- start -------------------------------------------------------------------------------------------------
+
+    def start(self) -> "KubernetesExecution":
+        try:
+            for obj in prerequisite_objects(self.target, self.workload):
+                created = self._create(obj)
+                if obj["kind"] == "Service":
+                    role = obj["metadata"]["labels"][ROLE_LABEL]
+                    address = (created.get("spec") or {}).get("clusterIP")
+                    if not address or address == "None":
+                        raise ExecutorError(f"Service {obj['metadata']['name']} got no cluster IP")
+                    for declared in self.workload.roles:
+                        if run_label_value(declared.name) == role:
+                            self.leader_addresses[declared.name] = address
+            core = self._apis["CoreV1Api"]
+            self._pods = _Watch(self, "pods", core.list_namespaced_pod, self._selector).start()
+            self._events = _Watch(self, "events", core.list_namespaced_event, "", keep=self._is_our_event).start()
+            for obj in workload_objects(self.target, self.workload, self.leader_addresses):
+                self._create(obj)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _is_our_event(self, event: dict[str, Any]) -> bool:
+        """Admission rejections of our pods: FailedCreate on one of our Jobs or a Deployment's ReplicaSet."""
+        return event.get("reason") == "FailedCreate" and any(
+            made_by(event.get("involvedObject") or {}, object_name(self.target, role.name), is_server(role))
+            for role in self.workload.roles)
+
+    # --- status ------------------------------------------------------------------------------------------------
+
+    def _pods_of(self, role_name: str) -> list[dict[str, Any]]:
+        label = run_label_value(role_name)
+        pods = [p for p in (self._pods.objects.values() if self._pods else ())
+                if ((p.get("metadata") or {}).get("labels") or {}).get(ROLE_LABEL) == label
+                and ((p.get("metadata") or {}).get("labels") or {}).get(RUN_LABEL) == self.target.run_id]
+        return sorted(pods, key=lambda p: (p["metadata"].get("creationTimestamp") or "", p["metadata"]["name"]))
+
+    def _current_pod(self, role_name: str, index: int, pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+        role = next(r for r in self.workload.roles if r.name == role_name)
+        if is_server(role):
+            live = [p for p in pods if p["metadata"]["name"] not in self._killed_pods]
+            return live[index] if index < len(live) else None
+        mine = [p for p in pods if _index_of(p) == index]
+        return mine[-1] if mine else None
+
+    def _rejection(self, role_name: str) -> str:
+        role = next(r for r in self.workload.roles if r.name == role_name)
+        name = object_name(self.target, role_name)
+        for event in (self._events.objects.values() if self._events else ()):
+            involved = event.get("involvedObject") or {}
+            if made_by(involved, name, is_server(role)):
+                return one_line(f"{involved.get('kind')} {involved.get('name')}: FailedCreate: "
+                                f"{event.get('message') or ''}")
+        return ""
+
+    def _check_watches(self) -> None:
+        """ExecutorError when a watch cannot work (no permission) or has failed for WATCH_FAILURE_S: statuses
+        would otherwise stand still until the timeout."""
+        for watcher in (self._pods, self._events):
+            if watcher is None or watcher.error is None:
+                continue
+            if watcher.fatal or time.monotonic() - (watcher.failing_since or time.monotonic()) > WATCH_FAILURE_S:
+                raise ExecutorError(watcher.error)
+
+    def statuses(self) -> list[NodeStatus]:
+        self._check_watches()
+        return self._current_statuses()
+
+    def _current_statuses(self) -> list[NodeStatus]:
+        """What the watches saw, without judging whether they still work (for killing and cleaning up)."""
+        out = []
+        with self.lock:
+            for role in self.workload.roles:
+                pods = self._pods_of(role.name)
+                for index in range(role.nodes):
+                    out.append(self._node_status(role.name, index, pods))
+        for status in out:
+            if status.state.finished and (status.role, status.index) not in self._logs_saved:
+                self._logs_saved.add((status.role, status.index))
+                self._save_log(status)
+        return out
+
+    def _node_status(self, role_name: str, index: int, pods: list[dict[str, Any]]) -> NodeStatus:
+        key = (role_name, index)
+        if key in self._final:
+            return self._final[key]
+        pod = self._current_pod(role_name, index, pods)
+        if pod is not None:
+            self._pod_of[key] = pod["metadata"]["name"]
+        host = self._pod_of.get(key) or f"{object_name(self.target, role_name)}/{index}"
+        address = ((pod or {}).get("status") or {}).get("podIP") or ""
+        status = NodeStatus(role_name, index, host, address, log_path=self.run_dir / f"{role_name}-{index}.log")
+        if pod is not None and pod["metadata"]["name"] in self._killed_pods or pod is None and key in \
+                self._killed_nodes:
+            status.state, status.reason = NodeState.KILLED, "deleted by dcforge"
+        elif pod is not None:
+            status.state, status.exit_code, status.reason = pod_state(
+                pod, self._unschedulable_for(pod["metadata"]["name"], is_unschedulable(pod)),
+                self.unschedulable_grace_s)
+        elif key in self._pod_of and self._pods is not None and self._pod_of[key] in self._pods.deleted:
+            # gone without dcforge deleting it: evicted, preempted, or its Job ended (activeDeadlineSeconds)
+            status.state, status.reason = NodeState.FAILED, f"pod {self._pod_of[key]} was deleted, not by dcforge"
+        elif rejection := self._rejection(role_name):
+            status.state, status.reason = NodeState.FAILED, rejection
+        if status.state.finished:
+            self._final[key] = status
+        return status
+
+    def _unschedulable_for(self, pod: str, unschedulable: bool) -> float:
+        """Seconds since the pod was first seen Unschedulable (0 when it is not)."""
+        if not unschedulable:
+            self._unschedulable_since.pop(pod, None)
+            return 0.0
+        return time.monotonic() - self._unschedulable_since.setdefault(pod, time.monotonic())
+
+    def _save_log(self, status: NodeStatus) -> None:
+        pod = self._pod_of.get((status.role, status.index))
+        if pod is None or status.log_path is None:
+            return
+        try:
+            status.log_path.write_text(self._read_log(pod))
+        except (ExecutorError, OSError):
+            pass  # a pod that never started has no log
+
+    def _read_log(self, pod: str) -> str:
+        try:
+            response = self.call(self._apis["CoreV1Api"].read_namespaced_pod_log, pod, self.target.namespace,
+                                 _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+        except Exception as error:  # noqa: BLE001
+            raise api_error(f"reading the log of pod {pod}", error) from None
+        return response.data.decode("utf-8", errors="replace")
+
+    # --- the Execution verbs -----------------------------------------------------------------------------------
+
+    def wait(self, timeout_s: float | None = None, on_status: StatusCallback | None = None,
+             poll_s: float = 0.2) -> ExecutionOutcome:
+        return wait_loop(self, timeout_s if timeout_s is not None else self.workload.timeout_s, on_status, poll_s,
+                         self._terminate_all)
+
+    def wait_ready(self, role: str) -> None:
+        """Every node of `role` Ready (its readinessProbe passed) or, for a log-line readiness, the line in its
+        log; ExecutorError naming the pod when it fails first or the time runs out."""
+        declared = next((r for r in self.workload.roles if r.name == role), None)
+        if declared is None:
+            raise KeyError(f"workload {self.workload.name!r} has no role {role!r}")
+        readiness = declared.readiness
+        if readiness is None:
+            return
+        deadline = time.monotonic() + readiness.timeout_s
+        pending = set(range(declared.nodes))
+        while pending:
+            for status in [s for s in self.statuses() if s.role == role and s.index in pending]:
+                if status.state.finished:
+                    raise ExecutorError(f"{status.node_id} on {status.host} exited ({status.state.value}) before it "
+                                        f"was ready" + (f": {status.reason}" if status.reason else ""))
+                if status.state is NodeState.RUNNING and self._is_ready(role, status, readiness.log_line):
+                    pending.discard(status.index)
+            if pending and time.monotonic() >= deadline:
+                node = [s for s in self.statuses() if s.role == role and s.index in pending][0]
+                what = f"port {readiness.port}" if readiness.port else f"log line {readiness.log_line!r}"
+                raise ExecutorError(f"{node.node_id} on {node.host} not ready ({what}) within "
+                                    f"{readiness.timeout_s:g} s")
+            if pending:
+                self.changed.wait(0.5)
+                self.changed.clear()
+
+    def _is_ready(self, role: str, status: NodeStatus, log_line: str | None) -> bool:
+        if log_line is not None:
+            try:
+                return log_line in self._read_log(status.host)
+            except ExecutorError:
+                return False
+        with self.lock:
+            pod = self._pods.objects.get(status.host) if self._pods else None
+        return pod is not None and pod_condition(pod, "Ready").get("status") == "True"
+
+    def kill_node(self, role: str, index: int) -> None:
+        """Delete the node's pod at once (no grace): what a lost machine looks like to the other ranks."""
+        key = (role, index)
+        if not any(r.name == role and 0 <= index < r.nodes for r in self.workload.roles):
+            raise KeyError(f"workload {self.workload.name!r} has no node {role}/{index}")
+        with self.lock:
+            pod = self._current_pod(role, index, self._pods_of(role))
+            self._killed_nodes.add(key)
+            if pod is not None:
+                self._killed_pods.add(pod["metadata"]["name"])
+        if pod is not None:
+            self._delete("Pod", pod["metadata"]["name"], grace_s=0)
+
+    def read_result(self, role: str, index: int, name: str) -> bytes:
+        """The file `name` the node left in its results volume, read back from its pod log."""
+        self._current_statuses()
+        pod = self._pod_of.get((role, index))
+        if pod is None:
+            raise ExecutorError(f"{role}/{index}: no pod ran, so no result {name}")
+        log_path = self.run_dir / f"{role}-{index}.log"
+        log = log_path.read_text(errors="replace") if log_path.exists() else self._read_log(pod)
+        results = parse_results(log)
+        if name not in results:
+            raise ExecutorError(f"{role}/{index} on pod {pod}: no result file {name} in its log")
+        return results[name]
+
+    def _delete(self, kind: str, name: str, grace_s: float | None = None) -> None:
+        try:
+            self.call(self._method("delete", kind), name, self.target.namespace, propagation_policy="Background",
+                      grace_period_seconds=None if grace_s is None else int(grace_s), _preload_content=False,
+                      _request_timeout=REQUEST_TIMEOUT)
+        except Exception as error:  # noqa: BLE001
+            if getattr(error, "status", None) != 404:  # already gone is what we wanted
+                raise api_error(f"deleting {kind}/{name}", error) from None
+
+    def _labelled(self, kind: str) -> list[str]:
+        try:
+            response = self.call(self._method("list", kind), self.target.namespace, label_selector=self._selector,
+                                 _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+        except Exception as error:  # noqa: BLE001
+            raise api_error(f"listing {kind} labelled {self._selector}", error) from None
+        items = json.loads(response.data).get("items") or []
+        return [o["metadata"]["name"] for o in items
+                if ((o.get("metadata") or {}).get("labels") or {}).get(RUN_LABEL) == self.target.run_id]
+
+    def _terminate_all(self) -> None:
+        """Kill every node still running (a failed rank or the timeout): delete the Jobs, Deployments and pods."""
+        statuses = self._current_statuses()
+        with self.lock:
+            for status in statuses:
+                if not status.state.finished:
+                    self._killed_nodes.add((status.role, status.index))
+                    if status.host in (self._pods.objects if self._pods else {}):
+                        self._killed_pods.add(status.host)
+        for kind in ("Job", "Deployment", "Pod"):
+            for name in self._labelled(kind):
+                self._delete(kind, name, grace_s=self.grace_s if kind == "Pod" else None)
+
+    def stop(self) -> None:
+        """Delete every object labelled with the run id, controllers first; wait until none is left, at most
+        `stop_timeout_s`; what is left then is in `leftovers`. Idempotent; never raises."""
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            self._current_statuses()  # final states and logs before the pods go
+        except Exception:  # noqa: BLE001 (cleanup must go on)
+            pass
+        deadline = time.monotonic() + self.stop_timeout_s
+        remaining = list(DELETE_ORDER)
+        while remaining and time.monotonic() < deadline:
+            kind = remaining[0]
+            try:
+                names = self._labelled(kind)
+                for name in names:
+                    self._delete(kind, name, grace_s=self.grace_s if kind == "Pod" else None)
+                if not names or not self._labelled(kind):
+                    remaining.pop(0)
+                else:
+                    time.sleep(0.5)  # pods terminating within their grace period
+            except ExecutorError:
+                time.sleep(0.5)
+        self.leftovers = []
+        for kind in remaining:
+            try:
+                self.leftovers += [f"{kind}/{name}" for name in self._labelled(kind)]
+            except ExecutorError as error:
+                self.leftovers.append(f"{kind}/? ({error})")
+        for watcher in (self._pods, self._events):
+            if watcher is not None:
+                watcher.stop()
+
+    def __enter__(self) -> "KubernetesExecution":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def _index_of(pod: dict[str, Any]) -> int | None:
+    meta = pod.get("metadata") or {}
+    value = (meta.get("labels") or {}).get(JOB_INDEX_LABEL) or (meta.get("annotations") or {}).get(JOB_INDEX_LABEL)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+class KubernetesExecutor:
+    """Runs every workload as Kubernetes objects in the environment's acceptance namespace, on its acceptance
+    pool (or `pool`), in the image `dcforge:acceptance.image`."""
+
+    name = "kubernetes"
+
+    def __init__(self, spec: Environment, run_id: str, api_client: Any = None, *, kubeconfig: str | None = None,
+                 context: str | None = None, pool: str | None = None, grace_s: float = 5.0,
+                 stop_timeout_s: float = 30.0, unschedulable_grace_s: float = UNSCHEDULABLE_GRACE_S):
+        try:
+            self.target = target_for(spec, run_id, pool)
+        except ObjectError as error:
+            raise ExecutorError(str(error)) from None
+        self._api_client = api_client
+        self._kubeconfig, self._context = kubeconfig, context
+        self.grace_s, self.stop_timeout_s = grace_s, stop_timeout_s
+        self.unschedulable_grace_s = unschedulable_grace_s
+
+    def start(self, workload: Workload, run_dir: Path) -> KubernetesExecution:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if self._api_client is None:
+            self._api_client = client_from_kubeconfig(self._kubeconfig, self._context)
+        try:
+            execution = KubernetesExecution(self.target, workload, run_dir, self._api_client, self.grace_s,
+                                            self.stop_timeout_s, self.unschedulable_grace_s)
+            return execution.start()
+        except ObjectError as error:
+            raise ExecutorError(str(error)) from None

@@ -1,0 +1,38 @@
+"""The API access the kubernetes executor needs, defined once (docs/executors.md, least privilege).
+
+The Acceptance component's Role (dcforge/manifests/acceptance.py) is generated from `EXECUTOR_API_ACCESS`, and the
+executor tests (tests/unit/test_kubernetes_executor.py) record every request a run makes against the fake API and
+prove each one is in it. Kept free of other dcforge imports: the manifest builders import it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ApiAccess:
+    """API access the executor needs on one resource, in the acceptance namespace."""
+
+    group: str
+    resources: tuple[str, ...]
+    verbs: tuple[str, ...]
+
+
+EXECUTOR_API_ACCESS: tuple[ApiAccess, ...] = (
+    ApiAccess("", ("services", "persistentvolumeclaims"), ("create", "list", "delete")),
+    ApiAccess("", ("pods",), ("list", "watch", "delete")),
+    ApiAccess("", ("pods/log",), ("get",)),
+    ApiAccess("", ("events",), ("list", "watch")),
+    ApiAccess("batch", ("jobs",), ("create", "list", "delete")),
+    ApiAccess("apps", ("deployments",), ("create", "list", "delete")),
+    ApiAccess("networking.k8s.io", ("networkpolicies",), ("create", "list", "delete")),
+)
+"""Every API call the kubernetes executor makes, defined once: the Acceptance component's Role is generated from
+it (dcforge/manifests/acceptance.py) and the executor tests prove nothing else is requested."""
+
+
+def rbac_rules(access: tuple[ApiAccess, ...] = EXECUTOR_API_ACCESS) -> list[dict[str, Any]]:
+    """The RBAC rules granting exactly `access`."""
+    return [{"apiGroups": [a.group], "resources": list(a.resources), "verbs": list(a.verbs)} for a in access]

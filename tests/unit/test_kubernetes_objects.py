@@ -1,0 +1,249 @@
+"""The kubernetes executor's objects: schema-valid (strict) for the spec's Kubernetes version, compliant with the
+project's own rules, placed on the declared pool, and carrying what the workload templates need."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dcforge.compliance import evaluate, exceptions_for, unexcepted
+from dcforge.errors import ConfigErrors
+from dcforge.executors.base import Readiness, Resources, Role, VolumePurpose, Workload
+from dcforge.executors.kubernetes_objects import (
+    IMAGE_WORKDIR,
+    JOB_INDEX_LABEL,
+    KUEUE_QUEUE_LABEL,
+    MULTUS_NETWORKS_ANNOTATION,
+    RUN_LABEL,
+    RUN_USER_ID,
+    ObjectError,
+    object_name,
+    prerequisite_objects,
+    target_for,
+    workload_objects,
+)
+from dcforge.executors.pod_results import parse_results, result_lines
+from dcforge.executors.torchrun import TorchrunJob, torchrun_workload
+from dcforge.spec import load_environment
+from dcforge.spec.models import Environment
+from dcforge.synth import schema_validate, synthesize
+
+IMAGE = "registry.example/dcforge:0.1.0"
+
+
+def spec_of(env: str, image: str | None = IMAGE, **acceptance) -> Environment:
+    spec = load_environment(env).spec
+    data = spec.model_dump(by_alias=True)
+    data["acceptance"] = {**data["acceptance"], "image": image, **acceptance}
+    return Environment.model_validate(data)
+
+
+def training(nodes: int = 2, gpus: int = 0) -> Workload:
+    workload = torchrun_workload("train", TorchrunJob("train.py", ("--out", "{volume[results]}/train.json"),
+                                                      nnodes=nodes))
+    role = workload.roles[0]
+    return Workload(workload.name, (Role(role.name, role.command, role.env, role.nodes,
+                                         Resources(cpus=2, memory_mib=4096, gpus=gpus), role.ports),),
+                    workload.volumes, workload.timeout_s)
+
+
+def serving(replicas: int = 2) -> Workload:
+    server = Role("server", ("{python}", "-m", "workloads.serving", "--port", "{port[http]}"), nodes=replicas,
+                  ports=("http",), readiness=Readiness(port="http", timeout_s=30))
+    client = Role("loadgen", ("{python}", "-m", "loadtests.run", "--users", "{node_count}"), nodes=1)
+    return Workload("inference", (server, client))
+
+
+def all_objects(spec: Environment, workload: Workload, pool: str | None = None) -> list[dict]:
+    target = target_for(spec, "2026-11-30T18:00 report/7", pool)
+    before = prerequisite_objects(target, workload)
+    addresses = {role.name: "10.96.0.10" for role in workload.roles}
+    return before + workload_objects(target, workload, addresses)
+
+
+def pod_specs(objects: list[dict]) -> list[dict]:
+    return [o["spec"]["template"]["spec"] for o in objects if o["kind"] in ("Job", "Deployment")]
+
+
+@pytest.mark.parametrize("env", ["local", "dev", "prod"])
+@pytest.mark.parametrize("workload", [training(), training(nodes=1, gpus=1), serving()], ids=["job", "gpu", "server"])
+def test_objects_validate_strictly_and_comply(env, workload):
+    spec = spec_of(env)
+    if env == "prod":  # the prod acceptance pool has RDMA: covered on its own below
+        spec = spec_of(env, pool="infer-l40s")
+    if env == "local" and workload.roles[0].resources.gpus:
+        pytest.skip("the local environment declares no GPU pool")
+    objects = all_objects(spec, workload)
+    report = schema_validate(objects, spec.versions.kubernetes)
+    assert report.errors == [] and not report.skipped and report.validated == len(objects)
+    stack = [obj for chunk in synthesize(spec).values() for obj in chunk]
+    assert unexcepted(evaluate(stack + objects, exceptions_for(spec))) == []
+    assert all(o["metadata"]["labels"][RUN_LABEL] == "2026-11-30t18-00-report-7" for o in objects)
+    assert {o["metadata"]["namespace"] for o in objects} == {"acceptance"}
+
+
+def test_indexed_job_service_and_ports():
+    objects = all_objects(spec_of("dev"), training(nodes=3))
+    kinds = [o["kind"] for o in objects]
+    assert kinds == ["NetworkPolicy", "PersistentVolumeClaim", "Service", "Job"]  # creation order
+    policy, claim, service, job = objects
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 3
+    assert service["spec"]["selector"][JOB_INDEX_LABEL] == "0"  # the rendezvous host only
+    assert service["spec"]["ports"] == [{"name": "rendezvous", "protocol": "TCP", "port": 29400,
+                                         "targetPort": 29400}]
+    assert policy["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 29400}]
+    assert policy["spec"]["egress"][0]["ports"] == [{"protocol": "TCP", "port": 29400}]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert claim["spec"]["storageClassName"] == next(c.name for c in spec_of("dev").storage.classes
+                                                     if c.purpose == "checkpoints")
+
+
+def test_the_container_script_fills_per_pod_values_in_a_real_shell(tmp_path):
+    """The script runs under /bin/sh as in the pod: per-pod values expand, literals stay one word each, the exit
+    code is the workload's."""
+    (job,) = [o for o in all_objects(spec_of("dev"), training(nodes=3)) if o["kind"] == "Job"]
+    script = job["spec"]["template"]["spec"]["containers"][0]["command"][2]
+    fake_python = tmp_path / "python"
+    fake_python.write_text('#!/bin/sh\nfor a in "$@"; do echo "ARG:$a"; done\n[ "$1" = -m ] && [ "$2" = '
+                           'dcforge.executors.pod_results ] && exit 0\nexit 3\n')
+    fake_python.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "JOB_COMPLETION_INDEX": "1", "DCFORGE_NODE_ADDRESS": "10.1.2.3"}
+    done = subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    args = [line[4:] for line in done.stdout.splitlines() if line.startswith("ARG:")]
+    assert done.returncode == 3  # the workload's exit code, after the results were printed
+    assert "--rdzv-endpoint=10.96.0.10:29400" in args  # the Service's cluster IP: no DNS
+    assert "--local-addr=10.1.2.3" in args and "--nnodes=3" in args
+    assert any(a.startswith("--rdzv-conf=is_host=false,") for a in args)  # index 1 does not host the store
+    assert args[-2:] == ["dcforge.executors.pod_results", "/dcforge/results"]
+    env["JOB_COMPLETION_INDEX"] = "0"
+    done = subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert "ARG:--rdzv-conf=is_host=true,join_timeout=60" in done.stdout.splitlines()
+
+
+def test_server_role_is_a_deployment_with_probes_and_a_service_over_every_replica():
+    objects = all_objects(spec_of("dev"), serving())
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    (service,) = [o for o in objects if o["kind"] == "Service"]
+    assert deployment["spec"]["replicas"] == 2
+    assert JOB_INDEX_LABEL not in service["spec"]["selector"]
+    probe = deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+    assert probe["tcpSocket"] == {"port": 29400}
+    loadgen = next(o for o in objects if o["kind"] == "Job")
+    assert "--users 1 &" in loadgen["spec"]["template"]["spec"]["containers"][0]["command"][2]
+
+
+def test_placement_per_pool_kind():
+    prod = spec_of("prod")  # acceptance pool train-a: taints, RDMA, quota
+    (pod,) = pod_specs(all_objects(prod, training(nodes=2, gpus=8)))
+    (job,) = [o for o in all_objects(prod, training(nodes=2, gpus=8)) if o["kind"] == "Job"]
+    pool = prod.pool("train-a")
+    assert pod["nodeSelector"] == {"dcforge.io/pool": "train-a", **pool.labels}
+    assert {t["key"] for t in pod["tolerations"]} == {"nvidia.com/gpu", "dcforge.io/pool"}
+    resources = pod["containers"][0]["resources"]
+    assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == 8
+    assert job["metadata"]["labels"][KUEUE_QUEUE_LABEL] == "train-a"  # a LocalQueue exists in acceptance
+    assert job["spec"]["template"]["metadata"]["annotations"][MULTUS_NETWORKS_ANNOTATION].startswith("training/")
+    assert pod["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["IPC_LOCK"]}
+    # RDMA needs IPC_LOCK, which restricted Pod Security refuses: the one rule it breaks.
+    stack = [obj for chunk in synthesize(prod).values() for obj in chunk]
+    objects = all_objects(prod, training(nodes=2, gpus=8))
+    assert {v.rule_id for v in unexcepted(evaluate(stack + objects, exceptions_for(prod)))} == {"DCF-POD-008"}
+
+    # another pool than the acceptance pool: no RDMA, and its ClusterQueue does not admit the acceptance namespace
+    (pod,) = pod_specs(all_objects(prod, training(nodes=1, gpus=1), pool="infer-l40s"))
+    (job,) = [o for o in all_objects(prod, training(nodes=1, gpus=1), pool="infer-l40s") if o["kind"] == "Job"]
+    assert pod["nodeSelector"]["dcforge.io/pool"] == "infer-l40s"
+    assert "add" not in pod["containers"][0]["securityContext"]["capabilities"]
+    assert "annotations" not in job["spec"]["template"]["metadata"]
+    assert KUEUE_QUEUE_LABEL not in job["metadata"]["labels"]
+
+    (pod,) = pod_specs(all_objects(spec_of("local"), training(nodes=1)))  # no pool at all
+    assert "nodeSelector" not in pod and "tolerations" not in pod
+    assert set(pod["containers"][0]["resources"]["requests"]) == {"cpu", "memory"}
+
+
+def test_restricted_pod_security_and_volumes():
+    (pod,) = pod_specs(all_objects(spec_of("dev"), training(nodes=1)))
+    (node,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False and pod["serviceAccountName"] == "dcforge-acceptance"
+    assert node["securityContext"]["readOnlyRootFilesystem"] is True
+    assert node["securityContext"]["allowPrivilegeEscalation"] is False
+    assert node["image"] == IMAGE and node["imagePullPolicy"] == "IfNotPresent"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes["scratch"] and "emptyDir" in volumes["results"] and "emptyDir" in volumes["tmp"]
+    assert volumes["checkpoints"]["persistentVolumeClaim"]["claimName"].endswith("-checkpoints")
+    mounts = {m["name"]: m["mountPath"] for m in node["volumeMounts"]}
+    assert mounts == {"tmp": "/tmp", "scratch": "/dcforge/scratch", "checkpoints": "/dcforge/checkpoints",
+                      "results": "/dcforge/results"}
+
+
+def test_templates_kubernetes_cannot_fill_are_one_line_errors():
+    no_ports = Workload("w", (Role("solo", ("echo", "{leader_address}")),))
+    with pytest.raises(ObjectError, match="role 'solo': {leader_address} is not available on kubernetes"):
+        all_objects(spec_of("dev"), no_ports)
+    replicas = Workload("w", (Role("srv", ("serve", "{node_index}"), nodes=2, ports=("http",),
+                                   readiness=Readiness(port="http")),))
+    with pytest.raises(ObjectError, match="interchangeable"):
+        all_objects(spec_of("dev"), replicas)
+    with pytest.raises(ObjectError, match="dcforge:acceptance.image is not set"):
+        target_for(spec_of("dev", image=None), "r")
+
+
+@pytest.mark.parametrize("image", ["registry.example/dcforge", "registry.example/dcforge:latest",
+                                   "registry.example:5000/dcforge"])
+def test_unpinned_image_is_refused_naming_the_key(env_file, image):
+    path = env_file("dev", replace={"    pool: train-h100\n": f"    pool: train-h100\n    image: {image}\n"})
+    with pytest.raises(ConfigErrors) as caught:
+        load_environment(path=path)
+    (error,) = caught.value.errors
+    assert error.key == "dcforge:acceptance.image" and "not pinned" in str(error)
+
+
+def test_pinned_images_are_accepted():
+    assert spec_of("dev", image="registry.example:5000/team/dcforge:2026.11").acceptance.image
+    assert spec_of("dev", image="r.example/dcforge@sha256:" + "a" * 64, imagePullPolicy="Always")
+
+
+def test_long_names_stay_valid_labels():
+    target = target_for(spec_of("dev"), "x" * 200)
+    name = object_name(target, "a-very-long-role-name-" * 4, "checkpoints")
+    assert len(name) <= 63 and name.startswith("dcf-") and name[-1] != "-"
+
+
+def test_results_travel_through_the_log(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "train.json").write_bytes(b'{"kind": "train.result"}\n')
+    (tmp_path / "sub" / "raw.bin").write_bytes(bytes(range(256)))
+    out = subprocess.run([sys.executable, "-m", "dcforge.executors.pod_results", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    log = "step 1\nno newline at the end" + out + "dcforge.result fake not-base64!\n"
+    assert parse_results(log) == {"train.json": b'{"kind": "train.result"}\n', "sub/raw.bin": bytes(range(256))}
+    assert result_lines(tmp_path)[0].split(" ")[2] == base64.b64encode(bytes(range(256))).decode()
+
+
+def test_the_containerfile_holds_what_the_pods_expect():
+    """The image cannot be built here (no container runtime): its text at least agrees with the pod spec."""
+    text = (Path(__file__).resolve().parents[2] / "Containerfile").read_text()
+    assert f"WORKDIR {IMAGE_WORKDIR}\n" in text and f"USER {RUN_USER_ID}:{RUN_USER_ID}\n" in text
+    assert all(f"COPY {part} {part}\n" in text for part in ("dcforge", "workloads", "loadtests"))
+    assert "AS base-cpu" in text and "AS base-cuda" in text and "FROM base-${VARIANT}" in text
+
+
+def test_gpus_are_the_resource_the_pools_device_plugin_advertises():
+    """A MIG pool with the mixed strategy advertises one resource per profile; others `nvidia.com/gpu`."""
+    data = spec_of("dev").model_dump(by_alias=True)
+    data["gpuPools"][0]["sharing"] = {"mode": "mig", "migStrategy": "mixed", "migProfile": "1g.10gb"}
+    mig = Environment.model_validate(data)
+    (pod,) = pod_specs(all_objects(mig, training(nodes=1, gpus=2)))
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/mig-1g.10gb"] == 2
+    (pod,) = pod_specs(all_objects(spec_of("dev"), training(nodes=1, gpus=1), pool="infer-l4"))  # time-slicing
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["nodeSelector"] == {"dcforge.io/pool": "infer-l4"}
+    assert schema_validate(all_objects(mig, training(nodes=1, gpus=2)), mig.versions.kubernetes).errors == []
