@@ -1,5 +1,6 @@
 """OpenAI-compatible server for the bundled GPT: N replicas (gunicorn worker processes, respawned when one dies),
-each a uvicorn/FastAPI app with continuous batching over a KV cache.
+each a uvicorn/FastAPI app whose continuous-batching engine (KV cache, forward passes) runs in a child process of
+its own (`--engine process`; `workloads.serving.engine_process`).
 
     DCFORGE_API_KEY=secret python -m workloads.serve --replicas 3 --port 8000 [--checkpoint DIR] [--tls-cert ..]
         [--quantize int8]
@@ -17,8 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from workloads.serving.settings import (BALANCE_MODES, QUANTIZE_MODES, EngineSettings, LimitSettings, ModelSettings,
-                                        ServerSettings, read_api_key)
+from workloads.serving.settings import (BALANCE_MODES, ISOLATION_MODES, QUANTIZE_MODES, EngineSettings,
+                                        LimitSettings, ModelSettings, ServerSettings, read_api_key)
 
 WORKER_CLASS = "workloads.serving.worker.ServingWorker"
 
@@ -38,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-context", type=int, default=None)
     add("--torch-threads", type=int, default=EngineSettings.torch_threads)
     add("--device", default=EngineSettings.device, help="auto (GPUs when visible), cpu, cuda or cuda:N")
+    add("--engine", choices=ISOLATION_MODES, default=EngineSettings.isolation,
+        help="process: each replica's batching engine in a process of its own (default); thread: inside the replica")
     add("--quantize", default=ModelSettings.quantize,
         help="none (fp32 as loaded) or int8 (dynamic int8 quantization of every Linear; CPU only)")
     add("--max-body-bytes", type=int, default=LimitSettings.max_body_bytes)
@@ -59,7 +62,8 @@ def settings_from_args(args: argparse.Namespace, api_key: str, state_dir: Path) 
         model=ModelSettings(preset=args.preset, checkpoint=args.checkpoint, served_name=args.model_name,
                             seed=args.seed, quantize=args.quantize),
         engine=EngineSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_context=args.max_context,
-                              torch_threads=args.torch_threads, device=args.device),
+                              torch_threads=args.torch_threads, device=args.device,
+                              isolation=args.engine),
         limits=LimitSettings(max_body_bytes=args.max_body_bytes, max_prompt_tokens=args.max_prompt_tokens,
                              max_tokens=args.max_tokens, max_pending=args.max_pending),
         api_key=api_key,

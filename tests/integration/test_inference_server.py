@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import ssl
 import time
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
 from dcforge.checks.serving.credentials import private_dir
-from dcforge.checks.serving.server import LocalServer
+from dcforge.checks.serving.server import LocalServer, child_pids
 from dcforge.checks.serving.settings import ModelChoice, ServingLoadConfig
 from dcforge.compliance.endpoint import check_endpoint
 
@@ -193,6 +196,59 @@ def test_client_that_disconnects_mid_stream_frees_its_slot(server):
         metrics = http.get("/metrics").text
     active = [line for line in metrics.splitlines() if line.startswith("dcforge_active_sequences ")]
     assert active and float(active[0].split()[1]) == 0.0
+
+
+def test_engine_counts_reach_the_replicas_metrics(server):
+    """The forward passes run in the engine processes; their batch sizes and timings are on /metrics."""
+    http = httpx.Client(base_url=server.base_url, timeout=30, headers={"Authorization": f"Bearer {KEY}"})
+    with http:
+        assert http.post("/v1/completions", json={"model": MODEL, "prompt": "count me", "max_tokens": 4,
+                                                  "ignore_eos": True}).status_code == 200
+        metrics = http.get("/metrics").text
+    counts = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
+              if line.startswith(("dcforge_batch_size_count", "dcforge_forward_seconds_count"))}
+    for phase in ("prefill", "decode"):
+        assert counts[f'dcforge_batch_size_count{{phase="{phase}"}}'] >= 1
+        assert counts[f'dcforge_forward_seconds_count{{phase="{phase}"}}'] >= 1
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def gone_within(pid: int, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not alive(pid)
+
+
+def test_a_killed_replica_takes_its_engine_and_a_dead_engine_takes_its_replica(tmp_path_factory):
+    """Each replica's engine runs in a child process: SIGKILL the replica and its engine process dies too (no
+    orphan), and gunicorn's new replica serves with a new engine; SIGKILL an engine process and its replica exits
+    and is replaced the same way."""
+    server, secrets = start_server(tmp_path_factory, replicas=1, tls=False)
+    body = {"model": MODEL, "prompt": "after failover", "max_tokens": 3}
+    auth = {"Authorization": f"Bearer {KEY}"}
+    try:
+        [replica] = server.ready_pids()
+        [engine] = child_pids(replica)
+        os.kill(replica, signal.SIGKILL)
+        assert gone_within(engine), "the engine process outlived its SIGKILLed replica"
+        second, _ = server.wait_respawn({replica}, 90)
+        assert httpx.post(f"{server.base_url}/v1/completions", json=body, headers=auth, timeout=30).status_code == 200
+        [second_engine] = child_pids(second)
+        os.kill(second_engine, signal.SIGKILL)
+        assert gone_within(second), "the replica kept running without its engine process"
+        third, _ = server.wait_respawn({replica, second}, 90)
+        assert httpx.post(f"{server.base_url}/v1/completions", json=body, headers=auth, timeout=30).status_code == 200
+        assert len(child_pids(third)) == 1
+    finally:
+        server.__exit__(None, None, None)
+        secrets.__exit__(None, None, None)
 
 
 def test_endpoint_compliance_plain(server):

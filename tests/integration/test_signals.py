@@ -182,7 +182,8 @@ def test_signal_during_a_check_ends_the_run_and_every_child(env_file, tmp_path, 
 
 
 def test_sigkilled_server_master_leaves_no_replica(tmp_path):
-    """`python -m workloads.serve` on its own, no harness around it: its replicas die with the master."""
+    """`python -m workloads.serve` on its own, no harness around it: its replicas, and each replica's engine
+    process, die with the master."""
     import socket
 
     with socket.socket() as probe:
@@ -200,8 +201,9 @@ def test_sigkilled_server_master_leaves_no_replica(tmp_path):
         while time.monotonic() < deadline and len(list(state.glob("ready-*"))) < 2:
             assert master.poll() is None, "the server exited before its replicas were ready"
             time.sleep(0.2)
-        replicas = [p for p in descendants(master.pid)]
-        assert len(replicas) == 2, replicas
+        replicas = descendants(master.pid)
+        engines = [p for p in replicas if "workloads.serving.engine_process" in p.cmdline]
+        assert len(replicas) == 4 and len(engines) == 2, replicas  # 2 replicas, each with its engine process
         master.kill()
         master.wait(timeout=10)
         left = wait_until_gone(replicas, str(state))

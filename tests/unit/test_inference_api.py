@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from workloads.serving.app import REPLICA_HEADER, create_app
-from workloads.serving.settings import LimitSettings, ServerSettings, read_api_key
+from workloads.serving.settings import EngineSettings, LimitSettings, ServerSettings, read_api_key
 
 KEY = "unit-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -85,6 +85,19 @@ def test_transport_level_refusals(client):
     assert client.get("/v1/nowhere", headers=AUTH).json()["error"]["code"] == "not_found"
     assert client.get("/health").status_code == 200 and client.get("/ready").json()["status"] == "ready"
     assert "dcforge_requests_total" in client.get("/metrics").text
+
+
+def test_both_engine_placements_give_the_same_greedy_answer_and_report_readiness(client):
+    """The default serves from the replica's engine process; `isolation: thread` from a thread of this process."""
+    body = {"model": "dcforge-gpt", "prompt": "placement", "max_tokens": 6, "temperature": 0, "ignore_eos": True}
+    answers = [client.post("/v1/completions", json=body, headers=AUTH).json()["choices"][0]["text"]]
+    settings = ServerSettings(engine=EngineSettings(isolation="thread"), api_key=KEY)
+    with TestClient(create_app(settings)) as in_thread:
+        ready = in_thread.get("/ready").json()
+        assert ready["status"] == "ready" and ready["active_sequences"] == 0
+        answers.append(in_thread.post("/v1/completions", json=body, headers=AUTH).json()["choices"][0]["text"])
+    assert client.get("/ready").json()["status"] == "ready"
+    assert answers[0] == answers[1]
 
 
 def test_app_refuses_to_exist_without_a_key():

@@ -24,11 +24,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from workloads.serving import metrics
 from workloads.serving.engine import BatchingEngine, EngineOverloaded, SamplingParams, load_model, resolve_device
+from workloads.serving.engine_process import EngineProcess, EngineUnavailable
 from workloads.serving.protocol import (APIError, ChatCompletionRequest, CompletionRequest, TextChunkEncoder,
                                         chat_body, chat_chunk, completion_body, completion_chunk, new_id, sse,
                                         usage_chunk, validation_message)
 from workloads.records import REPLICA_HEADER, mark_ready
 from workloads.serving.settings import LimitSettings, ServerSettings
+
+ServingEngine = BatchingEngine | EngineProcess
+"""What the routes submit to: the same interface in a thread (`BatchingEngine`) or in a process of its own."""
 
 _ROUTES = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/ready", "/metrics"}
 
@@ -91,26 +95,43 @@ class ServingMiddleware:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Loads the model and starts the batching engine of this replica; announces readiness with a `ready-<pid>`
-    file in the state directory (the supervisor's and the checks' signal) and removes it on the way out."""
+    """Starts the batching engine of this replica -- in its own process (EngineSettings.isolation), or in a thread
+    here -- once its model is loaded and warmed up; then announces readiness with a `ready-<pid>` file in the state
+    directory (the supervisor's and the checks' signal) and removes it on the way out."""
     settings: ServerSettings = app.state.settings
-    torch.set_num_threads(settings.engine.torch_threads)
     device = resolve_device(settings.engine.device, settings.model.quantize)  # int8 on CUDA refused before loading
-    model, config = await asyncio.to_thread(load_model, settings.model)
-    model = model.to(device)
+    if settings.engine.isolation == "process":
+        engine: ServingEngine = EngineProcess(settings.model, settings.engine, str(device),
+                                              max_pending=settings.limits.max_pending, observer=metrics.observe_step,
+                                              load_observer=metrics.observe_load,
+                                              on_lost=getattr(app.state, "exit_replica", None))
+        await engine.start()
+    else:
+        engine = await start_engine_thread(settings, device)
     metrics.SERVED_PRECISION.labels(settings.model.precision).set(1)
-    engine = BatchingEngine(model, config, settings.engine, max_pending=settings.limits.max_pending,
-                            observer=metrics.observe_step, load_observer=metrics.observe_load)
-    await asyncio.to_thread(engine.warm_up)
-    engine.start()
     app.state.engine = engine
     ready_file = mark_ready(settings.state_dir) if settings.state_dir else None
     try:
         yield
     finally:
-        engine.stop()
+        if isinstance(engine, EngineProcess):
+            await engine.stop()
+        else:
+            engine.stop()
         if ready_file:
             ready_file.unlink(missing_ok=True)
+
+
+async def start_engine_thread(settings: ServerSettings, device: torch.device) -> BatchingEngine:
+    """The engine in a thread of this process (`isolation: thread`)."""
+    torch.set_num_threads(settings.engine.torch_threads)
+    model, config = await asyncio.to_thread(load_model, settings.model)
+    model = model.to(device)
+    engine = BatchingEngine(model, config, settings.engine, max_pending=settings.limits.max_pending,
+                            observer=metrics.observe_step, load_observer=metrics.observe_load)
+    await asyncio.to_thread(engine.warm_up)
+    engine.start()
+    return engine
 
 
 # -- error rendering: every refusal in OpenAI's error shape -----------------------------------------------------
@@ -140,7 +161,7 @@ def server_settings(request: Request) -> ServerSettings:
     return request.app.state.settings
 
 
-def loaded_engine(request: Request) -> BatchingEngine:
+def loaded_engine(request: Request) -> ServingEngine:
     return request.app.state.engine
 
 
@@ -191,7 +212,7 @@ async def chat_request(request: Request, settings: ServerSettings = Depends(serv
 
 # -- generation ----------------------------------------------------------------------------------------------------
 
-def submit(engine: BatchingEngine, limits: LimitSettings, body: CompletionRequest | ChatCompletionRequest):
+def submit(engine: ServingEngine, limits: LimitSettings, body: CompletionRequest | ChatCompletionRequest):
     """The request checked against the limits and the context, queued on the engine (429 when it is full)."""
     prompt_ids = body.prompt_ids(engine.tokenizer)
     max_tokens = body.requested_max_tokens()
@@ -211,11 +232,13 @@ def submit(engine: BatchingEngine, limits: LimitSettings, body: CompletionReques
         handle = engine.submit(prompt_ids, params)
     except EngineOverloaded as error:
         raise APIError(429, f"server overloaded: {error}", "rate_limit_error") from None
+    except EngineUnavailable as error:
+        raise APIError(503, f"{error}; retry on another replica", "server_error") from None
     metrics.PROMPT_TOKENS.inc(len(prompt_ids))
     return handle
 
 
-async def respond(engine: BatchingEngine, settings: ServerSettings, body: CompletionRequest | ChatCompletionRequest,
+async def respond(engine: ServingEngine, settings: ServerSettings, body: CompletionRequest | ChatCompletionRequest,
                   chat: bool) -> Response:
     handle = submit(engine, settings.limits, body)
     served = settings.model.served_name
@@ -284,6 +307,8 @@ async def ready(request: Request) -> JSONResponse:
     engine = getattr(request.app.state, "engine", None)
     if engine is None:
         return JSONResponse({"status": "loading"}, 503)
+    if isinstance(engine, EngineProcess) and engine.lost:
+        return JSONResponse({"status": "engine process lost"}, 503)
     return JSONResponse({"status": "ready", "replica": os.getpid(), "queue_depth": engine.queue_depth,
                          "active_sequences": engine.active_sequences})
 
@@ -304,14 +329,14 @@ async def list_models(settings: ServerSettings = Depends(server_settings)) -> di
 
 @router.post("/v1/completions", dependencies=authorized)
 async def completions(body: CompletionRequest = Depends(completion_request),
-                      engine: BatchingEngine = Depends(loaded_engine),
+                      engine: ServingEngine = Depends(loaded_engine),
                       settings: ServerSettings = Depends(server_settings)) -> Response:
     return await respond(engine, settings, body, chat=False)
 
 
 @router.post("/v1/chat/completions", dependencies=authorized)
 async def chat_completions(body: ChatCompletionRequest = Depends(chat_request),
-                           engine: BatchingEngine = Depends(loaded_engine),
+                           engine: ServingEngine = Depends(loaded_engine),
                            settings: ServerSettings = Depends(server_settings)) -> Response:
     return await respond(engine, settings, body, chat=True)
 

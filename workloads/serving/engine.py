@@ -4,7 +4,8 @@ One engine thread owns the model. Between decode steps it admits waiting request
 prefills all of them in one forward pass (prompts right-padded to the longest); then one forward pass decodes
 the next token of every active sequence (B=active, T=1). Requests join and leave the batch at token granularity,
 so a long generation never holds up short ones. Tokens travel to the asyncio side through a per-request queue
-(`GenerationHandle`).
+(`GenerationHandle`), or, when the engine runs in a process of its own (`workloads.serving.engine_process`, the
+default), over a socket: the engine reports each step's events to whatever `deliver` it was given.
 
 Slots are handed out first-freed-first-reused, so the active sequences stay in runs of consecutive slots ordered
 by age (hence by length); the model then reads their keys straight from the cache and attends each run only up to
@@ -23,6 +24,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -58,6 +60,33 @@ class TokenEvent:
     """Tokens generated so far."""
     finish_reason: str | None = None
     """None while generating; then "stop", "length" or "error"."""
+
+
+class Handle(Protocol):
+    """What the engine needs of a request: a `GenerationHandle` in the serving process, or the engine process's
+    stand-in for a request of the HTTP process (`workloads.serving.engine_process`)."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    cancelled: bool
+
+    def publish(self, event: TokenEvent) -> None: ...
+
+
+Deliver = Callable[[list["Handle"]], None]
+"""Called by the engine thread after every step with the handles that published events in it."""
+Receive = Callable[[float | None], None]
+"""Reads the engine's own input for up to the given seconds (0: only what has arrived; None: until something does)
+and queues what it brings with `enqueue`: the engine process's loop (`workloads.serving.engine_process`) reads its
+socket itself, in the engine's thread, instead of waiting for another thread to submit."""
+
+
+def check_prompt(prompt_ids: list[int], max_context: int) -> None:
+    """ValueError unless the prompt leaves room for at least one generated token."""
+    if not prompt_ids:
+        raise ValueError("the prompt must have at least one token")
+    if len(prompt_ids) + 1 > max_context:
+        raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the context holds {max_context}")
 
 
 class GenerationHandle:
@@ -115,7 +144,7 @@ def _drain_all(handles: list[GenerationHandle]) -> None:
 
 @dataclass
 class _Sequence:
-    handle: GenerationHandle
+    handle: Handle
     slot: int
     generator: torch.Generator
     decoder: StreamDecoder
@@ -174,7 +203,8 @@ LoadObserver = Callable[[int, int], None]
 
 class BatchingEngine:
     def __init__(self, model: GPT, config: GPTConfig, settings: EngineSettings, *, max_pending: int = 256,
-                 observer: StepObserver | None = None, load_observer: LoadObserver | None = None):
+                 observer: StepObserver | None = None, load_observer: LoadObserver | None = None,
+                 deliver: Deliver = deliver, receive: Receive | None = None):
         self.model = model
         self.config = config
         self.settings = settings
@@ -183,10 +213,12 @@ class BatchingEngine:
         self.tokenizer = ByteTokenizer()
         self._observer = observer
         self._load_observer = load_observer
+        self._deliver = deliver
+        self._receive = receive
         self.device = next(model.parameters()).device
         self._cache = KVCache(config, settings.max_batch, self.max_context, device=self.device)
         self._free_slots = deque(range(settings.max_batch))  # FIFO: see the module docstring
-        self._pending: deque[GenerationHandle] = deque()
+        self._pending: deque[Handle] = deque()
         self._active: list[_Sequence] = []
         self._cond = threading.Condition()
         self._stopping = False
@@ -194,17 +226,18 @@ class BatchingEngine:
 
     # -- asyncio side -------------------------------------------------------------------------------------------
     def submit(self, prompt_ids: list[int], params: SamplingParams) -> GenerationHandle:
-        if not prompt_ids:
-            raise ValueError("the prompt must have at least one token")
-        if len(prompt_ids) + 1 > self.max_context:
-            raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the context holds {self.max_context}")
+        check_prompt(prompt_ids, self.max_context)
         handle = GenerationHandle(list(prompt_ids), params, asyncio.get_running_loop())
+        self.enqueue(handle)
+        return handle
+
+    def enqueue(self, handle: Handle) -> None:
+        """Queue a request from any thread; its events go out through this engine's `deliver`."""
         with self._cond:
             if len(self._pending) >= self.max_pending:
                 raise EngineOverloaded(f"{len(self._pending)} requests are already waiting")
             self._pending.append(handle)
             self._cond.notify()
-        return handle
 
     @property
     def queue_depth(self) -> int:
@@ -216,13 +249,11 @@ class BatchingEngine:
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="batching-engine", daemon=True)
+        self._thread = threading.Thread(target=self.run, name="batching-engine", daemon=True)
         self._thread.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
+        self.request_stop()
         if self._thread:
             self._thread.join(timeout_s)
 
@@ -239,7 +270,14 @@ class BatchingEngine:
         return torch.tensor(data, device=self.device)
 
     # -- engine thread ------------------------------------------------------------------------------------------
-    def _run(self) -> None:
+    def request_stop(self) -> None:
+        """The loop ends after its current step (callable from the loop's own `receive`)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+
+    def run(self) -> None:
+        """The engine loop, until stopped: in a thread of its own (`start`), or the engine process's main thread."""
         torch.set_num_threads(self.settings.torch_threads)
         with torch.inference_mode():
             while True:
@@ -248,28 +286,30 @@ class BatchingEngine:
                     return
                 if admitted:
                     self._guarded(self._prefill, admitted)
-                    deliver([sequence.handle for sequence in admitted])  # first tokens out before the next decode
+                    self._deliver([sequence.handle for sequence in admitted])  # first tokens out before the next decode
                 if self._active:
                     stepped = list(self._active)
                     self._guarded(self._decode_step, stepped)
-                    deliver([sequence.handle for sequence in stepped])
+                    self._deliver([sequence.handle for sequence in stepped])
 
     def _admit(self) -> list[_Sequence] | None:
         """New sequences for free slots; blocks while idle. None when the engine is stopping."""
         max_wait_s = self.settings.max_wait_ms / 1000
-        with self._cond:
+        with self._cond:  # re-entrant: `receive` enqueues from this thread
+            if self._receive is not None:
+                self._receive(0)
             if not self._active:
                 while not self._pending and not self._stopping:
-                    self._cond.wait()
+                    self._wait(None)
                 # Idle engine: let concurrent arrivals gather for up to max_wait so they share the first batch.
                 deadline = time.monotonic() + max_wait_s
                 while (len(self._pending) < len(self._free_slots) and not self._stopping
                        and (remaining := deadline - time.monotonic()) > 0):
-                    self._cond.wait(remaining)
+                    self._wait(remaining)
             if self._stopping:
                 for handle in self._pending:
                     handle.publish(TokenEvent("", 0, "error"))
-                deliver(list(self._pending))
+                self._deliver(list(self._pending))
                 self._pending.clear()
                 return None
             admitted = []
@@ -281,6 +321,12 @@ class BatchingEngine:
                 admitted.append(_Sequence(handle, self._free_slots.popleft(), torch.Generator().manual_seed(seed),
                                           self.tokenizer.stream_decoder()))
             return admitted
+
+    def _wait(self, timeout_s: float | None) -> None:
+        if self._receive is not None:
+            self._receive(timeout_s)
+        else:
+            self._cond.wait(timeout_s)
 
     def _guarded(self, step: Callable[[list[_Sequence]], None], sequences: list[_Sequence]) -> None:
         """A failing forward pass ends the sequences it carried with finish_reason "error", never the engine."""

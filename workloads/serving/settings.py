@@ -17,6 +17,9 @@ Balance = Literal["requests", "connections"]
 Quantize = Literal["none", "int8"]
 """Weights served: `none` (as loaded, fp32) or `int8` (`workloads.model.quantize_int8`)."""
 QUANTIZE_MODES: tuple[str, ...] = get_args(Quantize)
+Isolation = Literal["process", "thread"]
+"""Where a replica runs its batching engine (`EngineSettings.isolation`)."""
+ISOLATION_MODES: tuple[str, ...] = get_args(Isolation)
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,10 @@ class EngineSettings:
     device: str = "auto"
     """`auto` (a CUDA GPU when one is visible, replicas spread over the GPUs; else the CPU), `cpu`, `cuda`,
     `cuda:N`."""
+    isolation: Isolation = "process"
+    """`process`: the engine runs in a child process of the replica (`workloads.serving.engine_process`), so the
+    HTTP side never holds the GIL the forward passes need; `thread`: in a thread of the replica's own process (the
+    design before, kept so `benchmarks/inference_serving.py` can measure both side by side)."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The gunicorn worker class of a replica: uvicorn's worker with a TLS floor.
+"""The gunicorn worker class of a replica: uvicorn's worker with a TLS floor, which exits when its engine process dies.
 
 uvicorn builds its SSL context from gunicorn's cert/key but leaves the protocol floor to OpenSSL's defaults; a
 data-centre endpoint must refuse TLS 1.0/1.1 whatever the host's OpenSSL policy says, so the floor is set here.
@@ -6,6 +6,8 @@ data-centre endpoint must refuse TLS 1.0/1.1 whatever the host's OpenSSL policy 
 
 from __future__ import annotations
 
+import os
+import signal
 import ssl
 
 from uvicorn_worker import UvicornWorker
@@ -15,6 +17,9 @@ MINIMUM_TLS = ssl.TLSVersion.TLSv1_2
 
 class ServingWorker(UvicornWorker):
     async def _serve(self) -> None:
+        # A replica whose engine process died exits (uvicorn turns SIGTERM into a graceful shutdown) and gunicorn
+        # starts a fresh replica with a fresh engine.
+        self.wsgi.state.exit_replica = lambda: os.kill(os.getpid(), signal.SIGTERM)
         self.config.app = self.wsgi
         self.config.load()  # builds config.ssl; Server.serve() does not load a second time
         if self.config.ssl is not None:
