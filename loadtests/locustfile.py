@@ -72,8 +72,10 @@ _sent = 0
 DRAIN_TIMEOUT_S = 1.0
 """How long a finished stream waits for the end of its HTTP body so its connection can be reused."""
 LOG_FLUSH_INTERVAL_S = 1.0
-_BLANK_LINES = (b"\n", b"\r\n")
 """The request log is written in batches; at most this much of it is unwritten when the process is SIGKILLed."""
+IN_FLIGHT_POLL_S = 0.01
+"""How often the end of the window looks whether the requests in flight have finished."""
+_BLANK_LINES = (b"\n", b"\r\n")
 
 
 @events.init_command_line_parser.add_listener
@@ -181,9 +183,15 @@ def _flush_periodically(log: RequestLog) -> None:
 
 
 @events.test_stopping.add_listener
-def _end_window(**_kwargs) -> None:
-    # Fired when the run time is over, before the users stop: requests sent so far may complete in the grace period.
+def _end_window(environment, **_kwargs) -> None:
+    # Fired when the run time is over, before the users stop: requests sent so far may complete in the grace period
+    # (--stop-timeout), and none is sent after the window (`generate` checks). The grace is spent here rather than
+    # left to Locust's graceful stop, because Locust counts running users by their greenlets' arguments, which gevent
+    # may already have cleared: such users are not asked to stop but killed, requests in flight and all.
     _window.setdefault("stop", time.time())
+    deadline = time.monotonic() + float(environment.stop_timeout or 0)
+    while _in_flight > 0 and time.monotonic() < deadline:
+        gevent.sleep(IN_FLIGHT_POLL_S)
 
 
 @events.test_stop.add_listener
@@ -256,13 +264,6 @@ class LlmUser(FastHttpUser):
             else:
                 _warmup_over.wait(WARMUP_POLL_S)
 
-    def on_stop(self) -> None:
-        if self.options.llm_arrival != "closed":
-            # Open loop: this user's requests run in greenlets of their own, which Locust does not wait for; the
-            # grace period (--stop-timeout) is spent here, and Locust ends this wait when it is over.
-            while self.inflight > 0 and self.environment.stop_timeout:
-                gevent.sleep(0.01)
-
     def _first_model(self) -> str:
         with self.client.get("/v1/models", headers=self.headers, name="/v1/models", catch_response=True) as resp:
             try:
@@ -273,6 +274,8 @@ class LlmUser(FastHttpUser):
 
     @task
     def generate(self) -> None:
+        if "stop" in _window:
+            return  # the window is over: nothing is sent after it, in flight requests finish in the grace period
         if self.options.llm_arrival == "closed":
             self.send_request()
             return
