@@ -40,8 +40,7 @@ class FakeEndpoint:
 @contextlib.contextmanager
 def fake_capacity_server(log_dir: Path, capacity_rps: float = CAPACITY_RPS) -> Iterator[str]:
     """The fake server under uvicorn on a free loopback port; yields its base URL, stops it on exit."""
-    import httpx
-
+    from benchmarks.inference_loadgen import wait_until_up
     from dcforge.checks.serving.server import free_port
     from dcforge.harness.processes import ManagedProcess
     from dcforge.paths import REPO_ROOT
@@ -52,15 +51,7 @@ def fake_capacity_server(log_dir: Path, capacity_rps: float = CAPACITY_RPS) -> I
                         env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "FAKE_CAPACITY_RPS": str(capacity_rps)},
                         log_path=log_dir / "server.log"):
         host = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{host}/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the fake capacity server did not start (see {log_dir / 'server.log'})")
-                time.sleep(0.1)
+        wait_until_up(host)
         yield host
 
 

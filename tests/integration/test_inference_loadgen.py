@@ -12,6 +12,7 @@ import time
 import httpx
 import pytest
 
+from benchmarks.inference_loadgen import wait_until_up
 from dcforge.checks.serving.server import free_port
 from dcforge.harness.processes import ManagedProcess
 from dcforge.paths import REPO_ROOT
@@ -30,14 +31,7 @@ def fake_endpoint(tmp_path_factory):
                         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
                         log_path=tmp_path_factory.mktemp("fake") / "server.log"):
         host = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{host}/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline, "fake endpoint did not start"
-                time.sleep(0.1)
+        wait_until_up(host)
         yield host
 
 
