@@ -32,12 +32,14 @@ import atexit
 import json
 import os
 import random
+import signal
 import sys
 import time
 from pathlib import Path
 
 import gevent
 import gevent.event
+import greenlet
 from locust import FastHttpUser, events, task
 from locust.runners import LocalRunner
 
@@ -143,6 +145,17 @@ def _load_workload(environment, **_kwargs) -> None:
                          prompt_tokens_spread=options.llm_prompt_tokens_spread,
                          max_tokens_spread=options.llm_max_tokens_spread, file_prompts=prompts,
                          prefixes=shared_prefixes(options.llm_shared_prefixes, options.llm_shared_prefix_tokens))
+
+
+@events.init.add_listener
+def _deliver_sigint_between_greenlets(**_kwargs) -> None:
+    # Python raises the KeyboardInterrupt of a SIGINT in whatever code runs when the signal arrives; under gevent
+    # that is often a user's greenlet, which then dies between logging a request and Locust counting it (one
+    # record more than the statistics count). Taken through gevent instead, the signal is handled between
+    # greenlets and raised in the main greenlet, where Locust waits for the run and catches KeyboardInterrupt
+    # to shut down as it always does. `init` fires in that main greenlet.
+    main = greenlet.getcurrent()
+    gevent.signal_handler(signal.SIGINT, lambda: gevent.get_hub().loop.run_callback(main.throw, KeyboardInterrupt))
 
 
 @events.spawning_complete.add_listener
