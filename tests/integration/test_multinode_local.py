@@ -42,6 +42,9 @@ def test_multinode_checks_pass_on_two_local_nodes_with_a_node_table(tmp_path):
         for node in check["details"]["nodes"]:
             assert (report_file.parent / node["log"]).is_file()
     assert checks["allreduce_multinode"]["details"]["world_size"] == 2
+    transport = checks["allreduce_multinode"]["details"]["nccl_transport"]
+    assert transport["backend"] == "gloo" and [r["rule"]["verdict"] for r in transport["runs"]] == ["skipped"] * 2
+    assert [n["transport"] for n in checks["allreduce_multinode"]["details"]["nodes"]] == ["TCP", "TCP"]
     network = checks["network"]
     assert network["status"] == "pass", network["reason"]
     assert network["details"]["pairs"][0]["nodes"] == ["local-0", "local-1"]
