@@ -88,6 +88,9 @@ def accept(
     fail_on_regression: bool = typer.Option(False, "--fail-on-regression", help="Exit 1 when the baseline shows a regression."),
     sign_key: Optional[Path] = typer.Option(None, "--sign-key", help="Ed25519 private key (PEM): write "
                                             "report.json.sig, a detached signature over the final report.json."),
+    taint_failed: bool = typer.Option(False, "--taint-failed", help="Target kubernetes: taint nodes that failed a "
+                                      "node-level check (dcforge.io/acceptance=failed:NoSchedule), untaint passing ones."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="With --taint-failed: print what it would do, change nothing."),
 ) -> None:
     """Run the environment's acceptance checks, judge its SLOs, write JSON + JUnit + HTML reports.
 
@@ -101,11 +104,13 @@ def accept(
     (130), SIGTERM (143) or SIGHUP (129): the report keeps every result measured so far, no child is left running.
     """
     from dcforge.harness.runner import RunState, select_checks, utc_now
+    from dcforge.remediation import check_flags as check_remediation_flags
     from dcforge.report.baseline import load_baseline
     from dcforge.report.provenance import load_private_key, sign_report
 
     loaded = _load(env, env_file)
     signing_key = load_private_key(sign_key) if sign_key else None  # a bad key is bad input before any check runs
+    check_remediation_flags(loaded.spec, taint_failed, dry_run)
     selected = select_checks(loaded.spec.acceptance.checks, _split(only), _split(skip))
     baseline_report = load_baseline(baseline) if baseline else None
     report_dir = _new_report_dir(reports, loaded.spec.name)
@@ -117,10 +122,23 @@ def accept(
     _run_with_progress(state, writer)
 
     _print_summary(writer.latest)
+    remediated = _remediate(report_dir, writer.latest, dry_run) if taint_failed else {}
     console.print(f"Report: {report_dir / 'report.html'}  (also report.json, junit.xml)")
     if signing_key is not None:
         console.print(f"Signed: {sign_report(report_dir, signing_key)}")
-    raise typer.Exit(_accept_exit_code(state, writer.latest, fail_on_regression))
+    code = _accept_exit_code(state, writer.latest, fail_on_regression)
+    raise typer.Exit(max(code, 1) if remediated.get("errors") else code)
+
+
+def _remediate(report_dir: Path, report: dict, dry_run: bool) -> dict:
+    """`--taint-failed`: taint/untaint nodes from the report's node rows (dcforge/remediation.py)."""
+    from dcforge.remediation import apply_to_report, summary_line
+
+    done = apply_to_report(report_dir, report, dry_run)
+    console.print(escape(summary_line(done)), highlight=False)
+    for line in done["errors"]:
+        errors.print(f"error: {line}", markup=False, highlight=False)
+    return done
 
 
 def _new_report_dir(reports: Path, env_name: str) -> Path:

@@ -118,6 +118,17 @@ def environment_record(device: torch.device) -> dict:
     return record
 
 
+def enable_nccl_info() -> None:
+    """NCCL's INFO lines in this rank's log: the checks read from them which transport NCCL used
+    (dcforge/nccl_transport.py). TRACE already includes INFO; a debug file would take the lines out of the log."""
+    from dcforge.nccl_transport import NCCL_DEBUG_ENV
+
+    if os.environ.get("NCCL_DEBUG", "").upper() != "TRACE":
+        os.environ["NCCL_DEBUG"] = NCCL_DEBUG_ENV["NCCL_DEBUG"]
+    os.environ.setdefault("NCCL_DEBUG_SUBSYS", NCCL_DEBUG_ENV["NCCL_DEBUG_SUBSYS"])
+    os.environ.pop("NCCL_DEBUG_FILE", None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="allreduce.py", description=__doc__.splitlines()[0])
     parser.add_argument("--min-bytes", type=parse_size, default=parse_size("1K"), help="smallest message (1K)")
@@ -146,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
+        enable_nccl_info()
     dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(seconds=args.timeout_s))
     try:
         results = sweep(sizes, args.warmup, args.iters, getattr(torch, args.dtype), device)

@@ -1,7 +1,8 @@
 """`allreduce`: collective bandwidth across the ranks of this node (NCCL on GPUs, gloo on CPU).
 
 busbw at the largest message size is the headline (nccl-tests: algbw = bytes / t, busbw = algbw · 2(n−1)/n);
-the whole sweep is a plot. Any size whose sum comes back wrong fails the check.
+the whole sweep is a plot. Any size whose sum comes back wrong fails the check. The transport NCCL used is read
+from the ranks' log (dcforge/nccl_transport.py); a fallback to Socket where the pool declares RDMA fails the check.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from typing import ClassVar
 
 from pydantic import Field, field_validator
 
+from dcforge.checks._rdma import declared_rdma_pool
 from dcforge.checks._torchrun import TorchCheckConfig, run_torchrun
 from dcforge.harness.check import CheckContext
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.power import ENERGY_METRICS, record_energy, sample_power
 from dcforge.harness.result import CheckResult, Plot, Series
+from dcforge.nccl_transport import record_transport
 from workloads.records import ALLREDUCE_RESULT_FILE, AllreduceResult, read_result_file
 
 
@@ -78,7 +81,10 @@ class AllreduceCheck:
                 "--output", str(output)]
         with sample_power() as power:
             run_torchrun(ctx, "allreduce.py", args, nproc=nproc, log_path=workdir / "torchrun.log")
-        record_sweep(result, read_result_file(output, AllreduceResult), nproc)
+        sweep = read_result_file(output, AllreduceResult)
+        record_sweep(result, sweep, nproc)
+        record_transport(result, sweep.environment["backend"], [("local", workdir / "torchrun.log")],
+                         declared_rdma_pool(ctx.env.spec))
         record_energy(result, power)
         result.artefacts["sweep"] = ctx.relative(output)
         result.artefacts["torchrun_log"] = ctx.relative(workdir / "torchrun.log")

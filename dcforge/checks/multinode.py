@@ -12,12 +12,14 @@ from typing import ClassVar
 
 from pydantic import Field
 
+from dcforge.checks._rdma import declared_rdma_pool
 from dcforge.checks.allreduce import AllreduceCheck, AllreduceCheckConfig, record_sweep
 from dcforge.checks.train import TrainCheck, TrainCheckConfig, settings_error, summarize, train_config_error
 from dcforge.executors.base import ExecutorError, NodeStatus
 from dcforge.executors.torchrun import TorchrunJob, TorchrunRun, node_records, run_torchrun_job
 from dcforge.harness.check import CheckContext
 from dcforge.harness.result import CheckResult, CheckSkipped, Status
+from dcforge.nccl_transport import record_transport
 from workloads.records import (ALLREDUCE_RESULT_FILE, TRAIN_METRICS_FILE, AllreduceResult, TrainStep, read_records,
                                read_result)
 
@@ -117,8 +119,10 @@ class AllreduceMultinodeCheck:
         _, data = run.result(ALLREDUCE_RESULT_FILE)
         output = ctx.artefact_dir(self.name) / ALLREDUCE_RESULT_FILE
         output.write_bytes(data)
-        record_sweep(result, read_result(data.decode().splitlines(), AllreduceResult, source=str(output)),
-                     nodes * nproc)
+        sweep = read_result(data.decode().splitlines(), AllreduceResult, source=str(output))
+        record_sweep(result, sweep, nodes * nproc)
+        record_transport(result, sweep.environment["backend"], [(n.host, n.log_path) for n in run.outcome.nodes],
+                         declared_rdma_pool(ctx.env.spec))
         result.details.update({"nnodes": nodes, "nproc_per_node": nproc, "executor": executor.name,
                                "socket_ifname": ifname})
         result.artefacts["sweep"] = ctx.relative(output)

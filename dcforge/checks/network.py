@@ -5,7 +5,9 @@ For each pair (a, b), a < b, in turn (pairs run one after another so they do not
 server listens. Bandwidth = iperf3's received bits/s of the whole test; RTT = the kernel's smoothed mean RTT of the
 sending TCP socket (iperf3's `mean_rtt`, Linux). Per node: the best bandwidth of the pairs it is in (a pair is
 as slow as its slower end, so a sound node has at least one fast pair); a node more than outlierFraction below
-the median of those is an outlier. RDMA bandwidth (ib_write_bw) is not measured yet.
+the median of those is an outlier. Where the spec declares RDMA for the acceptance pool, every pair is also
+measured with ib_write_bw (dcforge/checks/network_rdma.py), or skipped with the reason where a node has no RDMA
+device or no perftest.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import statistics
 
 from pydantic import Field
 
+from dcforge.checks import network_rdma as rdma
+from dcforge.checks._rdma import declared_rdma_pool
 from dcforge.checks.multinode import executor_for
 from dcforge.checks.slow_node import SlowNodeCheck
 from dcforge.executors.base import ExecutorError, Role, VolumePurpose, Workload
@@ -35,6 +39,10 @@ class NetworkCheckConfig(CheckConfig):
     """A node is an outlier below (1 − outlierFraction) × the median of the per-node bandwidths."""
     pair_timeout_s: float = Field(default=60.0, gt=0)
     """Limit for each pair (the whole check has the runner's acceptance.timeoutsS.network)."""
+    rdma_device: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    """RDMA device ib_write_bw uses on every node (`-d`, e.g. mlx5_0); default perftest's, the first one."""
+    rdma_gid_index: int | None = Field(default=None, ge=0, le=255)
+    """GID index for RoCE (`-x`); default perftest's choice."""
 
 
 def pair_command(seconds: int) -> tuple[str, ...]:
@@ -59,6 +67,8 @@ class NetworkCheck:
                    "round-trip time between two nodes under load", stats=("max",)),
         MetricSpec("outliers", "nodes", "lower", "nodes whose best pair bandwidth < (1 − outlierFraction) × median",
                    "nodes well below the pool, even when they meet an absolute SLO"),
+        MetricSpec("rdma_gbps", "Gbit/s", "higher", "BW average of one ib_write_bw test (--report_gbits) per pair",
+                   "RDMA write bandwidth between two nodes (where the pool declares RDMA)", stats=("min", "median")),
     )
 
     def run(self, ctx: CheckContext, config: NetworkCheckConfig) -> CheckResult:
@@ -90,24 +100,70 @@ class NetworkCheck:
         if outliers:
             result.fail("outliers: " + ", ".join(f"{names[n]} ({per_node[n]:.3g} Gbit/s, median {median:.3g})"
                                                  for n in outliers))
+        try:
+            self._rdma(ctx, executor, count, names, config, result)
+        except ExecutorError as error:
+            result.status, result.reason = Status.ERROR, str(error)
         return result
 
-    @staticmethod
-    def _measure(ctx: CheckContext, executor, pair: tuple[int, int], names: list[str], config: NetworkCheckConfig,
-                 workdir) -> dict:
-        server, client = pair[1], pair[0]
-        ctx.log(f"iperf3 {names[client]} -> {names[server]}")
+    def _rdma(self, ctx: CheckContext, executor, count: int, names: list[str], config: NetworkCheckConfig,
+              result: CheckResult) -> None:
+        """ib_write_bw per pair where RDMA is declared; `details.rdma` says what was measured or why not."""
+        pool = declared_rdma_pool(ctx.env.spec)
+        if pool is None:
+            result.details["rdma"] = {"skipped": "the acceptance pool declares no RDMA (gpuPools[].rdma)"}
+            return
+        workdir = ctx.artefact_dir(self.name)
+        probes = rdma.probe_nodes(executor, count, names, workdir,
+                                  min(config.pair_timeout_s, max(1.0, ctx.remaining_s())))
+        role = Role("rdma", rdma.pair_command(config.seconds, config.rdma_device, config.rdma_gid_index), nodes=2,
+                    ports=(rdma.RDMA_PORT,))
+        for pair in result.details["pairs"]:
+            if problem := rdma.pair_problem(probes, pair["nodes"]):
+                pair["rdma_skipped"] = problem
+                ctx.log(f"RDMA {' -> '.join(pair['nodes'])} skipped: {problem}")
+                continue
+            client, server = (names.index(host) for host in pair["nodes"])
+            output = self._run_pair(ctx, executor, (client, server), names, config, workdir, role,
+                                    rdma.OUTPUT_FILE)
+            try:
+                figures = rdma.parse_ib_write_bw(output.decode(errors="replace"))
+            except ValueError as error:
+                raise ExecutorError(f"ib_write_bw {names[client]} -> {names[server]}: {error}") from None
+            pair.update(rdma_gbps=figures.bw_average_gbps, rdma_link_type=figures.link_type)
+        measured = [p["rdma_gbps"] for p in result.details["pairs"] if "rdma_gbps" in p]
+        skipped = sorted({p["rdma_skipped"] for p in result.details["pairs"] if "rdma_skipped" in p})
+        result.details["rdma"] = {"pool": pool, "devices": {host: list(p.devices) for host, p in probes.items()},
+                                  "pairs_measured": len(measured), "skipped": "; ".join(skipped)}
+        if measured:
+            result.add_metric("rdma_gbps.min", min(measured))
+            result.add_metric("rdma_gbps.median", statistics.median(measured))
+            for row in result.details["nodes"]:
+                row["rdma_gbps_best"] = max((p["rdma_gbps"] for p in result.details["pairs"]
+                                             if row["host"] in p["nodes"] and "rdma_gbps" in p), default=None)
+
+    @classmethod
+    def _measure(cls, ctx: CheckContext, executor, pair: tuple[int, int], names: list[str],
+                 config: NetworkCheckConfig, workdir) -> dict:
         role = Role("iperf", pair_command(config.seconds), nodes=2, ports=(IPERF_PORT,))
-        workload = Workload(f"iperf{client}-{server}", (role,), volumes=(VolumePurpose.RESULTS,),
+        report = json.loads(cls._run_pair(ctx, executor, pair, names, config, workdir, role, "iperf.json"))
+        end = report["end"]
+        rtts = [s["sender"]["mean_rtt"] for s in end.get("streams", []) if "mean_rtt" in s.get("sender", {})]
+        return {"nodes": [names[pair[0]], names[pair[1]]], "tcp_gbps": end["sum_received"]["bits_per_second"] / 1e9,
+                "rtt_us": float(max(rtts)) if rtts else 0.0}
+
+    @staticmethod
+    def _run_pair(ctx: CheckContext, executor, pair: tuple[int, int], names: list[str], config: NetworkCheckConfig,
+                  workdir, role: Role, output: str) -> bytes:
+        """Run a two-node role (node 0 serves, node 1 measures) on (client, server) = `pair`; node 1's `output`."""
+        client, server = pair
+        ctx.log(f"{role.name} {names[client]} -> {names[server]}")
+        workload = Workload(f"{role.name}{client}-{server}", (role,), volumes=(VolumePurpose.RESULTS,),
                             timeout_s=config.pair_timeout_s)
         # node 0 (the server) on the pair's second host, node 1 (the client) on its first
         pair_executor = SlowNodeCheck._pair_executor(executor, (server, client))
-        with pair_executor.start(workload, workdir / f"pair{client}-{server}") as execution:
+        with pair_executor.start(workload, workdir / f"{role.name}-pair{client}-{server}") as execution:
             outcome = execution.wait(min(config.pair_timeout_s, max(1.0, ctx.remaining_s())))
             if not outcome.succeeded:
-                raise ExecutorError(f"iperf3 {names[client]} -> {names[server]}: {outcome.failure_summary()}")
-            report = json.loads(execution.read_result("iperf", 1, "iperf.json"))
-        end = report["end"]
-        rtts = [s["sender"]["mean_rtt"] for s in end.get("streams", []) if "mean_rtt" in s.get("sender", {})]
-        return {"nodes": [names[client], names[server]], "tcp_gbps": end["sum_received"]["bits_per_second"] / 1e9,
-                "rtt_us": float(max(rtts)) if rtts else 0.0}
+                raise ExecutorError(f"{role.name} {names[client]} -> {names[server]}: {outcome.failure_summary()}")
+            return execution.read_result(role.name, 1, output)

@@ -33,6 +33,14 @@ EXECUTOR_API_ACCESS: tuple[ApiAccess, ...] = (
 it (dcforge/manifests/acceptance.py) and the executor tests prove nothing else is requested."""
 
 
+REMEDIATION_API_ACCESS: tuple[ApiAccess, ...] = (
+    ApiAccess("", ("nodes",), ("get", "patch")),
+)
+"""What `dcforge accept --taint-failed` needs (dcforge/remediation.py): read a node's taints, write them back. Nodes are
+cluster-scoped, so this is a ClusterRole; the Acceptance component adds it only where the environment sets
+`dcforge:acceptance.allowNodeTaints: true` (patch on nodes could also cordon or relabel any node)."""
+
+
 def rbac_rules(access: tuple[ApiAccess, ...] = EXECUTOR_API_ACCESS) -> list[dict[str, Any]]:
     """The RBAC rules granting exactly `access`."""
     return [{"apiGroups": [a.group], "resources": list(a.resources), "verbs": list(a.verbs)} for a in access]

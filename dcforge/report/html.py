@@ -109,7 +109,8 @@ def render_html(report: dict) -> str:
     metrics = {f"{check['name']}.{name}": metric
                for check in report.get("checks", []) for name, metric in check.get("metrics", {}).items()}
     declared = _declared_definitions()
-    parts = _header(report) + _checks_table(report) + _slo_section(report, metrics, declared)
+    parts = _header(report) + _checks_table(report) + _remediation_section(report.get("remediation"))
+    parts += _slo_section(report, metrics, declared)
     parts += _baseline_section(report.get("baseline"), metrics, declared)
     plot_ids = (f"plot-{number}" for number in itertools.count(1))
     for check in report.get("checks", []):
@@ -146,6 +147,22 @@ def _checks_table(report: dict) -> list[str]:
                      f"<td>{badge(check['status'])}</td><td class='num'>{check.get('duration_s', 0):.1f} s</td>"
                      f"<td>{e(check.get('reason', ''))}</td></tr>")
     parts.append("</table>")
+    return parts
+
+
+def _remediation_section(remediation: dict | None) -> list[str]:
+    """`dcforge accept --taint-failed`: which nodes were (or, dry, would be) tainted or untainted, and why."""
+    if not remediation:
+        return []
+    from dcforge.remediation import summary_line
+
+    e = html.escape
+    parts = [f"<h2>Remediation</h2><p>{e(summary_line(remediation))}</p>"]
+    if remediation.get("actions"):
+        parts.append("<table><tr><th>node</th><th>action</th><th>reason</th></tr>")
+        parts += [f"<tr><td>{e(a['node'])}</td><td>{badge('error') if a['action'] == 'error' else e(a['action'])}"
+                  f"</td><td>{e(a['reason'])}</td></tr>" for a in remediation["actions"]]
+        parts.append("</table>")
     return parts
 
 

@@ -423,6 +423,9 @@ class Acceptance(SpecModel):
     """The acceptance image (`Containerfile`) the kubernetes executor runs every workload in, pinned by a tag
     (`registry.example/dcforge:0.1.0`) or a digest (`...@sha256:<64 hex>`); `latest` or no tag is refused."""
     image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
+    allow_node_taints: bool = False
+    """Grant the harness's ServiceAccount get/patch on nodes (a ClusterRole), which `dcforge accept --taint-failed`
+    needs to taint failed nodes (dcforge/remediation.py); off by default."""
     profile: str | None = None
     """Threshold profile filling default SLOs (`dcforge/spec/data/profiles/`): `auto` (the acceptance pool's GPU
     model and GPUs per node), a profile name, or a `.yaml` path relative to this file. Explicit SLOs override."""

@@ -42,6 +42,9 @@ def test_multinode_checks_pass_on_two_local_nodes_with_a_node_table(tmp_path):
         for node in check["details"]["nodes"]:
             assert (report_file.parent / node["log"]).is_file()
     assert checks["allreduce_multinode"]["details"]["world_size"] == 2
+    transport = checks["allreduce_multinode"]["details"]["nccl_transport"]
+    assert transport["backend"] == "gloo" and [r["rule"]["verdict"] for r in transport["runs"]] == ["skipped"] * 2
+    assert [n["transport"] for n in checks["allreduce_multinode"]["details"]["nodes"]] == ["TCP", "TCP"]
     network = checks["network"]
     assert network["status"] == "pass", network["reason"]
     assert network["details"]["pairs"][0]["nodes"] == ["local-0", "local-1"]
@@ -49,3 +52,32 @@ def test_multinode_checks_pass_on_two_local_nodes_with_a_node_table(tmp_path):
     train = checks["train_multinode"]["metrics"]
     assert train["loss_end"]["value"] < train["loss_start"]["value"]
     assert train["tokens_per_s_total"]["value"] == pytest.approx(2 * train["tokens_per_s"]["value"])
+
+
+@pytest.mark.timeout(120)
+def test_network_rdma_is_skipped_with_the_reason_where_no_rdma_device_exists(tmp_path):
+    """The pool declares RDMA; this machine has no RDMA device: TCP is measured, RDMA skipped per pair, saying why."""
+    if Path("/sys/class/infiniband").is_dir() and any(Path("/sys/class/infiniband").iterdir()):
+        pytest.skip("this machine has RDMA devices: the skip path cannot be shown here")
+    document = yaml.safe_load((REPO / "stacks" / "Pulumi.local.yaml").read_text())
+    config = document["config"]
+    config["dcforge:gpuPools"] = [{"name": "fabric", "gpuModel": "H100-SXM", "gpusPerNode": 8, "nodeCount": 2,
+                                   "rdma": True}]
+    config["dcforge:network"]["rdma"] = {"enabled": True, "interfaces": ["ibp12s0"], "cidr": "192.168.0.0/18"}
+    config["dcforge:acceptance"] = {"checks": ["network"], "settings": {"network": {"seconds": 1}}}
+    stacks = tmp_path / "stacks"
+    stacks.mkdir()
+    (stacks / "Pulumi.rdmaless.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    proc = subprocess.run([sys.executable, "-m", "dcforge.cli", "accept", "--env", "rdmaless"], capture_output=True,
+                          text=True, timeout=110, cwd=tmp_path, env={**os.environ, "DCFORGE_STACKS_DIR": str(stacks)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (report_file,) = (tmp_path / "reports" / "rdmaless").glob("*/report.json")
+    (network,) = json.loads(report_file.read_text())["checks"]
+    assert network["status"] == "pass", network["reason"]
+    assert "tcp_gbps.min" in network["metrics"] and "rdma_gbps.min" not in network["metrics"]
+    rdma = network["details"]["rdma"]
+    assert rdma["pool"] == "fabric" and rdma["pairs_measured"] == 0
+    assert rdma["skipped"] == ("no RDMA device on local-0 (/sys/class/infiniband is empty); "
+                               "no RDMA device on local-1 (/sys/class/infiniband is empty)")
+    assert network["details"]["pairs"][0]["rdma_skipped"] == rdma["skipped"]
+    assert "RDMA local-0 -> local-1 skipped: no RDMA device on local-0" in proc.stdout

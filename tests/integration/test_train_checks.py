@@ -55,6 +55,8 @@ def test_allreduce_check(env, tmp_path):
     assert result.metrics["sizes_incorrect"].value == 0 and result.metrics["busbw_gbps"].value > 0
     assert result.details["backend"] == "gloo" and result.plots[0].log_x
     assert result.details["sweep"][-1]["bytes"] == 64 * 2**20
+    (run,) = result.details["nccl_transport"]["runs"]  # gloo: the transport is recorded, the RDMA rule skipped
+    assert (run["host"], run["network"], run["rule"]["verdict"]) == ("local", "TCP", "skipped")
     assert_energy(result, "energy_j")
 
 

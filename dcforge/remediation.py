@@ -1,0 +1,152 @@
+"""Opt-in remediation on Kubernetes: `dcforge accept --taint-failed` (docs/executors.md#remediation).
+
+A node that failed a node-level check gets the taint `dcforge.io/acceptance=failed:NoSchedule` (no new pod lands
+on it until it passes again); a node that passes again loses it. The verdict of each node comes from the checks'
+per-node rows (dcforge/report/nodes.py): failed when any row of it has a problem, passed when it has rows and none
+has one; nodes without rows are left alone, and so is every other taint. `--dry-run` reads the nodes and says what
+it would do without changing anything. Never on by default; only for `acceptance.target: kubernetes`, whose
+ServiceAccount gets the one ClusterRole this needs (`REMEDIATION_API_ACCESS`) only where the environment sets
+`dcforge:acceptance.allowNodeTaints: true`.
+
+A row names its Kubernetes node in `kubernetes_node` (the pod's spec.nodeName) where the executor knows it;
+otherwise its `host` is taken as the node name.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from dcforge.report.nodes import node_problem, node_rows
+
+TAINT = {"key": "dcforge.io/acceptance", "value": "failed", "effect": "NoSchedule"}
+TAINT_TEXT = f"{TAINT['key']}={TAINT['value']}:{TAINT['effect']}"
+NODE_KEY = "kubernetes_node"
+
+
+def node_verdicts(report: dict[str, Any]) -> dict[str, list[str]]:
+    """Kubernetes node name -> its problems over every check's rows ([] = passed); nodes without rows absent."""
+    verdicts: dict[str, list[str]] = {}
+    for check in report.get("checks", []):
+        for row in node_rows(check):
+            problems = verdicts.setdefault(str(row.get(NODE_KEY) or row["host"]), [])
+            if problem := node_problem(row):
+                problems.append(f"{check['name']}: {problem}")
+    return verdicts
+
+
+def _ours(taint: dict[str, Any]) -> bool:
+    return taint.get("key") == TAINT["key"] and taint.get("effect") == TAINT["effect"]
+
+
+@dataclass
+class NodeAction:
+    node: str
+    action: str
+    """`taint`, `untaint`, `unchanged` or `error`."""
+    reason: str
+
+
+@dataclass
+class Remediation:
+    dry_run: bool
+    taint: str = TAINT_TEXT
+    actions: list[NodeAction] = field(default_factory=list)
+    skipped: str = ""
+    """Why nothing was done at all (an interrupted run), or ''."""
+
+    def nodes(self, action: str) -> list[str]:
+        return [a.node for a in self.actions if a.action == action]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dry_run": self.dry_run, "taint": self.taint, "tainted": self.nodes("taint"),
+                "untainted": self.nodes("untaint"), "unchanged": self.nodes("unchanged"),
+                "errors": [a.reason for a in self.actions if a.action == "error"], "skipped": self.skipped,
+                "actions": [asdict(a) for a in self.actions]}
+
+
+def summary_line(remediation: dict[str, Any]) -> str:
+    """One line for the console and the HTML report, from report.json's `remediation`."""
+    if remediation.get("skipped"):
+        return f"remediation skipped: {remediation['skipped']}"
+    would = "would " if remediation["dry_run"] else ""
+    parts = [f"{would}taint {', '.join(remediation['tainted'])}" if remediation["tainted"] else "",
+             f"{would}untaint {', '.join(remediation['untainted'])}" if remediation["untainted"] else "",
+             f"{len(remediation['unchanged'])} unchanged" if remediation["unchanged"] else "",
+             f"{len(remediation['errors'])} error(s)" if remediation["errors"] else ""]
+    text = "; ".join(p for p in parts if p) or "no node with per-node results"
+    return f"remediation{' (dry run)' if remediation['dry_run'] else ''} [{remediation['taint']}]: {text}"
+
+
+def remediate(report: dict[str, Any], api_client: Any, dry_run: bool) -> Remediation:
+    """Taint failed nodes and untaint passing ones (or, dry, only say so). API failures are per node `error`
+    actions naming the node; the other nodes are still handled."""
+    outcome = Remediation(dry_run)
+    if report.get("metadata", {}).get("interrupted"):
+        outcome.skipped = "the run was interrupted: node verdicts are incomplete"
+        return outcome
+    from kubernetes import client
+
+    core = client.CoreV1Api(api_client)
+    for node, problems in sorted(node_verdicts(report).items()):
+        try:
+            outcome.actions.append(_apply(core, node, problems, dry_run))
+        except client.ApiException as error:
+            outcome.actions.append(NodeAction(node, "error", _api_error(node, error)))
+        except Exception as error:  # noqa: BLE001 (connection failures: urllib3, OSError; one line per node)
+            outcome.actions.append(NodeAction(node, "error", f"node {node}: {str(error).splitlines()[0][:200]}"))
+    return outcome
+
+
+def _apply(core, node: str, problems: list[str], dry_run: bool) -> NodeAction:
+    # As the API server spells them (camelCase `timeAdded`): written back unchanged
+    taints = (json.loads(core.read_node(node, _preload_content=False).data).get("spec") or {}).get("taints") or []
+    tainted = any(_ours(t) for t in taints)
+    if problems and not tainted:
+        wanted, action, reason = [*taints, dict(TAINT)], "taint", "; ".join(problems)
+    elif not problems and tainted:
+        wanted, action, reason = [t for t in taints if not _ours(t)], "untaint", "passed every node-level check"
+    else:
+        return NodeAction(node, "unchanged", "; ".join(problems) if problems else "passed, not tainted")
+    if not dry_run:
+        # The whole list: taints carry no merge key, so a patch replaces spec.taints; the others are kept as read.
+        core.patch_node(node, {"spec": {"taints": wanted}})
+    return NodeAction(node, action, reason)
+
+
+def _api_error(node: str, error) -> str:
+    if error.status == 403:
+        return (f"node {node}: forbidden (HTTP 403): the account needs get/patch on nodes, the ClusterRole "
+                "dcforge:acceptance.allowNodeTaints: true adds")
+    if error.status == 404:
+        return f"node {node}: no such Kubernetes node (HTTP 404)"
+    return f"node {node}: HTTP {error.status} {error.reason}"
+
+
+def check_flags(spec, taint_failed: bool, dry_run: bool) -> None:
+    """Bad input before any check runs: one line, exit 2 (DcforgeError)."""
+    from dcforge.errors import DcforgeError
+
+    if dry_run and not taint_failed:
+        raise DcforgeError("--dry-run belongs to --taint-failed (dcforge accept --taint-failed --dry-run)")
+    if taint_failed and spec.acceptance.target != "kubernetes":
+        raise DcforgeError(f"--taint-failed: dcforge:acceptance.target is {spec.acceptance.target}; node taints "
+                           "apply only to target kubernetes")
+
+
+def apply_to_report(report_dir, report: dict[str, Any], dry_run: bool, api_client: Any = None) -> dict[str, Any]:
+    """Remediate from a finished run's report, add it as report.json's `remediation` and rewrite the report files;
+    returns that field. The client comes from the kubeconfig ($KUBECONFIG, ~/.kube/config, in-cluster) unless
+    given; a kubeconfig that does not load is one `error` entry, not a traceback."""
+    from dcforge.executors.base import ExecutorError
+    from dcforge.executors.kubernetes import client_from_kubeconfig
+    from dcforge.report import write_report_files
+
+    try:
+        outcome = remediate(report, api_client or client_from_kubeconfig(), dry_run)
+    except ExecutorError as error:
+        outcome = Remediation(dry_run, actions=[NodeAction("-", "error", str(error))])
+    report["remediation"] = outcome.to_dict()
+    write_report_files(report, report_dir)
+    return report["remediation"]
