@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 ENV    ?= local
 PYTEST_ARGS ?=
 
-.PHONY: accept test test-fast install bench clean system-deps gpu-check
+.PHONY: accept test test-fast install bench clean system-deps gpu-check e2e
 
 $(BIN)/dcforge: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ gpu-check: install
 		f'gpu-check: torch {torch.__version__} sees no CUDA GPU (a CPU build, or no GPU here): nothing to verify')"
 	$(BIN)/python -m pytest -m gpu -q -p no:cacheprovider tests/unit
 	timeout --signal=INT --kill-after=30 $(GPU_CHECK_S) $(BIN)/dcforge accept --env gpu
+
+# End-to-end suite on a real cluster (README: end-to-end tests): DCFORGE_E2E_KUBECONFIG names it, DCFORGE_E2E_IMAGE
+# the acceptance image loaded there. Without DCFORGE_E2E_KUBECONFIG every test skips and says why.
+e2e: install
+	$(BIN)/python -m pytest -m e2e -v tests/e2e $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python -m benchmarks

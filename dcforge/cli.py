@@ -76,6 +76,52 @@ def validate(env: str = EnvOption, env_file: Optional[Path] = EnvFileOption) -> 
         raise typer.Exit(1)
 
 
+KubeconfigOption = typer.Option(None, "--kubeconfig", dir_okay=False, help="Target kubernetes: the cluster's "
+                                "kubeconfig (default: $KUBECONFIG, ~/.kube/config, or the in-cluster account).")
+ContextOption = typer.Option(None, "--context", help="Target kubernetes: the kubeconfig context (default: its "
+                             "current context).")
+
+
+def _cluster_access(loaded, kubeconfig: Optional[Path], context: Optional[str]):
+    """Where target kubernetes runs the workloads; bad input (exit 2) before any check runs: no acceptance image,
+    or a kubeconfig file that does not exist."""
+    from dcforge.checks.multinode import IMAGE_MISSING
+    from dcforge.errors import ConfigError
+    from dcforge.harness.check import ClusterAccess
+
+    if loaded.spec.acceptance.target == "kubernetes" and not loaded.spec.acceptance.image:
+        raise ConfigError(loaded.path, "dcforge:acceptance.image", IMAGE_MISSING)
+    return ClusterAccess(_kubeconfig_file(kubeconfig), context)
+
+
+def _kubeconfig_file(kubeconfig: Optional[Path]) -> Optional[str]:
+    if kubeconfig is not None and not kubeconfig.is_file():
+        raise DcforgeError(f"--kubeconfig {kubeconfig}: no such file")
+    return str(kubeconfig) if kubeconfig is not None else None
+
+
+def _sweep_run(state) -> None:
+    """Target kubernetes: delete whatever of this run is still labelled on the cluster (each execution deletes its
+    own objects; this catches what an execution could not, e.g. when interrupted twice). Never raises."""
+    if state.env.spec.acceptance.target != "kubernetes":
+        return
+    from dcforge.executors.base import ExecutorError
+    from dcforge.executors.kubernetes import clean_runs, client_from_kubeconfig
+    from dcforge.harness.check import report_run_id
+
+    try:
+        api_client = client_from_kubeconfig(state.cluster.kubeconfig, state.cluster.context)
+        _, leftovers = clean_runs(state.env.spec, api_client, run_id=report_run_id(state.env.spec.name,
+                                                                                   state.report_dir))
+    except ExecutorError as error:
+        errors.print(f"warning: could not check the cluster for this run's objects: {error}", markup=False,
+                     highlight=False)
+        return
+    if leftovers:
+        errors.print(f"warning: left on the cluster (remove with `dcforge clean`): {', '.join(leftovers)}",
+                     markup=False, highlight=False)
+
+
 @app.command()
 def accept(
     env: str = EnvOption,
@@ -88,6 +134,8 @@ def accept(
     fail_on_regression: bool = typer.Option(False, "--fail-on-regression", help="Exit 1 when the baseline shows a regression."),
     sign_key: Optional[Path] = typer.Option(None, "--sign-key", help="Ed25519 private key (PEM): write "
                                             "report.json.sig, a detached signature over the final report.json."),
+    kubeconfig: Optional[Path] = KubeconfigOption,
+    context: Optional[str] = ContextOption,
     taint_failed: bool = typer.Option(False, "--taint-failed", help="Target kubernetes: taint nodes that failed a "
                                       "node-level check (dcforge.io/acceptance=failed:NoSchedule), untaint passing ones."),
     dry_run: bool = typer.Option(False, "--dry-run", help="With --taint-failed: print what it would do, change nothing."),
@@ -113,16 +161,21 @@ def accept(
     check_remediation_flags(loaded.spec, taint_failed, dry_run)
     selected = select_checks(loaded.spec.acceptance.checks, _split(only), _split(skip))
     baseline_report = load_baseline(baseline) if baseline else None
+    cluster = _cluster_access(loaded, kubeconfig, context)
     report_dir = _new_report_dir(reports, loaded.spec.name)
     # checks hand artefact paths to child processes with other working directories: keep them absolute
-    state = RunState(env=loaded, report_dir=report_dir.resolve(), selected=selected, started_at=utc_now())
+    state = RunState(env=loaded, report_dir=report_dir.resolve(), selected=selected, started_at=utc_now(),
+                     cluster=cluster)
     writer = ReportWriter(report_dir, baseline_report, baseline, tolerance)
     console.print(f"dcforge accept: environment [bold]{loaded.spec.name}[/] ({loaded.path}), "
                   f"{len(selected)} checks → {report_dir}")
-    _run_with_progress(state, writer)
+    try:
+        _run_with_progress(state, writer)
+    finally:
+        _sweep_run(state)
 
     _print_summary(writer.latest)
-    remediated = _remediate(report_dir, writer.latest, dry_run) if taint_failed else {}
+    remediated = _remediate(report_dir, writer.latest, dry_run, cluster) if taint_failed else {}
     console.print(f"Report: {report_dir / 'report.html'}  (also report.json, junit.xml)")
     if signing_key is not None:
         console.print(f"Signed: {sign_report(report_dir, signing_key)}")
@@ -130,11 +183,11 @@ def accept(
     raise typer.Exit(max(code, 1) if remediated.get("errors") else code)
 
 
-def _remediate(report_dir: Path, report: dict, dry_run: bool) -> dict:
+def _remediate(report_dir: Path, report: dict, dry_run: bool, cluster) -> dict:
     """`--taint-failed`: taint/untaint nodes from the report's node rows (dcforge/remediation.py)."""
     from dcforge.remediation import apply_to_report, summary_line
 
-    done = apply_to_report(report_dir, report, dry_run)
+    done = apply_to_report(report_dir, report, dry_run, cluster=cluster)
     console.print(escape(summary_line(done)), highlight=False)
     for line in done["errors"]:
         errors.print(f"error: {line}", markup=False, highlight=False)
@@ -332,11 +385,42 @@ PolicyOption = typer.Option(True, "--policy/--no-policy", help="Run the complian
 
 
 @app.command()
-def up(env: str = EnvOption, policy: bool = PolicyOption) -> None:
-    """Deploy the environment's cluster platform: `pulumi up` of stacks/ through the Automation API."""
+def up(
+    ctx: typer.Context,
+    env: str = EnvOption,
+    policy: bool = PolicyOption,
+    run_accept: bool = typer.Option(True, "--accept/--no-accept", help="After a successful update, run "
+                                    "`dcforge accept --env X` (on the cluster for target kubernetes)."),
+    kubeconfig: Optional[Path] = KubeconfigOption,
+    context: Optional[str] = ContextOption,
+) -> None:
+    """Deploy the environment's cluster platform (`pulumi up` of stacks/ through the Automation API), then prove it:
+    the environment's acceptance runs after a successful update. Exit 0 when both succeeded, 1 when the update
+    or the acceptance failed (a failed update runs no acceptance), 2 on bad input."""
     from dcforge.deploy import deploy_command
 
-    raise typer.Exit(deploy_command(env, preview=False, policy_pack=policy))
+    code = deploy_command(env, preview=False, policy_pack=policy)
+    if code != 0 or not run_accept:
+        raise typer.Exit(code)
+    raise typer.Exit(_accept_after_update(ctx, env, kubeconfig, context))
+
+
+def _accept_after_update(ctx: typer.Context, env: str, kubeconfig: Optional[Path], context: Optional[str]) -> int:
+    """`dcforge accept --env X` with its defaults, then one line covering the update and the acceptance."""
+    command = typer.main.get_command(app).commands["accept"]  # type: ignore[attr-defined]
+    args = ["--env", env, *(["--kubeconfig", str(kubeconfig)] if kubeconfig else []),
+            *(["--context", context] if context else [])]
+    console.print(f"dcforge up: stack {env!r} updated; running its acceptance")
+    try:  # parsed like `dcforge accept --env X ...`: every other option at its default
+        with command.make_context("accept", args, parent=ctx) as accept_ctx:
+            command.invoke(accept_ctx)
+        code = 0
+    except typer.Exit as done:
+        code = done.exit_code
+    verdict = {0: "passed", 1: "failed"}.get(code, f"interrupted or refused (exit {code})")
+    colour = "green" if code == 0 else "red"
+    console.print(f"[bold {colour}]dcforge up --env {env}[/]: update succeeded, acceptance {verdict}")
+    return code
 
 
 @app.command()
@@ -375,6 +459,34 @@ def inventory(
     from dcforge.inventory import inventory_command
 
     raise typer.Exit(inventory_command(env, env_file=env_file, output=out, check=check, console=console))
+
+
+@app.command(name="clean")
+def clean(
+    env: str = EnvOption,
+    env_file: Optional[Path] = EnvFileOption,
+    kubeconfig: Optional[Path] = KubeconfigOption,
+    context: Optional[str] = ContextOption,
+) -> None:
+    """Delete what earlier acceptance runs left on the cluster: every object labelled `dcforge.io/run` in the
+    environment's acceptance namespace. Prints each deleted object; exit 0, 1 when some could not be deleted in
+    time, 2 when the cluster cannot be reached."""
+    from dcforge.executors.base import ExecutorError
+    from dcforge.executors.kubernetes import clean_runs, client_from_kubeconfig
+
+    loaded = _load(env, env_file)
+    config_file = _kubeconfig_file(kubeconfig)
+    try:
+        api_client = client_from_kubeconfig(config_file, context)
+        deleted, leftovers = clean_runs(loaded.spec, api_client)
+    except ExecutorError as error:
+        raise DcforgeError(f"clean --env {loaded.spec.name}: {error}") from None
+    for name in deleted:
+        console.print(f"deleted {name}", markup=False, highlight=False)
+    console.print(f"dcforge clean: {len(deleted)} objects of earlier runs deleted", highlight=False)
+    if leftovers:
+        errors.print(f"still there after the wait: {', '.join(leftovers)}", markup=False, highlight=False)
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from dcforge.harness.check import ClusterAccess
 from dcforge.report.nodes import node_problem, node_rows
 
 TAINT = {"key": "dcforge.io/acceptance", "value": "failed", "effect": "NoSchedule"}
@@ -135,16 +136,19 @@ def check_flags(spec, taint_failed: bool, dry_run: bool) -> None:
                            "apply only to target kubernetes")
 
 
-def apply_to_report(report_dir, report: dict[str, Any], dry_run: bool, api_client: Any = None) -> dict[str, Any]:
+def apply_to_report(report_dir, report: dict[str, Any], dry_run: bool, api_client: Any = None,
+                    cluster: ClusterAccess | None = None) -> dict[str, Any]:
     """Remediate from a finished run's report, add it as report.json's `remediation` and rewrite the report files;
-    returns that field. The client comes from the kubeconfig ($KUBECONFIG, ~/.kube/config, in-cluster) unless
-    given; a kubeconfig that does not load is one `error` entry, not a traceback."""
+    returns that field. The client comes from `cluster` (the run's ClusterAccess: `accept --kubeconfig/--context`,
+    else $KUBECONFIG, ~/.kube/config, in-cluster) unless given; a kubeconfig that does not load is one `error`
+    entry, not a traceback."""
     from dcforge.executors.base import ExecutorError
     from dcforge.executors.kubernetes import client_from_kubeconfig
     from dcforge.report import write_report_files
 
     try:
-        outcome = remediate(report, api_client or client_from_kubeconfig(), dry_run)
+        access = cluster or ClusterAccess()
+        outcome = remediate(report, api_client or client_from_kubeconfig(access.kubeconfig, access.context), dry_run)
     except ExecutorError as error:
         outcome = Remediation(dry_run, actions=[NodeAction("-", "error", str(error))])
     report["remediation"] = outcome.to_dict()

@@ -31,9 +31,10 @@ class ComplianceConfig(CheckConfig):
     source: Literal["auto", "synth", "cluster"] = "auto"
     """What the rules judge: the synthesized manifests, or the live cluster (`auto`: cluster for target kubernetes)."""
     kubectl: str = "kubectl"
-    """kubectl executable used with source `cluster` (the current kubeconfig context unless kubeContext is set)."""
+    """kubectl executable used with source `cluster` (the kubeconfig and context of `dcforge accept --kubeconfig
+    --context`, else kubectl's own defaults)."""
     kube_context: str | None = None
-    """kubeconfig context to read the cluster from."""
+    """kubeconfig context to read the cluster from (instead of `--context`)."""
     kubectl_timeout_s: float = Field(default=120.0, gt=0)
     """Limit for each `kubectl get`."""
     fail_on_severity: Literal["high", "medium", "low", "never"] = "medium"
@@ -89,8 +90,10 @@ def _judge(ctx: CheckContext, config: ComplianceConfig, files: dict) -> tuple[st
     if source == "cluster":
         from dcforge.compliance.live import cluster_objects, managed_scope
 
+        # the cluster `dcforge accept --kubeconfig --context` points at, unless kubeContext names another context
         live = cluster_objects(config.kubectl, ctx.artefact_dir(ComplianceCheck.name) / "kubectl",
-                               config.kubectl_timeout_s, config.kube_context)
+                               config.kubectl_timeout_s, config.kube_context or ctx.cluster.context,
+                               ctx.cluster.kubeconfig)
         objects = managed_scope(live)
         verification.violations = evaluate(objects, exceptions_for(spec))
         ctx.log(f"{len(live)} live objects, {len(objects)} in the namespaces and scope dcforge manages")

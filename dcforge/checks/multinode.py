@@ -1,7 +1,8 @@
 """`allreduce_multinode` and `train_multinode`: torchrun with `--nnodes N` across nodes, c10d rendezvous on node 0.
 
 Where the nodes run follows `acceptance.target`: `hosts` -> one node per SSH host of `acceptance.hosts`
-(docs/executors.md); `local` -> N torchrun agents on this machine over loopback (the same rendezvous and
+(docs/executors.md); `kubernetes` -> one pod of an Indexed Job per node on the acceptance pool, in the acceptance
+image; `local` -> N torchrun agents on this machine over loopback (the same rendezvous and
 collectives, without a network between them). The figures are the single-node checks' (same formulas, same
 records); details carry a `nodes` table: host, address, state and log of every node.
 """
@@ -15,7 +16,7 @@ from pydantic import Field
 from dcforge.checks._rdma import declared_rdma_pool
 from dcforge.checks.allreduce import AllreduceCheck, AllreduceCheckConfig, record_sweep
 from dcforge.checks.train import TrainCheck, TrainCheckConfig, settings_error, summarize, train_config_error
-from dcforge.executors.base import ExecutorError, NodeStatus
+from dcforge.executors.base import ExecutorError, NodeState, NodeStatus
 from dcforge.executors.torchrun import TorchrunJob, TorchrunRun, node_records, run_torchrun_job
 from dcforge.harness.check import CheckContext
 from dcforge.harness.result import CheckResult, CheckSkipped, Status
@@ -60,7 +61,39 @@ def executor_for(ctx: CheckContext, check: str, nodes: int | None):
         return HostsExecutor(hosts[:count], options), count, acceptance.hosts.socket_ifname
     if acceptance.target == "local":
         return LocalExecutor(), nodes or 2, LOOPBACK_IFNAME
-    raise CheckSkipped(f"multi-node checks run on target local or hosts, not {acceptance.target}")
+    if acceptance.target == "kubernetes":
+        return kubernetes_executor(ctx), nodes or _pool_nodes(ctx), None
+    raise CheckSkipped(f"multi-node checks run on target local, hosts or kubernetes, not {acceptance.target}")
+
+
+def kubernetes_executor(ctx: CheckContext):
+    """Indexed Jobs on the acceptance pool of the cluster the run was pointed at, labelled with the run id; a
+    missing image is one line naming the key (accept refuses it before any check runs, see `dcforge.cli`)."""
+    from dcforge.errors import ConfigError
+    from dcforge.executors.kubernetes import KubernetesExecutor
+
+    if not ctx.env.spec.acceptance.image:
+        raise ConfigError(ctx.env.path, "dcforge:acceptance.image", IMAGE_MISSING)
+    return KubernetesExecutor(ctx.env.spec, ctx.run_id, kubeconfig=ctx.cluster.kubeconfig,
+                              context=ctx.cluster.context)
+
+
+IMAGE_MISSING = ("not set: target kubernetes runs the checks' workloads in the acceptance image (README: the "
+                 "acceptance image); set a pinned tag or digest")
+
+
+def _pool_nodes(ctx: CheckContext) -> int:
+    """The acceptance pool's node count on target kubernetes, at least 2 (pods of one pool may share a node)."""
+    pool = ctx.env.spec.acceptance_pool
+    return max(2, pool.size if pool is not None else 0)
+
+
+def default_nproc(executor) -> int:
+    """Ranks per node: one per GPU of a node (the pool's on target kubernetes, this machine's otherwise), else 1."""
+    placed = getattr(executor, "node_resources", None)
+    if placed is not None:
+        return placed.gpus or 1
+    return _cpu_default_nproc()
 
 
 def _cpu_default_nproc() -> int:
@@ -77,8 +110,8 @@ def _cpu_default_nproc() -> int:
 def run_nodes(ctx: CheckContext, check: str, job: TorchrunJob, executor, result: CheckResult) -> TorchrunRun | None:
     workdir = ctx.artefact_dir(check)
 
-    def show(statuses: list[NodeStatus]) -> None:
-        ctx.log(" ".join(f"{s.host}:{s.state.value}" for s in statuses))
+    def show(statuses: list[NodeStatus]) -> None:  # the live view: each node's state, and why it waits
+        ctx.log(" ".join(f"{s.host}:{s.state.value}" + (f" ({s.reason})" if s.reason else "") for s in statuses))
 
     ctx.log(f"torchrun {job.script} on {job.nnodes} nodes x{job.nproc_per_node} ({executor.name})")
     try:
@@ -87,11 +120,23 @@ def run_nodes(ctx: CheckContext, check: str, job: TorchrunJob, executor, result:
         result.status, result.reason = Status.ERROR, str(error)
         return None
     result.details["nodes"] = node_records(run.outcome.nodes, ctx.relative)
+    if run.api_requests is not None:
+        result.details["api_requests"] = run.api_requests  # up to the end of the wait: a watch, not polling
     for node in run.outcome.nodes:
         result.artefacts[f"log.{node.host}"] = ctx.relative(node.log_path)
     if not run.outcome.succeeded:
         result.fail(f"torchrun across {job.nnodes} nodes: {run.outcome.failure_summary()}")
+        if platform_failure(run.outcome.nodes):  # not the workload's verdict: the platform could not run it
+            result.status = Status.ERROR
     return run
+
+
+def platform_failure(nodes: list[NodeStatus]) -> bool:
+    """Whether a node failed for a reason outside the workload: never ran (not placed, image not pulled, refused at
+    admission: no exit code of its own) or killed for its memory limit (the kubernetes executor's reasons), so the
+    check is an error rather than a measured failure."""
+    return any(node.state is NodeState.FAILED and (node.exit_code is None or ": OOMKilled" in node.reason)
+               for node in nodes)
 
 
 class AllreduceMultinodeCheck:
@@ -104,7 +149,7 @@ class AllreduceMultinodeCheck:
     def run(self, ctx: CheckContext, config: AllreduceMultinodeConfig) -> CheckResult:
         result = CheckResult(self.name, declared=self.metrics)
         executor, nodes, ifname = executor_for(ctx, self.name, config.nodes)
-        nproc = config.nproc_per_node or _cpu_default_nproc()
+        nproc = config.nproc_per_node or default_nproc(executor)
         job = TorchrunJob("allreduce.py", ("--min-bytes", config.min_bytes, "--max-bytes", config.max_bytes,
                                            "--factor", str(config.factor), "--warmup", str(config.warmup),
                                            "--iters", str(config.iterations), "--dtype", config.dtype,
@@ -141,7 +186,7 @@ class TrainMultinodeCheck:
 
         result = CheckResult(self.name, declared=self.metrics)
         executor, nodes, ifname = executor_for(ctx, self.name, config.nodes)
-        nproc = config.nproc_per_node or _cpu_default_nproc()
+        nproc = config.nproc_per_node or default_nproc(executor)
         train_config = TrainConfig(preset=config.preset, seq_len=config.seq_len,
                                    global_batch_size=config.global_batch_size, steps=config.steps,
                                    parallelism=config.parallelism, compile=config.compile,

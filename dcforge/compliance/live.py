@@ -33,7 +33,7 @@ class KubectlError(RuntimeError):
 
 
 def kubectl_get(kubectl: str, resources: tuple[str, ...], workdir: Path, timeout_s: float,
-                context: str | None = None) -> list[dict[str, Any]]:
+                context: str | None = None, kubeconfig: str | None = None) -> list[dict[str, Any]]:
     """Items of `kubectl get <resources> --all-namespaces -o json` (JSON on stdout, diagnostics kept apart)."""
     executable = shutil.which(kubectl)
     if executable is None:
@@ -43,6 +43,8 @@ def kubectl_get(kubectl: str, resources: tuple[str, ...], workdir: Path, timeout
     args = [executable, "get", ",".join(resources), "--all-namespaces", "-o", "json"]
     if context:
         args += ["--context", context]
+    if kubeconfig:
+        args += ["--kubeconfig", kubeconfig]
     # The shell only redirects: stdout must stay pure JSON while kubectl's warnings go to stderr.
     env = {**os.environ, "DCFORGE_KUBECTL_OUT": str(out), "DCFORGE_KUBECTL_ERR": str(err)}
     try:
@@ -59,11 +61,12 @@ def kubectl_get(kubectl: str, resources: tuple[str, ...], workdir: Path, timeout
         raise KubectlError(f"kubectl printed no JSON list: {error}") from None
 
 
-def cluster_objects(kubectl: str, workdir: Path, timeout_s: float, context: str | None = None) -> list[dict]:
-    objects = kubectl_get(kubectl, LIVE_RESOURCES, workdir / "core", timeout_s, context)
+def cluster_objects(kubectl: str, workdir: Path, timeout_s: float, context: str | None = None,
+                    kubeconfig: str | None = None) -> list[dict]:
+    objects = kubectl_get(kubectl, LIVE_RESOURCES, workdir / "core", timeout_s, context, kubeconfig)
     for resource in OPTIONAL_RESOURCES:
         try:
-            objects += kubectl_get(kubectl, (resource,), workdir / resource, timeout_s, context)
+            objects += kubectl_get(kubectl, (resource,), workdir / resource, timeout_s, context, kubeconfig)
         except KubectlError:
             pass  # the CRD is not installed here
     return objects

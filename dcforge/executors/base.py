@@ -266,10 +266,11 @@ def wait_loop(execution: Execution, timeout_s: float, on_status: StatusCallback 
               kill_all: Callable[[], None]) -> ExecutionOutcome:
     """The wait every executor shares: poll statuses, report changes, stop at the first failure or timeout."""
     deadline = time.monotonic() + timeout_s
-    last: list[tuple[str, NodeState]] | None = None
+    last: list[tuple[str, NodeState, str]] | None = None
     while True:
         statuses = execution.statuses()
-        snapshot = [(status.node_id, status.state) for status in statuses]
+        # the reason too: the live view shows why a pending pod waits (ContainerCreating, Unschedulable)
+        snapshot = [(status.node_id, status.state, status.reason) for status in statuses]
         if on_status is not None and snapshot != last:
             on_status(statuses)
         last = snapshot

@@ -8,11 +8,12 @@ reason: Unschedulable (no node with the GPUs, an untolerated taint; after a shor
 CrashLoopBackOff, OOMKilled, and a Job or ReplicaSet whose pods are rejected at admission (PodSecurity, quota:
 FailedCreate).
 
-`stop` deletes every object labelled `dcforge.io/run=<run id>` (workloads first, so no controller recreates a
+`stop` deletes every object labelled `dcforge.io/execution=<execution>` (workloads first, so no controller recreates a
 pod) and waits, bounded, until none is left. Every API call is one of `EXECUTOR_API_ACCESS`, which the
 Acceptance component's Role grants and nothing more.
 
-Not yet selectable: `dcforge accept` and the checks do not use this executor yet (issue 10).
+Selected by `acceptance.target: kubernetes` (dcforge/checks/multinode.py `executor_for`); `clean_runs` is
+`dcforge clean`: it deletes what earlier runs left behind.
 """
 
 from __future__ import annotations
@@ -24,16 +25,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dcforge.executors.base import (ExecutionOutcome, ExecutorError, NodeState, NodeStatus, StatusCallback,
-                                    Workload, wait_loop)
+from dcforge.executors.base import (ExecutionOutcome, ExecutorError, NodeState, NodeStatus, Resources,
+                                    StatusCallback, Workload, wait_loop)
 from dcforge.executors.kubernetes_access import EXECUTOR_API_ACCESS
-from dcforge.executors.kubernetes_objects import (JOB_INDEX_LABEL, ROLE_LABEL, RUN_LABEL,
-                                                  ObjectError, Target, is_server, object_name, prerequisite_objects,
-                                                  run_label_value, target_for, workload_objects)
+from dcforge.executors.kubernetes_objects import (EXECUTION_LABEL, JOB_INDEX_LABEL, ROLE_LABEL, RUN_LABEL,
+                                                  ObjectError, Target, execution_target, is_server, node_resources,
+                                                  object_name, prerequisite_objects, run_label_value, target_for,
+                                                  workload_objects)
 from dcforge.executors.pod_results import parse_results
 from dcforge.spec.models import Environment
 
-__all__ = ["EXECUTOR_API_ACCESS", "KubernetesExecution", "KubernetesExecutor", "client_from_kubeconfig"]
+__all__ = ["EXECUTOR_API_ACCESS", "KubernetesExecution", "KubernetesExecutor", "LabelledObjects", "clean_runs",
+           "client_from_kubeconfig"]
 
 # kind -> (client API class, method suffix): create_<suffix>, list_<suffix>, delete_<suffix>.
 KINDS: dict[str, tuple[str, str]] = {
@@ -128,7 +131,19 @@ def pod_state(pod: dict[str, Any], unschedulable_for_s: float = float("inf"),
     scheduled = pod_condition(pod, "PodScheduled")
     if is_unschedulable(pod) and unschedulable_for_s >= unschedulable_grace_s:
         return NodeState.FAILED, None, one_line(f"pod {name}: Unschedulable: {scheduled.get('message') or ''}")
-    return (NodeState.RUNNING if phase == "Running" else NodeState.PENDING), None, ""
+    return (NodeState.RUNNING if phase == "Running" else NodeState.PENDING), None, waiting_detail(pod)
+
+
+def waiting_detail(pod: dict[str, Any]) -> str:
+    """Why a pod that has not failed is not running yet, for the live view: Unschedulable (within its grace) with
+    the scheduler's message, a container's waiting reason (ContainerCreating, ErrImagePull), else empty."""
+    if is_unschedulable(pod):
+        return one_line(f"Unschedulable: {pod_condition(pod, 'PodScheduled').get('message') or ''}")
+    for container in (pod.get("status") or {}).get("containerStatuses") or []:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason"):
+            return one_line(f"{waiting['reason']}: {waiting.get('message') or ''}".rstrip(": "))
+    return ""
 
 
 def is_unschedulable(pod: dict[str, Any]) -> bool:
@@ -142,6 +157,94 @@ def made_by(involved: dict[str, Any], controller: str, server: bool) -> bool:
     if server:
         return involved.get("kind") == "ReplicaSet" and "-" in name and name.rsplit("-", 1)[0] == controller
     return involved.get("kind") == "Job" and name == controller
+
+
+def api_groups(api_client: Any) -> dict[str, Any]:
+    """The client API classes KINDS names, bound to `api_client`."""
+    from kubernetes import client
+
+    return {name: getattr(client, name)(api_client) for name, _ in KINDS.values()}
+
+
+class LabelledObjects:
+    """The objects of one namespace that carry `label` (with `value`, or any value when it is None): listed and
+    deleted, controllers first. What an execution's `stop` (its execution label) and `dcforge clean` (the run
+    label, any value) share. `call` runs every request (the execution counts them)."""
+
+    def __init__(self, apis: dict[str, Any], namespace: str, label: str, value: str | None = None,
+                 call: Callable[..., Any] | None = None):
+        self.apis, self.namespace, self.label, self.value = apis, namespace, label, value
+        self.selector = label if value is None else f"{label}={value}"
+        self._call = call or (lambda method, *args, **kwargs: method(*args, **kwargs))
+
+    def method(self, verb: str, kind: str) -> Callable[..., Any]:
+        api, suffix = KINDS[kind]
+        return getattr(self.apis[api], f"{verb}_{suffix}")
+
+    def matches(self, obj: dict[str, Any]) -> bool:
+        found = ((obj.get("metadata") or {}).get("labels") or {})
+        return self.label in found and (self.value is None or found[self.label] == self.value)
+
+    def names(self, kind: str) -> list[str]:
+        """The labelled objects of `kind`; ExecutorError (one line) when the API cannot be asked."""
+        try:
+            response = self._call(self.method("list", kind), self.namespace, label_selector=self.selector,
+                                  _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+        except Exception as error:  # noqa: BLE001 (ApiException, urllib3 errors: reported in one line)
+            raise api_error(f"listing {kind} labelled {self.selector} in namespace {self.namespace}",
+                            error) from None
+        items = json.loads(response.data).get("items") or []
+        return [o["metadata"]["name"] for o in items if self.matches(o)]  # the selector, also where not applied
+
+    def delete(self, kind: str, name: str, grace_s: float | None = None) -> None:
+        try:
+            self._call(self.method("delete", kind), name, self.namespace, propagation_policy="Background",
+                       grace_period_seconds=None if grace_s is None else int(grace_s), _preload_content=False,
+                       _request_timeout=REQUEST_TIMEOUT)
+        except Exception as error:  # noqa: BLE001
+            if getattr(error, "status", None) != 404:  # already gone is what we wanted
+                raise api_error(f"deleting {kind}/{name} in namespace {self.namespace}", error) from None
+
+    def delete_all(self, timeout_s: float, grace_s: float) -> tuple[list[str], list[str]]:
+        """Delete every labelled object in DELETE_ORDER and wait until none is left, at most `timeout_s`.
+        Returns (deleted, leftovers) as `Kind/name`; never raises (a failure leaves the kind in leftovers)."""
+        deadline = time.monotonic() + timeout_s
+        deleted: list[str] = []
+        remaining = list(DELETE_ORDER)
+        while remaining and time.monotonic() < deadline:
+            kind = remaining[0]
+            try:
+                names = self.names(kind)
+                for name in names:
+                    self.delete(kind, name, grace_s=grace_s if kind == "Pod" else None)
+                    if f"{kind}/{name}" not in deleted:
+                        deleted.append(f"{kind}/{name}")
+                if not names or not self.names(kind):
+                    remaining.pop(0)
+                else:
+                    time.sleep(0.5)  # pods terminating within their grace period
+            except ExecutorError:
+                time.sleep(0.5)
+        leftovers: list[str] = []
+        for kind in remaining:
+            try:
+                leftovers += [f"{kind}/{name}" for name in self.names(kind)]
+            except ExecutorError as error:
+                leftovers.append(f"{kind}/? ({error})")
+        return deleted, leftovers
+
+
+def clean_runs(spec: Environment, api_client: Any, run_id: str | None = None, timeout_s: float = 60.0,
+               grace_s: float = 5.0) -> tuple[list[str], list[str]]:
+    """`dcforge clean`: delete every object of any run (labelled `dcforge.io/run`), or of run `run_id` only, in the
+    environment's acceptance namespace. Returns (deleted, leftovers) as `Kind/name`; ExecutorError (one line)
+    when the cluster cannot be asked at all."""
+    from dcforge.manifests.common import acceptance_namespace
+
+    value = run_label_value(run_id) if run_id is not None else None
+    objects = LabelledObjects(api_groups(api_client), acceptance_namespace(spec), RUN_LABEL, value)
+    objects.names(DELETE_ORDER[0])  # an unreachable cluster or a refused request: an error, not "nothing left"
+    return objects.delete_all(timeout_s, grace_s)
 
 
 class _Watch:
@@ -232,8 +335,6 @@ class KubernetesExecution:
     def __init__(self, target: Target, workload: Workload, run_dir: Path, api_client: Any,
                  grace_s: float = 5.0, stop_timeout_s: float = 30.0,
                  unschedulable_grace_s: float = UNSCHEDULABLE_GRACE_S):
-        from kubernetes import client
-
         self.target = target
         self.workload = workload
         self.run_dir = run_dir
@@ -248,8 +349,9 @@ class KubernetesExecution:
         self.lock = threading.RLock()
         self.changed = threading.Event()
         self.leader_addresses: dict[str, str] = {}
-        self._apis = {name: getattr(client, name)(api_client) for name, _ in KINDS.values()}
-        self._selector = f"{RUN_LABEL}={target.run_id}"
+        self._apis = api_groups(api_client)
+        self.objects = LabelledObjects(self._apis, target.namespace, EXECUTION_LABEL, target.scope, self.call)
+        self._selector = self.objects.selector
         self._killed_pods: set[str] = set()
         self._killed_nodes: set[tuple[str, int]] = set()
         self._final: dict[tuple[str, int], NodeStatus] = {}
@@ -269,14 +371,10 @@ class KubernetesExecution:
         self.count_request()
         return method(*args, **kwargs)
 
-    def _method(self, verb: str, kind: str) -> Callable[..., Any]:
-        api, suffix = KINDS[kind]
-        return getattr(self._apis[api], f"{verb}_{suffix}")
-
     def _create(self, obj: dict[str, Any]) -> dict[str, Any]:
         what = f"creating {obj['kind']}/{obj['metadata']['name']} in namespace {self.target.namespace}"
         try:
-            response = self.call(self._method("create", obj["kind"]), self.target.namespace, obj,
+            response = self.call(self.objects.method("create", obj["kind"]), self.target.namespace, obj,
                                  _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
         except Exception as error:  # noqa: BLE001 (ApiException, urllib3 errors: reported in one line)
             raise api_error(what, error) from None
@@ -318,7 +416,7 @@ class KubernetesExecution:
         label = run_label_value(role_name)
         pods = [p for p in (self._pods.objects.values() if self._pods else ())
                 if ((p.get("metadata") or {}).get("labels") or {}).get(ROLE_LABEL) == label
-                and ((p.get("metadata") or {}).get("labels") or {}).get(RUN_LABEL) == self.target.run_id]
+                and self.objects.matches(p)]
         return sorted(pods, key=lambda p: (p["metadata"].get("creationTimestamp") or "", p["metadata"]["name"]))
 
     def _current_pod(self, role_name: str, index: int, pods: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -471,7 +569,7 @@ class KubernetesExecution:
             if pod is not None:
                 self._killed_pods.add(pod["metadata"]["name"])
         if pod is not None:
-            self._delete("Pod", pod["metadata"]["name"], grace_s=0)
+            self.objects.delete("Pod", pod["metadata"]["name"], grace_s=0)
 
     def read_result(self, role: str, index: int, name: str) -> bytes:
         """The file `name` the node left in its results volume, read back from its pod log."""
@@ -486,25 +584,6 @@ class KubernetesExecution:
             raise ExecutorError(f"{role}/{index} on pod {pod}: no result file {name} in its log")
         return results[name]
 
-    def _delete(self, kind: str, name: str, grace_s: float | None = None) -> None:
-        try:
-            self.call(self._method("delete", kind), name, self.target.namespace, propagation_policy="Background",
-                      grace_period_seconds=None if grace_s is None else int(grace_s), _preload_content=False,
-                      _request_timeout=REQUEST_TIMEOUT)
-        except Exception as error:  # noqa: BLE001
-            if getattr(error, "status", None) != 404:  # already gone is what we wanted
-                raise api_error(f"deleting {kind}/{name}", error) from None
-
-    def _labelled(self, kind: str) -> list[str]:
-        try:
-            response = self.call(self._method("list", kind), self.target.namespace, label_selector=self._selector,
-                                 _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
-        except Exception as error:  # noqa: BLE001
-            raise api_error(f"listing {kind} labelled {self._selector}", error) from None
-        items = json.loads(response.data).get("items") or []
-        return [o["metadata"]["name"] for o in items
-                if ((o.get("metadata") or {}).get("labels") or {}).get(RUN_LABEL) == self.target.run_id]
-
     def _terminate_all(self) -> None:
         """Kill every node still running (a failed rank or the timeout): delete the Jobs, Deployments and pods."""
         statuses = self._current_statuses()
@@ -515,11 +594,11 @@ class KubernetesExecution:
                     if status.host in (self._pods.objects if self._pods else {}):
                         self._killed_pods.add(status.host)
         for kind in ("Job", "Deployment", "Pod"):
-            for name in self._labelled(kind):
-                self._delete(kind, name, grace_s=self.grace_s if kind == "Pod" else None)
+            for name in self.objects.names(kind):
+                self.objects.delete(kind, name, grace_s=self.grace_s if kind == "Pod" else None)
 
     def stop(self) -> None:
-        """Delete every object labelled with the run id, controllers first; wait until none is left, at most
+        """Delete every object labelled with the execution, controllers first; wait until none is left, at most
         `stop_timeout_s`; what is left then is in `leftovers`. Idempotent; never raises."""
         if self._stopped:
             return
@@ -528,26 +607,7 @@ class KubernetesExecution:
             self._current_statuses()  # final states and logs before the pods go
         except Exception:  # noqa: BLE001 (cleanup must go on)
             pass
-        deadline = time.monotonic() + self.stop_timeout_s
-        remaining = list(DELETE_ORDER)
-        while remaining and time.monotonic() < deadline:
-            kind = remaining[0]
-            try:
-                names = self._labelled(kind)
-                for name in names:
-                    self._delete(kind, name, grace_s=self.grace_s if kind == "Pod" else None)
-                if not names or not self._labelled(kind):
-                    remaining.pop(0)
-                else:
-                    time.sleep(0.5)  # pods terminating within their grace period
-            except ExecutorError:
-                time.sleep(0.5)
-        self.leftovers = []
-        for kind in remaining:
-            try:
-                self.leftovers += [f"{kind}/{name}" for name in self._labelled(kind)]
-            except ExecutorError as error:
-                self.leftovers.append(f"{kind}/? ({error})")
+        _, self.leftovers = self.objects.delete_all(self.stop_timeout_s, self.grace_s)
         for watcher in (self._pods, self._events):
             if watcher is not None:
                 watcher.stop()
@@ -586,12 +646,18 @@ class KubernetesExecutor:
         self.grace_s, self.stop_timeout_s = grace_s, stop_timeout_s
         self.unschedulable_grace_s = unschedulable_grace_s
 
+    @property
+    def node_resources(self) -> Resources:
+        """What each node of a multi-node workload asks for: a whole machine of the pool (`node_resources`)."""
+        return node_resources(self.target)
+
     def start(self, workload: Workload, run_dir: Path) -> KubernetesExecution:
         run_dir.mkdir(parents=True, exist_ok=True)
         if self._api_client is None:
             self._api_client = client_from_kubeconfig(self._kubeconfig, self._context)
         try:
-            execution = KubernetesExecution(self.target, workload, run_dir, self._api_client, self.grace_s,
+            execution = KubernetesExecution(execution_target(self.target, workload), workload, run_dir,
+                                            self._api_client, self.grace_s,
                                             self.stop_timeout_s, self.unschedulable_grace_s)
             return execution.start()
         except ObjectError as error:

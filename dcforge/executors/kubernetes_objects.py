@@ -23,21 +23,27 @@ file of the results volume into the pod log (`dcforge.executors.pod_results`), w
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
+import secrets
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dcforge.executors.base import Role, VolumePurpose, Workload
+from dcforge.executors.base import Resources, Role, VolumePurpose, Workload
 from dcforge.manifests.common import (ACCEPTANCE_SERVICE_ACCOUNT, MANAGED_BY, POOL_LABEL, acceptance_namespace,
                                      namespaces_with_purpose)
 from dcforge.manifests.gpu_node_pool import gpu_resource_name, pool_tolerations, queue_namespaces
 from dcforge.spec.models import Environment, GpuPool
 
 RUN_LABEL = "dcforge.io/run"
-"""On every object of one run (the report id): what `stop()` and `dcforge clean` delete by."""
+"""On every object of one run (the report id): what `dcforge clean` and the end of `dcforge accept` delete by."""
+EXECUTION_LABEL = "dcforge.io/execution"
+"""On every object of one execution (one workload started by a check): what its selectors, watches and `stop()`
+use. A run has several executions, some at once (slow_node's pairs), so the run label alone cannot tell them
+apart."""
 RUN_ID_ENV = "DCFORGE_RUN_ID"
 """The run id inside every container."""
 ROLE_LABEL = "dcforge.io/role"
@@ -86,6 +92,13 @@ class Target:
     image: str
     image_pull_policy: str
     pool: GpuPool | None
+    execution: str = ""
+    """A DNS-1123 label naming one execution (`execution_target`); empty: the run itself."""
+
+    @property
+    def scope(self) -> str:
+        """What names and selects this target's objects: the execution, else the run."""
+        return self.execution or self.run_id
 
 
 def run_label_value(run_id: str) -> str:
@@ -108,9 +121,15 @@ def target_for(spec: Environment, run_id: str, pool: str | None = None) -> Targe
                   spec.acceptance.image_pull_policy, chosen)
 
 
+def execution_target(target: Target, workload: Workload) -> Target:
+    """The target of one execution of `workload`: its own scope `<workload>-<6 hex>`, unique within the run."""
+    scope = f"{run_label_value(workload.name)[:24].strip('-')}-{secrets.token_hex(3)}"
+    return dataclasses.replace(target, execution=scope)
+
+
 def object_name(target: Target, *parts: str) -> str:
-    """`dcf-<run>-<parts>` as a DNS-1123 label; a long name keeps a hash of the full one."""
-    name = "-".join(["dcf", target.run_id, *(re.sub(r"[^a-z0-9-]+", "-", p.lower()) for p in parts)])
+    """`dcf-<scope>-<parts>` as a DNS-1123 label; a long name keeps a hash of the full one."""
+    name = "-".join(["dcf", target.scope, *(re.sub(r"[^a-z0-9-]+", "-", p.lower()) for p in parts)])
     name = re.sub(r"-+", "-", name).strip("-")
     if len(name) <= NAME_LIMIT:
         return name
@@ -119,10 +138,27 @@ def object_name(target: Target, *parts: str) -> str:
 
 
 def labels(target: Target, workload: Workload, role: Role | None = None) -> dict[str, str]:
-    out = {**MANAGED_BY, RUN_LABEL: target.run_id, WORKLOAD_LABEL: run_label_value(workload.name)}
+    out = {**MANAGED_BY, RUN_LABEL: target.run_id, EXECUTION_LABEL: target.scope,
+           WORKLOAD_LABEL: run_label_value(workload.name)}
     if role is not None:
         out[ROLE_LABEL] = run_label_value(role.name)
     return out
+
+
+CPU_NODE_RESOURCES = Resources(cpus=1.0, memory_mib=2048)
+"""What one node of a multi-node workload asks for where the target has no GPU pool: a torchrun agent and one CPU
+rank (gloo) fit in 2 GiB; no CPU limit (see `_resources`)."""
+
+
+def node_resources(target: Target) -> Resources:
+    """What one node of a multi-node workload (a torchrun agent and its ranks) asks for on the target's pool: every
+    GPU of a node, half its CPUs and memory (the rest stays for the system, the device plugin and daemon sets), so
+    each pod is one whole machine, as a node is on the other executors."""
+    pool = target.pool
+    if pool is None:
+        return CPU_NODE_RESOURCES
+    return Resources(cpus=max(1.0, pool.cpus_per_node / 2), memory_mib=pool.memory_gi_per_node * 1024 // 2,
+                     gpus=pool.gpus_per_node)
 
 
 def is_server(role: Role) -> bool:
@@ -147,7 +183,7 @@ def role_service(target: Target, workload: Workload, role: Role) -> dict[str, An
     of a server."""
     if not role.ports:
         return None
-    selector = {RUN_LABEL: target.run_id, ROLE_LABEL: run_label_value(role.name)}
+    selector = {EXECUTION_LABEL: target.scope, ROLE_LABEL: run_label_value(role.name)}
     spec: dict[str, Any] = {"type": "ClusterIP", "selector": selector, "ports": [
         {"name": _port_name(name), "protocol": "TCP", "port": number, "targetPort": number}
         for name, number in port_numbers(role).items()]}
@@ -161,14 +197,17 @@ def role_service(target: Target, workload: Workload, role: Role) -> dict[str, An
 
 def checkpoint_claim(target: Target, workload: Workload, role: Role) -> dict[str, Any] | None:
     """The role's checkpoints volume (None when the workload declares none): a PVC of the spec's checkpoints
-    StorageClass, ReadWriteMany when several nodes share it."""
+    StorageClass, in the access mode the class offers (ReadWriteMany for a filesystem class; a block class is
+    ReadWriteOnce, which the pods of a run share only on one node)."""
     if VolumePurpose.CHECKPOINTS not in workload.volumes:
         return None
     classes = [c for c in target.spec.storage.classes if c.purpose == "checkpoints"]
     if not classes:
         raise ObjectError("dcforge:storage.classes has no class with purpose checkpoints: the workload "
                           f"{workload.name!r} needs a checkpoints volume")
-    mode = "ReadWriteMany" if role.nodes > 1 or is_server(role) else "ReadWriteOnce"
+    from dcforge.manifests.storage_acceptance import access_mode  # here: that module imports the manifests package
+
+    mode = access_mode(classes[0])
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
             "metadata": _metadata(target, object_name(target, role.name, "checkpoints"),
                                   labels(target, workload, role)),
@@ -183,11 +222,11 @@ def network_policy(target: Target, workload: Workload) -> dict[str, Any] | None:
     ports = sorted({number for role in workload.roles for number in port_numbers(role).values()})
     if not ports:
         return None
-    peers = [{"podSelector": {"matchLabels": {RUN_LABEL: target.run_id}}}]
+    peers = [{"podSelector": {"matchLabels": {EXECUTION_LABEL: target.scope}}}]
     allowed = [{"protocol": "TCP", "port": port} for port in ports]
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
             "metadata": _metadata(target, object_name(target, workload.name, "ports"), labels(target, workload)),
-            "spec": {"podSelector": {"matchLabels": {RUN_LABEL: target.run_id}},
+            "spec": {"podSelector": {"matchLabels": {EXECUTION_LABEL: target.scope}},
                      "policyTypes": ["Ingress", "Egress"],
                      "ingress": [{"from": peers, "ports": allowed}],
                      "egress": [{"to": peers, "ports": allowed}]}}
@@ -227,7 +266,7 @@ def role_deployment(target: Target, workload: Workload, role: Role,
                     leader_address: str | None) -> dict[str, Any]:
     """A Deployment of `nodes` interchangeable replicas; the role's readiness becomes the readinessProbe."""
     pod_labels = labels(target, workload, role)
-    selector = {RUN_LABEL: target.run_id, ROLE_LABEL: run_label_value(role.name)}
+    selector = {EXECUTION_LABEL: target.scope, ROLE_LABEL: run_label_value(role.name)}
     return {"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": _metadata(target, object_name(target, role.name), pod_labels),
             "spec": {"replicas": role.nodes, "selector": {"matchLabels": selector},

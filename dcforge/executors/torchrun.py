@@ -13,8 +13,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dcforge.executors.base import (ExecutionOutcome, Executor, ExecutorError, NodeStatus, Role, StatusCallback,
-                                    VolumePurpose, Workload)
+from dcforge.executors.base import (ExecutionOutcome, Executor, ExecutorError, NodeStatus, Resources, Role,
+                                    StatusCallback, VolumePurpose, Workload)
 
 RENDEZVOUS_PORT = "rendezvous"
 
@@ -39,6 +39,9 @@ class TorchrunRun:
     outcome: ExecutionOutcome
     results: dict[int, dict[str, bytes]] = field(default_factory=dict)
     """Node index -> result file name -> content, for the files that node wrote."""
+    api_requests: int | None = None
+    """Kubernetes API requests the execution made (the kubernetes executor watches rather than polls); None
+    elsewhere."""
 
     def result(self, name: str) -> tuple[int, bytes]:
         """The first node that wrote `name` (rank 0's node for rank-0-only outputs)."""
@@ -52,7 +55,9 @@ def socket_env(ifname: str | None) -> dict[str, str]:
     return {"GLOO_SOCKET_IFNAME": ifname, "NCCL_SOCKET_IFNAME": ifname} if ifname else {}
 
 
-def torchrun_workload(name: str, job: TorchrunJob) -> Workload:
+def torchrun_workload(name: str, job: TorchrunJob, resources: Resources | None = None) -> Workload:
+    """`resources`: what each node asks for (the kubernetes executor's `node_resources`: a whole machine of the
+    pool); the local and hosts executors place nodes on machines that are theirs anyway."""
     run_id = f"{name}-{uuid.uuid4().hex[:8]}"
     command = ("{python}", "-m", "torch.distributed.run", f"--nnodes={job.nnodes}",
                f"--nproc-per-node={job.nproc_per_node}", "--rdzv-backend=c10d",
@@ -61,7 +66,8 @@ def torchrun_workload(name: str, job: TorchrunJob) -> Workload:
                "--local-addr={node_address}", "--max-restarts=0", "--monitor-interval=0.2",
                f"workloads/{job.script}", *job.args)
     env = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "OMP_NUM_THREADS": "1", **socket_env(job.socket_ifname)}
-    role = Role("torchrun", command, env=env, nodes=job.nnodes, ports=(RENDEZVOUS_PORT,))
+    role = Role("torchrun", command, env=env, nodes=job.nnodes, resources=resources or Resources(),
+                ports=(RENDEZVOUS_PORT,))
     return Workload(name, (role,), volumes=(VolumePurpose.SCRATCH, VolumePurpose.CHECKPOINTS,
                                             VolumePurpose.RESULTS), timeout_s=job.timeout_s)
 
@@ -70,9 +76,10 @@ def run_torchrun_job(executor: Executor, name: str, job: TorchrunJob, run_dir: P
                      on_status: StatusCallback | None = None) -> TorchrunRun:
     """Start every node, wait (the first failure stops the rest), read back the result files of each node;
     every process is gone when this returns or raises."""
-    with executor.start(torchrun_workload(name, job), run_dir) as execution:
+    workload = torchrun_workload(name, job, getattr(executor, "node_resources", None))
+    with executor.start(workload, run_dir) as execution:
         outcome = execution.wait(job.timeout_s, on_status)
-        run = TorchrunRun(outcome)
+        run = TorchrunRun(outcome, api_requests=getattr(execution, "api_requests", None))
         for node in outcome.nodes:
             for file_name in job.result_files:
                 try:

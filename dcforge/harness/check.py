@@ -66,6 +66,21 @@ class RunOutputs:
         return value
 
 
+@dataclass(frozen=True)
+class ClusterAccess:
+    """The cluster that `acceptance.target: kubernetes` runs workloads on (`dcforge accept --kubeconfig --context`);
+    None: the usual places ($KUBECONFIG, ~/.kube/config and its current context, or the in-cluster account)."""
+
+    kubeconfig: str | None = None
+    context: str | None = None
+
+
+def report_run_id(env_name: str, report_dir: Path) -> str:
+    """The id of one `dcforge accept` run, `<env>-<report folder>`: the `dcforge.io/run` label of every
+    Kubernetes object the run creates (docs/executors.md)."""
+    return f"{env_name}-{Path(report_dir).name}"
+
+
 @dataclass
 class CheckContext:
     env: LoadedEnvironment
@@ -79,6 +94,12 @@ class CheckContext:
     """Progress lines for the live display; never pass secrets."""
     outputs: RunOutputs = field(default_factory=RunOutputs)
     """Hand-offs between the checks of one run (RunOutputs); shared, so a check's outputs reach later ones."""
+    cluster: ClusterAccess = field(default_factory=ClusterAccess)
+    """Where target kubernetes runs workloads (the accept command's --kubeconfig and --context)."""
+
+    @property
+    def run_id(self) -> str:
+        return report_run_id(self.env.spec.name, self.report_dir)
 
     def artefact_dir(self, check_name: str) -> Path:
         path = self.report_dir / "artefacts" / check_name

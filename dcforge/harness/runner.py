@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from dcforge.checks import load_check
 from dcforge.errors import DcforgeError
-from dcforge.harness.check import CheckContext, RunOutputs
+from dcforge.harness.check import CheckContext, ClusterAccess, RunOutputs
 from dcforge.harness.lifecycle import Interrupted, SignalGuard
 from dcforge.harness.node import missing_declared_gpus
 from dcforge.harness.processes import stop_everything
@@ -53,6 +53,8 @@ class RunState:
     running: str | None = None
     profile: str = ""
     """Which threshold profile filled default SLOs, and how it was chosen."""
+    cluster: ClusterAccess = field(default_factory=ClusterAccess)
+    """The cluster of target kubernetes (`dcforge accept --kubeconfig --context`)."""
 
     @property
     def interrupted(self) -> bool:
@@ -124,7 +126,7 @@ def run_one(name: str, state: RunState, log: Callable[[str], None], shared: RunO
         if check.requires_declared_gpus and (reason := missing_declared_gpus(state.env.spec)):
             raise CheckSkipped(reason)
         ctx = CheckContext(env=state.env, report_dir=state.report_dir, deadline=started + timeout,
-                           results=dict(state.results), log=log, outputs=shared)
+                           results=dict(state.results), log=log, outputs=shared, cluster=state.cluster)
         with time_limit(timeout):
             result = check.run(ctx, config)
     except CheckSkipped as skipped:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -64,3 +65,54 @@ def test_a_failing_pulumi_run_is_exit_1_naming_the_stack(tmp_path):
     lines = calls.read_text().splitlines()
     assert lines[0] == f"version | backend={backend}"
     assert any("stack select --stack dev" in line and line.endswith(backend) for line in lines[1:]), lines
+
+
+FAKE_PULUMI_OK = """#!/bin/sh
+echo "$*" >> "{log}"
+[ "$1" = --non-interactive ] && shift
+case "$1 $2" in
+  "version "*) echo "v3.210.0" ;;
+  "up "*) echo "Updating (tiny): 3 created" ;;
+  "stack output") echo "{{}}" ;;
+  "stack history") echo '[{{"kind": "update", "startTime": "2026-11-30T23:00:00.000Z", "message": "",
+    "environment": {{}}, "config": {{}}, "result": "succeeded", "resourceChanges": {{"create": 3}}}}]' ;;
+esac
+exit 0
+"""
+
+
+@pytest.mark.parametrize("slo, flags, code, verdict", [
+    (">= 1", [], 0, "acceptance passed"),
+    (">= 100000", [], 1, "acceptance failed"),
+    (">= 100000", ["--no-accept"], 0, None),
+], ids=["accepted", "acceptance-fails", "no-accept"])
+def test_up_runs_the_acceptance_after_a_successful_update(tmp_path, slo, flags, code, verdict):
+    """A stand-in CLI whose update succeeds: the Automation API path to Pulumi's answer, then the real acceptance
+    of the environment; one summary line and one exit code cover both."""
+    from dcforge.paths import STACKS_DIR
+
+    bin_dir, stacks = tmp_path / "bin", tmp_path / "stacks"
+    bin_dir.mkdir()
+    stacks.mkdir()
+    calls = tmp_path / "calls.log"
+    (bin_dir / "pulumi").write_text(FAKE_PULUMI_OK.format(log=calls))
+    (bin_dir / "pulumi").chmod(0o755)
+    local = (STACKS_DIR / "Pulumi.local.yaml").read_text()
+    (stacks / "Pulumi.tiny.yaml").write_text(local[:local.index("  dcforge:acceptance:")] + (
+        f"  dcforge:acceptance:\n    checks: [system]\n    slos: {{system.cpu_count: '{slo}'}}\n"))
+    env = {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin", "PULUMI_BACKEND_URL": f"file://{tmp_path / 'state'}",
+           "PULUMI_CONFIG_PASSPHRASE": "", "DCFORGE_STACKS_DIR": str(stacks)}
+    log = tmp_path / "out.log"
+    returned = run_bounded([sys.executable, "-m", "dcforge.cli", "up", "--env", "tiny", *flags], timeout_s=TIMEOUT_S,
+                           env=env, log_path=log, cwd=tmp_path)
+    output = log.read_text()
+    assert returned == code, output
+    assert "dcforge: updated stack 'tiny'" in output and "3 create" in output and "Traceback" not in output
+    assert any(" up --yes --skip-preview " in line for line in calls.read_text().splitlines())
+    reports = tmp_path / "reports" / "tiny"
+    if verdict is None:
+        assert not reports.exists() and "running its acceptance" not in output
+    else:
+        assert f"dcforge up --env tiny: update succeeded, {verdict}" in output
+        (report_dir,) = reports.iterdir()
+        assert json.loads((report_dir / "report.json").read_text())["status"] == ("pass" if code == 0 else "fail")

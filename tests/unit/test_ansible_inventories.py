@@ -33,7 +33,7 @@ GOOD = {"driver": "570.172.08", "cuda": "12.8", "nccl": "2.26.2", "containerTool
         "dcgm": "4.2.3", "gpuOperator": "v25.3.2"}
 
 
-@pytest.mark.parametrize("env", ENVIRONMENTS)
+@pytest.mark.parametrize("env", [*ENVIRONMENTS, "cluster"])
 def test_checked_in_inventory_is_what_dcforge_inventory_generates(env):
     """The drift test: edit stacks/Pulumi.<env>.yaml and this fails until `dcforge inventory --env <env>` runs."""
     loaded = load_environment(env)

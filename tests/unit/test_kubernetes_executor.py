@@ -8,6 +8,8 @@ the run, and no API access beyond `EXECUTOR_API_ACCESS` (which the Acceptance Ro
 
 from __future__ import annotations
 
+import re
+import threading
 import time
 
 import pytest
@@ -16,7 +18,7 @@ kmock = pytest.importorskip("kmock", reason="kmock (the fake Kubernetes API) nee
 
 from dcforge.executors.base import ExecutorError, NodeState, Readiness, Role, VolumePurpose, Workload  # noqa: E402
 from dcforge.executors.kubernetes import EXECUTOR_API_ACCESS, KubernetesExecutor, client_from_kubeconfig  # noqa: E402
-from dcforge.executors.kubernetes_objects import RUN_LABEL, object_name  # noqa: E402
+from dcforge.executors.kubernetes_objects import EXECUTION_LABEL, RUN_LABEL, object_name  # noqa: E402
 from dcforge.executors.pod_results import result_lines  # noqa: E402
 from dcforge.executors.torchrun import TorchrunJob, torchrun_workload  # noqa: E402
 from dcforge.manifests.build import acceptance  # noqa: E402
@@ -66,8 +68,9 @@ def until(condition, timeout_s: float = 10.0):
     raise AssertionError("condition not met in time")
 
 
-def job_name(spec: Environment, role: str = "torchrun") -> str:
-    return object_name(KubernetesExecutor(spec, RUN, object()).target, role)
+def job_name(execution, role: str = "torchrun") -> str:
+    """The name of a role's Job or Deployment in this execution (`dcf-<execution scope>-<role>`)."""
+    return object_name(execution.target, role)
 
 
 def test_objects_are_created_in_order_and_stop_leaves_none(spec, cluster, tmp_path):
@@ -95,7 +98,7 @@ def test_a_run_reports_phases_and_reads_results_from_the_logs(spec, cluster, tmp
     (results / "train.json").write_text('{"kind": "train.result", "loss": 1.5}\n')
     seen: list[list[str]] = []
     with executor(spec, cluster).start(training(), tmp_path / "run") as execution:
-        pods = cluster.start_job_pods(NS, job_name(spec))
+        pods = cluster.start_job_pods(NS, job_name(execution))
         until(lambda: all(s.host in pods for s in execution.statuses()))
         assert {s.state for s in execution.statuses()} == {NodeState.PENDING}
         for index, pod in enumerate(pods):
@@ -138,7 +141,7 @@ OOM_KILLED = {"phase": "Failed", "containerStatuses": [{"name": "node", "ready":
 ], ids=["unschedulable", "image-pull", "crash-loop", "oom-killed"])
 def test_a_pod_that_cannot_run_fails_its_node_at_once_with_the_reason(spec, cluster, tmp_path, status, reason, code):
     with executor(spec, cluster).start(training(), tmp_path) as execution:
-        pods = cluster.start_job_pods(NS, job_name(spec))
+        pods = cluster.start_job_pods(NS, job_name(execution))
         cluster.set_pod_status(NS, pods[1], {"phase": "Running", "podIP": "10.244.0.2"})
         cluster.set_pod_status(NS, pods[0], status)
         started = time.monotonic()
@@ -154,7 +157,7 @@ def test_a_pod_that_cannot_run_fails_its_node_at_once_with_the_reason(spec, clus
 def test_a_pod_unschedulable_for_a_moment_is_not_a_failure(spec, cluster, tmp_path):
     """A claim being provisioned makes a pod Unschedulable for a few seconds; only a lasting state fails it."""
     with executor(spec, cluster, unschedulable_grace_s=2.0).start(training(1), tmp_path) as execution:
-        (pod,) = cluster.start_job_pods(NS, job_name(spec))
+        (pod,) = cluster.start_job_pods(NS, job_name(execution))
         cluster.set_pod_status(NS, pod, UNSCHEDULABLE)
         until(lambda: execution.statuses()[0].host == pod)
         time.sleep(0.5)
@@ -170,10 +173,10 @@ def test_pods_refused_at_admission_fail_the_role_with_the_event(spec, cluster, t
     message = ('pods "dcf-report-42-torchrun-0-x" is forbidden: violates PodSecurity "restricted:v1.31": '
                'unrestricted capabilities (container "node" must not include "IPC_LOCK")')
     with executor(spec, cluster).start(training(), tmp_path) as execution:
-        cluster.add_event(NS, "Job", job_name(spec), "FailedCreate", message)
+        cluster.add_event(NS, "Job", job_name(execution), "FailedCreate", message)
         outcome = execution.wait(30)
         assert [n.state for n in outcome.nodes] == [NodeState.FAILED, NodeState.FAILED]
-        assert outcome.nodes[0].reason == f"Job {job_name(spec)}: FailedCreate: {message}"
+        assert outcome.nodes[0].reason == f"Job {job_name(execution)}: FailedCreate: {message}"
     assert labelled(cluster) == []
 
 
@@ -182,7 +185,7 @@ def test_a_rejected_replica_set_fails_only_its_deployment_role(spec, cluster, tm
     server_b = Role("server-b", ("serve", "{port[http]}"), ports=("http",), readiness=Readiness(port="http"))
     workload = Workload("inference", (server, server_b), volumes=(VolumePurpose.SCRATCH,))
     with executor(spec, cluster).start(workload, tmp_path) as execution:
-        rejected = f"{job_name(spec, 'server-b')}-7c9f5d8b4"
+        rejected = f"{job_name(execution, 'server-b')}-7c9f5d8b4"
         cluster.add_event(NS, "ReplicaSet", rejected, "FailedCreate", 'pods "x" is forbidden: exceeded quota')
         until(lambda: execution.statuses()[1].state is NodeState.FAILED)
         assert execution.statuses()[1].reason == (f"ReplicaSet {rejected}: FailedCreate: pods \"x\" is forbidden: "
@@ -192,7 +195,7 @@ def test_a_rejected_replica_set_fails_only_its_deployment_role(spec, cluster, tm
 
 def test_kill_node_deletes_that_pod_and_the_timeout_kills_the_rest(spec, cluster, tmp_path):
     with executor(spec, cluster).start(training(), tmp_path) as execution:
-        pods = cluster.start_job_pods(NS, job_name(spec))
+        pods = cluster.start_job_pods(NS, job_name(execution))
         for pod in pods:
             cluster.set_pod_status(NS, pod, {"phase": "Running", "podIP": "10.244.0.9"})
         until(lambda: {s.state for s in execution.statuses()} == {NodeState.RUNNING})
@@ -208,7 +211,7 @@ def test_a_pod_deleted_by_someone_else_fails_its_node(spec, cluster, tmp_path):
     from kubernetes import client
 
     with executor(spec, cluster).start(training(), tmp_path) as execution:
-        pods = cluster.start_job_pods(NS, job_name(spec))
+        pods = cluster.start_job_pods(NS, job_name(execution))
         until(lambda: all(s.host in pods for s in execution.statuses()))
         client.CoreV1Api(cluster.api_client("evictor")).delete_namespaced_pod(pods[0], NS)
         outcome = execution.wait(10)
@@ -219,8 +222,8 @@ def test_a_pod_deleted_by_someone_else_fails_its_node(spec, cluster, tmp_path):
 
 def test_stop_after_an_exception_in_the_with_block_leaves_nothing(spec, cluster, tmp_path):
     with pytest.raises(RuntimeError, match="check crashed"):
-        with executor(spec, cluster).start(training(3), tmp_path):
-            cluster.start_job_pods(NS, job_name(spec))
+        with executor(spec, cluster).start(training(3), tmp_path) as execution:
+            cluster.start_job_pods(NS, job_name(execution))
             until(lambda: len(labelled(cluster)) == 7)  # policy, claim, service, job, 3 pods
             raise RuntimeError("check crashed")
     assert labelled(cluster) == []
@@ -237,7 +240,8 @@ def test_a_server_role_is_ready_when_its_pods_are(spec, cluster, tmp_path):
         cluster.set_pod_status(NS, pods[0], ready)
         cluster.set_pod_status(NS, pods[1], {**ready, "conditions": [{"type": "Ready", "status": "False"}]})
         until(lambda: len([s for s in execution.statuses() if s.state is NodeState.RUNNING]) == 2)
-        with pytest.raises(ExecutorError, match=r"server/\d on dcf-report-42-server-\S+ not ready \(port http\) "
+        with pytest.raises(ExecutorError, match=r"server/\d on dcf-inference-[0-9a-f]{6}-server-\S+ not ready "
+                                                r"\(port http\) "
                                                 r"within 1.5 s"):
             execution.wait_ready("server")
         cluster.set_pod_status(NS, pods[1], ready)
@@ -246,24 +250,30 @@ def test_a_server_role_is_ready_when_its_pods_are(spec, cluster, tmp_path):
 
 
 def test_creation_refused_by_the_api_is_one_line_and_cleans_up(spec, cluster, tmp_path):
+    """RBAC refuses the Job (the Role lacks it): one line naming it, and what was created before is gone again;
+    another run's objects are left alone."""
     from kubernetes import client
 
-    name = job_name(spec)
+    (role,) = [m for m in acceptance(spec).manifests if m["kind"] == "Role"]
+    rules = [{**rule, "verbs": [v for v in rule["verbs"] if not (rule["resources"] == ["jobs"] and v == "create")]}
+             for rule in role["rules"]]
+    cluster.grant("dcforge-test", rules)
     client.BatchV1Api(cluster.api_client("someone-else")).create_namespaced_job(NS, {
-        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "other", "labels": {RUN_LABEL: "other-run"}},
         "spec": {"template": {"spec": {"containers": [{"name": "x", "image": "x:1"}]}}}})
     with pytest.raises(ExecutorError) as caught:
         executor(spec, cluster).start(training(), tmp_path)
-    assert str(caught.value).startswith(f"creating Job/{name} in namespace acceptance: HTTP 409")
+    assert re.match(r"creating Job/dcf-train-[0-9a-f]{6}-torchrun in namespace acceptance: HTTP 403: jobs is "
+                    r"forbidden", str(caught.value)), caught.value
     assert "\n" not in str(caught.value)
     assert labelled(cluster) == []  # the policy, claim and service created before it are gone again
-    assert [o["metadata"]["name"] for o in cluster.objects(NS)] == [name]  # not ours: left alone
+    assert [o["metadata"]["name"] for o in cluster.objects(NS)] == ["other"]  # not ours: left alone
 
 
 def test_the_executor_uses_only_the_declared_api_access(spec, cluster, tmp_path):
     """Everything a run asks of the API is in EXECUTOR_API_ACCESS, which the Acceptance Role grants."""
     with executor(spec, cluster).start(training(), tmp_path) as execution:
-        pods = cluster.start_job_pods(NS, job_name(spec))
+        pods = cluster.start_job_pods(NS, job_name(execution))
         cluster.write_log(NS, pods[0], "")
         for pod in pods:
             cluster.set_pod_status(NS, pod, {"phase": "Succeeded"})
@@ -288,7 +298,7 @@ def test_the_executor_works_with_only_the_acceptance_role(spec, cluster, tmp_pat
     results.mkdir()
     (results / "train.json").write_text("{}\n")
     with executor(spec, cluster).start(training(), tmp_path / "run") as execution:
-        pods = cluster.start_job_pods(NS, job_name(spec))
+        pods = cluster.start_job_pods(NS, job_name(execution))
         cluster.write_log(NS, pods[0], "\n".join(result_lines(results)) + "\n")
         for pod in pods:
             cluster.set_pod_status(NS, pod, {"phase": "Succeeded"})
@@ -320,3 +330,43 @@ def test_missing_image_and_bad_kubeconfig_are_one_line_errors(spec, tmp_path):
         KubernetesExecutor(Environment.model_validate(data), RUN)
     with pytest.raises(ExecutorError, match=f"^kubeconfig {tmp_path}/none.yaml: "):
         client_from_kubeconfig(str(tmp_path / "none.yaml"))
+
+
+def test_executions_at_once_keep_to_their_own_objects(spec, cluster, tmp_path):
+    """slow_node runs its pairs at once through one executor: each execution has its own names, selectors and
+    cleanup, all under the one run label."""
+    runner = executor(spec, cluster)
+    with runner.start(training(), tmp_path / "a") as first, runner.start(training(), tmp_path / "b") as second:
+        assert job_name(first) != job_name(second)
+        first_pods = cluster.start_job_pods(NS, job_name(first))
+        second_pods = cluster.start_job_pods(NS, job_name(second))
+        for pod in first_pods:
+            cluster.set_pod_status(NS, pod, {"phase": "Succeeded"})
+        assert first.wait(10).succeeded
+        assert [s.host for s in first.statuses()] == first_pods
+        until(lambda: [s.host for s in second.statuses()] == second_pods)
+        assert {s.state for s in second.statuses()} == {NodeState.PENDING}
+        first.stop()
+        assert len(labelled(cluster)) == 6  # the second's policy, claim, service, job and 2 pods
+        (service,) = [o for o in cluster.objects(NS) if o["kind"] == "Service"]
+        assert service["spec"]["selector"][EXECUTION_LABEL] == second.target.scope
+    assert labelled(cluster) == []
+
+
+def test_the_live_view_gets_why_a_pod_waits(spec, cluster, tmp_path):
+    seen: list[list[str]] = []
+    with executor(spec, cluster).start(training(1), tmp_path) as execution:
+        (pod,) = cluster.start_job_pods(NS, job_name(execution))
+        cluster.set_pod_status(NS, pod, {"phase": "Pending", "containerStatuses": [{
+            "name": "node", "ready": False, "restartCount": 0, "image": "i", "imageID": "",
+            "state": {"waiting": {"reason": "ContainerCreating"}}}]})
+        until(lambda: execution.statuses()[0].reason == "ContainerCreating")
+        assert execution.statuses()[0].state is NodeState.PENDING
+
+        def kubelet() -> None:
+            time.sleep(0.5)
+            cluster.set_pod_status(NS, pod, {"phase": "Succeeded"})
+
+        threading.Thread(target=kubelet).start()
+        assert execution.wait(10, on_status=lambda nodes: seen.append([n.reason for n in nodes])).succeeded
+    assert seen[0] == ["ContainerCreating"] and seen[-1] == [""]

@@ -14,6 +14,7 @@ from dcforge.compliance import evaluate, exceptions_for, unexcepted
 from dcforge.errors import ConfigErrors
 from dcforge.executors.base import Readiness, Resources, Role, VolumePurpose, Workload
 from dcforge.executors.kubernetes_objects import (
+    CPU_NODE_RESOURCES,
     IMAGE_WORKDIR,
     JOB_INDEX_LABEL,
     KUEUE_QUEUE_LABEL,
@@ -21,6 +22,7 @@ from dcforge.executors.kubernetes_objects import (
     RUN_LABEL,
     RUN_USER_ID,
     ObjectError,
+    node_resources,
     object_name,
     prerequisite_objects,
     target_for,
@@ -69,14 +71,14 @@ def pod_specs(objects: list[dict]) -> list[dict]:
     return [o["spec"]["template"]["spec"] for o in objects if o["kind"] in ("Job", "Deployment")]
 
 
-@pytest.mark.parametrize("env", ["local", "dev", "prod"])
+@pytest.mark.parametrize("env", ["local", "dev", "prod", "cluster"])
 @pytest.mark.parametrize("workload", [training(), training(nodes=1, gpus=1), serving()], ids=["job", "gpu", "server"])
 def test_objects_validate_strictly_and_comply(env, workload):
     spec = spec_of(env)
     if env == "prod":  # the prod acceptance pool has RDMA: covered on its own below
         spec = spec_of(env, pool="infer-l40s")
-    if env == "local" and workload.roles[0].resources.gpus:
-        pytest.skip("the local environment declares no GPU pool")
+    if env in ("local", "cluster") and workload.roles[0].resources.gpus:
+        pytest.skip(f"the {env} environment declares no GPU pool")
     objects = all_objects(spec, workload)
     report = schema_validate(objects, spec.versions.kubernetes)
     assert report.errors == [] and not report.skipped and report.validated == len(objects)
@@ -98,7 +100,7 @@ def test_indexed_job_service_and_ports():
                                          "targetPort": 29400}]
     assert policy["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 29400}]
     assert policy["spec"]["egress"][0]["ports"] == [{"protocol": "TCP", "port": 29400}]
-    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]  # dev's checkpoints class is block storage
     assert claim["spec"]["storageClassName"] == next(c.name for c in spec_of("dev").storage.classes
                                                      if c.purpose == "checkpoints")
 
@@ -199,7 +201,7 @@ def test_templates_kubernetes_cannot_fill_are_one_line_errors():
 @pytest.mark.parametrize("image", ["registry.example/dcforge", "registry.example/dcforge:latest",
                                    "registry.example:5000/dcforge"])
 def test_unpinned_image_is_refused_naming_the_key(env_file, image):
-    path = env_file("dev", replace={"    pool: train-h100\n": f"    pool: train-h100\n    image: {image}\n"})
+    path = env_file("dev", replace={"    image: registry.example/dcforge:0.1.0-cuda": f"    image: {image}"})
     with pytest.raises(ConfigErrors) as caught:
         load_environment(path=path)
     (error,) = caught.value.errors
@@ -234,6 +236,7 @@ def test_the_containerfile_holds_what_the_pods_expect():
     assert f"WORKDIR {IMAGE_WORKDIR}\n" in text and f"USER {RUN_USER_ID}:{RUN_USER_ID}\n" in text
     assert all(f"COPY {part} {part}\n" in text for part in ("dcforge", "workloads", "loadtests"))
     assert "AS base-cpu" in text and "AS base-cuda" in text and "FROM base-${VARIANT}" in text
+    assert "iperf3" in text  # the network check's pairs run it in the pods
 
 
 def test_gpus_are_the_resource_the_pools_device_plugin_advertises():
@@ -247,3 +250,16 @@ def test_gpus_are_the_resource_the_pools_device_plugin_advertises():
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert pod["nodeSelector"] == {"dcforge.io/pool": "infer-l4"}
     assert schema_validate(all_objects(mig, training(nodes=1, gpus=2)), mig.versions.kubernetes).errors == []
+
+
+def test_a_torchrun_node_asks_for_a_whole_machine_of_the_pool():
+    """Each pod of a multi-node run is one machine, as a node is on the other executors: every GPU, half the CPUs
+    and memory; without a GPU pool one CPU rank's worth."""
+    dev = target_for(spec_of("dev"), "r")
+    assert node_resources(dev) == Resources(cpus=56, memory_mib=1024 * 1024, gpus=8)
+    assert node_resources(target_for(spec_of("cluster"), "r")) == CPU_NODE_RESOURCES
+    workload = torchrun_workload("train", TorchrunJob("train.py", (), nnodes=2), node_resources(dev))
+    (job,) = [o for o in all_objects(spec_of("dev"), workload) if o["kind"] == "Job"]
+    resources = job["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == 8
+    assert resources["requests"]["cpu"] == "56000m" and "cpu" not in resources["limits"]

@@ -18,7 +18,7 @@ from dcforge.synth import render_yaml, schema_validate, synthesize, verify_envir
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden"
 UPDATE = os.environ.get("DCFORGE_UPDATE_GOLDEN") == "1"
-ENVIRONMENTS = ("local", "dev", "prod")
+ENVIRONMENTS = ("local", "dev", "prod", "cluster")
 MAX_DIFF_LINES = 200
 
 

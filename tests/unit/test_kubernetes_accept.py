@@ -1,0 +1,228 @@
+"""`dcforge accept` and `dcforge clean` on target kubernetes, against the fake API server (tests/kube_fake.py).
+
+The command line runs unchanged: the client comes from a kubeconfig naming the fake, the multi-node checks start
+their workloads through `executor_for`, and a stand-in kubelet (a thread using the same API, as the Job controller
+and the kubelet would) creates each Job's pods, moves them through their phases and writes their logs. What is
+checked is what a user sees: the verdict, the live view, the one-line reasons, the report, and that nothing
+labelled with the run is left on the cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+kmock = pytest.importorskip("kmock", reason="kmock (the fake Kubernetes API) needs Python 3.11+")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from dcforge.cli import app  # noqa: E402
+from dcforge.executors.kubernetes_objects import EXECUTION_LABEL, RUN_LABEL, run_label_value  # noqa: E402
+from dcforge.executors.pod_results import result_lines  # noqa: E402
+from dcforge.paths import REPO_ROOT  # noqa: E402
+from tests.kube_fake import FakeCluster  # noqa: E402
+from workloads.records import ALLREDUCE_RESULT_FILE, AllreduceResult, AllreduceRow  # noqa: E402
+
+NS = "acceptance"
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{{name: fake, cluster: {{server: "{url}"}}}}]
+users: [{{name: tester, user: {{token: not-checked}}}}]
+contexts: [{{name: fake, context: {{cluster: fake, user: tester}}}}]
+current-context: fake
+"""
+
+
+@pytest.fixture
+def cluster():
+    with FakeCluster() as fake:
+        yield fake
+
+
+def kubeconfig_for(url: str, folder: Path) -> Path:
+    path = folder / "kubeconfig.yaml"
+    path.write_text(KUBECONFIG.format(url=url))
+    return path
+
+
+def sweep_line() -> str:
+    """What workloads/allreduce.py writes on rank 0: one typed result record."""
+    row = AllreduceRow(bytes=1 << 20, elements=1 << 18, time_s=0.002, algbw_gbps=0.5, busbw_gbps=0.5, correct=True)
+    return AllreduceResult(environment={"backend": "gloo", "world_size": 2}, dtype="float32", warmup=5,
+                           iterations=20, formulas=[], results=[row]).to_json() + "\n"
+
+
+class Kubelet:
+    """The Job controller and the kubelet of the fake cluster: pods for each new Job, then `play(pods)`."""
+
+    def __init__(self, cluster: FakeCluster, play):
+        self.cluster, self.play = cluster, play
+        self.jobs: list[dict] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "Kubelet":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        seen: set[str] = set()
+        while not self._stop.wait(0.05):
+            for job in [o for o in self.cluster.objects(NS) if o["kind"] == "Job"]:
+                if job["metadata"]["name"] not in seen:
+                    seen.add(job["metadata"]["name"])
+                    self.jobs.append(job)
+                    self.play(self.cluster.start_job_pods(NS, job["metadata"]["name"]))
+
+
+def succeed_with_a_sweep(cluster: FakeCluster, folder: Path):
+    results = folder / "results"
+    results.mkdir()
+    (results / ALLREDUCE_RESULT_FILE).write_text(sweep_line())
+
+    def play(pods: list[str]) -> None:
+        for index, pod in enumerate(pods):
+            cluster.set_pod_status(NS, pod, {"phase": "Running", "podIP": f"10.244.0.{20 + index}"})
+        cluster.write_log(NS, pods[0], "rank 0 done\n" + "\n".join(result_lines(results)) + "\n")
+        for pod in pods:
+            cluster.set_pod_status(NS, pod, {"phase": "Succeeded"})
+    return play
+
+
+def labelled(cluster: FakeCluster) -> list[str]:
+    return [f"{o['kind']}/{o['metadata']['name']}" for o in cluster.objects(NS)
+            if RUN_LABEL in (o["metadata"].get("labels") or {})]
+
+
+def accept(kubeconfig: Path, reports: Path, *extra: str):
+    return CliRunner().invoke(app, ["accept", "--env", "cluster", "--only", "allreduce_multinode", "--kubeconfig",
+                                    str(kubeconfig), "--reports", str(reports), *extra])
+
+
+def test_a_multinode_check_runs_as_an_indexed_job_and_reads_its_typed_result(cluster, tmp_path):
+    kubeconfig = kubeconfig_for(cluster.url, tmp_path)
+    with Kubelet(cluster, succeed_with_a_sweep(cluster, tmp_path)) as kubelet:
+        outcome = accept(kubeconfig, tmp_path / "reports")
+    assert outcome.exit_code == 0, outcome.output
+    (report_dir,) = (tmp_path / "reports" / "cluster").iterdir()
+    report = json.loads((report_dir / "report.json").read_text())
+    (check,) = [c for c in report["checks"] if c["name"] == "allreduce_multinode"]
+    assert check["status"] == "pass" and check["details"]["executor"] == "kubernetes"
+    assert check["metrics"]["busbw_gbps"]["value"] == 0.5  # from the record in the pod log
+    assert 0 < check["details"]["api_requests"] < 40  # creates, watches, the logs: the wait polls nothing
+    (job,) = kubelet.jobs
+    assert job["metadata"]["labels"][RUN_LABEL] == run_label_value(f"cluster-{report_dir.name}")
+    assert job["metadata"]["labels"][EXECUTION_LABEL].startswith("allreduce-multinode-")
+    assert job["spec"]["completions"] == 2
+    assert labelled(cluster) == []  # deleted when the check passed
+
+
+def test_a_pod_that_cannot_start_is_a_check_error_naming_it_and_the_live_view_shows_why(cluster, tmp_path):
+    kubeconfig = kubeconfig_for(cluster.url, tmp_path)
+    waiting = {"name": "node", "ready": False, "restartCount": 0, "image": "dcforge.local/dcforge:0.1.0-cpu",
+               "imageID": ""}
+
+    def play(pods: list[str]) -> None:
+        for reason in ("ErrImagePull", "ImagePullBackOff"):  # the first may pass; the back-off is final
+            for pod in pods:
+                cluster.set_pod_status(NS, pod, {"phase": "Pending", "containerStatuses": [
+                    {**waiting, "state": {"waiting": {"reason": reason, "message": "not found"}}}]})
+            time.sleep(0.5)
+
+    started = time.monotonic()
+    with Kubelet(cluster, play):
+        outcome = accept(kubeconfig, tmp_path / "reports")
+    assert time.monotonic() - started < 60
+    assert outcome.exit_code == 1, outcome.output
+    assert "(ErrImagePull: not found)" in outcome.output  # the live view, while the pod waits
+    (report_dir,) = (tmp_path / "reports" / "cluster").iterdir()
+    (check,) = [c for c in json.loads((report_dir / "report.json").read_text())["checks"]
+                if c["name"] == "allreduce_multinode"]
+    assert check["status"] == "error" and "\n" not in check["reason"]
+    assert "pod dcf-allreduce-multinode-" in check["reason"] and "ImagePullBackOff: not found" in check["reason"]
+    assert labelled(cluster) == []
+
+
+def test_clean_deletes_every_labelled_object_of_earlier_runs_and_nothing_else(cluster, tmp_path):
+    from kubernetes import client
+
+    api = cluster.api_client("someone-else")
+    for name, run in (("dcf-old-torchrun", "cluster-20261101t000000z"), ("dcf-older-torchrun", "x")):
+        client.BatchV1Api(api).create_namespaced_job(NS, {
+            "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "labels": {RUN_LABEL: run}},
+            "spec": {"template": {"spec": {"containers": [{"name": "x", "image": "x:1"}]}}}})
+    client.CoreV1Api(api).create_namespaced_pod(NS, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "dcf-old-torchrun-0", "labels": {RUN_LABEL: "x"}},
+        "spec": {"containers": [{"name": "x", "image": "x:1"}]}})
+    client.CoreV1Api(api).create_namespaced_service(NS, {
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "not-ours"}, "spec": {"ports": [{"port": 80}]}})
+    outcome = CliRunner().invoke(app, ["clean", "--env", "cluster", "--kubeconfig",
+                                       str(kubeconfig_for(cluster.url, tmp_path))])
+    assert outcome.exit_code == 0, outcome.output
+    assert outcome.output.splitlines() == ["deleted Job/dcf-old-torchrun", "deleted Job/dcf-older-torchrun",
+                                           "deleted Pod/dcf-old-torchrun-0",
+                                           "dcforge clean: 3 objects of earlier runs deleted"]
+    assert [o["metadata"]["name"] for o in cluster.objects(NS)] == ["not-ours"]
+
+
+def dcforge(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dcforge.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "DCFORGE_STACKS_DIR": str(REPO_ROOT / "stacks")})
+
+
+def test_an_unreachable_cluster_and_a_missing_image_are_one_line_exit_2(tmp_path):
+    kubeconfig = kubeconfig_for("http://127.0.0.1:9", tmp_path)  # the discard port: nothing listens
+    cleaned = dcforge("clean", "--env", "cluster", "--kubeconfig", str(kubeconfig), cwd=tmp_path)
+    assert cleaned.returncode == 2, cleaned.stderr
+    assert cleaned.stderr.startswith("error: clean --env cluster: listing Job labelled dcforge.io/run in namespace "
+                                     "acceptance: ") and cleaned.stderr.count("\n") == 1
+    text = (REPO_ROOT / "stacks" / "Pulumi.cluster.yaml").read_text()
+    no_image = tmp_path / "Pulumi.noimage.yaml"
+    no_image.write_text("\n".join(line for line in text.splitlines() if not line.lstrip().startswith("image:")))
+    refused = dcforge("accept", "--env-file", str(no_image), "--kubeconfig", str(kubeconfig), cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr == (f"error: {no_image}: dcforge:acceptance.image: not set: target kubernetes runs the "
+                              "checks' workloads in the acceptance image (README: the acceptance image); set a "
+                              "pinned tag or digest\n")
+    assert not (tmp_path / "reports").exists()  # refused before any check ran
+
+
+@pytest.mark.parametrize("ending", ["timeout", "sigint"])
+def test_a_check_ended_by_its_timeout_or_ctrl_c_leaves_no_labelled_object(cluster, tmp_path, env_file, ending):
+    """Pods that stay Running until the check's time limit, or until Ctrl-C: the run's objects are deleted."""
+    import signal
+
+    env = env_file("cluster", replace={"timeoutsS: {allreduce_multinode: 300": "timeoutsS: {allreduce_multinode: 3"})
+    running: list[str] = []
+
+    def play(pods: list[str]) -> None:
+        for pod in pods:
+            cluster.set_pod_status(NS, pod, {"phase": "Running", "podIP": "10.244.0.30"})
+        running.extend(pods)
+        if ending == "sigint":
+            threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+
+    started = time.monotonic()
+    with Kubelet(cluster, play):
+        outcome = CliRunner().invoke(app, ["accept", "--env-file", str(env), "--only", "allreduce_multinode",
+                                           "--kubeconfig", str(kubeconfig_for(cluster.url, tmp_path)),
+                                           "--reports", str(tmp_path / "reports")])
+    assert time.monotonic() - started < 40
+    assert running and labelled(cluster) == []
+    assert outcome.exit_code == (1 if ending == "timeout" else 130), outcome.output
+    (report_dir,) = (tmp_path / "reports" / "cluster").iterdir()
+    (check,) = [c for c in json.loads((report_dir / "report.json").read_text())["checks"]
+                if c["name"] == "allreduce_multinode"]
+    assert check["status"] == "error"
+    assert ("timed out after 3 s" if ending == "timeout" else "interrupted by SIGINT") in check["reason"]
