@@ -178,6 +178,11 @@ class FakeCluster:
         return [self._create_pod(namespace, f"{deployment}-5d8f7-{uuid.uuid4().hex[:5]}", spec["template"], {})
                 for _ in range(spec["replicas"])]
 
+    def bind_pod(self, namespace: str, pod: str, node: str) -> None:
+        """The scheduler placing a pod on a node (what its Binding sets: `spec.nodeName`)."""
+        self._controller("CoreV1Api").patch_namespaced_pod(pod, namespace, {"spec": {"nodeName": node}},
+                                                           _preload_content=False)
+
     def set_pod_status(self, namespace: str, pod: str, status: dict[str, Any]) -> None:
         """The kubelet (or the scheduler) reporting a pod's status."""
         self._controller("CoreV1Api").patch_namespaced_pod_status(pod, namespace, {"status": status},

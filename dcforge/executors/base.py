@@ -112,6 +112,9 @@ class NodeStatus:
     log_path: Path | None = None
     """This node's log on the machine running dcforge."""
     reason: str = ""
+    kubernetes_node: str = ""
+    """The Kubernetes node the pod was scheduled on (its `spec.nodeName`; kubernetes executor only): what
+    `--taint-failed` taints, where `host` is the pod's name."""
 
     @property
     def node_id(self) -> str:

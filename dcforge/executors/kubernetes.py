@@ -473,7 +473,8 @@ class KubernetesExecution:
             self._pod_of[key] = pod["metadata"]["name"]
         host = self._pod_of.get(key) or f"{object_name(self.target, role_name)}/{index}"
         address = ((pod or {}).get("status") or {}).get("podIP") or ""
-        status = NodeStatus(role_name, index, host, address, log_path=self.run_dir / f"{role_name}-{index}.log")
+        status = NodeStatus(role_name, index, host, address, log_path=self.run_dir / f"{role_name}-{index}.log",
+                            kubernetes_node=((pod or {}).get("spec") or {}).get("nodeName") or "")
         if pod is not None and pod["metadata"]["name"] in self._killed_pods or pod is None and key in \
                 self._killed_nodes:
             status.state, status.reason = NodeState.KILLED, "deleted by dcforge"

@@ -94,4 +94,5 @@ def node_records(nodes: list[NodeStatus], relative=lambda path: str(path)) -> li
     """One JSON-able row per node for a CheckResult's details."""
     return [{"node": node.index, "host": node.host, "address": node.address, "state": node.state.value,
              "exit_code": node.exit_code, "reason": node.reason,
-             "log": relative(node.log_path) if node.log_path else None} for node in nodes]
+             "log": relative(node.log_path) if node.log_path else None,
+             **({"kubernetes_node": node.kubernetes_node} if node.kubernetes_node else {})} for node in nodes]

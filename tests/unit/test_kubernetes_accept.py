@@ -93,6 +93,7 @@ def succeed_with_a_sweep(cluster: FakeCluster, folder: Path):
 
     def play(pods: list[str]) -> None:
         for index, pod in enumerate(pods):
+            cluster.bind_pod(NS, pod, f"cpu-node-{index}")
             cluster.set_pod_status(NS, pod, {"phase": "Running", "podIP": f"10.244.0.{20 + index}"})
         cluster.write_log(NS, pods[0], "rank 0 done\n" + "\n".join(result_lines(results)) + "\n")
         for pod in pods:
@@ -121,6 +122,8 @@ def test_a_multinode_check_runs_as_an_indexed_job_and_reads_its_typed_result(clu
     assert check["status"] == "pass" and check["details"]["executor"] == "kubernetes"
     assert check["metrics"]["busbw_gbps"]["value"] == 0.5  # from the record in the pod log
     assert 0 < check["details"]["api_requests"] < 40  # creates, watches, the logs: the wait polls nothing
+    # each node row names the Kubernetes node its pod ran on: what --taint-failed taints
+    assert [row["kubernetes_node"] for row in check["details"]["nodes"]] == ["cpu-node-0", "cpu-node-1"]
     (job,) = kubelet.jobs
     assert job["metadata"]["labels"][RUN_LABEL] == run_label_value(f"cluster-{report_dir.name}")
     assert job["metadata"]["labels"][EXECUTION_LABEL].startswith("allreduce-multinode-")
