@@ -60,6 +60,10 @@ class NodeTrainConfig(TrainCheckConfig):
 
     seq_len: int = Field(default=64, ge=1)
     steps: int = Field(default=10, ge=2)
+    threads: int | None = Field(default=None, ge=1)
+    """Intra-op CPU threads per rank; default the node's cores / its ranks, or on target local (where the nodes
+    share this machine) the cores / every node's ranks: spinning OpenMP threads of oversubscribed cores would
+    measure the contention, not the node."""
 
 
 class NodeAllreduceConfig(AllreduceCheckConfig):
@@ -300,7 +304,9 @@ class NodeLevelCheck:
         executor, count, _ = executor_for(ctx, self.name, config.nodes)
         pool = node_executors(executor, count)
         chosen = [pool[i] for i in sample_indices(len(pool), config.sample)]
-        steps = {host: [self._step(ctx, config, name, host) for name in config.workloads] for host, _ in chosen}
+        sharing = len(chosen) if executor.name == "local" else 1  # nodes on this one machine
+        steps = {host: [self._step(ctx, config, name, host, sharing) for name in config.workloads]
+                 for host, _ in chosen}
         workdir = ctx.artefact_dir(self.name)
         ctx.log(f"{', '.join(config.workloads)} on {len(chosen)} of {len(pool)} nodes ({executor.name})")
         executions = OpenExecutions()
@@ -347,7 +353,7 @@ class NodeLevelCheck:
                                                for figure in row["outlier_in"]) + ")" for row in named))
 
     @staticmethod
-    def _step(ctx: CheckContext, config: NodeLevelConfig, name: str, host: str) -> Step:
+    def _step(ctx: CheckContext, config: NodeLevelConfig, name: str, host: str, sharing: int) -> Step:
         """The command and judge of one node-level workload, from the single-node check's settings and formulas."""
         results = "{volume[results]}"
         env = {**TORCHRUN_ENV, **socket_env(LOOPBACK_IFNAME)}  # the ranks of one node meet over loopback
@@ -367,7 +373,7 @@ class NodeLevelCheck:
             return Step(name, ("{python}", "-m", "dcforge.checks.system", "--output",
                                f"{results}/{SYSTEM_FACTS_FILE}"), SYSTEM_FACTS_FILE, judge_system)
         if name == "train":
-            return _train_step(ctx, config.train, torchrun, env)
+            return _train_step(ctx, config.train, sharing, torchrun, env)
         if name == "allreduce":
             nproc = config.allreduce.nproc()
 
@@ -381,15 +387,19 @@ class NodeLevelCheck:
         return _checkpoint_step(config.checkpoint, host, torchrun, env)
 
 
-def _train_step(ctx: CheckContext, config: NodeTrainConfig, torchrun, env: Mapping[str, str]) -> Step:
+def _train_step(ctx: CheckContext, config: NodeTrainConfig, sharing: int, torchrun, env: Mapping[str, str]) -> Step:
+    """`sharing`: how many nodes run on one machine at once (target local: all of them)."""
+    import os
+
     from workloads.train_config import TrainConfig, TrainConfigError
 
     nproc = config.nproc()
+    threads = config.threads or (max(1, (os.cpu_count() or 1) // (nproc * sharing)) if sharing > 1 else None)
     train_config = TrainConfig(preset=config.preset, seq_len=config.seq_len, global_batch_size=config.global_batch_size,
                                steps=config.steps, parallelism=config.parallelism, compile=config.compile,
                                metrics_file=f"{{volume[results]}}/{TRAIN_METRICS_FILE}",
                                checkpoint_dir="{volume[scratch]}/train", checkpoint_every=config.steps,
-                               keep_checkpoints=1, resume=False, log_every=5)
+                               keep_checkpoints=1, resume=False, log_every=5, threads=threads)
     try:
         train_config.validate(nproc)
     except TrainConfigError as error:

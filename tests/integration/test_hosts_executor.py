@@ -311,8 +311,10 @@ def test_accept_names_the_cpu_throttled_host_as_the_node_level_outlier(tmp_path,
         proc, report = accept_on_hosts(tmp_path, section_for(env), ["node_level"], {"node_level": {
             # the training figure is the one a cpu quota drops; the local test covers allreduce and checkpoint
             "workloads": ["system", "train"],
-            # 64 tokens a step: ~1.5 s throttled; 10 steps for the loss to fall past the learning-rate warm-up
-            "train": {"steps": 10, "warmupStepsExcluded": 4, "seqLen": 32, "globalBatchSize": 2, "nprocPerNode": 1}}})
+            # 64 tokens a step: ~1.5 s throttled; 10 steps for the loss to fall past the learning-rate warm-up; one
+            # thread per rank: the three hosts share this machine's cores (spinning threads would blur the figures)
+            "train": {"steps": 10, "warmupStepsExcluded": 4, "seqLen": 32, "globalBatchSize": 2, "nprocPerNode": 1,
+                      "threads": 1}}})
         watcher.join()
         assert no_workload_left(env) == [set(), set(), set()]
     assert throttled == [True], "ns-host-1 never logged a training step"
