@@ -3,6 +3,7 @@ node table in report.json, HTML and JUnit, and one node's steps through a real l
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -10,8 +11,8 @@ import xml.etree.ElementTree as ET
 import pytest
 from pydantic import ValidationError
 
-from dcforge.checks.node_level import (NodeLevelCheck, NodeLevelConfig, OpenExecutions, Step, mark_outliers,
-                                       pool_summary, run_node, sample_indices)
+from dcforge.checks.node_level import (NodeLevelCheck, NodeLevelConfig, NodeTrainConfig, OpenExecutions, Step,
+                                       _train_step, mark_outliers, pool_summary, run_node, sample_indices)
 from dcforge.checks.system import SystemCheck, record_facts
 from dcforge.executors.local import LocalExecutor
 from dcforge.harness.result import CheckResult, Status
@@ -153,3 +154,15 @@ def test_stop_all_ends_every_node_at_once(tmp_path):
     assert time.monotonic() - started < 8 and len(found) == 2
     for row in found:  # the running step was killed, the next one never started
         assert row["state"] == "killed" and row["reason"].endswith("the check was interrupted")
+
+
+def test_training_ranks_share_the_cores_when_nodes_share_a_machine():
+    def threads(config: NodeTrainConfig, sharing: int) -> str | None:
+        args = list(_train_step(None, config, sharing, lambda script, args, nproc: tuple(args), {}).command)
+        return args[args.index("--threads") + 1] if "--threads" in args else None
+
+    cores = os.cpu_count() or 1
+    assert threads(NodeTrainConfig(nproc_per_node=1), 1) is None  # a host of its own: the workload's default
+    assert threads(NodeTrainConfig(nproc_per_node=1), 2) == str(max(1, cores // 2))
+    assert threads(NodeTrainConfig(nproc_per_node=2), 3) == str(max(1, cores // 6))
+    assert threads(NodeTrainConfig(nproc_per_node=1, threads=3), 2) == "3"
