@@ -35,6 +35,8 @@ ALLREDUCE_RESULT_FILE = "sweep.json"
 """`allreduce`: the AllreduceResult line of workloads/allreduce.py."""
 CHECKPOINT_RESULT_FILE = "checkpoint.json"
 """`checkpoint`: the CheckpointResult line of workloads/train_checkpoint_bench.py."""
+SYSTEM_FACTS_FILE = "system.json"
+"""`node_level`: the SystemFacts line of `python -m dcforge.checks.system` run on a node."""
 READY_FILE_PREFIX = "ready-"
 """A serving replica writes `<state dir>/ready-<pid>` (a ReplicaReady line) once its model is loaded."""
 REQUEST_LOG_TEMPLATE = "requests-{pid}.jsonl"
@@ -375,6 +377,27 @@ class CheckpointResult(Record):
     corruption_detected: bool | None
     """None when the corruption test was not run."""
     directory: str
+
+
+# --- System facts: `python -m dcforge.checks.system` on a node -> dcforge/checks/node_level.py ------------------
+
+@dataclass
+class SystemFacts(Record):
+    """What the `system` check reports about the machine it runs on, gathered on a node of the pool."""
+
+    kind: ClassVar[str] = "system.facts"
+    hostname: str
+    cpu_count: int
+    memory_gi: float
+    """MemTotal of /proc/meminfo in GiB."""
+    cpu_model: str
+    kernel: str
+    os: str
+    python: str
+    versions: dict[str, str]
+    """torch, torch_cuda (+ nccl where CUDA is available)."""
+    gpus: list[dict[str, Any]]
+    """One {name, memory_mib, driver} per visible GPU."""
 
 
 # --- Serving: workloads/serving -> dcforge/checks/serving/ --------------------------------------------------------

@@ -19,6 +19,7 @@ CHECKS: dict[str, str] = {
     "allreduce": "dcforge.checks.allreduce:AllreduceCheck",
     "train_multinode": "dcforge.checks.multinode:TrainMultinodeCheck",
     "allreduce_multinode": "dcforge.checks.multinode:AllreduceMultinodeCheck",
+    "node_level": "dcforge.checks.node_level:NodeLevelCheck",
     "slow_node": "dcforge.checks.slow_node:SlowNodeCheck",
     "network": "dcforge.checks.network:NetworkCheck",
     "checkpoint": "dcforge.checks.checkpoint:CheckpointCheck",

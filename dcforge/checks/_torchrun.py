@@ -83,9 +83,12 @@ def default_nproc() -> int:
     return 2
 
 
-def torchrun_command(script: str, args: list[str], nproc: int, max_restarts: int = 0) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-            f"--max-restarts={max_restarts}", "--monitor-interval=0.2", str(WORKLOADS_DIR / script), *args]
+def torchrun_command(script: str, args: list[str], nproc: int, max_restarts: int = 0,
+                     python: str = sys.executable, workloads_dir: str = str(WORKLOADS_DIR)) -> list[str]:
+    """A single-node torchrun; `python` and `workloads_dir` may be executor templates (`{python}`, `workloads`
+    relative to `{workdir}`) for a node elsewhere."""
+    return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            f"--max-restarts={max_restarts}", "--monitor-interval=0.2", f"{workloads_dir}/{script}", *args]
 
 
 def torchrun_env() -> dict[str, str]:

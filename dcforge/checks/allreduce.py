@@ -76,9 +76,7 @@ class AllreduceCheck:
         nproc = config.nproc()
         workdir = ctx.artefact_dir(self.name)
         output = workdir / ALLREDUCE_RESULT_FILE
-        args = ["--min-bytes", config.min_bytes, "--max-bytes", config.max_bytes, "--factor", str(config.factor),
-                "--warmup", str(config.warmup), "--iters", str(config.iterations), "--dtype", config.dtype,
-                "--output", str(output)]
+        args = sweep_args(config, str(output))
         with sample_power() as power:
             run_torchrun(ctx, "allreduce.py", args, nproc=nproc, log_path=workdir / "torchrun.log")
         sweep = read_result_file(output, AllreduceResult)
@@ -89,6 +87,13 @@ class AllreduceCheck:
         result.artefacts["sweep"] = ctx.relative(output)
         result.artefacts["torchrun_log"] = ctx.relative(workdir / "torchrun.log")
         return result
+
+
+def sweep_args(config: AllreduceCheckConfig, output: str) -> list[str]:
+    """workloads/allreduce.py's arguments for these settings (`output` may be an executor template)."""
+    return ["--min-bytes", config.min_bytes, "--max-bytes", config.max_bytes, "--factor", str(config.factor),
+            "--warmup", str(config.warmup), "--iters", str(config.iterations), "--dtype", config.dtype,
+            "--output", output]
 
 
 def record_sweep(result: CheckResult, sweep: AllreduceResult, ranks: int) -> None:

@@ -74,10 +74,7 @@ class CheckpointCheck:
         except CheckpointError as error:
             raise settings_error(ctx, self.name, "directory", str(error)) from None
         output = workdir / CHECKPOINT_RESULT_FILE
-        args = ["--preset", config.preset, "--directory", str(directory), "--output", str(output),
-                "--rounds", str(config.rounds),
-                "--with-optimizer" if config.with_optimizer else "--no-with-optimizer",
-                "--corruption-test" if config.corruption_test else "--no-corruption-test"]
+        args = checkpoint_args(config, str(directory), str(output))
         try:
             run_torchrun(ctx, "train_checkpoint_bench.py", args, nproc=nproc, log_path=workdir / "torchrun.log")
             measured = read_result_file(output, CheckpointResult)
@@ -88,16 +85,7 @@ class CheckpointCheck:
                 shutil.rmtree(directory, ignore_errors=True)
         result.artefacts["result"] = ctx.relative(output)
         result.artefacts["torchrun_log"] = ctx.relative(workdir / "torchrun.log")
-        for key in ("save_gbps", "load_gbps", "raw_write_gbps", "save_ratio_to_raw"):
-            result.add_metric(key, getattr(measured, key))
-        result.add_metric("checkpoint_gb", measured.bytes / 1e9)
-        result.add_metric("checksum_match", 1.0 if measured.checksum_match else 0.0)
-        if not measured.checksum_match:
-            result.fail("loaded tensors differ from their checksums recorded at save time")
-        if measured.corruption_detected is not None:
-            result.add_metric("corruption_detected", 1.0 if measured.corruption_detected else 0.0)
-            if not measured.corruption_detected:
-                result.fail("a corrupted checkpoint was loaded without an error")
+        record_checkpoint(result, measured)
         result.details = {**dataclasses.asdict(measured), "nproc": nproc}
         result.plots.append(Plot("Checkpoint bandwidth", "operation", "GB/s",
                                  [Series("GB/s", [0.0, 1.0, 2.0], [measured.save_gbps, measured.load_gbps,
@@ -106,3 +94,24 @@ class CheckpointCheck:
                                                       {"x": 1.0, "label": "DCP load"},
                                                       {"x": 2.0, "label": "raw write"}]))
         return result
+
+
+def checkpoint_args(config: CheckpointCheckConfig, directory: str, output: str) -> list[str]:
+    """workloads/train_checkpoint_bench.py's arguments for these settings (paths may be executor templates)."""
+    return ["--preset", config.preset, "--directory", directory, "--output", output, "--rounds", str(config.rounds),
+            "--with-optimizer" if config.with_optimizer else "--no-with-optimizer",
+            "--corruption-test" if config.corruption_test else "--no-corruption-test"]
+
+
+def record_checkpoint(result: CheckResult, measured: CheckpointResult) -> None:
+    """Metrics and integrity verdicts of one checkpoint benchmark (the checkpoint check's, and each node's)."""
+    for key in ("save_gbps", "load_gbps", "raw_write_gbps", "save_ratio_to_raw"):
+        result.add_metric(key, getattr(measured, key))
+    result.add_metric("checkpoint_gb", measured.bytes / 1e9)
+    result.add_metric("checksum_match", 1.0 if measured.checksum_match else 0.0)
+    if not measured.checksum_match:
+        result.fail("loaded tensors differ from their checksums recorded at save time")
+    if measured.corruption_detected is not None:
+        result.add_metric("corruption_detected", 1.0 if measured.corruption_detected else 0.0)
+        if not measured.corruption_detected:
+            result.fail("a corrupted checkpoint was loaded without an error")

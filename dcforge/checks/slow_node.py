@@ -18,9 +18,10 @@ more than outlierFraction below the median of the per-node figures is an outlier
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from pydantic import Field
 
@@ -33,6 +34,7 @@ from dcforge.harness.result import CheckResult, Status
 from workloads.records import ALLREDUCE_RESULT_FILE, AllreduceResult, read_result
 
 Pair = tuple[int, int]
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass
@@ -115,8 +117,8 @@ def node_figures(state: Search) -> dict[int, float]:
     return best
 
 
-def outliers(figures: dict[int, float], fraction: float) -> list[int]:
-    """Nodes more than `fraction` below the median of the per-node figures."""
+def outliers(figures: Mapping[K, float], fraction: float) -> list[K]:
+    """Nodes (indices or names) more than `fraction` below the median of the per-node figures."""
     if len(figures) < 2:
         return []
     median = statistics.median(figures.values())

@@ -12,6 +12,7 @@ import platform
 import socket
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 
@@ -21,6 +22,10 @@ from dcforge.harness.node import visible_gpus
 from dcforge.harness.result import CheckResult
 from dcforge.paths import REPO_ROOT
 from dcforge.spec.gpus import gpu_model_for_device_name
+from workloads.records import SystemFacts, emit_result
+
+if TYPE_CHECKING:
+    from dcforge.spec.models import Environment
 
 
 class SystemConfig(CheckConfig):
@@ -93,42 +98,81 @@ class SystemCheck:
     def run(self, ctx: CheckContext, config: SystemConfig) -> CheckResult:
         result = CheckResult(self.name, declared=self.metrics)
         spec = ctx.env.spec
-        gpus = visible_gpus()
-        cpus = os.cpu_count() or 0
-        memory = memory_gib()
-        result.add_metric("cpu_count", cpus)
-        result.add_metric("memory_gi", round(memory, 2))
-        result.add_metric("gpu_count", len(gpus))
+        facts = node_facts()
+        record_facts(result, facts)
         result.details = {
-            "hostname": socket.gethostname(),
-            "cpu_model": cpu_model(),
-            "kernel": platform.release(),
-            "os": platform.platform(),
-            "python": platform.python_version(),
-            **torch_versions(),
-            "gpus": [gpu.__dict__ for gpu in gpus],
-            "driver": gpus[0].driver if gpus else "none",
+            "hostname": facts.hostname,
+            "cpu_model": facts.cpu_model,
+            "kernel": facts.kernel,
+            "os": facts.os,
+            "python": facts.python,
+            **facts.versions,
+            "gpus": facts.gpus,
+            "driver": facts.gpus[0]["driver"] if facts.gpus else "none",
             "repo_commit": git_commit(),
             "env_file": str(ctx.env.path),
             "env_sha256": ctx.env.sha256,
             "pinned_versions": spec.versions.model_dump(by_alias=True),
         }
-        ctx.log(f"{cpus} CPUs, {memory:.1f} GiB, {len(gpus)} GPUs")
-
-        pool = spec.acceptance_pool
-        expected = config.expected_gpus if config.expected_gpus is not None else (pool.gpus_per_node if pool else 0)
-        result.details["expected_gpus"] = expected
-        if len(gpus) < expected:
-            where = f"pool {pool.name!r} declares {expected} {pool.gpu_model} per node" if pool else \
-                f"expectedGpus is {expected}"
-            result.fail(f"{where}, but {len(gpus)} GPUs are visible (nvidia-smi/torch.cuda)")
-        if pool and gpus:
-            seen = {gpu.name for gpu in gpus}
-            models = {getattr(gpu_model_for_device_name(name), "name", name) for name in seen}
-            if models != {pool.gpu_model}:
-                result.fail(f"pool {pool.name!r} declares {pool.gpu_model}, visible GPUs are {sorted(seen)}")
-        if gpus and config.check_driver_pin and gpus[0].driver and gpus[0].driver != spec.versions.driver:
-            result.fail(f"driver {gpus[0].driver} is loaded, the environment pins {spec.versions.driver}")
-        if memory < config.min_memory_gi:
-            result.fail(f"{memory:.1f} GiB of memory, below minMemoryGi {config.min_memory_gi}")
+        ctx.log(f"{facts.cpu_count} CPUs, {facts.memory_gi:.1f} GiB, {len(facts.gpus)} GPUs")
+        result.details["expected_gpus"] = expected_gpus(spec, config)
+        for problem in facts_problems(facts, spec, config):
+            result.fail(problem)
         return result
+
+
+def node_facts() -> SystemFacts:
+    """The facts of the machine this process runs on (the system check's, and each node's in node_level)."""
+    return SystemFacts(hostname=socket.gethostname(), cpu_count=os.cpu_count() or 0, memory_gi=round(memory_gib(), 2),
+                       cpu_model=cpu_model(), kernel=platform.release(), os=platform.platform(),
+                       python=platform.python_version(), versions=torch_versions(),
+                       gpus=[dict(gpu.__dict__) for gpu in visible_gpus()])
+
+
+def record_facts(result: CheckResult, facts: SystemFacts) -> None:
+    result.add_metric("cpu_count", facts.cpu_count)
+    result.add_metric("memory_gi", facts.memory_gi)
+    result.add_metric("gpu_count", len(facts.gpus))
+
+
+def expected_gpus(spec: Environment, config: SystemConfig) -> int:
+    pool = spec.acceptance_pool
+    return config.expected_gpus if config.expected_gpus is not None else (pool.gpus_per_node if pool else 0)
+
+
+def facts_problems(facts: SystemFacts, spec: Environment, config: SystemConfig) -> list[str]:
+    """Why these facts fail the environment's expectations (GPU count and model, driver pin, memory); [] when
+    they meet them."""
+    problems = []
+    pool, gpus = spec.acceptance_pool, facts.gpus
+    expected = expected_gpus(spec, config)
+    if len(gpus) < expected:
+        where = f"pool {pool.name!r} declares {expected} {pool.gpu_model} per node" if pool else \
+            f"expectedGpus is {expected}"
+        problems.append(f"{where}, but {len(gpus)} GPUs are visible (nvidia-smi/torch.cuda)")
+    if pool and gpus:
+        seen = {gpu["name"] for gpu in gpus}
+        models = {getattr(gpu_model_for_device_name(name), "name", name) for name in seen}
+        if models != {pool.gpu_model}:
+            problems.append(f"pool {pool.name!r} declares {pool.gpu_model}, visible GPUs are {sorted(seen)}")
+    driver = gpus[0]["driver"] if gpus else ""
+    if driver and config.check_driver_pin and driver != spec.versions.driver:
+        problems.append(f"driver {driver} is loaded, the environment pins {spec.versions.driver}")
+    if facts.memory_gi < config.min_memory_gi:
+        problems.append(f"{facts.memory_gi:.1f} GiB of memory, below minMemoryGi {config.min_memory_gi}")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m dcforge.checks.system --output FILE`: this node's facts as one SystemFacts line (node_level
+    runs it on every node through the executor)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--output", help="also write the SystemFacts line here")
+    emit_result(node_facts(), parser.parse_args(argv).output)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

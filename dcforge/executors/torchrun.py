@@ -17,6 +17,8 @@ from dcforge.executors.base import (ExecutionOutcome, Executor, ExecutorError, N
                                     StatusCallback, VolumePurpose, Workload)
 
 RENDEZVOUS_PORT = "rendezvous"
+TORCHRUN_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "OMP_NUM_THREADS": "1"}
+"""What every torchrun an executor starts gets (the module docstring says why)."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ def torchrun_workload(name: str, job: TorchrunJob, resources: Resources | None =
                f"--rdzv-conf=is_host={{is_leader}},join_timeout={job.rendezvous_timeout_s}",
                "--local-addr={node_address}", "--max-restarts=0", "--monitor-interval=0.2",
                f"workloads/{job.script}", *job.args)
-    env = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "OMP_NUM_THREADS": "1", **socket_env(job.socket_ifname)}
+    env = {**TORCHRUN_ENV, **socket_env(job.socket_ifname)}
     role = Role("torchrun", command, env=env, nodes=job.nnodes, resources=resources or Resources(),
                 ports=(RENDEZVOUS_PORT,))
     return Workload(name, (role,), volumes=(VolumePurpose.SCRATCH, VolumePurpose.CHECKPOINTS,

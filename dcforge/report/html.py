@@ -20,7 +20,7 @@ text-align:left;vertical-align:top;font-size:.92rem} th{background:#f6f8fa}
 .badge{display:inline-block;padding:.1rem .55rem;border-radius:1rem;color:#fff;font-weight:600;font-size:.85rem}
 .muted{color:#59636e} code,pre{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.85rem}
 pre{background:#f6f8fa;padding:.6rem;overflow-x:auto} td.num{text-align:right;font-variant-numeric:tabular-nums}
-details{margin:.4rem 0} tr.outlier td{background:#ffebe9}
+details{margin:.4rem 0} tr.outlier td{background:#ffebe9} td.outlier-figure{font-weight:700;color:#cf222e}
 """
 
 
@@ -66,6 +66,8 @@ def _format(value) -> str:
         return "—"
     if isinstance(value, float):
         return f"{value:,.4g}" if abs(value) < 1e6 else f"{value:.4g}"
+    if isinstance(value, list):
+        return html.escape(", ".join(str(item) for item in value))
     return html.escape(str(value))
 
 
@@ -231,7 +233,8 @@ def _check_section(check: dict, plot_ids) -> list[str]:
 
 
 def _node_table(check: dict) -> list[str]:
-    """Per-node figures of a multi-node check; a node with a problem (outlier, failure) is highlighted."""
+    """Per-node figures of a multi-node check; a node with a problem (outlier, failure) is highlighted, and so is
+    each figure in which it is an outlier (`outlier_in`)."""
     rows = node_rows(check)
     if not rows:
         return []
@@ -241,7 +244,9 @@ def _node_table(check: dict) -> list[str]:
     for row in rows:
         problem = node_problem(row)
         parts.append(f"<tr{' class=outlier' if problem else ''} title='{e(problem)}'>"
-                     + "".join(f"<td>{_format(row.get(c))}</td>" for c in columns)
+                     + "".join(f"<td class=outlier-figure>{_format(row.get(c))}</td>"
+                               if c in (row.get("outlier_in") or ()) else f"<td>{_format(row.get(c))}</td>"
+                               for c in columns)
                      + f"<td>{badge('fail') if problem else badge('pass')}</td></tr>")
     parts.append("</table>")
     return parts

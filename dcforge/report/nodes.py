@@ -3,8 +3,9 @@ JUnit testcase per node.
 
 A row is a JSON object with at least `host`; `state` (a node's process outcome: succeeded, failed, killed, ...),
 `verdict` (`slow`, `suspect`, `cleared`, ...) and `outlier` (true when the node is more than the configured
-fraction below the pool median) and `problem` (a check's own reason the node failed, e.g. NCCL fell back to Socket
-where RDMA is declared) decide whether the node passed. Other keys are figures, shown as columns.
+fraction below the pool median; `outlier_in`, when present, lists the figures in which it is one) and
+`problem` (a check's own reason the node failed, e.g. NCCL fell back to Socket where RDMA is declared)
+decide whether the node passed. Other keys are figures, shown as columns.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def node_problem(row: dict[str, Any]) -> str:
     if row.get("verdict") in BAD_VERDICTS:
         return f"{row['host']}: {row['verdict']} node"
     if row.get("outlier"):
-        return f"{row['host']}: outlier, more than the configured fraction below the pool median"
+        figures = f" in {', '.join(row['outlier_in'])}" if row.get("outlier_in") else ""
+        return f"{row['host']}: outlier{figures}, more than the configured fraction below the pool median"
     if row.get("problem"):
         return f"{row['host']}: {row['problem']}"
     return ""

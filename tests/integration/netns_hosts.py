@@ -5,8 +5,12 @@ this run (the root namespace holds 10.251.X.1 on it, so ssh from here reaches ev
 throw-away host and client keys in a temp dir; known_hosts lists exactly those host keys, so host-key checking
 stays on. All hosts share the filesystem, so the project's virtualenv is at the same path on each.
 
+A host is slowed on the network with `limit_rate` (tbf on its veth ends) or in compute with `limit_cpu` (a CFS
+quota on a cgroup v1 cpu group holding its sshd).
+
 Everything is removed on exit, also when setup or the test fails: every process in the namespaces is killed,
-then the namespaces, links and bridge are deleted. Only the namespaces' addresses and loopback carry traffic.
+then the cpu groups, namespaces, links and bridge are deleted. Only the namespaces' addresses and loopback carry
+traffic.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from pathlib import Path
 from dcforge.executors.hosts import Host
 
 SSHD = "/usr/sbin/sshd"
+CPU_CGROUP = Path("/sys/fs/cgroup/cpu")
+"""The cgroup v1 cpu controller: where `limit_cpu` puts a host's processes under a CFS quota."""
 IFNAME = "dcf0"
 """The interface name inside every namespace: what GLOO_SOCKET_IFNAME names."""
 
@@ -43,6 +49,13 @@ def missing_prerequisites() -> str | None:
     subprocess.run(["ip", "netns", "del", probe], capture_output=True)
     if done.returncode != 0:
         return f"cannot create a network namespace: {done.stderr.strip()}"
+    return None
+
+
+def cpu_limit_missing() -> str | None:
+    """Why `NamespaceHosts.limit_cpu` cannot work here, or None."""
+    if not (CPU_CGROUP / "cpu.cfs_quota_us").exists():
+        return f"no cgroup v1 cpu controller at {CPU_CGROUP} (limit_cpu puts a host under a CFS quota there)"
     return None
 
 
@@ -69,6 +82,7 @@ class NamespaceHosts:
     """The root-namespace end of each host's veth (where a rate limit on traffic into the host goes)."""
     key_dir: Path
     sshd: list[subprocess.Popen] = field(default_factory=list)
+    cgroups: list[Path] = field(default_factory=list)
 
     def pids(self, index: int) -> set[int]:
         """Processes in host `index`'s namespace other than its sshd listener."""
@@ -82,6 +96,33 @@ class NamespaceHosts:
                             (["ip", "netns", "exec", self.namespaces[index], "tc"], IFNAME)):
             subprocess.run([*prefix, "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate, "burst", "32kb",
                             "latency", "400ms"], check=True, capture_output=True)
+
+
+    def limit_cpu(self, index: int, cores: float) -> None:
+        """Slow host `index`'s compute to `cores` CPUs with a CFS quota: its sshd listener and whatever runs there
+        now go into a cpu cgroup of their own, and every session started later inherits it from the listener."""
+        group = CPU_CGROUP / self.namespaces[index]
+        group.mkdir(exist_ok=True)
+        self.cgroups.append(group)
+        (group / "cpu.cfs_period_us").write_text("100000")
+        (group / "cpu.cfs_quota_us").write_text(str(int(cores * 100000)))
+        for pid in {self.sshd[index].pid, *self.pids(index)}:  # `ip netns exec` execs sshd: the same pid
+            try:
+                (group / "cgroup.procs").write_text(str(pid))
+            except ProcessLookupError:
+                pass
+
+
+def _remove_cgroup(group: Path) -> None:
+    """rmdir refuses (EBUSY) while a killed task is still exiting: retry for a moment."""
+    for _ in range(50):
+        try:
+            group.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.1)
 
 
 def _kill_namespace_processes(namespace: str) -> None:
@@ -167,6 +208,8 @@ def namespace_hosts(count: int, work_dir: Path):
                 process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 process.kill()
+        for group in env.cgroups:
+            _remove_cgroup(group)
         for namespace in namespaces:
             subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
         for veth in host_veths:

@@ -10,7 +10,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ import pytest
 from dcforge.executors.base import ExecutorError, NodeState, Role, Workload
 from dcforge.executors.hosts import Host, HostsExecutor, HostUnreachable, SshOptions
 from dcforge.executors.torchrun import TorchrunJob, run_torchrun_job
-from tests.integration.netns_hosts import IFNAME, missing_prerequisites, namespace_hosts
+from tests.integration.netns_hosts import IFNAME, cpu_limit_missing, missing_prerequisites, namespace_hosts
 from workloads.records import TrainStep, read_records
 
 REPO = Path(__file__).resolve().parents[2]
@@ -275,3 +277,64 @@ def test_accept_names_the_rate_limited_host_by_pairwise_search_and_iperf3(tmp_pa
     assert [n["host"] for n in network["details"]["nodes"] if n["outlier"]] == ["ns-host-1"]
     assert len(network["details"]["pairs"]) == 3
     assert proc.returncode != 0
+
+
+def throttle_once_training(env, index: int, cores: float, timeout_s: float = 150.0) -> bool:
+    """Put host `index` under a cpu quota of `cores` once its training has logged a step: every step after the
+    warm-up runs throttled, while the torch imports before it stay fast (a quota on them costs tens of seconds)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for pid in running(env, index, "\0-u\0workloads/train.py\0"):  # the rank, not its torchrun agent
+            try:
+                args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+                metrics = Path(args[args.index("--metrics-file") + 1]).read_text()
+            except (OSError, ValueError, IndexError):
+                continue
+            if '"record":"train.step"' in metrics:
+                env.limit_cpu(index, cores)
+                return True
+        time.sleep(0.05)
+    return False
+
+
+@needs_namespaces
+@pytest.mark.skipif(cpu_limit_missing() is not None, reason=cpu_limit_missing() or "")
+@pytest.mark.timeout(240)
+def test_accept_names_the_cpu_throttled_host_as_the_node_level_outlier(tmp_path, tmp_path_factory):
+    # hosts of its own: the cpu quota must not outlive this test into the module's shared hosts
+    with namespace_hosts(3, tmp_path_factory.mktemp("cpuhosts")) as env:
+        # a twentieth of one core for ns-host-1 from its first training step on: a quota from the start would
+        # barely separate it from the others when they share 2 loaded cores, and would slow its torch imports 20x
+        throttled: list[bool] = []
+        watcher = threading.Thread(target=lambda: throttled.append(throttle_once_training(env, 1, 0.05)))
+        watcher.start()
+        proc, report = accept_on_hosts(tmp_path, section_for(env), ["node_level"], {"node_level": {
+            # the training figure is the one a cpu quota drops; the local test covers allreduce and checkpoint
+            "workloads": ["system", "train"],
+            # 64 tokens a step: ~1.5 s throttled; 10 steps for the loss to fall past the learning-rate warm-up; one
+            # thread per rank: the three hosts share this machine's cores (spinning threads would blur the figures)
+            "train": {"steps": 10, "warmupStepsExcluded": 4, "seqLen": 32, "globalBatchSize": 2, "nprocPerNode": 1,
+                      "threads": 1}}})
+        watcher.join()
+        assert no_workload_left(env) == [set(), set(), set()]
+    assert throttled == [True], "ns-host-1 never logged a training step"
+    check = next(c for c in report["checks"] if c["name"] == "node_level")
+    assert check["status"] == "fail", (check["reason"], check["details"]["nodes"], proc.stdout[-2000:])
+    assert check["reason"].startswith("outliers: ns-host-1 (tokens_per_s ")
+    rows = {row["host"]: row for row in check["details"]["nodes"]}
+    assert list(rows) == ["ns-host-0", "ns-host-1", "ns-host-2"]
+    assert all(row["state"] == "succeeded" and row["cpu_count"] >= 1 for row in rows.values())
+    assert [(host, row["outlier_in"]) for host, row in rows.items() if row["outlier"]] == \
+        [("ns-host-1", ["tokens_per_s"])]
+    assert check["metrics"]["tokens_per_s.min"]["value"] == rows["ns-host-1"]["tokens_per_s"]
+    assert check["metrics"]["tokens_per_s.min"]["formula"].endswith("(ns-host-1)")
+    assert check["metrics"]["outliers"]["value"] == 1 and check["metrics"]["nodes_failed"]["value"] == 0
+    report_dir = next((tmp_path / "reports" / "nshosts").glob("*/"))
+    (row_html,) = [line for line in (report_dir / "report.html").read_text().splitlines()
+                   if "<td>ns-host-1</td>" in line]
+    assert row_html.startswith("<tr class=outlier") and "<td class=outlier-figure>" in row_html
+    junit = ET.fromstring((report_dir / "junit.xml").read_text().split("\n", 1)[1])
+    failing = [case.get("name") for case in junit.iter("testcase") if case.get("name").startswith("node_level ")
+               and case.find("failure") is not None]
+    assert failing == ["node_level ns-host-1"]
+    assert proc.returncode == 1

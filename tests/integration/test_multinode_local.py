@@ -1,5 +1,6 @@
-"""The multi-node checks on target local: N torchrun agents on this machine meet at a c10d rendezvous over
-loopback, as they would across hosts (tests/integration/test_hosts_executor.py runs them over SSH)."""
+"""The multi-node checks on target local -- N torchrun agents on this machine meet at a c10d rendezvous over
+loopback, as they would across hosts (tests/integration/test_hosts_executor.py runs them over SSH) -- and
+`node_level` on N local nodes, each running the single-node workloads on its own."""
 
 from __future__ import annotations
 
@@ -81,3 +82,40 @@ def test_network_rdma_is_skipped_with_the_reason_where_no_rdma_device_exists(tmp
                                "no RDMA device on local-1 (/sys/class/infiniband is empty)")
     assert network["details"]["pairs"][0]["rdma_skipped"] == rdma["skipped"]
     assert "RDMA local-0 -> local-1 skipped: no RDMA device on local-0" in proc.stdout
+
+
+@pytest.mark.timeout(300)
+def test_node_level_runs_every_workload_on_each_sampled_local_node(tmp_path):
+    document = yaml.safe_load((REPO / "stacks" / "Pulumi.local.yaml").read_text())
+    document["config"]["dcforge:acceptance"] = {
+        "checks": ["node_level"],
+        # 3 nodes in the pool, 2 sampled (0 and 1); a lenient outlier fraction: both nodes share 2 loaded cores
+        "settings": {"node_level": {"nodes": 3, "sample": 2, "outlierFraction": 0.9,
+                                    "train": {"steps": 4, "warmupStepsExcluded": 1, "nprocPerNode": 1},
+                                    "allreduce": {"maxBytes": "16K", "factor": 16}}},
+        "slos": {"node_level.tokens_per_s.min": "> 0", "node_level.nodes_failed": "== 0"}}
+    stacks = tmp_path / "stacks"
+    stacks.mkdir()
+    (stacks / "Pulumi.pernode.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    proc = subprocess.run([sys.executable, "-m", "dcforge.cli", "accept", "--env", "pernode"], capture_output=True,
+                          text=True, timeout=290, cwd=tmp_path, env={**os.environ, "DCFORGE_STACKS_DIR": str(stacks)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (report_file,) = (tmp_path / "reports" / "pernode").glob("*/report.json")
+    report = json.loads(report_file.read_text())
+    check = report["checks"][0]
+    assert check["status"] == "pass", check["reason"]
+    assert check["details"]["sampled"] == ["local-0", "local-1"] and check["details"]["pool_size"] == 3
+    for row in check["details"]["nodes"]:
+        assert row["state"] == "succeeded" and row["outlier"] is False
+        assert row["tokens_per_s"] > 0 and row["busbw_gbps"] > 0 and row["save_gbps"] > 0 and row["cpu_count"] >= 1
+        assert (report_file.parent / row["logs"] / "train" / "train-0.log").is_file()
+        assert not (report_file.parent / row["logs"] / "checkpoint" / "checkpoint-0" / "scratch").exists()
+    metrics = check["metrics"]
+    assert metrics["nodes"]["value"] == 2 and metrics["nodes_failed"]["value"] == 0
+    values = [row["tokens_per_s"] for row in check["details"]["nodes"]]
+    assert metrics["tokens_per_s.min"]["value"] == min(values)
+    assert metrics["tokens_per_s.median"]["value"] == pytest.approx(sum(values) / 2)
+    assert [slo["verdict"] for slo in report["slos"]] == ["pass", "pass"]
+    junit = (report_file.parent / "junit.xml").read_text()
+    assert 'name="node_level local-0"' in junit and 'name="node_level local-1"' in junit
+    assert "<table class='nodes'>" in (report_file.parent / "report.html").read_text()

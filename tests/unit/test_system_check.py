@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import time
 
-from dcforge.checks.system import SystemCheck, SystemConfig, visible_gpus
+from dcforge.checks.system import SystemCheck, SystemConfig, facts_problems, main, visible_gpus
 from dcforge.harness.check import CheckContext
 from dcforge.harness.result import Status
 from dcforge.spec import load_environment
+from workloads.records import SystemFacts, read_result_file
 
 
 def run(env_name: str, tmp_path, **settings):
@@ -47,3 +49,18 @@ def test_missing_declared_gpus_reason():
     reason = missing_declared_gpus(load_environment("prod").spec)
     if len(visible_gpus()) < 8:
         assert reason and "pool 'train-a' declares 8 H100-SXM per node" in reason
+
+
+def test_a_nodes_facts_come_back_as_one_record_and_are_judged_like_the_checks(tmp_path):
+    # what node_level runs on every node: `python -m dcforge.checks.system --output FILE`
+    output = tmp_path / "system.json"
+    assert main(["--output", str(output)]) == 0
+    facts = read_result_file(output, SystemFacts)
+    assert facts.cpu_count == os.cpu_count() and facts.memory_gi > 0 and facts.versions["torch"].startswith("2.")
+    prod = load_environment("prod").spec
+    problems = facts_problems(facts, prod, SystemConfig())
+    if len(facts.gpus) < 8:
+        assert problems == [f"pool 'train-a' declares 8 H100-SXM per node, but {len(facts.gpus)} GPUs are visible "
+                            "(nvidia-smi/torch.cuda)"]
+    assert facts_problems(facts, load_environment("local").spec, SystemConfig(min_memory_gi=10**6)) == \
+        [f"{facts.memory_gi:.1f} GiB of memory, below minMemoryGi 1000000.0"]

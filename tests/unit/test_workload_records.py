@@ -16,7 +16,7 @@ from loadtests.llm_protocol import RequestLog
 from loadtests.llm_protocol import read_records as read_request_logs
 from workloads import records
 from workloads.records import (LOAD_DEFAULTS, AllreduceResult, AllreduceRow, CheckpointResult, JsonlAppender,
-                               LoadEnv, RecordError, ReplicaReady, RequestRecord, TrainCheckpointCorrupt,
+                               LoadEnv, RecordError, ReplicaReady, RequestRecord, SystemFacts, TrainCheckpointCorrupt,
                                TrainCheckpointSaved, TrainFault, TrainFinal, TrainStart, TrainStep, emit_result,
                                mark_ready, parse_record, read_records, read_result, read_result_file, ready_replicas)
 
@@ -42,6 +42,9 @@ SAMPLES = [
                      save_gbps=0.2, load_gbps=0.4, raw_write_gbps=0.4, save_ratio_to_raw=0.5, checksum_match=True,
                      corruption_detected=None, directory="/tmp/x"),
     ReplicaReady(pid=4242, time=16.0),
+    SystemFacts(hostname="gpu-01", cpu_count=64, memory_gi=1007.5, cpu_model="AMD EPYC 9454", kernel="6.8.0",
+                os="Linux-6.8.0-x86_64", python="3.11.7", versions={"torch": "2.5.1", "nccl": "2.26.2"},
+                gpus=[{"name": "NVIDIA H100 80GB HBM3", "memory_mib": 81559.0, "driver": "570.172.08"}]),
     RequestRecord(start=1.0, end=2.0, ok=True, status=200, ttft_s=0.1, e2e_s=1.0, token_times_s=[0.1, 0.5],
                   output_tokens=2, prompt_tokens=64, replica="4242"),
     RequestRecord(start=3.0, end=3.0, ok=False, error="dropped: client at max in-flight", stream=False),
