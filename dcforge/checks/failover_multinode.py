@@ -78,10 +78,12 @@ class TrainFailoverMultinodeCheck:
         executor, nodes, ifname = executor_for(ctx, self.name, config.nodes or (LOCAL_NODES if local else None))
         nproc = config.nproc_per_node or _cpu_default_nproc()
         victim = config.fail_node if config.fail_node is not None else nodes - 1
-        if nodes < 2 or victim >= nodes:
-            raise settings_error(ctx, self.name, "failNode" if nodes >= 2 else "nodes",
-                                 f"node {victim} cannot be isolated among {nodes} nodes (node 0 hosts the "
-                                 "rendezvous store; at least 2 nodes are needed)")
+        if nodes < 2:
+            raise settings_error(ctx, self.name, "nodes", f"{nodes} node: at least 2 are needed (node 0 hosts the "
+                                                          "rendezvous store and is never the one isolated)")
+        if victim >= nodes:
+            raise settings_error(ctx, self.name, "failNode", f"node {victim} is not one of the {nodes} nodes "
+                                                             f"(1-{nodes - 1}; node 0 hosts the rendezvous store)")
         job = self._job(ctx, config, nodes, nproc, ifname)
         workdir = ctx.artefact_dir(self.name)
         ctx.log(f"elastic torchrun on {nodes} nodes x{nproc} ({executor.name}); node {victim} leaves during step "

@@ -210,3 +210,14 @@ def test_multinode_failover_settings_refuse_a_fault_before_the_first_checkpoint(
         TrainFailoverMultinodeConfig(fail_at_step=4)
     with pytest.raises(ValidationError, match="greater than or equal to 1"):
         TrainFailoverMultinodeConfig(fail_node=0)  # node 0 hosts the rendezvous store
+
+
+def test_multinode_failover_refuses_a_node_it_does_not_have_and_a_batch_the_survivors_cannot_split(tmp_path):
+    from dcforge.checks.failover_multinode import TrainFailoverMultinodeCheck, TrainFailoverMultinodeConfig
+
+    ctx = CheckContext(env=load_environment("local"), report_dir=tmp_path, deadline=time.monotonic() + 60)
+    with pytest.raises(ConfigError, match=r"settings.train_failover_multinode.failNode: node 5 is not one of the 3 "):
+        TrainFailoverMultinodeCheck().run(ctx, TrainFailoverMultinodeConfig(fail_node=5))
+    with pytest.raises(ConfigError, match=r"train_failover_multinode.globalBatchSize: global_batch_size 9 is not "
+                                          r"divisible by the world size 2"):  # 3 ranks before the loss, 2 after
+        TrainFailoverMultinodeCheck().run(ctx, TrainFailoverMultinodeConfig(global_batch_size=9))
