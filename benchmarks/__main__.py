@@ -21,6 +21,8 @@ BENCHMARKS = [
     ("benchmarks.capacity_search", (), False, 900),
     ("benchmarks.stacks_scale", (), False, 900),
     ("benchmarks.ansible_converge", (), True, 1200),
+    ("benchmarks.bisection_rounds", (), True, 1800),
+    ("benchmarks.multinode_busbw", (), True, 900),
 ]
 
 
@@ -30,7 +32,7 @@ def main(selected: list[str]) -> int:
         if selected and module.rsplit(".", 1)[1] not in selected:
             continue
         if needs_root and os.geteuid() != 0:
-            print(f"== {module}: skipped (needs root for the chroot)", flush=True)
+            print(f"== {module}: skipped (needs root: a chroot, or network namespaces)", flush=True)
             continue
         name = " ".join((module, *args))
         print(f"== {name}", flush=True)

@@ -294,12 +294,17 @@ class TrainCheckpointCorrupt(Record):
 
 @dataclass
 class TrainFault(Record):
-    """Fault injection: written by the rank that is about to SIGKILL itself."""
+    """Fault injection: written by the rank that is about to SIGKILL itself (train_failover), or by the check that
+    isolated a whole node (train_failover_multinode)."""
 
     kind: ClassVar[str] = "train.fault"
     step: int
-    rank: int
+    """The step in progress when the fault hit."""
+    rank: int | None
+    """The rank that killed itself; None when a whole node was lost (its ranks are whatever the rendezvous gave)."""
     time: float = field(default_factory=_now)
+    node: str | None = None
+    """The host that was isolated (train_failover_multinode)."""
 
 
 @dataclass

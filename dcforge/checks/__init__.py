@@ -26,6 +26,7 @@ CHECKS: dict[str, str] = {
     "checkpoint_backup": "dcforge.checks.checkpoint_backup:CheckpointBackupCheck",
     "storage": "dcforge.checks.storage:StorageCheck",
     "train_failover": "dcforge.checks.train_failover:TrainFailoverCheck",
+    "train_failover_multinode": "dcforge.checks.failover_multinode:TrainFailoverMultinodeCheck",
     "compliance": "dcforge.checks.compliance:ComplianceCheck",
     "monitoring": "dcforge.checks.monitoring:MonitoringCheck",
     "inference": "dcforge.checks.inference:InferenceCheck",

@@ -20,9 +20,8 @@ from workloads.records import (TRAIN_RECORDS, Record, TrainCheckpointSaved, Trai
                                TrainStep, read_records_file)
 
 
-class TrainFailoverConfig(ModelTorchCheckConfig):
-    min_nproc: ClassVar[int] = 2
-    """One rank dies and another must survive it."""
+class FailoverTrainingConfig(ModelTorchCheckConfig):
+    """The training run of both failover checks and where in it the fault hits."""
 
     seq_len: int = Field(default=64, ge=1)
     """Tokens per sequence (short: this check is about recovery, not throughput)."""
@@ -33,14 +32,10 @@ class TrainFailoverConfig(ModelTorchCheckConfig):
     checkpoint_every: int = Field(default=4, ge=1)
     """Checkpoint interval; no more than this many steps may be lost."""
     fail_at_step: int = Field(default=7, ge=2)
-    """The step during which one rank is SIGKILLed (first attempt only)."""
-    fail_rank: int = Field(default=1, ge=0)
-    """The rank that dies."""
-    compare_with_uninterrupted: bool = True
-    """Also run without the fault and require bit-identical final parameters (CPU only: GPU kernels are not
-    deterministic by default)."""
+    """The step during which the fault hits: one rank is SIGKILLed (first attempt only), or a node is isolated."""
+
     @model_validator(mode="after")
-    def _fault_inside_the_run(self) -> "TrainFailoverConfig":
+    def _fault_inside_the_run(self) -> "FailoverTrainingConfig":
         if self.fail_at_step > self.steps:
             raise ValueError(f"failAtStep {self.fail_at_step} is after the last step {self.steps}")
         if self.checkpoint_every >= self.fail_at_step:
@@ -49,13 +44,24 @@ class TrainFailoverConfig(ModelTorchCheckConfig):
         return self
 
 
+class TrainFailoverConfig(FailoverTrainingConfig):
+    min_nproc: ClassVar[int] = 2
+    """One rank dies and another must survive it."""
+
+    fail_rank: int = Field(default=1, ge=0)
+    """The rank that dies."""
+    compare_with_uninterrupted: bool = True
+    """Also run without the fault and require bit-identical final parameters (CPU only: GPU kernels are not
+    deterministic by default)."""
+
+
 class TrainFailoverCheck:
     name = "train_failover"
     description = "Kills one training rank mid-run; torchrun restarts; resume step, steps lost, time to resume."
     Config = TrainFailoverConfig
     requires_declared_gpus = True
     metrics = (
-        MetricSpec("failure_step", "step", None, "step during which the rank was killed",
+        MetricSpec("failure_step", "step", None, "step during which the rank (or node) was killed",
                    "where the fault was injected"),
         MetricSpec("resumed_step", "step", None, "checkpoint step the restarted job loaded",
                    "where training picked up again"),
@@ -121,7 +127,7 @@ def final_hash(records: list[Record]) -> str | None:
     return finals[-1].params_sha256 if finals else None
 
 
-def judge_recovery(result: CheckResult, records: list[Record], config: TrainFailoverConfig) -> None:
+def judge_recovery(result: CheckResult, records: list[Record], config: FailoverTrainingConfig) -> None:
     """Steps lost and time to resume from the faulted run's records (TrainStart/TrainStep/TrainFault/...)."""
     faults = [r for r in records if isinstance(r, TrainFault)]
     steps = [r for r in records if isinstance(r, TrainStep)]
@@ -166,7 +172,8 @@ def timeline(result: CheckResult, records: list[Record], fault: TrainFault, rest
         of_attempt = [r for r in steps if r.attempt == attempt]
         series.append(Series(f"attempt {attempt}", [r.time - origin for r in of_attempt],
                              [float(r.step) for r in of_attempt]))
-    markers = [{"x": fault.time - origin, "label": f"rank {fault.rank} killed at step {fault.step}"},
+    victim = f"node {fault.node} isolated" if fault.node else f"rank {fault.rank} killed"
+    markers = [{"x": fault.time - origin, "label": f"{victim} at step {fault.step}"},
                {"x": restart.time - origin, "label": f"restart, resumed from step {restart.resumed_from_step}"}]
     markers += [{"x": r.time - origin, "label": f"checkpoint {r.step}"} for r in records
                 if isinstance(r, TrainCheckpointSaved)]

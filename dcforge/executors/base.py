@@ -68,10 +68,17 @@ class Role:
     ports: tuple[str, ...] = ()
     """Named ports the role listens on; the executor assigns the numbers (free ports locally, fixed in pods)."""
     readiness: Readiness | None = None
+    min_nodes: int | None = None
+    """Elastic role (torchrun `--nnodes min:max`): the run goes on while at least this many of its nodes have not
+    failed or been killed, so `wait` stops early only below it. None: every node is needed (the first loss ends
+    the run)."""
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
             raise ValueError(f"role {self.name!r}: nodes must be >= 1, got {self.nodes}")
+        if self.min_nodes is not None and not 1 <= self.min_nodes <= self.nodes:
+            raise ValueError(f"role {self.name!r}: min_nodes must be between 1 and nodes {self.nodes}, "
+                             f"got {self.min_nodes}")
         if not self.command:
             raise ValueError(f"role {self.name!r}: empty command")
 
@@ -159,8 +166,8 @@ class Execution(Protocol):
     def wait(self, timeout_s: float | None = None, on_status: StatusCallback | None = None,
              poll_s: float = 0.2) -> ExecutionOutcome:
         """Block until every node finished, or the timeout (then every node is killed and `timed_out` set).
-        `on_status` is called with all statuses whenever one changes. Stops early when any node fails
-        unless the role tolerates it (elastic roles: not yet)."""
+        `on_status` is called with all statuses whenever one changes. Stops early when any node fails, unless
+        its role is elastic (`Role.min_nodes`) and enough of its nodes remain."""
         ...
 
     def wait_ready(self, role: str) -> None:
@@ -173,8 +180,20 @@ class Execution(Protocol):
         """Failure injection: SIGKILL every process of one node, at once, without grace."""
         ...
 
+    def isolate_node(self, role: str, index: int, restore_after_s: float) -> None:
+        """Failure injection: the node leaves the network -- every process of it killed at once (`kill_node`),
+        then its link taken down, brought back up after `restore_after_s` where the executor can (a real host must
+        come back). hosts: the interface holding the host's address, on the host itself; Kubernetes: deleting
+        the pod (its network namespace goes with it); local: the processes only (loopback is this machine's)."""
+        ...
+
     def read_result(self, role: str, index: int, name: str) -> bytes:
         """The file `name` that the node wrote under its results volume."""
+        ...
+
+    def read_shared(self, name: str) -> bytes:
+        """The file `name` under the shared `checkpoints` volume (which every node sees alike), read through a
+        node that was not isolated; ExecutorError when it cannot be read."""
         ...
 
     def stop(self) -> None:
@@ -279,13 +298,26 @@ def wait_loop(execution: Execution, timeout_s: float, on_status: StatusCallback 
         last = snapshot
         if all(status.state.finished for status in statuses):
             return ExecutionOutcome(statuses)
-        if any(status.state in (NodeState.FAILED, NodeState.KILLED) for status in statuses):
+        if too_few_left(execution.workload, statuses):
             kill_all()  # one failed rank leaves the others blocked in a collective until their own timeout
             return ExecutionOutcome(execution.statuses())
         if time.monotonic() >= deadline:
             kill_all()
             return ExecutionOutcome(execution.statuses(), timed_out=True)
         time.sleep(poll_s)
+
+
+def too_few_left(workload: Workload, statuses: list[NodeStatus]) -> bool:
+    """Whether a role lost more nodes (failed or killed) than it tolerates: any, unless it is elastic."""
+    lost: dict[str, int] = {}
+    for status in statuses:
+        if status.state in (NodeState.FAILED, NodeState.KILLED):
+            lost[status.role] = lost.get(status.role, 0) + 1
+    for role in workload.roles:
+        tolerated = role.nodes - (role.min_nodes or role.nodes)
+        if lost.get(role.name, 0) > tolerated:
+            return True
+    return False
 
 
 def wait_ready_loop(execution: Execution, placements: list[Placement], role: str, poll_s: float = 0.1) -> None:

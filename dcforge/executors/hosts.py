@@ -203,6 +203,24 @@ def kill_tree_script(pid_file: str) -> str:
     return f"{TREE_FUNCTION}\npid=$(cat {shlex.quote(pid_file)} 2>/dev/null) && pids=$(tree $pid) && {KILL_TREE}; true"
 
 
+def link_down_script(address: str, restore_after_s: float) -> str:
+    """Take down the interface holding `address` on this host, and bring it back after `restore_after_s`.
+
+    The interface is found and the permission proven (`ip link set up` on an up link changes nothing) while the
+    ssh session still answers; the cut itself runs detached, half a second later, so the session that started it
+    ends first (it would otherwise hang on the link it just cut)."""
+    q = shlex.quote
+    find = f"ip -o addr show to {q(address)} | awk '{{sub(/@.*/, \"\", $2); print $2; exit}}'"
+    cut = f'sleep 0.5; ip link set dev "$0" down; sleep {restore_after_s:g}; ip link set dev "$0" up'
+    return "\n".join([
+        f"dev=$({find})",
+        f'[ -n "$dev" ] || {{ echo "no interface holds {address}" >&2; exit 3; }}',
+        'ip link set dev "$dev" up || exit 3',
+        f'setsid sh -c {q(cut)} "$dev" </dev/null >/dev/null 2>&1 &',
+        'echo "$dev"',
+    ])
+
+
 class HostsExecution(PlacedExecution):
     def __init__(self, workload: Workload, placements: list[Placement], hosts: dict[str, Host],
                  connections: SshConnections, run_dir: Path, run_id: str):
@@ -215,6 +233,8 @@ class HostsExecution(PlacedExecution):
         self._sessions: list[subprocess.Popen] = []
         self._logs: list = []
         self._killed: set[int] = set()
+        self._isolated: set[str] = set()
+        """Hosts whose link was taken down (isolate_node): nothing more is asked of them."""
         self._statuses = [NodeStatus(p.role.name, p.index, p.host, p.address,
                                      log_path=run_dir / f"{p.role.name}-{p.index}-{p.host}.log") for p in placements]
         self._stopped = False
@@ -265,13 +285,37 @@ class HostsExecution(PlacedExecution):
         self._killed.add(position)
         self._connections.run(self._hosts[placement.host], kill_tree_script(self._pid_file(placement)))
 
+    def isolate_node(self, role: str, index: int, restore_after_s: float) -> None:
+        """kill_node, then the host's interface down (link_down_script), up again after `restore_after_s`."""
+        position = self._position(role, index)
+        host = self._hosts[self._placements[position].host]
+        self.kill_node(role, index)
+        # the node's session ends once its supervisor saw the workload die: let that exit status arrive over the
+        # link before the link goes, or the ssh client would wait for its keep-alives to give up (15 s)
+        deadline = time.monotonic() + 3.0
+        while self._sessions[position].poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._isolated.add(host.name)
+        done = self._connections.run(host, link_down_script(host.address, restore_after_s))
+        if done.returncode != 0:
+            raise ExecutorError(f"host {host.name}: cannot take its link down: "
+                                f"{done.stderr.strip() or 'exit ' + str(done.returncode)}")
+
     def read_result(self, role: str, index: int, name: str) -> bytes:
         placement = self._placements[self._position(role, index)]
-        path = f"{placement.volumes[VolumePurpose.RESULTS.value]}/{name}"
-        done = subprocess.run(self._connections.command(self._hosts[placement.host], f"cat {shlex.quote(path)}"),
+        return self._cat(placement.host, f"{placement.volumes[VolumePurpose.RESULTS.value]}/{name}")
+
+    def read_shared(self, name: str) -> bytes:
+        placement = next((p for p in self._placements if p.host not in self._isolated), None)
+        if placement is None:
+            raise ExecutorError(f"every host of workload {self.workload.name!r} is isolated")
+        return self._cat(placement.host, f"{placement.volumes[VolumePurpose.CHECKPOINTS.value]}/{name}")
+
+    def _cat(self, host_name: str, path: str) -> bytes:
+        done = subprocess.run(self._connections.command(self._hosts[host_name], f"cat {shlex.quote(path)}"),
                               capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
         if done.returncode != 0:
-            raise ExecutorError(f"host {placement.host}: cannot read {path}: "
+            raise ExecutorError(f"host {host_name}: cannot read {path}: "
                                 f"{done.stderr.decode(errors='replace').strip() or 'exit ' + str(done.returncode)}")
         return done.stdout
 
@@ -297,8 +341,11 @@ class HostsExecution(PlacedExecution):
                 kill_group(self._sessions[position].pid, grace_s=1.0, reap=self._sessions[position].poll)
 
     def _remove_run_folders(self) -> None:
-        """The run's folder on every host (scratch, results, checkpoints): results were read before stop."""
+        """The run's folder on every host (scratch, results, checkpoints): results were read before stop. An
+        isolated host keeps its folder: its link may still be down (its processes are gone, that is what counts)."""
         for host in self._hosts.values():
+            if host.name in self._isolated:
+                continue
             try:
                 self._connections.run(host, f"rm -rf {shlex.quote(f'{REMOTE_RUN_ROOT}/{self._run_id}')}", timeout_s=30)
             except ExecutorError:

@@ -572,6 +572,13 @@ class KubernetesExecution:
         if pod is not None:
             self.objects.delete("Pod", pod["metadata"]["name"], grace_s=0)
 
+    def isolate_node(self, role: str, index: int, restore_after_s: float) -> None:
+        """Deleting the pod is both at once: its processes and its network namespace go (nothing to restore)."""
+        self.kill_node(role, index)
+
+    def read_shared(self, name: str) -> bytes:
+        raise ExecutorError("reading the shared checkpoints claim needs a pod that mounts it (not yet)")
+
     def read_result(self, role: str, index: int, name: str) -> bytes:
         """The file `name` the node left in its results volume, read back from its pod log."""
         self._current_statuses()

@@ -8,7 +8,8 @@ import socket
 import sys
 from pathlib import Path
 
-from dcforge.executors.base import NodeState, NodeStatus, PlacedExecution, Placement, VolumePurpose, Workload
+from dcforge.executors.base import (ExecutorError, NodeState, NodeStatus, PlacedExecution, Placement, VolumePurpose,
+                                    Workload)
 from dcforge.harness.processes import ManagedProcess
 
 LOOPBACK = "127.0.0.1"
@@ -71,9 +72,20 @@ class LocalExecution(PlacedExecution):
         if process.poll() is None:
             kill_tree(process_tree(process.pid))
 
+    def isolate_node(self, role: str, index: int, restore_after_s: float) -> None:
+        """The node's processes only: every node shares this machine's loopback, there is no link of its own."""
+        self.kill_node(role, index)
+
     def read_result(self, role: str, index: int, name: str) -> bytes:
         placement = self._placements[self._position(role, index)]
         return (Path(placement.volumes[VolumePurpose.RESULTS.value]) / name).read_bytes()
+
+    def read_shared(self, name: str) -> bytes:
+        path = Path(self._placements[0].volumes[VolumePurpose.CHECKPOINTS.value]) / name
+        try:
+            return path.read_bytes()
+        except OSError as error:
+            raise ExecutorError(f"cannot read {path}: {error.strerror or error}") from None
 
     def _terminate_all(self) -> None:
         trees = []

@@ -22,6 +22,27 @@ TORCHRUN_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "OMP_NUM_THREADS": "1
 
 
 @dataclass(frozen=True)
+class Elastic:
+    """torchrun `--nnodes min:max`: the job survives the loss of nodes down to `min_nodes`.
+
+    After a worker fails, every surviving agent restarts its workers (`max_restarts` times at most) and meets
+    the others at a new rendezvous round. That round can only start once the dead node is dropped from the
+    rendezvous state: when its heartbeat is `keep_alive_interval_s` × `keep_alive_max_attempt` old (torchrun's
+    defaults: 5 s × 3). Once `min_nodes` have joined, the round waits `last_call_s` more for others (default
+    30 s), then starts with those present. Node 0 hosts the rendezvous store: losing it ends the job."""
+
+    min_nodes: int
+    max_restarts: int = 1
+    last_call_s: int = 30
+    keep_alive_interval_s: int = 5
+    keep_alive_max_attempt: int = 3
+
+    def rdzv_conf(self) -> str:
+        return (f",last_call_timeout={self.last_call_s},keep_alive_interval={self.keep_alive_interval_s}"
+                f",keep_alive_max_attempt={self.keep_alive_max_attempt}")
+
+
+@dataclass(frozen=True)
 class TorchrunJob:
     script: str
     """A file in workloads/."""
@@ -34,6 +55,8 @@ class TorchrunJob:
     timeout_s: float = 300.0
     result_files: tuple[str, ...] = ()
     """Files the script writes under the results volume (rank 0 only, or every node): read back per node."""
+    elastic: Elastic | None = None
+    """None: exactly `nnodes`, and the first lost node ends the run."""
 
 
 @dataclass
@@ -61,15 +84,18 @@ def torchrun_workload(name: str, job: TorchrunJob, resources: Resources | None =
     """`resources`: what each node asks for (the kubernetes executor's `node_resources`: a whole machine of the
     pool); the local and hosts executors place nodes on machines that are theirs anyway."""
     run_id = f"{name}-{uuid.uuid4().hex[:8]}"
-    command = ("{python}", "-m", "torch.distributed.run", f"--nnodes={job.nnodes}",
+    elastic = job.elastic
+    nnodes = f"{elastic.min_nodes}:{job.nnodes}" if elastic else str(job.nnodes)
+    command = ("{python}", "-m", "torch.distributed.run", f"--nnodes={nnodes}",
                f"--nproc-per-node={job.nproc_per_node}", "--rdzv-backend=c10d",
                f"--rdzv-endpoint={{leader_address}}:{{port[{RENDEZVOUS_PORT}]}}", f"--rdzv-id={run_id}",
-               f"--rdzv-conf=is_host={{is_leader}},join_timeout={job.rendezvous_timeout_s}",
-               "--local-addr={node_address}", "--max-restarts=0", "--monitor-interval=0.2",
-               f"workloads/{job.script}", *job.args)
+               f"--rdzv-conf=is_host={{is_leader}},join_timeout={job.rendezvous_timeout_s}"
+               + (elastic.rdzv_conf() if elastic else ""),
+               "--local-addr={node_address}", f"--max-restarts={elastic.max_restarts if elastic else 0}",
+               "--monitor-interval=0.2", f"workloads/{job.script}", *job.args)
     env = {**TORCHRUN_ENV, **socket_env(job.socket_ifname)}
     role = Role("torchrun", command, env=env, nodes=job.nnodes, resources=resources or Resources(),
-                ports=(RENDEZVOUS_PORT,))
+                ports=(RENDEZVOUS_PORT,), min_nodes=elastic.min_nodes if elastic else None)
     return Workload(name, (role,), volumes=(VolumePurpose.SCRATCH, VolumePurpose.CHECKPOINTS,
                                             VolumePurpose.RESULTS), timeout_s=job.timeout_s)
 

@@ -1,11 +1,10 @@
-"""The hosts executor over real SSH to network-namespace hosts (tests/integration/netns_hosts.py).
+"""The hosts executor over real SSH to network-namespace hosts (benchmarks/netns_hosts.py).
 
 Root, iproute2 and openssh-server are needed (`make system-deps`); otherwise every test here skips and says why.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -17,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.netns_hosts import (IFNAME, accept_on_hosts, cpu_limit_missing, missing_prerequisites, namespace_hosts,
+                                    section_for, write_hosts_env)
 from dcforge.executors.base import ExecutorError, NodeState, Role, Workload
 from dcforge.executors.hosts import Host, HostsExecutor, HostUnreachable, SshOptions
 from dcforge.executors.torchrun import TorchrunJob, run_torchrun_job
-from tests.integration.netns_hosts import IFNAME, cpu_limit_missing, missing_prerequisites, namespace_hosts
 from workloads.records import TrainStep, read_records
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow]
 
 _missing = missing_prerequisites()
@@ -156,26 +155,6 @@ def test_three_node_training(hosts, tmp_path):
     assert no_workload_left(hosts) == [set(), set(), set()]
 
 
-def write_hosts_env(tmp_path: Path, hosts_section: dict, checks: list[str], settings: dict) -> Path:
-    """stacks/Pulumi.nshosts.yaml under tmp_path: the local environment with acceptance target hosts."""
-    import yaml
-
-    document = yaml.safe_load((REPO / "stacks" / "Pulumi.local.yaml").read_text())
-    document["config"]["dcforge:acceptance"] = {"checks": checks, "settings": settings, "target": "hosts",
-                                                "hosts": hosts_section, "defaultTimeoutS": 240}
-    stacks = tmp_path / "stacks"
-    stacks.mkdir()
-    (stacks / "Pulumi.nshosts.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
-    return stacks
-
-
-def section_for(env) -> dict:
-    first = env.hosts[0]
-    return {"hosts": [{"name": h.name, "address": h.address} for h in env.hosts], "user": "root",
-            "identityFile": first.identity_file, "knownHostsFile": first.known_hosts_file,
-            "socketIfname": IFNAME, "connectTimeoutS": 3}
-
-
 @needs_namespaces
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -203,15 +182,6 @@ def test_interrupted_accept_leaves_no_process_in_any_namespace(hosts, tmp_path, 
             accept.wait()
     assert accept.returncode == 128 + sig, output[-3000:]
     assert no_workload_left(hosts) == [set(), set(), set()]
-
-
-def accept_on_hosts(tmp_path: Path, hosts_section: dict, checks: list[str], settings: dict) -> tuple:
-    """`dcforge accept` on an environment whose acceptance target is hosts; returns (process, report)."""
-    stacks = write_hosts_env(tmp_path, hosts_section, checks, settings)
-    proc = subprocess.run([sys.executable, "-m", "dcforge.cli", "accept", "--env", "nshosts"], capture_output=True,
-                          text=True, timeout=280, cwd=tmp_path, env={**os.environ, "DCFORGE_STACKS_DIR": str(stacks)})
-    reports = list((tmp_path / "reports" / "nshosts").glob("*/report.json"))
-    return proc, json.loads(reports[0].read_text()) if reports else None
 
 
 @needs_namespaces

@@ -176,3 +176,54 @@ def test_wait_ready_names_the_node_that_exits_or_stays_silent(tmp_path):
             execution.wait_ready("quits")
         with pytest.raises(ExecutorError, match=r"^silent/0 on local not ready \(log line 'up'\) within 1 s"):
             execution.wait_ready("silent")
+
+
+def test_an_elastic_role_goes_on_after_losing_the_nodes_it_tolerates(tmp_path):
+    # node 2 fails at once; 0 and 1 finish: an elastic role (min 2 of 3) is not stopped by the loss...
+    role = Role("worker", ("{python}", "-c", "import sys, time; sys.exit(3) if {node_index} == 2 else time.sleep(1)"),
+                nodes=3, min_nodes=2)
+    with LocalExecutor(grace_s=1).start(Workload("demo", (role,)), tmp_path) as execution:
+        outcome = execution.wait(30)
+    assert [s.state for s in outcome.nodes] == [NodeState.SUCCEEDED, NodeState.SUCCEEDED, NodeState.FAILED]
+    assert not outcome.succeeded
+    # ... but a second loss is one too many: the last node is stopped at once
+    role = Role("worker", ("{python}", "-c", "import sys, time; sys.exit(3) if {node_index} else time.sleep(60)"),
+                nodes=3, min_nodes=2)
+    started = time.monotonic()
+    with LocalExecutor(grace_s=1).start(Workload("demo", (role,)), tmp_path / "two") as execution:
+        outcome = execution.wait(60)
+    assert time.monotonic() - started < 20 and outcome.nodes[0].state is NodeState.KILLED
+    with pytest.raises(ValueError, match="min_nodes must be between 1 and nodes 3"):
+        Role("worker", ("true",), nodes=3, min_nodes=4)
+
+
+def test_isolating_a_local_node_kills_it_and_the_shared_volume_reads_from_any_node(tmp_path):
+    role = Role("worker", ("{python}", "-c", "import sys, time; open(sys.argv[1], 'a').write('x'); time.sleep(60)",
+                           "{volume[checkpoints]}/shared.txt"), nodes=2, min_nodes=1)
+    workload = Workload("demo", (role,), volumes=(VolumePurpose.CHECKPOINTS, VolumePurpose.RESULTS))
+    with LocalExecutor(grace_s=1).start(workload, tmp_path) as execution:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if execution.read_shared("shared.txt") == b"xx":
+                    break
+            except ExecutorError:
+                pass
+            time.sleep(0.05)
+        execution.isolate_node("worker", 1, restore_after_s=1.0)
+        outcome = execution.wait(1.0)
+        with pytest.raises(ExecutorError, match="cannot read .*missing.txt"):
+            execution.read_shared("missing.txt")
+    assert outcome.timed_out  # node 0 was left running: the loss of node 1 is tolerated
+    assert outcome.nodes[1].state is NodeState.KILLED and outcome.nodes[1].exit_code == -9
+
+
+def test_link_down_script_finds_the_interface_proves_permission_and_cuts_detached():
+    from dcforge.executors.hosts import link_down_script
+
+    script = link_down_script("10.251.3.12", 20)
+    assert "ip -o addr show to 10.251.3.12" in script
+    lines = script.splitlines()
+    assert lines[2] == 'ip link set dev "$dev" up || exit 3'  # fails without CAP_NET_ADMIN, before anything is cut
+    assert lines[3].startswith("setsid sh -c 'sleep 0.5; ip link set dev \"$0\" down; sleep 20; ip link set dev")
+    assert lines[3].endswith('"$dev" </dev/null >/dev/null 2>&1 &')

@@ -16,7 +16,7 @@ from dcforge.harness.check import CheckContext
 from dcforge.harness.result import CheckResult, Status
 from dcforge.spec.loader import load_environment
 from workloads.allreduce import bus_bandwidth_factor, message_sizes, parse_size
-from workloads.records import TrainFault, TrainStart, TrainStep
+from workloads.records import TrainCheckpointSaved, TrainFault, TrainStart, TrainStep
 from workloads.train import lr_factor
 from workloads.train_config import TrainConfig, TrainConfigError, field_docs, parse_args
 from workloads.train_data import SyntheticBigramData, rank_slice
@@ -143,3 +143,81 @@ def test_checkpoint_ratio_is_the_median_of_paired_rounds():
     assert median_ratio([1.0, 1.0, 1.0], [2.0, 1.0, 4.0]) == 0.5
     with pytest.raises(ValueError):
         median_ratio([1.0], [1.0, 2.0])
+
+
+def test_elastic_torchrun_command_names_min_max_nodes_restarts_and_the_rendezvous_timings():
+    from dcforge.executors.torchrun import Elastic, TorchrunJob, torchrun_workload
+
+    plain = torchrun_workload("t", TorchrunJob("train.py", (), nnodes=3)).roles[0]
+    assert "--nnodes=3" in plain.command and "--max-restarts=0" in plain.command and plain.min_nodes is None
+    job = TorchrunJob("train.py", (), nnodes=3, elastic=Elastic(min_nodes=2, last_call_s=3, keep_alive_interval_s=1,
+                                                                 keep_alive_max_attempt=3))
+    role = torchrun_workload("t", job).roles[0]
+    assert "--nnodes=2:3" in role.command and "--max-restarts=1" in role.command and role.min_nodes == 2
+    conf = next(part for part in role.command if part.startswith("--rdzv-conf="))
+    assert conf == ("--rdzv-conf=is_host={is_leader},join_timeout=60,last_call_timeout=3,keep_alive_interval=1,"
+                    "keep_alive_max_attempt=3")
+    assert role.env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1"
+
+
+def _group(world, steps, attempt=0, saved=(), t0=100.0, resumed=None):
+    records = [TrainStart(time=t0, attempt=attempt, resumed_from_step=resumed, world_size=world, device="cpu",
+                          preset="tiny")]
+    for i, step in enumerate(steps):
+        records += _steps([5.0], attempt=attempt, start=step, t0=t0 + 1 + i)
+        if step in saved:
+            records.append(TrainCheckpointSaved(step=step, bytes=1, save_s=0.1, time=t0 + 1.5 + i))
+    return records
+
+
+@pytest.mark.parametrize("steps, saved, due", [
+    ([1, 2, 3, 4, 5], (4,), False),        # step 6 (failAtStep − 1) not complete yet
+    ([1, 2, 3, 4, 5, 6], (4,), True),       # the step in progress (7) is failAtStep
+    ([1, 2, 3, 4, 5, 6, 7], (4,), False),   # late: step 8 saves a checkpoint next -- wait for it
+    ([1, 2, 3, 4, 5, 6, 7, 8], (4,), False),  # its save is under way
+    ([1, 2, 3, 4, 5, 6, 7, 8], (4, 8), True),
+])
+def test_the_node_is_isolated_between_checkpoints_once_failatstep_is_under_way(steps, saved, due):
+    from dcforge.checks.failover_multinode import kill_due
+
+    assert kill_due(_group(3, steps, saved=saved), fail_at_step=7, checkpoint_every=4, world_size=3) is due
+    # a first rendezvous round that a slow node missed: not the whole world yet
+    assert not kill_due(_group(2, steps, saved=saved), fail_at_step=7, checkpoint_every=4, world_size=3)
+    assert kill_due(_group(3, [1, 2, 3], saved=(1, 2, 3)), fail_at_step=3, checkpoint_every=1, world_size=3)
+
+
+def test_multinode_failover_judgement_reuses_the_single_node_formulas():
+    from dcforge.checks.failover_multinode import TrainFailoverMultinodeCheck, TrainFailoverMultinodeConfig, with_fault
+
+    records = _group(3, [1, 2, 3, 4, 5, 6], saved=(4,))  # step 6 done at t=106
+    records += _group(2, range(5, 13), attempt=1, t0=115.0, resumed=4)
+    judged = with_fault(records, 106.5, "ns-host-2")
+    fault = next(r for r in judged if isinstance(r, TrainFault))
+    assert (fault.step, fault.rank, fault.node, fault.time) == (7, None, "ns-host-2", 106.5)
+    assert isinstance(judged[judged.index(fault) + 1], TrainStart)  # just before the restart it caused
+    result = CheckResult("train_failover_multinode", declared=TrainFailoverMultinodeCheck.metrics)
+    judge_recovery(result, judged, TrainFailoverMultinodeConfig())
+    assert result.status == Status.PASS, result.reason
+    assert result.metrics["steps_lost"].value == 3 and result.metrics["resumed_step"].value == 4
+    assert result.metrics["time_to_resume_s"].value == pytest.approx(116.0 - 106.5)
+    assert result.plots[0].markers[0]["label"] == "node ns-host-2 isolated at step 7"
+
+
+def test_multinode_failover_settings_refuse_a_fault_before_the_first_checkpoint():
+    from dcforge.checks.failover_multinode import TrainFailoverMultinodeConfig
+
+    with pytest.raises(ValidationError, match="checkpointEvery 4 must be below failAtStep 4"):
+        TrainFailoverMultinodeConfig(fail_at_step=4)
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        TrainFailoverMultinodeConfig(fail_node=0)  # node 0 hosts the rendezvous store
+
+
+def test_multinode_failover_refuses_a_node_it_does_not_have_and_a_batch_the_survivors_cannot_split(tmp_path):
+    from dcforge.checks.failover_multinode import TrainFailoverMultinodeCheck, TrainFailoverMultinodeConfig
+
+    ctx = CheckContext(env=load_environment("local"), report_dir=tmp_path, deadline=time.monotonic() + 60)
+    with pytest.raises(ConfigError, match=r"settings.train_failover_multinode.failNode: node 5 is not one of the 3 "):
+        TrainFailoverMultinodeCheck().run(ctx, TrainFailoverMultinodeConfig(fail_node=5))
+    with pytest.raises(ConfigError, match=r"train_failover_multinode.globalBatchSize: global_batch_size 9 is not "
+                                          r"divisible by the world size 2"):  # 3 ranks before the loss, 2 after
+        TrainFailoverMultinodeCheck().run(ctx, TrainFailoverMultinodeConfig(global_batch_size=9))

@@ -11,16 +11,22 @@ quota on a cgroup v1 cpu group holding its sshd).
 Everything is removed on exit, also when setup or the test fails: every process in the namespaces is killed,
 then the cpu groups, namespaces, links and bridge are deleted. Only the namespaces' addresses and loopback carry
 traffic.
+
+The integration tests (tests/integration/test_hosts_executor.py, ...) and the multi-node benchmarks
+(benchmarks/bisection_rounds.py, benchmarks/multinode_busbw.py) both build their hosts here, and run
+`dcforge accept` on them through `accept_on_hosts`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +34,7 @@ from pathlib import Path
 
 from dcforge.executors.hosts import Host
 
+REPO = Path(__file__).resolve().parents[1]
 SSHD = "/usr/sbin/sshd"
 CPU_CGROUP = Path("/sys/fs/cgroup/cpu")
 """The cgroup v1 cpu controller: where `limit_cpu` puts a host's processes under a CFS quota."""
@@ -215,3 +222,33 @@ def namespace_hosts(count: int, work_dir: Path):
         for veth in host_veths:
             subprocess.run(["ip", "link", "del", veth], capture_output=True)
         subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+
+
+def write_hosts_env(tmp_path: Path, hosts_section: dict, checks: list[str], settings: dict) -> Path:
+    """stacks/Pulumi.nshosts.yaml under tmp_path: the local environment with acceptance target hosts."""
+    import yaml
+
+    document = yaml.safe_load((REPO / "stacks" / "Pulumi.local.yaml").read_text())
+    document["config"]["dcforge:acceptance"] = {"checks": checks, "settings": settings, "target": "hosts",
+                                                "hosts": hosts_section, "defaultTimeoutS": 240}
+    stacks = tmp_path / "stacks"
+    stacks.mkdir()
+    (stacks / "Pulumi.nshosts.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    return stacks
+
+
+def section_for(env: NamespaceHosts) -> dict:
+    """The `acceptance.hosts` section naming every namespace host."""
+    first = env.hosts[0]
+    return {"hosts": [{"name": h.name, "address": h.address} for h in env.hosts], "user": "root",
+            "identityFile": first.identity_file, "knownHostsFile": first.known_hosts_file,
+            "socketIfname": IFNAME, "connectTimeoutS": 3}
+
+
+def accept_on_hosts(tmp_path: Path, hosts_section: dict, checks: list[str], settings: dict) -> tuple:
+    """`dcforge accept` on an environment whose acceptance target is hosts; returns (process, report)."""
+    stacks = write_hosts_env(tmp_path, hosts_section, checks, settings)
+    proc = subprocess.run([sys.executable, "-m", "dcforge.cli", "accept", "--env", "nshosts"], capture_output=True,
+                          text=True, timeout=280, cwd=tmp_path, env={**os.environ, "DCFORGE_STACKS_DIR": str(stacks)})
+    reports = list((tmp_path / "reports" / "nshosts").glob("*/report.json"))
+    return proc, json.loads(reports[0].read_text()) if reports else None
