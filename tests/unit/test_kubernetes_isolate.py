@@ -16,7 +16,7 @@ from tests.unit.test_kubernetes_executor import (NS, cluster, executor, job_name
 def test_isolating_a_node_deletes_its_pod_and_an_elastic_role_goes_on(spec, cluster, tmp_path):
     job = TorchrunJob("train.py", (), nnodes=2, timeout_s=30, elastic=Elastic(min_nodes=1))
     with executor(spec, cluster).start(torchrun_workload("train", job), tmp_path) as execution:
-        pods = cluster.start_job_pods(NS, job_name(spec))
+        pods = cluster.start_job_pods(NS, job_name(execution))
         for pod in pods:
             cluster.set_pod_status(NS, pod, {"phase": "Running", "podIP": "10.244.0.9"})
         until(lambda: {s.state for s in execution.statuses()} == {NodeState.RUNNING})
