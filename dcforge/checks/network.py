@@ -32,7 +32,8 @@ IPERF_PORT = "iperf"
 
 class NetworkCheckConfig(CheckConfig):
     nodes: int | None = Field(default=None, ge=2)
-    """Nodes to measure; default every host of acceptance.hosts, or 2 on target local."""
+    """Nodes to measure; default every host of acceptance.hosts, every Ready node of the acceptance pool on target
+    kubernetes (pinned by name), or 2 on target local."""
     seconds: int = Field(default=2, ge=1, le=60)
     """Length of each pair's iperf3 test."""
     outlier_fraction: float = Field(default=0.5, gt=0, lt=1)

@@ -125,7 +125,8 @@ def outliers(figures: dict[int, float], fraction: float) -> list[int]:
 
 class SlowNodeConfig(CheckConfig):
     nodes: int | None = Field(default=None, ge=2)
-    """Nodes to search; default every host of acceptance.hosts, or 2 on target local."""
+    """Nodes to search; default every host of acceptance.hosts, every Ready node of the acceptance pool on target
+    kubernetes (pinned by name), or 2 on target local."""
     message_bytes: str = "256K"
     """All-reduce message size per pair (binary units)."""
     iterations: int = Field(default=20, ge=20)
