@@ -320,3 +320,46 @@ def test_slow_node_asking_for_more_nodes_than_the_pool_has_ready_is_one_line(clu
     assert check["reason"] == ("slow_node: dcforge:acceptance.settings.slow_node.nodes is 3, but the acceptance pool "
                                "gpu-a has 2 Ready, schedulable nodes (gpu-node-a, gpu-node-b)")
     assert labelled(cluster) == []
+
+
+def test_network_pins_each_pair_server_and_client_to_their_named_nodes(cluster, tmp_path, env_file):
+    """iperf3 between every pair of three pool nodes: node 0 (the server) on the pair's second node, node 1 (the
+    client, whose output is read) on its first; the pairs with gpu-node-c are slow, so gpu-node-c is the outlier."""
+    for name in ("gpu-node-a", "gpu-node-b", "gpu-node-c"):
+        cluster.add_node(name, POOL_LABELS)
+    placed: dict[str, dict[str, tuple[str, str]]] = {}
+    clients: list[str] = []
+
+    def play(pods: list[str]) -> None:
+        (pod,) = pods
+        obj = next(o for o in cluster.objects(NS) if o["metadata"]["name"] == pod)
+        node = cluster.pinned_node(NS, pod)
+        cluster.bind_pod(NS, pod, node)
+        cluster.set_pod_status(NS, pod, {"phase": "Running", "podIP": "10.244.0.40"})
+        pair = placed.setdefault(obj["metadata"]["labels"][EXECUTION_LABEL], {})
+        pair[obj["metadata"]["labels"][NODE_INDEX_LABEL]] = (pod, node)
+        if len(pair) == 2:
+            client, client_node = pair["1"]
+            clients.append(client_node)
+            gbps = 1.0 if "gpu-node-c" in {node for _, node in pair.values()} else 9.0
+            folder = tmp_path / client
+            folder.mkdir()
+            (folder / "iperf.json").write_text(json.dumps({"end": {"sum_received": {"bits_per_second": gbps * 1e9},
+                                                                   "streams": [{"sender": {"mean_rtt": 80}}]}}))
+            cluster.write_log(NS, client, "\n".join(result_lines(folder)) + "\n")
+            for member, _ in pair.values():
+                cluster.set_pod_status(NS, member, {"phase": "Succeeded"})
+
+    env = env_file("cluster", replace={"dcforge:gpuPools: []": POOL, "network: {nodes: 2,": "network: {nodes: 3,"})
+    with Kubelet(cluster, play):
+        CliRunner().invoke(app, ["accept", "--env-file", str(env), "--only", "network", "--kubeconfig",
+                                 str(kubeconfig_for(cluster.url, tmp_path)), "--reports", str(tmp_path / "reports")])
+    (report_dir,) = (tmp_path / "reports" / "cluster").iterdir()
+    (check,) = [c for c in json.loads((report_dir / "report.json").read_text())["checks"] if c["name"] == "network"]
+    assert check["status"] == "fail" and check["reason"].startswith("outliers: gpu-node-c "), check
+    pairs = [p["nodes"] for p in check["details"]["pairs"]]
+    assert pairs == [["gpu-node-a", "gpu-node-b"], ["gpu-node-a", "gpu-node-c"], ["gpu-node-b", "gpu-node-c"]]
+    assert clients == [client for client, _ in pairs]  # each client pod ran on the node the pair names first
+    assert [(r["host"], r["kubernetes_node"], r["outlier"]) for r in check["details"]["nodes"]] == [
+        ("gpu-node-a", "gpu-node-a", False), ("gpu-node-b", "gpu-node-b", False), ("gpu-node-c", "gpu-node-c", True)]
+    assert labelled(cluster) == []
