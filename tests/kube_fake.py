@@ -175,12 +175,13 @@ class FakeCluster:
                                   "job-name": job})
                 for index in range(spec["completions"])]
 
-    def add_node(self, name: str, labels: dict[str, str], ready: bool = True, unschedulable: bool = False) -> None:
-        """A Node as the kubelet registers it: its labels, its Ready condition, cordoned or not."""
+    def add_node(self, name: str, labels: dict[str, str], ready: bool = True, unschedulable: bool = False,
+                 taints: list[dict[str, str]] | None = None) -> None:
+        """A Node as the kubelet registers it: its labels, its Ready condition, cordoned or not, its taints."""
         from kubernetes import client
 
         node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels},
-                "spec": {"unschedulable": unschedulable},
+                "spec": {"unschedulable": unschedulable, "taints": taints or []},
                 "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
         client.CoreV1Api(self.api_client("fake-kubelet")).create_node(node, _preload_content=False)
 

@@ -66,7 +66,7 @@ def executor_for(ctx: CheckContext, check: str, nodes: int | None, pin: bool = F
     if acceptance.target == "kubernetes":
         executor = kubernetes_executor(ctx)
         if pin and ctx.env.spec.acceptance_pool is not None:  # no GPU pool (a CPU test cluster): pods may share
-            executor = pinned_to_pool(ctx, check, executor, nodes)
+            executor = pinned_to_pool(check, executor, nodes)
             return executor, len(executor.nodes), None
         return executor, nodes or _pool_nodes(ctx), None
     raise CheckSkipped(f"multi-node checks run on target local, hosts or kubernetes, not {acceptance.target}")
@@ -84,14 +84,13 @@ def kubernetes_executor(ctx: CheckContext):
                               context=ctx.cluster.context)
 
 
-def pinned_to_pool(ctx: CheckContext, check: str, executor, nodes: int | None):
+def pinned_to_pool(check: str, executor, nodes: int | None):
     """`executor` pinned to the acceptance pool's Ready, schedulable nodes in name order, the first `nodes` of them
     (default all, at least 2); ExecutorError (one line) when the pool has fewer."""
     names = executor.pool_nodes()
     if len(names) < (nodes or 2):
-        pool = ctx.env.spec.acceptance_pool
         asked = f"dcforge:acceptance.settings.{check}.nodes is {nodes}" if nodes else "it needs at least 2 nodes"
-        raise ExecutorError(f"{check}: {asked}, but the acceptance pool {pool.name if pool else '(none)'} has "
+        raise ExecutorError(f"{check}: {asked}, but the acceptance pool {executor.target.pool.name} has "
                             f"{len(names)} Ready, schedulable nodes" + (f" ({', '.join(names)})" if names else ""))
     return executor.pinned(names[:nodes] if nodes else names)
 

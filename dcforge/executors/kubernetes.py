@@ -37,6 +37,7 @@ from dcforge.executors.kubernetes_objects import (EXECUTION_LABEL, JOB_INDEX_LAB
                                                   prerequisite_objects, run_label_value, target_for,
                                                   workload_objects)
 from dcforge.executors.pod_results import parse_results
+from dcforge.manifests.gpu_node_pool import pool_tolerations
 from dcforge.spec.models import Environment
 
 __all__ = ["EXECUTOR_API_ACCESS", "KubernetesExecution", "KubernetesExecutor", "LabelledObjects", "clean_runs",
@@ -624,14 +625,24 @@ class KubernetesExecution:
         self.stop()
 
 
-def _takes_pods(node: dict[str, Any], selector: str) -> bool:
-    """Ready, not cordoned, and carrying every label of `selector` (also where the server did not apply it)."""
+def _takes_pods(node: dict[str, Any], wanted: dict[str, str], tolerations: list[dict[str, str]]) -> bool:
+    """Ready, not cordoned, carrying every `wanted` label (the selector, also where the server did not apply it),
+    and no NoSchedule/NoExecute taint the pods do not tolerate (e.g. `accept --taint-failed`'s): a pod pinned there
+    would only wait Unschedulable."""
     labels = (node.get("metadata") or {}).get("labels") or {}
-    wanted = dict(pair.split("=", 1) for pair in selector.split(",") if pair)
+    spec = node.get("spec") or {}
     ready = any(c.get("type") == "Ready" and c.get("status") == "True"
                 for c in (node.get("status") or {}).get("conditions") or [])
-    return ready and not (node.get("spec") or {}).get("unschedulable") and all(
-        labels.get(k) == v for k, v in wanted.items())
+    repelled = any(taint.get("effect") in ("NoSchedule", "NoExecute") and not _tolerated(taint, tolerations)
+                   for taint in spec.get("taints") or [])
+    return ready and not spec.get("unschedulable") and not repelled and all(
+        labels.get(key) == value for key, value in wanted.items())
+
+
+def _tolerated(taint: dict[str, Any], tolerations: list[dict[str, str]]) -> bool:
+    """Kubernetes' toleration match: same key (or none), same effect (or none), value equal unless `Exists`."""
+    return any(t.get("key") in (None, taint.get("key")) and t.get("effect") in (None, "", taint.get("effect"))
+               and (t.get("operator") == "Exists" or t.get("value") == taint.get("value")) for t in tolerations)
 
 
 def _index_of(pod: dict[str, Any]) -> int | None:
@@ -677,20 +688,23 @@ class KubernetesExecutor:
 
     def pool_nodes(self) -> list[str]:
         """The pool's nodes that can take a pod now, by name: carrying the pool's labels (the pods' nodeSelector),
-        Ready and not cordoned. One request, exactly NODE_LIST_ACCESS; ExecutorError (one line) when it fails."""
+        Ready, not cordoned, no taint the pods do not tolerate. One request, exactly NODE_LIST_ACCESS; ExecutorError
+        (one line) when it fails."""
         from kubernetes import client
 
         if self._api_client is None:
             self._api_client = client_from_kubeconfig(self._kubeconfig, self._context)
         pool = self.target.pool
-        selector = ",".join(f"{k}={v}" for k, v in pool_selector(pool).items()) if pool is not None else ""
+        wanted = pool_selector(pool) if pool is not None else {}
+        tolerations = pool_tolerations(pool) if pool is not None else []
+        selector = ",".join(f"{key}={value}" for key, value in wanted.items())
         try:
             response = client.CoreV1Api(self._api_client).list_node(
                 label_selector=selector, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
         except Exception as error:  # noqa: BLE001 (ApiException, urllib3 errors: reported in one line)
             raise api_error(f"listing the nodes labelled {selector or '(any)'}", error) from None
         items = json.loads(response.data).get("items") or []
-        return sorted(n["metadata"]["name"] for n in items if _takes_pods(n, selector))
+        return sorted(n["metadata"]["name"] for n in items if _takes_pods(n, wanted, tolerations))
 
     @property
     def node_resources(self) -> Resources:

@@ -374,11 +374,14 @@ def test_the_live_view_gets_why_a_pod_waits(spec, cluster, tmp_path):
 
 
 def test_a_pinned_executor_runs_node_i_on_the_ith_named_node_with_only_the_declared_access(spec, cluster, tmp_path):
-    """`pool_nodes` lists the pool's Ready, schedulable nodes by its labels; `pinned` puts node i on nodes[i] (one
-    Job per node); the whole run needs exactly EXECUTOR_API_ACCESS and NODE_LIST_ACCESS (403 for anything else)."""
+    """`pool_nodes` lists the pool's nodes (by its labels) that are Ready, not cordoned and carry no taint the pods
+    do not tolerate; `pinned` puts node i on nodes[i] (one Job per node); the whole run needs exactly
+    EXECUTOR_API_ACCESS and NODE_LIST_ACCESS (403 for anything else)."""
     labels = pool_selector(spec.acceptance_pool)
-    for name, extra in (("gpu-c", {}), ("gpu-a", {}), ("gpu-b", {}), ("gpu-down", {"ready": False}),
-                        ("gpu-cordoned", {"unschedulable": True})):
+    gpu = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}  # the pool's own: tolerated
+    failed = {"key": "dcforge.io/acceptance", "value": "failed", "effect": "NoSchedule"}  # --taint-failed's: not
+    for name, extra in (("gpu-c", {"taints": [gpu]}), ("gpu-a", {}), ("gpu-b", {}), ("gpu-down", {"ready": False}),
+                        ("gpu-cordoned", {"unschedulable": True}), ("gpu-failed", {"taints": [gpu, failed]})):
         cluster.add_node(name, labels, **extra)
     cluster.add_node("cpu-x", {"kubernetes.io/os": "linux"})
     cluster.grant("dcforge-test", rbac_rules(EXECUTOR_API_ACCESS + NODE_LIST_ACCESS))
