@@ -34,7 +34,7 @@ RBAC_VERBS = {kmock.action.LIST: "list", kmock.action.WATCH: "watch", kmock.acti
               kmock.action.CREATE: "create", kmock.action.UPDATE: "patch", kmock.action.DELETE: "delete"}
 
 
-BUILT_IN_RESOURCES = ("v1/pods", "v1/services", "v1/persistentvolumeclaims", "v1/events", "batch/v1/jobs",
+BUILT_IN_RESOURCES = ("v1/nodes", "v1/pods", "v1/services", "v1/persistentvolumeclaims", "v1/events", "batch/v1/jobs",
                       "apps/v1/deployments", "networking.k8s.io/v1/networkpolicies")
 
 
@@ -166,11 +166,33 @@ class FakeCluster:
         return name
 
     def start_job_pods(self, namespace: str, job: str) -> list[str]:
-        """The Job controller: one pod per completion index of an Indexed Job, labelled with its index."""
+        """The Job controller: one pod per completion index of an Indexed Job, labelled with its index (a
+        NonIndexed Job's pods carry no index)."""
         spec = self._read("BatchV1Api", "read_namespaced_job", namespace, job)["spec"]
+        indexed = spec.get("completionMode") == "Indexed"
         return [self._create_pod(namespace, f"{job}-{index}-{uuid.uuid4().hex[:5]}", spec["template"],
-                                 {"batch.kubernetes.io/job-completion-index": str(index), "job-name": job})
+                                 {**({"batch.kubernetes.io/job-completion-index": str(index)} if indexed else {}),
+                                  "job-name": job})
                 for index in range(spec["completions"])]
+
+    def add_node(self, name: str, labels: dict[str, str], ready: bool = True, unschedulable: bool = False,
+                 taints: list[dict[str, str]] | None = None) -> None:
+        """A Node as the kubelet registers it: its labels, its Ready condition, cordoned or not, its taints."""
+        from kubernetes import client
+
+        node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels},
+                "spec": {"unschedulable": unschedulable, "taints": taints or []},
+                "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+        client.CoreV1Api(self.api_client("fake-kubelet")).create_node(node, _preload_content=False)
+
+    def pinned_node(self, namespace: str, pod: str) -> str | None:
+        """The scheduler's reading of a pod's required node affinity: the one node name it allows, if any."""
+        spec = self._read("CoreV1Api", "read_namespaced_pod", namespace, pod)["spec"]
+        terms = ((((spec.get("affinity") or {}).get("nodeAffinity") or {})
+                  .get("requiredDuringSchedulingIgnoredDuringExecution") or {}).get("nodeSelectorTerms") or [])
+        names = [value for term in terms for field in term.get("matchFields") or []
+                 if field["key"] == "metadata.name" and field["operator"] == "In" for value in field["values"]]
+        return names[0] if len(names) == 1 else None
 
     def start_deployment_pods(self, namespace: str, deployment: str) -> list[str]:
         """The ReplicaSet controller: `replicas` pods of the Deployment's template."""

@@ -45,8 +45,10 @@ class TrainMultinodeConfig(TrainCheckConfig):
     """How long nodes wait for each other at the c10d rendezvous."""
 
 
-def executor_for(ctx: CheckContext, check: str, nodes: int | None):
-    """The executor `acceptance.target` selects, the node count, and the socket interface for collectives."""
+def executor_for(ctx: CheckContext, check: str, nodes: int | None, pin: bool = False):
+    """The executor `acceptance.target` selects, the node count, and the socket interface for collectives.
+    `pin` (checks that name nodes): on target kubernetes with a GPU pool, the executor is pinned to the pool's first
+    `nodes` Ready nodes by name (`pinned_to_pool`), so node i is a named machine, as a host is on target hosts."""
     from dcforge.executors.hosts import HostsExecutor, SshOptions
     from dcforge.executors.inventory import acceptance_hosts
     from dcforge.executors.local import LocalExecutor
@@ -62,7 +64,11 @@ def executor_for(ctx: CheckContext, check: str, nodes: int | None):
     if acceptance.target == "local":
         return LocalExecutor(), nodes or 2, LOOPBACK_IFNAME
     if acceptance.target == "kubernetes":
-        return kubernetes_executor(ctx), nodes or _pool_nodes(ctx), None
+        executor = kubernetes_executor(ctx)
+        if pin and ctx.env.spec.acceptance_pool is not None:  # no GPU pool (a CPU test cluster): pods may share
+            executor = pinned_to_pool(check, executor, nodes)
+            return executor, len(executor.nodes), None
+        return executor, nodes or _pool_nodes(ctx), None
     raise CheckSkipped(f"multi-node checks run on target local, hosts or kubernetes, not {acceptance.target}")
 
 
@@ -76,6 +82,17 @@ def kubernetes_executor(ctx: CheckContext):
         raise ConfigError(ctx.env.path, "dcforge:acceptance.image", IMAGE_MISSING)
     return KubernetesExecutor(ctx.env.spec, ctx.run_id, kubeconfig=ctx.cluster.kubeconfig,
                               context=ctx.cluster.context)
+
+
+def pinned_to_pool(check: str, executor, nodes: int | None):
+    """`executor` pinned to the acceptance pool's Ready, schedulable nodes in name order, the first `nodes` of them
+    (default all, at least 2); ExecutorError (one line) when the pool has fewer."""
+    names = executor.pool_nodes()
+    if len(names) < (nodes or 2):
+        asked = f"dcforge:acceptance.settings.{check}.nodes is {nodes}" if nodes else "it needs at least 2 nodes"
+        raise ExecutorError(f"{check}: {asked}, but the acceptance pool {executor.target.pool.name} has "
+                            f"{len(names)} Ready, schedulable nodes" + (f" ({', '.join(names)})" if names else ""))
+    return executor.pinned(names[:nodes] if nodes else names)
 
 
 IMAGE_MISSING = ("not set: target kubernetes runs the checks' workloads in the acceptance image (README: the "

@@ -32,7 +32,8 @@ IPERF_PORT = "iperf"
 
 class NetworkCheckConfig(CheckConfig):
     nodes: int | None = Field(default=None, ge=2)
-    """Nodes to measure; default every host of acceptance.hosts, or 2 on target local."""
+    """Nodes to measure; default every host of acceptance.hosts, every Ready node of the acceptance pool on target
+    kubernetes (pinned by name), or 2 on target local."""
     seconds: int = Field(default=2, ge=1, le=60)
     """Length of each pair's iperf3 test."""
     outlier_fraction: float = Field(default=0.5, gt=0, lt=1)
@@ -73,7 +74,11 @@ class NetworkCheck:
 
     def run(self, ctx: CheckContext, config: NetworkCheckConfig) -> CheckResult:
         result = CheckResult(self.name, declared=self.metrics)
-        executor, count, _ = executor_for(ctx, self.name, config.nodes)
+        try:
+            executor, count, _ = executor_for(ctx, self.name, config.nodes, pin=True)
+        except ExecutorError as error:  # target kubernetes: too few nodes in the pool, or they cannot be listed
+            result.status, result.reason = Status.ERROR, str(error)
+            return result
         if executor.name == "local" and shutil.which("iperf3") is None:
             raise CheckSkipped("iperf3 is not installed (make system-deps)")
         names = SlowNodeCheck._names(executor, count)
@@ -97,6 +102,7 @@ class NetworkCheck:
         result.details["pairs"] = pairs
         result.details["nodes"] = [{"node": n, "host": names[n], "tcp_gbps_best": per_node[n],
                                     "outlier": n in outliers} for n in range(count)]
+        SlowNodeCheck.name_kubernetes_nodes(executor, result)
         if outliers:
             result.fail("outliers: " + ", ".join(f"{names[n]} ({per_node[n]:.3g} Gbit/s, median {median:.3g})"
                                                  for n in outliers))

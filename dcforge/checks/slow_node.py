@@ -127,7 +127,8 @@ def outliers(figures: Mapping[K, float], fraction: float) -> list[K]:
 
 class SlowNodeConfig(CheckConfig):
     nodes: int | None = Field(default=None, ge=2)
-    """Nodes to search; default every host of acceptance.hosts, or 2 on target local."""
+    """Nodes to search; default every host of acceptance.hosts, every Ready node of the acceptance pool on target
+    kubernetes (pinned by name), or 2 on target local."""
     message_bytes: str = "256K"
     """All-reduce message size per pair (binary units)."""
     iterations: int = Field(default=20, ge=20)
@@ -162,7 +163,11 @@ class SlowNodeCheck:
 
         parse_size(config.message_bytes)
         result = CheckResult(self.name, declared=self.metrics)
-        executor, count, ifname = executor_for(ctx, self.name, config.nodes)
+        try:
+            executor, count, ifname = executor_for(ctx, self.name, config.nodes, pin=True)
+        except ExecutorError as error:  # target kubernetes: too few nodes in the pool, or they cannot be listed
+            result.status, result.reason = Status.ERROR, str(error)
+            return result
         workdir = ctx.artefact_dir(self.name)
         node_names = self._names(executor, count)
 
@@ -198,6 +203,7 @@ class SlowNodeCheck:
             result.status, result.reason = Status.ERROR, str(error)
             return result
         self._record(result, state, node_names, config)
+        self.name_kubernetes_nodes(executor, result)
         return result
 
     @staticmethod
@@ -234,14 +240,29 @@ class SlowNodeCheck:
 
     @staticmethod
     def _names(executor, count: int) -> list[str]:
+        """What node i is called: its host (target hosts), its Kubernetes node (pinned, target kubernetes)."""
         hosts = getattr(executor, "hosts", None)
-        return [h.name for h in hosts[:count]] if hosts else [f"local-{i}" for i in range(count)]
+        if hosts:
+            return [h.name for h in hosts[:count]]
+        pinned = getattr(executor, "nodes", None)
+        return list(pinned[:count]) if pinned else [f"local-{i}" for i in range(count)]
 
     @staticmethod
     def _pair_executor(executor, pair: Pair):
-        """An executor over just the pair's nodes (hosts: those two hosts; local: this machine)."""
+        """An executor over just the pair's nodes (hosts: those two hosts; kubernetes: pinned to those two nodes;
+        local: this machine)."""
         from dcforge.executors.hosts import HostsExecutor
 
         if isinstance(executor, HostsExecutor):
             return HostsExecutor([executor.hosts[pair[0]], executor.hosts[pair[1]]], executor.options)
+        if getattr(executor, "nodes", None):
+            return executor.pinned([executor.nodes[pair[0]], executor.nodes[pair[1]]])
         return executor
+
+    @staticmethod
+    def name_kubernetes_nodes(executor, result: CheckResult) -> None:
+        """On a pinned kubernetes executor, each node row's host is a Kubernetes node: say so in `kubernetes_node`,
+        which `accept --taint-failed` taints (dcforge/remediation.py)."""
+        if getattr(executor, "nodes", None):
+            for row in result.details.get("nodes") or []:
+                row["kubernetes_node"] = row["host"]

@@ -10,7 +10,8 @@ FailedCreate).
 
 `stop` deletes every object labelled `dcforge.io/execution=<execution>` (workloads first, so no controller recreates a
 pod) and waits, bounded, until none is left. Every API call is one of `EXECUTOR_API_ACCESS`, which the
-Acceptance component's Role grants and nothing more.
+Acceptance component's Role grants and nothing more, or (`pool_nodes`, listing the pool's nodes to pin a workload
+to them: `pinned`) `NODE_LIST_ACCESS`, its ClusterRole.
 
 Selected by `acceptance.target: kubernetes` (dcforge/checks/multinode.py `executor_for`); `clean_runs` is
 `dcforge clean`: it deletes what earlier runs left behind.
@@ -18,21 +19,25 @@ Selected by `acceptance.target: kubernetes` (dcforge/checks/multinode.py `execut
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from dcforge.executors.base import (ExecutionOutcome, ExecutorError, NodeState, NodeStatus, Resources,
                                     StatusCallback, Workload, wait_loop)
 from dcforge.executors.kubernetes_access import EXECUTOR_API_ACCESS
-from dcforge.executors.kubernetes_objects import (EXECUTION_LABEL, JOB_INDEX_LABEL, ROLE_LABEL, RUN_LABEL,
-                                                  ObjectError, Target, execution_target, is_server, node_resources,
-                                                  object_name, prerequisite_objects, run_label_value, target_for,
+from dcforge.executors.kubernetes_objects import (EXECUTION_LABEL, JOB_INDEX_LABEL, NODE_INDEX_LABEL, ROLE_LABEL,
+                                                  RUN_LABEL, ObjectError, Target, execution_target, is_server,
+                                                  job_names, node_resources, object_name, pool_selector,
+                                                  prerequisite_objects, run_label_value, target_for,
                                                   workload_objects)
 from dcforge.executors.pod_results import parse_results
+from dcforge.manifests.gpu_node_pool import pool_tolerations
 from dcforge.spec.models import Environment
 
 __all__ = ["EXECUTOR_API_ACCESS", "KubernetesExecution", "KubernetesExecutor", "LabelledObjects", "clean_runs",
@@ -407,8 +412,8 @@ class KubernetesExecution:
     def _is_our_event(self, event: dict[str, Any]) -> bool:
         """Admission rejections of our pods: FailedCreate on one of our Jobs or a Deployment's ReplicaSet."""
         return event.get("reason") == "FailedCreate" and any(
-            made_by(event.get("involvedObject") or {}, object_name(self.target, role.name), is_server(role))
-            for role in self.workload.roles)
+            made_by(event.get("involvedObject") or {}, name, is_server(role))
+            for role in self.workload.roles for name in job_names(self.target, role))
 
     # --- status ------------------------------------------------------------------------------------------------
 
@@ -429,10 +434,10 @@ class KubernetesExecution:
 
     def _rejection(self, role_name: str) -> str:
         role = next(r for r in self.workload.roles if r.name == role_name)
-        name = object_name(self.target, role_name)
+        names = job_names(self.target, role)
         for event in (self._events.objects.values() if self._events else ()):
             involved = event.get("involvedObject") or {}
-            if made_by(involved, name, is_server(role)):
+            if any(made_by(involved, name, is_server(role)) for name in names):
                 return one_line(f"{involved.get('kind')} {involved.get('name')}: FailedCreate: "
                                 f"{event.get('message') or ''}")
         return ""
@@ -627,9 +632,31 @@ class KubernetesExecution:
         self.stop()
 
 
+def _takes_pods(node: dict[str, Any], wanted: dict[str, str], tolerations: list[dict[str, str]]) -> bool:
+    """Ready, not cordoned, carrying every `wanted` label (the selector, also where the server did not apply it),
+    and no NoSchedule/NoExecute taint the pods do not tolerate (e.g. `accept --taint-failed`'s): a pod pinned there
+    would only wait Unschedulable."""
+    labels = (node.get("metadata") or {}).get("labels") or {}
+    spec = node.get("spec") or {}
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                for c in (node.get("status") or {}).get("conditions") or [])
+    repelled = any(taint.get("effect") in ("NoSchedule", "NoExecute") and not _tolerated(taint, tolerations)
+                   for taint in spec.get("taints") or [])
+    return ready and not spec.get("unschedulable") and not repelled and all(
+        labels.get(key) == value for key, value in wanted.items())
+
+
+def _tolerated(taint: dict[str, Any], tolerations: list[dict[str, str]]) -> bool:
+    """Kubernetes' toleration match: same key (or none), same effect (or none), value equal unless `Exists`."""
+    return any(t.get("key") in (None, taint.get("key")) and t.get("effect") in (None, "", taint.get("effect"))
+               and (t.get("operator") == "Exists" or t.get("value") == taint.get("value")) for t in tolerations)
+
+
 def _index_of(pod: dict[str, Any]) -> int | None:
     meta = pod.get("metadata") or {}
-    value = (meta.get("labels") or {}).get(JOB_INDEX_LABEL) or (meta.get("annotations") or {}).get(JOB_INDEX_LABEL)
+    found = meta.get("labels") or {}
+    value = found.get(NODE_INDEX_LABEL) or found.get(JOB_INDEX_LABEL) or \
+        (meta.get("annotations") or {}).get(JOB_INDEX_LABEL)
     try:
         return int(value) if value is not None else None
     except ValueError:
@@ -644,15 +671,47 @@ class KubernetesExecutor:
 
     def __init__(self, spec: Environment, run_id: str, api_client: Any = None, *, kubeconfig: str | None = None,
                  context: str | None = None, pool: str | None = None, grace_s: float = 5.0,
-                 stop_timeout_s: float = 30.0, unschedulable_grace_s: float = UNSCHEDULABLE_GRACE_S):
+                 stop_timeout_s: float = 30.0, unschedulable_grace_s: float = UNSCHEDULABLE_GRACE_S,
+                 nodes: Sequence[str] = ()):
         try:
-            self.target = target_for(spec, run_id, pool)
+            self.target = dataclasses.replace(target_for(spec, run_id, pool), nodes=tuple(nodes))
         except ObjectError as error:
             raise ExecutorError(str(error)) from None
         self._api_client = api_client
         self._kubeconfig, self._context = kubeconfig, context
         self.grace_s, self.stop_timeout_s = grace_s, stop_timeout_s
         self.unschedulable_grace_s = unschedulable_grace_s
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """The Kubernetes nodes the workloads are pinned to (node names); empty when not pinned."""
+        return self.target.nodes
+
+    def pinned(self, nodes: Sequence[str]) -> "KubernetesExecutor":
+        """The same executor with every role on exactly `nodes` (one pod on each; see `pinning`)."""
+        other = copy.copy(self)
+        other.target = dataclasses.replace(self.target, nodes=tuple(nodes))
+        return other
+
+    def pool_nodes(self) -> list[str]:
+        """The pool's nodes that can take a pod now, by name: carrying the pool's labels (the pods' nodeSelector),
+        Ready, not cordoned, no taint the pods do not tolerate. One request, exactly NODE_LIST_ACCESS; ExecutorError
+        (one line) when it fails."""
+        from kubernetes import client
+
+        if self._api_client is None:
+            self._api_client = client_from_kubeconfig(self._kubeconfig, self._context)
+        pool = self.target.pool
+        wanted = pool_selector(pool) if pool is not None else {}
+        tolerations = pool_tolerations(pool) if pool is not None else []
+        selector = ",".join(f"{key}={value}" for key, value in wanted.items())
+        try:
+            response = client.CoreV1Api(self._api_client).list_node(
+                label_selector=selector, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+        except Exception as error:  # noqa: BLE001 (ApiException, urllib3 errors: reported in one line)
+            raise api_error(f"listing the nodes labelled {selector or '(any)'}", error) from None
+        items = json.loads(response.data).get("items") or []
+        return sorted(n["metadata"]["name"] for n in items if _takes_pods(n, wanted, tolerations))
 
     @property
     def node_resources(self) -> Resources:

@@ -33,6 +33,14 @@ EXECUTOR_API_ACCESS: tuple[ApiAccess, ...] = (
 it (dcforge/manifests/acceptance.py) and the executor tests prove nothing else is requested."""
 
 
+NODE_LIST_ACCESS: tuple[ApiAccess, ...] = (
+    ApiAccess("", ("nodes",), ("list",)),
+)
+"""What pinning needs (`KubernetesExecutor.pool_nodes`): list the acceptance pool's Nodes by its labels, to place
+the pairs of `slow_node` and `network` on named machines. Nodes are cluster-scoped, so this is a ClusterRole; the
+Acceptance component always grants it: reading node names, labels and conditions changes nothing."""
+
+
 REMEDIATION_API_ACCESS: tuple[ApiAccess, ...] = (
     ApiAccess("", ("nodes",), ("get", "patch")),
 )

@@ -50,6 +50,8 @@ ROLE_LABEL = "dcforge.io/role"
 WORKLOAD_LABEL = "dcforge.io/workload"
 JOB_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 """Set by the Job controller on each pod of an Indexed Job (Kubernetes >= 1.28)."""
+NODE_INDEX_LABEL = "dcforge.io/node-index"
+"""The node index of a pod of a pinned role (one Job per node, `pinned_jobs`), where there is no Indexed Job."""
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 MULTUS_NETWORKS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
 RDMA_CAPABILITY = "IPC_LOCK"
@@ -94,6 +96,9 @@ class Target:
     pool: GpuPool | None
     execution: str = ""
     """A DNS-1123 label naming one execution (`execution_target`); empty: the run itself."""
+    nodes: tuple[str, ...] = ()
+    """Kubernetes node names: node i of every role runs on nodes[i] (`pinned_jobs`); empty: wherever the scheduler
+    places the pods on the pool."""
 
     @property
     def scope(self) -> str:
@@ -188,7 +193,7 @@ def role_service(target: Target, workload: Workload, role: Role) -> dict[str, An
         {"name": _port_name(name), "protocol": "TCP", "port": number, "targetPort": number}
         for name, number in port_numbers(role).items()]}
     if not is_server(role):
-        selector[JOB_INDEX_LABEL] = "0"
+        selector[NODE_INDEX_LABEL if target.nodes else JOB_INDEX_LABEL] = "0"
         spec["publishNotReadyAddresses"] = True  # the rendezvous host is reachable as soon as it listens
     return {"apiVersion": "v1", "kind": "Service",
             "metadata": _metadata(target, object_name(target, role.name), labels(target, workload, role)),
@@ -243,9 +248,14 @@ def prerequisite_objects(target: Target, workload: Workload) -> list[dict[str, A
 
 def workload_objects(target: Target, workload: Workload, leader_addresses: Mapping[str, str]) -> list[dict[str, Any]]:
     """The Jobs and Deployments, one per role. `leader_addresses`: role name -> its Service's cluster IP."""
-    return [(role_deployment if is_server(role) else role_job)(target, workload, role,
-                                                                  leader_addresses.get(role.name))
-            for role in workload.roles]
+    objects = []
+    for role in workload.roles:
+        leader = leader_addresses.get(role.name)
+        if target.nodes:
+            objects += pinned_jobs(target, workload, role, leader)
+        else:
+            objects.append((role_deployment if is_server(role) else role_job)(target, workload, role, leader))
+    return objects
 
 
 def role_job(target: Target, workload: Workload, role: Role, leader_address: str | None) -> dict[str, Any]:
@@ -314,10 +324,47 @@ def pod_spec(target: Target, workload: Workload, role: Role, leader_address: str
         "volumes": _volumes(target, workload, role),
     }
     if pool is not None:
-        spec["nodeSelector"] = {POOL_LABEL: pool.name, **pool.labels}
+        spec["nodeSelector"] = pool_selector(pool)
         if pool.taints:
             spec["tolerations"] = pool_tolerations(pool)
     return spec
+
+
+def pool_selector(pool: GpuPool) -> dict[str, str]:
+    """The labels of the pool's nodes: the pods' nodeSelector, and what `KubernetesExecutor.pool_nodes` lists by."""
+    return {POOL_LABEL: pool.name, **pool.labels}
+
+
+def pinned_jobs(target: Target, workload: Workload, role: Role, leader_address: str | None) -> list[dict[str, Any]]:
+    """A role pinned to `target.nodes`: one single-pod Job per node, node i on `target.nodes[i]` by a required node
+    affinity on the node's name (the `metadata.name` field: the hostname label need not equal it). The pods of an
+    Indexed Job share one template, so one Job cannot place index i on a named node; each of these Jobs says which
+    index its pod is (NODE_INDEX_LABEL, for the leader Service and the executor; JOB_COMPLETION_INDEX, which the
+    script reads as on an Indexed Job: a NonIndexed Job's controller does not set it)."""
+    if is_server(role):
+        raise ObjectError(f"role {role.name!r}: a server role (readiness) cannot be pinned to named nodes")
+    if role.nodes != len(target.nodes):
+        raise ObjectError(f"role {role.name!r} has {role.nodes} nodes, but the run is pinned to "
+                          f"{len(target.nodes)} Kubernetes nodes ({', '.join(target.nodes)})")
+    jobs = []
+    for index, node in enumerate(target.nodes):
+        job = role_job(target, workload, role, leader_address)
+        job["metadata"]["name"] = job_names(target, role)[index]
+        job["spec"].update(completionMode="NonIndexed", completions=1, parallelism=1)
+        template = job["spec"]["template"]
+        template["metadata"]["labels"][NODE_INDEX_LABEL] = str(index)
+        template["spec"]["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}]}}}
+        template["spec"]["containers"][0]["env"].append({"name": "JOB_COMPLETION_INDEX", "value": str(index)})
+        jobs.append(job)
+    return jobs
+
+
+def job_names(target: Target, role: Role) -> list[str]:
+    """The role's Job names: one Indexed Job, or one Job per pinned node."""
+    if not target.nodes:
+        return [object_name(target, role.name)]
+    return [object_name(target, role.name, f"n{index}") for index in range(len(target.nodes))]
 
 
 def _volumes(target: Target, workload: Workload, role: Role) -> list[dict[str, Any]]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from dcforge.executors.kubernetes_access import EXECUTOR_API_ACCESS, REMEDIATION_API_ACCESS, rbac_rules
+from dcforge.executors.kubernetes_access import (EXECUTOR_API_ACCESS, NODE_LIST_ACCESS, REMEDIATION_API_ACCESS,
+                                                   rbac_rules)
 from dcforge.manifests import ComponentManifests
 from dcforge.manifests.common import (
     ACCEPTANCE_SERVICE_ACCOUNT,
@@ -46,6 +47,12 @@ def harness_cluster_reader() -> dict[str, Any]:
     ]}
 
 
+def harness_node_lister() -> dict[str, Any]:
+    """Pinning the pairs of `slow_node` and `network` to named nodes: exactly NODE_LIST_ACCESS, cluster-wide."""
+    return {"apiVersion": RBAC_API, "kind": "ClusterRole", "metadata": metadata(f"{HARNESS_NAME}-node-lister"),
+            "rules": rbac_rules(NODE_LIST_ACCESS)}
+
+
 def harness_node_tainter() -> dict[str, Any]:
     """`dcforge accept --taint-failed`: exactly REMEDIATION_API_ACCESS, cluster-wide (nodes are cluster-scoped)."""
     return {"apiVersion": RBAC_API, "kind": "ClusterRole", "metadata": metadata(f"{HARNESS_NAME}-node-tainter"),
@@ -78,6 +85,8 @@ def acceptance(spec: Environment) -> ComponentManifests:
         binding("RoleBinding", HARNESS_NAME, name, "Role", name),
         harness_cluster_reader(),
         binding("ClusterRoleBinding", f"{HARNESS_NAME}-reader", None, "ClusterRole", name),
+        harness_node_lister(),
+        binding("ClusterRoleBinding", f"{HARNESS_NAME}-node-lister", None, "ClusterRole", name),
         *([harness_node_tainter(), binding("ClusterRoleBinding", f"{HARNESS_NAME}-node-tainter", None, "ClusterRole",
                                            name)] if spec.acceptance.allow_node_taints else []),
         # What the `monitoring` check proves reports: declared only where the Prometheus operator's CRDs are.

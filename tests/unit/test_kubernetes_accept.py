@@ -24,8 +24,11 @@ kmock = pytest.importorskip("kmock", reason="kmock (the fake Kubernetes API) nee
 from typer.testing import CliRunner  # noqa: E402
 
 from dcforge.cli import app  # noqa: E402
-from dcforge.executors.kubernetes_objects import EXECUTION_LABEL, RUN_LABEL, run_label_value  # noqa: E402
+from dcforge.executors.kubernetes_access import EXECUTOR_API_ACCESS, NODE_LIST_ACCESS, rbac_rules  # noqa: E402
+from dcforge.executors.kubernetes_objects import (EXECUTION_LABEL, NODE_INDEX_LABEL, RUN_LABEL,  # noqa: E402
+                                                  run_label_value)
 from dcforge.executors.pod_results import result_lines  # noqa: E402
+from dcforge.manifests.common import POOL_LABEL  # noqa: E402
 from dcforge.paths import REPO_ROOT  # noqa: E402
 from tests.kube_fake import FakeCluster  # noqa: E402
 from workloads.records import ALLREDUCE_RESULT_FILE, AllreduceResult, AllreduceRow  # noqa: E402
@@ -229,3 +232,134 @@ def test_a_check_ended_by_its_timeout_or_ctrl_c_leaves_no_labelled_object(cluste
                 if c["name"] == "allreduce_multinode"]
     assert check["status"] == "error"
     assert ("timed out after 3 s" if ending == "timeout" else "interrupted by SIGINT") in check["reason"]
+
+
+POOL = ("dcforge:gpuPools:\n"
+        "    - {name: gpu-a, gpuModel: H100-SXM, gpusPerNode: 1, nodeCount: 3, labels: {dcforge.io/rack: r1}}")
+POOL_LABELS = {POOL_LABEL: "gpu-a", "dcforge.io/rack": "r1"}
+
+
+def pool_env(env_file, nodes: int) -> Path:
+    """The cluster environment with a GPU pool (what pinning names nodes of) and slow_node on `nodes` nodes."""
+    return env_file("cluster", replace={"dcforge:gpuPools: []": POOL,
+                                        "slow_node: {nodes: 2}": f"slow_node: {{nodes: {nodes}}}"})
+
+
+def pairs_on_pinned_nodes(cluster: FakeCluster, folder: Path, slow_node: str):
+    """The scheduler and kubelets for slow_node's pairs: each pod bound to the node its affinity names; when both
+    pods of a pair run, rank 0 logs a busbw of 0.1 GB/s where `slow_node` is in the pair, 1.0 otherwise."""
+    logs = {}
+    for name, busbw in (("fast", 1.0), ("slow", 0.1)):
+        (folder / name).mkdir()
+        line = json.loads(sweep_line())
+        line["results"][0]["busbw_gbps"] = busbw
+        (folder / name / ALLREDUCE_RESULT_FILE).write_text(json.dumps(line) + "\n")
+        logs[name] = "\n".join(result_lines(folder / name)) + "\n"
+    placed: dict[str, list[tuple[str, str, str]]] = {}
+    affinities: list[dict] = []
+
+    def play(pods: list[str]) -> None:
+        (pod,) = pods  # one Job per pinned node
+        obj = next(o for o in cluster.objects(NS) if o["metadata"]["name"] == pod)
+        affinities.append(obj["spec"]["affinity"])
+        node = cluster.pinned_node(NS, pod)
+        cluster.bind_pod(NS, pod, node)
+        cluster.set_pod_status(NS, pod, {"phase": "Running", "podIP": f"10.244.0.{20 + len(affinities)}"})
+        pair = placed.setdefault(obj["metadata"]["labels"][EXECUTION_LABEL], [])
+        pair.append((obj["metadata"]["labels"][NODE_INDEX_LABEL], pod, node))
+        if len(pair) == 2:
+            (_, leader, _), _ = sorted(pair)
+            cluster.write_log(NS, leader, logs["slow" if slow_node in {n for _, _, n in pair} else "fast"])
+            for _, member, _ in pair:
+                cluster.set_pod_status(NS, member, {"phase": "Succeeded"})
+    return play, affinities
+
+
+def test_slow_node_names_the_kubernetes_node_that_drags_its_pairs_down(cluster, tmp_path, env_file):
+    """Three Ready nodes of the pool (and one not Ready, one outside it): every pair is pinned to its two nodes,
+    the pairs with gpu-node-b are slow, and the report names gpu-node-b, as host and as kubernetes_node. The run
+    needs no API access beyond the executor's Role and the node-listing ClusterRole."""
+    from kubernetes import client
+
+    for name in ("gpu-node-c", "gpu-node-a", "gpu-node-b"):
+        cluster.add_node(name, POOL_LABELS)
+    cluster.add_node("gpu-node-d", POOL_LABELS, ready=False)
+    cluster.add_node("cpu-node-0", {"kubernetes.io/os": "linux"})
+    agent = client.ApiClient().user_agent  # what the command line's client sends
+    cluster.grant(agent, rbac_rules(EXECUTOR_API_ACCESS + NODE_LIST_ACCESS))
+    play, affinities = pairs_on_pinned_nodes(cluster, tmp_path, slow_node="gpu-node-b")
+    with Kubelet(cluster, play) as kubelet:
+        outcome = CliRunner().invoke(app, ["accept", "--env-file", str(pool_env(env_file, 3)), "--only", "slow_node",
+                                           "--kubeconfig", str(kubeconfig_for(cluster.url, tmp_path)),
+                                           "--reports", str(tmp_path / "reports")])
+    assert outcome.exit_code == 1, outcome.output
+    (report_dir,) = (tmp_path / "reports" / "cluster").iterdir()
+    (check,) = [c for c in json.loads((report_dir / "report.json").read_text())["checks"] if c["name"] == "slow_node"]
+    assert check["status"] == "fail" and check["details"]["culprit"] == "gpu-node-b", check
+    assert "slow node: gpu-node-b" in check["reason"]
+    assert [(row["host"], row["kubernetes_node"], row["verdict"]) for row in check["details"]["nodes"]] == [
+        ("gpu-node-a", "gpu-node-a", "cleared"), ("gpu-node-b", "gpu-node-b", "slow"),
+        ("gpu-node-c", "gpu-node-c", "cleared")]
+    assert all(len(job["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchFields"][0]["values"]) == 1
+        for job in kubelet.jobs) and len(affinities) == 2 * sum(len(r["pairs"]) for r in check["details"]["rounds"])
+    assert labelled(cluster) == []
+    assert not [r for r in cluster.api.requests_seen if r[0] == agent and r[1] == "?"]
+
+
+def test_slow_node_asking_for_more_nodes_than_the_pool_has_ready_is_one_line(cluster, tmp_path, env_file):
+    for name in ("gpu-node-a", "gpu-node-b"):
+        cluster.add_node(name, POOL_LABELS)
+    cluster.add_node("gpu-node-c", POOL_LABELS, unschedulable=True)  # cordoned
+    outcome = CliRunner().invoke(app, ["accept", "--env-file", str(pool_env(env_file, 3)), "--only", "slow_node",
+                                       "--kubeconfig", str(kubeconfig_for(cluster.url, tmp_path)),
+                                       "--reports", str(tmp_path / "reports")])
+    (report_dir,) = (tmp_path / "reports" / "cluster").iterdir()
+    (check,) = [c for c in json.loads((report_dir / "report.json").read_text())["checks"] if c["name"] == "slow_node"]
+    assert check["status"] == "error", outcome.output
+    assert check["reason"] == ("slow_node: dcforge:acceptance.settings.slow_node.nodes is 3, but the acceptance pool "
+                               "gpu-a has 2 Ready, schedulable nodes (gpu-node-a, gpu-node-b)")
+    assert labelled(cluster) == []
+
+
+def test_network_pins_each_pair_server_and_client_to_their_named_nodes(cluster, tmp_path, env_file):
+    """iperf3 between every pair of three pool nodes: node 0 (the server) on the pair's second node, node 1 (the
+    client, whose output is read) on its first; the pairs with gpu-node-c are slow, so gpu-node-c is the outlier."""
+    for name in ("gpu-node-a", "gpu-node-b", "gpu-node-c"):
+        cluster.add_node(name, POOL_LABELS)
+    placed: dict[str, dict[str, tuple[str, str]]] = {}
+    clients: list[str] = []
+
+    def play(pods: list[str]) -> None:
+        (pod,) = pods
+        obj = next(o for o in cluster.objects(NS) if o["metadata"]["name"] == pod)
+        node = cluster.pinned_node(NS, pod)
+        cluster.bind_pod(NS, pod, node)
+        cluster.set_pod_status(NS, pod, {"phase": "Running", "podIP": "10.244.0.40"})
+        pair = placed.setdefault(obj["metadata"]["labels"][EXECUTION_LABEL], {})
+        pair[obj["metadata"]["labels"][NODE_INDEX_LABEL]] = (pod, node)
+        if len(pair) == 2:
+            client, client_node = pair["1"]
+            clients.append(client_node)
+            gbps = 1.0 if "gpu-node-c" in {node for _, node in pair.values()} else 9.0
+            folder = tmp_path / client
+            folder.mkdir()
+            (folder / "iperf.json").write_text(json.dumps({"end": {"sum_received": {"bits_per_second": gbps * 1e9},
+                                                                   "streams": [{"sender": {"mean_rtt": 80}}]}}))
+            cluster.write_log(NS, client, "\n".join(result_lines(folder)) + "\n")
+            for member, _ in pair.values():
+                cluster.set_pod_status(NS, member, {"phase": "Succeeded"})
+
+    env = env_file("cluster", replace={"dcforge:gpuPools: []": POOL, "network: {nodes: 2,": "network: {nodes: 3,"})
+    with Kubelet(cluster, play):
+        CliRunner().invoke(app, ["accept", "--env-file", str(env), "--only", "network", "--kubeconfig",
+                                 str(kubeconfig_for(cluster.url, tmp_path)), "--reports", str(tmp_path / "reports")])
+    (report_dir,) = (tmp_path / "reports" / "cluster").iterdir()
+    (check,) = [c for c in json.loads((report_dir / "report.json").read_text())["checks"] if c["name"] == "network"]
+    assert check["status"] == "fail" and check["reason"].startswith("outliers: gpu-node-c "), check
+    pairs = [p["nodes"] for p in check["details"]["pairs"]]
+    assert pairs == [["gpu-node-a", "gpu-node-b"], ["gpu-node-a", "gpu-node-c"], ["gpu-node-b", "gpu-node-c"]]
+    assert clients == [client for client, _ in pairs]  # each client pod ran on the node the pair names first
+    assert [(r["host"], r["kubernetes_node"], r["outlier"]) for r in check["details"]["nodes"]] == [
+        ("gpu-node-a", "gpu-node-a", False), ("gpu-node-b", "gpu-node-b", False), ("gpu-node-c", "gpu-node-c", True)]
+    assert labelled(cluster) == []

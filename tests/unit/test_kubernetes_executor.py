@@ -18,7 +18,8 @@ kmock = pytest.importorskip("kmock", reason="kmock (the fake Kubernetes API) nee
 
 from dcforge.executors.base import ExecutorError, NodeState, Readiness, Role, VolumePurpose, Workload  # noqa: E402
 from dcforge.executors.kubernetes import EXECUTOR_API_ACCESS, KubernetesExecutor, client_from_kubeconfig  # noqa: E402
-from dcforge.executors.kubernetes_objects import EXECUTION_LABEL, RUN_LABEL, object_name  # noqa: E402
+from dcforge.executors.kubernetes_access import NODE_LIST_ACCESS, rbac_rules  # noqa: E402
+from dcforge.executors.kubernetes_objects import EXECUTION_LABEL, RUN_LABEL, object_name, pool_selector  # noqa: E402
 from dcforge.executors.pod_results import result_lines  # noqa: E402
 from dcforge.executors.torchrun import TorchrunJob, torchrun_workload  # noqa: E402
 from dcforge.manifests.build import acceptance  # noqa: E402
@@ -370,3 +371,38 @@ def test_the_live_view_gets_why_a_pod_waits(spec, cluster, tmp_path):
         threading.Thread(target=kubelet).start()
         assert execution.wait(10, on_status=lambda nodes: seen.append([n.reason for n in nodes])).succeeded
     assert seen[0] == ["ContainerCreating"] and seen[-1] == [""]
+
+
+def test_a_pinned_executor_runs_node_i_on_the_ith_named_node_with_only_the_declared_access(spec, cluster, tmp_path):
+    """`pool_nodes` lists the pool's nodes (by its labels) that are Ready, not cordoned and carry no taint the pods
+    do not tolerate; `pinned` puts node i on nodes[i] (one Job per node); the whole run needs exactly
+    EXECUTOR_API_ACCESS and NODE_LIST_ACCESS (403 for anything else)."""
+    labels = pool_selector(spec.acceptance_pool)
+    gpu = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}  # the pool's own: tolerated
+    failed = {"key": "dcforge.io/acceptance", "value": "failed", "effect": "NoSchedule"}  # --taint-failed's: not
+    for name, extra in (("gpu-c", {"taints": [gpu]}), ("gpu-a", {}), ("gpu-b", {}), ("gpu-down", {"ready": False}),
+                        ("gpu-cordoned", {"unschedulable": True}), ("gpu-failed", {"taints": [gpu, failed]})):
+        cluster.add_node(name, labels, **extra)
+    cluster.add_node("cpu-x", {"kubernetes.io/os": "linux"})
+    cluster.grant("dcforge-test", rbac_rules(EXECUTOR_API_ACCESS + NODE_LIST_ACCESS))
+    names = executor(spec, cluster).pool_nodes()
+    assert names == ["gpu-a", "gpu-b", "gpu-c"]
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "train.json").write_text("{}\n")
+    with executor(spec, cluster).pinned(["gpu-c", "gpu-a"]).start(training(), tmp_path / "run") as execution:
+        jobs = sorted(o["metadata"]["name"] for o in cluster.objects(NS) if o["kind"] == "Job")
+        pods = [pod for job in jobs for pod in cluster.start_job_pods(NS, job)]
+        for pod in pods:
+            cluster.bind_pod(NS, pod, cluster.pinned_node(NS, pod))  # the scheduler honours the affinity
+        cluster.write_log(NS, pods[0], "\n".join(result_lines(results)) + "\n")
+        for pod in pods:
+            cluster.set_pod_status(NS, pod, {"phase": "Succeeded"})
+        outcome = execution.wait(10)
+        assert outcome.succeeded
+        assert [(s.index, s.kubernetes_node) for s in outcome.nodes] == [(0, "gpu-c"), (1, "gpu-a")]
+        assert execution.read_result("torchrun", 0, "train.json") == b"{}\n"
+    assert labelled(cluster) == [] and execution.leftovers == []
+    denied = [r for r in cluster.api.requests_seen if r[0] == "dcforge-test" and r[1] == "?"]
+    assert not denied
+    assert ("dcforge-test", "list", "", "nodes") in cluster.api.requests_seen

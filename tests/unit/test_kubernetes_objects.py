@@ -4,6 +4,7 @@ project's own rules, placed on the declared pool, and carrying what the workload
 from __future__ import annotations
 
 import base64
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from dcforge.executors.kubernetes_objects import (
     IMAGE_WORKDIR,
     JOB_INDEX_LABEL,
     KUEUE_QUEUE_LABEL,
+    NODE_INDEX_LABEL,
     MULTUS_NETWORKS_ANNOTATION,
     RUN_LABEL,
     RUN_USER_ID,
@@ -263,3 +265,43 @@ def test_a_torchrun_node_asks_for_a_whole_machine_of_the_pool():
     resources = job["spec"]["template"]["spec"]["containers"][0]["resources"]
     assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == 8
     assert resources["requests"]["cpu"] == "56000m" and "cpu" not in resources["limits"]
+
+
+def pinned_objects(spec: Environment, workload: Workload, nodes: tuple[str, ...]) -> list[dict]:
+    target = dataclasses.replace(target_for(spec, "report-7"), nodes=nodes)
+    return prerequisite_objects(target, workload) + workload_objects(
+        target, workload, {role.name: "10.96.0.10" for role in workload.roles})
+
+
+@pytest.mark.parametrize("env", ["dev", "prod"])
+def test_a_pinned_role_is_one_job_per_named_node_and_validates_strictly(env):
+    """Node i on nodes[i]: one single-pod Job each, a required affinity on the node's name, the index as a label
+    (what the leader Service selects) and as JOB_COMPLETION_INDEX (what the script reads)."""
+    spec = spec_of(env, pool="infer-l40s") if env == "prod" else spec_of(env)  # prod's RDMA pool: see above
+    objects = pinned_objects(spec, training(nodes=2), ("gpu-node-b", "gpu-node-a"))
+    assert schema_validate(objects, spec.versions.kubernetes).errors == []
+    stack = [obj for chunk in synthesize(spec).values() for obj in chunk]
+    assert unexcepted(evaluate(stack + objects, exceptions_for(spec))) == []
+    (service,) = [o for o in objects if o["kind"] == "Service"]
+    assert service["spec"]["selector"][NODE_INDEX_LABEL] == "0" and JOB_INDEX_LABEL not in service["spec"]["selector"]
+    jobs = [o for o in objects if o["kind"] == "Job"]
+    assert [job["spec"]["completions"] for job in jobs] == [1, 1]
+    assert {job["spec"]["completionMode"] for job in jobs} == {"NonIndexed"}
+    for index, (job, node) in enumerate(zip(jobs, ("gpu-node-b", "gpu-node-a"))):
+        template = job["spec"]["template"]
+        assert template["metadata"]["labels"][NODE_INDEX_LABEL] == str(index)
+        terms = template["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert terms == {"nodeSelectorTerms": [{"matchFields": [
+            {"key": "metadata.name", "operator": "In", "values": [node]}]}]}
+        assert template["spec"]["nodeSelector"] == pod_specs([jobs[0]])[0]["nodeSelector"]  # still on the pool
+        env_vars = {e["name"]: e.get("value") for e in template["spec"]["containers"][0]["env"]}
+        assert env_vars["JOB_COMPLETION_INDEX"] == str(index)
+    assert len({job["metadata"]["name"] for job in jobs}) == 2
+
+
+def test_pinning_refuses_a_role_of_another_size_and_a_server_role():
+    with pytest.raises(ObjectError, match="^role 'torchrun' has 3 nodes, but the run is pinned to 2 Kubernetes "
+                                          r"nodes \(a, b\)$"):
+        pinned_objects(spec_of("dev"), training(nodes=3), ("a", "b"))
+    with pytest.raises(ObjectError, match="cannot be pinned"):
+        pinned_objects(spec_of("dev"), serving(), ("a", "b"))

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from dcforge.compliance import evaluate, exceptions_for, resource_id, unexcepted
-from dcforge.executors.kubernetes_access import EXECUTOR_API_ACCESS
+from dcforge.executors.kubernetes_access import EXECUTOR_API_ACCESS, NODE_LIST_ACCESS, rbac_rules
 from dcforge.manifests import ComponentManifests, HelmRelease
 from dcforge.manifests.build import (
     acceptance,
@@ -272,9 +272,10 @@ def test_acceptance_access_is_least_privilege():
                        for verb in a.verbs}
     assert not {resource for _, resource, _ in granted} & {"secrets", "*", "roles", "rolebindings"}
     assert {verb for _, _, verb in granted} <= {"get", "list", "watch", "create", "delete"}
-    (reader,) = objects(access, "ClusterRole")
+    reader, lister = objects(access, "ClusterRole")
     assert not any("secrets" in rule["resources"] for rule in reader["rules"])
     assert all(set(rule["verbs"]) <= {"get", "list", "watch"} for rule in reader["rules"])
+    assert lister["rules"] == rbac_rules(NODE_LIST_ACCESS)  # pinning pairs to named nodes: list nodes, nothing else
     default, account = objects(access, "ServiceAccount")
     assert default["metadata"]["name"] == "default" and default["automountServiceAccountToken"] is False
     bound = objects(access, "ClusterRoleBinding")[0]["subjects"][0]
