@@ -23,6 +23,9 @@ from dcforge.report.nodes import node_problem, node_rows
 
 TAINT = {"key": "dcforge.io/acceptance", "value": "failed", "effect": "NoSchedule"}
 TAINT_TEXT = f"{TAINT['key']}={TAINT['value']}:{TAINT['effect']}"
+QUARANTINE_TOLERATION = {**TAINT, "operator": "Equal"}
+"""What node_level's pods carry on target kubernetes: a tainted node is tested again, and untainted once it passes
+(every other workload keeps off it)."""
 NODE_KEY = "kubernetes_node"
 
 

@@ -45,10 +45,13 @@ class TrainMultinodeConfig(TrainCheckConfig):
     """How long nodes wait for each other at the c10d rendezvous."""
 
 
-def executor_for(ctx: CheckContext, check: str, nodes: int | None, pin: bool = False):
+def executor_for(ctx: CheckContext, check: str, nodes: int | None, pin: bool = False, min_nodes: int = 2,
+                 retest_quarantined: bool = False):
     """The executor `acceptance.target` selects, the node count, and the socket interface for collectives.
     `pin` (checks that name nodes): on target kubernetes with a GPU pool, the executor is pinned to the pool's first
-    `nodes` Ready nodes by name (`pinned_to_pool`), so node i is a named machine, as a host is on target hosts."""
+    `nodes` Ready nodes by name (`pinned_to_pool`, at least `min_nodes` of them), so node i is a named machine, as
+    a host is on target hosts. `retest_quarantined` (node_level): on target kubernetes the pods tolerate the taint
+    of `accept --taint-failed`, so its nodes are among the pool's and can pass again."""
     from dcforge.executors.hosts import HostsExecutor, SshOptions
     from dcforge.executors.inventory import acceptance_hosts
     from dcforge.executors.local import LocalExecutor
@@ -65,8 +68,11 @@ def executor_for(ctx: CheckContext, check: str, nodes: int | None, pin: bool = F
         return LocalExecutor(), nodes or 2, LOOPBACK_IFNAME
     if acceptance.target == "kubernetes":
         executor = kubernetes_executor(ctx)
+        if retest_quarantined:
+            from dcforge.remediation import QUARANTINE_TOLERATION
+            executor = executor.tolerating([QUARANTINE_TOLERATION])
         if pin and ctx.env.spec.acceptance_pool is not None:  # no GPU pool (a CPU test cluster): pods may share
-            executor = pinned_to_pool(check, executor, nodes)
+            executor = pinned_to_pool(check, executor, nodes, min_nodes)
             return executor, len(executor.nodes), None
         return executor, nodes or _pool_nodes(ctx), None
     raise CheckSkipped(f"multi-node checks run on target local, hosts or kubernetes, not {acceptance.target}")
@@ -84,12 +90,13 @@ def kubernetes_executor(ctx: CheckContext):
                               context=ctx.cluster.context)
 
 
-def pinned_to_pool(check: str, executor, nodes: int | None):
+def pinned_to_pool(check: str, executor, nodes: int | None, min_nodes: int = 2):
     """`executor` pinned to the acceptance pool's Ready, schedulable nodes in name order, the first `nodes` of them
-    (default all, at least 2); ExecutorError (one line) when the pool has fewer."""
+    (default all, at least `min_nodes`); ExecutorError (one line) when the pool has fewer."""
     names = executor.pool_nodes()
-    if len(names) < (nodes or 2):
-        asked = f"dcforge:acceptance.settings.{check}.nodes is {nodes}" if nodes else "it needs at least 2 nodes"
+    if len(names) < (nodes or min_nodes):
+        asked = (f"dcforge:acceptance.settings.{check}.nodes is {nodes}" if nodes
+                 else f"it needs at least {min_nodes} node{'s' if min_nodes > 1 else ''}")
         raise ExecutorError(f"{check}: {asked}, but the acceptance pool {executor.target.pool.name} has "
                             f"{len(names)} Ready, schedulable nodes" + (f" ({', '.join(names)})" if names else ""))
     return executor.pinned(names[:nodes] if nodes else names)

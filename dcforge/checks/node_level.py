@@ -30,10 +30,11 @@ from dcforge.checks._torchrun import TORCHRUN_STOP_MARGIN_S, torchrun_command
 from dcforge.checks.allreduce import AllreduceCheck, AllreduceCheckConfig, record_sweep, sweep_args
 from dcforge.checks.checkpoint import CheckpointCheck, CheckpointCheckConfig, checkpoint_args, record_checkpoint
 from dcforge.checks.multinode import LOOPBACK_IFNAME, executor_for
-from dcforge.checks.slow_node import outliers
+from dcforge.checks.slow_node import SlowNodeCheck, outliers
 from dcforge.checks.system import SystemCheck, SystemConfig, facts_problems, record_facts
 from dcforge.checks.train import TrainCheck, TrainCheckConfig, summarize, train_config_error
-from dcforge.executors.base import Execution, Executor, ExecutorError, NodeState, Role, VolumePurpose, Workload
+from dcforge.executors.base import (Execution, Executor, ExecutorError, NodeState, Resources, Role, VolumePurpose,
+                                    Workload)
 from dcforge.executors.torchrun import TORCHRUN_ENV, socket_env
 from dcforge.harness.check import CheckConfig, CheckContext
 from dcforge.harness.metrics import MetricSpec
@@ -81,7 +82,8 @@ class NodeCheckpointConfig(CheckpointCheckConfig):
 
 class NodeLevelConfig(CheckConfig):
     nodes: int | None = Field(default=None, ge=1)
-    """Nodes: default every host of acceptance.hosts (target hosts), or 2 on target local."""
+    """Nodes: default every host of acceptance.hosts (target hosts), every Ready, schedulable node of the
+    acceptance pool in name order (target kubernetes, each workload pinned to its node), or 2 on target local."""
     sample: int | None = Field(default=None, ge=1)
     """Run on this many of the nodes, spread evenly over the inventory order (deterministic, listed in the
     report's details.sampled); default every node."""
@@ -150,6 +152,17 @@ def mark_outliers(rows: list[dict[str, Any]], figures: tuple[str, ...], fraction
     return [row for row in rows if row["outlier"]]
 
 
+def ranks_per_pool_node(config: NodeLevelConfig, executor: Executor) -> NodeLevelConfig:
+    """On a pool of GPU machines (target kubernetes) a step's ranks default to the pool's GPUs per node, not to
+    this machine's GPUs; elsewhere, and on a CPU pool, each step's own default stands."""
+    placed = getattr(executor, "node_resources", None)
+    if placed is None or not placed.gpus:
+        return config
+    return config.model_copy(update={
+        name: sub.model_copy(update={"nproc_per_node": sub.nproc_per_node or placed.gpus})
+        for name in ("train", "allreduce", "checkpoint") for sub in [getattr(config, name)]})
+
+
 # --- Running the steps on a node ---------------------------------------------------------------------------------
 
 def node_executors(executor: Executor, count: int) -> list[tuple[str, Executor]]:
@@ -161,8 +174,11 @@ def node_executors(executor: Executor, count: int) -> list[tuple[str, Executor]]
         return [(host.name, HostsExecutor([host], executor.options)) for host in executor.hosts[:count]]
     if isinstance(executor, LocalExecutor):
         return [(f"local-{i}", executor) for i in range(count)]
-    # elsewhere (Kubernetes) a node-level workload must be pinned to its node: not built yet
-    raise CheckSkipped(f"node_level runs on target local or hosts, not through the {executor.name} executor")
+    if getattr(executor, "nodes", None):  # kubernetes, pinned to the pool's nodes by name (`executor_for`)
+        return [(node, executor.pinned([node])) for node in executor.nodes[:count]]
+    # an unpinned kubernetes executor: the spec declares no GPU pool, so there are no nodes to name
+    raise CheckSkipped(f"node_level on target {executor.name} pins one pod to each node of the acceptance pool, "
+                       "and the spec declares no GPU pool (dcforge:gpuPools)")
 
 
 class OpenExecutions:
@@ -200,7 +216,10 @@ class OpenExecutions:
 def run_step(executions: OpenExecutions, executor: Executor, step: Step, run_dir: Path,
              timeout_s: float) -> tuple[dict[str, Any], bytes | None]:
     """Run one step on one node: its (state, exit_code, reason) and the result file's bytes when it succeeded."""
-    role = Role(step.name, step.command, env=dict(step.env))
+    # a whole machine of the pool on target kubernetes (its GPUs, half its CPUs and memory), as node i of a
+    # multi-node check asks for; the other executors place nothing
+    resources = getattr(executor, "node_resources", None) or Resources()
+    role = Role(step.name, step.command, env=dict(step.env), resources=resources)
     workload = Workload(f"node-{step.name}", (role,), volumes=(VolumePurpose.SCRATCH, VolumePurpose.RESULTS),
                         timeout_s=timeout_s)
     try:
@@ -301,7 +320,9 @@ class NodeLevelCheck:
 
     def run(self, ctx: CheckContext, config: NodeLevelConfig) -> CheckResult:
         result = CheckResult(self.name, declared=self.metrics)
-        executor, count, _ = executor_for(ctx, self.name, config.nodes)
+        executor, count, _ = executor_for(ctx, self.name, config.nodes, pin=True, min_nodes=1,
+                                          retest_quarantined=True)
+        config = ranks_per_pool_node(config, executor)
         pool = node_executors(executor, count)
         chosen = [pool[i] for i in sample_indices(len(pool), config.sample)]
         sharing = len(chosen) if executor.name == "local" else 1  # nodes on this one machine
@@ -323,6 +344,7 @@ class NodeLevelCheck:
         for row in rows:
             row["logs"] = ctx.relative(workdir / row["host"])  # <step>/<role>-0*.log per step
         self._record(result, rows, config)
+        SlowNodeCheck.name_kubernetes_nodes(executor, result)
         result.details.update({"pool_size": len(pool), "sampled": [name for name, _ in chosen],
                                "workloads": list(config.workloads), "executor": executor.name,
                                "outlier_fraction": config.outlier_fraction})

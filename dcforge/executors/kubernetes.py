@@ -34,10 +34,9 @@ from dcforge.executors.kubernetes_access import EXECUTOR_API_ACCESS
 from dcforge.executors.kubernetes_objects import (EXECUTION_LABEL, JOB_INDEX_LABEL, NODE_INDEX_LABEL, ROLE_LABEL,
                                                   RUN_LABEL, ObjectError, Target, execution_target, is_server,
                                                   job_names, node_resources, object_name, pool_selector,
-                                                  prerequisite_objects, run_label_value, target_for,
+                                                  prerequisite_objects, run_label_value, target_for, tolerations_for,
                                                   workload_objects)
 from dcforge.executors.pod_results import parse_results
-from dcforge.manifests.gpu_node_pool import pool_tolerations
 from dcforge.spec.models import Environment
 
 __all__ = ["EXECUTOR_API_ACCESS", "KubernetesExecution", "KubernetesExecutor", "LabelledObjects", "clean_runs",
@@ -693,6 +692,13 @@ class KubernetesExecutor:
         other.target = dataclasses.replace(self.target, nodes=tuple(nodes))
         return other
 
+    def tolerating(self, tolerations: Sequence[dict[str, str]]) -> "KubernetesExecutor":
+        """The same executor whose pods also tolerate `tolerations` (and whose `pool_nodes` counts nodes with
+        those taints)."""
+        other = copy.copy(self)
+        other.target = dataclasses.replace(self.target, tolerations=(*self.target.tolerations, *tolerations))
+        return other
+
     def pool_nodes(self) -> list[str]:
         """The pool's nodes that can take a pod now, by name: carrying the pool's labels (the pods' nodeSelector),
         Ready, not cordoned, no taint the pods do not tolerate. One request, exactly NODE_LIST_ACCESS; ExecutorError
@@ -703,7 +709,7 @@ class KubernetesExecutor:
             self._api_client = client_from_kubeconfig(self._kubeconfig, self._context)
         pool = self.target.pool
         wanted = pool_selector(pool) if pool is not None else {}
-        tolerations = pool_tolerations(pool) if pool is not None else []
+        tolerations = tolerations_for(self.target)
         selector = ",".join(f"{key}={value}" for key, value in wanted.items())
         try:
             response = client.CoreV1Api(self._api_client).list_node(

@@ -99,6 +99,9 @@ class Target:
     nodes: tuple[str, ...] = ()
     """Kubernetes node names: node i of every role runs on nodes[i] (`pinned_jobs`); empty: wherever the scheduler
     places the pods on the pool."""
+    tolerations: tuple[dict[str, str], ...] = ()
+    """Tolerations beyond the pool's (`tolerations_for`): node_level's pods tolerate the quarantine taint of
+    `accept --taint-failed`, so a quarantined node is tested again and untainted when it passes."""
 
     @property
     def scope(self) -> str:
@@ -325,9 +328,14 @@ def pod_spec(target: Target, workload: Workload, role: Role, leader_address: str
     }
     if pool is not None:
         spec["nodeSelector"] = pool_selector(pool)
-        if pool.taints:
-            spec["tolerations"] = pool_tolerations(pool)
+    if tolerations := tolerations_for(target):
+        spec["tolerations"] = tolerations
     return spec
+
+
+def tolerations_for(target: Target) -> list[dict[str, str]]:
+    """The taints the target's pods tolerate: the pool's, then the target's own."""
+    return [*(pool_tolerations(target.pool) if target.pool is not None else []), *target.tolerations]
 
 
 def pool_selector(pool: GpuPool) -> dict[str, str]:

@@ -363,3 +363,76 @@ def test_network_pins_each_pair_server_and_client_to_their_named_nodes(cluster, 
     assert [(r["host"], r["kubernetes_node"], r["outlier"]) for r in check["details"]["nodes"]] == [
         ("gpu-node-a", "gpu-node-a", False), ("gpu-node-b", "gpu-node-b", False), ("gpu-node-c", "gpu-node-c", True)]
     assert labelled(cluster) == []
+
+
+def test_node_level_pins_each_node_workload_to_its_node_and_names_the_outlier(cluster, tmp_path, env_file):
+    """node_level's all-reduce on every Ready node of the pool: one single-pod Job per node, pinned there by name;
+    gpu-node-b's sweep is a tenth of the others', so its row is the outlier, named as host and kubernetes_node.
+    gpu-node-c, quarantined by an earlier `--taint-failed`, is tested again (node_level's pods tolerate that taint,
+    so it can pass and be untainted); a node with another taint is not."""
+    from dcforge.remediation import QUARANTINE_TOLERATION, TAINT
+
+    for name in ("gpu-node-a", "gpu-node-b"):
+        cluster.add_node(name, POOL_LABELS)
+    cluster.add_node("gpu-node-c", POOL_LABELS, taints=[dict(TAINT)])
+    cluster.add_node("gpu-node-d", POOL_LABELS, ready=False)
+    cluster.add_node("gpu-node-e", POOL_LABELS, taints=[{"key": "maintenance", "effect": "NoSchedule"}])
+    logs = {}
+    for name, busbw in (("fast", 1.0), ("slow", 0.1)):
+        (tmp_path / name).mkdir()
+        line = json.loads(sweep_line())
+        line["results"][0]["busbw_gbps"] = busbw
+        (tmp_path / name / ALLREDUCE_RESULT_FILE).write_text(json.dumps(line) + "\n")
+        logs[name] = "\n".join(result_lines(tmp_path / name)) + "\n"
+    placed: list[str] = []
+    pod_specs: list[dict] = []
+
+    def play(pods: list[str]) -> None:
+        (pod,) = pods  # one Job per pinned node
+        node = cluster.pinned_node(NS, pod)
+        placed.append(node)
+        pod_specs.append(next(o for o in cluster.objects(NS) if o["metadata"]["name"] == pod)["spec"])
+        cluster.bind_pod(NS, pod, node)
+        cluster.set_pod_status(NS, pod, {"phase": "Running", "podIP": "10.244.0.50"})
+        cluster.write_log(NS, pod, logs["slow" if node == "gpu-node-b" else "fast"])
+        cluster.set_pod_status(NS, pod, {"phase": "Succeeded"})
+
+    env = env_file("cluster", replace={
+        "dcforge:gpuPools: []": POOL.replace("gpusPerNode: 1", "gpusPerNode: 4"), "checks: [allreduce_multinode,": "checks: [node_level, allreduce_multinode,",
+        "      slow_node: {nodes: 2}": "      slow_node: {nodes: 2}\n      node_level: {workloads: [allreduce]}"})
+    with Kubelet(cluster, play):
+        outcome = CliRunner().invoke(app, ["accept", "--env-file", str(env), "--only", "node_level", "--kubeconfig",
+                                           str(kubeconfig_for(cluster.url, tmp_path)),
+                                           "--reports", str(tmp_path / "reports"), "--taint-failed"])
+    assert outcome.exit_code == 1, outcome.output
+    (report_dir,) = (tmp_path / "reports" / "cluster").iterdir()
+    report = json.loads((report_dir / "report.json").read_text())
+    (check,) = [c for c in report["checks"] if c["name"] == "node_level"]
+    # the outlier is quarantined; the quarantined node that passed is released
+    assert (report["remediation"]["tainted"], report["remediation"]["untainted"]) == (["gpu-node-b"], ["gpu-node-c"])
+    taints = {o["metadata"]["name"]: o["spec"]["taints"] for o in cluster.objects() if o["kind"] == "Node"}
+    assert TAINT in taints["gpu-node-b"] and TAINT not in taints["gpu-node-c"] and taints["gpu-node-a"] == []
+    assert check["status"] == "fail" and check["reason"].startswith("outliers: gpu-node-b (busbw_gbps 0.1"), check
+    assert sorted(placed) == ["gpu-node-a", "gpu-node-b", "gpu-node-c"]  # d is not Ready, e's taint repels
+    for pod_spec in pod_specs:
+        assert QUARANTINE_TOLERATION in pod_spec["tolerations"]
+        (container,) = pod_spec["containers"]  # a whole machine of the pool: its 4 GPUs, a rank on each
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
+        assert "--nproc-per-node=4" in " ".join(container["command"] + container.get("args", []))
+    assert [(r["host"], r["kubernetes_node"], r["outlier"]) for r in check["details"]["nodes"]] == [
+        ("gpu-node-a", "gpu-node-a", False), ("gpu-node-b", "gpu-node-b", True), ("gpu-node-c", "gpu-node-c", False)]
+    assert check["metrics"]["busbw_gbps.min"]["value"] == 0.1 and check["metrics"]["busbw_gbps.median"]["value"] == 1
+    assert check["details"]["executor"] == "kubernetes"
+    assert labelled(cluster) == []
+
+
+def test_node_level_on_kubernetes_without_a_gpu_pool_is_skipped_with_its_reason(cluster, tmp_path, env_file):
+    env = env_file("cluster", replace={"checks: [allreduce_multinode,": "checks: [node_level, allreduce_multinode,"})
+    outcome = CliRunner().invoke(app, ["accept", "--env-file", str(env), "--only", "node_level", "--kubeconfig",
+                                       str(kubeconfig_for(cluster.url, tmp_path)), "--reports", str(tmp_path / "r")])
+    (report_dir,) = (tmp_path / "r" / "cluster").iterdir()
+    (check,) = [c for c in json.loads((report_dir / "report.json").read_text())["checks"] if c["name"] == "node_level"]
+    assert check["status"] == "skipped", outcome.output
+    assert check["reason"] == ("node_level on target kubernetes pins one pod to each node of the acceptance pool, "
+                               "and the spec declares no GPU pool (dcforge:gpuPools)")
+    assert labelled(cluster) == []
