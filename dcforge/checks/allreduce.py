@@ -14,7 +14,8 @@ from pydantic import Field, field_validator
 
 from dcforge.checks._rdma import declared_rdma_pool
 from dcforge.checks._torchrun import TorchCheckConfig, run_torchrun
-from dcforge.harness.check import CheckContext
+from dcforge.checks.on_pool import run_check_on_pool
+from dcforge.harness.check import CheckContext, runs_on_pool
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.power import ENERGY_METRICS, record_energy, sample_power
 from dcforge.harness.result import CheckResult, Plot, Series
@@ -57,6 +58,7 @@ class AllreduceCheck:
     description = "All-reduce sweep over message sizes: busbw per nccl-tests, correctness per size."
     Config = AllreduceCheckConfig
     requires_declared_gpus = True
+    on_pool = True  # target kubernetes: runs on a machine of the acceptance pool (dcforge/checks/on_pool.py)
     metrics = (
         MetricSpec("busbw_gbps", "GB/s", "higher", "busbw = algbw · 2(n−1)/n at the largest message size",
                    "bus bandwidth per rank, comparable across rank counts (nccl-tests)"),
@@ -72,6 +74,8 @@ class AllreduceCheck:
     )
 
     def run(self, ctx: CheckContext, config: AllreduceCheckConfig) -> CheckResult:
+        if runs_on_pool(self, ctx.env.spec):  # target kubernetes: a machine of the acceptance pool
+            return run_check_on_pool(ctx, self.name, config)
         result = CheckResult(self.name, declared=self.metrics)
         nproc = config.nproc()
         workdir = ctx.artefact_dir(self.name)

@@ -15,8 +15,9 @@ from pathlib import Path
 from pydantic import Field
 
 from dcforge.checks._torchrun import ModelTorchCheckConfig, run_torchrun
+from dcforge.checks.on_pool import run_check_on_pool
 from dcforge.checks.train import settings_error
-from dcforge.harness.check import CheckContext
+from dcforge.harness.check import CheckContext, runs_on_pool
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult, Plot, Series
 from workloads.records import CHECKPOINT_RESULT_FILE, CheckpointResult, read_result_file
@@ -42,6 +43,7 @@ class CheckpointCheck:
     description = "DCP checkpoint save/load GB/s against a raw write to the same storage; checksums round trip."
     Config = CheckpointCheckConfig
     requires_declared_gpus = True
+    on_pool = True  # target kubernetes: runs on a machine of the acceptance pool (dcforge/checks/on_pool.py)
     metrics = (
         MetricSpec("save_gbps", "GB/s", "higher", BANDWIDTH_FORMULA + " (save+commit), median over rounds",
                    "how fast training state is written to the checkpoint storage"),
@@ -63,6 +65,8 @@ class CheckpointCheck:
     )
 
     def run(self, ctx: CheckContext, config: CheckpointCheckConfig) -> CheckResult:
+        if runs_on_pool(self, ctx.env.spec):  # target kubernetes: a machine of the acceptance pool
+            return run_check_on_pool(ctx, self.name, config)
         from workloads.checkpointing import CheckpointError, ensure_writable
 
         result = CheckResult(self.name, declared=self.metrics)

@@ -14,35 +14,30 @@ nodes fail the check (docs/metrics.md#node_level).
 
 from __future__ import annotations
 
-import shutil
 import statistics
-import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from dcforge.checks._torchrun import TORCHRUN_STOP_MARGIN_S, torchrun_command
-from dcforge.checks.allreduce import AllreduceCheck, AllreduceCheckConfig, record_sweep, sweep_args
-from dcforge.checks.checkpoint import CheckpointCheck, CheckpointCheckConfig, checkpoint_args, record_checkpoint
-from dcforge.checks.multinode import LOOPBACK_IFNAME, executor_for
+from dcforge.checks._torchrun import TORCHRUN_STOP_MARGIN_S
+from dcforge.checks.allreduce import AllreduceCheckConfig
+from dcforge.checks.checkpoint import CheckpointCheckConfig
+from dcforge.checks.multinode import executor_for
+from dcforge.checks.node_steps import (OpenExecutions, Step, allreduce_step, checkpoint_step, run_step, system_step,
+                                       train_step)
+from dcforge.checks.on_pool import pool_ranks
 from dcforge.checks.slow_node import SlowNodeCheck, outliers
-from dcforge.checks.system import SystemCheck, SystemConfig, facts_problems, record_facts
-from dcforge.checks.train import TrainCheck, TrainCheckConfig, summarize, train_config_error
-from dcforge.executors.base import (Execution, Executor, ExecutorError, NodeState, Resources, Role, VolumePurpose,
-                                    Workload)
-from dcforge.executors.torchrun import TORCHRUN_ENV, socket_env
+from dcforge.checks.system import SystemConfig
+from dcforge.checks.train import TrainCheckConfig
+from dcforge.executors.base import Executor, ExecutorError, NodeState
 from dcforge.harness.check import CheckConfig, CheckContext
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult, CheckSkipped, Status
 from dcforge.report.nodes import node_problem
-from workloads.records import (ALLREDUCE_RESULT_FILE, CHECKPOINT_RESULT_FILE, SYSTEM_FACTS_FILE, TRAIN_METRICS_FILE,
-                               AllreduceResult, CheckpointResult, RecordError, SystemFacts, TrainStep, read_records,
-                               read_result)
+from workloads.records import RecordError
 
 NodeWorkload = Literal["system", "train", "allreduce", "checkpoint"]
 WORKLOADS: tuple[NodeWorkload, ...] = ("system", "train", "allreduce", "checkpoint")
@@ -104,18 +99,6 @@ class NodeLevelConfig(CheckConfig):
         return value
 
 
-@dataclass(frozen=True)
-class Step:
-    """One node-level workload: the command a node runs, the result file it writes, and how it is judged."""
-
-    name: str
-    command: tuple[str, ...]
-    result_file: str
-    judge: Callable[[bytes], CheckResult]
-    """The step's single-node result, by the single-node check's own formulas and verdicts."""
-    env: Mapping[str, str] = field(default_factory=dict)
-
-
 # --- Pure parts: which nodes, the pool's figures, outliers ------------------------------------------------------
 
 def sample_indices(total: int, sample: int | None) -> list[int]:
@@ -153,14 +136,10 @@ def mark_outliers(rows: list[dict[str, Any]], figures: tuple[str, ...], fraction
 
 
 def ranks_per_pool_node(config: NodeLevelConfig, executor: Executor) -> NodeLevelConfig:
-    """On a pool of GPU machines (target kubernetes) a step's ranks default to the pool's GPUs per node, not to
-    this machine's GPUs; elsewhere, and on a CPU pool, each step's own default stands."""
-    placed = getattr(executor, "node_resources", None)
-    if placed is None or not placed.gpus:
-        return config
-    return config.model_copy(update={
-        name: sub.model_copy(update={"nproc_per_node": sub.nproc_per_node or placed.gpus})
-        for name in ("train", "allreduce", "checkpoint") for sub in [getattr(config, name)]})
+    """On target kubernetes a step's ranks default to the pool's machines (`pool_ranks`), not to this machine's
+    GPUs; elsewhere each step's own default stands."""
+    return config.model_copy(update={name: pool_ranks(getattr(config, name), executor)
+                                     for name in ("train", "allreduce", "checkpoint")})
 
 
 # --- Running the steps on a node ---------------------------------------------------------------------------------
@@ -179,66 +158,6 @@ def node_executors(executor: Executor, count: int) -> list[tuple[str, Executor]]
     # an unpinned kubernetes executor: the spec declares no GPU pool, so there are no nodes to name
     raise CheckSkipped(f"node_level on target {executor.name} pins one pod to each node of the acceptance pool, "
                        "and the spec declares no GPU pool (dcforge:gpuPools)")
-
-
-class OpenExecutions:
-    """The executions the node threads have open. An interruption (Ctrl-C, the check's time limit) arrives in the
-    main thread: it stops every node at once through `stop_all`, rather than waiting for each thread's run."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._open: list[Execution] = []
-        self.stopped = False
-
-    @contextmanager
-    def start(self, executor: Executor, workload: Workload, run_dir: Path) -> Iterator[Execution]:
-        if self.stopped:
-            raise ExecutorError("stopped: the check was interrupted")
-        with executor.start(workload, run_dir) as execution:
-            with self._lock:
-                self._open.append(execution)
-            try:
-                if self.stopped:  # stop_all ran while this one was starting
-                    execution.stop()
-                yield execution
-            finally:
-                with self._lock:
-                    self._open.remove(execution)
-
-    def stop_all(self) -> None:
-        with self._lock:
-            self.stopped = True
-            executions = list(self._open)
-        for execution in executions:
-            execution.stop()
-
-
-def run_step(executions: OpenExecutions, executor: Executor, step: Step, run_dir: Path,
-             timeout_s: float) -> tuple[dict[str, Any], bytes | None]:
-    """Run one step on one node: its (state, exit_code, reason) and the result file's bytes when it succeeded."""
-    # a whole machine of the pool on target kubernetes (its GPUs, half its CPUs and memory), as node i of a
-    # multi-node check asks for; the other executors place nothing
-    resources = getattr(executor, "node_resources", None) or Resources()
-    role = Role(step.name, step.command, env=dict(step.env), resources=resources)
-    workload = Workload(f"node-{step.name}", (role,), volumes=(VolumePurpose.SCRATCH, VolumePurpose.RESULTS),
-                        timeout_s=timeout_s)
-    try:
-        with executions.start(executor, workload, run_dir) as execution:
-            outcome = execution.wait(timeout_s)
-            node = outcome.nodes[0]
-            data = None
-            if outcome.succeeded:
-                try:
-                    data = execution.read_result(step.name, 0, step.result_file)
-                except (OSError, ExecutorError) as error:
-                    return {"state": NodeState.FAILED.value, "exit_code": 0,
-                            "reason": f"no {step.result_file}: {error}"}, None
-    finally:
-        # the local executor keeps a node's volumes under run_dir (<role>-<index>/<purpose>): the scratch copy of
-        # the checkpoints is megabytes to gigabytes nobody reads (the hosts executor removes its volumes at stop)
-        shutil.rmtree(run_dir / f"{role.name}-0" / VolumePurpose.SCRATCH.value, ignore_errors=True)
-    reason = "timed out" if outcome.timed_out else node.reason
-    return {"state": node.state.value, "exit_code": node.exit_code, "reason": reason}, data
 
 
 def run_node(host: str, executor: Executor, steps: list[Step], workdir: Path, executions: OpenExecutions,
@@ -377,74 +296,21 @@ class NodeLevelCheck:
     @staticmethod
     def _step(ctx: CheckContext, config: NodeLevelConfig, name: str, host: str, sharing: int) -> Step:
         """The command and judge of one node-level workload, from the single-node check's settings and formulas."""
-        results = "{volume[results]}"
-        env = {**TORCHRUN_ENV, **socket_env(LOOPBACK_IFNAME)}  # the ranks of one node meet over loopback
-
-        def torchrun(script: str, args: list[str], nproc: int) -> tuple[str, ...]:
-            return tuple(torchrun_command(script, args, nproc, python="{python}", workloads_dir="workloads"))
-
         if name == "system":
-            def judge_system(data: bytes) -> CheckResult:
-                judged = CheckResult("system", declared=SystemCheck.metrics)
-                facts = read_result(data.decode().splitlines(), SystemFacts)
-                record_facts(judged, facts)
-                for problem in facts_problems(facts, ctx.env.spec, config.system):
-                    judged.fail(problem)
-                return judged
-
-            return Step(name, ("{python}", "-m", "dcforge.checks.system", "--output",
-                               f"{results}/{SYSTEM_FACTS_FILE}"), SYSTEM_FACTS_FILE, judge_system)
+            return system_step(ctx.env.spec, config.system)
         if name == "train":
-            return _train_step(ctx, config.train, sharing, torchrun, env)
+            threads = config.train.threads or shared_threads(config.train.nproc(), sharing)
+            return train_step(ctx, config.train, threads, f"{NodeLevelCheck.name}.train")
         if name == "allreduce":
-            nproc = config.allreduce.nproc()
-
-            def judge_sweep(data: bytes) -> CheckResult:
-                judged = CheckResult("allreduce", declared=AllreduceCheck.metrics)
-                record_sweep(judged, read_result(data.decode().splitlines(), AllreduceResult), nproc)
-                return judged
-
-            args = sweep_args(config.allreduce, f"{results}/{ALLREDUCE_RESULT_FILE}")
-            return Step(name, torchrun("allreduce.py", args, nproc), ALLREDUCE_RESULT_FILE, judge_sweep, env)
-        return _checkpoint_step(config.checkpoint, host, torchrun, env)
+            return allreduce_step(config.allreduce)
+        # each node writes under its own folder of a shared directory; {volume[scratch]} is the node's own
+        directory = f"{config.checkpoint.directory}/{host}" if config.checkpoint.directory else None
+        return checkpoint_step(config.checkpoint, directory)
 
 
-def _train_step(ctx: CheckContext, config: NodeTrainConfig, sharing: int, torchrun, env: Mapping[str, str]) -> Step:
-    """`sharing`: how many nodes run on one machine at once (target local: all of them)."""
+def shared_threads(nproc: int, sharing: int) -> int | None:
+    """Intra-op threads per rank where `sharing` nodes run on one machine at once (target local: all of them):
+    the cores / every node's ranks; None (the workload's default) for a machine of its own."""
     import os
 
-    from workloads.train_config import TrainConfig, TrainConfigError
-
-    nproc = config.nproc()
-    threads = config.threads or (max(1, (os.cpu_count() or 1) // (nproc * sharing)) if sharing > 1 else None)
-    train_config = TrainConfig(preset=config.preset, seq_len=config.seq_len, global_batch_size=config.global_batch_size,
-                               steps=config.steps, parallelism=config.parallelism, compile=config.compile,
-                               metrics_file=f"{{volume[results]}}/{TRAIN_METRICS_FILE}",
-                               checkpoint_dir="{volume[scratch]}/train", checkpoint_every=config.steps,
-                               keep_checkpoints=1, resume=False, log_every=5, threads=threads)
-    try:
-        train_config.validate(nproc)
-    except TrainConfigError as error:
-        raise train_config_error(ctx, f"{NodeLevelCheck.name}.train", error) from None
-
-    def judge(data: bytes) -> CheckResult:
-        judged = CheckResult("train", declared=TrainCheck.metrics)
-        # no MFU peak: the CPU peak is measured on this machine, not on the node
-        summarize(judged, read_records(data.decode().splitlines(), TrainStep), config, nproc, None)
-        return judged
-
-    return Step("train", torchrun("train.py", train_config.to_args(), nproc), TRAIN_METRICS_FILE, judge, env)
-
-
-def _checkpoint_step(config: NodeCheckpointConfig, host: str, torchrun, env: Mapping[str, str]) -> Step:
-    nproc = config.nproc()
-    # each node writes under its own folder of a shared directory; {volume[scratch]} is the node's own
-    directory = f"{config.directory}/{host}" if config.directory else "{volume[scratch]}/checkpoint"
-
-    def judge(data: bytes) -> CheckResult:
-        judged = CheckResult("checkpoint", declared=CheckpointCheck.metrics)
-        record_checkpoint(judged, read_result(data.decode().splitlines(), CheckpointResult))
-        return judged
-
-    return Step("checkpoint", torchrun("train_checkpoint_bench.py", checkpoint_args(
-        config, directory, f"{{volume[results]}}/{CHECKPOINT_RESULT_FILE}"), nproc), CHECKPOINT_RESULT_FILE, judge, env)
+    return max(1, (os.cpu_count() or 1) // (nproc * sharing)) if sharing > 1 else None

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from dcforge.harness.check import CheckConfig, CheckContext
+from dcforge.checks.on_pool import run_check_on_pool
+from dcforge.harness.check import CheckConfig, CheckContext, runs_on_pool
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.node import visible_gpus
 from dcforge.harness.result import CheckResult
@@ -94,8 +95,11 @@ class SystemCheck:
                    "GPUs visible on this machine"),
     )
     requires_declared_gpus = False  # it is the check that reports missing GPUs
+    on_pool = True  # target kubernetes: runs on a machine of the acceptance pool (dcforge/checks/on_pool.py)
 
     def run(self, ctx: CheckContext, config: SystemConfig) -> CheckResult:
+        if runs_on_pool(self, ctx.env.spec):  # target kubernetes: a machine of the acceptance pool
+            return run_check_on_pool(ctx, self.name, config)
         result = CheckResult(self.name, declared=self.metrics)
         spec = ctx.env.spec
         facts = node_facts()

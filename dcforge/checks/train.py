@@ -14,8 +14,9 @@ from pydantic.alias_generators import to_camel
 
 from dcforge.checks._torchrun import (MATMUL_PEAK_FORMULA, ModelTorchCheckConfig, cpu_peak_per_rank, percentile,
                                       run_torchrun)
+from dcforge.checks.on_pool import run_check_on_pool
 from dcforge.errors import ConfigError
-from dcforge.harness.check import CheckContext
+from dcforge.harness.check import CheckContext, runs_on_pool
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.power import ENERGY_METRICS, JOULES_PER_TOKEN, record_energy, sample_power
 from dcforge.harness.result import CheckResult, Plot, Series
@@ -54,6 +55,7 @@ class TrainCheck:
     description = "Trains the bundled GPT with torchrun: tokens/s, step time, MFU, loss goes down."
     Config = TrainCheckConfig
     requires_declared_gpus = True
+    on_pool = True  # target kubernetes: runs on a machine of the acceptance pool (dcforge/checks/on_pool.py)
     metrics = (
         MetricSpec("tokens_per_s", "tokens/s/device", "higher",
                    "tokens/s per device = tokens since last log / (Δt · devices), time-weighted over the steps "
@@ -74,6 +76,8 @@ class TrainCheck:
     outputs = ("trained_checkpoint_dir",)
 
     def run(self, ctx: CheckContext, config: TrainCheckConfig) -> CheckResult:
+        if runs_on_pool(self, ctx.env.spec):  # target kubernetes: a machine of the acceptance pool
+            return run_check_on_pool(ctx, self.name, config)
         from workloads.train_config import TrainConfig, TrainConfigError
 
         result = CheckResult(self.name, declared=self.metrics)

@@ -127,7 +127,15 @@ class Check(Protocol):
     that this machine does not show (dcforge.harness.node.missing_declared_gpus); CPU numbers judged against GPU
     SLOs would mean nothing. False for checks that do not measure this node's GPUs."""
     # Optional: `outputs = ("trained_checkpoint_dir", ...)`: the RunOutputs fields this check sets for later ones.
+    # Optional: `on_pool = True`: on target kubernetes the check runs its workload on a machine of the acceptance
+    # pool (dcforge/checks/on_pool.py), so the GPUs it needs are the pool's, not this machine's (`runs_on_pool`).
 
     def run(self, ctx: CheckContext, config: Any) -> CheckResult:
         """Measure, fill a CheckResult; raise CheckSkipped(reason) when the check cannot apply here."""
         ...
+
+
+def runs_on_pool(check: object, spec: Any) -> bool:
+    """Whether `check` (a check class, with the optional `on_pool`) runs its workload on a machine of the
+    acceptance pool in this environment rather than on the machine running dcforge: on target kubernetes."""
+    return bool(getattr(check, "on_pool", False)) and spec.acceptance.target == "kubernetes"

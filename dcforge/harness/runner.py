@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from dcforge.checks import load_check
 from dcforge.errors import DcforgeError
-from dcforge.harness.check import CheckContext, ClusterAccess, RunOutputs
+from dcforge.harness.check import CheckContext, ClusterAccess, RunOutputs, runs_on_pool
 from dcforge.harness.lifecycle import Interrupted, SignalGuard
 from dcforge.harness.node import missing_declared_gpus
 from dcforge.harness.processes import stop_everything
@@ -123,7 +123,9 @@ def run_one(name: str, state: RunState, log: Callable[[str], None], shared: RunO
     try:
         check = load_check(name)
         config = check.Config.model_validate(acceptance.settings.get(name, {}))
-        if check.requires_declared_gpus and (reason := missing_declared_gpus(state.env.spec)):
+        # a check that runs on the acceptance pool (target kubernetes) needs the pool's GPUs, not this machine's
+        if check.requires_declared_gpus and not runs_on_pool(check, state.env.spec) and (
+                reason := missing_declared_gpus(state.env.spec)):
             raise CheckSkipped(reason)
         ctx = CheckContext(env=state.env, report_dir=state.report_dir, deadline=started + timeout,
                            results=dict(state.results), log=log, outputs=shared, cluster=state.cluster)

@@ -209,7 +209,7 @@ def test_a_check_ended_by_its_timeout_or_ctrl_c_leaves_no_labelled_object(cluste
     """Pods that stay Running until the check's time limit, or until Ctrl-C: the run's objects are deleted."""
     import signal
 
-    env = env_file("cluster", replace={"timeoutsS: {allreduce_multinode: 300": "timeoutsS: {allreduce_multinode: 3"})
+    env = env_file("cluster", replace={"  allreduce_multinode: 300,": "  allreduce_multinode: 3,"})
     running: list[str] = []
 
     def play(pods: list[str]) -> None:
@@ -398,7 +398,8 @@ def test_node_level_pins_each_node_workload_to_its_node_and_names_the_outlier(cl
         cluster.set_pod_status(NS, pod, {"phase": "Succeeded"})
 
     env = env_file("cluster", replace={
-        "dcforge:gpuPools: []": POOL.replace("gpusPerNode: 1", "gpusPerNode: 4"), "checks: [allreduce_multinode,": "checks: [node_level, allreduce_multinode,",
+        "dcforge:gpuPools: []": POOL.replace("gpusPerNode: 1", "gpusPerNode: 4"),
+        "checks: [system,": "checks: [node_level, system,",
         "      slow_node: {nodes: 2}": "      slow_node: {nodes: 2}\n      node_level: {workloads: [allreduce]}"})
     with Kubelet(cluster, play):
         outcome = CliRunner().invoke(app, ["accept", "--env-file", str(env), "--only", "node_level", "--kubeconfig",
@@ -427,7 +428,7 @@ def test_node_level_pins_each_node_workload_to_its_node_and_names_the_outlier(cl
 
 
 def test_node_level_on_kubernetes_without_a_gpu_pool_is_skipped_with_its_reason(cluster, tmp_path, env_file):
-    env = env_file("cluster", replace={"checks: [allreduce_multinode,": "checks: [node_level, allreduce_multinode,"})
+    env = env_file("cluster", replace={"checks: [system,": "checks: [node_level, system,"})
     outcome = CliRunner().invoke(app, ["accept", "--env-file", str(env), "--only", "node_level", "--kubeconfig",
                                        str(kubeconfig_for(cluster.url, tmp_path)), "--reports", str(tmp_path / "r")])
     (report_dir,) = (tmp_path / "r" / "cluster").iterdir()

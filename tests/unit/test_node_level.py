@@ -11,8 +11,9 @@ import xml.etree.ElementTree as ET
 import pytest
 from pydantic import ValidationError
 
-from dcforge.checks.node_level import (NodeLevelCheck, NodeLevelConfig, NodeTrainConfig, OpenExecutions, Step,
-                                       _train_step, mark_outliers, pool_summary, run_node, sample_indices)
+from dcforge.checks.node_level import (NodeLevelCheck, NodeLevelConfig, NodeTrainConfig, mark_outliers, pool_summary,
+                                       run_node, sample_indices, shared_threads)
+from dcforge.checks.node_steps import OpenExecutions, Step, train_step
 from dcforge.checks.system import SystemCheck, record_facts
 from dcforge.executors.local import LocalExecutor
 from dcforge.harness.result import CheckResult, Status
@@ -158,7 +159,8 @@ def test_stop_all_ends_every_node_at_once(tmp_path):
 
 def test_training_ranks_share_the_cores_when_nodes_share_a_machine():
     def threads(config: NodeTrainConfig, sharing: int) -> str | None:
-        args = list(_train_step(None, config, sharing, lambda script, args, nproc: tuple(args), {}).command)
+        args = list(train_step(None, config, config.threads or shared_threads(config.nproc(), sharing),
+                               "node_level.train").command)
         return args[args.index("--threads") + 1] if "--threads" in args else None
 
     cores = os.cpu_count() or 1

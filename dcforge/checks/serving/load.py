@@ -172,8 +172,6 @@ def run_load(ctx: CheckContext, config: ServingLoadConfig, session: ServingSessi
     """Locust for duration_s; `during(t_start, request_log_dir)` runs in this thread meanwhile. Returns (records,
     load start); the arrival model, the spread of request starts and what happened to requests in flight at the
     end of the window go into the result."""
-    from loadtests.llm_protocol import read_records
-
     from loadtests.aiperf_export import write_profile_export
     from loadtests.llm_protocol import read_records
     from loadtests.metrics import measured

@@ -1,0 +1,127 @@
+"""The single-node checks on target kubernetes: `system`, `train`, `allreduce` and `checkpoint` run their workload
+on a machine of the acceptance pool, not on the machine running dcforge.
+
+Each is one pod (a single-node workload through the kubernetes executor) asking for a whole machine of the pool
+(`node_resources`: every GPU, half the CPUs and memory), its ranks defaulting to the pool's GPUs per node; the
+command and the judge are the `Step` that `node_level` runs on every node (`dcforge/checks/node_steps.py`), so the
+figures and verdicts are the single-node check's own. The checkpoint check writes to a claim of the spec's
+checkpoints StorageClass, so its figure is the cluster's storage. The report entry names the Kubernetes node the
+pod ran on (`details.kubernetes_node`) and counts the API requests of the wait (a watch, not polling).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from dcforge.checks._torchrun import TorchCheckConfig
+    from dcforge.checks.node_steps import Step
+    from dcforge.harness.check import CheckContext
+    from dcforge.harness.result import CheckResult
+    from dcforge.spec.models import Environment
+
+Config = TypeVar("Config", bound="TorchCheckConfig")
+CPU_RANKS = 2
+"""Ranks on a machine without GPUs: enough to exercise the collectives, as the checks' CPU default."""
+
+
+def pool_ranks(config: Config, executor: object) -> Config:
+    """`config` with its ranks defaulting to one machine the executor places rather than this machine: one per GPU
+    of the pool's nodes, or two CPU ranks on a pool without GPUs. Unchanged where nprocPerNode is set, or where
+    the executor places no machine of a pool (target local or hosts: the check's own default stands)."""
+    placed = getattr(executor, "node_resources", None)
+    if placed is None or config.nproc_per_node:
+        return config
+    return config.model_copy(update={"nproc_per_node": placed.gpus or CPU_RANKS})
+
+
+def run_check_on_pool(ctx: CheckContext, check: str, config) -> CheckResult:
+    """The single-node check `check` (a check with `on_pool`) with its settings `config`, on a machine of the
+    pool."""
+    from dcforge.checks.multinode import kubernetes_executor
+    from dcforge.checks.node_steps import allreduce_step, checkpoint_step, system_step, train_step
+    from dcforge.checks.train import settings_error
+    from dcforge.executors.base import VolumePurpose
+
+    executor = kubernetes_executor(ctx)
+    after = None
+    if check == "system":
+        step = system_step(ctx.env.spec, config)
+    elif check == "train":
+        step = train_step(ctx, pool_ranks(config, executor), None, check)
+    elif check == "allreduce":
+        step = allreduce_step(pool_ranks(config, executor))
+        after = transport_from_log(ctx.env.spec)
+    elif check == "checkpoint":
+        if config.directory:
+            raise settings_error(ctx, check, "directory", "target kubernetes writes the checkpoints to a claim of "
+                                 "the spec's checkpoints StorageClass (purpose: checkpoints); remove directory")
+        step = checkpoint_step(pool_ranks(config, executor), "{volume[checkpoints]}/checkpoint",
+                               (VolumePurpose.SCRATCH, VolumePurpose.RESULTS, VolumePurpose.CHECKPOINTS))
+    else:
+        raise ValueError(f"{check} has no workload to run on the pool")
+    return run_on_pool(ctx, check, step, executor, after)
+
+
+def transport_from_log(spec: Environment):
+    """What the all-reduce adds from its pod's log: the transport NCCL used, and the RDMA rule."""
+    from dcforge.checks._rdma import declared_rdma_pool
+    from dcforge.nccl_transport import record_transport
+    from workloads.records import AllreduceResult, read_result
+
+    def after(judged: CheckResult, data: bytes, pod: str, log) -> None:
+        backend = read_result(data.decode().splitlines(), AllreduceResult).environment["backend"]
+        record_transport(judged, backend, [(pod, log)] if log else [], declared_rdma_pool(spec))
+    return after
+
+
+def run_on_pool(ctx: CheckContext, check: str, step: Step, executor, after=None) -> CheckResult:
+    """Run `step` as one pod on the acceptance pool and judge it; a pod that could not run (unschedulable, image
+    not pulled, refused at admission, OOMKilled) is the check's error in one line naming the pod and the reason,
+    a workload that failed is its failure. `after(judged, data, pod, log)` adds what the pod's log says."""
+    from dcforge.checks._torchrun import TORCHRUN_STOP_MARGIN_S
+    from dcforge.checks.node_steps import OpenExecutions, run_step
+    from dcforge.executors.base import ExecutorError
+    from dcforge.harness.result import CheckResult, Status
+    from workloads.records import RecordError
+
+    workdir = ctx.artefact_dir(check)
+    ctx.log(f"{check} on a machine of the acceptance pool ({executor.name})")
+    seen: list[str] = []
+
+    def show(statuses) -> None:  # the live view: the pod's phase, and why it waits
+        line = " ".join(f"{s.host}:{s.state.value}" + (f" ({s.reason})" if s.reason else "") for s in statuses)
+        if not seen or seen[-1] != line:
+            seen.append(line)
+            ctx.log(line)
+
+    failed = CheckResult(check)
+    try:
+        outcome, data = run_step(OpenExecutions(), executor, step, workdir,
+                                 max(1.0, ctx.remaining_s() - TORCHRUN_STOP_MARGIN_S), show)
+    except ExecutorError as error:
+        failed.status, failed.reason = Status.ERROR, str(error)
+        return failed
+    where = {"executor": executor.name, "pod": outcome["host"], "kubernetes_node": outcome["kubernetes_node"],
+             "api_requests": outcome["api_requests"]}
+    if data is None:
+        failed.details.update(where)
+        pod, reason = outcome["host"], outcome["reason"]
+        # the executor's reasons for a pod that could not run name it already ("pod <name>: Unschedulable: ...")
+        failed.fail(f"{step.name}: " + (reason if pod in reason else
+                                        f"pod {pod} {outcome['state']}" + (f": {reason}" if reason else "")))
+        if outcome["exit_code"] is None or ": OOMKilled" in outcome["reason"]:
+            failed.status = Status.ERROR  # the platform could not run it: no verdict on the workload
+        return failed
+    (workdir / step.result_file).write_bytes(data)
+    try:
+        judged = step.judge(data)
+    except RecordError as error:
+        return failed.fail(f"{step.name}: {error}")
+    judged.details.update(where)
+    if after is not None:
+        after(judged, data, outcome["host"], outcome["log"])
+    judged.artefacts["result"] = ctx.relative(workdir / step.result_file)
+    if outcome["log"] is not None:
+        judged.artefacts["log"] = ctx.relative(outcome["log"])
+    return judged

@@ -1,0 +1,172 @@
+"""The single-node checks (`system`, `train`, `allreduce`, `checkpoint`) on target kubernetes: each runs its
+workload as one pod on a machine of the acceptance pool and judges the typed record the pod logs, with the check's
+own formulas. Against the fake API server (tests/kube_fake.py), with the stand-in kubelet of
+test_kubernetes_accept.py playing each pod: it answers with the record the real workload would write."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+kmock = pytest.importorskip("kmock", reason="kmock (the fake Kubernetes API) needs Python 3.11+")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from dcforge.cli import app  # noqa: E402
+from dcforge.executors.pod_results import result_lines  # noqa: E402
+from tests.kube_fake import FakeCluster  # noqa: E402
+from tests.unit.test_kubernetes_accept import (NS, POOL, POOL_LABELS, Kubelet, kubeconfig_for, labelled,  # noqa: E402
+                                               sweep_line)
+from workloads.records import (ALLREDUCE_RESULT_FILE, CHECKPOINT_RESULT_FILE, SYSTEM_FACTS_FILE,  # noqa: E402
+                               TRAIN_METRICS_FILE, CheckpointResult, SystemFacts, TrainStep)
+
+CHECKS = "system,train,allreduce,checkpoint"
+
+
+@pytest.fixture
+def cluster():
+    with FakeCluster() as fake:
+        yield fake
+TRAIN = {"train: {preset: tiny, seqLen: 128, globalBatchSize: 8, steps: 10}":
+         "train: {preset: tiny, seqLen: 64, globalBatchSize: 8, steps: 4, warmupStepsExcluded: 1}"}
+"""The four steps the stand-in pod logs."""
+
+
+def records(folder: Path, name: str, lines: list[str]) -> str:
+    """What the pod's log ends with: its results folder, one `dcforge.result` line per file."""
+    folder.mkdir(parents=True)
+    (folder / name).write_text("".join(line + "\n" for line in lines))
+    return "\n".join(result_lines(folder)) + "\n"
+
+
+def workload_logs(folder: Path, gpus: int) -> dict[str, str]:
+    """The record each workload writes, by the command that writes it."""
+    facts = SystemFacts(hostname="dcf-pod", cpu_count=64, memory_gi=500.0, cpu_model="x", kernel="6.1", os="linux",
+                        python="3.11", versions={}, gpus=[])  # the pod sees no GPU: the system verdict says so
+    steps = [TrainStep(step=i, attempt=0, loss=5.5 - 0.5 * i, step_time_s=0.1, tokens_per_s=1000.0 + i,
+                       tokens_per_s_total=gpus * 1000.0, mfu=None, lr=1e-3) for i in range(1, 5)]
+    checkpoint = CheckpointResult(
+        preset="tiny", with_optimizer=True, world_size=gpus, bytes=2_000_000, tensor_bytes_per_replica=1_000_000,
+        tensors=10, rounds=1, save_s=0.01, load_s=0.005, raw_write_s=0.008, verify_s=0.001, save_times_s=[0.01],
+        raw_write_times_s=[0.008], save_gbps=0.2, load_gbps=0.4, raw_write_gbps=0.25, save_ratio_to_raw=0.8,
+        checksum_match=True, corruption_detected=True, directory="/dcforge/checkpoints/checkpoint")
+    return {"dcforge.checks.system": records(folder / "system", SYSTEM_FACTS_FILE, [facts.to_json()]),
+            "train.py": records(folder / "train", TRAIN_METRICS_FILE, [step.to_json() for step in steps]),
+            "allreduce.py": records(folder / "allreduce", ALLREDUCE_RESULT_FILE, [sweep_line().strip()]),
+            "train_checkpoint_bench.py": records(folder / "checkpoint", CHECKPOINT_RESULT_FILE,
+                                                 [checkpoint.to_json()])}
+
+
+def test_single_node_checks_run_as_one_pod_on_a_machine_of_the_pool(cluster, tmp_path, env_file):
+    """Each check is one pod on the pool asking for a whole machine (its 4 GPUs, a rank on each); the checkpoint
+    pod mounts a claim of the checkpoints StorageClass; figures and verdicts come from the pod's record; the
+    report names the node; nothing labelled is left. This machine has no GPU, yet train, allreduce and
+    checkpoint are not skipped: the GPUs they need are the pool's."""
+    cluster.add_node("gpu-node-a", POOL_LABELS)
+    logs = workload_logs(tmp_path / "logs", gpus=4)
+    pods: dict[str, dict] = {}
+
+    def play(started: list[str]) -> None:
+        (pod,) = started
+        spec = next(o for o in cluster.objects(NS) if o["metadata"]["name"] == pod)["spec"]
+        script = " ".join(spec["containers"][0]["command"] + spec["containers"][0].get("args", []))
+        (workload,) = [name for name in logs if name in script]
+        pods[workload] = spec
+        cluster.bind_pod(NS, pod, "gpu-node-a")
+        cluster.set_pod_status(NS, pod, {"phase": "Running", "podIP": "10.244.0.60"})
+        cluster.write_log(NS, pod, logs[workload])
+        cluster.set_pod_status(NS, pod, {"phase": "Succeeded"})
+
+    env = env_file("cluster", replace={
+        "dcforge:gpuPools: []": POOL.replace("gpusPerNode: 1", "gpusPerNode: 4"),
+        **TRAIN})
+    with Kubelet(cluster, play):
+        outcome = CliRunner().invoke(app, ["accept", "--env-file", str(env), "--only", CHECKS, "--kubeconfig",
+                                           str(kubeconfig_for(cluster.url, tmp_path)),
+                                           "--reports", str(tmp_path / "reports")])
+    (report_dir,) = (tmp_path / "reports" / "cluster").iterdir()
+    checks = {c["name"]: c for c in json.loads((report_dir / "report.json").read_text())["checks"]}
+    assert [checks[name]["status"] for name in ("train", "allreduce", "checkpoint")] == ["pass"] * 3, outcome.output
+    assert checks["system"]["status"] == "fail" and "gpu" in checks["system"]["reason"].lower()
+    assert checks["train"]["metrics"]["loss_end"]["value"] == 3.5  # from the pod's records
+    assert checks["allreduce"]["metrics"]["busbw_gbps"]["value"] == 0.5
+    (run,) = checks["allreduce"]["details"]["nccl_transport"]["runs"]  # from the pod's log; gloo: rule skipped
+    assert run["network"] == "TCP" and run["rule"]["verdict"] == "skipped" and run["host"].startswith("dcf-")
+    assert checks["checkpoint"]["metrics"]["save_gbps"]["value"] == 0.2
+    for name in ("system", "train", "allreduce", "checkpoint"):
+        assert checks[name]["details"]["kubernetes_node"] == "gpu-node-a"
+        assert checks[name]["details"]["executor"] == "kubernetes"
+        assert 0 < checks[name]["details"]["api_requests"] < 40  # a watch, not polling
+    for workload in ("train.py", "allreduce.py", "train_checkpoint_bench.py"):
+        (container,) = pods[workload]["containers"]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
+        assert "--nproc-per-node=4" in " ".join(container["command"] + container.get("args", []))
+    claims = [v for v in pods["train_checkpoint_bench.py"]["volumes"] if "persistentVolumeClaim" in v]
+    assert len(claims) == 1 and not [v for v in pods["train.py"]["volumes"] if "persistentVolumeClaim" in v]
+    assert labelled(cluster) == []
+
+
+def test_a_pool_check_whose_pod_cannot_start_is_an_error_naming_the_pod(cluster, tmp_path, env_file):
+    """The image cannot be pulled: the live view shows why the pod waits, and the check is an error whose one
+    line names the pod and the reason, long before the check's time limit."""
+    waiting = {"name": "train", "ready": False, "restartCount": 0, "image": "x", "imageID": ""}
+
+    def play(started: list[str]) -> None:
+        (pod,) = started
+        for reason in ("ErrImagePull", "ImagePullBackOff"):  # the first may pass; the back-off is final
+            cluster.set_pod_status(NS, pod, {"phase": "Pending", "containerStatuses": [
+                {**waiting, "state": {"waiting": {"reason": reason, "message": "manifest unknown"}}}]})
+            time.sleep(0.5)
+
+    env = env_file("cluster", replace={
+        "dcforge:gpuPools: []": POOL, **TRAIN})
+    started = time.monotonic()
+    with Kubelet(cluster, play):
+        outcome = CliRunner().invoke(app, ["accept", "--env-file", str(env), "--only", "train", "--kubeconfig",
+                                           str(kubeconfig_for(cluster.url, tmp_path)),
+                                           "--reports", str(tmp_path / "reports")])
+    assert time.monotonic() - started < 30
+    assert "(ErrImagePull: manifest unknown)" in outcome.output  # the live view, while the pod waits
+    (report_dir,) = (tmp_path / "reports" / "cluster").iterdir()
+    (check,) = [c for c in json.loads((report_dir / "report.json").read_text())["checks"] if c["name"] == "train"]
+    assert check["status"] == "error" and "\n" not in check["reason"]
+    assert check["reason"] == f"train: pod {check['details']['pod']}: ImagePullBackOff: manifest unknown"
+    assert labelled(cluster) == []
+
+
+def test_a_checkpoint_directory_on_target_kubernetes_is_one_line_naming_the_key(cluster, tmp_path, env_file):
+    env = env_file("cluster", replace={
+        "dcforge:gpuPools: []": POOL, "checkpoint: {preset: tiny, rounds: 2}": "checkpoint: {directory: /mnt/ckpt}"})
+    CliRunner().invoke(app, ["accept", "--env-file", str(env), "--only", "checkpoint", "--kubeconfig",
+                             str(kubeconfig_for(cluster.url, tmp_path)), "--reports", str(tmp_path / "reports")])
+    (report_dir,) = (tmp_path / "reports" / "cluster").iterdir()
+    (check,) = [c for c in json.loads((report_dir / "report.json").read_text())["checks"]
+                if c["name"] == "checkpoint"]
+    assert check["status"] == "error"
+    assert "dcforge:acceptance.settings.checkpoint.directory" in check["reason"]
+    assert "checkpoints StorageClass" in check["reason"]
+
+
+def test_a_pool_check_ended_by_its_time_limit_leaves_no_labelled_object(cluster, tmp_path, env_file):
+    running: list[str] = []
+
+    def play(started: list[str]) -> None:  # the pod runs on and on
+        for pod in started:
+            cluster.set_pod_status(NS, pod, {"phase": "Running", "podIP": "10.244.0.61"})
+        running.extend(started)
+
+    env = env_file("cluster", replace={
+        "dcforge:gpuPools: []": POOL, "train: 300, allreduce: 300,": "train: 300, allreduce: 3,"})
+    started = time.monotonic()
+    with Kubelet(cluster, play):
+        outcome = CliRunner().invoke(app, ["accept", "--env-file", str(env), "--only", "allreduce", "--kubeconfig",
+                                           str(kubeconfig_for(cluster.url, tmp_path)),
+                                           "--reports", str(tmp_path / "reports")])
+    assert time.monotonic() - started < 40 and outcome.exit_code == 1, outcome.output
+    assert running and labelled(cluster) == []
+    (report_dir,) = (tmp_path / "reports" / "cluster").iterdir()
+    (check,) = [c for c in json.loads((report_dir / "report.json").read_text())["checks"] if c["name"] == "allreduce"]
+    assert check["status"] == "error" and check["reason"].endswith(" killed: timed out"), check["reason"]
