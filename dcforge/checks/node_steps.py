@@ -20,7 +20,7 @@ from typing import Any
 from dcforge.checks._torchrun import torchrun_command
 from dcforge.checks.allreduce import AllreduceCheck, AllreduceCheckConfig, record_sweep, sweep_args
 from dcforge.checks.checkpoint import CheckpointCheck, CheckpointCheckConfig, checkpoint_args, record_checkpoint
-from dcforge.checks.multinode import LOOPBACK_IFNAME
+from dcforge.checks.multinode import LOOPBACK_IFNAME, platform_failure
 from dcforge.checks.system import SystemCheck, SystemConfig, facts_problems, record_facts
 from dcforge.checks.train import TrainCheck, TrainCheckConfig, summarize, train_config_error
 from dcforge.executors.base import (Execution, Executor, ExecutorError, NodeState, Resources, Role, StatusCallback,
@@ -154,8 +154,9 @@ class OpenExecutions:
 
 def run_step(executions: OpenExecutions, executor: Executor, step: Step, run_dir: Path, timeout_s: float,
              on_status: StatusCallback | None = None) -> tuple[dict[str, Any], bytes | None]:
-    """Run one step on one node: its outcome (state, exit_code, reason, host, kubernetes_node, log, api_requests)
-    and the result file's bytes when it succeeded."""
+    """Run one step on one node: its outcome (state, exit_code, reason, host, kubernetes_node, log, api_requests,
+    platform_failure: the node never ran or was killed for its memory limit) and the result file's bytes when it
+    succeeded."""
     # a whole machine of the pool on target kubernetes (its GPUs, half its CPUs and memory), as node i of a
     # multi-node check asks for; the other executors place nothing
     resources = getattr(executor, "node_resources", None) or Resources()
@@ -180,4 +181,5 @@ def run_step(executions: OpenExecutions, executor: Executor, step: Step, run_dir
     if missing:
         state, reason = NodeState.FAILED.value, missing
     return {"state": state, "exit_code": node.exit_code, "reason": reason, "host": node.host,
-            "kubernetes_node": node.kubernetes_node, "log": node.log_path, "api_requests": api_requests}, data
+            "kubernetes_node": node.kubernetes_node, "log": node.log_path, "api_requests": api_requests,
+            "platform_failure": platform_failure([node])}, data

@@ -110,7 +110,7 @@ def run_on_pool(ctx: CheckContext, check: str, step: Step, executor, after=None)
         # the executor's reasons for a pod that could not run name it already ("pod <name>: Unschedulable: ...")
         failed.fail(f"{step.name}: " + (reason if pod in reason else
                                         f"pod {pod} {outcome['state']}" + (f": {reason}" if reason else "")))
-        if outcome["exit_code"] is None or ": OOMKilled" in outcome["reason"]:
+        if outcome["platform_failure"]:
             failed.status = Status.ERROR  # the platform could not run it: no verdict on the workload
         return failed
     (workdir / step.result_file).write_bytes(data)

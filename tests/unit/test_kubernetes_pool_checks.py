@@ -151,6 +151,7 @@ def test_a_checkpoint_directory_on_target_kubernetes_is_one_line_naming_the_key(
 
 
 def test_a_pool_check_ended_by_its_time_limit_leaves_no_labelled_object(cluster, tmp_path, env_file):
+    """A pod that runs past the check's time is killed (a fail, as for the multi-node checks) and deleted."""
     running: list[str] = []
 
     def play(started: list[str]) -> None:  # the pod runs on and on
@@ -169,4 +170,4 @@ def test_a_pool_check_ended_by_its_time_limit_leaves_no_labelled_object(cluster,
     assert running and labelled(cluster) == []
     (report_dir,) = (tmp_path / "reports" / "cluster").iterdir()
     (check,) = [c for c in json.loads((report_dir / "report.json").read_text())["checks"] if c["name"] == "allreduce"]
-    assert check["status"] == "error" and check["reason"].endswith(" killed: timed out"), check["reason"]
+    assert check["status"] == "fail" and check["reason"].endswith(" killed: timed out"), check["reason"]
