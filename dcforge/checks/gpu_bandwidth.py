@@ -14,7 +14,8 @@ import sys
 from pydantic import Field, field_validator
 
 from dcforge.checks._torchrun import WORKLOADS_DIR, log_tail
-from dcforge.harness.check import CheckConfig, CheckContext
+from dcforge.checks.on_pool import run_check_on_pool
+from dcforge.harness.check import CheckConfig, CheckContext, runs_on_pool
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.processes import ManagedProcess
 from dcforge.harness.result import CheckResult, CheckSkipped, Plot, Series
@@ -24,6 +25,10 @@ from dcforge.harness.result import CheckResult, CheckSkipped, Plot, Series
 # reads them without importing torch.
 COPY_FORMULA = "GB/s = bytes · iters / t between CUDA events (nvbandwidth copy-engine method)"
 GEMM_FORMULA = "TFLOPS = 2·n³ · iters / t (dense BF16 matmul, CUDA events)"
+
+
+GPU_BANDWIDTH_FILE = "bandwidth.json"
+"""What workloads/gpu_bandwidth.py writes (`--output`)."""
 
 
 class GpuBandwidthConfig(CheckConfig):
@@ -49,6 +54,7 @@ class GpuBandwidthCheck:
     description = "H2D/D2H (pinned) and D2D copy bandwidth per GPU and pair; dense BF16 GEMM TFLOPS vs peak."
     Config = GpuBandwidthConfig
     requires_declared_gpus = False  # per-GPU and per-pair figures hold whatever number of GPUs is visible
+    on_pool = True  # target kubernetes: runs on a machine of the acceptance pool (dcforge/checks/on_pool.py)
     metrics = (
         MetricSpec("h2d_gbps", "GB/s", "higher", f"min over GPUs; {COPY_FORMULA}",
                    "host-to-device copy bandwidth from pinned memory of the slowest GPU"),
@@ -68,11 +74,13 @@ class GpuBandwidthCheck:
     def run(self, ctx: CheckContext, config: GpuBandwidthConfig) -> CheckResult:
         from dcforge.checks.gpu_health import no_gpu_reason
 
+        if runs_on_pool(self, ctx.env.spec):  # target kubernetes: a machine of the acceptance pool
+            return run_check_on_pool(ctx, self.name, config)
         if reason := no_gpu_reason():
             raise CheckSkipped(reason.replace("GPU health cannot be read", "no GPU bandwidth to measure"))
         result = CheckResult(self.name, declared=self.metrics)
         workdir = ctx.artefact_dir(self.name)
-        output, log_path = workdir / "bandwidth.json", workdir / "bandwidth.log"
+        output, log_path = workdir / GPU_BANDWIDTH_FILE, workdir / "bandwidth.log"
         command = [sys.executable, str(WORKLOADS_DIR / "gpu_bandwidth.py"), "--bytes", config.bytes,
                    "--iters", str(config.iterations), "--gemm-size", str(config.gemm_size),
                    "--gemm-iters", str(config.gemm_iterations), "--output", str(output)]

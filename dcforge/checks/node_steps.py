@@ -20,6 +20,8 @@ from typing import Any
 from dcforge.checks._torchrun import torchrun_command
 from dcforge.checks.allreduce import AllreduceCheck, AllreduceCheckConfig, record_sweep, sweep_args
 from dcforge.checks.checkpoint import CheckpointCheck, CheckpointCheckConfig, checkpoint_args, record_checkpoint
+from dcforge.checks.gpu_bandwidth import (GPU_BANDWIDTH_FILE, GpuBandwidthCheck, GpuBandwidthConfig,
+                                          measurements_result)
 from dcforge.checks.multinode import LOOPBACK_IFNAME, platform_failure
 from dcforge.checks.system import SystemCheck, SystemConfig, facts_problems, record_facts
 from dcforge.checks.train import TrainCheck, TrainCheckConfig, summarize, train_config_error
@@ -118,6 +120,20 @@ def checkpoint_step(config: CheckpointCheckConfig, directory: str | None,
     args = checkpoint_args(config, directory or "{volume[scratch]}/checkpoint", f"{RESULTS}/{CHECKPOINT_RESULT_FILE}")
     return Step("checkpoint", _torchrun("train_checkpoint_bench.py", args, nproc), CHECKPOINT_RESULT_FILE, judge,
                 NODE_ENV, volumes)
+
+
+def gpu_bandwidth_step(config: GpuBandwidthConfig) -> Step:
+    """workloads/gpu_bandwidth.py on the node's GPUs (its JSON: `measurements_result`)."""
+    import json
+
+    def judge(data: bytes) -> CheckResult:
+        return measurements_result(CheckResult("gpu_bandwidth", declared=GpuBandwidthCheck.metrics),
+                                   json.loads(data))
+
+    command = ("{python}", "workloads/gpu_bandwidth.py", "--bytes", config.bytes, "--iters", str(config.iterations),
+               "--gemm-size", str(config.gemm_size), "--gemm-iters", str(config.gemm_iterations),
+               "--output", f"{RESULTS}/{GPU_BANDWIDTH_FILE}")
+    return Step("gpu_bandwidth", command, GPU_BANDWIDTH_FILE, judge)
 
 
 class OpenExecutions:

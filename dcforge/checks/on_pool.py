@@ -1,5 +1,5 @@
-"""The single-node checks on target kubernetes: `system`, `train`, `allreduce` and `checkpoint` run their workload
-on a machine of the acceptance pool, not on the machine running dcforge.
+"""The single-node checks on target kubernetes: `system`, `gpu_bandwidth`, `train`, `allreduce` and `checkpoint` run
+their workload on a machine of the acceptance pool, not on the machine running dcforge.
 
 Each is one pod (a single-node workload through the kubernetes executor) asking for a whole machine of the pool
 (`node_resources`: every GPU, half the CPUs and memory), its ranks defaulting to the pool's GPUs per node; the
@@ -39,9 +39,11 @@ def run_check_on_pool(ctx: CheckContext, check: str, config) -> CheckResult:
     """The single-node check `check` (a check with `on_pool`) with its settings `config`, on a machine of the
     pool."""
     from dcforge.checks.multinode import kubernetes_executor
-    from dcforge.checks.node_steps import allreduce_step, checkpoint_step, system_step, train_step
+    from dcforge.checks.node_steps import (allreduce_step, checkpoint_step, gpu_bandwidth_step, system_step,
+                                           train_step)
     from dcforge.checks.train import settings_error
     from dcforge.executors.base import VolumePurpose
+    from dcforge.harness.result import CheckSkipped
 
     executor = kubernetes_executor(ctx)
     after = None
@@ -58,6 +60,10 @@ def run_check_on_pool(ctx: CheckContext, check: str, config) -> CheckResult:
                                  "the spec's checkpoints StorageClass (purpose: checkpoints); remove directory")
         step = checkpoint_step(pool_ranks(config, executor), "{volume[checkpoints]}/checkpoint",
                                (VolumePurpose.SCRATCH, VolumePurpose.RESULTS, VolumePurpose.CHECKPOINTS))
+    elif check == "gpu_bandwidth":
+        if not executor.node_resources.gpus:
+            raise CheckSkipped("the acceptance pool's machines have no GPUs: no GPU bandwidth to measure")
+        step = gpu_bandwidth_step(config)
     else:
         raise ValueError(f"{check} has no workload to run on the pool")
     return run_on_pool(ctx, check, step, executor, after)

@@ -15,6 +15,7 @@ kmock = pytest.importorskip("kmock", reason="kmock (the fake Kubernetes API) nee
 
 from typer.testing import CliRunner  # noqa: E402
 
+from dcforge.checks.gpu_bandwidth import GPU_BANDWIDTH_FILE  # noqa: E402
 from dcforge.cli import app  # noqa: E402
 from dcforge.executors.pod_results import result_lines  # noqa: E402
 from tests.kube_fake import FakeCluster  # noqa: E402
@@ -23,7 +24,7 @@ from tests.unit.test_kubernetes_accept import (NS, POOL, POOL_LABELS, Kubelet, k
 from workloads.records import (ALLREDUCE_RESULT_FILE, CHECKPOINT_RESULT_FILE, SYSTEM_FACTS_FILE,  # noqa: E402
                                TRAIN_METRICS_FILE, CheckpointResult, SystemFacts, TrainStep)
 
-CHECKS = "system,train,allreduce,checkpoint"
+CHECKS = "system,gpu_bandwidth,train,allreduce,checkpoint"
 
 
 @pytest.fixture
@@ -53,7 +54,13 @@ def workload_logs(folder: Path, gpus: int) -> dict[str, str]:
         tensors=10, rounds=1, save_s=0.01, load_s=0.005, raw_write_s=0.008, verify_s=0.001, save_times_s=[0.01],
         raw_write_times_s=[0.008], save_gbps=0.2, load_gbps=0.4, raw_write_gbps=0.25, save_ratio_to_raw=0.8,
         checksum_match=True, corruption_detected=True, directory="/dcforge/checkpoints/checkpoint")
-    return {"dcforge.checks.system": records(folder / "system", SYSTEM_FACTS_FILE, [facts.to_json()]),
+    bandwidth = {"bytes": 1 << 28, "iters": 20, "gemm_size": 8192, "gemm_iters": 50, "torch": "2.x", "cuda": "12.8",
+                 "host_device": [{"gpu": i, "h2d_gbps": 50.0 + i, "d2h_gbps": 48.0} for i in range(gpus)],
+                 "device_device": [{"source": a, "destination": b, "gbps": 700.0, "peer_access": True}
+                                   for a in range(gpus) for b in range(gpus) if a != b],
+                 "gemm": [{"gpu": i, "name": "NVIDIA H100 80GB HBM3", "tflops": 700.0} for i in range(gpus)]}
+    return {"workloads/gpu_bandwidth.py": records(folder / "bandwidth", GPU_BANDWIDTH_FILE, [json.dumps(bandwidth)]),
+            "dcforge.checks.system": records(folder / "system", SYSTEM_FACTS_FILE, [facts.to_json()]),
             "train.py": records(folder / "train", TRAIN_METRICS_FILE, [step.to_json() for step in steps]),
             "allreduce.py": records(folder / "allreduce", ALLREDUCE_RESULT_FILE, [sweep_line().strip()]),
             "train_checkpoint_bench.py": records(folder / "checkpoint", CHECKPOINT_RESULT_FILE,
@@ -82,28 +89,32 @@ def test_single_node_checks_run_as_one_pod_on_a_machine_of_the_pool(cluster, tmp
 
     env = env_file("cluster", replace={
         "dcforge:gpuPools: []": POOL.replace("gpusPerNode: 1", "gpusPerNode: 4"),
-        **TRAIN})
+        "checks: [system,": "checks: [system, gpu_bandwidth,", **TRAIN})
     with Kubelet(cluster, play):
         outcome = CliRunner().invoke(app, ["accept", "--env-file", str(env), "--only", CHECKS, "--kubeconfig",
                                            str(kubeconfig_for(cluster.url, tmp_path)),
                                            "--reports", str(tmp_path / "reports")])
     (report_dir,) = (tmp_path / "reports" / "cluster").iterdir()
     checks = {c["name"]: c for c in json.loads((report_dir / "report.json").read_text())["checks"]}
-    assert [checks[name]["status"] for name in ("train", "allreduce", "checkpoint")] == ["pass"] * 3, outcome.output
+    assert [checks[name]["status"] for name in ("gpu_bandwidth", "train", "allreduce", "checkpoint")] == [
+        "pass"] * 4, outcome.output
+    assert checks["gpu_bandwidth"]["metrics"]["h2d_gbps"]["value"] == 50.0  # the slowest of the pod's 4 GPUs
+    assert checks["gpu_bandwidth"]["metrics"]["gemm_fraction_of_peak"]["value"] > 0.7
     assert checks["system"]["status"] == "fail" and "gpu" in checks["system"]["reason"].lower()
     assert checks["train"]["metrics"]["loss_end"]["value"] == 3.5  # from the pod's records
     assert checks["allreduce"]["metrics"]["busbw_gbps"]["value"] == 0.5
     (run,) = checks["allreduce"]["details"]["nccl_transport"]["runs"]  # from the pod's log; gloo: rule skipped
     assert run["network"] == "TCP" and run["rule"]["verdict"] == "skipped" and run["host"].startswith("dcf-")
     assert checks["checkpoint"]["metrics"]["save_gbps"]["value"] == 0.2
-    for name in ("system", "train", "allreduce", "checkpoint"):
+    for name in ("system", "gpu_bandwidth", "train", "allreduce", "checkpoint"):
         assert checks[name]["details"]["kubernetes_node"] == "gpu-node-a"
         assert checks[name]["details"]["executor"] == "kubernetes"
         assert 0 < checks[name]["details"]["api_requests"] < 40  # a watch, not polling
-    for workload in ("train.py", "allreduce.py", "train_checkpoint_bench.py"):
+    for workload in ("workloads/gpu_bandwidth.py", "train.py", "allreduce.py", "train_checkpoint_bench.py"):
         (container,) = pods[workload]["containers"]
         assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
-        assert "--nproc-per-node=4" in " ".join(container["command"] + container.get("args", []))
+        assert workload == "workloads/gpu_bandwidth.py" or "--nproc-per-node=4" in " ".join(
+            container["command"] + container.get("args", []))
     claims = [v for v in pods["train_checkpoint_bench.py"]["volumes"] if "persistentVolumeClaim" in v]
     assert len(claims) == 1 and not [v for v in pods["train.py"]["volumes"] if "persistentVolumeClaim" in v]
     assert labelled(cluster) == []
@@ -171,3 +182,15 @@ def test_a_pool_check_ended_by_its_time_limit_leaves_no_labelled_object(cluster,
     (report_dir,) = (tmp_path / "reports" / "cluster").iterdir()
     (check,) = [c for c in json.loads((report_dir / "report.json").read_text())["checks"] if c["name"] == "allreduce"]
     assert check["status"] == "fail" and check["reason"].endswith(" killed: timed out"), check["reason"]
+
+
+def test_gpu_bandwidth_on_a_pool_without_gpus_is_skipped_with_its_reason(cluster, tmp_path, env_file):
+    env = env_file("cluster", replace={"checks: [system,": "checks: [system, gpu_bandwidth,"})
+    CliRunner().invoke(app, ["accept", "--env-file", str(env), "--only", "gpu_bandwidth", "--kubeconfig",
+                             str(kubeconfig_for(cluster.url, tmp_path)), "--reports", str(tmp_path / "reports")])
+    (report_dir,) = (tmp_path / "reports" / "cluster").iterdir()
+    (check,) = [c for c in json.loads((report_dir / "report.json").read_text())["checks"]
+                if c["name"] == "gpu_bandwidth"]
+    assert (check["status"], check["reason"]) == (
+        "skipped", "the acceptance pool's machines have no GPUs: no GPU bandwidth to measure")
+    assert labelled(cluster) == []
