@@ -52,8 +52,10 @@ class Step:
     volumes: tuple[VolumePurpose, ...] = (VolumePurpose.SCRATCH, VolumePurpose.RESULTS)
 
 
-def _torchrun(script: str, args: list[str], nproc: int) -> tuple[str, ...]:
-    return tuple(torchrun_command(script, args, nproc, python="{python}", workloads_dir="workloads"))
+def node_torchrun(script: str, args: list[str], nproc: int, max_restarts: int = 0) -> tuple[str, ...]:
+    """A single-node torchrun of a workload script, as executor templates (`{python}`, `workloads/` in the
+    executor's working directory)."""
+    return tuple(torchrun_command(script, args, nproc, max_restarts, python="{python}", workloads_dir="workloads"))
 
 
 def system_step(spec: Environment, config: SystemConfig) -> Step:
@@ -91,7 +93,7 @@ def train_step(ctx: CheckContext, config: TrainCheckConfig, threads: int | None,
         summarize(judged, read_records(data.decode().splitlines(), TrainStep), config, nproc, None)
         return judged
 
-    return Step("train", _torchrun("train.py", train_config.to_args(), nproc), TRAIN_METRICS_FILE, judge, NODE_ENV)
+    return Step("train", node_torchrun("train.py", train_config.to_args(), nproc), TRAIN_METRICS_FILE, judge, NODE_ENV)
 
 
 def allreduce_step(config: AllreduceCheckConfig) -> Step:
@@ -103,7 +105,7 @@ def allreduce_step(config: AllreduceCheckConfig) -> Step:
         return judged
 
     args = sweep_args(config, f"{RESULTS}/{ALLREDUCE_RESULT_FILE}")
-    return Step("allreduce", _torchrun("allreduce.py", args, nproc), ALLREDUCE_RESULT_FILE, judge, NODE_ENV)
+    return Step("allreduce", node_torchrun("allreduce.py", args, nproc), ALLREDUCE_RESULT_FILE, judge, NODE_ENV)
 
 
 def checkpoint_step(config: CheckpointCheckConfig, directory: str | None,
@@ -118,7 +120,7 @@ def checkpoint_step(config: CheckpointCheckConfig, directory: str | None,
         return judged
 
     args = checkpoint_args(config, directory or "{volume[scratch]}/checkpoint", f"{RESULTS}/{CHECKPOINT_RESULT_FILE}")
-    return Step("checkpoint", _torchrun("train_checkpoint_bench.py", args, nproc), CHECKPOINT_RESULT_FILE, judge,
+    return Step("checkpoint", node_torchrun("train_checkpoint_bench.py", args, nproc), CHECKPOINT_RESULT_FILE, judge,
                 NODE_ENV, volumes)
 
 

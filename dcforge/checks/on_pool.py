@@ -1,5 +1,5 @@
-"""The single-node checks on target kubernetes: `system`, `gpu_bandwidth`, `train`, `allreduce` and `checkpoint` run
-their workload on a machine of the acceptance pool, not on the machine running dcforge.
+"""The single-node checks on target kubernetes: `system`, `gpu_bandwidth`, `train`, `allreduce`, `checkpoint` and
+`train_failover` run their workload on a machine of the acceptance pool, not on the machine running dcforge.
 
 Each is one pod (a single-node workload through the kubernetes executor) asking for a whole machine of the pool
 (`node_resources`: every GPU, half the CPUs and memory), its ranks defaulting to the pool's GPUs per node; the
@@ -60,6 +60,10 @@ def run_check_on_pool(ctx: CheckContext, check: str, config) -> CheckResult:
                                  "the spec's checkpoints StorageClass (purpose: checkpoints); remove directory")
         step = checkpoint_step(pool_ranks(config, executor), "{volume[checkpoints]}/checkpoint",
                                (VolumePurpose.SCRATCH, VolumePurpose.RESULTS, VolumePurpose.CHECKPOINTS))
+    elif check == "train_failover":
+        from dcforge.checks.train_failover import failover_on_pool
+
+        return failover_on_pool(ctx, pool_ranks(config, executor), executor)
     elif check == "gpu_bandwidth":
         if not executor.node_resources.gpus:
             raise CheckSkipped("the acceptance pool's machines have no GPUs: no GPU bandwidth to measure")

@@ -12,8 +12,9 @@ from typing import ClassVar
 from pydantic import Field, model_validator
 
 from dcforge.checks._torchrun import ModelTorchCheckConfig, run_torchrun
+from dcforge.checks.on_pool import run_check_on_pool
 from dcforge.checks.train import train_config_error
-from dcforge.harness.check import CheckContext
+from dcforge.harness.check import CheckContext, runs_on_pool
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult, Plot, Series
 from workloads.records import (TRAIN_RECORDS, Record, TrainCheckpointSaved, TrainFault, TrainFinal, TrainStart,
@@ -60,6 +61,7 @@ class TrainFailoverCheck:
     description = "Kills one training rank mid-run; torchrun restarts; resume step, steps lost, time to resume."
     Config = TrainFailoverConfig
     requires_declared_gpus = True
+    on_pool = True  # target kubernetes: runs on a machine of the acceptance pool (dcforge/checks/on_pool.py)
     metrics = (
         MetricSpec("failure_step", "step", None, "step during which the rank (or node) was killed",
                    "where the fault was injected"),
@@ -77,6 +79,8 @@ class TrainFailoverCheck:
     )
 
     def run(self, ctx: CheckContext, config: TrainFailoverConfig) -> CheckResult:
+        if runs_on_pool(self, ctx.env.spec):  # target kubernetes: a machine of the acceptance pool
+            return run_check_on_pool(ctx, self.name, config)
         import torch
 
         from workloads.train_config import TrainConfig, TrainConfigError
@@ -110,16 +114,67 @@ class TrainFailoverCheck:
         if config.compare_with_uninterrupted and deterministic:
             reference = TrainConfig(**common, metrics_file=str(workdir / "reference.jsonl"))
             run_torchrun(ctx, "train.py", reference.to_args(), nproc=nproc, log_path=workdir / "reference.log")
-            expected = final_hash(read_records_file(workdir / "reference.jsonl", TrainFinal))
-            actual = final_hash(records)
-            match = expected is not None and expected == actual
-            result.add_metric("final_params_match", 1.0 if match else 0.0)
-            result.details.update(final_params_sha256=actual, reference_params_sha256=expected)
-            if not match:
-                result.fail("final parameters differ from an uninterrupted run with the same seed: the resume "
-                            "did not restore the full training state")
+            compare_final(result, final_hash(read_records_file(workdir / "reference.jsonl", TrainFinal)),
+                          final_hash(records))
         result.details["nproc"] = nproc
         return result
+
+
+def compare_final(result: CheckResult, expected: str | None, actual: str | None) -> None:
+    """The uninterrupted run's final parameters (`expected`) against the faulted run's, bit for bit."""
+    match = expected is not None and expected == actual
+    result.add_metric("final_params_match", 1.0 if match else 0.0)
+    result.details.update(final_params_sha256=actual, reference_params_sha256=expected)
+    if not match:
+        result.fail("final parameters differ from an uninterrupted run with the same seed: the resume "
+                    "did not restore the full training state")
+
+
+def failover_on_pool(ctx: CheckContext, config: TrainFailoverConfig, executor) -> CheckResult:
+    """Target kubernetes: the faulted run as one pod on a machine of the acceptance pool — the rank dies inside
+    the pod, torchrun restarts the workers there, and they resume from checkpoints on a claim of the checkpoints
+    StorageClass — judged by `judge_recovery`; on a pool without GPUs (deterministic kernels) the uninterrupted
+    run is a second pod for the bitwise comparison."""
+    from dcforge.checks.node_steps import NODE_ENV, Step, node_torchrun
+    from dcforge.checks.on_pool import run_on_pool
+    from dcforge.executors.base import VolumePurpose
+    from workloads.records import read_records
+    from workloads.train_config import TrainConfig, TrainConfigError
+
+    nproc = config.nproc()
+    common = dict(preset=config.preset, seq_len=config.seq_len, global_batch_size=config.global_batch_size,
+                  steps=config.steps, log_every=0)
+    faulted = TrainConfig(**common, checkpoint_dir="{volume[checkpoints]}/train_failover",
+                          checkpoint_every=config.checkpoint_every, metrics_file="{volume[results]}/faulted.jsonl",
+                          fail_at_step=config.fail_at_step, fail_rank=config.fail_rank, resume=True)
+    try:
+        faulted.validate(nproc)
+    except TrainConfigError as error:
+        raise train_config_error(ctx, TrainFailoverCheck.name, error) from None
+
+    def judge(data: bytes, recovery: bool) -> CheckResult:
+        judged = CheckResult(TrainFailoverCheck.name, declared=TrainFailoverCheck.metrics)
+        records = read_records(data.decode().splitlines(), *TRAIN_RECORDS)
+        if recovery:
+            judge_recovery(judged, records, config)
+        judged.details["final_params_sha256"] = final_hash(records)
+        return judged
+
+    result = run_on_pool(ctx, TrainFailoverCheck.name, Step(
+        "faulted", node_torchrun("train.py", faulted.to_args(), nproc, max_restarts=1), "faulted.jsonl",
+        lambda data: judge(data, recovery=True), NODE_ENV,
+        (VolumePurpose.SCRATCH, VolumePurpose.RESULTS, VolumePurpose.CHECKPOINTS)), executor)
+    deterministic = not executor.node_resources.gpus  # CPU kernels; GPU ones are not bitwise reproducible
+    if config.compare_with_uninterrupted and deterministic and "final_params_sha256" in result.details:
+        reference = TrainConfig(**common, metrics_file="{volume[results]}/reference.jsonl")
+        uninterrupted = run_on_pool(ctx, TrainFailoverCheck.name, Step(
+            "reference", node_torchrun("train.py", reference.to_args(), nproc), "reference.jsonl",
+            lambda data: judge(data, recovery=False), NODE_ENV), executor)
+        if "final_params_sha256" not in uninterrupted.details:  # the reference pod did not run through
+            return result.fail(f"the uninterrupted run: {uninterrupted.reason}")
+        compare_final(result, uninterrupted.details["final_params_sha256"], result.details["final_params_sha256"])
+    result.details["nproc"] = nproc
+    return result
 
 
 def final_hash(records: list[Record]) -> str | None:

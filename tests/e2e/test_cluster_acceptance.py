@@ -18,8 +18,8 @@ from tests.e2e.conftest import CONTEXT, labelled_objects
 
 pytestmark = pytest.mark.e2e
 
-EXECUTOR_CHECKS = ("system", "train", "allreduce", "checkpoint", "allreduce_multinode", "train_multinode", "slow_node",
-                   "network")
+EXECUTOR_CHECKS = ("system", "train", "allreduce", "checkpoint", "train_failover", "allreduce_multinode",
+                   "train_multinode", "slow_node", "network")
 
 
 def dcforge(*args: str, kubeconfig: str) -> list[str]:
@@ -46,7 +46,8 @@ def test_the_checks_that_run_through_the_executor_pass_and_leave_nothing(deploye
     assert done.returncode == 0, (verdicts, done.stdout[-4000:], done.stderr[-2000:])
     assert all(status == "pass" for status, _ in verdicts.values()), verdicts
     assert all(c["details"].get("executor", "kubernetes") == "kubernetes" for c in report["checks"]
-               if c["name"] in ("train", "allreduce", "checkpoint", "allreduce_multinode", "train_multinode"))
+               if c["name"] in ("train", "allreduce", "checkpoint", "train_failover", "allreduce_multinode",
+                                "train_multinode"))
     assert labelled_objects(admin, spec) == []
 
 
