@@ -114,6 +114,18 @@ def accept(kubeconfig: Path, reports: Path, *extra: str):
                                     str(kubeconfig), "--reports", str(reports), *extra])
 
 
+def accept_only(cluster: FakeCluster, tmp_path: Path, env: Path, check: str, *extra: str):
+    """`dcforge accept --only <check>` of the environment file `env` on the fake cluster: the command's outcome,
+    the run's report and the check's entry in it."""
+    outcome = CliRunner().invoke(app, ["accept", "--env-file", str(env), "--only", check, "--kubeconfig",
+                                       str(kubeconfig_for(cluster.url, tmp_path)), "--reports",
+                                       str(tmp_path / "reports"), *extra])
+    (report_dir,) = (tmp_path / "reports" / "cluster").iterdir()
+    report = json.loads((report_dir / "report.json").read_text())
+    (entry,) = [c for c in report["checks"] if c["name"] == check]
+    return outcome, report, entry
+
+
 def test_a_multinode_check_runs_as_an_indexed_job_and_reads_its_typed_result(cluster, tmp_path):
     kubeconfig = kubeconfig_for(cluster.url, tmp_path)
     with Kubelet(cluster, succeed_with_a_sweep(cluster, tmp_path)) as kubelet:
@@ -245,9 +257,8 @@ def pool_env(env_file, nodes: int) -> Path:
                                         "slow_node: {nodes: 2}": f"slow_node: {{nodes: {nodes}}}"})
 
 
-def pairs_on_pinned_nodes(cluster: FakeCluster, folder: Path, slow_node: str):
-    """The scheduler and kubelets for slow_node's pairs: each pod bound to the node its affinity names; when both
-    pods of a pair run, rank 0 logs a busbw of 0.1 GB/s where `slow_node` is in the pair, 1.0 otherwise."""
+def fast_and_slow_sweeps(folder: Path) -> dict[str, str]:
+    """What a pod logs: a sweep whose largest size reaches 1.0 GB/s (`fast`) and one of 0.1 GB/s (`slow`)."""
     logs = {}
     for name, busbw in (("fast", 1.0), ("slow", 0.1)):
         (folder / name).mkdir()
@@ -255,6 +266,13 @@ def pairs_on_pinned_nodes(cluster: FakeCluster, folder: Path, slow_node: str):
         line["results"][0]["busbw_gbps"] = busbw
         (folder / name / ALLREDUCE_RESULT_FILE).write_text(json.dumps(line) + "\n")
         logs[name] = "\n".join(result_lines(folder / name)) + "\n"
+    return logs
+
+
+def pairs_on_pinned_nodes(cluster: FakeCluster, folder: Path, slow_node: str):
+    """The scheduler and kubelets for slow_node's pairs: each pod bound to the node its affinity names; when both
+    pods of a pair run, rank 0 logs a busbw of 0.1 GB/s where `slow_node` is in the pair, 1.0 otherwise."""
+    logs = fast_and_slow_sweeps(folder)
     placed: dict[str, list[tuple[str, str, str]]] = {}
     affinities: list[dict] = []
 
@@ -377,13 +395,7 @@ def test_node_level_pins_each_node_workload_to_its_node_and_names_the_outlier(cl
     cluster.add_node("gpu-node-c", POOL_LABELS, taints=[dict(TAINT)])
     cluster.add_node("gpu-node-d", POOL_LABELS, ready=False)
     cluster.add_node("gpu-node-e", POOL_LABELS, taints=[{"key": "maintenance", "effect": "NoSchedule"}])
-    logs = {}
-    for name, busbw in (("fast", 1.0), ("slow", 0.1)):
-        (tmp_path / name).mkdir()
-        line = json.loads(sweep_line())
-        line["results"][0]["busbw_gbps"] = busbw
-        (tmp_path / name / ALLREDUCE_RESULT_FILE).write_text(json.dumps(line) + "\n")
-        logs[name] = "\n".join(result_lines(tmp_path / name)) + "\n"
+    logs = fast_and_slow_sweeps(tmp_path)
     placed: list[str] = []
     pod_specs: list[dict] = []
 
@@ -402,13 +414,8 @@ def test_node_level_pins_each_node_workload_to_its_node_and_names_the_outlier(cl
         "checks: [system,": "checks: [node_level, system,",
         "      slow_node: {nodes: 2}": "      slow_node: {nodes: 2}\n      node_level: {workloads: [allreduce]}"})
     with Kubelet(cluster, play):
-        outcome = CliRunner().invoke(app, ["accept", "--env-file", str(env), "--only", "node_level", "--kubeconfig",
-                                           str(kubeconfig_for(cluster.url, tmp_path)),
-                                           "--reports", str(tmp_path / "reports"), "--taint-failed"])
+        outcome, report, check = accept_only(cluster, tmp_path, env, "node_level", "--taint-failed")
     assert outcome.exit_code == 1, outcome.output
-    (report_dir,) = (tmp_path / "reports" / "cluster").iterdir()
-    report = json.loads((report_dir / "report.json").read_text())
-    (check,) = [c for c in report["checks"] if c["name"] == "node_level"]
     # the outlier is quarantined; the quarantined node that passed is released
     assert (report["remediation"]["tainted"], report["remediation"]["untainted"]) == (["gpu-node-b"], ["gpu-node-c"])
     taints = {o["metadata"]["name"]: o["spec"]["taints"] for o in cluster.objects() if o["kind"] == "Node"}
@@ -429,10 +436,7 @@ def test_node_level_pins_each_node_workload_to_its_node_and_names_the_outlier(cl
 
 def test_node_level_on_kubernetes_without_a_gpu_pool_is_skipped_with_its_reason(cluster, tmp_path, env_file):
     env = env_file("cluster", replace={"checks: [system,": "checks: [node_level, system,"})
-    outcome = CliRunner().invoke(app, ["accept", "--env-file", str(env), "--only", "node_level", "--kubeconfig",
-                                       str(kubeconfig_for(cluster.url, tmp_path)), "--reports", str(tmp_path / "r")])
-    (report_dir,) = (tmp_path / "r" / "cluster").iterdir()
-    (check,) = [c for c in json.loads((report_dir / "report.json").read_text())["checks"] if c["name"] == "node_level"]
+    outcome, _, check = accept_only(cluster, tmp_path, env, "node_level")
     assert check["status"] == "skipped", outcome.output
     assert check["reason"] == ("node_level on target kubernetes pins one pod to each node of the acceptance pool, "
                                "and the spec declares no GPU pool (dcforge:gpuPools)")

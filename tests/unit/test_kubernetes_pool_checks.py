@@ -19,8 +19,8 @@ from dcforge.checks.gpu_bandwidth import GPU_BANDWIDTH_FILE  # noqa: E402
 from dcforge.cli import app  # noqa: E402
 from dcforge.executors.pod_results import result_lines  # noqa: E402
 from tests.kube_fake import FakeCluster  # noqa: E402
-from tests.unit.test_kubernetes_accept import (NS, POOL, POOL_LABELS, Kubelet, kubeconfig_for, labelled,  # noqa: E402
-                                               sweep_line)
+from tests.unit.test_kubernetes_accept import (NS, POOL, POOL_LABELS, Kubelet, accept_only,  # noqa: E402
+                                               kubeconfig_for, labelled, sweep_line)
 from workloads.records import (ALLREDUCE_RESULT_FILE, CHECKPOINT_RESULT_FILE, SYSTEM_FACTS_FILE,  # noqa: E402
                                TRAIN_METRICS_FILE, CheckpointResult, SystemFacts, TrainStep)
 
@@ -132,17 +132,12 @@ def test_a_pool_check_whose_pod_cannot_start_is_an_error_naming_the_pod(cluster,
                 {**waiting, "state": {"waiting": {"reason": reason, "message": "manifest unknown"}}}]})
             time.sleep(0.5)
 
-    env = env_file("cluster", replace={
-        "dcforge:gpuPools: []": POOL, **TRAIN})
+    env = env_file("cluster", replace={"dcforge:gpuPools: []": POOL, **TRAIN})
     started = time.monotonic()
     with Kubelet(cluster, play):
-        outcome = CliRunner().invoke(app, ["accept", "--env-file", str(env), "--only", "train", "--kubeconfig",
-                                           str(kubeconfig_for(cluster.url, tmp_path)),
-                                           "--reports", str(tmp_path / "reports")])
+        outcome, _, check = accept_only(cluster, tmp_path, env, "train")
     assert time.monotonic() - started < 30
     assert "(ErrImagePull: manifest unknown)" in outcome.output  # the live view, while the pod waits
-    (report_dir,) = (tmp_path / "reports" / "cluster").iterdir()
-    (check,) = [c for c in json.loads((report_dir / "report.json").read_text())["checks"] if c["name"] == "train"]
     assert check["status"] == "error" and "\n" not in check["reason"]
     assert check["reason"] == f"train: pod {check['details']['pod']}: ImagePullBackOff: manifest unknown"
     assert labelled(cluster) == []
@@ -151,11 +146,7 @@ def test_a_pool_check_whose_pod_cannot_start_is_an_error_naming_the_pod(cluster,
 def test_a_checkpoint_directory_on_target_kubernetes_is_one_line_naming_the_key(cluster, tmp_path, env_file):
     env = env_file("cluster", replace={
         "dcforge:gpuPools: []": POOL, "checkpoint: {preset: tiny, rounds: 2}": "checkpoint: {directory: /mnt/ckpt}"})
-    CliRunner().invoke(app, ["accept", "--env-file", str(env), "--only", "checkpoint", "--kubeconfig",
-                             str(kubeconfig_for(cluster.url, tmp_path)), "--reports", str(tmp_path / "reports")])
-    (report_dir,) = (tmp_path / "reports" / "cluster").iterdir()
-    (check,) = [c for c in json.loads((report_dir / "report.json").read_text())["checks"]
-                if c["name"] == "checkpoint"]
+    _, _, check = accept_only(cluster, tmp_path, env, "checkpoint")
     assert check["status"] == "error"
     assert "dcforge:acceptance.settings.checkpoint.directory" in check["reason"]
     assert "checkpoints StorageClass" in check["reason"]
@@ -174,23 +165,15 @@ def test_a_pool_check_ended_by_its_time_limit_leaves_no_labelled_object(cluster,
         "dcforge:gpuPools: []": POOL, "train: 300, allreduce: 300,": "train: 300, allreduce: 3,"})
     started = time.monotonic()
     with Kubelet(cluster, play):
-        outcome = CliRunner().invoke(app, ["accept", "--env-file", str(env), "--only", "allreduce", "--kubeconfig",
-                                           str(kubeconfig_for(cluster.url, tmp_path)),
-                                           "--reports", str(tmp_path / "reports")])
+        outcome, _, check = accept_only(cluster, tmp_path, env, "allreduce")
     assert time.monotonic() - started < 40 and outcome.exit_code == 1, outcome.output
     assert running and labelled(cluster) == []
-    (report_dir,) = (tmp_path / "reports" / "cluster").iterdir()
-    (check,) = [c for c in json.loads((report_dir / "report.json").read_text())["checks"] if c["name"] == "allreduce"]
     assert check["status"] == "fail" and check["reason"].endswith(" killed: timed out"), check["reason"]
 
 
 def test_gpu_bandwidth_on_a_pool_without_gpus_is_skipped_with_its_reason(cluster, tmp_path, env_file):
     env = env_file("cluster", replace={"checks: [system,": "checks: [system, gpu_bandwidth,"})
-    CliRunner().invoke(app, ["accept", "--env-file", str(env), "--only", "gpu_bandwidth", "--kubeconfig",
-                             str(kubeconfig_for(cluster.url, tmp_path)), "--reports", str(tmp_path / "reports")])
-    (report_dir,) = (tmp_path / "reports" / "cluster").iterdir()
-    (check,) = [c for c in json.loads((report_dir / "report.json").read_text())["checks"]
-                if c["name"] == "gpu_bandwidth"]
+    _, _, check = accept_only(cluster, tmp_path, env, "gpu_bandwidth")
     assert (check["status"], check["reason"]) == (
         "skipped", "the acceptance pool's machines have no GPUs: no GPU bandwidth to measure")
     assert labelled(cluster) == []
@@ -239,11 +222,7 @@ def test_train_failover_runs_in_a_pod_and_compares_with_an_uninterrupted_pod(clu
 
     env = env_file("cluster")
     with Kubelet(cluster, play):
-        CliRunner().invoke(app, ["accept", "--env-file", str(env), "--only", "train_failover", "--kubeconfig",
-                                 str(kubeconfig_for(cluster.url, tmp_path)), "--reports", str(tmp_path / "reports")])
-    (report_dir,) = (tmp_path / "reports" / "cluster").iterdir()
-    (check,) = [c for c in json.loads((report_dir / "report.json").read_text())["checks"]
-                if c["name"] == "train_failover"]
+        _, _, check = accept_only(cluster, tmp_path, env, "train_failover")
     assert check["status"] == verdict, check["reason"]
     metrics = {name: m["value"] for name, m in check["metrics"].items()}
     assert (metrics["failure_step"], metrics["resumed_step"], metrics["steps_lost"]) == (7, 4, 3)
