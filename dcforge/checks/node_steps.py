@@ -23,7 +23,7 @@ from dcforge.checks.checkpoint import CheckpointCheck, CheckpointCheckConfig, ch
 from dcforge.checks.gpu_bandwidth import (GPU_BANDWIDTH_FILE, GpuBandwidthCheck, GpuBandwidthConfig,
                                           measurements_result)
 from dcforge.checks.multinode import LOOPBACK_IFNAME, platform_failure
-from dcforge.checks.system import SystemCheck, SystemConfig, facts_problems, record_facts
+from dcforge.checks.system import SystemCheck, SystemConfig, judge_facts
 from dcforge.checks.train import TrainCheck, TrainCheckConfig, summarize, train_config_error
 from dcforge.executors.base import (Execution, Executor, ExecutorError, NodeState, Resources, Role, StatusCallback,
                                     VolumePurpose, Workload)
@@ -61,10 +61,7 @@ def node_torchrun(script: str, args: list[str], nproc: int, max_restarts: int = 
 def system_step(spec: Environment, config: SystemConfig) -> Step:
     def judge(data: bytes) -> CheckResult:
         judged = CheckResult("system", declared=SystemCheck.metrics)
-        facts = read_result(data.decode().splitlines(), SystemFacts)
-        record_facts(judged, facts)
-        for problem in facts_problems(facts, spec, config):
-            judged.fail(problem)
+        judge_facts(judged, read_result(data.decode().splitlines(), SystemFacts), spec, config)
         return judged
 
     return Step("system", ("{python}", "-m", "dcforge.checks.system", "--output", f"{RESULTS}/{SYSTEM_FACTS_FILE}"),

@@ -101,28 +101,31 @@ class SystemCheck:
         if runs_on_pool(self, ctx.env.spec):  # target kubernetes: a machine of the acceptance pool
             return run_check_on_pool(ctx, self.name, config)
         result = CheckResult(self.name, declared=self.metrics)
-        spec = ctx.env.spec
         facts = node_facts()
-        record_facts(result, facts)
-        result.details = {
-            "hostname": facts.hostname,
-            "cpu_model": facts.cpu_model,
-            "kernel": facts.kernel,
-            "os": facts.os,
-            "python": facts.python,
-            **facts.versions,
-            "gpus": facts.gpus,
-            "driver": facts.gpus[0]["driver"] if facts.gpus else "none",
-            "repo_commit": git_commit(),
-            "env_file": str(ctx.env.path),
-            "env_sha256": ctx.env.sha256,
-            "pinned_versions": spec.versions.model_dump(by_alias=True),
-        }
         ctx.log(f"{facts.cpu_count} CPUs, {facts.memory_gi:.1f} GiB, {len(facts.gpus)} GPUs")
-        result.details["expected_gpus"] = expected_gpus(spec, config)
-        for problem in facts_problems(facts, spec, config):
-            result.fail(problem)
+        judge_facts(result, facts, ctx.env.spec, config)
+        result.details.update({"repo_commit": git_commit(), "env_file": str(ctx.env.path),
+                               "env_sha256": ctx.env.sha256})
         return result
+
+
+def judge_facts(result: CheckResult, facts: SystemFacts, spec: Environment, config: SystemConfig) -> None:
+    """The metrics, the machine's details and the verdicts of one machine's facts (this one's, or a node's)."""
+    record_facts(result, facts)
+    result.details.update({
+        "hostname": facts.hostname,
+        "cpu_model": facts.cpu_model,
+        "kernel": facts.kernel,
+        "os": facts.os,
+        "python": facts.python,
+        **facts.versions,
+        "gpus": facts.gpus,
+        "driver": facts.gpus[0]["driver"] if facts.gpus else "none",
+        "pinned_versions": spec.versions.model_dump(by_alias=True),
+        "expected_gpus": expected_gpus(spec, config),
+    })
+    for problem in facts_problems(facts, spec, config):
+        result.fail(problem)
 
 
 def node_facts() -> SystemFacts:

@@ -101,6 +101,7 @@ def test_single_node_checks_run_as_one_pod_on_a_machine_of_the_pool(cluster, tmp
     assert checks["gpu_bandwidth"]["metrics"]["h2d_gbps"]["value"] == 50.0  # the slowest of the pod's 4 GPUs
     assert checks["gpu_bandwidth"]["metrics"]["gemm_fraction_of_peak"]["value"] > 0.7
     assert checks["system"]["status"] == "fail" and "gpu" in checks["system"]["reason"].lower()
+    assert (checks["system"]["details"]["hostname"], checks["system"]["details"]["expected_gpus"]) == ("dcf-pod", 4)
     assert checks["train"]["metrics"]["loss_end"]["value"] == 3.5  # from the pod's records
     assert checks["allreduce"]["metrics"]["busbw_gbps"]["value"] == 0.5
     (run,) = checks["allreduce"]["details"]["nccl_transport"]["runs"]  # from the pod's log; gloo: rule skipped
