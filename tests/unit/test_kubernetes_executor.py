@@ -120,6 +120,24 @@ def test_a_run_reports_phases_and_reads_results_from_the_logs(spec, cluster, tmp
     assert labelled(cluster) == []
 
 
+@pytest.mark.parametrize("running_s", [0.2, 3.0])
+def test_the_api_requests_of_a_run_do_not_grow_with_its_wait(spec, cluster, tmp_path, running_s):
+    """The same run with its pods Running for 0.2 s or for 3 s (15 poll intervals of the wait) asks the API the
+    same number of times: the wait reads a watch's cache, it does not poll the API."""
+    with executor(spec, cluster).start(training(), tmp_path / "run") as execution:
+        pods = cluster.start_job_pods(NS, job_name(execution))
+        for pod in pods:
+            cluster.set_pod_status(NS, pod, {"phase": "Running", "podIP": "10.244.0.12"})
+        until(lambda: {s.state for s in execution.statuses()} == {NodeState.RUNNING})
+        before = execution.api_requests
+        finish = threading.Timer(running_s, lambda: [cluster.set_pod_status(NS, pod, {"phase": "Succeeded"})
+                                                     for pod in pods])
+        finish.start()
+        assert execution.wait(10).succeeded
+        finish.join()
+        assert execution.api_requests - before <= len(pods)  # the wait: at most reading each node's log at its end
+
+
 UNSCHEDULABLE = {"phase": "Pending", "conditions": [{
     "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
     "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]}
