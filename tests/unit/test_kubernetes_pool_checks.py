@@ -6,6 +6,9 @@ test_kubernetes_accept.py playing each pod: it answers with the record the real 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -232,3 +235,22 @@ def test_train_failover_runs_in_a_pod_and_compares_with_an_uninterrupted_pod(clu
     assert [v for v in pods[True]["volumes"] if "persistentVolumeClaim" in v]
     assert not [v for v in pods[False]["volumes"] if "persistentVolumeClaim" in v]
     assert labelled(cluster) == []
+
+
+def test_ctrl_c_during_a_pool_check_exits_130_keeps_the_report_and_leaves_no_labelled_object(cluster, tmp_path,
+                                                                                            env_file):
+    running: list[str] = []
+
+    def play(started: list[str]) -> None:  # the pod runs until Ctrl-C half a second later
+        for pod in started:
+            cluster.set_pod_status(NS, pod, {"phase": "Running", "podIP": "10.244.0.63"})
+        running.extend(started)
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+
+    env = env_file("cluster", replace={"dcforge:gpuPools: []": POOL})
+    started = time.monotonic()
+    with Kubelet(cluster, play):
+        outcome, _, check = accept_only(cluster, tmp_path, env, "train")
+    assert time.monotonic() - started < 40 and outcome.exit_code == 130, outcome.output
+    assert running and labelled(cluster) == []
+    assert check["status"] == "error" and "interrupted by SIGINT" in check["reason"], check["reason"]
