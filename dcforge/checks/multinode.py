@@ -16,7 +16,7 @@ from pydantic import Field
 from dcforge.checks._rdma import declared_rdma_pool
 from dcforge.checks.allreduce import AllreduceCheck, AllreduceCheckConfig, record_sweep
 from dcforge.checks.train import TrainCheck, TrainCheckConfig, settings_error, summarize, train_config_error
-from dcforge.executors.base import ExecutorError, NodeState, NodeStatus
+from dcforge.executors.base import ExecutorError, NodeState, NodeStatus, StatusCallback
 from dcforge.executors.torchrun import TorchrunJob, TorchrunRun, node_records, run_torchrun_job
 from dcforge.harness.check import CheckContext
 from dcforge.harness.result import CheckResult, CheckSkipped, Status
@@ -131,15 +131,17 @@ def _cpu_default_nproc() -> int:
     return 1
 
 
+def live_view(ctx: CheckContext) -> StatusCallback:
+    """The wait's status callback (called when something changed): each node's state, and why it waits."""
+    return lambda statuses: ctx.log(" ".join(f"{s.host}:{s.state.value}" + (f" ({s.reason})" if s.reason else "")
+                                             for s in statuses))
+
+
 def run_nodes(ctx: CheckContext, check: str, job: TorchrunJob, executor, result: CheckResult) -> TorchrunRun | None:
     workdir = ctx.artefact_dir(check)
-
-    def show(statuses: list[NodeStatus]) -> None:  # the live view: each node's state, and why it waits
-        ctx.log(" ".join(f"{s.host}:{s.state.value}" + (f" ({s.reason})" if s.reason else "") for s in statuses))
-
     ctx.log(f"torchrun {job.script} on {job.nnodes} nodes x{job.nproc_per_node} ({executor.name})")
     try:
-        run = run_torchrun_job(executor, check, job, workdir / "nodes", on_status=show)
+        run = run_torchrun_job(executor, check, job, workdir / "nodes", on_status=live_view(ctx))
     except ExecutorError as error:
         result.status, result.reason = Status.ERROR, str(error)
         return None

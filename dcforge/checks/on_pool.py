@@ -90,6 +90,7 @@ def run_on_pool(ctx: CheckContext, check: str, step: Step, executor, after=None)
     not pulled, refused at admission, OOMKilled) is the check's error in one line naming the pod and the reason,
     a workload that failed is its failure. `after(judged, data, pod, log)` adds what the pod's log says."""
     from dcforge.checks._torchrun import TORCHRUN_STOP_MARGIN_S
+    from dcforge.checks.multinode import live_view
     from dcforge.checks.node_steps import OpenExecutions, run_step
     from dcforge.executors.base import ExecutorError
     from dcforge.harness.result import CheckResult, Status
@@ -97,18 +98,10 @@ def run_on_pool(ctx: CheckContext, check: str, step: Step, executor, after=None)
 
     workdir = ctx.artefact_dir(check)
     ctx.log(f"{check} on a machine of the acceptance pool ({executor.name})")
-    seen: list[str] = []
-
-    def show(statuses) -> None:  # the live view: the pod's phase, and why it waits
-        line = " ".join(f"{s.host}:{s.state.value}" + (f" ({s.reason})" if s.reason else "") for s in statuses)
-        if not seen or seen[-1] != line:
-            seen.append(line)
-            ctx.log(line)
-
     failed = CheckResult(check)
     try:
         outcome, data = run_step(OpenExecutions(), executor, step, workdir,
-                                 max(1.0, ctx.remaining_s() - TORCHRUN_STOP_MARGIN_S), show)
+                                 max(1.0, ctx.remaining_s() - TORCHRUN_STOP_MARGIN_S), live_view(ctx))
     except ExecutorError as error:
         failed.status, failed.reason = Status.ERROR, str(error)
         return failed
