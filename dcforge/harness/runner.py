@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from dcforge.checks import load_check
 from dcforge.errors import DcforgeError
+from dcforge.executors.base import ExecutorError
 from dcforge.harness.check import CheckContext, ClusterAccess, RunOutputs, runs_on_pool
 from dcforge.harness.lifecycle import Interrupted, SignalGuard
 from dcforge.harness.node import missing_declared_gpus
@@ -143,6 +144,8 @@ def run_one(name: str, state: RunState, log: Callable[[str], None], shared: RunO
         result = CheckResult(name, Status.ERROR, reason=f"interrupted by {interruption.description} while running")
         result.details["interrupted_by"] = interruption.signal_name
         raise interruption from None
+    except ExecutorError as error:  # the platform could not place or reach a node: its one line, not a crash
+        result = CheckResult(name, Status.ERROR, reason=str(error))
     except Exception as error:  # a check that crashes is an error of the run, with its traceback kept
         result = CheckResult(name, Status.ERROR, reason=f"{type(error).__name__}: {error}")
         trace_path = state.report_dir / "artefacts" / name / "traceback.txt"

@@ -441,3 +441,18 @@ def test_node_level_on_kubernetes_without_a_gpu_pool_is_skipped_with_its_reason(
     assert check["reason"] == ("node_level on target kubernetes pins one pod to each node of the acceptance pool, "
                                "and the spec declares no GPU pool (dcforge:gpuPools)")
     assert labelled(cluster) == []
+
+
+def test_node_level_asking_for_more_nodes_than_the_pool_has_ready_is_one_line(cluster, tmp_path, env_file):
+    """The refusal is the check's error in one line naming the key and the nodes there are: no traceback."""
+    cluster.add_node("gpu-node-a", POOL_LABELS)
+    cluster.add_node("gpu-node-b", POOL_LABELS, ready=False)
+    env = env_file("cluster", replace={
+        "dcforge:gpuPools: []": POOL, "checks: [system,": "checks: [node_level, system,",
+        "      slow_node: {nodes: 2}": "      slow_node: {nodes: 2}\n      node_level: {nodes: 2}"})
+    outcome, _, check = accept_only(cluster, tmp_path, env, "node_level")
+    assert check["status"] == "error", outcome.output
+    assert check["reason"] == ("node_level: dcforge:acceptance.settings.node_level.nodes is 2, but the acceptance "
+                               "pool gpu-a has 1 Ready, schedulable nodes (gpu-node-a)")
+    assert "traceback" not in check["artefacts"]
+    assert labelled(cluster) == []
