@@ -705,19 +705,23 @@ class KubernetesExecutor:
         (one line) when it fails."""
         from kubernetes import client
 
-        if self._api_client is None:
-            self._api_client = client_from_kubeconfig(self._kubeconfig, self._context)
         pool = self.target.pool
         wanted = pool_selector(pool) if pool is not None else {}
         tolerations = tolerations_for(self.target)
         selector = ",".join(f"{key}={value}" for key, value in wanted.items())
         try:
-            response = client.CoreV1Api(self._api_client).list_node(
+            response = client.CoreV1Api(self._client()).list_node(
                 label_selector=selector, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
         except Exception as error:  # noqa: BLE001 (ApiException, urllib3 errors: reported in one line)
             raise api_error(f"listing the nodes labelled {selector or '(any)'}", error) from None
         items = json.loads(response.data).get("items") or []
         return sorted(n["metadata"]["name"] for n in items if _takes_pods(n, wanted, tolerations))
+
+    def _client(self) -> Any:
+        """The API client: the one given, else one from the kubeconfig, made on first use and kept."""
+        if self._api_client is None:
+            self._api_client = client_from_kubeconfig(self._kubeconfig, self._context)
+        return self._api_client
 
     @property
     def node_resources(self) -> Resources:
@@ -726,11 +730,9 @@ class KubernetesExecutor:
 
     def start(self, workload: Workload, run_dir: Path) -> KubernetesExecution:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if self._api_client is None:
-            self._api_client = client_from_kubeconfig(self._kubeconfig, self._context)
         try:
             execution = KubernetesExecution(execution_target(self.target, workload), workload, run_dir,
-                                            self._api_client, self.grace_s,
+                                            self._client(), self.grace_s,
                                             self.stop_timeout_s, self.unschedulable_grace_s)
             return execution.start()
         except ObjectError as error:
