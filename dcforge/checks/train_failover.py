@@ -7,7 +7,7 @@ bit: the checkpoint restored everything (weights, optimizer moments, LR schedule
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import Field, model_validator
 
@@ -19,6 +19,9 @@ from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult, Plot, Series
 from workloads.records import (TRAIN_RECORDS, Record, TrainCheckpointSaved, TrainFault, TrainFinal, TrainStart,
                                TrainStep, read_records_file)
+
+if TYPE_CHECKING:
+    from workloads.train_config import TrainConfig
 
 
 class FailoverTrainingConfig(ModelTorchCheckConfig):
@@ -83,20 +86,10 @@ class TrainFailoverCheck:
             return run_check_on_pool(ctx, self.name, config)
         import torch
 
-        from workloads.train_config import TrainConfig, TrainConfigError
-
         result = CheckResult(self.name, declared=self.metrics)
         nproc = config.nproc()
         workdir = ctx.artefact_dir(self.name)
-        common = dict(preset=config.preset, seq_len=config.seq_len, global_batch_size=config.global_batch_size,
-                      steps=config.steps, log_every=0)
-        faulted = TrainConfig(**common, checkpoint_dir=str(workdir / "checkpoints"),
-                              checkpoint_every=config.checkpoint_every, metrics_file=str(workdir / "faulted.jsonl"),
-                              fail_at_step=config.fail_at_step, fail_rank=config.fail_rank, resume=True)
-        try:
-            faulted.validate(nproc)
-        except TrainConfigError as error:
-            raise train_config_error(ctx, self.name, error) from None
+        faulted, reference = training_runs(ctx, config, nproc, str(workdir / "checkpoints"), str(workdir))
         for leftover in (workdir / "faulted.jsonl", workdir / "reference.jsonl"):
             leftover.unlink(missing_ok=True)
         if (workdir / "checkpoints").exists():  # a previous run's checkpoints would be resumed from
@@ -112,12 +105,30 @@ class TrainFailoverCheck:
 
         deterministic = not torch.cuda.is_available()
         if config.compare_with_uninterrupted and deterministic:
-            reference = TrainConfig(**common, metrics_file=str(workdir / "reference.jsonl"))
             run_torchrun(ctx, "train.py", reference.to_args(), nproc=nproc, log_path=workdir / "reference.log")
             compare_final(result, final_hash(read_records_file(workdir / "reference.jsonl", TrainFinal)),
                           final_hash(records))
         result.details["nproc"] = nproc
         return result
+
+
+def training_runs(ctx: CheckContext, config: TrainFailoverConfig, nproc: int, checkpoint_dir: str,
+                  metrics_dir: str) -> tuple[TrainConfig, TrainConfig]:
+    """The faulted run (checkpoints in `checkpoint_dir`, resumed after the fault) and the uninterrupted one, their
+    records in `metrics_dir`/faulted.jsonl and reference.jsonl; paths may be executor templates. A setting the
+    faulted run cannot take is one line naming the key."""
+    from workloads.train_config import TrainConfig, TrainConfigError
+
+    common = dict(preset=config.preset, seq_len=config.seq_len, global_batch_size=config.global_batch_size,
+                  steps=config.steps, log_every=0)
+    faulted = TrainConfig(**common, checkpoint_dir=checkpoint_dir, checkpoint_every=config.checkpoint_every,
+                          metrics_file=f"{metrics_dir}/faulted.jsonl", fail_at_step=config.fail_at_step,
+                          fail_rank=config.fail_rank, resume=True)
+    try:
+        faulted.validate(nproc)
+    except TrainConfigError as error:
+        raise train_config_error(ctx, TrainFailoverCheck.name, error) from None
+    return faulted, TrainConfig(**common, metrics_file=f"{metrics_dir}/reference.jsonl")
 
 
 def compare_final(result: CheckResult, expected: str | None, actual: str | None) -> None:
@@ -139,18 +150,10 @@ def failover_on_pool(ctx: CheckContext, config: TrainFailoverConfig, executor) -
     from dcforge.checks.on_pool import run_on_pool
     from dcforge.executors.base import VolumePurpose
     from workloads.records import read_records
-    from workloads.train_config import TrainConfig, TrainConfigError
 
     nproc = config.nproc()
-    common = dict(preset=config.preset, seq_len=config.seq_len, global_batch_size=config.global_batch_size,
-                  steps=config.steps, log_every=0)
-    faulted = TrainConfig(**common, checkpoint_dir="{volume[checkpoints]}/train_failover",
-                          checkpoint_every=config.checkpoint_every, metrics_file="{volume[results]}/faulted.jsonl",
-                          fail_at_step=config.fail_at_step, fail_rank=config.fail_rank, resume=True)
-    try:
-        faulted.validate(nproc)
-    except TrainConfigError as error:
-        raise train_config_error(ctx, TrainFailoverCheck.name, error) from None
+    faulted, reference = training_runs(ctx, config, nproc, "{volume[checkpoints]}/train_failover",
+                                       "{volume[results]}")
 
     def judge(data: bytes, recovery: bool) -> CheckResult:
         judged = CheckResult(TrainFailoverCheck.name, declared=TrainFailoverCheck.metrics)
@@ -166,7 +169,6 @@ def failover_on_pool(ctx: CheckContext, config: TrainFailoverConfig, executor) -
         (VolumePurpose.SCRATCH, VolumePurpose.RESULTS, VolumePurpose.CHECKPOINTS)), executor)
     deterministic = not executor.node_resources.gpus  # CPU kernels; GPU ones are not bitwise reproducible
     if config.compare_with_uninterrupted and deterministic and "final_params_sha256" in result.details:
-        reference = TrainConfig(**common, metrics_file="{volume[results]}/reference.jsonl")
         uninterrupted = run_on_pool(ctx, TrainFailoverCheck.name, Step(
             "reference", node_torchrun("train.py", reference.to_args(), nproc), "reference.jsonl",
             lambda data: judge(data, recovery=False), NODE_ENV), executor)
