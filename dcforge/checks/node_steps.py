@@ -39,6 +39,12 @@ NODE_ENV = {**TORCHRUN_ENV, **socket_env(LOOPBACK_IFNAME)}
 """A step's torchrun environment: the ranks of one node meet over loopback."""
 
 
+NODE_VOLUMES = (VolumePurpose.SCRATCH, VolumePurpose.RESULTS)
+"""A step's volumes: the node's scratch space and the results it writes."""
+CLAIM_VOLUMES = (*NODE_VOLUMES, VolumePurpose.CHECKPOINTS)
+"""And the shared checkpoints volume (target kubernetes: a claim of the checkpoints StorageClass)."""
+
+
 @dataclass(frozen=True)
 class Step:
     """One single-node workload: the command a node runs, the result file it writes, and how it is judged."""
@@ -49,7 +55,7 @@ class Step:
     judge: Callable[[bytes], CheckResult]
     """The step's single-node result, by the single-node check's own formulas and verdicts."""
     env: Mapping[str, str] = field(default_factory=dict)
-    volumes: tuple[VolumePurpose, ...] = (VolumePurpose.SCRATCH, VolumePurpose.RESULTS)
+    volumes: tuple[VolumePurpose, ...] = NODE_VOLUMES
 
 
 def node_torchrun(script: str, args: list[str], nproc: int, max_restarts: int = 0) -> tuple[str, ...]:
@@ -106,7 +112,7 @@ def allreduce_step(config: AllreduceCheckConfig) -> Step:
 
 
 def checkpoint_step(config: CheckpointCheckConfig, directory: str | None,
-                    volumes: tuple[VolumePurpose, ...] = (VolumePurpose.SCRATCH, VolumePurpose.RESULTS)) -> Step:
+                    volumes: tuple[VolumePurpose, ...] = NODE_VOLUMES) -> Step:
     """`directory`: where the checkpoints go on the node (a template such as `{volume[checkpoints]}/...`);
     None: the node's scratch volume."""
     nproc = config.nproc()

@@ -39,10 +39,9 @@ def run_check_on_pool(ctx: CheckContext, check: str, config) -> CheckResult:
     """The single-node check `check` (a check with `on_pool`) with its settings `config`, on a machine of the
     pool."""
     from dcforge.checks.multinode import kubernetes_executor
-    from dcforge.checks.node_steps import (allreduce_step, checkpoint_step, gpu_bandwidth_step, system_step,
-                                           train_step)
+    from dcforge.checks.node_steps import (CLAIM_VOLUMES, allreduce_step, checkpoint_step, gpu_bandwidth_step,
+                                           system_step, train_step)
     from dcforge.checks.train import settings_error
-    from dcforge.executors.base import VolumePurpose
     from dcforge.harness.result import CheckSkipped
 
     executor = kubernetes_executor(ctx)
@@ -58,8 +57,7 @@ def run_check_on_pool(ctx: CheckContext, check: str, config) -> CheckResult:
         if config.directory:
             raise settings_error(ctx, check, "directory", "target kubernetes writes the checkpoints to a claim of "
                                  "the spec's checkpoints StorageClass (purpose: checkpoints); remove directory")
-        step = checkpoint_step(pool_ranks(config, executor), "{volume[checkpoints]}/checkpoint",
-                               (VolumePurpose.SCRATCH, VolumePurpose.RESULTS, VolumePurpose.CHECKPOINTS))
+        step = checkpoint_step(pool_ranks(config, executor), "{volume[checkpoints]}/checkpoint", CLAIM_VOLUMES)
     elif check == "train_failover":
         from dcforge.checks.train_failover import failover_on_pool
 

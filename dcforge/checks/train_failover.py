@@ -146,9 +146,8 @@ def failover_on_pool(ctx: CheckContext, config: TrainFailoverConfig, executor) -
     the pod, torchrun restarts the workers there, and they resume from checkpoints on a claim of the checkpoints
     StorageClass — judged by `judge_recovery`; on a pool without GPUs (deterministic kernels) the uninterrupted
     run is a second pod for the bitwise comparison."""
-    from dcforge.checks.node_steps import NODE_ENV, Step, node_torchrun
+    from dcforge.checks.node_steps import CLAIM_VOLUMES, NODE_ENV, Step, node_torchrun
     from dcforge.checks.on_pool import run_on_pool
-    from dcforge.executors.base import VolumePurpose
     from workloads.records import read_records
 
     nproc = config.nproc()
@@ -165,8 +164,7 @@ def failover_on_pool(ctx: CheckContext, config: TrainFailoverConfig, executor) -
 
     result = run_on_pool(ctx, TrainFailoverCheck.name, Step(
         "faulted", node_torchrun("train.py", faulted.to_args(), nproc, max_restarts=1), "faulted.jsonl",
-        lambda data: judge(data, recovery=True), NODE_ENV,
-        (VolumePurpose.SCRATCH, VolumePurpose.RESULTS, VolumePurpose.CHECKPOINTS)), executor)
+        lambda data: judge(data, recovery=True), NODE_ENV, CLAIM_VOLUMES), executor)
     deterministic = not executor.node_resources.gpus  # CPU kernels; GPU ones are not bitwise reproducible
     if config.compare_with_uninterrupted and deterministic and "final_params_sha256" in result.details:
         uninterrupted = run_on_pool(ctx, TrainFailoverCheck.name, Step(
