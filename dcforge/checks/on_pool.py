@@ -100,7 +100,7 @@ def run_on_pool(ctx: CheckContext, check: str, step: Step, executor, after=None)
     try:
         outcome, data = run_step(OpenExecutions(), executor, step, workdir,
                                  max(1.0, ctx.remaining_s() - TORCHRUN_STOP_MARGIN_S), live_view(ctx))
-    except ExecutorError as error:
+    except ExecutorError as error:  # a result, not raised: train_failover's second pod says which run it was
         failed.status, failed.reason = Status.ERROR, str(error)
         return failed
     where = {"executor": executor.name, "pod": outcome["host"], "kubernetes_node": outcome["kubernetes_node"],
