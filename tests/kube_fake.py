@@ -34,8 +34,8 @@ RBAC_VERBS = {kmock.action.LIST: "list", kmock.action.WATCH: "watch", kmock.acti
               kmock.action.CREATE: "create", kmock.action.UPDATE: "patch", kmock.action.DELETE: "delete"}
 
 
-BUILT_IN_RESOURCES = ("v1/nodes", "v1/pods", "v1/services", "v1/persistentvolumeclaims", "v1/events", "batch/v1/jobs",
-                      "apps/v1/deployments", "networking.k8s.io/v1/networkpolicies")
+BUILT_IN_RESOURCES = ("v1/nodes", "v1/pods", "v1/services", "v1/persistentvolumeclaims", "v1/secrets", "v1/events",
+                      "batch/v1/jobs", "apps/v1/deployments", "networking.k8s.io/v1/networkpolicies")
 
 
 class FakeApiServer(kmock.KubernetesEmulator):

@@ -13,7 +13,10 @@ Commands and environment values are templates filled per node by the executor:
     {leader_address}  the address of node 0 of the role (the rendezvous host)
     {is_leader}       `true` on node 0 of the role, else `false` (torchrun's `is_host`)
     {port[NAME]}      the number the executor assigned to the role's named port NAME
-    {volume[PURPOSE]} the path of the volume for PURPOSE (scratch, checkpoints, results) on this node
+    {volume[PURPOSE]} the path of the volume for PURPOSE (scratch, checkpoints, results, secrets) on this node
+    {role_address[ROLE]}     the address the nodes of another role reach role ROLE at (a role with ports: its
+                             node 0 locally and on hosts, its Service on Kubernetes)
+    {role_port[ROLE][NAME]}  the number of role ROLE's named port NAME there
     {python}          the Python interpreter with dcforge and the workloads installed, on this node
     {workdir}         the directory the command runs in (the project root, where `workloads/` is)
 """
@@ -23,7 +26,7 @@ from __future__ import annotations
 import enum
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -36,6 +39,10 @@ class VolumePurpose(str, enum.Enum):
     """Storage every node of the role shares and that outlives a node (the checkpoints storage class)."""
     RESULTS = "results"
     """Where the workload writes the JSON the check reads back through `Execution.read_result`."""
+    SECRETS = "secrets"
+    """Read-only files the check hands to the workload (`Workload.secrets`, e.g. an API key): a Secret on
+    Kubernetes, a private 0700 folder of 0600 files locally (never under the report directory). Secret material
+    never goes into a command line, an environment value or a log."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,15 @@ class Workload:
     volumes: tuple[VolumePurpose, ...] = (VolumePurpose.SCRATCH, VolumePurpose.RESULTS)
     timeout_s: float = 600.0
     """Hard limit for `Execution.wait` when the caller gives none."""
+    secrets: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+    """File name -> content of the `secrets` volume (needs VolumePurpose.SECRETS in `volumes`)."""
+
+    def __post_init__(self) -> None:
+        if self.secrets and VolumePurpose.SECRETS not in self.volumes:
+            raise ValueError(f"workload {self.name!r} has secrets but no {VolumePurpose.SECRETS.value} volume")
+        for name in self.secrets:
+            if not name or "/" in name or name.startswith("."):
+                raise ValueError(f"workload {self.name!r}: secret file name {name!r} must be a plain file name")
 
 
 class NodeState(str, enum.Enum):
@@ -164,10 +180,11 @@ class Execution(Protocol):
         ...
 
     def wait(self, timeout_s: float | None = None, on_status: StatusCallback | None = None,
-             poll_s: float = 0.2) -> ExecutionOutcome:
+             poll_s: float = 0.2, roles: Collection[str] | None = None) -> ExecutionOutcome:
         """Block until every node finished, or the timeout (then every node is killed and `timed_out` set).
         `on_status` is called with all statuses whenever one changes. Stops early when any node fails, unless
-        its role is elastic (`Role.min_nodes`) and enough of its nodes remain."""
+        its role is elastic (`Role.min_nodes`) and enough of its nodes remain. `roles`: only the nodes of these
+        roles need to finish (a load generator's, while the server it loads runs until `stop`)."""
         ...
 
     def wait_ready(self, role: str) -> None:
@@ -229,11 +246,17 @@ class Placement:
     volumes: Mapping[str, str]
     python: str
     workdir: str
+    role_addresses: Mapping[str, str] = field(default_factory=dict)
+    """Role name -> the address its node 0 is reached at (`{role_address[ROLE]}`), for every role with ports."""
+    role_ports: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    """Role name -> its named ports (`{role_port[ROLE][NAME]}`)."""
 
     def fields(self) -> dict[str, object]:
         return {"node_index": self.index, "node_count": self.role.nodes, "node_address": self.address,
                 "leader_address": self.leader_address, "is_leader": "true" if self.index == 0 else "false",
                 "port": dict(self.ports), "volume": dict(self.volumes),
+                "role_address": dict(self.role_addresses),
+                "role_port": {role: dict(ports) for role, ports in self.role_ports.items()},
                 "python": self.python, "workdir": self.workdir}
 
     def command(self) -> list[str]:
@@ -264,9 +287,9 @@ class PlacedExecution:
         raise NotImplementedError
 
     def wait(self, timeout_s: float | None = None, on_status: StatusCallback | None = None,
-             poll_s: float = 0.2) -> ExecutionOutcome:
+             poll_s: float = 0.2, roles: Collection[str] | None = None) -> ExecutionOutcome:
         return wait_loop(self, timeout_s if timeout_s is not None else self.workload.timeout_s, on_status, poll_s,
-                         self._terminate_all)
+                         self._terminate_all, roles)
 
     def wait_ready(self, role: str) -> None:
         wait_ready_loop(self, self._placements, role)
@@ -285,8 +308,11 @@ class PlacedExecution:
 
 
 def wait_loop(execution: Execution, timeout_s: float, on_status: StatusCallback | None, poll_s: float,
-              kill_all: Callable[[], None]) -> ExecutionOutcome:
-    """The wait every executor shares: poll statuses, report changes, stop at the first failure or timeout."""
+              kill_all: Callable[[], None], roles: Collection[str] | None = None) -> ExecutionOutcome:
+    """The wait every executor shares: poll statuses, report changes, stop at the first failure or timeout; done
+    when every node (of `roles`, when given) has finished."""
+    if roles is not None and (unknown := set(roles) - {role.name for role in execution.workload.roles}):
+        raise KeyError(f"workload {execution.workload.name!r} has no role {sorted(unknown)[0]!r}")
     deadline = time.monotonic() + timeout_s
     last: list[tuple[str, NodeState, str]] | None = None
     while True:
@@ -296,7 +322,7 @@ def wait_loop(execution: Execution, timeout_s: float, on_status: StatusCallback 
         if on_status is not None and snapshot != last:
             on_status(statuses)
         last = snapshot
-        if all(status.state.finished for status in statuses):
+        if all(status.state.finished for status in statuses if roles is None or status.role in roles):
             return ExecutionOutcome(statuses)
         if too_few_left(execution.workload, statuses):
             kill_all()  # one failed rank leaves the others blocked in a collective until their own timeout

@@ -379,6 +379,9 @@ class HostsExecutor:
         self.options = options or SshOptions()
 
     def start(self, workload: Workload, run_dir: Path) -> HostsExecution:
+        if VolumePurpose.SECRETS in workload.volumes:
+            raise ExecutorError(f"workload {workload.name!r} has a secrets volume, which the hosts executor does not "
+                                "carry: a file sent over SSH would need a private folder on every host (not yet)")
         needed = max(role.nodes for role in workload.roles)
         if needed > len(self.hosts):
             raise ExecutorError(f"workload {workload.name!r} needs {needed} hosts, the inventory has "
@@ -389,10 +392,13 @@ class HostsExecutor:
         try:
             used = self.hosts[:needed]
             connections.probe(used)
+            leader = used[0]
+            role_ports = {role.name: {name: self._free_port(connections, leader) for name in role.ports}
+                          for role in workload.roles}
+            role_addresses = {role.name: leader.address for role in workload.roles if role.ports}
             placements = []
             for role in workload.roles:
-                leader = used[0]
-                ports = {name: self._free_port(connections, leader) for name in role.ports}
+                ports = role_ports[role.name]
                 for index in range(role.nodes):
                     host = used[index]
                     base = f"{REMOTE_RUN_ROOT}/{run_id}"
@@ -400,7 +406,7 @@ class HostsExecutor:
                                                else f"{base}/{role.name}-{index}/{purpose.value}")
                                for purpose in workload.volumes}
                     placements.append(Placement(role, index, host.name, host.address, leader.address, ports,
-                                                volumes, host.python, host.workdir))
+                                                volumes, host.python, host.workdir, role_addresses, role_ports))
         except BaseException:
             connections.close()
             raise

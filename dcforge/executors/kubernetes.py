@@ -24,7 +24,7 @@ import dataclasses
 import json
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from dcforge.executors.kubernetes_objects import (EXECUTION_LABEL, JOB_INDEX_LAB
                                                   RUN_LABEL, ObjectError, Target, execution_target, is_server,
                                                   job_names, node_resources, object_name, pool_selector,
                                                   prerequisite_objects, run_label_value, target_for, tolerations_for,
-                                                  workload_objects)
+                                                  workload_objects, workload_secret)
 from dcforge.executors.pod_results import parse_results
 from dcforge.spec.models import Environment
 
@@ -50,9 +50,12 @@ KINDS: dict[str, tuple[str, str]] = {
     "Job": ("BatchV1Api", "namespaced_job"),
     "Deployment": ("AppsV1Api", "namespaced_deployment"),
     "Pod": ("CoreV1Api", "namespaced_pod"),
+    "Secret": ("CoreV1Api", "namespaced_secret"),
 }
 DELETE_ORDER = ("Job", "Deployment", "Pod", "Service", "PersistentVolumeClaim", "NetworkPolicy")
-"""Controllers first (they would recreate pods), then pods, then what the pods used."""
+"""Controllers first (they would recreate pods), then pods, then what the pods used. Not Secrets: the executor may
+not list them (EXECUTOR_API_ACCESS); an execution's Secret is deleted by name and owned by its first Job or
+Deployment, so the garbage collector removes it with them (`dcforge clean` too)."""
 FATAL_WAITING = {"ImagePullBackOff", "InvalidImageName", "CrashLoopBackOff",
                  "CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
 """Container waiting reasons that do not resolve by themselves: the node has failed. (ErrImagePull is the first,
@@ -362,6 +365,8 @@ class KubernetesExecution:
         self._pod_of: dict[tuple[str, int], str] = {}
         self._logs_saved: set[tuple[str, int]] = set()
         self._stopped = False
+        self._secret: str | None = None
+        """The execution's Secret, once created: deleted by name (the executor may not list Secrets)."""
         self._pods: _Watch | None = None
         self._events: _Watch | None = None
 
@@ -401,8 +406,12 @@ class KubernetesExecution:
             core = self._apis["CoreV1Api"]
             self._pods = _Watch(self, "pods", core.list_namespaced_pod, self._selector).start()
             self._events = _Watch(self, "events", core.list_namespaced_event, "", keep=self._is_our_event).start()
-            for obj in workload_objects(self.target, self.workload, self.leader_addresses):
-                self._create(obj)
+            controllers = [self._create(obj) for obj in
+                           workload_objects(self.target, self.workload, self.leader_addresses)]
+            secret = workload_secret(self.target, self.workload, controllers[0])
+            if secret is not None:
+                self._secret = secret["metadata"]["name"]
+                self._create(secret)
         except BaseException:
             self.stop()
             raise
@@ -522,9 +531,9 @@ class KubernetesExecution:
     # --- the Execution verbs -----------------------------------------------------------------------------------
 
     def wait(self, timeout_s: float | None = None, on_status: StatusCallback | None = None,
-             poll_s: float = 0.2) -> ExecutionOutcome:
+             poll_s: float = 0.2, roles: Collection[str] | None = None) -> ExecutionOutcome:
         return wait_loop(self, timeout_s if timeout_s is not None else self.workload.timeout_s, on_status, poll_s,
-                         self._terminate_all)
+                         self._terminate_all, roles)
 
     def wait_ready(self, role: str) -> None:
         """Every node of `role` Ready (its readinessProbe passed) or, for a log-line readiness, the line in its
@@ -619,7 +628,14 @@ class KubernetesExecution:
             self._current_statuses()  # final states and logs before the pods go
         except Exception:  # noqa: BLE001 (cleanup must go on)
             pass
+        leftover_secret = []
+        if self._secret is not None:
+            try:
+                self.objects.delete("Secret", self._secret)
+            except ExecutorError:  # its owner's deletion removes it too (garbage collector)
+                leftover_secret = [f"Secret/{self._secret}"]
         _, self.leftovers = self.objects.delete_all(self.stop_timeout_s, self.grace_s)
+        self.leftovers += leftover_secret
         for watcher in (self._pods, self._events):
             if watcher is not None:
                 watcher.stop()

@@ -22,6 +22,10 @@ class ApiAccess:
 
 EXECUTOR_API_ACCESS: tuple[ApiAccess, ...] = (
     ApiAccess("", ("services", "persistentvolumeclaims"), ("create", "list", "delete")),
+    # a run's API key for the server it starts (Workload.secrets): write-only -- never get, list or watch, which
+    # would read every Secret of the namespace; the Secret is deleted by name, and by the garbage collector with
+    # the Job or Deployment that owns it
+    ApiAccess("", ("secrets",), ("create", "delete")),
     ApiAccess("", ("pods",), ("list", "watch", "delete")),
     ApiAccess("", ("pods/log",), ("get",)),
     ApiAccess("", ("events",), ("list", "watch")),

@@ -23,6 +23,7 @@ file of the results volume into the pod log (`dcforge.executors.pod_results`), w
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import re
@@ -102,6 +103,9 @@ class Target:
     tolerations: tuple[dict[str, str], ...] = ()
     """Tolerations beyond the pool's (`tolerations_for`): node_level's pods tolerate the quarantine taint of
     `accept --taint-failed`, so a quarantined node is tested again and untainted when it passes."""
+    service_addresses: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Role name -> its Service's cluster IP, once the Services exist (`workload_objects`): `{leader_address}` and
+    `{role_address[ROLE]}`."""
 
     @property
     def scope(self) -> str:
@@ -240,6 +244,25 @@ def network_policy(target: Target, workload: Workload) -> dict[str, Any] | None:
                      "egress": [{"to": peers, "ports": allowed}]}}
 
 
+def workload_secret(target: Target, workload: Workload, owner: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The workload's secret files (None without a secrets volume) as one Secret, mounted read-only by every pod
+    of the execution: no secret in a pod spec, a command line or an environment value. Created right after the
+    Jobs and Deployments, owned by `owner` (the first of them, as created): the executor may create and delete
+    Secrets but not list them, so the garbage collector removes a Secret whose run ended without its cleanup
+    together with its owner. The pods wait for the mount meanwhile (the kubelet retries it)."""
+    if VolumePurpose.SECRETS not in workload.volumes:
+        return None
+    meta = _metadata(target, secret_name(target), labels(target, workload))
+    meta["ownerReferences"] = [{"apiVersion": owner["apiVersion"], "kind": owner["kind"],
+                                "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"]}]
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": meta,
+            "data": {name: base64.b64encode(content).decode("ascii") for name, content in workload.secrets.items()}}
+
+
+def secret_name(target: Target) -> str:
+    return object_name(target, "secrets")
+
+
 def prerequisite_objects(target: Target, workload: Workload) -> list[dict[str, Any]]:
     """What must exist before any pod starts, in creation order: the NetworkPolicy, the checkpoint claims and the
     Services (whose cluster IPs the pods are given as `{leader_address}`)."""
@@ -251,6 +274,7 @@ def prerequisite_objects(target: Target, workload: Workload) -> list[dict[str, A
 
 def workload_objects(target: Target, workload: Workload, leader_addresses: Mapping[str, str]) -> list[dict[str, Any]]:
     """The Jobs and Deployments, one per role. `leader_addresses`: role name -> its Service's cluster IP."""
+    target = dataclasses.replace(target, service_addresses=dict(leader_addresses))
     objects = []
     for role in workload.roles:
         leader = leader_addresses.get(role.name)
@@ -381,6 +405,9 @@ def _volumes(target: Target, workload: Workload, role: Role) -> list[dict[str, A
         if purpose is VolumePurpose.CHECKPOINTS:
             volumes.append({"name": purpose.value, "persistentVolumeClaim": {
                 "claimName": object_name(target, role.name, "checkpoints")}})
+        elif purpose is VolumePurpose.SECRETS:  # 0440 with group fsGroup: readable by the run's user only
+            volumes.append({"name": purpose.value, "secret": {"secretName": secret_name(target),
+                                                              "defaultMode": 0o440}})
         else:
             volumes.append({"name": purpose.value, "emptyDir": {}})
     return volumes
@@ -402,7 +429,8 @@ def container(target: Target, workload: Workload, role: Role, leader_address: st
         "resources": _resources(target, role),
         "securityContext": _container_security(target),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
-                         *({"name": p.value, "mountPath": volume_path(p)} for p in workload.volumes)],
+                         *({"name": p.value, "mountPath": volume_path(p), "readOnly": p is VolumePurpose.SECRETS}
+                           for p in workload.volumes)],
     }
     if ports:
         body["ports"] = [{"name": _port_name(name), "containerPort": number, "protocol": "TCP"}
@@ -520,9 +548,24 @@ def _fields(target: Target, workload: Workload, role: Role, leader_address: str 
         "is_leader": _Refused(role, "is_leader", why_index) if replicas else _var(_IS_LEADER_VAR),
         "port": port_numbers(role),
         "volume": {p.value: volume_path(p) for p in workload.volumes},
+        "role_address": _RoleAddresses(role, target.service_addresses),
+        "role_port": {other.name: port_numbers(other) for other in workload.roles},
         "python": IMAGE_PYTHON,
         "workdir": IMAGE_WORKDIR,
     }
+
+
+class _RoleAddresses(dict):
+    """`{role_address[ROLE]}`: the cluster IP of ROLE's Service; ObjectError naming the role for a role without
+    one (no ports, or not in the workload)."""
+
+    def __init__(self, role: Role, addresses: Mapping[str, str]):
+        super().__init__(addresses)
+        self.role = role
+
+    def __missing__(self, key: str) -> str:
+        raise ObjectError(f"role {self.role.name!r}: {{role_address[{key}]}}: the workload has no role {key!r} "
+                          "with ports (only a role with ports has a Service)")
 
 
 def _var(name: str) -> str:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 from dcforge.executors.base import (ExecutorError, NodeState, NodeStatus, PlacedExecution, Placement, VolumePurpose,
@@ -23,19 +25,39 @@ def free_port(address: str = LOOPBACK) -> int:
         return sock.getsockname()[1]
 
 
-def volume_paths(run_dir: Path, workload: Workload, node_dir: str) -> dict[str, str]:
-    """Per-node scratch and results, one checkpoints folder the whole run shares."""
+def volume_paths(run_dir: Path, workload: Workload, node_dir: str, secrets_dir: Path | None) -> dict[str, str]:
+    """Per-node scratch and results, one checkpoints folder the whole run shares, the run's secrets folder."""
     paths = {}
     for purpose in workload.volumes:
+        if purpose is VolumePurpose.SECRETS:
+            assert secrets_dir is not None
+            paths[purpose.value] = str(secrets_dir)
+            continue
         path = run_dir / (purpose.value if purpose is VolumePurpose.CHECKPOINTS else f"{node_dir}/{purpose.value}")
         path.mkdir(parents=True, exist_ok=True)
         paths[purpose.value] = str(path)
     return paths
 
 
+def write_secrets(workload: Workload) -> Path | None:
+    """The workload's secret files in a fresh 0700 folder outside the run directory (which the report keeps), each
+    0600; None when the workload has no secrets volume. The execution removes it when it stops."""
+    if VolumePurpose.SECRETS not in workload.volumes:
+        return None
+    folder = Path(tempfile.mkdtemp(prefix="dcforge-secrets-"))
+    os.chmod(folder, 0o700)
+    for name, content in workload.secrets.items():
+        fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+    return folder
+
+
 class LocalExecution(PlacedExecution):
-    def __init__(self, workload: Workload, placements: list[Placement], run_dir: Path, grace_s: float):
+    def __init__(self, workload: Workload, placements: list[Placement], run_dir: Path, grace_s: float,
+                 secrets_dir: Path | None = None):
         self.workload = workload
+        self._secrets_dir = secrets_dir
         self.run_dir = run_dir
         self._placements = placements
         self._processes: list[ManagedProcess] = []
@@ -101,6 +123,8 @@ class LocalExecution(PlacedExecution):
     def stop(self) -> None:
         self._terminate_all()
         self.statuses()
+        if self._secrets_dir is not None:
+            shutil.rmtree(self._secrets_dir, ignore_errors=True)
 
 
 
@@ -139,11 +163,13 @@ class LocalExecutor:
 
     def start(self, workload: Workload, run_dir: Path) -> LocalExecution:
         run_dir.mkdir(parents=True, exist_ok=True)
+        role_ports = {role.name: {name: free_port() for name in role.ports} for role in workload.roles}
+        role_addresses = {role.name: LOOPBACK for role in workload.roles if role.ports}
+        secrets_dir = write_secrets(workload)
         placements = []
         for role in workload.roles:
-            ports = {name: free_port() for name in role.ports}
             for index in range(role.nodes):
-                placements.append(Placement(role, index, "local", LOOPBACK, LOOPBACK, ports,
-                                            volume_paths(run_dir, workload, f"{role.name}-{index}"),
-                                            sys.executable, str(PROJECT_ROOT)))
-        return LocalExecution(workload, placements, run_dir, self.grace_s).start()
+                placements.append(Placement(role, index, "local", LOOPBACK, LOOPBACK, role_ports[role.name],
+                                            volume_paths(run_dir, workload, f"{role.name}-{index}", secrets_dir),
+                                            sys.executable, str(PROJECT_ROOT), role_addresses, role_ports))
+        return LocalExecution(workload, placements, run_dir, self.grace_s, secrets_dir).start()

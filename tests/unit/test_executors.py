@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -227,3 +228,45 @@ def test_link_down_script_finds_the_interface_proves_permission_and_cuts_detache
     assert lines[2] == 'ip link set dev "$dev" up || exit 3'  # fails without CAP_NET_ADMIN, before anything is cut
     assert lines[3].startswith("setsid sh -c 'sleep 0.5; ip link set dev \"$0\" down; sleep 20; ip link set dev")
     assert lines[3].endswith('"$dev" </dev/null >/dev/null 2>&1 &')
+
+
+def test_a_client_role_reaches_a_server_role_with_the_workloads_secret(tmp_path):
+    """`{role_address[ROLE]}:{role_port[ROLE][NAME]}` is another role's endpoint; the secrets volume holds the
+    workload's files 0600 in a private folder outside the run directory, gone after stop; `wait(roles=...)`
+    returns when the client is done while the server still runs."""
+    serve = ("import http.server, sys\n"
+             "class H(http.server.BaseHTTPRequestHandler):\n"
+             "    def do_GET(self):\n"
+             "        self.send_response(200); self.end_headers(); self.wfile.write(b'hello')\n"
+             "http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n")
+    fetch = ("import os, stat, sys, urllib.request\n"
+             "key = open(sys.argv[2], 'rb').read()\n"
+             "mode = stat.S_IMODE(os.stat(sys.argv[2]).st_mode)\n"
+             "body = urllib.request.urlopen(sys.argv[1], timeout=10).read()\n"
+             "open(sys.argv[3], 'w').write(f'{{body.decode()}} {{key == b\"s3cret\"}} {{mode:o}}')\n")
+    server = Role("server", ("{python}", "-c", serve, "{port[http]}"), ports=("http",),
+                  readiness=Readiness(port="http", timeout_s=20))
+    client = Role("client", ("{python}", "-c", fetch, "http://{role_address[server]}:{role_port[server][http]}/",
+                             "{volume[secrets]}/api-key", "{volume[results]}/got.txt"))
+    workload = Workload("serve", (server, client), volumes=(VolumePurpose.RESULTS, VolumePurpose.SECRETS),
+                        secrets={"api-key": b"s3cret"})
+    with LocalExecutor().start(workload, tmp_path) as execution:
+        secrets_dir = execution._placements[0].volumes["secrets"]
+        assert not secrets_dir.startswith(str(tmp_path))
+        execution.wait_ready("server")
+        outcome = execution.wait(30, roles=["client"])
+        states = {s.role: s.state for s in outcome.nodes}
+        assert states == {"server": NodeState.RUNNING, "client": NodeState.SUCCEEDED}
+        assert execution.read_result("client", 0, "got.txt") == b"hello True 600"
+        with pytest.raises(KeyError, match="no role 'loader'"):
+            execution.wait(1, roles=["loader"])
+    assert not Path(secrets_dir).exists()
+    assert b"s3cret" not in b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+
+
+def test_a_workload_needs_a_secrets_volume_for_its_secrets_and_plain_names():
+    role = Role("worker", ("true",))
+    with pytest.raises(ValueError, match="has secrets but no secrets volume"):
+        Workload("w", (role,), secrets={"key": b"x"})
+    with pytest.raises(ValueError, match="must be a plain file name"):
+        Workload("w", (role,), volumes=(VolumePurpose.SECRETS,), secrets={"../key": b"x"})

@@ -424,3 +424,54 @@ def test_a_pinned_executor_runs_node_i_on_the_ith_named_node_with_only_the_decla
     denied = [r for r in cluster.api.requests_seen if r[0] == "dcforge-test" and r[1] == "?"]
     assert not denied
     assert ("dcforge-test", "list", "", "nodes") in cluster.api.requests_seen
+
+
+def test_a_load_role_reaches_the_server_service_with_the_secret_mounted(spec, cluster, tmp_path):
+    """A server Deployment and a load Job in one workload: the load's `{role_address[server]}` is the server
+    Service's cluster IP, the API key is a Secret (created after the controllers, owned by the first, so the
+    garbage collector removes it with them), mounted read-only, never in a spec; `wait(roles=["load"])` returns
+    while the server runs; the Acceptance Role suffices and nothing is left."""
+    (role,) = [m for m in acceptance(spec).manifests if m["kind"] == "Role"]
+    cluster.grant("dcforge-test", role["rules"])
+    server = Role("server", ("{python}", "-m", "workloads.serve", "--port", "{port[http]}"), ports=("http",),
+                  env={"DCFORGE_API_KEY_FILE": "{volume[secrets]}/api-key"}, readiness=Readiness(port="http"))
+    load = Role("load", ("{python}", "-m", "locust", "--host",
+                         "http://{role_address[server]}:{role_port[server][http]}"),
+                env={"LLM_API_KEY_FILE": "{volume[secrets]}/api-key"})
+    workload = Workload("inference", (server, load), volumes=(VolumePurpose.SCRATCH, VolumePurpose.SECRETS),
+                        secrets={"api-key": b"k3y-material"})
+    with executor(spec, cluster).start(workload, tmp_path) as execution:
+        by_kind = {o["kind"]: o for o in cluster.objects(NS)}
+        secret, service, job = by_kind["Secret"], by_kind["Service"], by_kind["Job"]
+        deployment = by_kind["Deployment"]
+        assert secret["metadata"]["ownerReferences"] == [{"apiVersion": "apps/v1", "kind": "Deployment",
+                                                           "name": deployment["metadata"]["name"],
+                                                           "uid": deployment["metadata"]["uid"]}]
+        assert secret["data"] == {"api-key": "azN5LW1hdGVyaWFs"}
+        assert "k3y" not in str([o for o in cluster.objects(NS) if o["kind"] != "Secret"])
+        pod_spec = job["spec"]["template"]["spec"]
+        assert f"http://{service['spec']['clusterIP']}:29400" in pod_spec["containers"][0]["command"][2]
+        assert {"name": "secrets", "secret": {"secretName": secret["metadata"]["name"], "defaultMode": 0o440}} in \
+            pod_spec["volumes"]
+        assert {"name": "secrets", "mountPath": "/dcforge/secrets", "readOnly": True} in \
+            pod_spec["containers"][0]["volumeMounts"]
+        (server_pod,) = cluster.start_deployment_pods(NS, deployment["metadata"]["name"])
+        (load_pod,) = cluster.start_job_pods(NS, job["metadata"]["name"])
+        cluster.set_pod_status(NS, server_pod, {"phase": "Running", "podIP": "10.244.1.1"})
+        cluster.set_pod_status(NS, load_pod, {"phase": "Succeeded"})
+        outcome = execution.wait(10, roles=["load"])
+        assert {s.role: s.state for s in outcome.nodes} == {"server": NodeState.RUNNING, "load": NodeState.SUCCEEDED}
+    assert labelled(cluster) == [] and execution.leftovers == []
+    creates = [resource for agent, verb, _, resource in cluster.api.requests_seen
+               if agent == "dcforge-test" and verb == "create"]
+    assert creates.index("secrets") > creates.index("jobs")
+    assert not {verb for agent, verb, _, resource in cluster.api.requests_seen
+                if agent == "dcforge-test" and resource == "secrets"} - {"create", "delete"}
+
+
+def test_a_role_address_of_a_role_without_a_service_is_one_line(spec, cluster, tmp_path):
+    load = Role("load", ("{python}", "-m", "locust", "--host", "http://{role_address[server]}"))
+    with pytest.raises(ExecutorError, match=r"role 'load': \{role_address\[server\]\}: the workload has no role "
+                                            r"'server' with ports"):
+        executor(spec, cluster).start(Workload("inference", (load,)), tmp_path)
+    assert labelled(cluster) == []
