@@ -35,6 +35,10 @@ ALLREDUCE_RESULT_FILE = "sweep.json"
 """`allreduce`: the AllreduceResult line of workloads/allreduce.py."""
 CHECKPOINT_RESULT_FILE = "checkpoint.json"
 """`checkpoint`: the CheckpointResult line of workloads/train_checkpoint_bench.py."""
+LOAD_POD_RESULT_FILE = "load.json"
+"""`inference` on Kubernetes: the LoadPodResult line of `python -m dcforge.checks.serving.load_pod`."""
+LOAD_POD_REQUESTS_FILE = "requests.jsonl"
+"""`inference` on Kubernetes: every RequestRecord the load pod's Locust processes logged, merged."""
 SYSTEM_FACTS_FILE = "system.json"
 """`node_level`: the SystemFacts line of `python -m dcforge.checks.system` run on a node."""
 READY_FILE_PREFIX = "ready-"
@@ -414,6 +418,24 @@ class ReplicaReady(Record):
     kind: ClassVar[str] = "serve.ready"
     pid: int
     time: float = field(default_factory=_now)
+
+
+@dataclass
+class LoadPodResult(Record):
+    """What the load pod of `inference` on Kubernetes saw besides the request log (`LOAD_POD_REQUESTS_FILE`):
+    the server's readiness, the endpoint rules, Locust's exit, its measurement windows and the server's metrics."""
+
+    kind: ClassVar[str] = "serve.load_pod"
+    ready_s: float
+    """Seconds from the load pod's start until every replica answered /ready (the server pod starts with it)."""
+    replicas_ready: int
+    endpoint_findings: list[dict[str, Any]]
+    """One {rule, passed, detail} per dynamic endpoint rule (dcforge/compliance/endpoint.py)."""
+    locust_exit: int
+    windows: list[dict[str, Any]]
+    """Each Locust process's measurement window (loadtests/pacing.py MeasurementWindow fields)."""
+    server_metrics: str = ""
+    """The server's Prometheus exposition after the load ("" when it could not be read)."""
 
 
 def ready_file(state_dir: str | os.PathLike[str], pid: int) -> Path:

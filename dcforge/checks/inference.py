@@ -4,7 +4,9 @@ a key, TLS >= 1.2 when TLS is on).
 
 N replicas run on 127.0.0.1 under gunicorn; Locust runs headless in a subprocess with a hard timeout, warms every
 replica up, and writes a per-request log (warm-up requests marked) from which every figure is computed exactly
-(docs/metrics.md), also exported in AIPerf's per-request form. Every process is stopped at the end.
+(docs/metrics.md), also exported in AIPerf's per-request form. Every process is stopped at the end. On target
+kubernetes the server and Locust run in the cluster instead (dcforge/checks/serving/on_cluster.py) and the same
+figures are computed from the load pod's request log.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dcforge.checks.serving.replicas import REPLICA_SHARE_METRICS, add_share_met
 from dcforge.checks.serving.scraping import decode_batch_mean
 from dcforge.checks.serving.settings import ServingLoadConfig
 from dcforge.checks.serving.summary import add_summary_metrics, load_summary
-from dcforge.harness.check import CheckContext
+from dcforge.harness.check import CheckContext, runs_on_pool
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.power import ENERGY_METRICS, OUTPUT_TOKENS_PER_JOULE, record_energy, sample_power
 from dcforge.harness.result import CheckResult
@@ -35,6 +37,7 @@ class InferenceCheck:
     description = "OpenAI-compatible serving under Locust load: TTFT, TPOT, throughput, goodput, endpoint security."
     Config = InferenceConfig
     requires_declared_gpus = True
+    on_pool = True  # target kubernetes: server and Locust run on the inference pool (serving/on_cluster.py)
     metrics = (
         *LOAD_METRICS,
         *RUN_METRICS,
@@ -55,13 +58,10 @@ class InferenceCheck:
         from dcforge.harness.slo import acceptance_slos
 
         result = CheckResult(self.name, declared=self.metrics)
+        if runs_on_pool(self, ctx.env.spec):
+            return self.run_on_cluster(ctx, config, result)
         with serving_session(ctx, config, self.name, result) as session:
-            findings = check_endpoint(session.server.base_url, session.served_name)
-            result.details["endpoint_compliance"] = [finding.__dict__ for finding in findings]
-            result.add_metric("endpoint_compliance_failures", sum(not f.passed for f in findings))
-            for finding in findings:
-                if not finding.passed:
-                    result.fail(f"{finding.rule}: {finding.detail}")
+            add_endpoint_findings(result, check_endpoint(session.server.base_url, session.served_name))
             with sample_power() as power:
                 records, t_start = run_load(ctx, config, session, result)
             batch = decode_batch_mean(session.server.scrape_metrics())
@@ -76,8 +76,43 @@ class InferenceCheck:
                       work_metric=OUTPUT_TOKENS_PER_JOULE, per_joule=True)
         add_share_metrics(result, replica_shares(records, config.replicas), "all requests")
         result.plots.extend(latency_plots(records, t_start))
-        ctx.log(f"{summary['request_throughput']:.1f} req/s, {summary['output_throughput']:.0f} output tokens/s, "
-                f"TTFT p95 {summary['p95_ttft_ms']:.0f} ms, errors {summary['error_rate']:.2%}")
+        log_summary(ctx, summary)
         if capacity is not None:
             capacity.report(result)
         return result
+
+    def run_on_cluster(self, ctx: CheckContext, config: InferenceConfig, result: CheckResult) -> CheckResult:
+        """Server and Locust in the cluster; the same figures and verdicts as on this machine, from the load pod's
+        records (no energy: a restricted pod reads no power)."""
+        from dcforge.checks.serving.on_cluster import run_load_on_cluster
+        from dcforge.compliance.endpoint import EndpointFinding
+
+        ran = run_load_on_cluster(ctx, config, self.name, result)
+        if ran is None:
+            return result
+        records, pod = ran
+        findings = [EndpointFinding(**finding) for finding in pod.endpoint_findings]
+        add_endpoint_findings(result, findings)
+        batch = decode_batch_mean(pod.server_metrics) if pod.server_metrics else None
+        if batch is not None:
+            result.add_metric("decode_batch_mean", batch)
+        summary = load_summary(config, records)
+        add_summary_metrics(result, summary)
+        add_share_metrics(result, replica_shares(records, config.replicas), "all requests")
+        result.plots.extend(latency_plots(records, min(record.start for record in records)))
+        log_summary(ctx, summary)
+        return result
+
+
+def add_endpoint_findings(result: CheckResult, findings) -> None:
+    """The dynamic endpoint rules: each finding in the details, the failures as the metric and as failures."""
+    result.details["endpoint_compliance"] = [finding.__dict__ for finding in findings]
+    result.add_metric("endpoint_compliance_failures", sum(not f.passed for f in findings))
+    for finding in findings:
+        if not finding.passed:
+            result.fail(f"{finding.rule}: {finding.detail}")
+
+
+def log_summary(ctx: CheckContext, summary: dict) -> None:
+    ctx.log(f"{summary['request_throughput']:.1f} req/s, {summary['output_throughput']:.0f} output tokens/s, "
+            f"TTFT p95 {summary['p95_ttft_ms']:.0f} ms, errors {summary['error_rate']:.2%}")

@@ -78,16 +78,16 @@ def executor_for(ctx: CheckContext, check: str, nodes: int | None, pin: bool = F
     raise CheckSkipped(f"multi-node checks run on target local, hosts or kubernetes, not {acceptance.target}")
 
 
-def kubernetes_executor(ctx: CheckContext):
-    """Indexed Jobs on the acceptance pool of the cluster the run was pointed at, labelled with the run id; a
-    missing image is one line naming the key (accept refuses it before any check runs, see `dcforge.cli`)."""
+def kubernetes_executor(ctx: CheckContext, pool: str | None = None):
+    """Indexed Jobs on the acceptance pool (or `pool`) of the cluster the run was pointed at, labelled with the run
+    id; a missing image is one line naming the key (accept refuses it before any check runs, see `dcforge.cli`)."""
     from dcforge.errors import ConfigError
     from dcforge.executors.kubernetes import KubernetesExecutor
 
     if not ctx.env.spec.acceptance.image:
         raise ConfigError(ctx.env.path, "dcforge:acceptance.image", IMAGE_MISSING)
     return KubernetesExecutor(ctx.env.spec, ctx.run_id, kubeconfig=ctx.cluster.kubeconfig,
-                              context=ctx.cluster.context)
+                              context=ctx.cluster.context, pool=pool)
 
 
 def pinned_to_pool(check: str, executor, nodes: int | None, min_nodes: int = 2):

@@ -29,6 +29,7 @@ from dcforge.executors.kubernetes_objects import (
     prerequisite_objects,
     target_for,
     workload_objects,
+    workload_secret,
 )
 from dcforge.executors.pod_results import parse_results, result_lines
 from dcforge.executors.torchrun import TorchrunJob, torchrun_workload
@@ -62,11 +63,24 @@ def serving(replicas: int = 2) -> Workload:
     return Workload("inference", (server, client))
 
 
+def cluster_inference() -> Workload:
+    """What `inference` runs on target kubernetes: the server Deployment, the load Job, the API key Secret."""
+    from dcforge.checks.inference import InferenceConfig
+    from dcforge.checks.serving.on_cluster import inference_workload
+
+    return inference_workload(InferenceConfig(), 32, "test-key", 0, 120.0, 300.0)
+
+
 def all_objects(spec: Environment, workload: Workload, pool: str | None = None) -> list[dict]:
+    """Every object of the workload, the Secret (if any) owned by the first controller as the executor makes it."""
     target = target_for(spec, "2026-11-30T18:00 report/7", pool)
     before = prerequisite_objects(target, workload)
     addresses = {role.name: "10.96.0.10" for role in workload.roles}
-    return before + workload_objects(target, workload, addresses)
+    controllers = workload_objects(target, workload, addresses)
+    first = controllers[0]
+    secret = workload_secret(target, workload, {**first, "metadata": {**first["metadata"],
+                                                                      "uid": "6c0ffee0-0000-4000-8000-000000000001"}})
+    return before + controllers + ([secret] if secret is not None else [])
 
 
 def pod_specs(objects: list[dict]) -> list[dict]:
@@ -74,7 +88,8 @@ def pod_specs(objects: list[dict]) -> list[dict]:
 
 
 @pytest.mark.parametrize("env", ["local", "dev", "prod", "cluster"])
-@pytest.mark.parametrize("workload", [training(), training(nodes=1, gpus=1), serving()], ids=["job", "gpu", "server"])
+@pytest.mark.parametrize("workload", [training(), training(nodes=1, gpus=1), serving(), cluster_inference()],
+                         ids=["job", "gpu", "server", "inference"])
 def test_objects_validate_strictly_and_comply(env, workload):
     spec = spec_of(env)
     if env == "prod":  # the prod acceptance pool has RDMA: covered on its own below

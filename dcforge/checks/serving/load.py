@@ -55,42 +55,49 @@ def warmup_allowance_s(config: ServingLoadConfig) -> float:
 
 def locust_process(config: ServingLoadConfig, server: LocalServer, secrets_dir: Path, workdir: Path,
                    prompt_tokens: int, model: str, prompt_file: Path | None = None) -> tuple[ManagedProcess, Path]:
-    """Locust headless in its own process group (gevent monkey-patching stays out of this process).
+    """Locust headless in its own process group (gevent monkey-patching stays out of this process)."""
+    request_log_dir = workdir / REQUEST_LOG_DIR
+    shutil.rmtree(request_log_dir, ignore_errors=True)  # a reused report directory must not mix in old runs
+    request_log_dir.mkdir(parents=True)
+    args = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), *locust_arguments(config),
+            "--host", server.base_url]
+    env = {k: v for k, v in os.environ.items() if k != LOAD_API_KEY_ENV}
+    env.update(load_settings(config, prompt_tokens, model, str(prompt_file or "")))
+    env.update({LoadEnv.API_KEY_FILE: str(secrets_dir / "api-key"),
+                LoadEnv.REQUEST_LOG: str(request_log_dir / REQUEST_LOG_TEMPLATE),
+                LoadEnv.WINDOW_FILE: str(request_log_dir / pacing.WINDOW_FILE_TEMPLATE),
+                "PYTHONPATH": str(REPO_ROOT)})
+    return ManagedProcess(args, env=env, cwd=REPO_ROOT, log_path=workdir / "locust.log"), request_log_dir
+
+
+def locust_arguments(config: ServingLoadConfig) -> list[str]:
+    """Locust's options after `-f <locustfile>`, less `--host` (where it runs decides the address).
 
     One process measures exactly durationS after the warm-up and ends the run itself; -t is the hard limit. With
     locustProcesses > 1 the processes cannot agree on when the warm-up ended, so -t is durationS and the warm-up
     is part of it."""
-    request_log_dir = workdir / REQUEST_LOG_DIR
-    shutil.rmtree(request_log_dir, ignore_errors=True)  # a reused report directory must not mix in old runs
-    request_log_dir.mkdir(parents=True)
     single = config.locust_processes == 1
     run_time = config.duration_s + (warmup_allowance_s(config) if single else 0.0)
-    args = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
-            "--host", server.base_url, "-u", str(config.users), "-r", str(config.spawn_rate),
-            "-t", f"{run_time:.0f}s", "--stop-timeout", f"{config.stop_grace_s:g}",
-            "--exit-code-on-error", "0"]
-    if not single:
-        args += ["--processes", str(config.locust_processes)]
-    env = {k: v for k, v in os.environ.items() if k != LOAD_API_KEY_ENV}
-    env.update({LoadEnv.API_KEY_FILE: str(secrets_dir / "api-key"), LoadEnv.MODEL: model,
-                LoadEnv.ENDPOINT: config.endpoint, LoadEnv.PROMPT_TOKENS: str(prompt_tokens),
-                LoadEnv.MAX_TOKENS: str(config.max_tokens), LoadEnv.ARRIVAL: config.arrival,
-                LoadEnv.RATE: str(config.rate), LoadEnv.TIMEOUT: str(config.request_timeout_s),
-                LoadEnv.REQUEST_LOG: str(request_log_dir / REQUEST_LOG_TEMPLATE), "PYTHONPATH": str(REPO_ROOT),
-                LoadEnv.THINK_TIME: str(config.think_time_s),
-                LoadEnv.THINK_DISTRIBUTION: config.think_distribution,
-                LoadEnv.START_JITTER: str(config.start_jitter_s),
-                LoadEnv.WINDOW_FILE: str(request_log_dir / pacing.WINDOW_FILE_TEMPLATE),
-                LoadEnv.PROMPT_TOKENS_SPREAD: str(config.prompt_tokens_spread),
-                LoadEnv.MAX_TOKENS_SPREAD: str(config.max_tokens_spread),
-                LoadEnv.PROMPT_FILE: str(prompt_file or ""),
-                LoadEnv.SHARED_PREFIXES: str(config.shared_prefixes),
-                LoadEnv.SHARED_PREFIX_TOKENS: str(config.shared_prefix_tokens),
-                LoadEnv.WARMUP_PER_REPLICA: str(config.warmup_per_replica),
-                LoadEnv.WARMUP_REPLICAS: str(config.replicas),
-                LoadEnv.DURATION: str(config.duration_s if single else 0.0),
-                LoadEnv.BURSTINESS: str(config.burstiness)})
-    return ManagedProcess(args, env=env, cwd=REPO_ROOT, log_path=workdir / "locust.log"), request_log_dir
+    args = ["--headless", "--only-summary", "-u", str(config.users), "-r", str(config.spawn_rate),
+            "-t", f"{run_time:.0f}s", "--stop-timeout", f"{config.stop_grace_s:g}", "--exit-code-on-error", "0"]
+    return args if single else [*args, "--processes", str(config.locust_processes)]
+
+
+def load_settings(config: ServingLoadConfig, prompt_tokens: int, model: str, prompt_file: str) -> dict[str, str]:
+    """The load generator's settings (loadtests/locustfile.py's environment), less where its files are: the API
+    key file, the request log and the window file (where it runs decides the paths)."""
+    single = config.locust_processes == 1
+    return {LoadEnv.MODEL: model, LoadEnv.ENDPOINT: config.endpoint, LoadEnv.PROMPT_TOKENS: str(prompt_tokens),
+            LoadEnv.MAX_TOKENS: str(config.max_tokens), LoadEnv.ARRIVAL: config.arrival,
+            LoadEnv.RATE: str(config.rate), LoadEnv.TIMEOUT: str(config.request_timeout_s),
+            LoadEnv.THINK_TIME: str(config.think_time_s), LoadEnv.THINK_DISTRIBUTION: config.think_distribution,
+            LoadEnv.START_JITTER: str(config.start_jitter_s),
+            LoadEnv.PROMPT_TOKENS_SPREAD: str(config.prompt_tokens_spread),
+            LoadEnv.MAX_TOKENS_SPREAD: str(config.max_tokens_spread), LoadEnv.PROMPT_FILE: prompt_file,
+            LoadEnv.SHARED_PREFIXES: str(config.shared_prefixes),
+            LoadEnv.SHARED_PREFIX_TOKENS: str(config.shared_prefix_tokens),
+            LoadEnv.WARMUP_PER_REPLICA: str(config.warmup_per_replica), LoadEnv.WARMUP_REPLICAS: str(config.replicas),
+            LoadEnv.DURATION: str(config.duration_s if single else 0.0), LoadEnv.BURSTINESS: str(config.burstiness)}
 
 
 @dataclass
@@ -122,19 +129,23 @@ def serving_session(ctx: CheckContext, config: ServingLoadConfig, check_name: st
     prompt_file = resolved_prompt_file(ctx, config, f"{settings_key}.promptFile")
     workdir = ctx.artefact_dir(check_name)
     api_key = new_api_key()  # per run, handed over in a 0600 file: never on a command line, never logged
-    result.details.update(model=model.source, replicas=config.replicas, users=config.users,
-                          arrival=config.arrival, duration_s=config.duration_s, prompt_tokens=prompt_tokens,
-                          max_tokens=config.max_tokens, endpoint=config.endpoint, tls=config.tls,
-                          max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
-                          warmup_per_replica=config.warmup_per_replica, workload=describe_workload(
-                              config, prompt_tokens, prompt_file),
-                          goodput=config.request_slo().describe() or "every successful request")
+    result.details.update(run_details(config, model.source, prompt_tokens, prompt_file))
     with private_dir() as secrets_dir, LocalServer(config, model, secrets_dir, workdir, api_key) as server:
         result.artefacts["server_log"] = ctx.relative(server.log_path)
         ctx.log(f"starting {config.replicas} replicas ({model.source}) on {server.base_url}")
         ready_s = server.wait_ready(min(config.ready_timeout_s, max(1.0, ctx.remaining_s())))
         result.add_metric("replicas_ready_s", ready_s)
         yield ServingSession(server, api_key, secrets_dir, workdir, model, prompt_tokens, prompt_file)
+
+
+def run_details(config: ServingLoadConfig, model: str, prompt_tokens: int, prompt_file: Path | None) -> dict:
+    """What the report says about a serving run's set-up."""
+    return dict(model=model, replicas=config.replicas, users=config.users, arrival=config.arrival,
+                duration_s=config.duration_s, prompt_tokens=prompt_tokens, max_tokens=config.max_tokens,
+                endpoint=config.endpoint, tls=config.tls, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
+                warmup_per_replica=config.warmup_per_replica,
+                workload=describe_workload(config, prompt_tokens, prompt_file),
+                goodput=config.request_slo().describe() or "every successful request")
 
 
 def resolved_prompt_file(ctx: CheckContext, config: ServingLoadConfig, key: str) -> Path | None:
@@ -172,10 +183,6 @@ def run_load(ctx: CheckContext, config: ServingLoadConfig, session: ServingSessi
     """Locust for duration_s; `during(t_start, request_log_dir)` runs in this thread meanwhile. Returns (records,
     load start); the arrival model, the spread of request starts and what happened to requests in flight at the
     end of the window go into the result."""
-    from loadtests.aiperf_export import write_profile_export
-    from loadtests.llm_protocol import read_records
-    from loadtests.metrics import measured
-
     locust, log_dir = locust_process(config, session.server, session.secrets_dir, session.workdir,
                                      session.prompt_tokens, session.served_name, session.prompt_file)
     result.artefacts["locust_log"] = ctx.relative(session.workdir / "locust.log")
@@ -189,21 +196,33 @@ def run_load(ctx: CheckContext, config: ServingLoadConfig, session: ServingSessi
         code = locust.wait(timeout=min(limit, max(5.0, ctx.remaining_s())))
     if code != 0:
         raise RuntimeError(f"Locust exited with code {code}; see {ctx.relative(session.workdir / 'locust.log')}")
+    return collect_load(ctx, config, session.workdir, log_dir, result), t_start
+
+
+def collect_load(ctx: CheckContext, config: ServingLoadConfig, workdir: Path, log_dir: Path,
+                 result: CheckResult) -> list[RequestRecord]:
+    """The measured requests of a finished load run, from the request logs and window files Locust left in
+    `log_dir`: the merged request log and its AIPerf export written into `workdir`; the warm-up count, the arrival
+    spread and the stop accounting added to the result."""
+    from loadtests.aiperf_export import write_profile_export
+    from loadtests.llm_protocol import read_records
+    from loadtests.metrics import measured
+
     paths = sorted(log_dir.glob("*.jsonl"))
     logged = read_records(paths)
     records = measured(logged)
     if not records:
         raise RuntimeError("Locust recorded no measured requests; see the Locust log")
-    merged = session.workdir / "requests.jsonl"
+    merged = workdir / "requests.jsonl"
     merged.write_text("".join(p.read_text() for p in paths))
     result.artefacts["request_log"] = ctx.relative(merged)
-    export = session.workdir / AIPERF_EXPORT_FILE
+    export = workdir / AIPERF_EXPORT_FILE
     write_profile_export(logged, export)
     result.artefacts["aiperf_profile_export"] = ctx.relative(export)
     result.add_metric("warmup_requests", len(logged) - len(records))
     add_pacing_figures(result, config, records, [pacing.MeasurementWindow.read(path)
                                                   for path in sorted(log_dir.glob("window-*.json"))])
-    return records, t_start
+    return records
 
 
 def add_pacing_figures(result: CheckResult, config: ServingLoadConfig, records: list[RequestRecord],

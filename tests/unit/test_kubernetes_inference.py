@@ -1,0 +1,182 @@
+"""`inference` on target kubernetes: the bundled server as a Deployment + Service, Locust in a Job beside it.
+
+The load pod's records are real: the same workload the check hands the kubernetes executor runs first through the
+local executor (the real server, the real load-pod driver, real Locust, the API key in a private secrets folder),
+and its results volume becomes the log of the load pod that the stand-in kubelet plays on the fake API server
+(tests/kube_fake.py). So the test covers the objects and their cleanup on the cluster side and every figure from
+real requests on the other, without a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+kmock = pytest.importorskip("kmock", reason="kmock (the fake Kubernetes API) needs Python 3.11+")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from dcforge.checks.inference import InferenceConfig  # noqa: E402
+from dcforge.checks.serving.load_pod import EXIT_NOT_READY  # noqa: E402
+from dcforge.checks.serving.on_cluster import LOAD_ROLE, inference_workload  # noqa: E402
+from dcforge.cli import app  # noqa: E402
+from dcforge.executors.local import LocalExecutor, free_port  # noqa: E402
+from dcforge.executors.pod_results import result_lines  # noqa: E402
+from dcforge.paths import REPO_ROOT  # noqa: E402
+from dcforge.spec import load_environment  # noqa: E402
+from tests.kube_fake import FakeCluster  # noqa: E402
+from tests.unit.test_kubernetes_accept import NS, kubeconfig_for, labelled  # noqa: E402
+
+SETTINGS = load_environment("cluster").spec.acceptance.settings["inference"]
+"""The cluster environment's inference settings: the load pod's real run uses exactly these."""
+SHORT = {"durationS: 10,": "durationS: 3,"}
+
+
+@pytest.fixture(scope="module")
+def load_pod_log(tmp_path_factory) -> str:
+    """What the load pod's log ends with after a real run: its results volume, one `dcforge.result` line per file."""
+    config = InferenceConfig.model_validate({**SETTINGS, "durationS": 3})
+    workload = inference_workload(config, config.prompt_tokens, "a-test-key", 0, 60.0, 90.0)
+    run_dir = tmp_path_factory.mktemp("load-pod")
+    with LocalExecutor().start(workload, run_dir) as execution:
+        outcome = execution.wait(150, roles=[LOAD_ROLE])
+    load = [node for node in outcome.nodes if node.role == LOAD_ROLE][0]
+    assert load.state.value == "succeeded", (run_dir / "load-0.log").read_text()[-2000:]
+    return "\n".join(result_lines(run_dir / f"{LOAD_ROLE}-0" / "results")) + "\n"
+
+
+@pytest.fixture
+def cluster():
+    with FakeCluster() as fake:
+        yield fake
+
+
+class ServingKubelet:
+    """The Deployment and Job controllers and the kubelet: the server's pod Running and Ready, the load pod
+    Succeeded with `load_log`, or `load_failure` (a status) when given. `created` keeps every object of the
+    namespace it saw, by `Kind/name`."""
+
+    def __init__(self, cluster: FakeCluster, load_log: str, load_failure: dict | None = None):
+        self.cluster, self.load_log, self.load_failure = cluster, load_log, load_failure
+        self.created: dict[str, dict] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "ServingKubelet":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        seen: set[str] = set()
+        while not self._stop.wait(0.05):
+            objects = self.cluster.objects(NS)
+            for obj in objects:
+                self.created.setdefault(f"{obj['kind']}/{obj['metadata']['name']}", obj)
+            for obj in [o for o in objects if o["kind"] in ("Deployment", "Job")]:
+                name = obj["metadata"]["name"]
+                if name in seen:
+                    continue
+                seen.add(name)
+                if obj["kind"] == "Deployment":
+                    for pod in self.cluster.start_deployment_pods(NS, name):
+                        self.cluster.bind_pod(NS, pod, "cpu-node-0")
+                        self.cluster.set_pod_status(NS, pod, {"phase": "Running", "podIP": "10.244.0.30",
+                                                              "conditions": [{"type": "Ready", "status": "True"}]})
+                    continue
+                (pod,) = self.cluster.start_job_pods(NS, name)
+                self.cluster.bind_pod(NS, pod, "cpu-node-0")
+                self.cluster.set_pod_status(NS, pod, {"phase": "Running", "podIP": "10.244.0.31"})
+                if self.load_failure is not None:
+                    self.cluster.set_pod_status(NS, pod, self.load_failure)
+                    continue
+                self.cluster.write_log(NS, pod, "Locust summary ...\n" + self.load_log)
+                self.cluster.set_pod_status(NS, pod, {"phase": "Succeeded"})
+
+
+def accept_inference(cluster: FakeCluster, tmp_path: Path, env: Path):
+    outcome = CliRunner().invoke(app, ["accept", "--env-file", str(env), "--only", "inference", "--kubeconfig",
+                                       str(kubeconfig_for(cluster.url, tmp_path)), "--reports",
+                                       str(tmp_path / "reports")])
+    reports = tmp_path / "reports" / "cluster"
+    if not reports.exists():
+        return outcome, None
+    (report_dir,) = reports.iterdir()
+    (entry,) = [c for c in json.loads((report_dir / "report.json").read_text())["checks"] if c["name"] == "inference"]
+    return outcome, entry
+
+
+def test_inference_runs_its_server_and_locust_on_the_cluster(cluster, tmp_path, env_file, load_pod_log):
+    """Deployment + Service of the server, a Job of the load pod reaching it through the Service's cluster IP, the
+    API key a Secret; the figures come from the load pod's real requests and pass the environment's SLOs; nothing
+    labelled is left."""
+    with ServingKubelet(cluster, load_pod_log) as kubelet:
+        outcome, entry = accept_inference(cluster, tmp_path, env_file("cluster", replace=SHORT))
+    created = kubelet.created
+    assert entry is not None, outcome.output
+    assert entry["status"] == "pass", (entry.get("reason"), outcome.output)
+    metrics = entry["metrics"]
+    assert metrics["request_throughput"]["value"] > 1 and metrics["error_rate"]["value"] == 0
+    assert metrics["endpoint_compliance_failures"]["value"] == 0  # probed from inside: 401 without the key
+    assert metrics["replica_share_min_to_fair"]["value"] >= 0.5  # both replicas of the one server pod served
+    assert metrics["replicas_ready_s"]["value"] > 0 and metrics["decode_batch_mean"]["value"] >= 1
+    assert "energy_j" not in metrics and "output_tokens_per_joule" not in metrics  # a restricted pod reads no power
+    assert entry["details"]["pods"]["server"]["kubernetes_node"] == "cpu-node-0"
+    kinds = sorted(key.split("/")[0] for key in created if not key.startswith("Pod/"))  # pods: the kubelet's
+    assert kinds == ["Deployment", "Job", "NetworkPolicy", "Secret", "Service"]
+    (deployment,) = [o for k, o in created.items() if k.startswith("Deployment/")]
+    (job,) = [o for k, o in created.items() if k.startswith("Job/")]
+    (service,) = [o for k, o in created.items() if k.startswith("Service/")]
+    server = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert "--replicas 2 " in server["command"][2] and "--device cpu " in server["command"][2]
+    assert f"http://{service['spec']['clusterIP']}:29400" in job["spec"]["template"]["spec"]["containers"][0][
+        "command"][2]
+    assert "a-test-key" not in json.dumps([o for k, o in created.items() if not k.startswith("Secret/")])
+    assert labelled(cluster) == []
+
+
+def test_a_load_pod_that_failed_fails_the_check_naming_it(cluster, tmp_path, env_file):
+    """The load pod exits 3 (the server never got ready): the check fails with the pod and its exit, and the run
+    leaves nothing behind."""
+    failed = {"phase": "Failed", "containerStatuses": [{
+        "name": "node", "ready": False, "restartCount": 0, "image": "x", "imageID": "",
+        "state": {"terminated": {"exitCode": EXIT_NOT_READY, "reason": "Error"}}}]}
+    with ServingKubelet(cluster, "", load_failure=failed):
+        outcome, entry = accept_inference(cluster, tmp_path, env_file("cluster", replace=SHORT))
+    assert entry is not None, outcome.output
+    assert entry["status"] == "fail" and "load/0 on dcf-inference-" in entry["reason"]
+    assert f"(exit {EXIT_NOT_READY})" in entry["reason"]
+    assert labelled(cluster) == []
+
+
+@pytest.mark.parametrize("setting, key", [("tls: true", "tls"), ("modelSource: trained", "modelSource")])
+def test_a_setting_the_cluster_cannot_honour_is_one_line_naming_it(cluster, tmp_path, env_file, setting, key):
+    """The check is an error whose one line names the key and says why, before anything is created."""
+    env = env_file("cluster", replace={"inference: {replicas: 2,": f"inference: {{{setting}, replicas: 2,"})
+    outcome, entry = accept_inference(cluster, tmp_path, env)
+    assert entry is not None and entry["status"] == "error", outcome.output
+    assert f"dcforge:acceptance.settings.inference.{key}: not available on target kubernetes" in entry["reason"]
+    assert "\n" not in entry["reason"] and "Traceback" not in outcome.output
+    assert not [o for o in cluster.objects(NS)]
+
+
+def test_the_load_pod_says_in_one_line_when_the_server_never_gets_ready(tmp_path):
+    """Nothing listens at the URL: exit 3 within the readiness limit, one line naming the URL."""
+    url = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "dcforge.checks.serving.load_pod", "--url", url, "--replicas", "2",
+                           "--ready-timeout", "1", "--logs", str(tmp_path / "logs"), "--results",
+                           str(tmp_path / "results"), "--timeout", "5", "--", sys.executable, "-c", "pass"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == EXIT_NOT_READY and time.monotonic() - started < 30
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"error: the server at {url}: 0/2 replicas ready after 1 s")
