@@ -194,11 +194,11 @@ class FakeCluster:
                  if field["key"] == "metadata.name" and field["operator"] == "In" for value in field["values"]]
         return names[0] if len(names) == 1 else None
 
-    def start_deployment_pods(self, namespace: str, deployment: str) -> list[str]:
-        """The ReplicaSet controller: `replicas` pods of the Deployment's template."""
+    def start_deployment_pods(self, namespace: str, deployment: str, count: int | None = None) -> list[str]:
+        """The ReplicaSet controller: `replicas` pods of the Deployment's template (or `count`: replacing some)."""
         spec = self._read("AppsV1Api", "read_namespaced_deployment", namespace, deployment)["spec"]
         return [self._create_pod(namespace, f"{deployment}-5d8f7-{uuid.uuid4().hex[:5]}", spec["template"], {})
-                for _ in range(spec["replicas"])]
+                for _ in range(spec["replicas"] if count is None else count)]
 
     def bind_pod(self, namespace: str, pod: str, node: str) -> None:
         """The scheduler placing a pod on a node (what its Binding sets: `spec.nodeName`)."""

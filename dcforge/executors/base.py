@@ -59,8 +59,15 @@ class Readiness:
 
     port: str | None = None
     """A named port of the role."""
+    http_path: str | None = None
+    """With `port`: ready when `GET http://<node>:<port><http_path>` answers 200 (an httpGet readinessProbe on
+    Kubernetes), not merely when the port accepts connections -- a server that binds before its model is loaded."""
     log_line: str | None = None
     timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.http_path is not None and (self.port is None or not self.http_path.startswith("/")):
+            raise ValueError(f"readiness http_path {self.http_path!r} needs a port and a leading '/'")
 
 
 @dataclass(frozen=True)
@@ -208,6 +215,11 @@ class Execution(Protocol):
         """The file `name` that the node wrote under its results volume."""
         ...
 
+    def read_log(self, role: str, index: int) -> str:
+        """The node's log so far (on Kubernetes: its current pod's), "" before it has one: what a check watches
+        for a line the workload prints while it runs."""
+        ...
+
     def read_shared(self, name: str) -> bytes:
         """The file `name` under the shared `checkpoints` volume (which every node sees alike), read through a
         node that was not isolated; ExecutorError when it cannot be read."""
@@ -294,6 +306,13 @@ class PlacedExecution:
     def wait_ready(self, role: str) -> None:
         wait_ready_loop(self, self._placements, role)
 
+    def read_log(self, role: str, index: int) -> str:
+        log_path = self._statuses[self._position(role, index)].log_path
+        try:
+            return log_path.read_text(errors="replace") if log_path is not None else ""
+        except FileNotFoundError:
+            return ""
+
     def _position(self, role: str, index: int) -> int:
         for position, status in enumerate(self._statuses):
             if status.role == role and status.index == index:
@@ -375,6 +394,16 @@ def wait_ready_loop(execution: Execution, placements: list[Placement], role: str
 
 
 def _is_ready(readiness: Readiness, placement: Placement, status: NodeStatus) -> bool:
+    if readiness.port is not None and readiness.http_path is not None:
+        import urllib.error
+        import urllib.request
+
+        url = f"http://{placement.address}:{placement.ports[readiness.port]}{readiness.http_path}"
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as response:
+                return response.status == 200
+        except (OSError, urllib.error.URLError):
+            return False
     if readiness.port is not None:
         try:
             with socket.create_connection((placement.address, placement.ports[readiness.port]), timeout=1.0):

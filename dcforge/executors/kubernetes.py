@@ -440,6 +440,9 @@ class KubernetesExecution:
         mine = [p for p in pods if _index_of(p) == index]
         return mine[-1] if mine else None
 
+    def _is_server(self, role_name: str) -> bool:
+        return is_server(next(r for r in self.workload.roles if r.name == role_name))
+
     def _rejection(self, role_name: str) -> str:
         role = next(r for r in self.workload.roles if r.name == role_name)
         names = job_names(self.target, role)
@@ -495,7 +498,8 @@ class KubernetesExecution:
             status.state, status.exit_code, status.reason = pod_state(
                 pod, self._unschedulable_for(pod["metadata"]["name"], is_unschedulable(pod)),
                 self.unschedulable_grace_s)
-        elif key in self._pod_of and self._pods is not None and self._pod_of[key] in self._pods.deleted:
+        elif (key in self._pod_of and self._pods is not None and self._pod_of[key] in self._pods.deleted
+              and not self._is_server(role_name)):  # a server's Deployment replaces a pod: the node is pending
             # gone without dcforge deleting it: evicted, preempted, or its Job ended (activeDeadlineSeconds)
             status.state, status.reason = NodeState.FAILED, f"pod {self._pod_of[key]} was deleted, not by dcforge"
         elif rejection := self._rejection(role_name):
@@ -573,13 +577,16 @@ class KubernetesExecution:
         return pod is not None and pod_condition(pod, "Ready").get("status") == "True"
 
     def kill_node(self, role: str, index: int) -> None:
-        """Delete the node's pod at once (no grace): what a lost machine looks like to the other ranks."""
+        """Delete the node's pod at once (no grace): what a lost machine looks like to the other ranks. A server
+        role's Deployment replaces the pod: the node is pending again until the new pod runs (its replicas are
+        interchangeable, so the new pod may take another index); a Job's node stays killed."""
         key = (role, index)
         if not any(r.name == role and 0 <= index < r.nodes for r in self.workload.roles):
             raise KeyError(f"workload {self.workload.name!r} has no node {role}/{index}")
         with self.lock:
             pod = self._current_pod(role, index, self._pods_of(role))
-            self._killed_nodes.add(key)
+            if not self._is_server(role):
+                self._killed_nodes.add(key)
             if pod is not None:
                 self._killed_pods.add(pod["metadata"]["name"])
         if pod is not None:
@@ -588,6 +595,12 @@ class KubernetesExecution:
     def isolate_node(self, role: str, index: int, restore_after_s: float) -> None:
         """Deleting the pod is both at once: its processes and its network namespace go (nothing to restore)."""
         self.kill_node(role, index)
+
+    def read_log(self, role: str, index: int) -> str:
+        """The log of the node's current pod so far, read through the API; "" while it has no pod."""
+        self._current_statuses()
+        pod = self._pod_of.get((role, index))
+        return self._read_log(pod) if pod is not None else ""
 
     def read_shared(self, name: str) -> bytes:
         raise ExecutorError("reading the shared checkpoints claim needs a pod that mounts it (not yet)")

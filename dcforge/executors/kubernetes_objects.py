@@ -471,14 +471,17 @@ def _container_security(target: Target) -> dict[str, Any]:
 
 
 def _probes(role: Role) -> tuple[dict[str, Any], dict[str, Any]]:
-    """readinessProbe from the role's readiness (a TCP port; a log line is watched by the executor through the
-    API, the probe then only says the process is alive), and a lenient livenessProbe of the same kind."""
+    """readinessProbe from the role's readiness (an HTTP path or a TCP port; a log line is watched by the executor
+    through the API, the probe then only says the process is alive), and a lenient livenessProbe of the same
+    kind."""
     readiness = role.readiness
     assert readiness is not None
     if readiness.port is not None:
         if readiness.port not in role.ports:
             raise ObjectError(f"role {role.name!r}: readiness port {readiness.port!r} is not one of its ports")
-        action: dict[str, Any] = {"tcpSocket": {"port": port_numbers(role)[readiness.port]}}
+        number = port_numbers(role)[readiness.port]
+        action: dict[str, Any] = ({"httpGet": {"path": readiness.http_path, "port": number}}
+                                  if readiness.http_path else {"tcpSocket": {"port": number}})
     else:
         action = {"exec": {"command": ["/bin/sh", "-c", "kill -0 1"]}}
     ready = {**action, "periodSeconds": 2, "failureThreshold": max(1, int(readiness.timeout_s // 2))}

@@ -270,3 +270,25 @@ def test_a_workload_needs_a_secrets_volume_for_its_secrets_and_plain_names():
         Workload("w", (role,), secrets={"key": b"x"})
     with pytest.raises(ValueError, match="must be a plain file name"):
         Workload("w", (role,), volumes=(VolumePurpose.SECRETS,), secrets={"../key": b"x"})
+
+
+def test_http_readiness_waits_for_a_200_and_read_log_shows_the_log_so_far(tmp_path):
+    """A server that binds at once but answers /ready 503 for its first second is not ready until it answers 200;
+    read_log returns what the node printed so far."""
+    serve = ("import http.server, sys, time\n"
+             "start = time.monotonic()\n"
+             "class H(http.server.BaseHTTPRequestHandler):\n"
+             "    def do_GET(self):\n"
+             "        self.send_response(200 if time.monotonic() - start > 1.0 else 503); self.end_headers()\n"
+             "    def log_message(self, *args): pass\n"
+             "print('listening', flush=True)\n"
+             "http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n")
+    server = Role("server", ("{python}", "-c", serve, "{port[http]}"), ports=("http",),
+                  readiness=Readiness(port="http", http_path="/ready", timeout_s=20))
+    with LocalExecutor().start(Workload("serve", (server,)), tmp_path) as execution:
+        started = time.monotonic()
+        execution.wait_ready("server")
+        assert time.monotonic() - started >= 0.9
+        assert execution.read_log("server", 0) == "listening\n"
+    with pytest.raises(ValueError, match="needs a port and a leading '/'"):
+        Readiness(http_path="/ready")

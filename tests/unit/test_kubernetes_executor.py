@@ -475,3 +475,35 @@ def test_a_role_address_of_a_role_without_a_service_is_one_line(spec, cluster, t
                                             r"'server' with ports"):
         executor(spec, cluster).start(Workload("inference", (load,)), tmp_path)
     assert labelled(cluster) == []
+
+
+def test_a_killed_server_pod_is_replaced_and_its_node_comes_back(spec, cluster, tmp_path):
+    """Deleting a server's pod (failure injection under load) does not end the run: the Deployment replaces it, the
+    node is pending, then running and Ready in the new pod; the probe is an HTTP GET of the readiness path; the
+    current pod's log is readable while it runs."""
+    server = Role("server", ("{python}", "-m", "workloads.serve", "--port", "{port[http]}"), nodes=2,
+                  ports=("http",), readiness=Readiness(port="http", http_path="/ready", timeout_s=10))
+    workload = Workload("inference", (server,), volumes=(VolumePurpose.SCRATCH,))
+    ready = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+    with executor(spec, cluster).start(workload, tmp_path) as execution:
+        (deployment,) = [o for o in cluster.objects(NS) if o["kind"] == "Deployment"]
+        probe = deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+        assert probe["httpGet"] == {"path": "/ready", "port": 29400}
+        pods = cluster.start_deployment_pods(NS, deployment["metadata"]["name"])
+        for number, pod in enumerate(pods):
+            cluster.set_pod_status(NS, pod, {**ready, "podIP": f"10.244.1.{number + 1}"})
+        execution.wait_ready("server")
+        victim = execution.statuses()[1]
+        cluster.write_log(NS, victim.host, "serving\n")
+        assert execution.read_log("server", 1) == "serving\n"
+        execution.kill_node("server", 1)
+        until(lambda: [s.state for s in execution.statuses()] == [NodeState.RUNNING, NodeState.PENDING])
+        (replacement,) = cluster.start_deployment_pods(NS, deployment["metadata"]["name"], count=1)
+        cluster.set_pod_status(NS, replacement, {**ready, "podIP": "10.244.1.9"})
+        until(lambda: [s.state for s in execution.statuses()] == [NodeState.RUNNING] * 2)
+        execution.wait_ready("server")
+        survivor = {"10.244.1.1", "10.244.1.2"} - {victim.address}
+        assert {s.address for s in execution.statuses()} == survivor | {"10.244.1.9"}
+        assert victim.host not in {s.host for s in execution.statuses()}
+        assert execution.read_log("server", 1) == ""  # the new pod has logged nothing yet
+    assert labelled(cluster) == []
