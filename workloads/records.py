@@ -434,6 +434,8 @@ class LoadPodResult(Record):
     locust_exit: int
     windows: list[dict[str, Any]]
     """Each Locust process's measurement window (loadtests/pacing.py MeasurementWindow fields)."""
+    locust_started: float = 0.0
+    """When Locust started, epoch seconds of the load pod's clock (the request log's)."""
     server_metrics: str = ""
     """The server's Prometheus exposition after the load ("" when it could not be read)."""
 

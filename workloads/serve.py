@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--state-dir", type=Path, help="where replicas write ready-<pid> files (default: a temporary directory)")
     add("--balance", choices=BALANCE_MODES, default=ServerSettings.balance,
         help="requests: one request per connection, spread over the replicas; connections: keep-alive")
+    add("--replica-tag", default="",
+        help="name the replicas <tag>/<pid> in the x-dcforge-replica header and /ready (e.g. the pod's address, "
+             "where several servers share one load balancer); default: the pid")
     add("--worker-timeout", type=int, default=60, help="seconds without a heartbeat before a replica is replaced")
     add("--log-level", default="info")
     return parser
@@ -69,6 +72,7 @@ def settings_from_args(args: argparse.Namespace, api_key: str, state_dir: Path) 
         api_key=api_key,
         balance=args.balance,
         state_dir=state_dir,
+        replica_tag=args.replica_tag,
     )
 
 

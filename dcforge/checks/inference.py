@@ -90,7 +90,7 @@ class InferenceCheck:
         ran = run_load_on_cluster(ctx, config, self.name, result)
         if ran is None:
             return result
-        records, pod = ran
+        records, pod, _ = ran
         findings = [EndpointFinding(**finding) for finding in pod.endpoint_findings]
         add_endpoint_findings(result, findings)
         batch = decode_batch_mean(pod.server_metrics) if pod.server_metrics else None

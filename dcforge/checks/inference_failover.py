@@ -28,7 +28,7 @@ from dcforge.checks.serving.replicas import (REPLICA_SHARE_METRICS, IdleVictim, 
                                              wait_for_busiest_replica)
 from dcforge.checks.serving.settings import ServingLoadConfig
 from dcforge.checks.serving.summary import add_summary_metrics
-from dcforge.harness.check import CheckContext
+from dcforge.harness.check import CheckContext, runs_on_pool
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult
 from workloads.records import REPLICA_HEADER, RequestRecord
@@ -58,11 +58,14 @@ class Kill:
 
     t_kill: float
     """SIGKILL time, seconds since the epoch (the request log's clock)."""
-    victim: int
-    respawned: int
-    """pid of the replica gunicorn started in its place."""
+    victim: str
+    """The killed replica as the replica header names it (its pid; `<pod address>/<pid>` on target kubernetes)."""
+    respawned: str
+    """The replica that took its place: the one gunicorn started, or the Deployment's new pod's."""
     respawn_s: float
     """SIGKILL -> the new replica announced readiness."""
+    what: str
+    """The kill in words, for the plot's marker."""
 
 
 @dataclass
@@ -87,6 +90,7 @@ class InferenceFailoverCheck:
     description = "A replica is SIGKILLed under load: time to recover, requests lost, respawn, latency impact."
     Config = InferenceFailoverConfig
     requires_declared_gpus = True
+    on_pool = True  # target kubernetes: a pod per replica on the inference pool, one deleted (serving/on_cluster.py)
     metrics = (
         *LOAD_METRICS,
         *RUN_METRICS,
@@ -120,28 +124,44 @@ class InferenceFailoverCheck:
     def run(self, ctx: CheckContext, config: InferenceFailoverConfig) -> CheckResult:
         result = CheckResult(self.name, declared=self.metrics)
         self._refuse_a_kill_too_late(ctx, config)
+        if runs_on_pool(self, ctx.env.spec):  # target kubernetes: a server pod deleted (serving/on_cluster.py)
+            from dcforge.checks.serving.on_cluster import failover_on_cluster
+
+            ran = failover_on_cluster(ctx, config, self.name, result)
+            if ran is None:
+                return result
+            records, t_start, kill, replicas_after = ran
+            served_by_new = sum(r.replica == kill.respawned for r in records)
+            return self._judge(ctx, config, result, records, t_start, kill, served_by_new, replicas_after)
         with serving_session(ctx, config, self.name, result) as session:
             records, t_start, kill = self._load_with_a_kill(ctx, config, session, result)
             if isinstance(kill, IdleVictim):
                 return result.fail(f"no replica to kill carries traffic, so failover cannot be measured: {kill}")
-            served_by_new = sum(r.replica == str(kill.respawned) for r in records) \
+            served_by_new = sum(r.replica == kill.respawned for r in records) \
                 or self._probe_replica(session, kill.respawned)
             replicas_after = len(session.server.ready_pids())
+        result.details.update(victim_pid=int(kill.victim), respawned_pid=int(kill.respawned))
+        return self._judge(ctx, config, result, records, t_start, kill, served_by_new, replicas_after)
+
+    def _judge(self, ctx: CheckContext, config: InferenceFailoverConfig, result: CheckResult,
+               records: list[RequestRecord], t_start: float, kill: Kill, served_by_new: int,
+               replicas_after: int) -> CheckResult:
+        """The failover figures and verdicts from the request log and the kill, wherever the run was."""
         recovery = measure_recovery(records, kill, config)
         self._add_metrics(result, records, kill, recovery, config, served_by_new)
         self._add_victim_share(result, records, kill, config)
-        result.details.update(victim_pid=kill.victim, respawned_pid=kill.respawned, kill_at_s=kill.t_kill - t_start,
+        result.details.update(victim=kill.victim, respawned=kill.respawned, kill_at_s=kill.t_kill - t_start,
                               replicas_after=replicas_after, window_p95_limit_ms=recovery.window_p95_limit_ms,
                               lost_requests=[{"sent_at_s": round(r.start - t_start, 3), "error": r.error,
                                               "replica": r.replica} for r in recovery.lost])
         if not recovery.recovered:
             result.fail(f"no {config.consecutive_windows} consecutive healthy 1-s windows after the kill")
         if served_by_new == 0:
-            result.fail(f"the respawned replica (pid {kill.respawned}) answered no request")
+            result.fail(f"the respawned replica ({kill.respawned}) answered no request")
         if replicas_after < config.replicas:
             result.fail(f"{replicas_after}/{config.replicas} replicas ready after the run")
         result.plots.extend(latency_plots(records, t_start, [{"x": round(kill.t_kill - t_start, 3),
-                                                             "label": f"SIGKILL replica {kill.victim}"}]))
+                                                             "label": kill.what}]))
         ctx.log(f"TTR {recovery.ttr_s:.1f} s, {len(recovery.lost)} requests lost, respawn {kill.respawn_s:.1f} s")
         return result
 
@@ -174,7 +194,7 @@ class InferenceFailoverCheck:
             os.kill(victim, signal.SIGKILL)
             ctx.log(f"SIGKILL replica pid {victim} at t={t_kill - t_start:.1f} s")
             pid, seconds = server.wait_respawn(original, max(5.0, t_start + config.duration_s - time.time() + 30))
-            kills.append(Kill(t_kill, victim, pid, seconds))
+            kills.append(Kill(t_kill, str(victim), str(pid), seconds, f"SIGKILL replica {victim}"))
 
         records, t_start = run_load(ctx, config, session, result, during=kill_one_replica)
         return records, t_start, kills[0]
@@ -203,21 +223,21 @@ class InferenceFailoverCheck:
         """Replica shares and the victim's share over the requests sent before the kill; an idle victim fails."""
         shares = replica_shares([r for r in records if r.start < kill.t_kill], config.replicas)
         add_share_metrics(result, shares, "requests sent before the kill")
-        victim_share = shares.counts.get(str(kill.victim), 0) / shares.total if shares.total else 0.0
+        victim_share = shares.counts.get(kill.victim, 0) / shares.total if shares.total else 0.0
         result.add_metric("victim_share", victim_share)
         if victim_share == 0:
-            result.fail(f"the killed replica (pid {kill.victim}) answered no request before the kill: an idle "
+            result.fail(f"the killed replica ({kill.victim}) answered no request before the kill: an idle "
                         "victim tests nothing")
 
     @staticmethod
-    def _probe_replica(session: ServingSession, pid: int, attempts: int = 60) -> int:
-        """Requests on fresh connections until one lands on `pid` (the kernel spreads accepts over replicas)."""
+    def _probe_replica(session: ServingSession, replica: str, attempts: int = 60) -> int:
+        """Requests on fresh connections until one lands on `replica` (the kernel spreads accepts over replicas)."""
         import httpx
 
         headers = {"Authorization": f"Bearer {session.api_key}"}
         for _ in range(attempts):
             response = httpx.get(f"{session.server.base_url}/v1/models", headers=headers, verify=False, timeout=10)
-            if response.headers.get(REPLICA_HEADER) == str(pid):
+            if response.headers.get(REPLICA_HEADER) == replica:
                 return 1
         return 0
 
@@ -234,7 +254,7 @@ def measure_recovery(records: list[RequestRecord], kill: Kill, config: Inference
                           max_error_rate=config.window_max_error_rate, max_p95_ms=window_p95)
     ttr_value = ttr if ttr is not None else t_end - t_kill
     in_flight = [r for r in records if r.start <= t_kill <= r.end]
-    on_victim = [r for r in in_flight if r.replica == str(kill.victim) or (not r.ok and not r.replica)]
+    on_victim = [r for r in in_flight if r.replica == kill.victim or (not r.ok and not r.replica)]
     lost = [r for r in records if not r.ok and (t_kill <= r.start <= t_kill + ttr_value or r in in_flight)]
     recovery = [r.e2e_s * 1000 for r in records
                 if r.ok and t_kill <= r.start <= t_kill + ttr_value + config.consecutive_windows]

@@ -549,22 +549,24 @@ class KubernetesExecution:
         if readiness is None:
             return
         deadline = time.monotonic() + readiness.timeout_s
-        pending = set(range(declared.nodes))
-        while pending:
-            for status in [s for s in self.statuses() if s.role == role and s.index in pending]:
+        while True:
+            # every node ready in one snapshot: a server's pods may change index when the Deployment replaces one
+            waiting = []
+            for status in [s for s in self.statuses() if s.role == role]:
                 if status.state.finished:
                     raise ExecutorError(f"{status.node_id} on {status.host} exited ({status.state.value}) before it "
                                         f"was ready" + (f": {status.reason}" if status.reason else ""))
-                if status.state is NodeState.RUNNING and self._is_ready(role, status, readiness.log_line):
-                    pending.discard(status.index)
-            if pending and time.monotonic() >= deadline:
-                node = [s for s in self.statuses() if s.role == role and s.index in pending][0]
+                if not (status.state is NodeState.RUNNING and self._is_ready(role, status, readiness.log_line)):
+                    waiting.append(status)
+            if not waiting:
+                return
+            if time.monotonic() >= deadline:
+                node = waiting[0]
                 what = f"port {readiness.port}" if readiness.port else f"log line {readiness.log_line!r}"
                 raise ExecutorError(f"{node.node_id} on {node.host} not ready ({what}) within "
                                     f"{readiness.timeout_s:g} s")
-            if pending:
-                self.changed.wait(0.5)
-                self.changed.clear()
+            self.changed.wait(0.5)
+            self.changed.clear()
 
     def _is_ready(self, role: str, status: NodeStatus, log_line: str | None) -> bool:
         if log_line is not None:

@@ -145,3 +145,15 @@ def test_a_missing_or_wrong_content_type_gets_415(client, content_type):
     response = client.post("/v1/completions", content=b'{"model": "dcforge-gpt", "prompt": "x"}', headers=headers)
     assert response.status_code == 415
     assert "application/json" in response.json()["error"]["message"]
+
+
+def test_a_replica_tag_names_the_replica_in_the_header_and_in_ready(client):
+    """Behind one load balancer (pods of a Deployment), pids may repeat across servers: `replica_tag` (the pod's
+    address) makes the replica's name unique; without it the pid alone names it."""
+    import os
+
+    assert client.get("/health").headers[REPLICA_HEADER] == str(os.getpid())
+    settings = ServerSettings(engine=EngineSettings(isolation="thread"), api_key=KEY, replica_tag="10.244.0.7")
+    with TestClient(create_app(settings)) as tagged:
+        assert tagged.get("/health").headers[REPLICA_HEADER] == f"10.244.0.7/{os.getpid()}"
+        assert tagged.get("/ready").json()["replica"] == f"10.244.0.7/{os.getpid()}"

@@ -23,7 +23,7 @@ kmock = pytest.importorskip("kmock", reason="kmock (the fake Kubernetes API) nee
 from typer.testing import CliRunner  # noqa: E402
 
 from dcforge.checks.inference import InferenceConfig  # noqa: E402
-from dcforge.checks.serving.load_pod import EXIT_NOT_READY  # noqa: E402
+from dcforge.checks.serving.load_pod import EXIT_NOT_READY, KILL_LINE  # noqa: E402
 from dcforge.checks.serving.on_cluster import LOAD_ROLE, inference_workload  # noqa: E402
 from dcforge.cli import app  # noqa: E402
 from dcforge.executors.local import LocalExecutor, free_port  # noqa: E402
@@ -32,6 +32,7 @@ from dcforge.paths import REPO_ROOT  # noqa: E402
 from dcforge.spec import load_environment  # noqa: E402
 from tests.kube_fake import FakeCluster  # noqa: E402
 from tests.unit.test_kubernetes_accept import NS, kubeconfig_for, labelled  # noqa: E402
+from workloads.records import LoadPodResult, RequestRecord  # noqa: E402
 
 SETTINGS = load_environment("cluster").spec.acceptance.settings["inference"]
 """The cluster environment's inference settings: the load pod's real run uses exactly these."""
@@ -130,7 +131,8 @@ def test_inference_runs_its_server_and_locust_on_the_cluster(cluster, tmp_path, 
     assert metrics["replica_share_min_to_fair"]["value"] >= 0.5  # both replicas of the one server pod served
     assert metrics["replicas_ready_s"]["value"] > 0 and metrics["decode_batch_mean"]["value"] >= 1
     assert "energy_j" not in metrics and "output_tokens_per_joule" not in metrics  # a restricted pod reads no power
-    assert entry["details"]["pods"]["server"]["kubernetes_node"] == "cpu-node-0"
+    assert {pod["role"]: pod["kubernetes_node"] for pod in entry["details"]["pods"]} == {
+        "server": "cpu-node-0", "load": "cpu-node-0"}
     kinds = sorted(key.split("/")[0] for key in created if not key.startswith("Pod/"))  # pods: the kubelet's
     assert kinds == ["Deployment", "Job", "NetworkPolicy", "Secret", "Service"]
     (deployment,) = [o for k, o in created.items() if k.startswith("Deployment/")]
@@ -180,3 +182,94 @@ def test_the_load_pod_says_in_one_line_when_the_server_never_gets_ready(tmp_path
     assert done.returncode == EXIT_NOT_READY and time.monotonic() - started < 30
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith(f"error: the server at {url}: 0/2 replicas ready after 1 s")
+
+
+def request(start: float, replica: str, ok: bool = True) -> str:
+    """One request-log line: 50 ms, 8 tokens, from `replica`; a failed one has no answer (connection reset)."""
+    if not ok:
+        return RequestRecord(start=start, end=start + 0.01, ok=False, error="connection reset").to_json()
+    return RequestRecord(start=start, end=start + 0.05, ok=True, status=200, ttft_s=0.01, e2e_s=0.05,
+                         token_times_s=[0.01 + 0.005 * i for i in range(8)], output_tokens=8, prompt_tokens=32,
+                         replica=replica).to_json()
+
+
+def failover_log(folder: Path, t_kill: float, victim: str, survivor: str, new: str) -> str:
+    """The load pod's results after a failover: 10 s of requests alternating over two pods before the kill, one
+    in flight on the victim failing at the kill, then the survivor alone and, from 2 s on, the new pod too."""
+    lines, t = [], t_kill - 10.0
+    while t < t_kill + 10.0:
+        if t < t_kill:
+            lines.append(request(t, victim if round((t - t_kill) * 10) % 2 else survivor))
+        else:
+            lines.append(request(t, new if t > t_kill + 2.0 and round(t * 10) % 2 else survivor))
+        t += 0.1
+    lines.append(request(t_kill - 0.005, victim, ok=False))
+    folder.mkdir(parents=True)
+    (folder / "requests.jsonl").write_text("\n".join(lines) + "\n")
+    window = {"start": t_kill - 10.0, "stop": t_kill + 10.0, "grace_s": 2.0, "sent": len(lines), "abandoned": 0}
+    (folder / "load.json").write_text(LoadPodResult(
+        ready_s=1.0, replicas_ready=2, endpoint_findings=[], locust_exit=0, windows=[window],
+        locust_started=t_kill - 12.0).to_json() + "\n")
+    return "\n".join(result_lines(folder)) + "\n"
+
+
+class FailoverKubelet(ServingKubelet):
+    """Two server pods Ready; the load pod asks for the kill, and once the check has deleted a server pod the
+    Deployment's replacement comes up Ready and the load pod ends with a request log that saw it all."""
+
+    def __init__(self, cluster: FakeCluster, folder: Path):
+        super().__init__(cluster, "")
+        self.folder = folder
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            deployments = [o for o in self.cluster.objects(NS) if o["kind"] == "Deployment"]
+            jobs = [o for o in self.cluster.objects(NS) if o["kind"] == "Job"]
+            if deployments and jobs:
+                break
+        deployment, job = deployments[0]["metadata"]["name"], jobs[0]["metadata"]["name"]
+        ready = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+        servers = self.cluster.start_deployment_pods(NS, deployment)
+        addresses = {pod: f"10.244.0.{41 + n}" for n, pod in enumerate(servers)}
+        for pod, address in addresses.items():
+            self.cluster.set_pod_status(NS, pod, {**ready, "podIP": address})
+        (load,) = self.cluster.start_job_pods(NS, job)
+        self.cluster.set_pod_status(NS, load, {"phase": "Running", "podIP": "10.244.0.50"})
+        t_kill = time.time()
+        self.cluster.write_log(NS, load, f"2 replicas ready\n{KILL_LINE} {t_kill:.6f}\n")
+        while not self._stop.wait(0.05):
+            live = {o["metadata"]["name"] for o in self.cluster.objects(NS) if o["kind"] == "Pod"}
+            if set(servers) - live:
+                break
+        (victim,) = set(servers) - live
+        (survivor,) = set(servers) - {victim}
+        (new,) = self.cluster.start_deployment_pods(NS, deployment, count=1)
+        self.cluster.set_pod_status(NS, new, {**ready, "podIP": "10.244.0.43"})
+        self.victim = victim
+        log = failover_log(self.folder, t_kill, f"{addresses[victim]}/7", f"{addresses[survivor]}/7", "10.244.0.43/7")
+        self.cluster.write_log(NS, load, f"{KILL_LINE} {t_kill:.6f}\n" + log)
+        self.cluster.set_pod_status(NS, load, {"phase": "Succeeded"})
+
+
+def test_failover_deletes_a_server_pod_and_measures_the_recovery_from_the_load_pods_log(cluster, tmp_path,
+                                                                                        env_file):
+    """A pod per replica behind the Service; the check deletes the first when the load pod asks, the Deployment's
+    replacement serves; TTR, the victim's share and the lost request come from the load pod's request log."""
+    with FailoverKubelet(cluster, tmp_path / "pod-results") as kubelet:
+        outcome = CliRunner().invoke(app, ["accept", "--env-file", str(env_file("cluster")), "--only",
+                                           "inference_failover", "--kubeconfig",
+                                           str(kubeconfig_for(cluster.url, tmp_path)), "--reports",
+                                           str(tmp_path / "reports")])
+    (report_dir,) = (tmp_path / "reports" / "cluster").iterdir()
+    (entry,) = [c for c in json.loads((report_dir / "report.json").read_text())["checks"]
+                if c["name"] == "inference_failover"]
+    assert entry["status"] == "pass", (entry.get("reason"), outcome.output)
+    details, metrics = entry["details"], entry["metrics"]
+    assert details["victim_pod"] == kubelet.victim and details["respawned"] == "10.244.0.43/7"
+    assert metrics["victim_share"]["value"] == pytest.approx(0.5, abs=0.05)
+    assert metrics["respawned_replica_requests"]["value"] > 0
+    assert metrics["killed_replica_in_flight"]["value"] == 1 and metrics["excess_failures"]["value"] == 0
+    assert metrics["ttr_s"]["value"] < 2
+    assert metrics["replica_respawn_s"]["value"] < 5
+    assert abs(details["kill_at_s"] - 12.0) < 1.0  # the load pod's clock: asked at Locust start + 12 s
+    assert labelled(cluster) == []

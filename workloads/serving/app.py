@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,7 +28,7 @@ from workloads.serving.protocol import (APIError, ChatCompletionRequest, Complet
                                         chat_body, chat_chunk, completion_body, completion_chunk, new_id, sse,
                                         usage_chunk, validation_message)
 from workloads.records import REPLICA_HEADER, mark_ready
-from workloads.serving.settings import LimitSettings, ServerSettings
+from workloads.serving.settings import LimitSettings, ServerSettings, replica_id
 
 ServingEngine = BatchingEngine | EngineProcess
 """What the routes submit to: the same interface in a thread (`BatchingEngine`) or in a process of its own."""
@@ -45,10 +44,10 @@ class ServingMiddleware:
     """Pure ASGI (streaming-safe): body-size limit, replica header, request metrics, and `Connection: close` when
     requests are balanced over the replicas (ServerSettings.balance)."""
 
-    def __init__(self, app: Any, max_body_bytes: int, close_connections: bool):
+    def __init__(self, app: Any, max_body_bytes: int, close_connections: bool, replica_tag: str = ""):
         self.app = app
         self.max_body_bytes = max_body_bytes
-        self.replica = str(os.getpid()).encode()
+        self.replica = replica_id(replica_tag).encode()  # built in the replica process: its own pid
         extra = [(REPLICA_HEADER.encode(), self.replica)]
         if close_connections:  # uvicorn closes the connection after a response that says so
             extra.append((b"connection", b"close"))
@@ -309,7 +308,8 @@ async def ready(request: Request) -> JSONResponse:
         return JSONResponse({"status": "loading"}, 503)
     if isinstance(engine, EngineProcess) and engine.lost:
         return JSONResponse({"status": "engine process lost"}, 503)
-    return JSONResponse({"status": "ready", "replica": os.getpid(), "queue_depth": engine.queue_depth,
+    return JSONResponse({"status": "ready", "replica": replica_id(request.app.state.settings.replica_tag),
+                         "queue_depth": engine.queue_depth,
                          "active_sequences": engine.active_sequences})
 
 
@@ -350,7 +350,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                   openapi_url=None)
     app.state.settings = settings
     app.add_middleware(ServingMiddleware, max_body_bytes=settings.limits.max_body_bytes,
-                       close_connections=settings.balance == "requests")
+                       close_connections=settings.balance == "requests", replica_tag=settings.replica_tag)
     app.add_exception_handler(APIError, api_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, unexpected_error)

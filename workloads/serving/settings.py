@@ -93,6 +93,15 @@ class ServerSettings:
     connections can leave a replica idle."""
     state_dir: Path | None = None
     """Where each replica drops a `ready-<pid>` file once its model is loaded (supervisors wait on these)."""
+    replica_tag: str = ""
+    """What tells this server's replicas from another server's behind one load balancer (a pod's address on
+    Kubernetes, where every pod's worker may have the same pid); empty: the pid alone names a replica."""
+
+
+def replica_id(tag: str, pid: int | None = None) -> str:
+    """How the replica header and /ready name this replica: its pid, as `<tag>/<pid>` when the server has a tag."""
+    pid = os.getpid() if pid is None else pid
+    return f"{tag}/{pid}" if tag else str(pid)
 
 
 def read_api_key(environ: dict[str, str] | None = None) -> str:

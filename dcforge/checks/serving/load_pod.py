@@ -12,6 +12,10 @@ cluster, next to the server it loads (dcforge/checks/serving/on_cluster.py build
 5. leaves in `--results` the merged request log (`LOAD_POD_REQUESTS_FILE`) and one `LoadPodResult` line
    (`LOAD_POD_RESULT_FILE`), which the executor carries back through the pod log.
 
+With `--kill-at S` (inference_failover) it also prints `KILL_LINE <epoch>` S seconds after Locust started: the
+check, reading this pod's log, deletes a server pod when it sees the line. The epoch is this pod's clock, the
+request log's, so the kill is placed on the requests' time line without comparing two machines' clocks.
+
 Exits with Locust's code; 3 when the server never got ready (one line on stderr saying why).
 """
 
@@ -23,12 +27,15 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 from workloads.records import LOAD_POD_REQUESTS_FILE, LOAD_POD_RESULT_FILE, LoadPodResult, emit_result
 
 EXIT_NOT_READY = 3
+KILL_LINE = "dcforge.load_pod kill-now"
+"""Printed with this pod's epoch when a server pod should be deleted (`--kill-at`)."""
 POLL_S = 0.2
 LOCUST_KILLED = 124
 """Exit code when Locust outlived --timeout and was killed (as coreutils `timeout` says it)."""
@@ -44,13 +51,13 @@ def wait_for_replicas(url: str, replicas: int, timeout_s: float) -> tuple[float,
     import httpx
 
     started = time.monotonic()
-    seen: set[int] = set()
+    seen: set[str] = set()
     last = "no answer yet"
     while time.monotonic() - started < timeout_s:
         try:
             response = httpx.get(f"{url}/ready", timeout=5.0, headers={"Connection": "close"})
             if response.status_code == 200:
-                seen.add(int(response.json()["replica"]))
+                seen.add(str(response.json()["replica"]))
                 if len(seen) >= replicas:
                     return time.monotonic() - started, len(seen)
             last = f"HTTP {response.status_code}: {response.text[:100]}"
@@ -61,9 +68,17 @@ def wait_for_replicas(url: str, replicas: int, timeout_s: float) -> tuple[float,
                    f"(last answer: {last})")
 
 
-def run_locust(command: list[str], timeout_s: float) -> int:
-    """Locust's exit code; LOCUST_KILLED when it ran past `timeout_s` (its process group is killed then)."""
+def run_locust(command: list[str], timeout_s: float, kill_at_s: float | None = None) -> int:
+    """Locust's exit code; LOCUST_KILLED when it ran past `timeout_s` (its process group is killed then). With
+    `kill_at_s`, KILL_LINE is printed that long after Locust started (unless it has ended by then)."""
     process = subprocess.Popen(command, start_new_session=True)
+    if kill_at_s is not None:
+        def announce() -> None:
+            try:
+                process.wait(timeout=kill_at_s)
+            except subprocess.TimeoutExpired:
+                print(f"{KILL_LINE} {time.time():.6f}", flush=True)
+        threading.Thread(target=announce, daemon=True).start()
     try:
         return process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -103,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logs", type=Path, required=True)
     parser.add_argument("--results", type=Path, required=True)
     parser.add_argument("--timeout", type=float, required=True)
+    parser.add_argument("--kill-at", type=float, help="print KILL_LINE this many seconds after Locust started")
     args = parser.parse_args(argv[:split])
     args.logs.mkdir(parents=True, exist_ok=True)
     args.results.mkdir(parents=True, exist_ok=True)
@@ -113,10 +129,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_NOT_READY
     print(f"{replicas} replicas ready after {ready_s:.1f} s", flush=True)
     findings = [finding.__dict__ for finding in check_endpoint(args.url, args.served_name)]
-    code = run_locust(argv[split + 1:], args.timeout)
+    locust_started = time.time()
+    code = run_locust(argv[split + 1:], args.timeout, args.kill_at)
     windows = collect(args.logs, args.results)
     emit_result(LoadPodResult(ready_s=ready_s, replicas_ready=replicas, endpoint_findings=findings,
-                              locust_exit=code, windows=windows, server_metrics=server_metrics(args.url)),
+                              locust_exit=code, windows=windows, locust_started=locust_started,
+                              server_metrics=server_metrics(args.url)),
                 args.results / LOAD_POD_RESULT_FILE)
     return code
 

@@ -21,6 +21,7 @@ power readings, which a restricted pod cannot take, so they are absent.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -69,11 +70,11 @@ def refuse_unsupported(ctx: CheckContext, check: str, config: ServingLoadConfig)
             raise settings_error(ctx, check, key, f"not available on target kubernetes: {message}")
 
 
-def server_resources(config: ServingLoadConfig, gpus_per_node: int) -> Resources:
-    """One CPU per replica plus one for gunicorn, 1 GiB each (the bundled presets are small); a GPU per replica
-    up to a node's on a GPU pool, unless the replicas serve on the CPU."""
-    gpus = 0 if config.device == "cpu" or config.quantize == "int8" else min(config.replicas, gpus_per_node)
-    return Resources(cpus=config.replicas + 1.0, memory_mib=1024 * (config.replicas + 1), gpus=gpus)
+def server_resources(config: ServingLoadConfig, replicas: int, gpus_per_node: int) -> Resources:
+    """A server pod of `replicas` worker processes: one CPU each plus one for gunicorn, 1 GiB each (the bundled
+    presets are small); a GPU per replica up to a node's on a GPU pool, unless the replicas serve on the CPU."""
+    gpus = 0 if config.device == "cpu" or config.quantize == "int8" else min(replicas, gpus_per_node)
+    return Resources(cpus=replicas + 1.0, memory_mib=1024 * (replicas + 1), gpus=gpus)
 
 
 def _literal(text: str) -> str:
@@ -81,31 +82,46 @@ def _literal(text: str) -> str:
     return text.replace("{", "{{").replace("}", "}}")
 
 
+@dataclass(frozen=True)
+class ClusterRun:
+    """How `inference` or `inference_failover` lays the serving run out on the cluster."""
+
+    server_pods: int = 1
+    """1: one pod holds every replica (`inference`); `replicas`: a pod per replica, each named by its address in
+    the replica header, so deleting a pod fails over exactly one replica (`inference_failover`)."""
+    kill_at_s: float | None = None
+    """The load pod announces the kill this long after Locust started (`inference_failover`)."""
+
+
 def inference_workload(config: ServingLoadConfig, prompt_tokens: int, api_key: str, gpus_per_node: int,
-                       ready_timeout_s: float, load_limit_s: float) -> Workload:
+                       ready_timeout_s: float, load_limit_s: float, layout: ClusterRun = ClusterRun()) -> Workload:
     from dcforge.checks.serving.load import load_settings, locust_arguments
     from loadtests import pacing
     from workloads.records import REQUEST_LOG_TEMPLATE, LoadEnv
     from workloads.serving.settings import API_KEY_FILE_ENV
 
     key_file = "{volume[secrets]}/api-key"
+    per_pod = config.replicas // layout.server_pods
+    tag = ("--replica-tag", "{node_address}") if layout.server_pods > 1 else ()
     server = Role(SERVER_ROLE, (
         "{python}", "-m", "workloads.serve", "--host", "{node_address}", "--port", f"{{port[{HTTP_PORT}]}}",
-        "--replicas", str(config.replicas), "--max-batch", str(config.max_batch),
+        "--replicas", str(per_pod), "--max-batch", str(config.max_batch),
         "--max-wait-ms", str(config.max_wait_ms), "--state-dir", "{volume[scratch]}/server-state",
         "--device", config.device, "--balance", config.balance, "--quantize", config.quantize,
-        "--preset", _literal(config.preset), "--model-name", SERVED_NAME),
-        env={API_KEY_FILE_ENV: key_file}, resources=server_resources(config, gpus_per_node), ports=(HTTP_PORT,),
-        readiness=Readiness(port=HTTP_PORT, timeout_s=ready_timeout_s))
+        "--preset", _literal(config.preset), "--model-name", SERVED_NAME, *tag),
+        env={API_KEY_FILE_ENV: key_file}, nodes=layout.server_pods,
+        resources=server_resources(config, per_pod, gpus_per_node), ports=(HTTP_PORT,),
+        readiness=Readiness(port=HTTP_PORT, http_path="/ready", timeout_s=ready_timeout_s))
     logs = "{volume[scratch]}/requests"
     settings = {key: _literal(value) for key, value in load_settings(config, prompt_tokens, SERVED_NAME, "").items()}
     settings.update({LoadEnv.API_KEY_FILE: key_file,
                      LoadEnv.REQUEST_LOG: f"{logs}/{_literal(REQUEST_LOG_TEMPLATE)}",
                      LoadEnv.WINDOW_FILE: f"{logs}/{_literal(pacing.WINDOW_FILE_TEMPLATE)}"})
+    kill = ("--kill-at", f"{layout.kill_at_s:g}") if layout.kill_at_s is not None else ()
     load = Role(LOAD_ROLE, (
         "{python}", "-m", "dcforge.checks.serving.load_pod", "--url", SERVER_URL, "--served-name", SERVED_NAME,
         "--replicas", str(config.replicas), "--ready-timeout", f"{ready_timeout_s:g}", "--logs", logs,
-        "--results", "{volume[results]}", "--timeout", f"{load_limit_s:g}", "--",
+        "--results", "{volume[results]}", "--timeout", f"{load_limit_s:g}", *kill, "--",
         "{python}", "-m", "locust", "-f", "{workdir}/loadtests/locustfile.py",
         *(_literal(arg) for arg in locust_arguments(config)), "--host", SERVER_URL),
         env=settings, resources=Resources(cpus=float(config.locust_processes),
@@ -116,24 +132,20 @@ def inference_workload(config: ServingLoadConfig, prompt_tokens: int, api_key: s
                     secrets={"api-key": api_key.encode()})
 
 
-def run_load_on_cluster(ctx: CheckContext, config: ServingLoadConfig, check: str, result: CheckResult):
+def run_load_on_cluster(ctx: CheckContext, config: ServingLoadConfig, check: str, result: CheckResult,
+                        layout: ClusterRun = ClusterRun(), during=None):
     """Server and load pod on the cluster, then every figure from the load pod's records, as on this machine.
-    Returns (request records, the LoadPodResult); None when the run could not complete (the result says why)."""
+    `during(execution)` runs while the load does (the failover's kill) and returns what the caller wants back.
+    Returns (request records, the LoadPodResult, what `during` returned); None when the run could not complete
+    (the result says why)."""
     from dcforge.checks.multinode import kubernetes_executor, live_view, platform_failure
     from dcforge.checks.serving.credentials import new_api_key
     from dcforge.checks.serving.load import REQUEST_LOG_DIR, collect_load, run_details, warmup_allowance_s
-    from dcforge.checks.serving.settings import fitted_prompt_tokens
-    from dcforge.errors import ConfigError
     from dcforge.executors.base import ExecutorError, NodeState
     from dcforge.harness.result import Status
-    from workloads.model import get_preset
     from workloads.records import LOAD_POD_REQUESTS_FILE, LOAD_POD_RESULT_FILE, LoadPodResult, read_result
 
-    refuse_unsupported(ctx, check, config)
-    try:
-        prompt_tokens = fitted_prompt_tokens(config, get_preset(config.preset).max_seq_len)
-    except ValueError as error:
-        raise ConfigError(ctx.env.path, f"dcforge:acceptance.settings.{check}.maxTokens", str(error)) from None
+    prompt_tokens = cluster_prompt_tokens(ctx, check, config)
     executor = kubernetes_executor(ctx, pool=inference_pool(ctx.env.spec))
     pool = executor.target.pool
     result.details.update(run_details(config, f"random:{config.preset}", prompt_tokens, None))
@@ -141,18 +153,17 @@ def run_load_on_cluster(ctx: CheckContext, config: ServingLoadConfig, check: str
     ready_timeout_s = min(config.ready_timeout_s, max(1.0, ctx.remaining_s()))
     load_limit_s = config.duration_s + warmup_allowance_s(config) + config.stop_grace_s + 60
     workload = inference_workload(config, prompt_tokens, new_api_key(), pool.gpus_per_node if pool else 0,
-                                  ready_timeout_s, load_limit_s)
-    ctx.log(f"{check} on the cluster: server ({config.replicas} replicas) and Locust on pool "
-            f"{pool.name if pool else '(any node)'}")
+                                  ready_timeout_s, load_limit_s, layout)
+    ctx.log(f"{check} on the cluster: {config.replicas} replicas in {layout.server_pods} server pod(s) and Locust "
+            f"on pool {pool.name if pool else '(any node)'}")
     try:
         with executor.start(workload, workdir / "pods") as execution:
+            extra = during(execution) if during is not None else None
             outcome = execution.wait(min(workload.timeout_s, max(5.0, ctx.remaining_s())), live_view(ctx),
                                      roles=[LOAD_ROLE])
-            by_role = {status.role: status for status in outcome.nodes}
-            load = by_role[LOAD_ROLE]
-            result.details.update(executor="kubernetes", api_requests=execution.api_requests,
-                                  pods={s.role: {"pod": s.host, "kubernetes_node": s.kubernetes_node}
-                                        for s in outcome.nodes})
+            load = next(status for status in outcome.nodes if status.role == LOAD_ROLE)
+            result.details.update(executor="kubernetes", api_requests=execution.api_requests, pods=[
+                {"role": s.role, "pod": s.host, "kubernetes_node": s.kubernetes_node} for s in outcome.nodes])
             if load.state is not NodeState.SUCCEEDED or outcome.timed_out:
                 result.fail(f"{check} on the cluster: {outcome.failure_summary()}")
                 if platform_failure(outcome.nodes):
@@ -166,11 +177,24 @@ def run_load_on_cluster(ctx: CheckContext, config: ServingLoadConfig, check: str
         return None
     for status in outcome.nodes:
         if status.log_path is not None and status.log_path.exists():
-            result.artefacts[f"log.{status.role}"] = ctx.relative(status.log_path)
+            result.artefacts[f"log.{status.role}.{status.index}"] = ctx.relative(status.log_path)
     log_dir = workdir / REQUEST_LOG_DIR
     write_load_pod_logs(log_dir, requests, summary.windows)
     result.add_metric("replicas_ready_s", summary.ready_s)
-    return collect_load(ctx, config, workdir, log_dir, result), summary
+    return collect_load(ctx, config, workdir, log_dir, result), summary, extra
+
+
+def cluster_prompt_tokens(ctx: CheckContext, check: str, config: ServingLoadConfig) -> int:
+    """The prompt length that fits the preset's context; settings the cluster cannot honour are refused first."""
+    from dcforge.checks.serving.settings import fitted_prompt_tokens
+    from dcforge.errors import ConfigError
+    from workloads.model import get_preset
+
+    refuse_unsupported(ctx, check, config)
+    try:
+        return fitted_prompt_tokens(config, get_preset(config.preset).max_seq_len)
+    except ValueError as error:
+        raise ConfigError(ctx.env.path, f"dcforge:acceptance.settings.{check}.maxTokens", str(error)) from None
 
 
 def write_load_pod_logs(log_dir: Path, requests: bytes, windows: list[dict]) -> None:
@@ -185,3 +209,89 @@ def write_load_pod_logs(log_dir: Path, requests: bytes, windows: list[dict]) -> 
     (log_dir / REQUEST_LOG_TEMPLATE.format(pid="pod")).write_bytes(requests)
     for index, window in enumerate(windows):
         (log_dir / pacing.WINDOW_FILE_TEMPLATE.format(pid=index)).write_text(json.dumps(window) + "\n")
+
+
+# --- inference_failover: a server pod deleted under load ---------------------------------------------------------
+
+KILL_POLL_S = 0.2
+"""How often the check reads the load pod's log for its kill request: the kill lands at most this late (plus one
+log read), and the delay is measured and added to the kill time."""
+
+
+@dataclass(frozen=True)
+class PodKill:
+    """The failover's kill on the cluster; `t_kill` in the load pod's clock (the request log's)."""
+
+    t_kill: float
+    """When the load pod asked for the kill + how long the check took from seeing the request to the deletion."""
+    victim_pod: str
+    victim_address: str
+    respawned_pod: str
+    respawned_address: str
+    respawn_s: float
+    """Deletion -> the Deployment's replacement pod Ready (its /ready answered: the model is loaded)."""
+
+
+def delete_a_server_pod(ctx: CheckContext, execution, config, load_limit_s: float) -> PodKill | str:
+    """Once every server pod is Ready, wait for the load pod's kill request (KILL_LINE in its log), delete the
+    first server pod at once, and wait for its replacement to be Ready. Returns why not, when the load pod ended
+    or never asked within `load_limit_s`."""
+    import time
+
+    from dcforge.checks.serving.load_pod import KILL_LINE
+
+    execution.wait_ready(SERVER_ROLE)
+    deadline = time.monotonic() + load_limit_s
+    asked = None
+    while asked is None:
+        lines = [line.split() for line in execution.read_log(LOAD_ROLE, 0).splitlines() if line.startswith(KILL_LINE)]
+        if lines:
+            asked = float(lines[-1][-1])
+            break
+        load = next(s for s in execution.statuses() if s.role == LOAD_ROLE)
+        if load.state.finished or time.monotonic() > deadline:
+            return f"the load pod {'ended' if load.state.finished else 'ran on'} without asking for the kill"
+        time.sleep(KILL_POLL_S)
+    seen = time.time()
+    servers = [s for s in execution.statuses() if s.role == SERVER_ROLE]
+    victim = servers[0]
+    execution.kill_node(SERVER_ROLE, victim.index)
+    deleted = time.time()
+    ctx.log(f"deleted server pod {victim.host} ({victim.address}) {deleted - seen:.2f} s after the load pod asked")
+    execution.wait_ready(SERVER_ROLE)
+    ready = time.time()
+    (new,) = [s for s in execution.statuses() if s.role == SERVER_ROLE and s.host not in {x.host for x in servers}]
+    return PodKill(asked + (deleted - seen), victim.host, victim.address, new.host, new.address, ready - deleted)
+
+
+def replica_of(records, address: str) -> str:
+    """The replica id the pod at `address` answered with (`<address>/<pid>`); `<address>/(no answer)`, which no
+    record carries, when it answered nothing (then the check says so)."""
+    from collections import Counter
+
+    named = Counter(r.replica for r in records if r.replica.startswith(f"{address}/"))
+    return named.most_common(1)[0][0] if named else f"{address}/(no answer)"
+
+
+def failover_on_cluster(ctx: CheckContext, config, check: str, result: CheckResult):
+    """`inference_failover` on the cluster: a pod per replica behind the server's Service, the first deleted when
+    the load pod asks (killAtS after Locust started), the Deployment's replacement awaited. Returns (records, load
+    start, Kill, replicas Ready after the respawn); None when the run or the kill could not happen (the result
+    says why)."""
+    from dcforge.checks.inference_failover import Kill
+    from dcforge.checks.serving.load import warmup_allowance_s
+
+    limit = config.duration_s + warmup_allowance_s(config) + config.ready_timeout_s
+    ran = run_load_on_cluster(ctx, config, check, result, ClusterRun(config.replicas, config.kill_at_s),
+                              during=lambda execution: delete_a_server_pod(ctx, execution, config, limit))
+    if ran is None:
+        return None
+    records, pod_result, pod_kill = ran
+    if isinstance(pod_kill, str):
+        result.fail(f"no server pod was deleted, so failover cannot be measured: {pod_kill}")
+        return None
+    result.details.update(victim_pod=pod_kill.victim_pod, respawned_pod=pod_kill.respawned_pod)
+    kill = Kill(pod_kill.t_kill, replica_of(records, pod_kill.victim_address),
+                replica_of(records, pod_kill.respawned_address), pod_kill.respawn_s,
+                f"pod {pod_kill.victim_pod} deleted")
+    return records, pod_result.locust_started, kill, config.replicas
