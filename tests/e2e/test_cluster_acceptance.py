@@ -19,7 +19,7 @@ from tests.e2e.conftest import CONTEXT, labelled_objects
 pytestmark = pytest.mark.e2e
 
 EXECUTOR_CHECKS = ("system", "train", "allreduce", "checkpoint", "train_failover", "allreduce_multinode",
-                   "train_multinode", "slow_node", "network", "inference")
+                   "train_multinode", "slow_node", "network", "inference", "inference_failover")
 
 
 def dcforge(*args: str, kubeconfig: str) -> list[str]:
@@ -47,7 +47,7 @@ def test_the_checks_that_run_through_the_executor_pass_and_leave_nothing(deploye
     assert all(status == "pass" for status, _ in verdicts.values()), verdicts
     assert all(c["details"].get("executor", "kubernetes") == "kubernetes" for c in report["checks"]
                if c["name"] in ("train", "allreduce", "checkpoint", "train_failover", "allreduce_multinode",
-                                "train_multinode", "inference"))
+                                "train_multinode", "inference", "inference_failover"))
     assert labelled_objects(admin, spec) == []
 
 
