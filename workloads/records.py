@@ -39,6 +39,8 @@ LOAD_POD_RESULT_FILE = "load.json"
 """`inference` on Kubernetes: the LoadPodResult line of `python -m dcforge.checks.serving.load_pod`."""
 LOAD_POD_REQUESTS_FILE = "requests.jsonl"
 """`inference` on Kubernetes: every RequestRecord the load pod's Locust processes logged, merged."""
+STORAGE_CLASS_FILE = "storage.json"
+"""`storage` on Kubernetes: the StorageClassResult line of `python -m dcforge.checks.storage` in a pod."""
 SYSTEM_FACTS_FILE = "system.json"
 """`node_level`: the SystemFacts line of `python -m dcforge.checks.system` run on a node."""
 READY_FILE_PREFIX = "ready-"
@@ -407,6 +409,27 @@ class SystemFacts(Record):
     """torch, torch_cuda (+ nccl where CUDA is available)."""
     gpus: list[dict[str, Any]]
     """One {name, memory_mib, driver} per visible GPU."""
+
+
+# --- Storage: `python -m dcforge.checks.storage` in a pod -> dcforge/checks/storage.py ----------------------------
+
+@dataclass
+class StorageClassResult(Record):
+    """Everything the storage check measured on one class, in a pod on a claim of that class (target kubernetes):
+    the fields of the check's ClassMeasurement."""
+
+    kind: ClassVar[str] = "storage.class"
+    name: str
+    directory: str
+    direct_io: bool
+    sequential_bytes: int
+    figures: dict[str, float]
+    fsync_percentiles_ms: dict[str, float]
+    metadata: dict[str, float] | None
+    """files, create_per_s, stat_per_s, delete_per_s, ops_per_s."""
+    verify_failure: str | None
+    fio: str
+    """fio's version in the pod."""
 
 
 # --- Serving: workloads/serving -> dcforge/checks/serving/ --------------------------------------------------------

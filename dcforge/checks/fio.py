@@ -1,7 +1,8 @@
 """fio as a measuring instrument: job descriptions, one run per job, JSON output parsed into typed results.
 
-The same `FioJob` renders to command-line arguments for a local run (`run_fio`) and for a client pod on Kubernetes
-(`dcforge.manifests.storage_acceptance`), so both targets measure with identical parameters.
+The same `FioJob`s run on this machine and, on the Kubernetes target, in a pod on a claim of each class (the storage
+check runs its own measurement there: `python -m dcforge.checks.storage`), so both targets measure with identical
+parameters.
 
 fio's JSON (`--output-format=json`, fio 3.x): one entry per job under `jobs`, each with `read`, `write` (bytes,
 bytes/s, IOPS, latency percentiles) and `sync` (fsync latency; filled when `fsync=N` is set). With

@@ -56,6 +56,9 @@ class Step:
     """The step's single-node result, by the single-node check's own formulas and verdicts."""
     env: Mapping[str, str] = field(default_factory=dict)
     volumes: tuple[VolumePurpose, ...] = NODE_VOLUMES
+    claim_class: str | None = None
+    """The StorageClass of the checkpoints volume's claim on Kubernetes (`Workload.checkpoint_class`)."""
+    claim_size_gi: int | None = None
 
 
 def node_torchrun(script: str, args: list[str], nproc: int, max_restarts: int = 0) -> tuple[str, ...]:
@@ -182,7 +185,8 @@ def run_step(executions: OpenExecutions, executor: Executor, step: Step, run_dir
     # multi-node check asks for; the other executors place nothing
     resources = getattr(executor, "node_resources", None) or Resources()
     role = Role(step.name, step.command, env=dict(step.env), resources=resources)
-    workload = Workload(f"node-{step.name}", (role,), volumes=step.volumes, timeout_s=timeout_s)
+    workload = Workload(f"node-{step.name}", (role,), volumes=step.volumes, timeout_s=timeout_s,
+                        checkpoint_class=step.claim_class, checkpoint_size_gi=step.claim_size_gi)
     data, missing = None, ""
     try:
         with executions.start(executor, workload, run_dir) as execution:

@@ -17,8 +17,9 @@ Per class (`dcforge:storage.classes`), in a scratch directory on that class's st
 
 Every fio job is bounded by `phaseSeconds` and every file size by the class's free space. Metric names are
 `<class>.<figure>`, so SLO keys read `storage.<class>.<figure>` (e.g. `storage.checkpoints.seq_write_gbps`).
-On the Kubernetes target the same fio jobs run in client pods on one PVC per class
-(`dcforge.manifests.storage_acceptance`); this version writes those manifests and skips the run (see README).
+On the Kubernetes target the same measurement (`measure_class`) runs in a pod of the acceptance image on a claim of
+each class (`python -m dcforge.checks.storage`, one pod per class, one after the other), and its figures come back
+as a StorageClassResult record judged here exactly as a local measurement.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -77,10 +78,12 @@ class StorageCheckConfig(CheckConfig):
     """File written with checksummed blocks and read back by the verify pass."""
     direct_io: Literal["auto", "on", "off"] = "auto"
     """auto: direct I/O where the filesystem accepts O_DIRECT; on: require it; off: buffered (page cache)."""
-    image: str | None = None
-    """Container image with fio, for client pods on the Kubernetes target."""
     pvc_size_gi: int = Field(default=20, ge=1)
     """Size of each class's test PVC on the Kubernetes target."""
+
+    moved_keys: ClassVar[dict[str, str]] = {
+        "image": "dcforge:acceptance.image (the acceptance image holds fio; the pods run in it)",
+    }
 
     def environment_problems(self, env) -> list[tuple[str, str]]:
         """(key, message) for classes and paths naming classes the environment does not declare."""
@@ -364,15 +367,29 @@ def add_class_results(result: CheckResult, measured: ClassMeasurement) -> None:
                              "ms", [Series("fsync", [p for p, _ in percentiles], [v for _, v in percentiles])]))
 
 
-def kubernetes_plans(config: StorageCheckConfig, class_names: list[str]) -> dict[str, ClassPlan]:
-    """The fio jobs of each class for its PVC: the volume is requested at pvcSizeGi, and the sequential file takes
-    maxFreeFraction of it, as locally."""
-    from dcforge.manifests.storage_acceptance import MOUNT_PATH
+def measurement_record(measured: ClassMeasurement, fio_version_text: str):
+    """A class's measurement as the typed record a pod hands back (workloads/records.py)."""
+    from workloads.records import StorageClassResult
 
-    sequential = min(config.file_size_mib * MIB, int(config.pvc_size_gi * 1024 * MIB * config.max_free_fraction))
-    sequential -= sequential % MIB
-    direct = config.direct_io != "off"
-    return {name: class_plan(MOUNT_PATH, sequential, direct, config) for name in class_names}
+    return StorageClassResult(name=measured.name, directory=measured.directory, direct_io=measured.direct_io,
+                              sequential_bytes=measured.sequential_bytes, figures=measured.figures,
+                              fsync_percentiles_ms=measured.fsync_percentiles_ms,
+                              metadata=vars(measured.metadata) if measured.metadata else None,
+                              verify_failure=measured.verify_failure, fio=fio_version_text)
+
+
+def measurement_of(record) -> ClassMeasurement:
+    return ClassMeasurement(record.name, record.directory, record.direct_io, record.sequential_bytes,
+                            dict(record.figures), dict(record.fsync_percentiles_ms),
+                            MetadataRates(**record.metadata) if record.metadata else None, record.verify_failure)
+
+
+def class_details(measured: ClassMeasurement, config: StorageCheckConfig) -> dict:
+    return {"directory": measured.directory, "direct_io": measured.direct_io,
+            "sequential_mib": measured.sequential_bytes // MIB, "clients": config.clients,
+            "figures": measured.figures, "fsync_percentiles_ms": measured.fsync_percentiles_ms,
+            "metadata": vars(measured.metadata) if measured.metadata else None,
+            "verify_failure": measured.verify_failure}
 
 
 class StorageCheck:
@@ -405,11 +422,7 @@ class StorageCheck:
                 base = Path(config.paths[name]) if name in config.paths else scratch_root / name
                 measured = measure_class(name, base, config, fio, ctx.remaining_s(), ctx.log)
                 add_class_results(result, measured)
-                details[name] = {"directory": measured.directory, "direct_io": measured.direct_io,
-                                 "sequential_mib": measured.sequential_bytes // MIB, "clients": config.clients,
-                                 "figures": measured.figures, "fsync_percentiles_ms": measured.fsync_percentiles_ms,
-                                 "metadata": vars(measured.metadata) if measured.metadata else None,
-                                 "verify_failure": measured.verify_failure}
+                details[name] = class_details(measured, config)
         except StorageError as error:
             raise StorageError(f"class {name}: {error}") from None
         finally:
@@ -417,13 +430,80 @@ class StorageCheck:
         return result
 
     def _kubernetes(self, ctx: CheckContext, config: StorageCheckConfig, names: list[str]) -> CheckResult:
-        from dcforge.manifests.storage_acceptance import storage_acceptance_manifests, write_manifests
+        """One pod per class on a claim of it (pvcSizeGi), in the acceptance image, one class after the other."""
+        from dcforge.checks.multinode import kubernetes_executor, live_view
+        from dcforge.checks.node_steps import CLAIM_VOLUMES, OpenExecutions, Step, run_step
+        from dcforge.executors.base import ExecutorError
+        from dcforge.harness.result import Status
+        from workloads.records import STORAGE_CLASS_FILE, StorageClassResult, read_result
 
-        if not config.image:
-            raise settings_error(ctx, self.name, "image", "a container image with fio is required on the "
-                                                          "kubernetes target")
-        manifests = storage_acceptance_manifests(ctx.env.spec, kubernetes_plans(config, names), config.image,
-                                                 config.clients, config.pvc_size_gi, run_id="manual")
-        path = write_manifests(manifests, ctx.artefact_dir(self.name) / "storage-acceptance.yaml")
-        raise CheckSkipped(f"running fio pods on a cluster is not implemented yet; the PVCs and client pods are "
-                           f"in {ctx.relative(path)} for `kubectl apply` by hand")
+        if config.paths:
+            raise settings_error(ctx, self.name, "paths", "target kubernetes measures a claim of each class in a "
+                                 "pod (pvcSizeGi); directories on this machine mean nothing there: remove paths")
+        executor = kubernetes_executor(ctx)
+        result = CheckResult(self.name, declared=class_metrics(names))
+        details: dict[str, dict] = {}
+        result.details = {"executor": executor.name, "classes": details}
+        # the settings travel as one JSON argument; its braces doubled, as a literal in an executor template
+        settings = config.model_dump_json(by_alias=True, exclude={"paths", "classes"})
+        settings = settings.replace("{", "{{").replace("}", "}}")
+
+        def judge(data: bytes) -> CheckResult:
+            record = read_result(data.decode().splitlines(), StorageClassResult, "the storage pod's result")
+            measured = measurement_of(record)
+            add_class_results(result, measured)
+            details[record.name] = {**class_details(measured, config), "fio": record.fio}
+            return result
+
+        for position, name in enumerate(names):
+            budget_s = max(1.0, ctx.remaining_s() / (len(names) - position))
+            step = Step(f"storage-{name}", (
+                "{python}", "-m", "dcforge.checks.storage", "--class", name, "--directory",
+                "{volume[checkpoints]}/storage", "--settings", settings, "--budget-s", f"{budget_s:.0f}",
+                "--output", "{volume[results]}/" + STORAGE_CLASS_FILE), STORAGE_CLASS_FILE, judge,
+                volumes=CLAIM_VOLUMES, claim_class=name, claim_size_gi=config.pvc_size_gi)
+            ctx.log(f"{name}: fio in a pod on a {config.pvc_size_gi} Gi claim of the class")
+            try:
+                outcome, data = run_step(OpenExecutions(), executor, step, ctx.artefact_dir(self.name) / name,
+                                         budget_s, live_view(ctx))
+            except ExecutorError as error:
+                result.status, result.reason = Status.ERROR, f"class {name}: {error}"
+                return result
+            if data is None:
+                result.fail(f"class {name}: pod {outcome['host']} {outcome['state']}: {outcome['reason']}")
+                if outcome["platform_failure"]:
+                    result.status = Status.ERROR
+            else:
+                step.judge(data)
+            details.setdefault(name, {}).update(pod=outcome["host"], kubernetes_node=outcome["kubernetes_node"])
+        return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One class measured where this runs (a pod on a claim of the class): the StorageClassResult line."""
+    import argparse
+    import sys
+
+    from workloads.records import emit_result
+
+    parser = argparse.ArgumentParser(prog="python -m dcforge.checks.storage")
+    parser.add_argument("--class", dest="name", required=True)
+    parser.add_argument("--directory", type=Path, required=True)
+    parser.add_argument("--settings", required=True, help="the check's settings as JSON")
+    parser.add_argument("--budget-s", type=float, required=True)
+    parser.add_argument("--output", type=Path, required=True)
+    args = parser.parse_args(argv)
+    config = StorageCheckConfig.model_validate_json(args.settings)
+    try:
+        fio = fio_executable()
+        measured = measure_class(args.name, args.directory, config, fio, args.budget_s,
+                                 lambda line: print(line, flush=True))
+    except (FioNotFound, StorageError) as error:
+        print(f"error: class {args.name}: {error}", file=sys.stderr)
+        return 1
+    emit_result(measurement_record(measured, fio_version(fio)), args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

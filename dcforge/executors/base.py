@@ -106,6 +106,11 @@ class Workload:
     """Hard limit for `Execution.wait` when the caller gives none."""
     secrets: Mapping[str, bytes] = field(default_factory=dict, repr=False)
     """File name -> content of the `secrets` volume (needs VolumePurpose.SECRETS in `volumes`)."""
+    checkpoint_class: str | None = None
+    """The StorageClass (a name from dcforge:storage.classes) of the checkpoints volume on Kubernetes; default the
+    spec's `purpose: checkpoints` class. The other executors use a folder (ignored there)."""
+    checkpoint_size_gi: int | None = None
+    """The size of that claim on Kubernetes; default 20 Gi."""
 
     def __post_init__(self) -> None:
         if self.secrets and VolumePurpose.SECRETS not in self.volumes:

@@ -209,14 +209,22 @@ def role_service(target: Target, workload: Workload, role: Role) -> dict[str, An
 
 def checkpoint_claim(target: Target, workload: Workload, role: Role) -> dict[str, Any] | None:
     """The role's checkpoints volume (None when the workload declares none): a PVC of the spec's checkpoints
-    StorageClass, in the access mode the class offers (ReadWriteMany for a filesystem class; a block class is
+    StorageClass (or the workload's `checkpoint_class`, of its `checkpoint_size_gi`), in the access mode the class
+    offers (ReadWriteMany for a filesystem class; a block class is
     ReadWriteOnce, which the pods of a run share only on one node)."""
     if VolumePurpose.CHECKPOINTS not in workload.volumes:
         return None
-    classes = [c for c in target.spec.storage.classes if c.purpose == "checkpoints"]
+    if workload.checkpoint_class is not None:
+        classes = [c for c in target.spec.storage.classes if c.name == workload.checkpoint_class]
+        if not classes:
+            raise ObjectError(f"dcforge:storage.classes has no class {workload.checkpoint_class!r}: the workload "
+                              f"{workload.name!r} asks for a claim of it")
+    else:
+        classes = [c for c in target.spec.storage.classes if c.purpose == "checkpoints"]
     if not classes:
         raise ObjectError("dcforge:storage.classes has no class with purpose checkpoints: the workload "
                           f"{workload.name!r} needs a checkpoints volume")
+    size = f"{workload.checkpoint_size_gi}Gi" if workload.checkpoint_size_gi else CHECKPOINT_CLAIM_SIZE
     from dcforge.manifests.storage_acceptance import access_mode  # here: that module imports the manifests package
 
     mode = access_mode(classes[0])
@@ -224,7 +232,7 @@ def checkpoint_claim(target: Target, workload: Workload, role: Role) -> dict[str
             "metadata": _metadata(target, object_name(target, role.name, "checkpoints"),
                                   labels(target, workload, role)),
             "spec": {"storageClassName": classes[0].name, "accessModes": [mode],
-                     "resources": {"requests": {"storage": CHECKPOINT_CLAIM_SIZE}}}}
+                     "resources": {"requests": {"storage": size}}}}
 
 
 def network_policy(target: Target, workload: Workload) -> dict[str, Any] | None:

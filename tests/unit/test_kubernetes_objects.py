@@ -253,7 +253,7 @@ def test_the_containerfile_holds_what_the_pods_expect():
     assert f"WORKDIR {IMAGE_WORKDIR}\n" in text and f"USER {RUN_USER_ID}:{RUN_USER_ID}\n" in text
     assert all(f"COPY {part} {part}\n" in text for part in ("dcforge", "workloads", "loadtests"))
     assert "AS base-cpu" in text and "AS base-cuda" in text and "FROM base-${VARIANT}" in text
-    assert "iperf3" in text  # the network check's pairs run it in the pods
+    assert "iperf3 fio" in text  # the network check's pairs and the storage check's pods run them
 
 
 def test_gpus_are_the_resource_the_pools_device_plugin_advertises():

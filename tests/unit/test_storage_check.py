@@ -14,7 +14,7 @@ import yaml
 from dcforge.checks import CATALOG
 from dcforge.checks.fio import FioJob, FioVerifyFailed, parse_fio_json, run_fio
 from dcforge.checks.storage import (FIGURES, StorageCheck, StorageCheckConfig, StorageError, class_plan, figure_name,
-                                    kubernetes_plans, measure_class, prepare_directory, supports_direct_io)
+                                    measure_class, prepare_directory, supports_direct_io)
 from dcforge.errors import ConfigError, ConfigErrors
 from dcforge.harness.check import CheckContext
 from dcforge.harness.result import CheckSkipped
@@ -140,45 +140,17 @@ def test_paths_for_undeclared_classes_and_relative_paths_are_refused_naming_the_
     assert messages["dcforge:acceptance.settings.storage.classes"].startswith("unknown storage class 'typo'")
 
 
-def test_kubernetes_pvcs_and_client_pods_validate_against_the_schema():
-    from dcforge.compliance import evaluate
-    from dcforge.compliance.exceptions import exceptions_for
-    from dcforge.manifests.storage_acceptance import RUN_LABEL, cleanup_selector, storage_acceptance_manifests
-    from dcforge.synth import schema_validate, synthesize
-
-    spec = load_environment("prod").spec  # checkpoints: Ceph block; datasets: CephFS (shared filesystem)
-    config = StorageCheckConfig(image="registry.example/fio:3.33", clients=3)
-    plans = kubernetes_plans(config, ["checkpoints", "datasets"])
-    objects = storage_acceptance_manifests(spec, plans, config.image, config.clients, config.pvc_size_gi, "run-1")
-    report = schema_validate(objects, spec.versions.kubernetes)
-    assert report.errors == [] and report.validated == len(objects) and not report.skipped
-    pvcs = {o["metadata"]["name"]: o for o in objects if o["kind"] == "PersistentVolumeClaim"}
-    assert pvcs["storage-test-checkpoints"]["spec"]["accessModes"] == ["ReadWriteOnce"]
-    assert pvcs["storage-test-datasets"]["spec"]["accessModes"] == ["ReadWriteMany"]
-    pods = [o["metadata"]["name"] for o in objects if o["kind"] == "Pod"]
-    # block: one pod holds every client (RWO mounts on one node); filesystem: one pod per client
-    assert pods == ["storage-checkpoints-probe", "storage-checkpoints-clients", "storage-datasets-probe",
-                    "storage-datasets-client-0", "storage-datasets-client-1", "storage-datasets-client-2"]
-    assert all(o["metadata"]["labels"][RUN_LABEL] == "run-1" for o in objects)  # one selector deletes the run
-    assert cleanup_selector("run-1") == f"{RUN_LABEL}=run-1"
-    probe = next(o for o in objects if o["metadata"]["name"] == "storage-checkpoints-probe")
-    script = probe["spec"]["containers"][0]["command"][2]
-    assert "--verify_only=1" in script and "--fsync=1" in script and "--directory=/data" in script
-    # the compliance rules hold for the pods too, judged together with the cluster they run in
-    cluster = [obj for chunk in synthesize(spec).values() for obj in chunk]
-    assert [v for v in evaluate(cluster + objects, exceptions_for(spec)) if not v.excepted] == []
-
-
-def test_kubernetes_target_writes_the_manifests_and_skips(tmp_path):
+def test_the_kubernetes_image_setting_moved_to_the_acceptance_image(tmp_path):
+    """The storage pods run in the acceptance image (which holds fio): the old `image` setting is refused naming
+    where the image is set now."""
     prod = yaml.safe_load((REPO_ROOT / "stacks" / "Pulumi.prod.yaml").read_text())
-    prod["config"]["dcforge:acceptance"]["target"] = "kubernetes"
-    env_file = tmp_path / "Pulumi.k8s.yaml"
+    prod["config"]["dcforge:acceptance"]["settings"]["storage"] = {"image": "registry.example/fio:3.33"}
+    env_file = tmp_path / "Pulumi.old.yaml"
     env_file.write_text(yaml.safe_dump(prod, sort_keys=False))
-    ctx = local_context(tmp_path, load_environment(path=env_file))
-    with pytest.raises(CheckSkipped, match="not implemented yet.*storage-acceptance.yaml"):
-        StorageCheck().run(ctx, StorageCheckConfig(image="registry.example/fio:3.33"))
-    written = list(yaml.safe_load_all((tmp_path / "report/artefacts/storage/storage-acceptance.yaml").read_text()))
-    assert {o["kind"] for o in written} == {"PersistentVolumeClaim", "Pod"}
+    with pytest.raises(ConfigErrors) as raised:
+        load_environment(path=env_file, checks=CATALOG)
+    (message,) = [e.message for e in raised.value.errors if e.key.startswith("dcforge:acceptance.settings.storage")]
+    assert "set dcforge:acceptance.image" in message
 
 
 def test_the_check_satisfies_the_check_protocol_the_runner_relies_on():

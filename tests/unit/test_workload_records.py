@@ -16,9 +16,10 @@ from loadtests.llm_protocol import RequestLog
 from loadtests.llm_protocol import read_records as read_request_logs
 from workloads import records
 from workloads.records import (LOAD_DEFAULTS, AllreduceResult, AllreduceRow, CheckpointResult, JsonlAppender,
-                               LoadEnv, RecordError, ReplicaReady, RequestRecord, SystemFacts, TrainCheckpointCorrupt,
-                               TrainCheckpointSaved, TrainFault, TrainFinal, TrainStart, TrainStep, emit_result,
-                               mark_ready, parse_record, read_records, read_result, read_result_file, ready_replicas)
+                               LoadEnv, LoadPodResult, RecordError, ReplicaReady, RequestRecord, StorageClassResult,
+                               SystemFacts, TrainCheckpointCorrupt, TrainCheckpointSaved, TrainFault, TrainFinal,
+                               TrainStart, TrainStep, emit_result, mark_ready, parse_record, read_records, read_result,
+                               read_result_file, ready_replicas)
 
 SAMPLES = [
     TrainStart(attempt=1, resumed_from_step=4, world_size=2, device="cpu", preset="tiny", time=10.5),
@@ -42,6 +43,16 @@ SAMPLES = [
                      save_gbps=0.2, load_gbps=0.4, raw_write_gbps=0.4, save_ratio_to_raw=0.5, checksum_match=True,
                      corruption_detected=None, directory="/tmp/x"),
     ReplicaReady(pid=4242, time=16.0),
+    LoadPodResult(ready_s=2.5, replicas_ready=2, endpoint_findings=[{"rule": "api-key-required", "passed": True,
+                                                                     "detail": "6 unauthenticated requests got 401"}],
+                  locust_exit=0, windows=[{"start": 1.0, "stop": 21.0, "grace_s": 10.0, "sent": 90, "abandoned": 0}],
+                  locust_started=0.5, server_metrics="dcforge_queue_depth 0.0\n"),
+    StorageClassResult(name="checkpoints", directory="/dcforge/checkpoints/storage", direct_io=True,
+                       sequential_bytes=1 << 30, figures={"seq_write_gbps": 1.5, "data_verified": 1.0},
+                       fsync_percentiles_ms={"99.000000": 2.5},
+                       metadata={"files": 2000, "create_per_s": 9000.0, "stat_per_s": 90000.0,
+                                 "delete_per_s": 12000.0, "ops_per_s": 15000.0}, verify_failure=None,
+                       fio="fio-3.33"),
     SystemFacts(hostname="gpu-01", cpu_count=64, memory_gi=1007.5, cpu_model="AMD EPYC 9454", kernel="6.8.0",
                 os="Linux-6.8.0-x86_64", python="3.11.7", versions={"torch": "2.5.1", "nccl": "2.26.2"},
                 gpus=[{"name": "NVIDIA H100 80GB HBM3", "memory_mib": 81559.0, "driver": "570.172.08"}]),
