@@ -179,8 +179,8 @@ class OpenExecutions:
 def run_step(executions: OpenExecutions, executor: Executor, step: Step, run_dir: Path, timeout_s: float,
              on_status: StatusCallback | None = None) -> tuple[dict[str, Any], bytes | None]:
     """Run one step on one node: its outcome (state, exit_code, reason, host, kubernetes_node, log, api_requests,
-    platform_failure: the node never ran or was killed for its memory limit) and the result file's bytes when it
-    succeeded."""
+    platform_failure: the node never ran or was killed for its memory limit; on Kubernetes pods_started_s and
+    cleanup_s) and the result file's bytes when it succeeded."""
     # a whole machine of the pool on target kubernetes (its GPUs, half its CPUs and memory), as node i of a
     # multi-node check asks for; the other executors place nothing
     resources = getattr(executor, "node_resources", None) or Resources()
@@ -207,4 +207,12 @@ def run_step(executions: OpenExecutions, executor: Executor, step: Step, run_dir
         state, reason = NodeState.FAILED.value, missing
     return {"state": state, "exit_code": node.exit_code, "reason": reason, "host": node.host,
             "kubernetes_node": node.kubernetes_node, "log": node.log_path, "api_requests": api_requests,
-            "platform_failure": platform_failure([node])}, data
+            "platform_failure": platform_failure([node]), **pod_timings(execution)}, data
+
+
+def pod_timings(execution: Execution) -> dict[str, float | None]:
+    """On Kubernetes: seconds from start to every pod having run, and the cleanup's seconds (benchmarks/README.md,
+    "Acceptance on Kubernetes"); empty on the other executors."""
+    if not hasattr(execution, "startup_s"):
+        return {}
+    return {"pods_started_s": execution.startup_s, "cleanup_s": execution.cleanup_s}

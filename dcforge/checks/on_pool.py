@@ -104,7 +104,8 @@ def run_on_pool(ctx: CheckContext, check: str, step: Step, executor, after=None)
         failed.status, failed.reason = Status.ERROR, str(error)
         return failed
     where = {"executor": executor.name, "pod": outcome["host"], "kubernetes_node": outcome["kubernetes_node"],
-             "api_requests": outcome["api_requests"]}
+             "api_requests": outcome["api_requests"], "pods_started_s": outcome.get("pods_started_s"),
+             "cleanup_s": outcome.get("cleanup_s")}
     if data is None:
         failed.details.update(where)
         pod, reason = outcome["host"], outcome["reason"]

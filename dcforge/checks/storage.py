@@ -475,7 +475,9 @@ class StorageCheck:
                     result.status = Status.ERROR
             else:
                 step.judge(data)
-            details.setdefault(name, {}).update(pod=outcome["host"], kubernetes_node=outcome["kubernetes_node"])
+            details.setdefault(name, {}).update(pod=outcome["host"], kubernetes_node=outcome["kubernetes_node"],
+                                                pods_started_s=outcome["pods_started_s"],
+                                                cleanup_s=outcome["cleanup_s"])
         return result
 
 

@@ -353,6 +353,12 @@ class KubernetesExecution:
         """API requests made so far (a watch counts once per (re)connection)."""
         self.leftovers: list[str] = []
         """Objects `stop` could not delete within its time (Kind/name), for the report."""
+        self.startup_s: float | None = None
+        """Seconds from `start` to the first moment every node's pod had run (Running, or already Succeeded):
+        object creation, scheduling, the image, the container start. None until then."""
+        self.cleanup_s: float | None = None
+        """Seconds `stop` took to delete every object and see it gone."""
+        self._started = time.monotonic()
         self.lock = threading.RLock()
         self.changed = threading.Event()
         self.leader_addresses: dict[str, str] = {}
@@ -392,6 +398,7 @@ class KubernetesExecution:
     # --- start -------------------------------------------------------------------------------------------------
 
     def start(self) -> "KubernetesExecution":
+        self._started = time.monotonic()
         try:
             for obj in prerequisite_objects(self.target, self.workload):
                 created = self._create(obj)
@@ -474,6 +481,8 @@ class KubernetesExecution:
                 pods = self._pods_of(role.name)
                 for index in range(role.nodes):
                     out.append(self._node_status(role.name, index, pods))
+        if self.startup_s is None and all(s.state in (NodeState.RUNNING, NodeState.SUCCEEDED) for s in out):
+            self.startup_s = time.monotonic() - self._started
         for status in out:
             if status.state.finished and (status.role, status.index) not in self._logs_saved:
                 self._logs_saved.add((status.role, status.index))
@@ -643,6 +652,7 @@ class KubernetesExecution:
             self._current_statuses()  # final states and logs before the pods go
         except Exception:  # noqa: BLE001 (cleanup must go on)
             pass
+        cleanup_started = time.monotonic()
         leftover_secret = []
         if self._secret is not None:
             try:
@@ -651,6 +661,7 @@ class KubernetesExecution:
                 leftover_secret = [f"Secret/{self._secret}"]
         _, self.leftovers = self.objects.delete_all(self.stop_timeout_s, self.grace_s)
         self.leftovers += leftover_secret
+        self.cleanup_s = time.monotonic() - cleanup_started
         for watcher in (self._pods, self._events):
             if watcher is not None:
                 watcher.stop()

@@ -114,6 +114,7 @@ def test_single_node_checks_run_as_one_pod_on_a_machine_of_the_pool(cluster, tmp
         assert checks[name]["details"]["kubernetes_node"] == "gpu-node-a"
         assert checks[name]["details"]["executor"] == "kubernetes"
         assert 0 < checks[name]["details"]["api_requests"] < 40  # a watch, not polling
+        assert 0 < checks[name]["details"]["pods_started_s"] < 30 and 0 <= checks[name]["details"]["cleanup_s"] < 30
     for workload in ("workloads/gpu_bandwidth.py", "train.py", "allreduce.py", "train_checkpoint_bench.py"):
         (container,) = pods[workload]["containers"]
         assert container["resources"]["limits"]["nvidia.com/gpu"] == 4

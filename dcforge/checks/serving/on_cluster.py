@@ -175,6 +175,7 @@ def run_load_on_cluster(ctx: CheckContext, config: ServingLoadConfig, check: str
     except ExecutorError as error:
         result.status, result.reason = Status.ERROR, str(error)
         return None
+    result.details.update(pods_started_s=execution.startup_s, cleanup_s=execution.cleanup_s)
     for status in outcome.nodes:
         if status.log_path is not None and status.log_path.exists():
             result.artefacts[f"log.{status.role}.{status.index}"] = ctx.relative(status.log_path)
