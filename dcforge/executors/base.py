@@ -86,6 +86,10 @@ class Role:
     """Elastic role (torchrun `--nnodes min:max`): the run goes on while at least this many of its nodes have not
     failed or been killed, so `wait` stops early only below it. None: every node is needed (the first loss ends
     the run)."""
+    replacements: int = 0
+    """How many times a node killed by `kill_node` is replaced by a new one that runs the command again (the
+    workload resumes from its own checkpoints): a Job's backoffLimit on Kubernetes. Only the kubernetes executor
+    replaces nodes; the others refuse a role that asks for it."""
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
@@ -95,6 +99,8 @@ class Role:
                              f"got {self.min_nodes}")
         if not self.command:
             raise ValueError(f"role {self.name!r}: empty command")
+        if self.replacements < 0:
+            raise ValueError(f"role {self.name!r}: replacements must be >= 0, got {self.replacements}")
 
 
 @dataclass(frozen=True)
@@ -329,6 +335,14 @@ class PlacedExecution:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+def refuse_replacements(workload: Workload, executor: str) -> None:
+    """ExecutorError (one line) for a role that asks for node replacements, which only Kubernetes provides."""
+    for role in workload.roles:
+        if role.replacements:
+            raise ExecutorError(f"role {role.name!r} asks for {role.replacements} replacement(s) of a lost node, "
+                                f"which the {executor} executor cannot provide (a Kubernetes Job's backoffLimit)")
 
 
 def wait_loop(execution: Execution, timeout_s: float, on_status: StatusCallback | None, poll_s: float,

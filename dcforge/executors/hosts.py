@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dcforge.executors.base import (ExecutorError, NodeState, NodeStatus, PlacedExecution, Placement, VolumePurpose,
-                                    Workload)
+                                    Workload, refuse_replacements)
 from dcforge.executors.local import PROJECT_ROOT
 from dcforge.harness.processes import RUNNING, _child_setup, kill_group, signals_deferred
 
@@ -379,6 +379,7 @@ class HostsExecutor:
         self.options = options or SshOptions()
 
     def start(self, workload: Workload, run_dir: Path) -> HostsExecution:
+        refuse_replacements(workload, self.name)
         if VolumePurpose.SECRETS in workload.volumes:
             raise ExecutorError(f"workload {workload.name!r} has a secrets volume, which the hosts executor does not "
                                 "carry: a file sent over SSH would need a private folder on every host (not yet)")

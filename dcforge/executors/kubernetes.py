@@ -367,6 +367,9 @@ class KubernetesExecution:
         self._selector = self.objects.selector
         self._killed_pods: set[str] = set()
         self._killed_nodes: set[tuple[str, int]] = set()
+        self._replacing: set[tuple[str, int]] = set()
+        """Nodes whose pod dcforge deleted and the Job replaces (`Role.replacements`): pending until the new pod."""
+        self._replacements_left = {role.name: role.replacements for role in workload.roles}
         self._final: dict[tuple[str, int], NodeStatus] = {}
         self._pod_of: dict[tuple[str, int], str] = {}
         self._logs_saved: set[tuple[str, int]] = set()
@@ -445,6 +448,8 @@ class KubernetesExecution:
             live = [p for p in pods if p["metadata"]["name"] not in self._killed_pods]
             return live[index] if index < len(live) else None
         mine = [p for p in pods if _index_of(p) == index]
+        if (role_name, index) in self._replacing:  # the killed pod is gone for good: the Job's new one, if any
+            mine = [p for p in mine if p["metadata"]["name"] not in self._killed_pods]
         return mine[-1] if mine else None
 
     def _is_server(self, role_name: str) -> bool:
@@ -508,7 +513,8 @@ class KubernetesExecution:
                 pod, self._unschedulable_for(pod["metadata"]["name"], is_unschedulable(pod)),
                 self.unschedulable_grace_s)
         elif (key in self._pod_of and self._pods is not None and self._pod_of[key] in self._pods.deleted
-              and not self._is_server(role_name)):  # a server's Deployment replaces a pod: the node is pending
+              and not self._is_server(role_name)  # a server's Deployment replaces a pod: the node is pending
+              and key not in self._replacing):  # so does a Job with replacements left, for a pod dcforge deleted
             # gone without dcforge deleting it: evicted, preempted, or its Job ended (activeDeadlineSeconds)
             status.state, status.reason = NodeState.FAILED, f"pod {self._pod_of[key]} was deleted, not by dcforge"
         elif rejection := self._rejection(role_name):
@@ -590,13 +596,17 @@ class KubernetesExecution:
     def kill_node(self, role: str, index: int) -> None:
         """Delete the node's pod at once (no grace): what a lost machine looks like to the other ranks. A server
         role's Deployment replaces the pod: the node is pending again until the new pod runs (its replicas are
-        interchangeable, so the new pod may take another index); a Job's node stays killed."""
+        interchangeable, so the new pod may take another index); so does the Job of a role with `replacements`
+        left (the new pod has the same index); otherwise the node stays killed."""
         key = (role, index)
         if not any(r.name == role and 0 <= index < r.nodes for r in self.workload.roles):
             raise KeyError(f"workload {self.workload.name!r} has no node {role}/{index}")
         with self.lock:
             pod = self._current_pod(role, index, self._pods_of(role))
-            if not self._is_server(role):
+            if not self._is_server(role) and self._replacements_left[role] > 0 and pod is not None:
+                self._replacements_left[role] -= 1
+                self._replacing.add(key)
+            elif not self._is_server(role):
                 self._killed_nodes.add(key)
             if pod is not None:
                 self._killed_pods.add(pod["metadata"]["name"])

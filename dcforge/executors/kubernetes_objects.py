@@ -295,13 +295,14 @@ def workload_objects(target: Target, workload: Workload, leader_addresses: Mappi
 
 def role_job(target: Target, workload: Workload, role: Role, leader_address: str | None) -> dict[str, Any]:
     """An Indexed Job: one pod per node, index = `{node_index}`; the first failed pod fails the Job (no retries:
-    a lost rank is a failed run, as on the other executors)."""
+    a lost rank is a failed run, as on the other executors), unless the role asks for `replacements`: then a pod
+    lost (deleted by `kill_node`) is replaced that many times in all."""
     pod_labels = labels(target, workload, role)
     job_labels = {**pod_labels, **_queue_label(target)}
     return {"apiVersion": "batch/v1", "kind": "Job",
             "metadata": _metadata(target, object_name(target, role.name), job_labels),
             "spec": {"completionMode": "Indexed", "completions": role.nodes, "parallelism": role.nodes,
-                     "backoffLimit": 0, "activeDeadlineSeconds": max(1, int(workload.timeout_s)),
+                     "backoffLimit": role.replacements, "activeDeadlineSeconds": max(1, int(workload.timeout_s)),
                      "ttlSecondsAfterFinished": JOB_TTL_S,
                      "template": {"metadata": _pod_metadata(target, pod_labels),
                                   "spec": pod_spec(target, workload, role, leader_address, "Never")}}}

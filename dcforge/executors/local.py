@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from dcforge.executors.base import (ExecutorError, NodeState, NodeStatus, PlacedExecution, Placement, VolumePurpose,
-                                    Workload)
+                                    Workload, refuse_replacements)
 from dcforge.harness.processes import ManagedProcess
 
 LOOPBACK = "127.0.0.1"
@@ -162,6 +162,7 @@ class LocalExecutor:
         self.grace_s = grace_s
 
     def start(self, workload: Workload, run_dir: Path) -> LocalExecution:
+        refuse_replacements(workload, self.name)
         run_dir.mkdir(parents=True, exist_ok=True)
         role_ports = {role.name: {name: free_port() for name in role.ports} for role in workload.roles}
         role_addresses = {role.name: LOOPBACK for role in workload.roles if role.ports}

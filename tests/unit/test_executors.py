@@ -292,3 +292,10 @@ def test_http_readiness_waits_for_a_200_and_read_log_shows_the_log_so_far(tmp_pa
         assert execution.read_log("server", 0) == "listening\n"
     with pytest.raises(ValueError, match="needs a port and a leading '/'"):
         Readiness(http_path="/ready")
+
+
+def test_the_local_executor_refuses_replacements_in_one_line(tmp_path):
+    """Replacing a lost node is a Kubernetes Job's (backoffLimit); here it would silently not happen."""
+    role = Role("train", ("true",), replacements=1)
+    with pytest.raises(ExecutorError, match="replacement.*which the local executor cannot provide"):
+        LocalExecutor().start(Workload("failover", (role,)), tmp_path)

@@ -507,3 +507,36 @@ def test_a_killed_server_pod_is_replaced_and_its_node_comes_back(spec, cluster, 
         assert victim.host not in {s.host for s in execution.statuses()}
         assert execution.read_log("server", 1) == ""  # the new pod has logged nothing yet
     assert labelled(cluster) == []
+
+
+def test_a_job_node_with_replacements_comes_back_in_the_jobs_new_pod(spec, cluster, tmp_path):
+    """A role with one replacement: its Job may replace a pod once (backoffLimit 1); the pod dcforge deletes is
+    followed by the Job's new pod of the same index, the node is pending then running there, and the run goes on
+    to succeed. A second kill is final."""
+    role = Role("train", ("{python}", "train.py"), replacements=1)
+    with executor(spec, cluster).start(Workload("failover", (role,)), tmp_path) as execution:
+        (job,) = [o for o in cluster.objects(NS) if o["kind"] == "Job"]
+        assert job["spec"]["backoffLimit"] == 1
+        (first,) = cluster.start_job_pods(NS, job["metadata"]["name"])
+        cluster.set_pod_status(NS, first, {"phase": "Running", "podIP": "10.244.2.1"})
+        until(lambda: execution.statuses()[0].state is NodeState.RUNNING)
+        execution.kill_node("train", 0)
+        until(lambda: execution.statuses()[0].state is NodeState.PENDING)
+        until(lambda: first not in {o["metadata"]["name"] for o in cluster.objects(NS)})
+        assert execution.statuses()[0].state is NodeState.PENDING  # the deleted pod is not a failure
+        (second,) = cluster.start_job_pods(NS, job["metadata"]["name"])
+        cluster.set_pod_status(NS, second, {"phase": "Running", "podIP": "10.244.2.2"})
+        until(lambda: execution.statuses()[0].host == second)
+        cluster.set_pod_status(NS, second, {"phase": "Succeeded"})
+        assert execution.wait(10).succeeded
+    assert labelled(cluster) == []
+    with executor(spec, cluster).start(Workload("failover", (role,)), tmp_path / "again") as execution:
+        (job,) = [o for o in cluster.objects(NS) if o["kind"] == "Job"]
+        for number in range(2):
+            (pod,) = cluster.start_job_pods(NS, job["metadata"]["name"])
+            cluster.set_pod_status(NS, pod, {"phase": "Running", "podIP": f"10.244.2.{3 + number}"})
+            until(lambda: execution.statuses()[0].host == pod and execution.statuses()[0].state is NodeState.RUNNING)
+            execution.kill_node("train", 0)
+        assert execution.wait(10).nodes[0].state is NodeState.KILLED
+    assert labelled(cluster) == []
+
