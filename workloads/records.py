@@ -29,6 +29,8 @@ from typing import Any, ClassVar, Iterable, TypeVar
 RECORD_KEY = "record"
 """The discriminator: the first key of every line, naming the record type."""
 
+HOLD_LINE = "train.py: holding after step"
+"""What rank 0 prints (with the step) when the training waits to be killed from outside (`hold_at_step`)."""
 TRAIN_METRICS_FILE = "metrics.jsonl"
 """`train`: per-step and event records of workloads/train.py (rank 0 appends; restarts add to it)."""
 ALLREDUCE_RESULT_FILE = "sweep.json"

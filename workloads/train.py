@@ -25,6 +25,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -33,8 +34,8 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from workloads.checkpointing import (CheckpointCorruptError, CheckpointError, complete_checkpoints,
                                      ensure_writable, load_checkpoint, read_marker, save_checkpoint)
 from workloads.model import GPT, GPTConfig, flops_per_token, get_preset
-from workloads.records import (JsonlAppender, Record, TrainCheckpointCorrupt, TrainCheckpointSaved, TrainFault,
-                               TrainFinal, TrainStart, TrainStep, emit_result)
+from workloads.records import (HOLD_LINE, JsonlAppender, Record, TrainCheckpointCorrupt, TrainCheckpointSaved,
+                               TrainFault, TrainFinal, TrainStart, TrainStep, emit_result)
 from workloads.train_config import TrainConfig, parse_args
 from workloads.train_data import SyntheticBigramData, TextFileData, rank_slice
 
@@ -182,6 +183,23 @@ def inject_fault_if_due(run: Attempt, step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)  # a hard crash: no cleanup, no goodbye to the peers
 
 
+def hold_if_due(run: Attempt, step: int) -> None:
+    """Failure injection from outside (hold_at_step): every rank waits after the step and its checkpoint, rank 0
+    having said so on stdout, for the harness to kill the node at a known point -- once per checkpoint_dir."""
+    config = run.config
+    if step != config.hold_at_step:
+        return
+    marker = Path(config.checkpoint_dir) / f"held-at-{step}"
+    held_before = marker.exists()
+    dist.barrier()  # every rank has looked before rank 0 leaves the marker
+    if held_before:
+        return
+    if run.rank == 0:
+        marker.touch()
+        print(f"{HOLD_LINE} {step}", flush=True)
+    time.sleep(config.hold_s)
+
+
 def optimizer_step(run: Attempt, step: int, autocast) -> float:
     """Forward, backward and update on this step's batch; returns the loss averaged over ranks."""
     config = run.config
@@ -238,6 +256,7 @@ def train(config: TrainConfig, rank: int, world: int, device: torch.device) -> N
                   f"{tokens_per_s:9.0f} tok/s/device", flush=True)
         if config.checkpoint_every and (step % config.checkpoint_every == 0 or step == config.steps):
             save_step_checkpoint(run, step)
+        hold_if_due(run, step)
         previous = time.perf_counter()  # checkpoint time is not step time
     final = TrainFinal(step=config.steps, attempt=run.attempt,
                        params_sha256=params_sha256(run.model) if config.parallelism == "ddp" else None)

@@ -60,6 +60,12 @@ class TrainConfig:
     """Fault injection: rank fail_rank SIGKILLs itself at the start of this step, on the first attempt only."""
     fail_rank: int = 1
     """Which rank the fault injection kills."""
+    hold_at_step: int | None = None
+    """Failure injection from outside: after this step (and its checkpoint) rank 0 prints HOLD_LINE and every rank
+    waits up to hold_s for the harness to kill the whole node -- once per checkpoint_dir (a marker file there), so
+    the run that resumes after the kill goes on."""
+    hold_s: float = 120.0
+    """How long the ranks wait at hold_at_step before going on (a harness that never struck)."""
     parallelism: Literal["ddp", "fsdp"] = "ddp"
     """DDP replicates the model; FSDP2 (fully_shard) shards it (GPU only)."""
     compile: bool = False
@@ -96,6 +102,9 @@ class TrainConfig:
             raise TrainConfigError("checkpoint_every", "checkpoint_every must be >= 0")
         if self.keep_checkpoints < 1:
             raise TrainConfigError("keep_checkpoints", "keep_checkpoints must be >= 1")
+        if self.hold_at_step is not None and not (self.checkpoint_dir and 1 <= self.hold_at_step < self.steps):
+            raise TrainConfigError("hold_at_step", f"hold_at_step {self.hold_at_step} needs a checkpoint_dir (its "
+                                                   f"marker goes there) and a step between 1 and steps - 1")
         if self.fail_at_step is not None and not 0 <= self.fail_rank < world_size:
             raise TrainConfigError("fail_rank", f"fail_rank {self.fail_rank} is not a rank of a world of size "
                                                 f"{world_size}")

@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 
 from dcforge.checks._torchrun import ModelTorchCheckConfig, run_torchrun
 from dcforge.checks.on_pool import run_check_on_pool
-from dcforge.checks.train import train_config_error
+from dcforge.checks.train import settings_error, train_config_error
 from dcforge.harness.check import CheckContext, runs_on_pool
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult, Plot, Series
@@ -142,39 +142,137 @@ def compare_final(result: CheckResult, expected: str | None, actual: str | None)
 
 
 def failover_on_pool(ctx: CheckContext, config: TrainFailoverConfig, executor) -> CheckResult:
-    """Target kubernetes: the faulted run as one pod on a machine of the acceptance pool — the rank dies inside
-    the pod, torchrun restarts the workers there, and they resume from checkpoints on a claim of the checkpoints
-    StorageClass — judged by `judge_recovery`; on a pool without GPUs (deterministic kernels) the uninterrupted
-    run is a second pod for the bitwise comparison."""
-    from dcforge.checks.node_steps import CLAIM_VOLUMES, NODE_ENV, Step, node_torchrun
+    """Target kubernetes: the training pod itself is lost. It holds after step failAtStep − 1 (`hold_at_step`, its
+    checkpoint written), the check deletes it, the Job replaces it (`Role.replacements`), and the new pod's torchrun
+    resumes from the checkpoints on a claim of the checkpoints StorageClass; judged by `judge_recovery`. On a pool
+    without GPUs (deterministic kernels) the uninterrupted run is a second pod for the bitwise comparison."""
+    from dcforge.checks.node_steps import NODE_ENV, Step, node_torchrun
     from dcforge.checks.on_pool import run_on_pool
     from workloads.records import read_records
 
     nproc = config.nproc()
-    faulted, reference = training_runs(ctx, config, nproc, "{volume[checkpoints]}/train_failover",
-                                       "{volume[results]}")
+    claim = "{volume[checkpoints]}/train_failover"
+    faulted = held_run(ctx, config, nproc, claim)
+    _, reference = training_runs(ctx, config, nproc, claim, "{volume[results]}")
+    result = run_with_pod_loss(ctx, config, executor, faulted, nproc)
 
-    def judge(data: bytes, recovery: bool) -> CheckResult:
+    def judge(data: bytes) -> CheckResult:
         judged = CheckResult(TrainFailoverCheck.name, declared=TrainFailoverCheck.metrics)
-        records = read_records(data.decode().splitlines(), *TRAIN_RECORDS)
-        if recovery:
-            judge_recovery(judged, records, config)
-        judged.details["final_params_sha256"] = final_hash(records)
+        judged.details["final_params_sha256"] = final_hash(read_records(data.decode().splitlines(), TrainFinal))
         return judged
 
-    result = run_on_pool(ctx, TrainFailoverCheck.name, Step(
-        "faulted", node_torchrun("train.py", faulted.to_args(), nproc, max_restarts=1), "faulted.jsonl",
-        lambda data: judge(data, recovery=True), NODE_ENV, CLAIM_VOLUMES), executor)
     deterministic = not executor.node_resources.gpus  # CPU kernels; GPU ones are not bitwise reproducible
-    if config.compare_with_uninterrupted and deterministic and "final_params_sha256" in result.details:
+    if config.compare_with_uninterrupted and deterministic and result.details.get("final_params_sha256"):
         uninterrupted = run_on_pool(ctx, TrainFailoverCheck.name, Step(
-            "reference", node_torchrun("train.py", reference.to_args(), nproc), "reference.jsonl",
-            lambda data: judge(data, recovery=False), NODE_ENV), executor)
+            "reference", node_torchrun("train.py", reference.to_args(), nproc), "reference.jsonl", judge,
+            NODE_ENV), executor)
         if "final_params_sha256" not in uninterrupted.details:  # the reference pod did not run through
             return result.fail(f"the uninterrupted run: {uninterrupted.reason}")
         compare_final(result, uninterrupted.details["final_params_sha256"], result.details["final_params_sha256"])
     result.details["nproc"] = nproc
     return result
+
+
+def held_run(ctx: CheckContext, config: TrainFailoverConfig, nproc: int, claim: str):
+    """The faulted run for a lost pod: no fault of its own, it holds after step failAtStep − 1 for the check to
+    strike (so the pod is lost between two steps, its checkpoint complete), a progress line per step."""
+    import dataclasses
+
+    from workloads.train_config import TrainConfigError
+
+    faulted, _ = training_runs(ctx, config, nproc, claim, claim)
+    held = dataclasses.replace(faulted, fail_at_step=None, hold_at_step=config.fail_at_step - 1, log_every=1)
+    try:
+        held.validate(nproc)
+    except TrainConfigError as error:
+        raise settings_error(ctx, TrainFailoverCheck.name, "failAtStep", f"failAtStep {config.fail_at_step}: "
+                             f"the pod is deleted after the step before it ({error})") from None
+    return held
+
+
+def run_with_pod_loss(ctx: CheckContext, config: TrainFailoverConfig, executor, faulted, nproc: int) -> CheckResult:
+    """The faulted run as one pod whose Job may replace it once; the pod deleted when it holds; the records of both
+    pods (appended on the claim, handed back by `dcforge.executors.collect`) judged by `judge_recovery`."""
+    from dcforge.checks._torchrun import TORCHRUN_STOP_MARGIN_S
+    from dcforge.checks.multinode import live_view, platform_failure
+    from dcforge.checks.node_steps import CLAIM_VOLUMES, NODE_ENV, node_torchrun
+    from dcforge.executors.base import ExecutorError, Role, Workload
+    from dcforge.harness.result import Status
+    from workloads.records import read_records
+
+    result = CheckResult(TrainFailoverCheck.name, declared=TrainFailoverCheck.metrics)
+    command = ("{python}", "-m", "dcforge.executors.collect", "--into", "{volume[results]}", "--file",
+               faulted.metrics_file, "--", *node_torchrun("train.py", faulted.to_args(), nproc))
+    role = Role("faulted", command, env=NODE_ENV, resources=executor.node_resources, replacements=1)
+    timeout_s = max(1.0, ctx.remaining_s() - TORCHRUN_STOP_MARGIN_S)
+    workload = Workload("node-faulted", (role,), volumes=CLAIM_VOLUMES, timeout_s=timeout_s)
+    workdir = ctx.artefact_dir(TrainFailoverCheck.name)
+    try:
+        with executor.start(workload, workdir / "faulted") as execution:
+            lost = delete_when_held(ctx, execution, faulted.hold_at_step, workdir / "faulted")
+            outcome = execution.wait(timeout_s, live_view(ctx))
+            data = execution.read_result("faulted", 0, "faulted.jsonl") if outcome.succeeded else None
+    except ExecutorError as error:
+        result.status, result.reason = Status.ERROR, str(error)
+        return result
+    node = outcome.nodes[0]
+    result.details.update(executor=executor.name, pod=node.host, kubernetes_node=node.kubernetes_node,
+                          api_requests=execution.api_requests, pods_started_s=execution.startup_s,
+                          cleanup_s=execution.cleanup_s)
+    if lost is None:
+        return result.fail(f"the training never held after step {faulted.hold_at_step} for its pod to be deleted")
+    result.details["deleted_pod"] = lost[1]
+    if data is None:
+        result.fail(f"the run in the replacement pod: {outcome.failure_summary()}")
+        if platform_failure(outcome.nodes):
+            result.status = Status.ERROR
+        return result
+    (workdir / "faulted.jsonl").write_bytes(data)
+    result.artefacts["metrics"] = ctx.relative(workdir / "faulted.jsonl")
+    records = with_pod_loss(read_records(data.decode().splitlines(), *TRAIN_RECORDS), lost[0], lost[1])
+    judge_recovery(result, records, config)
+    result.details["final_params_sha256"] = final_hash(records)
+    return result
+
+
+HOLD_POLL_S = 0.2
+"""How often the held pod's log is read for HOLD_LINE."""
+
+
+def delete_when_held(ctx: CheckContext, execution, step: int, run_dir) -> tuple[float, str] | None:
+    """Read the training pod's log until it holds after `step`, save that log (the pod and its log go with the
+    deletion), delete the pod. Returns (seconds from seeing the hold to the deletion, the pod); None when the
+    training ended or the time ran out first."""
+    import time
+
+    from dcforge.checks._torchrun import TORCHRUN_STOP_MARGIN_S
+    from workloads.records import HOLD_LINE
+
+    while ctx.remaining_s() > TORCHRUN_STOP_MARGIN_S:
+        (status,) = execution.statuses()
+        if status.state.finished:
+            return None
+        log = execution.read_log("faulted", 0)
+        if f"{HOLD_LINE} {step}" in log:
+            seen = time.monotonic()
+            (run_dir / "faulted-0-deleted-pod.log").write_text(log)
+            execution.kill_node("faulted", 0)
+            ctx.log(f"deleted training pod {status.host} as it held after step {step}")
+            return time.monotonic() - seen, status.host
+        time.sleep(HOLD_POLL_S)
+    return None
+
+
+def with_pod_loss(records: list[Record], delay_s: float, pod: str) -> list[Record]:
+    """The records with the pod loss, just before the replacement pod's start (the second TrainStart): the failure
+    step is one past the last step the lost pod completed; its time the lost pod's last record plus the check's
+    delay from seeing the hold to the deletion (the records' clock: the pods', not this machine's)."""
+    starts = [i for i, r in enumerate(records) if isinstance(r, TrainStart)]
+    restart = starts[1] if len(starts) > 1 else len(records)
+    last = max((r.step for r in records[:restart] if isinstance(r, TrainStep)), default=0)
+    held_since = max((r.time for r in records[:restart]), default=0.0)
+    return [*records[:restart], TrainFault(step=last + 1, rank=None, time=held_since + delay_s, node=pod),
+            *records[restart:]]
 
 
 def final_hash(records: list[Record]) -> str | None:
@@ -184,18 +282,19 @@ def final_hash(records: list[Record]) -> str | None:
 
 def judge_recovery(result: CheckResult, records: list[Record], config: FailoverTrainingConfig) -> None:
     """Steps lost and time to resume from the faulted run's records (TrainStart/TrainStep/TrainFault/...)."""
-    faults = [r for r in records if isinstance(r, TrainFault)]
+    faults = [i for i, r in enumerate(records) if isinstance(r, TrainFault)]
     steps = [r for r in records if isinstance(r, TrainStep)]
-    restarted = [r for r in records if isinstance(r, TrainStart) and r.attempt > 0]
     if not faults:
         result.fail("the fault was never injected (no fault event)")
         return
+    # the restart: the first start after the fault -- torchrun's next attempt, or the run in a replacement pod
+    restarted = [i for i, r in enumerate(records) if isinstance(r, TrainStart) and i > faults[0]]
     if not restarted:
-        result.fail("torchrun did not restart the workers after the fault")
+        result.fail("the training did not start again after the fault")
         return
-    fault, restart = faults[0], restarted[0]
+    fault, restart = records[faults[0]], records[restarted[0]]
     resumed = restart.resumed_from_step
-    after = [r for r in steps if r.attempt > 0]
+    after = [r for r in records[restarted[0]:] if isinstance(r, TrainStep)]
     if resumed is None:
         result.fail("the restarted workers did not resume from a checkpoint (started from scratch)")
         resumed = 0

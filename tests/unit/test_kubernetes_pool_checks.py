@@ -185,45 +185,56 @@ def test_gpu_bandwidth_on_a_pool_without_gpus_is_skipped_with_its_reason(cluster
 
 
 def failover_records(sha: str) -> tuple[list[str], list[str]]:
-    """What train.py logs: the faulted run (rank 1 killed in step 7, resumed from the step-4 checkpoint by
-    torchrun's restart inside the pod) and the uninterrupted one."""
-    from workloads.records import TrainCheckpointSaved, TrainFault, TrainFinal, TrainStart
+    """What train.py writes: the faulted run as both pods appended it on the claim (the first held after step 6
+    and was deleted; the Job's new pod resumed from the step-4 checkpoint) and the uninterrupted run."""
+    from workloads.records import TrainCheckpointSaved, TrainFinal, TrainStart
 
-    def step(number: int, attempt: int, at: float) -> TrainStep:
-        return TrainStep(step=number, attempt=attempt, loss=5.0, step_time_s=0.1, tokens_per_s=100.0,
+    def step(number: int, at: float) -> TrainStep:
+        return TrainStep(step=number, attempt=0, loss=5.0, step_time_s=0.1, tokens_per_s=100.0,
                          tokens_per_s_total=200.0, mfu=None, lr=1e-3, time=at)
 
     faulted = [TrainStart(attempt=0, resumed_from_step=None, world_size=2, device="cpu", preset="tiny", time=0.0),
-               *[step(n, 0, n) for n in range(1, 7)],
+               *[step(n, n) for n in range(1, 7)],
                TrainCheckpointSaved(step=4, bytes=1000, save_s=0.01, time=4.1),
-               TrainFault(step=7, rank=1, time=7.0),
-               TrainStart(attempt=1, resumed_from_step=4, world_size=2, device="cpu", preset="tiny", time=9.0),
-               *[step(n, 1, 5 + n) for n in range(5, 13)],
-               TrainFinal(step=12, attempt=1, params_sha256=sha, time=18.0)]
-    reference = [*[step(n, 0, n) for n in range(1, 13)], TrainFinal(step=12, attempt=0, params_sha256=sha, time=12.5)]
+               TrainStart(attempt=0, resumed_from_step=4, world_size=2, device="cpu", preset="tiny", time=9.0),
+               *[step(n, 5 + n) for n in range(5, 13)],
+               TrainFinal(step=12, attempt=0, params_sha256=sha, time=18.0)]
+    reference = [*[step(n, n) for n in range(1, 13)], TrainFinal(step=12, attempt=0, params_sha256=sha, time=12.5)]
     return [r.to_json() for r in faulted], [r.to_json() for r in reference]
 
 
 @pytest.mark.parametrize("reference_sha, verdict", [("a" * 64, "pass"), ("b" * 64, "fail")])
-def test_train_failover_runs_in_a_pod_and_compares_with_an_uninterrupted_pod(cluster, tmp_path, env_file,
-                                                                             reference_sha, verdict):
-    """On a pool without GPUs: the faulted pod (checkpoints on a claim) is judged by the recovery rules, then an
+def test_train_failover_deletes_the_training_pod_and_the_jobs_new_pod_resumes(cluster, tmp_path, env_file,
+                                                                              reference_sha, verdict):
+    """On a pool without GPUs: the training pod (checkpoints on a claim) holds after step 6 and is deleted; the
+    Job's new pod resumes from the claim and finishes; the recovery rules judge both pods' records; then an
     uninterrupted pod's final parameters must equal the faulted run's, bit for bit."""
+    from workloads.records import HOLD_LINE
+
     faulted, _ = failover_records("a" * 64)
     _, reference = failover_records(reference_sha)
-    logs = {True: records(tmp_path / "faulted", "faulted.jsonl", faulted),
-            False: records(tmp_path / "reference", "reference.jsonl", reference)}
-    pods: dict[bool, dict] = {}
+    results = records(tmp_path / "faulted", "faulted.jsonl", faulted)
+    pods: dict[str, dict] = {}
 
     def play(started: list[str]) -> None:
         (pod,) = started
+        job = next(o for o in cluster.objects(NS) if o["metadata"]["name"] == pod)["metadata"]["labels"]["job-name"]
         spec = next(o for o in cluster.objects(NS) if o["metadata"]["name"] == pod)["spec"]
-        with_fault = "--fail-at-step 7" in " ".join(spec["containers"][0]["command"]
-                                                    + spec["containers"][0].get("args", []))
-        pods[with_fault] = spec
+        command = " ".join(spec["containers"][0]["command"])
         cluster.set_pod_status(NS, pod, {"phase": "Running", "podIP": "10.244.0.62"})
-        cluster.write_log(NS, pod, logs[with_fault])
-        cluster.set_pod_status(NS, pod, {"phase": "Succeeded"})
+        if "--hold-at-step 6" not in command:
+            pods["reference"] = spec
+            cluster.write_log(NS, pod, records(tmp_path / "reference", "reference.jsonl", reference))
+            cluster.set_pod_status(NS, pod, {"phase": "Succeeded"})
+            return
+        pods["faulted"] = spec
+        cluster.write_log(NS, pod, f"step     6  loss 5.0\n{HOLD_LINE} 6\n")
+        until(lambda: pod not in {o["metadata"]["name"] for o in cluster.objects(NS)})  # the check deleted it
+        (replacement,) = cluster.start_job_pods(NS, job)
+        pods["replacement"] = {"name": replacement}
+        cluster.set_pod_status(NS, replacement, {"phase": "Running", "podIP": "10.244.0.64"})
+        cluster.write_log(NS, replacement, results)
+        cluster.set_pod_status(NS, replacement, {"phase": "Succeeded"})
 
     env = env_file("cluster")
     with Kubelet(cluster, play):
@@ -231,11 +242,21 @@ def test_train_failover_runs_in_a_pod_and_compares_with_an_uninterrupted_pod(clu
     assert check["status"] == verdict, check["reason"]
     metrics = {name: m["value"] for name, m in check["metrics"].items()}
     assert (metrics["failure_step"], metrics["resumed_step"], metrics["steps_lost"]) == (7, 4, 3)
-    assert metrics["time_to_resume_s"] == 3.0 and metrics["final_params_match"] == (verdict == "pass")
-    assert "--max-restarts=1" in " ".join(pods[True]["containers"][0]["command"])
-    assert [v for v in pods[True]["volumes"] if "persistentVolumeClaim" in v]
-    assert not [v for v in pods[False]["volumes"] if "persistentVolumeClaim" in v]
+    assert 3.0 <= metrics["time_to_resume_s"] <= 4.0  # the new pod's first step - (the hold + the deletion delay)
+    assert metrics["restarts"] == 1 and metrics["final_params_match"] == (verdict == "pass")
+    assert check["details"]["pod"] == pods["replacement"]["name"] != check["details"]["deleted_pod"]
+    command = " ".join(pods["faulted"]["containers"][0]["command"])
+    assert "dcforge.executors.collect" in command and "--fail-at-step" not in command
+    assert [v for v in pods["faulted"]["volumes"] if "persistentVolumeClaim" in v]
+    assert not [v for v in pods["reference"]["volumes"] if "persistentVolumeClaim" in v]
     assert labelled(cluster) == []
+
+
+def until(condition, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
 
 
 def test_ctrl_c_during_a_pool_check_exits_130_keeps_the_report_and_leaves_no_labelled_object(cluster, tmp_path,
