@@ -414,14 +414,14 @@ def wait_ready_loop(execution: Execution, placements: list[Placement], role: str
 
 def _is_ready(readiness: Readiness, placement: Placement, status: NodeStatus) -> bool:
     if readiness.port is not None and readiness.http_path is not None:
-        import urllib.error
+        import http.client
         import urllib.request
 
         url = f"http://{placement.address}:{placement.ports[readiness.port]}{readiness.http_path}"
         try:
             with urllib.request.urlopen(url, timeout=1.0) as response:
                 return response.status == 200
-        except (OSError, urllib.error.URLError):
+        except (OSError, http.client.HTTPException):  # refused, reset, an error status (HTTPError), garbage
             return False
     if readiness.port is not None:
         try:

@@ -30,9 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     if into is None or not command:
         print("collect: --into DIR and a command after -- are required", file=sys.stderr)
         return 2
+    started: list[subprocess.Popen] = []
+
+    def forward(received: int, _frame: object) -> None:
+        for child in started:
+            child.send_signal(received)
+
+    for number in (signal.SIGTERM, signal.SIGINT):  # before the start: no moment where a signal kills only us
+        signal.signal(number, forward)
     process = subprocess.Popen(command)
-    for number in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(number, lambda received, _frame: process.send_signal(received))
+    started.append(process)
     code = process.wait()
     into.mkdir(parents=True, exist_ok=True)
     for path in files:

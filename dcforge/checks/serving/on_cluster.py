@@ -1,4 +1,5 @@
-"""`inference` on target kubernetes: the bundled server and Locust run in the cluster, not on this machine.
+"""`inference` and `inference_failover` on target kubernetes: the bundled server and Locust run in the cluster,
+not on this machine.
 
 One workload through the kubernetes executor (docs/executors.md), on the inference pool (the first pool with
 `purpose: inference`, else the acceptance pool):
@@ -9,6 +10,9 @@ One workload through the kubernetes executor (docs/executors.md), on the inferen
 - **load**: a Job of `python -m dcforge.checks.serving.load_pod` reaching the server through its Service's
   cluster IP: it waits for every replica, checks the endpoint's rules, runs Locust with the check's own options
   (`locust_arguments`, `load_settings`) and hands back the request log and a `LoadPodResult`.
+
+`inference_failover` gives the server a pod per replica (named by pod address in the replica header) and deletes
+one when the load pod asks (`--kill-at`, on the load pod's clock), then waits for the Deployment's replacement.
 
 Every figure is then computed here exactly as on this machine (`collect_load`, `load_summary`), so the report of a
 cluster run reads like a local one. Not on the cluster (a settings error naming the key, rather than a silent
@@ -56,17 +60,16 @@ def refuse_unsupported(ctx: CheckContext, check: str, config: ServingLoadConfig)
     """A setting that has no meaning on the cluster is a ConfigError naming it, never silently dropped."""
     from dcforge.checks.train import settings_error
 
-    why = {"tls": ("tls", "the server and the load pod talk plain HTTP inside the acceptance namespace, where only "
-                   "the run's pods may reach it; TLS terminates at the inference gateway. Set tls: false"),
-           "capacity": ("capacity", "capacity sweeps run on target local only"),
-           "prompt_file": ("promptFile", "a prompt file on this machine is not in the load pod; remove it to "
-                           "send generated prompts"),
-           "trained": ("modelSource", "the train check's checkpoint is not on the cluster; use random or auto")}
-    unsupported = {"tls": config.tls, "capacity": getattr(config, "capacity", None) is not None,
-                   "prompt_file": bool(config.prompt_file), "trained": config.model_source == "trained"}
-    for name, used in unsupported.items():
+    unsupported = [
+        (config.tls, "tls", "the server and the load pod talk plain HTTP inside the acceptance namespace, where only "
+                            "the run's pods may reach it; TLS terminates at the inference gateway. Set tls: false"),
+        (getattr(config, "capacity", None) is not None, "capacity", "capacity sweeps run on target local only"),
+        (bool(config.prompt_file), "promptFile", "a prompt file on this machine is not in the load pod; remove it "
+                                                 "to send generated prompts"),
+        (config.model_source == "trained", "modelSource", "the train check's checkpoint is not on the cluster; use "
+                                                          "random or auto")]
+    for used, key, message in unsupported:
         if used:
-            key, message = why[name]
             raise settings_error(ctx, check, key, f"not available on target kubernetes: {message}")
 
 
