@@ -22,9 +22,10 @@ from pathlib import Path
 from pydantic import Field
 
 from dcforge.checks._torchrun import TORCHRUN_STOP_MARGIN_S
-from dcforge.checks.multinode import _cpu_default_nproc, executor_for
+from dcforge.checks.multinode import default_nproc, executor_for
 from dcforge.checks.train import settings_error, train_config_error
-from dcforge.checks.train_failover import FailoverTrainingConfig, TrainFailoverCheck, judge_recovery
+from dcforge.checks.train_failover import (FailoverTrainingConfig, TrainFailoverCheck, judge_recovery, when_held,
+                                           with_pod_loss)
 from dcforge.executors.base import Execution, ExecutionOutcome, ExecutorError, NodeState, NodeStatus
 from dcforge.executors.torchrun import Elastic, TorchrunJob, node_records, torchrun_workload
 from dcforge.harness.check import CheckContext
@@ -37,6 +38,9 @@ LOCAL_NODES = 3
 """Nodes on target local: node 0 (the store), the isolated node, and one more so that training goes on across
 nodes, not on node 0 alone."""
 POLL_S = 0.2
+HOLD_S = 15.0
+"""Target kubernetes: how long the ranks hold after step failAtStep − 1 for the check to delete a node's pod (it
+reads their logs every 0.2 s); the survivors then meet the lost peer's absence in the next step's collective."""
 
 
 class TrainFailoverMultinodeConfig(FailoverTrainingConfig):
@@ -76,7 +80,7 @@ class TrainFailoverMultinodeCheck:
         result = CheckResult(self.name, declared=self.metrics)
         local = ctx.env.spec.acceptance.target == "local"
         executor, nodes, ifname = executor_for(ctx, self.name, config.nodes or (LOCAL_NODES if local else None))
-        nproc = config.nproc_per_node or _cpu_default_nproc()
+        nproc = config.nproc_per_node or default_nproc(executor)  # a pool machine's GPUs on target kubernetes
         victim = config.fail_node if config.fail_node is not None else nodes - 1
         if nodes < 2:
             raise settings_error(ctx, self.name, "nodes", f"{nodes} node: at least 2 are needed (node 0 hosts the "
@@ -84,17 +88,23 @@ class TrainFailoverMultinodeCheck:
         if victim >= nodes:
             raise settings_error(ctx, self.name, "failNode", f"node {victim} is not one of the {nodes} nodes "
                                                              f"(1-{nodes - 1}; node 0 hosts the rendezvous store)")
-        job = self._job(ctx, config, nodes, nproc, ifname)
+        on_kubernetes = executor.name == "kubernetes"
+        job = self._job(ctx, config, nodes, nproc, ifname, hold=on_kubernetes)
         workdir = ctx.artefact_dir(self.name)
         ctx.log(f"elastic torchrun on {nodes} nodes x{nproc} ({executor.name}); node {victim} leaves during step "
                 f"{config.fail_at_step}")
         try:
-            outcome, fault_time, data = train_with_fault(ctx, executor, job, config, victim, workdir / "nodes")
+            if on_kubernetes:
+                outcome, lost, data = train_with_pod_loss(ctx, executor, job, config, victim, workdir / "nodes")
+            else:
+                outcome, fault_time, data = train_with_fault(ctx, executor, job, config, victim, workdir / "nodes")
         except ExecutorError as error:
             result.status, result.reason = Status.ERROR, str(error)
             return result
         records = read_records(data.decode().splitlines(), *TRAIN_RECORDS)
-        if fault_time is not None:
+        if on_kubernetes and lost is not None:
+            records = with_pod_loss(records, *lost)
+        elif not on_kubernetes and fault_time is not None:
             records = with_fault(records, fault_time, outcome.nodes[victim].host)
         (workdir / TRAIN_METRICS_FILE).write_text("".join(r.to_json() + "\n" for r in records))
         result.artefacts["metrics"] = ctx.relative(workdir / TRAIN_METRICS_FILE)
@@ -105,21 +115,27 @@ class TrainFailoverMultinodeCheck:
         return result
 
     def _job(self, ctx: CheckContext, config: TrainFailoverMultinodeConfig, nodes: int, nproc: int,
-             ifname: str | None) -> TorchrunJob:
+             ifname: str | None, hold: bool) -> TorchrunJob:
+        """`hold` (target kubernetes, where the check cannot read the shared records while they are written): the
+        ranks hold after step failAtStep − 1 for the check to delete the node's pod, and every node hands the
+        records back through its results."""
         from workloads.train_config import TrainConfig, TrainConfigError
 
+        metrics = f"{{volume[checkpoints]}}/{TRAIN_METRICS_FILE}"
         train = TrainConfig(preset=config.preset, seq_len=config.seq_len, global_batch_size=config.global_batch_size,
                             steps=config.steps, checkpoint_dir="{volume[checkpoints]}/train",
                             checkpoint_every=config.checkpoint_every, resume=True, log_every=1,
-                            metrics_file=f"{{volume[checkpoints]}}/{TRAIN_METRICS_FILE}",
+                            metrics_file=metrics,
                             # a peer lost without a word (no FIN: link down first) ends a step at most this late
-                            collective_timeout_s=30.0)
+                            collective_timeout_s=30.0,
+                            hold_at_step=config.fail_at_step - 1 if hold else None, hold_s=HOLD_S)
         try:
             for world in (nodes * nproc, (nodes - 1) * nproc):  # before and after the loss
                 train.validate(world)
         except TrainConfigError as error:
             raise train_config_error(ctx, self.name, error) from None
         return TorchrunJob("train.py", tuple(train.to_args()), nnodes=nodes, nproc_per_node=nproc,
+                           collect_files=(metrics,) if hold else (),
                            socket_ifname=ifname, rendezvous_timeout_s=config.rendezvous_timeout_s,
                            timeout_s=max(1.0, ctx.remaining_s() - TORCHRUN_STOP_MARGIN_S),
                            elastic=Elastic(min_nodes=nodes - 1, max_restarts=1, last_call_s=config.last_call_s,
@@ -166,6 +182,28 @@ def train_with_fault(ctx: CheckContext, executor, job: TorchrunJob, config: Trai
             # lets its ssh connection close in order (an interrupt does not wait: the timer still runs there)
             time.sleep(max(0.0, link_back - time.monotonic()))
         return outcome, fault_time, data
+
+
+def train_with_pod_loss(ctx: CheckContext, executor, job: TorchrunJob, config: TrainFailoverMultinodeConfig,
+                        victim: int, run_dir: Path) -> tuple[ExecutionOutcome, tuple[float, str] | None, bytes]:
+    """Target kubernetes: run the elastic Indexed Job, delete the victim's pod when the ranks hold after step
+    failAtStep − 1, wait for the others and read the records a survivor handed back. Returns the outcome, (the
+    delay from seeing the hold to the deletion, the pod) or None when it never held, and the records."""
+    def strike() -> str:
+        pod = next(s.host for s in execution.statuses() if s.index == victim)
+        execution.isolate_node("torchrun", victim, config.link_down_s)
+        ctx.log(f"deleted pod {pod} (node {victim}) as the ranks held after step {config.fail_at_step - 1}")
+        return pod
+
+    workload = torchrun_workload(TrainFailoverMultinodeCheck.name, job, getattr(executor, "node_resources", None))
+    with executor.start(workload, run_dir) as execution:
+        lost = when_held(ctx, execution, "torchrun", config.fail_at_step - 1, strike)
+        outcome = execution.wait(max(1.0, ctx.remaining_s() - TORCHRUN_STOP_MARGIN_S),
+                                 lambda s: ctx.log(" ".join(f"{n.host}:{n.state.value}" for n in s)))
+        survivors = [n for n in outcome.nodes if n.index != victim and n.state is NodeState.SUCCEEDED]
+        if not survivors:
+            raise ExecutorError(f"no node finished, so no records came back: {outcome.failure_summary()}")
+        return outcome, lost, execution.read_result("torchrun", survivors[0].index, TRAIN_METRICS_FILE)
 
 
 def kill_due(records: list[Record], fail_at_step: int, checkpoint_every: int, world_size: int) -> bool:

@@ -236,31 +236,41 @@ def run_with_pod_loss(ctx: CheckContext, config: TrainFailoverConfig, executor, 
 
 
 HOLD_POLL_S = 0.2
-"""How often the held pod's log is read for HOLD_LINE."""
+"""How often the training pods' logs are read for HOLD_LINE."""
 
 
-def delete_when_held(ctx: CheckContext, execution, step: int, run_dir) -> tuple[float, str] | None:
-    """Read the training pod's log until it holds after `step`, save that log (the pod and its log go with the
-    deletion), delete the pod. Returns (seconds from seeing the hold to the deletion, the pod); None when the
-    training ended or the time ran out first."""
+def when_held(ctx: CheckContext, execution, role: str, step: int, strike) -> tuple[float, str] | None:
+    """Read the logs of the role's nodes until one says the training holds after `step` (rank 0's HOLD_LINE), then
+    `strike()` (it returns the pod it struck). Returns (seconds from seeing the hold to the strike's end, that pod);
+    None when a node ended or the time ran out first."""
     import time
 
     from dcforge.checks._torchrun import TORCHRUN_STOP_MARGIN_S
     from workloads.records import HOLD_LINE
 
     while ctx.remaining_s() > TORCHRUN_STOP_MARGIN_S:
-        (status,) = execution.statuses()
-        if status.state.finished:
+        nodes = [s for s in execution.statuses() if s.role == role]
+        if any(node.state.finished for node in nodes):
             return None
-        log = execution.read_log("faulted", 0)
-        if f"{HOLD_LINE} {step}" in log:
+        if any(f"{HOLD_LINE} {step}" in execution.read_log(role, node.index) for node in nodes):
             seen = time.monotonic()
-            (run_dir / "faulted-0-deleted-pod.log").write_text(log)
-            execution.kill_node("faulted", 0)
-            ctx.log(f"deleted training pod {status.host} as it held after step {step}")
-            return time.monotonic() - seen, status.host
+            struck = strike()
+            return time.monotonic() - seen, struck
         time.sleep(HOLD_POLL_S)
     return None
+
+
+def delete_when_held(ctx: CheckContext, execution, step: int, run_dir) -> tuple[float, str] | None:
+    """`when_held` for the one training pod: its log saved (the pod and its log go with the deletion), then the
+    pod deleted for the Job to replace."""
+    def strike() -> str:
+        (status,) = execution.statuses()
+        (run_dir / "faulted-0-deleted-pod.log").write_text(execution.read_log("faulted", 0))
+        execution.kill_node("faulted", 0)
+        ctx.log(f"deleted training pod {status.host} as it held after step {step}")
+        return status.host
+
+    return when_held(ctx, execution, "faulted", step, strike)
 
 
 def with_pod_loss(records: list[Record], delay_s: float, pod: str) -> list[Record]:

@@ -295,17 +295,24 @@ def workload_objects(target: Target, workload: Workload, leader_addresses: Mappi
 
 def role_job(target: Target, workload: Workload, role: Role, leader_address: str | None) -> dict[str, Any]:
     """An Indexed Job: one pod per node, index = `{node_index}`; the first failed pod fails the Job (no retries:
-    a lost rank is a failed run, as on the other executors), unless the role asks for `replacements`: then a pod
-    lost (deleted by `kill_node`) is replaced that many times in all."""
+    a lost rank is a failed run, as on the other executors), unless the role asks for `replacements` (a pod lost
+    to `kill_node` is replaced that many times in all) or is elastic (`min_nodes`: the others go on)."""
     pod_labels = labels(target, workload, role)
     job_labels = {**pod_labels, **_queue_label(target)}
-    return {"apiVersion": "batch/v1", "kind": "Job",
-            "metadata": _metadata(target, object_name(target, role.name), job_labels),
-            "spec": {"completionMode": "Indexed", "completions": role.nodes, "parallelism": role.nodes,
-                     "backoffLimit": role.replacements, "activeDeadlineSeconds": max(1, int(workload.timeout_s)),
-                     "ttlSecondsAfterFinished": JOB_TTL_S,
-                     "template": {"metadata": _pod_metadata(target, pod_labels),
-                                  "spec": pod_spec(target, workload, role, leader_address, "Never")}}}
+    job = {"apiVersion": "batch/v1", "kind": "Job",
+           "metadata": _metadata(target, object_name(target, role.name), job_labels),
+           "spec": {"completionMode": "Indexed", "completions": role.nodes, "parallelism": role.nodes,
+                    "backoffLimit": role.replacements, "activeDeadlineSeconds": max(1, int(workload.timeout_s)),
+                    "ttlSecondsAfterFinished": JOB_TTL_S,
+                    "template": {"metadata": _pod_metadata(target, pod_labels),
+                                 "spec": pod_spec(target, workload, role, leader_address, "Never")}}}
+    if role.min_nodes is not None and role.min_nodes < role.nodes:
+        # an elastic role goes on without lost nodes: each index may fail once, without retry, and the Job keeps
+        # running the others while no more than nodes - min_nodes have (Kubernetes >= 1.29; backoffLimit would
+        # end the whole Job, and its pods, at the first loss)
+        del job["spec"]["backoffLimit"]
+        job["spec"].update(backoffLimitPerIndex=0, maxFailedIndexes=role.nodes - role.min_nodes)
+    return job
 
 
 def role_deployment(target: Target, workload: Workload, role: Role,

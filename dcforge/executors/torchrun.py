@@ -57,6 +57,9 @@ class TorchrunJob:
     """Files the script writes under the results volume (rank 0 only, or every node): read back per node."""
     elastic: Elastic | None = None
     """None: exactly `nnodes`, and the first lost node ends the run."""
+    collect_files: tuple[str, ...] = ()
+    """Files (templates, on the shared checkpoints volume) each node copies into its results volume when torchrun
+    ends (`dcforge.executors.collect`): records every node appended that must outlive a lost pod."""
 
 
 @dataclass
@@ -93,6 +96,10 @@ def torchrun_workload(name: str, job: TorchrunJob, resources: Resources | None =
                + (elastic.rdzv_conf() if elastic else ""),
                "--local-addr={node_address}", f"--max-restarts={elastic.max_restarts if elastic else 0}",
                "--monitor-interval=0.2", f"workloads/{job.script}", *job.args)
+    if job.collect_files:
+        files = [part for path in job.collect_files for part in ("--file", path)]
+        command = ("{python}", "-m", "dcforge.executors.collect", "--into", "{volume[results]}", *files, "--",
+                   *command)
     env = {**TORCHRUN_ENV, **socket_env(job.socket_ifname)}
     role = Role("torchrun", command, env=env, nodes=job.nnodes, resources=resources or Resources(),
                 ports=(RENDEZVOUS_PORT,), min_nodes=elastic.min_nodes if elastic else None)

@@ -19,8 +19,8 @@ from tests.e2e.conftest import CONTEXT, labelled_objects
 pytestmark = pytest.mark.e2e
 
 EXECUTOR_CHECKS = ("system", "train", "allreduce", "checkpoint", "train_failover", "allreduce_multinode",
-                   "train_multinode", "slow_node", "network", "inference", "inference_failover",
-                   "storage")
+                   "train_multinode", "slow_node", "network", "train_failover_multinode", "inference",
+                   "inference_failover", "storage")
 
 
 def dcforge(*args: str, kubeconfig: str) -> list[str]:

@@ -54,3 +54,26 @@ def test_a_held_run_killed_and_started_again_resumes_and_hands_back_both_runs_re
     figures = {name: metric.value for name, metric in result.metrics.items()}
     assert (figures["failure_step"], figures["resumed_step"], figures["steps_lost"]) == (7, 4, 3)
     assert 0 < figures["time_to_resume_s"] < 60
+
+
+def test_an_elastic_run_held_and_missing_a_node_goes_on_with_the_others(tmp_path):
+    """train_failover_multinode's Kubernetes command for real, on three local nodes: the ranks hold after step 6,
+    the last node's processes are killed (as its pod would be deleted), the others resume elastically from the
+    step-4 checkpoint with two nodes and hand back the records every node appended."""
+    from dcforge.checks.failover_multinode import (TrainFailoverMultinodeCheck, TrainFailoverMultinodeConfig,
+                                                   train_with_pod_loss)
+    from dcforge.checks.multinode import LOOPBACK_IFNAME
+
+    config = TrainFailoverMultinodeConfig.model_validate({"preset": "tiny", "seqLen": 32, "steps": 10,
+                                                          "checkpointEvery": 4, "failAtStep": 7})
+    ctx = CheckContext(env=load_environment("local"), report_dir=tmp_path, deadline=time.monotonic() + 280)
+    job = TrainFailoverMultinodeCheck()._job(ctx, config, 3, 1, LOOPBACK_IFNAME, hold=True)
+    outcome, lost, data = train_with_pod_loss(ctx, LocalExecutor(), job, config, 2, tmp_path / "nodes")
+    assert lost is not None, outcome.failure_summary()
+    assert [n.state for n in outcome.nodes] == [NodeState.SUCCEEDED, NodeState.SUCCEEDED, NodeState.KILLED]
+    records = with_pod_loss(read_records(data.decode().splitlines(), *TRAIN_RECORDS), *lost)
+    result = CheckResult(TrainFailoverMultinodeCheck.name, declared=TrainFailoverMultinodeCheck.metrics)
+    judge_recovery(result, records, config)
+    assert result.status is not Status.FAIL, result.reason
+    figures = {name: metric.value for name, metric in result.metrics.items()}
+    assert (figures["failure_step"], figures["resumed_step"], figures["steps_lost"]) == (7, 4, 3)

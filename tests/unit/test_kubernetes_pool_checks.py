@@ -276,3 +276,50 @@ def test_ctrl_c_during_a_pool_check_exits_130_keeps_the_report_and_leaves_no_lab
     assert time.monotonic() - started < 40 and outcome.exit_code == 130, outcome.output
     assert running and labelled(cluster) == []
     assert check["status"] == "error" and "interrupted by SIGINT" in check["reason"], check["reason"]
+
+
+def test_train_failover_multinode_deletes_a_nodes_pod_and_the_others_go_on(cluster, tmp_path, env_file):
+    """Target kubernetes: the elastic Indexed Job (each index may fail once, one may be lost) holds after step 6;
+    the check deletes the last node's pod; the survivor resumes from the step-4 checkpoint with the nodes left and
+    hands back the records every node appended on the claim."""
+    import re
+
+    from workloads.records import HOLD_LINE, TrainCheckpointSaved, TrainFinal, TrainStart
+
+    seen: dict[str, object] = {}
+
+    def play(started: list[str]) -> None:
+        job = next(o for o in cluster.objects(NS) if o["kind"] == "Job")
+        seen["job"] = job
+        command = job["spec"]["template"]["spec"]["containers"][0]["command"][2]
+        nproc = int(re.search(r"--nproc-per-node=(\d+)", command).group(1))
+        for index, pod in enumerate(started):
+            cluster.set_pod_status(NS, pod, {"phase": "Running", "podIP": f"10.244.0.{80 + index}"})
+        cluster.write_log(NS, started[0], f"step     6  loss 5.0\n{HOLD_LINE} 6\n")
+        until(lambda: started[1] not in {o["metadata"]["name"] for o in cluster.objects(NS)})
+
+        def step(number: int, attempt: int) -> TrainStep:
+            return TrainStep(step=number, attempt=attempt, loss=5.0, step_time_s=0.1, tokens_per_s=100.0,
+                             tokens_per_s_total=200.0, mfu=None, lr=1e-3, time=float(number + 10 * attempt))
+        appended = [TrainStart(attempt=0, resumed_from_step=None, world_size=2 * nproc, device="cpu",
+                               preset="tiny", time=0.0), *[step(n, 0) for n in range(1, 7)],
+                    TrainCheckpointSaved(step=4, bytes=1000, save_s=0.01, time=4.1),
+                    TrainStart(attempt=1, resumed_from_step=4, world_size=nproc, device="cpu", preset="tiny",
+                               time=12.0), *[step(n, 1) for n in range(5, 13)],
+                    TrainFinal(step=12, attempt=1, params_sha256=None, time=23.0)]
+        cluster.write_log(NS, started[0], records(tmp_path / "node0", "metrics.jsonl",
+                                                  [r.to_json() for r in appended]))
+        cluster.set_pod_status(NS, started[0], {"phase": "Succeeded"})
+
+    with Kubelet(cluster, play):
+        _, _, check = accept_only(cluster, tmp_path, env_file("cluster"), "train_failover_multinode")
+    assert check["status"] == "pass", check["reason"]
+    metrics = {name: m["value"] for name, m in check["metrics"].items()}
+    assert (metrics["failure_step"], metrics["resumed_step"], metrics["steps_lost"]) == (7, 4, 3)
+    assert metrics["nodes_after"] == 1
+    spec = seen["job"]["spec"]
+    assert (spec.get("backoffLimit"), spec["backoffLimitPerIndex"], spec["maxFailedIndexes"]) == (None, 0, 1)
+    command = spec["template"]["spec"]["containers"][0]["command"][2]
+    assert "dcforge.executors.collect" in command and "--hold-at-step 6" in command
+    assert check["details"]["nodes"][1]["state"] == "isolated"
+    assert labelled(cluster) == []
