@@ -43,6 +43,8 @@ LOAD_POD_REQUESTS_FILE = "requests.jsonl"
 """`inference` on Kubernetes: every RequestRecord the load pod's Locust processes logged, merged."""
 STORAGE_CLASS_FILE = "storage.json"
 """`storage` on Kubernetes: the StorageClassResult line of `python -m dcforge.checks.storage` in a pod."""
+GPU_HEALTH_FILE = "gpu_health.json"
+"""`gpu_health` on Kubernetes: the GpuHealthResult line of `python -m dcforge.checks.gpu_health` on a node."""
 SYSTEM_FACTS_FILE = "system.json"
 """`node_level`: the SystemFacts line of `python -m dcforge.checks.system` run on a node."""
 READY_FILE_PREFIX = "ready-"
@@ -432,6 +434,19 @@ class StorageClassResult(Record):
     verify_failure: str | None
     fio: str
     """fio's version in the pod."""
+
+
+# --- GPU health: `python -m dcforge.checks.gpu_health` on a node -> dcforge/checks/gpu_health.py -----------------
+
+@dataclass
+class GpuHealthResult(Record):
+    """What the gpu_health readers saw on one node (target kubernetes: in a pod holding every GPU of the node)."""
+
+    kind: ClassVar[str] = "gpu.health"
+    hostname: str
+    dcgm_level: int
+    health: dict[str, Any]
+    """dcforge.gpu.readings.NodeHealth as `dataclasses.asdict` gives it (GPUs, XIDs, DCGM diagnostics, notes)."""
 
 
 # --- Serving: workloads/serving -> dcforge/checks/serving/ --------------------------------------------------------

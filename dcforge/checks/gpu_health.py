@@ -2,6 +2,13 @@
 
 Readers in `dcforge.gpu` produce typed readings; `dcforge.gpu.verdict` judges them (the rules are listed there).
 Skipped with its reason where no GPU is visible: a node without GPUs is never reported as healthy.
+
+On target kubernetes the readers run on every Ready node of the acceptance pool at once, in a pod pinned to the
+node and holding all its GPUs (`python -m dcforge.checks.gpu_health`, a GpuHealthResult record), each judged by the
+same verdict, plus one rule of the pool: the pod must see as many GPUs as the pool declares per node. The report
+has a row per node (failed nodes named; `accept --taint-failed` quarantines them). A restricted pod cannot read
+the kernel log, so XIDs come from NVML events only there (a note says so); DCGM diagnostics need dcgmi in the
+image.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from typing import Literal
 from pydantic import Field
 
 from dcforge.gpu.verdict import pci_device
-from dcforge.harness.check import CheckConfig, CheckContext
+from dcforge.harness.check import CheckConfig, CheckContext, runs_on_pool
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult, CheckSkipped
 
@@ -70,36 +77,149 @@ class GpuHealthCheck:
                    "things to look at: lifetime ECC, NVLink errors, idle PCIe gen, heat"),
     )
 
-    def run(self, ctx: CheckContext, config: GpuHealthConfig) -> CheckResult:
-        from dcforge.gpu import dcgm, kernel_log, nvml
-        from dcforge.gpu.readings import NodeHealth
+    on_pool = True  # target kubernetes: a pod on every node of the acceptance pool (this module's docstring)
 
+    def run(self, ctx: CheckContext, config: GpuHealthConfig) -> CheckResult:
+        if runs_on_pool(self, ctx.env.spec):
+            return self._on_pool(ctx, config)
         if reason := no_gpu_reason():
             raise CheckSkipped(reason)
         result = CheckResult(self.name, declared=self.metrics)
-        notes: list[str] = []
-        gpus, nvml_xids = nvml.read_node(config.xid_listen_ms)
-        ctx.log(f"NVML: {len(gpus)} GPUs read")
-        log_xids, unreadable = kernel_log.kernel_log_xids()
-        if unreadable:
-            notes.append(unreadable)
-        level = config.dcgm_level or DCGM_LEVEL_BY_STAGE[config.stage]
-        ctx.log(f"DCGM diagnostics level {level}")
+        level = dcgm_level(config)
         dcgm_output = ctx.artefact_dir(self.name) / f"dcgmi-diag-r{level}.json"
-        diag, not_run = dcgm.run_diag(level, min(config.dcgm_timeout_s, max(ctx.remaining_s() - 30, 1)),
-                                      dcgm_output)
-        if not_run:
-            notes.append(not_run)
-        else:
+        health = read_node_health(config, dcgm_output, ctx.remaining_s(), ctx.log)
+        if health.dcgm is not None:
             result.artefacts["dcgm_diag"] = ctx.relative(dcgm_output)
-        health = NodeHealth(gpus=tuple(gpus), xids=tuple(nvml_xids + log_xids), dcgm=diag, notes=tuple(notes))
-        health_result(result, health)
-        result.details["dcgm_level"] = level
-        if config.require_dcgm and diag is None:
-            result.fail(not_run or "DCGM diagnostics did not run")
-        for note in notes:
+        judge_health(result, health, level, config)
+        for note in health.notes:
             ctx.log(note)
         return result
+
+    def _on_pool(self, ctx: CheckContext, config: GpuHealthConfig) -> CheckResult:
+        """Every Ready node of the acceptance pool at once, a pinned pod each; a row per node."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from dcforge.checks.multinode import executor_for
+        from dcforge.checks.node_level import node_executors, run_node
+        from dcforge.checks.node_steps import OpenExecutions
+        from dcforge.checks.slow_node import SlowNodeCheck
+        from dcforge.report.nodes import node_problem
+
+        executor, count, _ = executor_for(ctx, self.name, None, pin=True, min_nodes=1, retest_quarantined=True)
+        if not executor.node_resources.gpus:
+            raise CheckSkipped("the acceptance pool's machines have no GPUs: no GPU health to read")
+        nodes = node_executors(executor, count)
+        step = gpu_health_step(config, executor.node_resources.gpus)
+        workdir = ctx.artefact_dir(self.name)
+        ctx.log(f"GPU health on {len(nodes)} nodes of the acceptance pool, a pod each")
+        executions = OpenExecutions()
+        with ThreadPoolExecutor(max_workers=len(nodes)) as threads:
+            try:
+                rows = list(threads.map(lambda node: run_node(node[0], node[1], [step], workdir, executions,
+                                                              ctx.remaining_s, ctx.log), nodes))
+            except BaseException:  # interrupted or out of time: stop every pod now
+                executions.stop_all()
+                raise
+        result = CheckResult(self.name, declared=self.metrics)
+        result.details.update(nodes=rows, executor=executor.name, dcgm_level=dcgm_level(config))
+        SlowNodeCheck.name_kubernetes_nodes(executor, result)
+        for figure in ("gpus_checked", "gpus_failing", "fatal_xids"):
+            result.add_metric(figure, sum(row.get(figure, 0) for row in rows), context=f"{len(rows)} nodes")
+        failed = [row for row in rows if row["state"] != "succeeded"]
+        if failed:
+            result.fail("failed nodes: " + "; ".join(node_problem(row) for row in failed))
+        result.artefacts["nodes"] = ctx.relative(workdir)
+        return result
+
+
+def dcgm_level(config: GpuHealthConfig) -> int:
+    return config.dcgm_level or DCGM_LEVEL_BY_STAGE[config.stage]
+
+
+def read_node_health(config: GpuHealthConfig, dcgm_output, budget_s: float, log=print):
+    """Every reader on the machine this runs on: NVML (GPUs and XID events), the kernel log, DCGM diagnostics;
+    what could not be read is a note, not an error."""
+    from dcforge.gpu import dcgm, kernel_log, nvml
+    from dcforge.gpu.readings import NodeHealth
+
+    import pynvml
+
+    notes: list[str] = []
+    try:
+        gpus, nvml_xids = nvml.read_node(config.xid_listen_ms)
+    except pynvml.NVMLError as error:  # no driver or no GPU where this runs: judged as no GPU read (judge_health)
+        gpus, nvml_xids = [], []
+        notes.append(f"NVML could not be read: {error}")
+    log(f"NVML: {len(gpus)} GPUs read")
+    log_xids, unreadable = kernel_log.kernel_log_xids()
+    if unreadable:
+        notes.append(unreadable)
+    level = dcgm_level(config)
+    log(f"DCGM diagnostics level {level}")
+    diag, not_run = dcgm.run_diag(level, min(config.dcgm_timeout_s, max(budget_s - 30, 1)), dcgm_output)
+    if not_run:
+        notes.append(not_run)
+    return NodeHealth(gpus=tuple(gpus), xids=tuple(nvml_xids + log_xids), dcgm=diag, notes=tuple(notes))
+
+
+def judge_health(result: CheckResult, health, level: int, config: GpuHealthConfig) -> CheckResult:
+    """The verdict of one node's readings; a node where no GPU could be read is never healthy."""
+    health_result(result, health)
+    result.details["dcgm_level"] = level
+    if not health.gpus:
+        result.fail("no GPU could be read" + (f": {health.notes[0]}" if health.notes else ""))
+    if config.require_dcgm and health.dcgm is None:
+        result.fail(next((note for note in health.notes if "DCGM" in note), "DCGM diagnostics did not run"))
+    return result
+
+
+def gpu_health_step(config: GpuHealthConfig, expected_gpus: int):
+    """The readers as a node step (`dcforge/checks/node_steps.py`): the pod writes a GpuHealthResult; judged by
+    the local verdict, and the node fails when its pod sees fewer GPUs than the pool declares per node."""
+    from dcforge.checks.node_steps import Step
+    from dcforge.gpu.readings import node_health_from_dict
+    from workloads.records import GPU_HEALTH_FILE, GpuHealthResult, read_result
+
+    def judge(data: bytes) -> CheckResult:
+        record = read_result(data.decode().splitlines(), GpuHealthResult, "the node's GPU health")
+        judged = judge_health(CheckResult(GpuHealthCheck.name, declared=GpuHealthCheck.metrics),
+                              node_health_from_dict(record.health), record.dcgm_level, config)
+        seen = len(record.health.get("gpus") or ())
+        if seen < expected_gpus:
+            judged.fail(f"{seen} GPUs visible in the pod on {record.hostname}, the pool declares {expected_gpus} "
+                        "per node")
+        return judged
+
+    settings = config.model_dump_json(by_alias=True).replace("{", "{{").replace("}", "}}")
+    return Step("gpu_health", ("{python}", "-m", "dcforge.checks.gpu_health", "--settings", settings,
+                               "--output", "{volume[results]}/" + GPU_HEALTH_FILE), GPU_HEALTH_FILE, judge)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The readers on this node (a pod on a pool node): one GpuHealthResult line. NVML that cannot start (no
+    driver, no GPU in the pod) is read as no GPUs, with the reason as a note, which the judge fails."""
+    import argparse
+    import dataclasses
+    import socket
+    import tempfile
+    from pathlib import Path
+
+    from workloads.records import GpuHealthResult, emit_result
+
+    parser = argparse.ArgumentParser(prog="python -m dcforge.checks.gpu_health")
+    parser.add_argument("--settings", required=True, help="the check's settings as JSON")
+    parser.add_argument("--output", type=Path, required=True)
+    args = parser.parse_args(argv)
+    config = GpuHealthConfig.model_validate_json(args.settings)
+    with tempfile.TemporaryDirectory() as scratch:
+        health = read_node_health(config, Path(scratch) / "dcgmi-diag.json", config.dcgm_timeout_s + 30)
+    emit_result(GpuHealthResult(hostname=socket.gethostname(), dcgm_level=dcgm_level(config),
+                                health=dataclasses.asdict(health)), args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
 
 
 def health_result(result: CheckResult, health) -> CheckResult:

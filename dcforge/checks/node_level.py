@@ -44,7 +44,8 @@ WORKLOADS: tuple[NodeWorkload, ...] = ("system", "train", "allreduce", "checkpoi
 
 ROW_FIGURES: dict[str, tuple[str, ...]] = {"system": ("cpu_count", "memory_gi", "gpu_count"),
                                            "train": ("tokens_per_s",), "allreduce": ("busbw_gbps",),
-                                           "checkpoint": ("save_gbps", "load_gbps")}
+                                           "checkpoint": ("save_gbps", "load_gbps"),
+                                           "gpu_health": ("gpus_checked", "gpus_failing", "fatal_xids")}
 """The metrics of each step's single-node result that become columns of the node's row."""
 POOL_FIGURES = ("tokens_per_s", "busbw_gbps", "save_gbps", "load_gbps")
 """Row figures judged over the pool (min, median, outliers): throughputs, higher is better, so a pool minimum

@@ -123,3 +123,26 @@ class NodeHealth:
     dcgm: DcgmDiag | None = None
     notes: tuple[str, ...] = field(default=())
     """What could not be read (kernel log unreadable, DCGM not installed), reported with the verdict."""
+
+
+def node_health_from_dict(data: dict) -> NodeHealth:
+    """A NodeHealth back from `dataclasses.asdict` of one (as a node's pod hands it over, JSON in between)."""
+    def optional(cls, value):
+        return cls(**value) if value is not None else None
+
+    def gpu(value: dict) -> GpuReading:
+        clocks = value.get("clocks")
+        return GpuReading(**{**value, "ecc": optional(EccCounts, value.get("ecc")),
+                             "row_remaps": optional(RowRemaps, value.get("row_remaps")),
+                             "retired_pages": optional(RetiredPages, value.get("retired_pages")),
+                             "nvlinks": tuple(NvLinkState(**link) for link in value.get("nvlinks") or ()),
+                             "pcie": optional(PcieLink, value.get("pcie")),
+                             "clocks": Clocks(**{**clocks, "throttle_reasons": tuple(clocks["throttle_reasons"])})
+                             if clocks else None})
+
+    diag = data.get("dcgm")
+    return NodeHealth(gpus=tuple(gpu(g) for g in data.get("gpus") or ()),
+                      xids=tuple(XidEvent(**x) for x in data.get("xids") or ()),
+                      dcgm=DcgmDiag(**{**diag, "results": tuple(DcgmTestResult(**r) for r in diag["results"])})
+                      if diag else None,
+                      notes=tuple(data.get("notes") or ()))

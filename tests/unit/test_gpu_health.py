@@ -311,3 +311,19 @@ def test_health_result_metrics_and_verdict():
     assert (values["gpus_failing"], values["fatal_xids"], values["row_remaps_pending"], values["dcgm_failures"]) == \
         (2, 1, 1, 1)
     assert broken.metrics["dcgm_failures"].formula.endswith("(level 2)")
+
+
+def test_a_nodes_readings_survive_the_trip_through_a_pod_log():
+    """On target kubernetes a node's NodeHealth travels as JSON in a GpuHealthResult record: it comes back equal,
+    nested readings, XIDs and DCGM results included."""
+    import dataclasses
+
+    from dcforge.gpu.readings import XidEvent, node_health_from_dict
+    from workloads.records import GpuHealthResult, read_result
+
+    diag = parse_diag(json.loads((OUTPUTS / "dcgm3-diag-pass.json").read_text()), 2)
+    health = node(xids=[XidEvent(79, BUS_IDS[1], "fallen off the bus", "nvml")], dcgm=diag)
+    health = dataclasses.replace(health, notes=("kernel log not readable",))
+    line = GpuHealthResult(hostname="gpu-node-a", dcgm_level=2, health=dataclasses.asdict(health)).to_json()
+    record = read_result([line], GpuHealthResult)
+    assert node_health_from_dict(json.loads(json.dumps(record.health))) == health

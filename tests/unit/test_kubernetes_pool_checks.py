@@ -323,3 +323,55 @@ def test_train_failover_multinode_deletes_a_nodes_pod_and_the_others_go_on(clust
     assert "dcforge.executors.collect" in command and "--hold-at-step 6" in command
     assert check["details"]["nodes"][1]["state"] == "isolated"
     assert labelled(cluster) == []
+
+
+def test_gpu_health_reads_every_pool_node_in_a_pinned_pod_and_names_the_bad_one(cluster, tmp_path, env_file):
+    """A pod pinned to each Ready pool node, holding its 4 GPUs, hands back that node's readings; each is judged by
+    the local verdict: a fatal XID on gpu-node-b and only 3 GPUs visible on gpu-node-c fail those nodes, by name,
+    and the row names the Kubernetes node that `--taint-failed` would quarantine."""
+    import dataclasses
+
+    from dcforge.gpu.readings import NodeHealth, XidEvent
+    from tests.unit.test_gpu_health import BUS_IDS, healthy_gpu
+    from workloads.records import GPU_HEALTH_FILE, GpuHealthResult
+
+    for name in ("gpu-node-a", "gpu-node-b", "gpu-node-c"):
+        cluster.add_node(name, POOL_LABELS)
+    healthy = NodeHealth(gpus=tuple(healthy_gpu(i) for i in range(4)), notes=("kernel log not readable",))
+    readings = {"gpu-node-a": healthy,
+                "gpu-node-b": dataclasses.replace(healthy, xids=(XidEvent(79, BUS_IDS[2], "fell off the bus",
+                                                                          "nvml"),)),
+                "gpu-node-c": dataclasses.replace(healthy, gpus=healthy.gpus[:3])}
+    specs: dict[str, dict] = {}
+
+    def play(started: list[str]) -> None:
+        (pod,) = started
+        node = cluster.pinned_node(NS, pod)
+        specs[node] = next(o for o in cluster.objects(NS) if o["metadata"]["name"] == pod)["spec"]
+        cluster.bind_pod(NS, pod, node)
+        cluster.set_pod_status(NS, pod, {"phase": "Running", "podIP": "10.244.0.90"})
+        record = GpuHealthResult(hostname=pod, dcgm_level=1, health=dataclasses.asdict(readings[node]))
+        cluster.write_log(NS, pod, records(tmp_path / node, GPU_HEALTH_FILE, [record.to_json()]))
+        cluster.set_pod_status(NS, pod, {"phase": "Succeeded"})
+
+    env = env_file("cluster", replace={"dcforge:gpuPools: []": POOL.replace("gpusPerNode: 1", "gpusPerNode: 4"),
+                                       "checks: [system,": "checks: [gpu_health, system,"})
+    with Kubelet(cluster, play):
+        _, _, check = accept_only(cluster, tmp_path, env, "gpu_health")
+    assert check["status"] == "fail", check["reason"]
+    assert "gpu-node-b" in check["reason"] and "gpu-node-c" in check["reason"] and "gpu-node-a" not in check["reason"]
+    assert "3 GPUs visible" in check["reason"] and "79" in check["reason"]
+    rows = {row["host"]: row for row in check["details"]["nodes"]}
+    assert rows["gpu-node-a"]["state"] == "succeeded" and rows["gpu-node-b"]["state"] == "failed"
+    assert rows["gpu-node-b"]["kubernetes_node"] == "gpu-node-b"
+    assert check["metrics"]["gpus_checked"]["value"] == 11 and check["metrics"]["fatal_xids"]["value"] == 1
+    assert all(spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 4 for spec in specs.values())
+    assert set(specs) == {"gpu-node-a", "gpu-node-b", "gpu-node-c"}
+    assert labelled(cluster) == []
+
+
+def test_gpu_health_on_a_pool_without_gpus_is_skipped_with_its_reason(cluster, tmp_path, env_file):
+    env = env_file("cluster", replace={"checks: [system,": "checks: [gpu_health, system,"})
+    _, _, check = accept_only(cluster, tmp_path, env, "gpu_health")
+    assert check["status"] == "skipped" and "no GPUs" in check["reason"]
+    assert not cluster.objects(NS)

@@ -15,11 +15,11 @@ import pytest
 from loadtests.llm_protocol import RequestLog
 from loadtests.llm_protocol import read_records as read_request_logs
 from workloads import records
-from workloads.records import (LOAD_DEFAULTS, AllreduceResult, AllreduceRow, CheckpointResult, JsonlAppender,
-                               LoadEnv, LoadPodResult, RecordError, ReplicaReady, RequestRecord, StorageClassResult,
-                               SystemFacts, TrainCheckpointCorrupt, TrainCheckpointSaved, TrainFault, TrainFinal,
-                               TrainStart, TrainStep, emit_result, mark_ready, parse_record, read_records, read_result,
-                               read_result_file, ready_replicas)
+from workloads.records import (LOAD_DEFAULTS, AllreduceResult, AllreduceRow, CheckpointResult, GpuHealthResult,
+                               JsonlAppender, LoadEnv, LoadPodResult, RecordError, ReplicaReady, RequestRecord,
+                               StorageClassResult, SystemFacts, TrainCheckpointCorrupt, TrainCheckpointSaved,
+                               TrainFault, TrainFinal, TrainStart, TrainStep, emit_result, mark_ready, parse_record,
+                               read_records, read_result, read_result_file, ready_replicas)
 
 SAMPLES = [
     TrainStart(attempt=1, resumed_from_step=4, world_size=2, device="cpu", preset="tiny", time=10.5),
@@ -47,6 +47,8 @@ SAMPLES = [
                                                                      "detail": "6 unauthenticated requests got 401"}],
                   locust_exit=0, windows=[{"start": 1.0, "stop": 21.0, "grace_s": 10.0, "sent": 90, "abandoned": 0}],
                   locust_started=0.5, server_metrics="dcforge_queue_depth 0.0\n"),
+    GpuHealthResult(hostname="gpu-node-a", dcgm_level=2, health={"gpus": [], "xids": [], "dcgm": None,
+                                                                 "notes": ["NVML could not be read"]}),
     StorageClassResult(name="checkpoints", directory="/dcforge/checkpoints/storage", direct_io=True,
                        sequential_bytes=1 << 30, figures={"seq_write_gbps": 1.5, "data_verified": 1.0},
                        fsync_percentiles_ms={"99.000000": 2.5},
