@@ -41,7 +41,7 @@ def test_the_checks_that_run_through_the_executor_pass_and_leave_nothing(deploye
                                                                          spec, tmp_path):
     command = dcforge("accept", "--env-file", str(env_file), "--only", ",".join(EXECUTOR_CHECKS),
                       "--reports", str(tmp_path / "reports"), kubeconfig=kubeconfig)
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=1500)
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=2400)
     report = report_of(tmp_path / "reports")
     verdicts = {c["name"]: (c["status"], c["reason"]) for c in report["checks"] if c["name"] in EXECUTOR_CHECKS}
     assert done.returncode == 0, (verdicts, done.stdout[-4000:], done.stderr[-2000:])
