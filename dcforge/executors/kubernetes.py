@@ -618,10 +618,18 @@ class KubernetesExecution:
         self.kill_node(role, index)
 
     def read_log(self, role: str, index: int) -> str:
-        """The log of the node's current pod so far, read through the API; "" while it has no pod."""
-        self._current_statuses()
+        """The log of the node's current pod so far, read through the API; "" while it has no pod or its container
+        has not started (the API answers 400 then)."""
+        status = next(s for s in self._current_statuses() if s.role == role and s.index == index)
         pod = self._pod_of.get((role, index))
-        return self._read_log(pod) if pod is not None else ""
+        if pod is None or status.state is NodeState.PENDING:
+            return ""
+        try:
+            return self._read_log(pod)
+        except ExecutorError as error:
+            if " HTTP 400: " in str(error):  # "container ... is waiting to start": nothing logged yet
+                return ""
+            raise
 
     def read_shared(self, name: str) -> bytes:
         raise ExecutorError("reading the shared checkpoints claim needs a pod that mounts it (not yet)")

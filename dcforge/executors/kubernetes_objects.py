@@ -71,7 +71,9 @@ RUN_USER_ID = 1000
 """Non-root user (and group, fsGroup: the checkpoint volume is writable) the containers run as."""
 JOB_TTL_S = 3600
 """Finished Jobs are garbage-collected by the cluster after this long even if dcforge died before its cleanup."""
-NAME_LIMIT = 63
+NAME_LIMIT = 56
+"""Object names stay this short, not 63 (a DNS label): the API server refuses an Indexed Job whose pods' hostnames,
+`<job>-<index>`, would not be DNS labels themselves (seen on a real API server; the fake does not check)."""
 
 # Per-pod values the container's shell fills in (see `role_script`).
 _NODE_INDEX_VAR = "DCFORGE_NODE_INDEX"

@@ -74,10 +74,12 @@ def refuse_unsupported(ctx: CheckContext, check: str, config: ServingLoadConfig)
 
 
 def server_resources(config: ServingLoadConfig, replicas: int, gpus_per_node: int) -> Resources:
-    """A server pod of `replicas` worker processes: one CPU each plus one for gunicorn, 1 GiB each (the bundled
-    presets are small); a GPU per replica up to a node's on a GPU pool, unless the replicas serve on the CPU."""
+    """A server pod of `replicas` worker processes: a quarter CPU each plus one for gunicorn as the scheduling
+    floor (no CPU limit: the replicas use what the node has free), 1 GiB each (the bundled presets are small); a
+    GPU per replica up to a node's on a GPU pool, unless the replicas serve on the CPU. A whole CPU per replica
+    left a 2-core node unable to place the server beside its load pod (seen on a real cluster)."""
     gpus = 0 if config.device == "cpu" or config.quantize == "int8" else min(replicas, gpus_per_node)
-    return Resources(cpus=replicas + 1.0, memory_mib=1024 * (replicas + 1), gpus=gpus)
+    return Resources(cpus=0.25 * (replicas + 1), memory_mib=1024 * (replicas + 1), gpus=gpus)
 
 
 def _literal(text: str) -> str:
@@ -127,7 +129,7 @@ def inference_workload(config: ServingLoadConfig, prompt_tokens: int, api_key: s
         "--results", "{volume[results]}", "--timeout", f"{load_limit_s:g}", *kill, "--",
         "{python}", "-m", "locust", "-f", "{workdir}/loadtests/locustfile.py",
         *(_literal(arg) for arg in locust_arguments(config)), "--host", SERVER_URL),
-        env=settings, resources=Resources(cpus=float(config.locust_processes),
+        env=settings, resources=Resources(cpus=0.25 * config.locust_processes,  # a floor, as the server's
                                           memory_mib=512 * (config.locust_processes + 1)))
     return Workload("inference", (server, load), volumes=(VolumePurpose.SCRATCH, VolumePurpose.RESULTS,
                                                           VolumePurpose.SECRETS),
