@@ -46,13 +46,16 @@ class NetworkCheckConfig(CheckConfig):
     """GID index for RoCE (`-x`); default perftest's choice."""
 
 
-def pair_command(seconds: int) -> tuple[str, ...]:
-    """Node 0 serves once, node 1 measures against it (retrying until the server listens)."""
+def pair_command(seconds: int, retry_s: float) -> tuple[str, ...]:
+    """Node 0 serves once, node 1 measures against it, retrying for `retry_s` until the server listens: on a busy
+    node the server's pod may start many seconds after the client's, and until it runs its Service refuses at
+    once ("No route to host"), so a count of attempts would be spent in a few seconds (seen on a real cluster)."""
     script = ("if [ {node_index} = 0 ]; then exec iperf3 --server --one-off --bind {node_address} "
               "--port {port[%s]}; fi; "
-              "for attempt in $(seq 100); do "
+              "end=$(( $(date +%%s) + %d )); while [ $(date +%%s) -lt $end ]; do "
               "iperf3 --client {leader_address} --port {port[%s]} --time %d --json "
-              "> {volume[results]}/iperf.json && exit 0; sleep 0.2; done; exit 1") % (IPERF_PORT, IPERF_PORT, seconds)
+              "> {volume[results]}/iperf.json && exit 0; sleep 0.2; done; exit 1"
+              ) % (IPERF_PORT, max(1, int(retry_s)), IPERF_PORT, seconds)
     return ("sh", "-c", script)
 
 
@@ -119,7 +122,8 @@ class NetworkCheck:
         workdir = ctx.artefact_dir(self.name)
         probes = rdma.probe_nodes(executor, count, names, workdir,
                                   min(config.pair_timeout_s, max(1.0, ctx.remaining_s())))
-        role = Role("rdma", rdma.pair_command(config.seconds, config.rdma_device, config.rdma_gid_index), nodes=2,
+        role = Role("rdma", rdma.pair_command(config.seconds, config.rdma_device, config.rdma_gid_index,
+                                              config.pair_timeout_s - config.seconds - 5), nodes=2,
                     ports=(rdma.RDMA_PORT,))
         for pair in result.details["pairs"]:
             if problem := rdma.pair_problem(probes, pair["nodes"]):
@@ -148,7 +152,9 @@ class NetworkCheck:
     @classmethod
     def _measure(cls, ctx: CheckContext, executor, pair: tuple[int, int], names: list[str],
                  config: NetworkCheckConfig, workdir) -> dict:
-        role = Role("iperf", pair_command(config.seconds), nodes=2, ports=(IPERF_PORT,))
+        # the client retries while the pair has time left for its own test and the results
+        role = Role("iperf", pair_command(config.seconds, config.pair_timeout_s - config.seconds - 5), nodes=2,
+                    ports=(IPERF_PORT,))
         report = json.loads(cls._run_pair(ctx, executor, pair, names, config, workdir, role, "iperf.json"))
         end = report["end"]
         rtts = [s["sender"]["mean_rtt"] for s in end.get("streams", []) if "mean_rtt" in s.get("sender", {})]

@@ -51,13 +51,15 @@ def parse_probe(text: str) -> RdmaProbe:
     return RdmaProbe(tuple(lines[0].split()), lines[1].strip() == "yes")
 
 
-def pair_command(seconds: int, device: str | None, gid_index: int | None) -> tuple[str, ...]:
-    """Node 0 serves once, node 1 measures against it (retrying until the server listens)."""
+def pair_command(seconds: int, device: str | None, gid_index: int | None, retry_s: float) -> tuple[str, ...]:
+    """Node 0 serves once, node 1 measures against it, retrying for `retry_s` until the server listens (as the
+    iperf3 pair does: `dcforge.checks.network.pair_command`)."""
     options = f"-F --report_gbits -D {seconds} -p {{port[{RDMA_PORT}]}}"
     options += f" -d {device}" if device else ""
     options += f" -x {gid_index}" if gid_index is not None else ""
     script = (f"if [ {{node_index}} = 0 ]; then exec ib_write_bw {options}; fi; "
-              f"for attempt in $(seq 100); do ib_write_bw {options} {{leader_address}} "
+              f"end=$(( $(date +%s) + {max(1, int(retry_s))} )); while [ $(date +%s) -lt $end ]; do "
+              f"ib_write_bw {options} {{leader_address}} "
               f"> {{volume[results]}}/{OUTPUT_FILE} 2>&1 && exit 0; sleep 0.2; done; exit 1")
     return ("sh", "-c", script)
 

@@ -69,10 +69,10 @@ def test_a_pair_is_skipped_naming_each_node_without_rdma():
 
 
 def test_commands_are_executor_templates():
-    server_and_client = pair_command(3, "mlx5_0", 3)[2]
+    server_and_client = pair_command(3, "mlx5_0", 3, 50)[2]
     assert "exec ib_write_bw -F --report_gbits -D 3 -p {port[rdma]} -d mlx5_0 -x 3;" in server_and_client
     assert "{leader_address} > {volume[results]}/ib_write_bw.txt" in server_and_client
-    assert " -d " not in pair_command(2, None, None)[2]
+    assert " -d " not in pair_command(2, None, None, 50)[2]
     assert "/sys/class/infiniband" in probe_command()[2]
 
 
