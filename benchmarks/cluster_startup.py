@@ -14,8 +14,8 @@ NetworkPolicy -- then stops it. Figures, medians over rounds:
 - API requests of the whole round (creates, one list+watch per watch, logs, deletes): a watch, not polling, so the
   count does not grow with the 3 s the pods run.
 
-There is no cluster on the machines this project is built on, so no figure here has been measured yet
-(benchmarks/README.md says so); `tests/unit/test_cluster_startup.py` runs this module against the fake API.
+The figures measured on a single-node cluster are in benchmarks/README.md ("Acceptance on Kubernetes");
+`tests/unit/test_cluster_startup.py` runs this module against the fake API.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 from dcforge.executors.base import Resources, Role, Workload
+from dcforge.paths import REPO_ROOT
 
 SLEEP_S = 3.0
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None, api_client=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kubeconfig")
     parser.add_argument("--context")
-    parser.add_argument("--env-file", type=Path, default=Path("stacks/Pulumi.cluster.yaml"))
+    parser.add_argument("--env-file", type=Path, default=REPO_ROOT / "stacks" / "Pulumi.cluster.yaml")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--nodes", type=int, default=2)
     args = parser.parse_args(argv)
