@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from dcforge.executors.pod_results import result_lines  # noqa: E402
 from dcforge.paths import REPO_ROOT  # noqa: E402
 from dcforge.spec import load_environment  # noqa: E402
 from tests.kube_fake import FakeCluster  # noqa: E402
-from tests.unit.test_kubernetes_accept import NS, kubeconfig_for, labelled  # noqa: E402
+from tests.unit.test_kubernetes_accept import NS, Kubelet, kubeconfig_for, labelled  # noqa: E402
 from workloads.records import LoadPodResult, RequestRecord  # noqa: E402
 
 SETTINGS = load_environment("cluster").spec.acceptance.settings["inference"]
@@ -58,24 +57,15 @@ def cluster():
         yield fake
 
 
-class ServingKubelet:
+class ServingKubelet(Kubelet):
     """The Deployment and Job controllers and the kubelet: the server's pod Running and Ready, the load pod
     Succeeded with `load_log`, or `load_failure` (a status) when given. `created` keeps every object of the
     namespace it saw, by `Kind/name`."""
 
     def __init__(self, cluster: FakeCluster, load_log: str, load_failure: dict | None = None):
-        self.cluster, self.load_log, self.load_failure = cluster, load_log, load_failure
+        super().__init__(cluster, play=None)  # this stand-in plays Deployments too: its own `_run`
+        self.load_log, self.load_failure = load_log, load_failure
         self.created: dict[str, dict] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> "ServingKubelet":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._stop.set()
-        self._thread.join(10)
 
     def _run(self) -> None:
         seen: set[str] = set()
