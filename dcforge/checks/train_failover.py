@@ -235,10 +235,6 @@ def run_with_pod_loss(ctx: CheckContext, config: TrainFailoverConfig, executor, 
     return result
 
 
-HOLD_POLL_S = 0.2
-"""How often the training pods' logs are read for HOLD_LINE."""
-
-
 def when_held(ctx: CheckContext, execution, role: str, step: int, strike) -> tuple[float, str] | None:
     """Read the logs of the role's nodes until one says the training holds after `step` (rank 0's HOLD_LINE), then
     `strike()` (it returns the pod it struck). Returns (seconds from seeing the hold to the strike's end, that pod);
@@ -246,18 +242,16 @@ def when_held(ctx: CheckContext, execution, role: str, step: int, strike) -> tup
     import time
 
     from dcforge.checks._torchrun import TORCHRUN_STOP_MARGIN_S
+    from dcforge.executors.base import wait_for_log_line
     from workloads.records import HOLD_LINE
 
-    while ctx.remaining_s() > TORCHRUN_STOP_MARGIN_S:
-        nodes = [s for s in execution.statuses() if s.role == role]
-        if any(node.state.finished for node in nodes):
-            return None
-        if any(f"{HOLD_LINE} {step}" in execution.read_log(role, node.index) for node in nodes):
-            seen = time.monotonic()
-            struck = strike()
-            return time.monotonic() - seen, struck
-        time.sleep(HOLD_POLL_S)
-    return None
+    held = wait_for_log_line(execution, role, f"{HOLD_LINE} {step}",
+                             give_up=lambda: ctx.remaining_s() <= TORCHRUN_STOP_MARGIN_S)
+    if held is None:
+        return None
+    seen = time.monotonic()
+    struck = strike()
+    return time.monotonic() - seen, struck
 
 
 def delete_when_held(ctx: CheckContext, execution, step: int, run_dir) -> tuple[float, str] | None:

@@ -412,6 +412,23 @@ def wait_ready_loop(execution: Execution, placements: list[Placement], role: str
             time.sleep(poll_s)
 
 
+def wait_for_log_line(execution: Execution, role: str, text: str, give_up: Callable[[], bool],
+                      poll_s: float = 0.2) -> str | None:
+    """The first line holding `text` in the log of a node of `role`, read through `read_log` every `poll_s`: what a
+    check waits for before it strikes (a workload saying it holds, or asking for its fault). None when a node of
+    the role has finished, or `give_up()` is true, first."""
+    while not give_up():
+        nodes = [status for status in execution.statuses() if status.role == role]
+        if any(node.state.finished for node in nodes):
+            return None
+        for node in nodes:
+            found = next((line for line in execution.read_log(role, node.index).splitlines() if text in line), None)
+            if found is not None:
+                return found
+        time.sleep(poll_s)
+    return None
+
+
 def _is_ready(readiness: Readiness, placement: Placement, status: NodeStatus) -> bool:
     if readiness.port is not None and readiness.http_path is not None:
         import http.client

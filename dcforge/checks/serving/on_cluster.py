@@ -219,11 +219,6 @@ def write_load_pod_logs(log_dir: Path, requests: bytes, windows: list[dict]) -> 
 
 # --- inference_failover: a server pod deleted under load ---------------------------------------------------------
 
-KILL_POLL_S = 0.2
-"""How often the check reads the load pod's log for its kill request: the kill lands at most this late (plus one
-log read), and the delay is measured and added to the kill time."""
-
-
 @dataclass(frozen=True)
 class PodKill:
     """The failover's kill on the cluster; `t_kill` in the load pod's clock (the request log's)."""
@@ -239,25 +234,22 @@ class PodKill:
 
 
 def delete_a_server_pod(ctx: CheckContext, execution, config, load_limit_s: float) -> PodKill | str:
-    """Once every server pod is Ready, wait for the load pod's kill request (KILL_LINE in its log), delete the
+    """Once every server pod is Ready, wait for the load pod's kill request (KILL_LINE in its log, read every
+    0.2 s: the kill lands at most that late plus one log read, and the delay is added to the kill time), delete the
     first server pod at once, and wait for its replacement to be Ready. Returns why not, when the load pod ended
     or never asked within `load_limit_s`."""
     import time
 
     from dcforge.checks.serving.load_pod import KILL_LINE
+    from dcforge.executors.base import wait_for_log_line
 
     execution.wait_ready(SERVER_ROLE)
     deadline = time.monotonic() + load_limit_s
-    asked = None
-    while asked is None:
-        lines = [line.split() for line in execution.read_log(LOAD_ROLE, 0).splitlines() if line.startswith(KILL_LINE)]
-        if lines:
-            asked = float(lines[-1][-1])
-            break
+    line = wait_for_log_line(execution, LOAD_ROLE, KILL_LINE, give_up=lambda: time.monotonic() > deadline)
+    if line is None:
         load = next(s for s in execution.statuses() if s.role == LOAD_ROLE)
-        if load.state.finished or time.monotonic() > deadline:
-            return f"the load pod {'ended' if load.state.finished else 'ran on'} without asking for the kill"
-        time.sleep(KILL_POLL_S)
+        return f"the load pod {'ended' if load.state.finished else 'ran on'} without asking for the kill"
+    asked = float(line.split(KILL_LINE, 1)[1].split()[0])  # its epoch: the load pod's clock
     seen = time.time()
     servers = [s for s in execution.statuses() if s.role == SERVER_ROLE]
     victim = servers[0]
