@@ -97,11 +97,8 @@ class GpuHealthCheck:
 
     def _on_pool(self, ctx: CheckContext, config: GpuHealthConfig) -> CheckResult:
         """Every Ready node of the acceptance pool at once, a pinned pod each; a row per node."""
-        from concurrent.futures import ThreadPoolExecutor
-
         from dcforge.checks.multinode import executor_for
-        from dcforge.checks.node_level import node_executors, run_node
-        from dcforge.checks.node_steps import OpenExecutions
+        from dcforge.checks.node_level import node_executors, run_on_nodes
         from dcforge.checks.slow_node import SlowNodeCheck
         from dcforge.report.nodes import node_problem
 
@@ -112,14 +109,7 @@ class GpuHealthCheck:
         step = gpu_health_step(config, executor.node_resources.gpus)
         workdir = ctx.artefact_dir(self.name)
         ctx.log(f"GPU health on {len(nodes)} nodes of the acceptance pool, a pod each")
-        executions = OpenExecutions()
-        with ThreadPoolExecutor(max_workers=len(nodes)) as threads:
-            try:
-                rows = list(threads.map(lambda node: run_node(node[0], node[1], [step], workdir, executions,
-                                                              ctx.remaining_s, ctx.log), nodes))
-            except BaseException:  # interrupted or out of time: stop every pod now
-                executions.stop_all()
-                raise
+        rows = run_on_nodes(nodes, {host: [step] for host, _ in nodes}, workdir, ctx)
         result = CheckResult(self.name, declared=self.metrics)
         result.details.update(nodes=rows, executor=executor.name, dcgm_level=dcgm_level(config))
         SlowNodeCheck.name_kubernetes_nodes(executor, result)

@@ -190,6 +190,23 @@ def run_node(host: str, executor: Executor, steps: list[Step], workdir: Path, ex
     return row
 
 
+def run_on_nodes(chosen: list[tuple[str, Executor]], steps: dict[str, list[Step]], workdir: Path,
+                 ctx: CheckContext) -> list[dict[str, Any]]:
+    """Each chosen node's steps (`steps[host]`), every node at once, a thread each; the nodes' rows in `chosen`'s
+    order."""
+    executions = OpenExecutions()
+    threads = ThreadPoolExecutor(max_workers=len(chosen))
+    try:
+        futures = [threads.submit(run_node, host, node_executor, steps[host], workdir, executions,
+                                  ctx.remaining_s, ctx.log) for host, node_executor in chosen]
+        return [future.result() for future in futures]
+    except BaseException:  # interrupted or out of time: stop every node now, not when each one ends
+        executions.stop_all()
+        raise
+    finally:
+        threads.shutdown(wait=True)
+
+
 def _judge(step: Step, outcome: dict[str, Any], data: bytes | None, row: dict[str, Any], node_dir: Path) -> str:
     """Put the step's figures into the node's row; what went wrong, or ''."""
     if data is None:
@@ -250,17 +267,7 @@ class NodeLevelCheck:
                  for host, _ in chosen}
         workdir = ctx.artefact_dir(self.name)
         ctx.log(f"{', '.join(config.workloads)} on {len(chosen)} of {len(pool)} nodes ({executor.name})")
-        executions = OpenExecutions()
-        threads = ThreadPoolExecutor(max_workers=len(chosen))
-        try:
-            futures = [threads.submit(run_node, host, node_executor, steps[host], workdir, executions,
-                                      ctx.remaining_s, ctx.log) for host, node_executor in chosen]
-            rows = [future.result() for future in futures]
-        except BaseException:  # interrupted or out of time: stop every node now, not when each one ends
-            executions.stop_all()
-            raise
-        finally:
-            threads.shutdown(wait=True)
+        rows = run_on_nodes(chosen, steps, workdir, ctx)
         for row in rows:
             row["logs"] = ctx.relative(workdir / row["host"])  # <step>/<role>-0*.log per step
         self._record(result, rows, config)
