@@ -167,6 +167,7 @@ def gpu_health_step(config: GpuHealthConfig, expected_gpus: int):
     """The readers as a node step (`dcforge/checks/node_steps.py`): the pod writes a GpuHealthResult; judged by
     the local verdict, and the node fails when its pod sees fewer GPUs than the pool declares per node."""
     from dcforge.checks.node_steps import Step
+    from dcforge.executors.base import literal
     from dcforge.gpu.readings import node_health_from_dict
     from workloads.records import GPU_HEALTH_FILE, GpuHealthResult, read_result
 
@@ -180,7 +181,7 @@ def gpu_health_step(config: GpuHealthConfig, expected_gpus: int):
                         "per node")
         return judged
 
-    settings = config.model_dump_json(by_alias=True).replace("{", "{{").replace("}", "}}")
+    settings = literal(config.model_dump_json(by_alias=True))  # one argument
     return Step("gpu_health", ("{python}", "-m", "dcforge.checks.gpu_health", "--settings", settings,
                                "--output", "{volume[results]}/" + GPU_HEALTH_FILE), GPU_HEALTH_FILE, judge)
 

@@ -433,7 +433,7 @@ class StorageCheck:
         """One pod per class on a claim of it (pvcSizeGi), in the acceptance image, one class after the other."""
         from dcforge.checks.multinode import kubernetes_executor, live_view
         from dcforge.checks.node_steps import CLAIM_VOLUMES, OpenExecutions, Step, run_step
-        from dcforge.executors.base import ExecutorError
+        from dcforge.executors.base import ExecutorError, literal
         from dcforge.harness.result import Status
         from workloads.records import STORAGE_CLASS_FILE, StorageClassResult, read_result
 
@@ -444,9 +444,7 @@ class StorageCheck:
         result = CheckResult(self.name, declared=class_metrics(names))
         details: dict[str, dict] = {}
         result.details = {"executor": executor.name, "classes": details}
-        # the settings travel as one JSON argument; its braces doubled, as a literal in an executor template
-        settings = config.model_dump_json(by_alias=True, exclude={"paths", "classes"})
-        settings = settings.replace("{", "{{").replace("}", "}}")
+        settings = literal(config.model_dump_json(by_alias=True, exclude={"paths", "classes"}))  # one argument
 
         def judge(data: bytes) -> CheckResult:
             record = read_result(data.decode().splitlines(), StorageClassResult, "the storage pod's result")

@@ -187,6 +187,12 @@ class ExecutorError(RuntimeError):
     """The executor could not place or reach a node; the message is one line naming the node or host."""
 
 
+def literal(text: str) -> str:
+    """`text` as a command or environment template that means itself: its braces doubled (a JSON argument, a
+    file-name pattern with `{pid}` that the workload fills, not the executor)."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
 @runtime_checkable
 class Execution(Protocol):
     """A started workload. Use as a context manager: leaving it stops every node, whatever happened."""

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dcforge.executors.base import Readiness, Resources, Role, VolumePurpose, Workload
+from dcforge.executors.base import Readiness, Resources, Role, VolumePurpose, Workload, literal
 
 if TYPE_CHECKING:
     from dcforge.checks.serving.settings import ServingLoadConfig
@@ -82,11 +82,6 @@ def server_resources(config: ServingLoadConfig, replicas: int, gpus_per_node: in
     return Resources(cpus=0.25 * (replicas + 1), memory_mib=1024 * (replicas + 1), gpus=gpus)
 
 
-def _literal(text: str) -> str:
-    """`text` as an executor template that means itself (its braces doubled)."""
-    return text.replace("{", "{{").replace("}", "}}")
-
-
 @dataclass(frozen=True)
 class ClusterRun:
     """How `inference` or `inference_failover` lays the serving run out on the cluster."""
@@ -113,22 +108,22 @@ def inference_workload(config: ServingLoadConfig, prompt_tokens: int, api_key: s
         "--replicas", str(per_pod), "--max-batch", str(config.max_batch),
         "--max-wait-ms", str(config.max_wait_ms), "--state-dir", "{volume[scratch]}/server-state",
         "--device", config.device, "--balance", config.balance, "--quantize", config.quantize,
-        "--preset", _literal(config.preset), "--model-name", SERVED_NAME, *tag),
+        "--preset", literal(config.preset), "--model-name", SERVED_NAME, *tag),
         env={API_KEY_FILE_ENV: key_file}, nodes=layout.server_pods,
         resources=server_resources(config, per_pod, gpus_per_node), ports=(HTTP_PORT,),
         readiness=Readiness(port=HTTP_PORT, http_path="/ready", timeout_s=ready_timeout_s))
     logs = "{volume[scratch]}/requests"
-    settings = {key: _literal(value) for key, value in load_settings(config, prompt_tokens, SERVED_NAME, "").items()}
+    settings = {key: literal(value) for key, value in load_settings(config, prompt_tokens, SERVED_NAME, "").items()}
     settings.update({LoadEnv.API_KEY_FILE: key_file,
-                     LoadEnv.REQUEST_LOG: f"{logs}/{_literal(REQUEST_LOG_TEMPLATE)}",
-                     LoadEnv.WINDOW_FILE: f"{logs}/{_literal(pacing.WINDOW_FILE_TEMPLATE)}"})
+                     LoadEnv.REQUEST_LOG: f"{logs}/{literal(REQUEST_LOG_TEMPLATE)}",
+                     LoadEnv.WINDOW_FILE: f"{logs}/{literal(pacing.WINDOW_FILE_TEMPLATE)}"})
     kill = ("--kill-at", f"{layout.kill_at_s:g}") if layout.kill_at_s is not None else ()
     load = Role(LOAD_ROLE, (
         "{python}", "-m", "dcforge.checks.serving.load_pod", "--url", SERVER_URL, "--served-name", SERVED_NAME,
         "--replicas", str(config.replicas), "--ready-timeout", f"{ready_timeout_s:g}", "--logs", logs,
         "--results", "{volume[results]}", "--timeout", f"{load_limit_s:g}", *kill, "--",
         "{python}", "-m", "locust", "-f", "{workdir}/loadtests/locustfile.py",
-        *(_literal(arg) for arg in locust_arguments(config)), "--host", SERVER_URL),
+        *(literal(arg) for arg in locust_arguments(config)), "--host", SERVER_URL),
         env=settings, resources=Resources(cpus=0.25 * config.locust_processes,  # a floor, as the server's
                                           memory_mib=512 * (config.locust_processes + 1)))
     return Workload("inference", (server, load), volumes=(VolumePurpose.SCRATCH, VolumePurpose.RESULTS,
