@@ -358,7 +358,7 @@ class KubernetesExecution:
         object creation, scheduling, the image, the container start. None until then."""
         self.cleanup_s: float | None = None
         """Seconds `stop` took to delete every object and see it gone."""
-        self._started = time.monotonic()
+        self._started = time.monotonic()  # the executor starts an execution as soon as it makes one
         self.lock = threading.RLock()
         self.changed = threading.Event()
         self.leader_addresses: dict[str, str] = {}
@@ -401,7 +401,6 @@ class KubernetesExecution:
     # --- start -------------------------------------------------------------------------------------------------
 
     def start(self) -> "KubernetesExecution":
-        self._started = time.monotonic()
         try:
             for obj in prerequisite_objects(self.target, self.workload):
                 created = self._create(obj)
