@@ -19,18 +19,15 @@ import pytest
 
 kmock = pytest.importorskip("kmock", reason="kmock (the fake Kubernetes API) needs Python 3.11+")
 
-from typer.testing import CliRunner  # noqa: E402
-
 from dcforge.checks.inference import InferenceConfig  # noqa: E402
 from dcforge.checks.serving.load_pod import EXIT_NOT_READY, KILL_LINE  # noqa: E402
 from dcforge.checks.serving.on_cluster import LOAD_ROLE, inference_workload  # noqa: E402
-from dcforge.cli import app  # noqa: E402
 from dcforge.executors.local import LocalExecutor, free_port  # noqa: E402
 from dcforge.executors.pod_results import result_lines  # noqa: E402
 from dcforge.paths import REPO_ROOT  # noqa: E402
 from dcforge.spec import load_environment  # noqa: E402
 from tests.kube_fake import FakeCluster  # noqa: E402
-from tests.unit.test_kubernetes_accept import NS, Kubelet, kubeconfig_for, labelled  # noqa: E402
+from tests.unit.test_kubernetes_accept import NS, Kubelet, accept_only, labelled  # noqa: E402
 from workloads.records import LoadPodResult, RequestRecord  # noqa: E402
 
 SETTINGS = load_environment("cluster").spec.acceptance.settings["inference"]
@@ -94,24 +91,12 @@ class ServingKubelet(Kubelet):
                 self.cluster.set_pod_status(NS, pod, {"phase": "Succeeded"})
 
 
-def accept_inference(cluster: FakeCluster, tmp_path: Path, env: Path):
-    outcome = CliRunner().invoke(app, ["accept", "--env-file", str(env), "--only", "inference", "--kubeconfig",
-                                       str(kubeconfig_for(cluster.url, tmp_path)), "--reports",
-                                       str(tmp_path / "reports")])
-    reports = tmp_path / "reports" / "cluster"
-    if not reports.exists():
-        return outcome, None
-    (report_dir,) = reports.iterdir()
-    (entry,) = [c for c in json.loads((report_dir / "report.json").read_text())["checks"] if c["name"] == "inference"]
-    return outcome, entry
-
-
 def test_inference_runs_its_server_and_locust_on_the_cluster(cluster, tmp_path, env_file, load_pod_log):
     """Deployment + Service of the server, a Job of the load pod reaching it through the Service's cluster IP, the
     API key a Secret; the figures come from the load pod's real requests and pass the environment's SLOs; nothing
     labelled is left."""
     with ServingKubelet(cluster, load_pod_log) as kubelet:
-        outcome, entry = accept_inference(cluster, tmp_path, env_file("cluster", replace=SHORT))
+        outcome, _, entry = accept_only(cluster, tmp_path, env_file("cluster", replace=SHORT), "inference")
     created = kubelet.created
     assert entry is not None, outcome.output
     assert entry["status"] == "pass", (entry.get("reason"), outcome.output)
@@ -143,7 +128,7 @@ def test_a_load_pod_that_failed_fails_the_check_naming_it(cluster, tmp_path, env
         "name": "node", "ready": False, "restartCount": 0, "image": "x", "imageID": "",
         "state": {"terminated": {"exitCode": EXIT_NOT_READY, "reason": "Error"}}}]}
     with ServingKubelet(cluster, "", load_failure=failed):
-        outcome, entry = accept_inference(cluster, tmp_path, env_file("cluster", replace=SHORT))
+        outcome, _, entry = accept_only(cluster, tmp_path, env_file("cluster", replace=SHORT), "inference")
     assert entry is not None, outcome.output
     assert entry["status"] == "fail" and "load/0 on dcf-inference-" in entry["reason"]
     assert f"(exit {EXIT_NOT_READY})" in entry["reason"]
@@ -154,7 +139,7 @@ def test_a_load_pod_that_failed_fails_the_check_naming_it(cluster, tmp_path, env
 def test_a_setting_the_cluster_cannot_honour_is_one_line_naming_it(cluster, tmp_path, env_file, setting, key):
     """The check is an error whose one line names the key and says why, before anything is created."""
     env = env_file("cluster", replace={"inference: {replicas: 2,": f"inference: {{{setting}, replicas: 2,"})
-    outcome, entry = accept_inference(cluster, tmp_path, env)
+    outcome, _, entry = accept_only(cluster, tmp_path, env, "inference")
     assert entry is not None and entry["status"] == "error", outcome.output
     assert f"dcforge:acceptance.settings.inference.{key}: not available on target kubernetes" in entry["reason"]
     assert "\n" not in entry["reason"] and "Traceback" not in outcome.output
@@ -246,13 +231,7 @@ def test_failover_deletes_a_server_pod_and_measures_the_recovery_from_the_load_p
     """A pod per replica behind the Service; the check deletes the first when the load pod asks, the Deployment's
     replacement serves; TTR, the victim's share and the lost request come from the load pod's request log."""
     with FailoverKubelet(cluster, tmp_path / "pod-results") as kubelet:
-        outcome = CliRunner().invoke(app, ["accept", "--env-file", str(env_file("cluster")), "--only",
-                                           "inference_failover", "--kubeconfig",
-                                           str(kubeconfig_for(cluster.url, tmp_path)), "--reports",
-                                           str(tmp_path / "reports")])
-    (report_dir,) = (tmp_path / "reports" / "cluster").iterdir()
-    (entry,) = [c for c in json.loads((report_dir / "report.json").read_text())["checks"]
-                if c["name"] == "inference_failover"]
+        outcome, _, entry = accept_only(cluster, tmp_path, env_file("cluster"), "inference_failover")
     assert entry["status"] == "pass", (entry.get("reason"), outcome.output)
     details, metrics = entry["details"], entry["metrics"]
     assert details["victim_pod"] == kubelet.victim and details["respawned"] == "10.244.0.43/7"

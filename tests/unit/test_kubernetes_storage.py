@@ -8,7 +8,6 @@ its result becomes the log of each class's pod that the stand-in kubelet plays o
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -17,14 +16,11 @@ import pytest
 
 kmock = pytest.importorskip("kmock", reason="kmock (the fake Kubernetes API) needs Python 3.11+")
 
-from typer.testing import CliRunner  # noqa: E402
-
 from dcforge.checks.storage import StorageCheckConfig  # noqa: E402
-from dcforge.cli import app  # noqa: E402
 from dcforge.executors.pod_results import result_lines  # noqa: E402
 from dcforge.paths import REPO_ROOT  # noqa: E402
 from tests.kube_fake import FakeCluster  # noqa: E402
-from tests.unit.test_kubernetes_accept import NS, Kubelet, kubeconfig_for, labelled  # noqa: E402
+from tests.unit.test_kubernetes_accept import NS, Kubelet, accept_only, labelled  # noqa: E402
 from workloads.records import STORAGE_CLASS_FILE, StorageClassResult, read_result_file  # noqa: E402
 
 pytestmark = pytest.mark.skipif(shutil.which("fio") is None, reason="fio is not installed (make system-deps)")
@@ -82,11 +78,7 @@ def test_each_storage_class_is_measured_in_a_pod_on_a_claim_of_it(cluster, tmp_p
 
     env = env_file("cluster", replace=TWO_CLASSES)
     with Kubelet(cluster, play):
-        outcome = CliRunner().invoke(app, ["accept", "--env-file", str(env), "--only", "storage", "--kubeconfig",
-                                           str(kubeconfig_for(cluster.url, tmp_path)), "--reports",
-                                           str(tmp_path / "reports")])
-    (report_dir,) = (tmp_path / "reports" / "cluster").iterdir()
-    (entry,) = [c for c in json.loads((report_dir / "report.json").read_text())["checks"] if c["name"] == "storage"]
+        outcome, _, entry = accept_only(cluster, tmp_path, env, "storage")
     assert entry["status"] == "pass", (entry.get("reason"), outcome.output)
     for name in CLASSES:
         assert entry["metrics"][f"{name}.seq_write_gbps"]["value"] == measured.figures["seq_write_gbps"] > 0
@@ -121,11 +113,7 @@ def test_a_storage_pod_that_fails_fails_its_class_and_the_next_class_still_runs(
         cluster.set_pod_status(NS, pod, {"phase": "Succeeded"})
 
     with Kubelet(cluster, play):
-        CliRunner().invoke(app, ["accept", "--env-file", str(env_file("cluster", replace=TWO_CLASSES)), "--only",
-                                 "storage", "--kubeconfig", str(kubeconfig_for(cluster.url, tmp_path)), "--reports",
-                                 str(tmp_path / "reports")])
-    (report_dir,) = (tmp_path / "reports" / "cluster").iterdir()
-    (entry,) = [c for c in json.loads((report_dir / "report.json").read_text())["checks"] if c["name"] == "storage"]
+        _, _, entry = accept_only(cluster, tmp_path, env_file("cluster", replace=TWO_CLASSES), "storage")
     assert entry["status"] == "fail" and f"class {CLASSES[0]}: pod dcf-node-storage-" in entry["reason"]
     assert f"{CLASSES[1]}.seq_write_gbps" in entry["metrics"]
     assert labelled(cluster) == []
@@ -147,10 +135,7 @@ def test_the_pod_entry_point_says_in_one_line_what_it_cannot_measure(tmp_path):
 def test_paths_on_target_kubernetes_are_one_line_naming_the_key(cluster, tmp_path, env_file):
     env = env_file("cluster", replace={"storage: {pvcSizeGi: 2,": "storage: {paths: {local-path-checkpoints: /mnt},"
                                                                  " pvcSizeGi: 2,"})
-    CliRunner().invoke(app, ["accept", "--env-file", str(env), "--only", "storage", "--kubeconfig",
-                             str(kubeconfig_for(cluster.url, tmp_path)), "--reports", str(tmp_path / "reports")])
-    (report_dir,) = (tmp_path / "reports" / "cluster").iterdir()
-    (entry,) = [c for c in json.loads((report_dir / "report.json").read_text())["checks"] if c["name"] == "storage"]
+    _, _, entry = accept_only(cluster, tmp_path, env, "storage")
     assert entry["status"] == "error" and "dcforge:acceptance.settings.storage.paths: target kubernetes" in \
         entry["reason"]
     assert not cluster.objects(NS)
