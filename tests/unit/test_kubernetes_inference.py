@@ -159,18 +159,25 @@ def test_the_load_pod_says_in_one_line_when_the_server_never_gets_ready(tmp_path
     assert line.startswith(f"error: the server at {url}: 0/2 replicas ready after 1 s")
 
 
-def request(start: float, replica: str, ok: bool = True) -> str:
-    """One request-log line: 50 ms, 8 tokens, from `replica`; a failed one has no answer (connection reset)."""
+def request(start: float, replica: str, ok: bool = True, failed_at: float | None = None) -> str:
+    """One request-log line: 50 ms, 8 tokens, from `replica`; a failed one has no answer (connection reset at
+    `failed_at`, 10 ms after its start unless given)."""
     if not ok:
-        return RequestRecord(start=start, end=start + 0.01, ok=False, error="connection reset").to_json()
+        end = start + 0.01 if failed_at is None else failed_at
+        return RequestRecord(start=start, end=end, ok=False, error="connection reset").to_json()
     return RequestRecord(start=start, end=start + 0.05, ok=True, status=200, ttft_s=0.01, e2e_s=0.05,
                          token_times_s=[0.01 + 0.005 * i for i in range(8)], output_tokens=8, prompt_tokens=32,
                          replica=replica).to_json()
 
 
-def failover_log(folder: Path, t_kill: float, victim: str, survivor: str, new: str) -> str:
+def failover_log(folder: Path, t_kill: float, deleted_by: float, victim: str, survivor: str, new: str) -> str:
     """The load pod's results after a failover: 10 s of requests alternating over two pods before the kill, one
-    in flight on the victim failing at the kill, then the survivor alone and, from 2 s on, the new pod too."""
+    in flight on the victim from just before the kill was asked (`t_kill`) until the pod was gone (`deleted_by`,
+    when the fake saw it deleted), then the survivor alone and, from 2 s on, the new pod too.
+
+    The check dates the kill `t_kill` plus its own reaction (it cannot know the load pod's clock otherwise), which
+    lies inside that span however busy the machine is: the request is in flight at the check's kill time by
+    construction, not by a race."""
     lines, t = [], t_kill - 10.0
     while t < t_kill + 10.0:
         if t < t_kill:
@@ -178,7 +185,7 @@ def failover_log(folder: Path, t_kill: float, victim: str, survivor: str, new: s
         else:
             lines.append(request(t, new if t > t_kill + 2.0 and round(t * 10) % 2 else survivor))
         t += 0.1
-    lines.append(request(t_kill - 0.005, victim, ok=False))
+    lines.append(request(t_kill - 0.005, victim, ok=False, failed_at=deleted_by + 0.005))
     folder.mkdir(parents=True)
     (folder / "requests.jsonl").write_text("\n".join(lines) + "\n")
     window = {"start": t_kill - 10.0, "stop": t_kill + 10.0, "grace_s": 2.0, "sent": len(lines), "abandoned": 0}
@@ -216,12 +223,14 @@ class FailoverKubelet(ServingKubelet):
             live = {o["metadata"]["name"] for o in self.cluster.objects(NS) if o["kind"] == "Pod"}
             if set(servers) - live:
                 break
+        deleted_by = time.time()
         (victim,) = set(servers) - live
         (survivor,) = set(servers) - {victim}
         (new,) = self.cluster.start_deployment_pods(NS, deployment, count=1)
         self.cluster.set_pod_status(NS, new, {**ready, "podIP": "10.244.0.43"})
         self.victim = victim
-        log = failover_log(self.folder, t_kill, f"{addresses[victim]}/7", f"{addresses[survivor]}/7", "10.244.0.43/7")
+        log = failover_log(self.folder, t_kill, deleted_by, f"{addresses[victim]}/7", f"{addresses[survivor]}/7",
+                           "10.244.0.43/7")
         self.cluster.write_log(NS, load, f"{KILL_LINE} {t_kill:.6f}\n" + log)
         self.cluster.set_pod_status(NS, load, {"phase": "Succeeded"})
 
