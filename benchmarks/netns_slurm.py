@@ -213,3 +213,37 @@ def slurm_cluster(work_dir: Path, compute_nodes: int = 3, start_timeout_s: float
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait(timeout=5)
+
+
+def write_slurm_env(tmp_path: Path, cluster: SlurmCluster, checks: list[str], settings: dict,
+                    shared_dir: Path | None = None) -> Path:
+    """stacks/Pulumi.nsslurm.yaml under tmp_path: the local environment with acceptance target slurm on `cluster`."""
+    import yaml
+
+    from benchmarks.netns_hosts import IFNAME, REPO
+
+    document = yaml.safe_load((REPO / "stacks" / "Pulumi.local.yaml").read_text())
+    shared = shared_dir or tmp_path / "shared"
+    shared.mkdir(parents=True, exist_ok=True)
+    document["config"]["dcforge:acceptance"] = {
+        "checks": checks, "settings": settings, "target": "slurm", "defaultTimeoutS": 240,
+        "slurm": {"partition": PARTITION, "sharedDir": str(shared), "slurmConf": str(cluster.conf),
+                  "socketIfname": IFNAME, "pendingLimitS": 60}}
+    stacks = tmp_path / "stacks"
+    stacks.mkdir(exist_ok=True)
+    (stacks / "Pulumi.nsslurm.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    return stacks
+
+
+def accept_on_slurm(tmp_path: Path, cluster: SlurmCluster, checks: list[str], settings: dict,
+                    *extra: str) -> tuple:
+    """`dcforge accept` through Slurm on `cluster`; returns (process, report)."""
+    import json
+    import sys
+
+    stacks = write_slurm_env(tmp_path, cluster, checks, settings)
+    proc = subprocess.run([sys.executable, "-m", "dcforge.cli", "accept", "--env", "nsslurm", *extra],
+                          capture_output=True, text=True, timeout=280, cwd=tmp_path,
+                          env={**cluster.env, "DCFORGE_STACKS_DIR": str(stacks)})
+    reports = sorted((tmp_path / "reports" / "nsslurm").glob("*/report.json"))
+    return proc, json.loads(reports[-1].read_text()) if reports else None

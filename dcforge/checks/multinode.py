@@ -75,7 +75,10 @@ def executor_for(ctx: CheckContext, check: str, nodes: int | None, pin: bool = F
             executor = pinned_to_pool(check, executor, nodes, min_nodes)
             return executor, len(executor.nodes), None
         return executor, nodes or _pool_nodes(ctx), None
-    raise CheckSkipped(f"multi-node checks run on target local, hosts or kubernetes, not {acceptance.target}")
+    if acceptance.target == "slurm":  # node i of every role on the i-th usable node of the pool's partition
+        from dcforge.executors.slurm_target import slurm_executor_for
+        return slurm_executor_for(ctx.env, ctx.run_id, check, nodes, min_nodes)
+    raise CheckSkipped(f"multi-node checks run on target local, hosts, kubernetes or slurm, not {acceptance.target}")
 
 
 def kubernetes_executor(ctx: CheckContext, pool: str | None = None):

@@ -57,6 +57,12 @@ class SlurmOptions:
     workdir: str = str(PROJECT_ROOT)
     grace_s: float = 10.0
     """How long stop() waits for the srun clients after scancel."""
+    slurm_conf: str | None = None
+    """SLURM_CONF for the client commands; None: Slurm's default."""
+
+    def client_env(self) -> dict[str, str] | None:
+        """The environment of every Slurm command (None: this process's own)."""
+        return {**os.environ, "SLURM_CONF": self.slurm_conf} if self.slurm_conf else None
 
 
 def node_script(placement: Placement, node_dir: str) -> str:
@@ -94,6 +100,7 @@ class SlurmExecution(PlacedExecution):
         self.workload = workload
         self.run_dir = run_dir
         self.options = options
+        self._env = options.client_env()
         self._placements = placements
         self._base = base
         self._job_names = job_names
@@ -145,7 +152,7 @@ class SlurmExecution(PlacedExecution):
         try:
             with signals_deferred():
                 self._sruns[role.name] = subprocess.Popen([*args, "sh", str(script)], stdin=subprocess.DEVNULL,
-                                                          stdout=log, stderr=subprocess.STDOUT,
+                                                          stdout=log, stderr=subprocess.STDOUT, env=self._env,
                                                           start_new_session=True, preexec_fn=_child_setup(os.getpid()))
         finally:
             log.close()
@@ -201,7 +208,7 @@ class SlurmExecution(PlacedExecution):
         if now - self._last_squeue < SQUEUE_EVERY_S:
             return
         self._last_squeue = now
-        queued = {job.name: job for job in jobs(name=",".join(self._job_names.values()))}
+        queued = {job.name: job for job in jobs(self._env, name=",".join(self._job_names.values()))}
         for position, status in enumerate(self._statuses):
             job = queued.get(self._job_names[status.role])
             if status.state is not NodeState.PENDING or job is None:
@@ -210,7 +217,7 @@ class SlurmExecution(PlacedExecution):
             if job.state == "PENDING":
                 status.reason = f"job {job.job_id} pending: {job.reason}"
                 if now - self._pending_since > self.options.pending_limit_s:
-                    slurm(["scancel", job.job_id], check=False)
+                    slurm(["scancel", job.job_id], self._env, check=False)
                     status.state, status.reason = NodeState.FAILED, (
                         f"job {job.job_id} ({job.name}) still pending after {self.options.pending_limit_s:g} s: "
                         f"{job.reason}")
@@ -223,10 +230,10 @@ class SlurmExecution(PlacedExecution):
         status = self._statuses[position]
         job = self._job_ids.get(status.role) or self._job_id(status.role)
         return slurm(["srun", f"--jobid={job}", "--overlap", "--nodes=1", "--ntasks=1", f"--nodelist={status.host}",
-                      "sh", "-c", script], timeout_s=timeout_s, check=False)
+                      "sh", "-c", script], self._env, timeout_s=timeout_s, check=False)
 
     def _job_id(self, role: str) -> str:
-        found = jobs(name=self._job_names[role])
+        found = jobs(self._env, name=self._job_names[role])
         if not found:
             raise ExecutorError(f"job {self._job_names[role]} is not in squeue")
         self._job_ids[role] = found[0].job_id
@@ -282,11 +289,11 @@ class SlurmExecution(PlacedExecution):
 
     def _cancel(self) -> None:
         try:
-            ids = [job.job_id for job in jobs(name=",".join(self._job_names.values()))]
+            ids = [job.job_id for job in jobs(self._env, name=",".join(self._job_names.values()))]
         except ExecutorError:
             return  # slurmctld does not answer: `dcforge clean` cancels the run's jobs later
         if ids:
-            slurm(["scancel", *ids], check=False)
+            slurm(["scancel", *ids], self._env, check=False)
 
     def stop(self) -> None:
         if self._stopped:
@@ -336,11 +343,11 @@ class SlurmExecutor:
 
     def partition_nodes(self) -> list[SlurmNode]:
         """The partition's usable nodes in name order (not drained, down or unreachable)."""
-        return [node for node in partition_nodes(self.options.partition) if node.usable]
+        return [node for node in partition_nodes(self.options.partition, self.options.client_env()) if node.usable]
 
     def pinned(self, names: list[str]) -> "SlurmExecutor":
         """This executor placing node i of each role on `names[i]` (which must be nodes of the partition)."""
-        known = {node.name: node for node in partition_nodes(self.options.partition)}
+        known = {node.name: node for node in partition_nodes(self.options.partition, self.options.client_env())}
         unknown = [name for name in names if name not in known]
         if unknown:
             raise ExecutorError(f"node {unknown[0]} is not in Slurm partition {self.options.partition}")

@@ -403,6 +403,39 @@ class AcceptanceHosts(SpecModel):
         return self
 
 
+class AcceptanceSlurm(SpecModel):
+    """The Slurm cluster of the `slurm` acceptance target (docs/slurm.md): where each pool's jobs go, under which
+    account and QOS, for how long, and the folder the nodes and this machine share."""
+
+    partition: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
+    """The partition of every pool that `partitions` does not name."""
+    partitions: dict[str, str] = Field(default_factory=dict)
+    """GPU pool name -> its partition (one partition per pool, as the playbooks' slurm.conf declares them)."""
+    account: str | None = None
+    qos: str | None = None
+    time_limit_min: int | None = Field(default=None, ge=1)
+    """Each job's time limit (`srun --time`); default the check's timeout rounded up to minutes, plus one."""
+    pending_limit_s: float = Field(default=300.0, gt=0)
+    """A job still pending after this long is cancelled and its check fails naming the job and squeue's reason."""
+    shared_dir: str = Field(pattern=r"^/")
+    """An absolute path this machine and every node see alike (NFS, Lustre): the jobs' volumes, logs and results
+    go under `<sharedDir>/dcforge-runs/<run id>/`, removed when each workload stops."""
+    slurm_conf: str | None = None
+    """The slurm.conf the client commands use (SLURM_CONF); default Slurm's own (configless or /etc/slurm)."""
+    python: str | None = None
+    """The interpreter with dcforge and the workloads installed on the nodes; default this one's path."""
+    workdir: str | None = None
+    """The project root on the nodes; default this checkout's path."""
+    socket_ifname: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,15}$")
+    """Interface the collectives use between nodes (GLOO_SOCKET_IFNAME and NCCL_SOCKET_IFNAME)."""
+
+    @model_validator(mode="after")
+    def _a_partition(self) -> "AcceptanceSlurm":
+        if self.partition is None and not self.partitions:
+            raise ValueError("give a partition (every pool's) or partitions (one per GPU pool)")
+        return self
+
+
 class Acceptance(SpecModel):
     """What `dcforge accept` runs and the SLOs it judges (docs/slos.md)."""
 
@@ -414,9 +447,11 @@ class Acceptance(SpecModel):
     timeouts_s: dict[str, float] = Field(default_factory=dict)
     """Per-check wall-clock limit in seconds; a check that runs over is an error."""
     default_timeout_s: float = Field(default=900.0, gt=0)
-    target: Literal["local", "kubernetes", "hosts"] = "local"
+    target: Literal["local", "kubernetes", "hosts", "slurm"] = "local"
     hosts: AcceptanceHosts | None = None
     """The SSH hosts of target `hosts` (multi-node checks); required there."""
+    slurm: AcceptanceSlurm | None = None
+    """The Slurm cluster of target `slurm`; required there."""
     pool: str | None = None
     """Pool whose node this acceptance runs on (node-level acceptance); defaults to the first pool."""
     image: str | None = None
@@ -445,6 +480,8 @@ class Acceptance(SpecModel):
     def _hosts_target_has_hosts(self) -> "Acceptance":
         if self.target == "hosts" and self.hosts is None:
             raise ValueError("target hosts needs `hosts` (a list of hosts or an inventory)")
+        if self.target == "slurm" and self.slurm is None:
+            raise ValueError("target slurm needs `slurm` (at least a partition and a sharedDir)")
         return self
 
 

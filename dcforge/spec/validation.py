@@ -147,8 +147,24 @@ def acceptance_rules(env: Environment) -> Iterator[Problem]:
                 yield key, str(error)
     if acceptance.pool is not None and acceptance.pool not in {p.name for p in env.gpu_pools}:
         yield "dcforge:acceptance.pool", f"unknown pool {acceptance.pool!r}"
+    if acceptance.slurm is not None:
+        yield from slurm_rules(env)
     if acceptance.profile is not None:
         yield from profile_rules(env)
+
+
+def slurm_rules(env: Environment) -> Iterator[Problem]:
+    """`acceptance.slurm.partitions` names pools that exist; every pool has a partition on target slurm."""
+    slurm = env.acceptance.slurm
+    pools = [p.name for p in env.gpu_pools]
+    for pool in slurm.partitions:
+        if pool not in pools:
+            yield (f"dcforge:acceptance.slurm.partitions.{pool}",
+                   f"unknown pool {pool!r}; pools: {', '.join(pools) or 'none'}")
+    if slurm.partition is None:
+        for pool in pools:
+            if pool not in slurm.partitions:
+                yield "dcforge:acceptance.slurm.partitions", f"pool {pool!r} has no partition (nor is `partition` set)"
 
 
 def profile_rules(env: Environment) -> Iterator[Problem]:
