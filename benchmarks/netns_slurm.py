@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -29,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.netns_hosts import NamespaceHosts, missing_prerequisites as hosts_missing, namespace_hosts
+from benchmarks.netns_hosts import IFNAME, NamespaceHosts, missing_prerequisites as hosts_missing, namespace_hosts
 
 DAEMONS = ("/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/sbin/munged")
 CLIENTS = ("sbatch", "srun", "squeue", "scontrol", "scancel", "sinfo")
@@ -87,11 +88,26 @@ class SlurmCluster:
                              env=self.env).stdout
         return [line for line in out.splitlines() if line.strip()]
 
-    def kill_slurmd(self, node: str) -> None:
-        """SIGKILL node's slurmd (the node stops answering; its running job steps go with the namespace's kill
-        only if asked: this leaves them)."""
-        self.daemons[f"slurmd-{node}"].kill()
+    def crash(self, node: str) -> None:
+        """The node dies: SIGKILL to its slurmd, the slurmstepd of its jobs and their processes (everything in its
+        namespace but the sshd listener)."""
+        index = self.nodes.index(node) + 1
+        for pid in self.hosts.pids(index):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.daemons[f"slurmd-{node}"].wait(timeout=10)
+
+    def limit_rate(self, node: str, rate: str) -> None:
+        self.hosts.limit_rate(self.nodes.index(node) + 1, rate)
+
+    def unlimit_rate(self, node: str) -> None:
+        """Remove `limit_rate`'s token buckets from the node's veth ends."""
+        index = self.nodes.index(node) + 1
+        for prefix, dev in ((["tc"], self.hosts.host_veths[index]),
+                            (["ip", "netns", "exec", self.hosts.namespaces[index], "tc"], IFNAME)):
+            subprocess.run([*prefix, "qdisc", "del", "dev", dev, "root"], capture_output=True)
 
     def start_slurmd(self, node: str) -> None:
         self.daemons[f"slurmd-{node}"] = self._slurmd(node)
@@ -157,7 +173,7 @@ def slurm_conf(cluster_name: str, controller_address: str, work_dir: Path, munge
         "SchedulerType=sched/backfill", "MpiDefault=none", "ReturnToService=2",
         # a dead slurmd is noticed within seconds (the tests kill one mid-job), and a node is free again at once
         "SlurmdTimeout=10", "SlurmctldTimeout=10", "MessageTimeout=5", "KillWait=2", "InactiveLimit=0",
-        "MinJobAge=30", "SchedulerParameters=sched_interval=2", "KillOnBadExit=1",
+        "MinJobAge=30", "SchedulerParameters=sched_interval=2",
         "SlurmctldDebug=info", "SlurmdDebug=info",
         *node_lines,
         f"PartitionName={PARTITION} Nodes={','.join(nodes)} Default=YES MaxTime=60 State=UP OverSubscribe=NO",
@@ -220,7 +236,7 @@ def write_slurm_env(tmp_path: Path, cluster: SlurmCluster, checks: list[str], se
     """stacks/Pulumi.nsslurm.yaml under tmp_path: the local environment with acceptance target slurm on `cluster`."""
     import yaml
 
-    from benchmarks.netns_hosts import IFNAME, REPO
+    from benchmarks.netns_hosts import REPO
 
     document = yaml.safe_load((REPO / "stacks" / "Pulumi.local.yaml").read_text())
     shared = shared_dir or tmp_path / "shared"

@@ -102,7 +102,10 @@ def _kubeconfig_file(kubeconfig: Optional[Path]) -> Optional[str]:
 
 def _sweep_run(state) -> None:
     """Target kubernetes: delete whatever of this run is still labelled on the cluster (each execution deletes its
-    own objects; this catches what an execution could not, e.g. when interrupted twice). Never raises."""
+    own objects; this catches what an execution could not, e.g. when interrupted twice). Target slurm: scancel
+    whatever job of this run is still queued. Never raises."""
+    if state.env.spec.acceptance.target == "slurm":
+        _sweep_slurm_run(state)
     if state.env.spec.acceptance.target != "kubernetes":
         return
     from dcforge.executors.base import ExecutorError
@@ -122,6 +125,23 @@ def _sweep_run(state) -> None:
                      markup=False, highlight=False)
 
 
+def _sweep_slurm_run(state) -> None:
+    from dcforge.executors.base import ExecutorError
+    from dcforge.executors.slurm_commands import cancel_jobs, run_comment
+    from dcforge.executors.slurm_target import slurm_options
+    from dcforge.harness.check import report_run_id
+
+    run_id = report_run_id(state.env.spec.name, state.report_dir)
+    try:
+        left = cancel_jobs(run_comment(state.env.spec.name, run_id), slurm_options(state.env).client_env())
+    except ExecutorError as error:
+        errors.print(f"warning: could not check Slurm for this run's jobs: {error}", markup=False, highlight=False)
+        return
+    if left:
+        errors.print(f"warning: cancelled jobs of this run still queued: {', '.join(j.job_id for j in left)}",
+                     markup=False, highlight=False)
+
+
 @app.command()
 def accept(
     env: str = EnvOption,
@@ -138,7 +158,11 @@ def accept(
     context: Optional[str] = ContextOption,
     taint_failed: bool = typer.Option(False, "--taint-failed", help="Target kubernetes: taint nodes that failed a "
                                       "node-level check (dcforge.io/acceptance=failed:NoSchedule), untaint passing ones."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="With --taint-failed: print what it would do, change nothing."),
+    drain_failed: bool = typer.Option(False, "--drain-failed", help="Target slurm: drain nodes that failed a "
+                                      "node-level check (reason `dcforge: <check>: <finding>; action=<action>`), resume "
+                                      "the ones dcforge drained once they pass; never a node drained by someone else."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="With --taint-failed or --drain-failed: print what it would "
+                                 "do, change nothing."),
 ) -> None:
     """Run the environment's acceptance checks, judge its SLOs, write JSON + JUnit + HTML reports.
 
@@ -158,7 +182,7 @@ def accept(
 
     loaded = _load(env, env_file)
     signing_key = load_private_key(sign_key) if sign_key else None  # a bad key is bad input before any check runs
-    check_remediation_flags(loaded.spec, taint_failed, dry_run)
+    check_remediation_flags(loaded.spec, taint_failed, dry_run, drain_failed)
     selected = select_checks(loaded.spec.acceptance.checks, _split(only), _split(skip))
     baseline_report = load_baseline(baseline) if baseline else None
     cluster = _cluster_access(loaded, kubeconfig, context)
@@ -169,6 +193,7 @@ def accept(
     writer = ReportWriter(report_dir, baseline_report, baseline, tolerance)
     console.print(f"dcforge accept: environment [bold]{loaded.spec.name}[/] ({loaded.path}), "
                   f"{len(selected)} checks → {report_dir}")
+    returned = _return_for_retest(loaded, dry_run) if drain_failed else {}
     try:
         _run_with_progress(state, writer)
     finally:
@@ -176,6 +201,8 @@ def accept(
 
     _print_summary(writer.latest)
     remediated = _remediate(report_dir, writer.latest, dry_run, cluster) if taint_failed else {}
+    if drain_failed:
+        remediated = _drain(report_dir, writer.latest, loaded, dry_run, returned)
     console.print(f"Report: {report_dir / 'report.html'}  (also report.json, junit.xml)")
     if signing_key is not None:
         console.print(f"Signed: {sign_report(report_dir, signing_key)}")
@@ -189,6 +216,39 @@ def _remediate(report_dir: Path, report: dict, dry_run: bool, cluster) -> dict:
 
     done = apply_to_report(report_dir, report, dry_run, cluster=cluster)
     console.print(escape(summary_line(done)), highlight=False)
+    for line in done["errors"]:
+        errors.print(f"error: {line}", markup=False, highlight=False)
+    return done
+
+
+def _return_for_retest(loaded, dry_run: bool) -> dict[str, str]:
+    """`--drain-failed`: the nodes dcforge drained go back into service for this run's checks (remediation.py)."""
+    from dcforge.executors.base import ExecutorError
+    from dcforge.remediation import return_for_retest
+
+    try:
+        returned = return_for_retest(loaded, dry_run)
+    except ExecutorError as error:
+        raise DcforgeError(f"--drain-failed: {error}") from None
+    if returned:
+        console.print(f"{'would return' if dry_run else 'returned'} for a retest (drained by dcforge): "
+                      f"{', '.join(sorted(returned))}", markup=False, highlight=False)
+    return returned
+
+
+def _drain(report_dir: Path, report: dict, loaded, dry_run: bool, returned: dict[str, str]) -> dict:
+    """`--drain-failed`: drain/resume Slurm nodes from the report's node rows (dcforge/remediation.py)."""
+    from dcforge.remediation import drain_failed, summary_line
+    from dcforge.report import write_report_files
+
+    report["remediation"] = drain_failed(report, loaded, dry_run, returned).to_dict()
+    write_report_files(report, report_dir)
+    done = report["remediation"]
+    console.print(escape(summary_line(done)), highlight=False)
+    for action in done["actions"]:
+        if action["action"] in ("drain", "resume"):
+            console.print(f"  {action['node']}: {action['action']}: {action['reason']}", markup=False,
+                          highlight=False)
     for line in done["errors"]:
         errors.print(f"error: {line}", markup=False, highlight=False)
     return done
@@ -471,12 +531,16 @@ def clean(
     context: Optional[str] = ContextOption,
 ) -> None:
     """Delete what earlier acceptance runs left on the cluster: every object labelled `dcforge.io/run` in the
-    environment's acceptance namespace. Prints each deleted object; exit 0, 1 when some could not be deleted in
-    time, 2 when the cluster cannot be reached."""
+    environment's acceptance namespace (target slurm: scancel every job whose comment names the environment).
+    Prints each deleted object; exit 0, 1 when some could not be deleted in time, 2 when the cluster cannot be
+    reached."""
     from dcforge.executors.base import ExecutorError
     from dcforge.executors.kubernetes import clean_runs, client_from_kubeconfig
 
     loaded = _load(env, env_file)
+    if loaded.spec.acceptance.target == "slurm":
+        _clean_slurm(loaded)
+        return
     config_file = _kubeconfig_file(kubeconfig)
     try:
         api_client = client_from_kubeconfig(config_file, context)
@@ -489,6 +553,19 @@ def clean(
     if leftovers:
         errors.print(f"still there after the wait: {', '.join(leftovers)}", markup=False, highlight=False)
         raise typer.Exit(1)
+
+
+def _clean_slurm(loaded) -> None:
+    from dcforge.executors.base import ExecutorError
+    from dcforge.executors.slurm_target import cancel_environment_jobs
+
+    try:
+        cancelled = cancel_environment_jobs(loaded)
+    except ExecutorError as error:
+        raise DcforgeError(f"clean --env {loaded.spec.name}: {error}") from None
+    for job in cancelled:
+        console.print(f"cancelled job {job.job_id} {job.name} ({job.state.lower()})", markup=False, highlight=False)
+    console.print(f"dcforge clean: {len(cancelled)} Slurm jobs of earlier runs cancelled", highlight=False)
 
 
 def main() -> None:

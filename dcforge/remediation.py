@@ -52,10 +52,17 @@ class NodeAction:
     reason: str
 
 
+PAST = {"taint": "tainted", "untaint": "untainted", "drain": "drained", "resume": "resumed"}
+"""Each action's key in report.json's `remediation` (the nodes it was applied to)."""
+
+
 @dataclass
 class Remediation:
     dry_run: bool
     taint: str = TAINT_TEXT
+    """What marks a failed node: the taint (target kubernetes), `slurm drain` (target slurm)."""
+    verbs: tuple[str, str] = ("taint", "untaint")
+    """The action taking a node out and the one putting it back."""
     actions: list[NodeAction] = field(default_factory=list)
     skipped: str = ""
     """Why nothing was done at all (an interrupted run), or ''."""
@@ -64,8 +71,8 @@ class Remediation:
         return [a.node for a in self.actions if a.action == action]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dry_run": self.dry_run, "taint": self.taint, "tainted": self.nodes("taint"),
-                "untainted": self.nodes("untaint"), "unchanged": self.nodes("unchanged"),
+        return {"dry_run": self.dry_run, "taint": self.taint, **{PAST[verb]: self.nodes(verb) for verb in self.verbs},
+                "unchanged": self.nodes("unchanged"),
                 "errors": [a.reason for a in self.actions if a.action == "error"], "skipped": self.skipped,
                 "actions": [asdict(a) for a in self.actions]}
 
@@ -75,8 +82,8 @@ def summary_line(remediation: dict[str, Any]) -> str:
     if remediation.get("skipped"):
         return f"remediation skipped: {remediation['skipped']}"
     would = "would " if remediation["dry_run"] else ""
-    parts = [f"{would}taint {', '.join(remediation['tainted'])}" if remediation["tainted"] else "",
-             f"{would}untaint {', '.join(remediation['untainted'])}" if remediation["untainted"] else "",
+    parts = [*(f"{would}{verb} {', '.join(remediation[past])}" for verb, past in PAST.items()
+               if remediation.get(past)),
              f"{len(remediation['unchanged'])} unchanged" if remediation["unchanged"] else "",
              f"{len(remediation['errors'])} error(s)" if remediation["errors"] else ""]
     text = "; ".join(p for p in parts if p) or "no node with per-node results"
@@ -128,12 +135,16 @@ def _api_error(node: str, error) -> str:
     return f"node {node}: HTTP {error.status} {error.reason}"
 
 
-def check_flags(spec, taint_failed: bool, dry_run: bool) -> None:
+def check_flags(spec, taint_failed: bool, dry_run: bool, drain_failed: bool = False) -> None:
     """Bad input before any check runs: one line, exit 2 (DcforgeError)."""
     from dcforge.errors import DcforgeError
 
-    if dry_run and not taint_failed:
-        raise DcforgeError("--dry-run belongs to --taint-failed (dcforge accept --taint-failed --dry-run)")
+    if dry_run and not (taint_failed or drain_failed):
+        raise DcforgeError("--dry-run belongs to --taint-failed or --drain-failed (dcforge accept --taint-failed "
+                           "--dry-run)")
+    if drain_failed and spec.acceptance.target != "slurm":
+        raise DcforgeError(f"--drain-failed: dcforge:acceptance.target is {spec.acceptance.target}; draining nodes "
+                           "applies only to target slurm")
     if taint_failed and spec.acceptance.target != "kubernetes":
         raise DcforgeError(f"--taint-failed: dcforge:acceptance.target is {spec.acceptance.target}; node taints "
                            "apply only to target kubernetes")
@@ -157,3 +168,96 @@ def apply_to_report(report_dir, report: dict[str, Any], dry_run: bool, api_clien
     report["remediation"] = outcome.to_dict()
     write_report_files(report, report_dir)
     return report["remediation"]
+
+
+# --- Target slurm: `dcforge accept --drain-failed` (docs/slurm.md#drain-and-resume) ------------------------------
+
+DRAIN_PREFIX = "dcforge: "
+"""Every reason dcforge drains a node with starts so; a drained node whose reason does not is someone else's."""
+REASON_LIMIT = 240
+
+
+def node_actions(report: dict[str, Any]) -> dict[str, str]:
+    """Node -> `<check>: <finding>; action=<action>` for its most urgent failing row: the row's recommended action
+    (dcforge.findings) where the check gives one, else drain_and_service; nodes that passed are absent."""
+    from dcforge.findings import Action, most_urgent
+
+    found: dict[str, tuple[Action, str]] = {}
+    for check in report.get("checks", []):
+        for row in node_rows(check):
+            problem = node_problem(row)
+            if not problem:
+                continue
+            try:
+                action = Action(row.get("action") or Action.DRAIN_AND_SERVICE.value)
+            except ValueError:
+                action = Action.DRAIN_AND_SERVICE
+            node = str(row.get(NODE_KEY) or row["host"])
+            text = f"{check['name']}: {problem.removeprefix(row['host'] + ': ')}"
+            if node not in found or most_urgent([found[node][0], action]) is not found[node][0]:  # more urgent
+                found[node] = (action, text)
+    return {node: drain_text(text, action.value) for node, (action, text) in found.items()}
+
+
+def drain_text(finding: str, action: str) -> str:
+    """`dcforge: <check>: <finding>; action=<action>` on one line, the finding shortened to fit Slurm's reason."""
+    tail = f"; action={action}"
+    finding = " ".join(finding.split())
+    room = REASON_LIMIT - len(DRAIN_PREFIX) - len(tail)
+    return DRAIN_PREFIX + (finding if len(finding) <= room else finding[:room - 1] + "…") + tail
+
+
+def return_for_retest(env, dry_run: bool) -> dict[str, str]:
+    """Before the checks of a `--drain-failed` run: resume every node of the pool's partition that dcforge drained,
+    so the checks test it again (it is drained again at the end unless it passes); node -> the reason it had.
+    A dry run resumes nothing (those nodes stay out of the checks). Nodes drained by someone else stay drained."""
+    from dcforge.executors.slurm_commands import drain_reason, node_details, partition_nodes, resume
+    from dcforge.executors.slurm_target import slurm_options
+
+    options = slurm_options(env)
+    client = options.client_env()
+    returned = {}
+    for node in partition_nodes(options.partition, client):
+        reason = drain_reason(node_details(node.name, client))
+        if reason is not None and reason.startswith(DRAIN_PREFIX):
+            returned[node.name] = reason
+            if not dry_run:
+                resume(node.name, client)
+    return returned
+
+
+def drain_failed(report: dict[str, Any], env, dry_run: bool, returned: dict[str, str]) -> Remediation:
+    """Drain the nodes that failed with their reason, leave resumed the ones dcforge had drained that passed, drain
+    again those returned for a retest that no check reached; never a node someone else drained."""
+    from dcforge.executors.base import ExecutorError
+    from dcforge.executors.slurm_commands import drain, drain_reason, node_details, resume
+    from dcforge.executors.slurm_target import slurm_options
+
+    outcome = Remediation(dry_run, taint="slurm drain", verbs=("drain", "resume"))
+    if report.get("metadata", {}).get("interrupted"):
+        outcome.skipped = "the run was interrupted: node verdicts are incomplete"
+        wanted: dict[str, str | None] = dict(returned)  # back as they were
+    else:
+        verdicts = node_verdicts(report)
+        failing = node_actions(report)
+        wanted = {node: failing.get(node) for node in verdicts}
+        wanted.update({node: reason for node, reason in returned.items() if node not in verdicts})
+    client = slurm_options(env).client_env()
+    for node, reason in sorted(wanted.items()):
+        try:
+            current = drain_reason(node_details(node, client))
+            if current is not None and not current.startswith(DRAIN_PREFIX):
+                outcome.actions.append(NodeAction(node, "unchanged", f"drained by someone else: {current}"))
+            elif reason is not None and current != reason:
+                if not dry_run:
+                    drain(node, reason, client)
+                outcome.actions.append(NodeAction(node, "drain", reason))
+            elif reason is None and (current is not None or node in returned):
+                if not dry_run and current is not None:
+                    resume(node, client)
+                outcome.actions.append(NodeAction(node, "resume", "passed every node-level check"))
+            else:
+                outcome.actions.append(NodeAction(node, "unchanged", reason or "passed, not drained"))
+        except ExecutorError as error:
+            outcome.actions.append(NodeAction(node, "error", f"node {node}: {error}"))
+    return outcome

@@ -112,6 +112,7 @@ class SlurmExecution(PlacedExecution):
         self._sruns: dict[str, subprocess.Popen] = {}
         self._killed: set[int] = set()
         self._job_ids: dict[str, str] = {}
+        self._srun_seen: dict[str, tuple[int, list[str]]] = {}
         self._pending_since = time.monotonic()
         self._last_squeue = 0.0
         self._stopped = False
@@ -168,6 +169,8 @@ class SlurmExecution(PlacedExecution):
                 self._finish(position, code, "")
             elif self._sruns.get(status.role) is not None and self._sruns[status.role].poll() is not None:
                 self._finish(position, None, self._srun_reason(status))
+            elif lost := self._node_failure(status):  # srun waits for the lost node's step to end: never
+                self._finish(position, None, lost)
             elif (node_dir / "started").exists():
                 status.state, status.reason = NodeState.RUNNING, ""
             else:
@@ -188,13 +191,26 @@ class SlurmExecution(PlacedExecution):
             status.reason = reason or ("could not prepare the volumes or enter the workdir"
                                        if code == EXIT_SETUP_FAILED else "")
 
+    def _srun_errors(self, role: str) -> list[str]:
+        """srun's error lines so far (`srun: error: Node failure on node2`), read again only when its log grew."""
+        path = self.run_dir / f"{role}.srun.log"
+        try:
+            size = path.stat().st_size
+            if self._srun_seen.get(role, (-1, []))[0] != size:
+                lines = path.read_text(errors="replace").splitlines()
+                self._srun_seen[role] = (size, [line.strip() for line in lines if "error" in line.lower()])
+        except OSError:
+            return []
+        return self._srun_seen[role][1]
+
+    def _node_failure(self, status: NodeStatus) -> str:
+        """srun's `Node failure on NODE` for this node (slurmctld found it not responding), or ''."""
+        line = next((line for line in self._srun_errors(status.role) if f"Node failure on {status.host}" in line), "")
+        return f"job {self._job_ids.get(status.role) or self._job_names[status.role]}: {line}" if line else ""
+
     def _srun_reason(self, status: NodeStatus) -> str:
         """srun's error line naming this node, else its last error line, else its exit status."""
-        try:
-            lines = (self.run_dir / f"{status.role}.srun.log").read_text(errors="replace").splitlines()
-        except OSError:
-            lines = []
-        errors = [line.strip() for line in lines if "error" in line.lower()]
+        errors = self._srun_errors(status.role)
         named = [line for line in errors if status.host in line]
         job = self._job_ids.get(status.role) or self._job_names[status.role]
         code = self._sruns[status.role].returncode
