@@ -555,6 +555,44 @@ def clean(
         raise typer.Exit(1)
 
 
+@app.command(name="node-check")
+def node_check(
+    fast: bool = typer.Option(False, "--fast", help="The passive checks only (the only mode so far): GPU health "
+                              "readings, XIDs, versions, mounts, interfaces; no Slurm command."),
+    env: Optional[str] = typer.Option(None, "--env", "-e", help="Expect what this environment declares of a node "
+                                      "(its pool's GPUs per node, the driver, target slurm's socket interface)."),
+    env_file: Optional[Path] = EnvFileOption,
+    pool: Optional[str] = typer.Option(None, "--pool", help="With --env: the node's pool (default the acceptance pool)."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", min=0, help="GPUs this node must show."),
+    driver: Optional[str] = typer.Option(None, "--driver", help="The NVIDIA driver version this node must run."),
+    mount: Optional[list[str]] = typer.Option(None, "--mount", help="A folder that must be a mount point (repeat)."),
+    interface: Optional[list[str]] = typer.Option(None, "--interface", help="A network interface that must be up "
+                                                  "(repeat)."),
+) -> None:
+    """One node's health for a Slurm Prolog or HealthCheckProgram (docs/slurm.md#fast-node-check): one line on
+    stdout, `OK ...` exit 0, `ERROR ...; action=<action>` exit 1, bad arguments exit 2."""
+    from dataclasses import replace
+
+    from dcforge.node_check import Expectations, expectations_from_env, fast_check
+
+    if not fast:
+        raise DcforgeError("node-check: only --fast exists (the passive checks); add --fast")
+    expected = Expectations()
+    if env or env_file:
+        from dcforge.spec import load_environment
+
+        loaded = load_environment(env, path=env_file) if env_file else load_environment(env)
+        if pool is not None and pool not in {p.name for p in loaded.spec.gpu_pools}:
+            raise DcforgeError(f"node-check: --pool {pool}: not a pool of {loaded.spec.name}")
+        expected = expectations_from_env(loaded, pool)
+    flags = {"gpus": gpus, "driver": driver, "mounts": tuple(mount or ()) or None,
+             "interfaces": tuple(interface or ()) or None}
+    expected = replace(expected, **{key: value for key, value in flags.items() if value is not None})
+    code, line = fast_check(expected)
+    print(line, flush=True)
+    raise typer.Exit(code)
+
+
 def _clean_slurm(loaded) -> None:
     from dcforge.executors.base import ExecutorError
     from dcforge.executors.slurm_target import cancel_environment_jobs

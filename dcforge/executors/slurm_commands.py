@@ -67,28 +67,41 @@ def slurm(args: list[str], env: Mapping[str, str] | None = None, timeout_s: floa
     return done
 
 
-def partition_nodes(partition: str, env: Mapping[str, str] | None = None) -> list[SlurmNode]:
-    """The nodes of `partition` in name order, with their addresses (NodeAddr) and states."""
-    out = slurm(["sinfo", "-h", "-N", "-p", partition, "-o", "%N|%o|%T"], env).stdout
+SINFO_FORMAT = "%N|%o|%T"
+SQUEUE_FORMAT = "%i|%j|%T|%r|%k"
+
+
+def parse_sinfo(text: str) -> list[SlurmNode]:
+    """`sinfo -h -N -o SINFO_FORMAT` lines, in name order, each node once."""
     nodes = {}
-    for line in out.splitlines():
+    for line in text.splitlines():
         if line.strip():
             name, address, state = line.strip().split("|", 2)
             nodes[name] = SlurmNode(name, address, state.lower())
-    if not nodes:
-        raise ExecutorError(f"Slurm partition {partition!r} has no nodes (or does not exist: sinfo -p {partition})")
     return [nodes[name] for name in sorted(nodes)]
 
 
-def jobs(env: Mapping[str, str] | None = None, name: str | None = None) -> list[SlurmJob]:
-    """Every queued or running job (of this user, as squeue shows them), or those named `name`."""
-    args = ["squeue", "-h", "-o", "%i|%j|%T|%r|%k"] + (["-n", name] if name else [])
+def parse_squeue(text: str) -> list[SlurmJob]:
+    """`squeue -h -o SQUEUE_FORMAT` lines (the comment last: it may hold anything, `|` included)."""
     found = []
-    for line in slurm(args, env).stdout.splitlines():
+    for line in text.splitlines():
         if line.strip():
             job_id, job_name, state, reason, comment = line.strip().split("|", 4)
             found.append(SlurmJob(job_id, job_name, state, reason, comment))
     return found
+
+
+def partition_nodes(partition: str, env: Mapping[str, str] | None = None) -> list[SlurmNode]:
+    """The nodes of `partition` in name order, with their addresses (NodeAddr) and states."""
+    nodes = parse_sinfo(slurm(["sinfo", "-h", "-N", "-p", partition, "-o", SINFO_FORMAT], env).stdout)
+    if not nodes:
+        raise ExecutorError(f"Slurm partition {partition!r} has no nodes (or does not exist: sinfo -p {partition})")
+    return nodes
+
+
+def jobs(env: Mapping[str, str] | None = None, name: str | None = None) -> list[SlurmJob]:
+    """Every queued or running job (of this user, as squeue shows them), or those named `name` (a comma list)."""
+    return parse_squeue(slurm(["squeue", "-h", "-o", SQUEUE_FORMAT] + (["-n", name] if name else []), env).stdout)
 
 
 def cancel_jobs(comment_prefix: str, env: Mapping[str, str] | None = None) -> list[SlurmJob]:
@@ -102,10 +115,16 @@ def cancel_jobs(comment_prefix: str, env: Mapping[str, str] | None = None) -> li
 KEY_VALUE = re.compile(r"(\w+)=(.*?)(?=\s+\w+=|$)")
 
 
+def parse_node(text: str) -> dict[str, str]:
+    """One `scontrol show node -o` line as a dict: State (IDLE+DRAIN, ...), Reason (`text [user@time]`), NodeAddr...
+    Reason comes last and is free text (`...; action=drain_and_service` looks like a key): everything after it."""
+    fields, _, reason = text.strip().partition(" Reason=")
+    details = {key: value.strip() for key, value in KEY_VALUE.findall(fields)}
+    return {**details, "Reason": reason.strip()} if reason else details
+
+
 def node_details(node: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """`scontrol show node -o NODE` as a dict: State (IDLE+DRAIN, ...), Reason (`text [user@time]`), NodeAddr..."""
-    out = slurm(["scontrol", "show", "node", "-o", node], env).stdout.strip()
-    return {key: value.strip() for key, value in KEY_VALUE.findall(out)}
+    return parse_node(slurm(["scontrol", "show", "node", "-o", node], env).stdout)
 
 
 def drain_reason(details: Mapping[str, str]) -> str | None:
