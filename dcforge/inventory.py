@@ -22,6 +22,8 @@ verdict was computed for (say, `-e dcforge_versions=...` on the command line).
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,10 @@ GENERATED_VARS_FILE = "dcforge.yml"
 """The generated file inside each `group_vars/<group>/` folder."""
 
 
+RANGE_PATTERN = re.compile(r"\[(\d+):(\d+)\]")
+"""An Ansible host range (`gpu-[01:64]`), which Slurm writes `gpu-[01-64]`."""
+
+
 def pool_group(pool_name: str) -> str:
     """The Ansible group of a GPU pool: `train-a` -> `pool_train_a` (group names cannot contain dashes)."""
     return "pool_" + pool_name.replace("-", "_")
@@ -51,6 +57,28 @@ def pool_hosts(env_name: str, pool: GpuPool) -> list[str]:
     if pool.size == 1:
         return [f"{env_name}-{pool.name}-01"]
     return [f"{env_name}-{pool.name}-[01:{pool.size:02d}]"]
+
+
+SLURM_MEMORY_SHARE = 0.95
+"""The share of a node's declared memory slurm.conf gives jobs (RealMemory): slurmd refuses a node whose memory is
+below its RealMemory, and the kernel and daemons keep some."""
+
+
+def slurm_vars(spec: Environment) -> dict[str, Any]:
+    """`dcforge_slurm` for the Slurm roles (playbooks/roles/slurm_common): the cluster name, each pool's nodes as a
+    Slurm hostlist with their CPUs, memory (MiB) and GPUs (GRES type from the GPU model), and each partition's nodes
+    (`acceptance.slurm.partitions`, else `partition`, else one partition per pool named after it)."""
+    section = spec.acceptance.slurm
+    nodes, partitions = [], {}
+    for pool in spec.gpu_pools:
+        names = [RANGE_PATTERN.sub(lambda m: f"[{m[1]}-{m[2]}]", host) for host in pool_hosts(spec.name, pool)]
+        nodes.append({"names": names, "cpus": pool.cpus_per_node,
+                      "memory_mib": int(pool.memory_gi_per_node * 1024 * SLURM_MEMORY_SHARE),
+                      "gpus": pool.gpus_per_node, "gpu_type": re.sub(r"[^a-z0-9]+", "_", pool.gpu_model.lower())})
+        partition = (section.partitions.get(pool.name, section.partition) if section else None) or pool.name
+        partitions.setdefault(partition, []).extend(names)
+    return {"cluster_name": spec.name, "nodes": nodes,
+            "partitions": [{"name": name, "nodes": names} for name, names in partitions.items()]}
 
 
 def versions_vars(versions: Versions) -> dict[str, Any]:

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from dcforge.errors import ConfigError
-from dcforge.inventory import (INVENTORIES_DIR, drifted_files, environment_verdict, inventory_files, source_name,
-                               versions_vars)
+from dcforge.inventory import (INVENTORIES_DIR, drifted_files, environment_verdict, inventory_files, slurm_vars,
+                               source_name, versions_vars)
 from dcforge.paths import PLAYBOOKS_DIR
 
 
@@ -101,6 +101,8 @@ def versions_extravars(loaded) -> dict[str, Any]:
         "dcforge_compatibility": environment_verdict(spec),
         "dcforge_environment_kind": spec.environment.kind,
         "dcforge_environment": spec.name,
+        # target slurm: the cluster playbooks/slurm.yml configures (site.yml runs it when this is set)
+        **({"dcforge_slurm": slurm_vars(spec)} if spec.acceptance.target == "slurm" else {}),
     }
 
 
