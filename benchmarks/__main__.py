@@ -23,6 +23,7 @@ BENCHMARKS = [
     ("benchmarks.ansible_converge", (), True, 1200),
     ("benchmarks.bisection_rounds", (), True, 1800),
     ("benchmarks.multinode_busbw", (), True, 900),
+    ("benchmarks.slurm_overhead", (), True, 600),
 ]
 
 

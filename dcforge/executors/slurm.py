@@ -238,7 +238,7 @@ class SlurmExecution(PlacedExecution):
                         f"job {job.job_id} ({job.name}) still pending after {self.options.pending_limit_s:g} s: "
                         f"{job.reason}")
             else:
-                status.reason = f"job {job.job_id} {job.state.lower()}"
+                status.reason = f"job {job.job_id} {'allocated' if job.state == 'RUNNING' else job.state.lower()}"
 
     # --- failure injection ---------------------------------------------------------------------------------
     def _on_node(self, position: int, script: str, timeout_s: float = 30.0) -> subprocess.CompletedProcess:

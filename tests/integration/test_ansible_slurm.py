@@ -50,12 +50,13 @@ def converged(node, extravars):
 
 def test_slurm_conf_declares_every_pool_as_a_partition_with_its_gpus(converged, node, extravars):
     conf = (node["rootfs"] / "etc/slurm/slurm.conf").read_text()
-    assert "NodeName=dev-gpu-[01-02] CPUs=224 RealMemory=" in conf and "Gres=gpu:h100_sxm:8" in conf
-    assert "PartitionName=train-h100 Nodes=dev-gpu-[01-02] Default=YES" in conf
+    # dev's pools: 2 x 8 H100-SXM, 112 CPUs, 2048 GiB; 1 x 4 L4 (RealMemory: 95 % of the declared memory, in MiB)
+    assert "NodeName=dev-gpu-01,dev-gpu-02 CPUs=112 RealMemory=1992294 Gres=gpu:h100_sxm:8 State=UNKNOWN" in conf
+    assert "PartitionName=train-h100 Nodes=dev-gpu-01,dev-gpu-02 Default=YES" in conf
     assert "PartitionName=infer-l4 Nodes=dev-infer-l4-01 MaxTime" in conf
     assert "ProctrackType=proctrack/cgroup" in conf and "GresTypes=gpu" in conf
     gres = (node["rootfs"] / "etc/slurm/gres.conf").read_text()
-    assert "NodeName=dev-gpu-[01-02] Name=gpu Type=h100_sxm File=/dev/nvidia[0-7]" in gres
+    assert "NodeName=dev-gpu-01,dev-gpu-02 Name=gpu Type=h100_sxm File=/dev/nvidia[0-7]" in gres
     assert "ConstrainDevices=yes" in (node["rootfs"] / "etc/slurm/cgroup.conf").read_text()
 
 

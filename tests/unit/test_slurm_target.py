@@ -107,6 +107,18 @@ def test_a_partition_per_pool(tmp_path):
             "partitions": {pool: "gpu-a"}, "sharedDir": "/shared"}}, "dev"))
 
 
+def test_slurm_conf_variables_from_the_environment_file():
+    from dcforge.inventory import slurm_vars
+
+    spec = load_environment("prod").spec
+    cluster = slurm_vars(spec)
+    first, pool = cluster["nodes"][0], spec.gpu_pools[0]
+    assert first["names"] == ["prod-train-a-[01-64]"]  # Ansible's [01:64] written as a Slurm hostlist
+    assert (first["gpus"], first["cpus"]) == (pool.gpus_per_node, pool.cpus_per_node)
+    assert 0.9 * pool.memory_gi_per_node * 1024 < first["memory_mib"] < pool.memory_gi_per_node * 1024  # OS's share
+    assert [p["name"] for p in cluster["partitions"]] == [pool.name for pool in spec.gpu_pools]
+
+
 def test_node_check_line_puts_the_most_urgent_failure_first(tmp_path):
     result = NodeCheck()
     check_mounts(result, ("/proc", str(tmp_path)))
