@@ -139,6 +139,13 @@ class NodeState(str, enum.Enum):
         return self not in (NodeState.PENDING, NodeState.RUNNING)
 
 
+def exit_state(killed: bool, code: int | None) -> NodeState:
+    """A finished node's state: KILLED when the executor stopped it, else SUCCEEDED on exit 0, else FAILED."""
+    if killed:
+        return NodeState.KILLED
+    return NodeState.SUCCEEDED if code == 0 else NodeState.FAILED
+
+
 @dataclass
 class NodeStatus:
     """One node of one role: where it runs, how it is doing, where its log is."""

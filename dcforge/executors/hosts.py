@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dcforge.executors.base import (ExecutorError, NodeState, NodeStatus, PlacedExecution, Placement, VolumePurpose,
-                                    Workload, refuse_replacements)
+                                    Workload, exit_state, refuse_replacements)
 from dcforge.executors.local import PROJECT_ROOT
 from dcforge.harness.processes import RUNNING, _child_setup, kill_group, signals_deferred
 
@@ -267,12 +267,8 @@ class HostsExecution(PlacedExecution):
             code = session.poll()
             if code is not None and not status.state.finished:
                 status.exit_code = code
-                if position in self._killed:
-                    status.state = NodeState.KILLED
-                elif code == 0:
-                    status.state = NodeState.SUCCEEDED
-                else:
-                    status.state = NodeState.FAILED
+                status.state = exit_state(position in self._killed, code)
+                if status.state is NodeState.FAILED:
                     if code == 255:
                         status.reason = f"ssh to {status.host} failed (see {status.log_path.name})"
                     elif code == EXIT_SETUP_FAILED:

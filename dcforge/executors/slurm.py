@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dcforge.executors.base import (ExecutorError, NodeState, NodeStatus, PlacedExecution, Placement, Role,
-                                    VolumePurpose, Workload, refuse_replacements)
+                                    VolumePurpose, Workload, exit_state, refuse_replacements)
 from dcforge.executors.hosts import EXIT_SETUP_FAILED, kill_tree_script, link_down_script
 from dcforge.executors.local import PROJECT_ROOT
 from dcforge.executors.slurm_commands import SlurmNode, jobs, partition_nodes, run_comment, slurm
@@ -182,12 +182,8 @@ class SlurmExecution(PlacedExecution):
     def _finish(self, position: int, code: int | None, reason: str) -> None:
         status = self._statuses[position]
         status.exit_code = code
-        if position in self._killed:
-            status.state = NodeState.KILLED
-        elif code == 0:
-            status.state = NodeState.SUCCEEDED
-        else:
-            status.state = NodeState.FAILED
+        status.state = exit_state(position in self._killed, code)
+        if status.state is NodeState.FAILED:
             status.reason = reason or ("could not prepare the volumes or enter the workdir"
                                        if code == EXIT_SETUP_FAILED else "")
 

@@ -13,7 +13,7 @@ import yaml
 from dcforge.errors import DcforgeError
 from dcforge.executors.slurm_commands import drain_reason, parse_node, parse_sinfo, parse_squeue
 from dcforge.findings import Action
-from dcforge.node_check import Expectations, NodeCheck, check_interfaces, check_mounts
+from dcforge.node_check import NodeCheck, check_interfaces, check_mounts
 from dcforge.remediation import REASON_LIMIT, drain_text, node_actions
 from dcforge.spec.loader import load_environment
 
