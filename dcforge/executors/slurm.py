@@ -28,11 +28,11 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from dcforge.executors.base import (ExecutorError, NodeState, NodeStatus, PlacedExecution, Placement, Role,
-                                    VolumePurpose, Workload, exit_state, refuse_replacements)
+from dcforge.executors.base import (ExecutorError, NodeState, NodeStatus, PlacedExecution, Placement, Resources,
+                                    Role, VolumePurpose, Workload, exit_state, refuse_replacements)
 from dcforge.executors.hosts import EXIT_SETUP_FAILED, kill_tree_script, link_down_script
 from dcforge.executors.local import PROJECT_ROOT
 from dcforge.executors.slurm_commands import SlurmNode, jobs, partition_nodes, run_comment, slurm
@@ -116,8 +116,6 @@ class SlurmExecution(PlacedExecution):
         self._pending_since = time.monotonic()
         self._last_squeue = 0.0
         self._stopped = False
-        self.submitted_at = 0.0
-        """time.monotonic() when the jobs were submitted (the overhead benchmark)."""
 
     # --- start -----------------------------------------------------------------------------------------------
     def start(self) -> "SlurmExecution":
@@ -125,8 +123,7 @@ class SlurmExecution(PlacedExecution):
         try:
             for role in self.workload.roles:
                 self._submit(role)
-            self.submitted_at = time.monotonic()
-            self._pending_since = self.submitted_at
+            self._pending_since = time.monotonic()
         except BaseException:
             self.stop()
             raise
@@ -147,7 +144,8 @@ class SlurmExecution(PlacedExecution):
                 "--kill-on-bad-exit=0", "--input=none"]
         args += [f"--account={options.account}"] if options.account else []
         args += [f"--qos={options.qos}"] if options.qos else []
-        args += [f"--gpus-per-node={role.resources.gpus}"] if role.resources.gpus else []
+        # a GPU role takes whole machines, as a pool's node is on Kubernetes: the figures are the node's
+        args += [f"--gpus-per-node={role.resources.gpus}", "--exclusive"] if role.resources.gpus else []
         args += ["--no-kill"] if role.min_nodes is not None else []  # an elastic role goes on without a lost node
         log = open(self.run_dir / f"{role.name}.srun.log", "ab")
         try:
@@ -342,11 +340,15 @@ class SlurmExecutor:
 
     name = "slurm"
 
-    def __init__(self, options: SlurmOptions, env_name: str, run_id: str, nodes: list[SlurmNode] | None = None):
+    def __init__(self, options: SlurmOptions, env_name: str, run_id: str, nodes: list[SlurmNode] | None = None,
+                 node_resources: Resources | None = None):
         self.options = options
         self.env_name = env_name
         self.run_id = run_id
         self._nodes = nodes
+        self.node_resources = node_resources
+        """What each node of a torchrun workload asks for (the pool's GPUs per node), as on target kubernetes;
+        None: one CPU, no GPU."""
 
     @property
     def nodes(self) -> list[str]:
@@ -363,10 +365,8 @@ class SlurmExecutor:
         unknown = [name for name in names if name not in known]
         if unknown:
             raise ExecutorError(f"node {unknown[0]} is not in Slurm partition {self.options.partition}")
-        return SlurmExecutor(self.options, self.env_name, self.run_id, [known[name] for name in names])
-
-    def with_options(self, **changes) -> "SlurmExecutor":
-        return SlurmExecutor(replace(self.options, **changes), self.env_name, self.run_id, self._nodes)
+        return SlurmExecutor(self.options, self.env_name, self.run_id, [known[name] for name in names],
+                             self.node_resources)
 
     def _placeable(self) -> list[SlurmNode]:
         return self._nodes if self._nodes is not None else self.partition_nodes()

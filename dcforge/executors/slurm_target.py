@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from dcforge.errors import ConfigError
-from dcforge.executors.base import ExecutorError
+from dcforge.executors.base import ExecutorError, Resources
 from dcforge.executors.slurm import SlurmExecutor, SlurmOptions
 from dcforge.executors.slurm_commands import COMMENT_PREFIX, SlurmJob, cancel_jobs
 
@@ -39,7 +39,9 @@ def slurm_executor_for(env, run_id: str, check: str, nodes: int | None, min_node
                        ) -> tuple[SlurmExecutor, int, str | None]:
     """The executor of `check` pinned to the partition's first `nodes` usable nodes (default all, at least
     `min_nodes`), the node count and the collectives' interface; ExecutorError (one line) when there are fewer."""
-    executor = SlurmExecutor(slurm_options(env), env.spec.name, run_id)
+    pool = env.spec.acceptance_pool
+    executor = SlurmExecutor(slurm_options(env), env.spec.name, run_id,
+                             node_resources=Resources(gpus=pool.gpus_per_node) if pool is not None else None)
     usable = executor.nodes
     wanted = nodes or len(usable)
     if len(usable) < max(wanted, min_nodes):
