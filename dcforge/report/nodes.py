@@ -5,12 +5,16 @@ A row is a JSON object with at least `host`; `state` (a node's process outcome: 
 `verdict` (`slow`, `suspect`, `cleared`, ...) and `outlier` (true when the node is more than the configured
 fraction below the pool median; `outlier_in`, when present, lists the figures in which it is one) and
 `problem` (a check's own reason the node failed, e.g. NCCL fell back to Socket where RDMA is declared)
-decide whether the node passed. Other keys are figures, shown as columns.
+decide whether the node passed; `action` (a word of dcforge.findings.Action), where the check judged one, is
+what an operator should do about the node. Other keys are figures, shown as columns.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
+
+from dcforge.findings import Action, most_urgent
 
 BAD_STATES = {"failed", "killed", "pending", "running"}
 BAD_VERDICTS = {"slow", "suspect"}
@@ -37,3 +41,61 @@ def node_problem(row: dict[str, Any]) -> str:
     if row.get("problem"):
         return f"{row['host']}: {row['problem']}"
     return ""
+
+
+NODE_KEY = "kubernetes_node"
+"""A row's Kubernetes node name (the pod's spec.nodeName) where the executor knows it; otherwise `host` names it."""
+ACTION_KEY = "action"
+"""A row's recommended action (a word of dcforge.findings.Action) where its check judged one."""
+FAILED_WITHOUT_ACTION = Action.DRAIN_AND_SERVICE
+"""The action of a failed row that names none: the node is taken out until someone looks at it."""
+
+
+@dataclass
+class NodeJudgement:
+    """One node's verdict over every check that has rows for it."""
+
+    node: str
+    checks: dict[str, bool] = field(default_factory=dict)
+    """Check name -> whether the node passed it."""
+    problems: list[str] = field(default_factory=list)
+    """`<check>: <problem>` for every failed row, in report order."""
+    actions: list[Action] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+    @property
+    def action(self) -> Action:
+        """The most urgent recommended action of its rows (dcforge.findings.most_urgent)."""
+        return most_urgent(self.actions)
+
+    @property
+    def failed_check(self) -> str:
+        """The check of the first problem, '' when it passed."""
+        return self.problems[0].split(":", 1)[0] if self.problems else ""
+
+
+def row_action(row: dict[str, Any]) -> Action:
+    """The row's own action where its check set one (a word of Action), else drain_and_service for a failed row
+    and none for a passed one."""
+    try:
+        return Action(row[ACTION_KEY])
+    except (KeyError, ValueError):
+        return FAILED_WITHOUT_ACTION if node_problem(row) else Action.NONE
+
+
+def judge_nodes(report: dict[str, Any]) -> dict[str, NodeJudgement]:
+    """Kubernetes node name -> its judgement over every check's rows; nodes without rows are absent."""
+    nodes: dict[str, NodeJudgement] = {}
+    for check in report.get("checks", []):
+        for row in node_rows(check):
+            name = str(row.get(NODE_KEY) or row["host"])
+            judged = nodes.setdefault(name, NodeJudgement(name))
+            problem = node_problem(row)
+            judged.checks[check["name"]] = judged.checks.get(check["name"], True) and not problem
+            judged.actions.append(row_action(row))
+            if problem:
+                judged.problems.append(f"{check['name']}: {problem}")
+    return nodes
