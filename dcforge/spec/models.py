@@ -516,7 +516,7 @@ class Acceptance(SpecModel):
                                   "an image (the acceptance image the CronJob runs)")
         for index, run in enumerate(self.schedule):
             if unknown := [c for c in run.checks if c not in self.checks]:
-                raise FieldValueError(f"schedule.{index}.checks", f"{', '.join(unknown)} not in acceptance.checks "
+                raise FieldValueError(f"schedule[{index}].checks", f"{', '.join(unknown)} not in acceptance.checks "
                                       f"({', '.join(self.checks)})")
         if len({run.name for run in self.schedule}) != len(self.schedule):
             raise FieldValueError("schedule", "two schedules share a name")
