@@ -82,7 +82,8 @@ def summary_line(remediation: dict[str, Any]) -> str:
              f"{would}untaint {', '.join(remediation['untainted'])}" if remediation["untainted"] else "",
              f"{would}release {', '.join(remediation['released'])}" if remediation.get("released") else "",
              f"{len(remediation['unchanged'])} unchanged" if remediation["unchanged"] else "",
-             f"{len(remediation['marks'])} node(s) {would or ''}marked" if remediation.get("marks") else "",
+             (f"{'would mark' if would else 'marked'} {len(remediation['marks'])} node(s)" if remediation.get("marks")
+              else ""),
              f"{len(remediation['errors'])} error(s)" if remediation["errors"] else ""]
     text = "; ".join(p for p in parts if p) or "no node with per-node results"
     return f"remediation{' (dry run)' if remediation['dry_run'] else ''} [{remediation['taint']}]: {text}"

@@ -151,6 +151,7 @@ def test_the_node_marker_roles_exist_only_where_the_environment_allows_them():
     from dcforge.spec.models import Environment
 
     data = load_environment("dev").spec.model_dump(by_alias=True)
+    data["acceptance"] = {**data["acceptance"], "allowNodeConditions": False}
     assert not [m for m in acceptance(Environment.model_validate(data)).manifests
                 if "node-marker" in m["metadata"]["name"]]
     data["acceptance"] = {**data["acceptance"], "allowNodeConditions": True}
@@ -162,3 +163,42 @@ def test_the_node_marker_roles_exist_only_where_the_environment_allows_them():
         rbac_rules(NODE_EVENT_ACCESS)
     assert by_kind["RoleBinding"]["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                                  "name": by_kind["Role"]["metadata"]["name"]}
+
+
+def test_accept_mark_nodes_end_to_end_on_the_kubernetes_target(cluster, tmp_path, monkeypatch):
+    """`dcforge accept --mark-nodes` from $KUBECONFIG: dry, it prints the conditions and changes
+    nothing; then the report, the node conditions and the HTML page agree."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from dcforge import checks
+    from dcforge.cli import app
+    from tests.unit.test_remediation import REPO
+
+    monkeypatch.setattr(checks, "CHECKS", {**checks.CHECKS, "noderows": "tests.unit.test_remediation:NodeRowsCheck"})
+    document = yaml.safe_load((REPO / "stacks" / "Pulumi.local.yaml").read_text())
+    document["config"]["dcforge:acceptance"] = {"checks": ["noderows"], "target": "kubernetes",
+                                                "image": "registry.example/dcforge:0.1.0"}
+    env_file = tmp_path / "Pulumi.kube.yaml"
+    env_file.write_text(yaml.safe_dump(document))
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake", "users": [{"name": "u", "user": {}}],
+        "clusters": [{"name": "fake", "cluster": {"server": cluster.url}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}]}))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+    args = ["accept", "--env-file", str(env_file), "--mark-nodes"]
+    dry = CliRunner().invoke(app, [*args, "--reports", str(tmp_path / "r1"), "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "would mark 2 node(s)" in dry.output
+    assert ("would set DcforgeNodeHealthy=False (NoderowsFailed) on gpu-1: recommended action drain_and_service: "
+            "noderows: pod-a: NCCL fell back to Socket; dcforge.io/recommended-action=drain_and_service; 1 event(s)"
+            in dry.output)
+    assert all(CONDITION not in json.dumps(n["status"]) for n in nodes(cluster).values())
+    wet = CliRunner().invoke(app, [*args, "--reports", str(tmp_path / "r2")])
+    assert wet.exit_code == 0, wet.output
+    assert "set DcforgeNodeHealthy=True (AllChecksPassed) on gpu-2: passed noderows" in wet.output
+    assert condition(nodes(cluster)["gpu-1"])["reason"] == "NoderowsFailed"
+    (page,) = (tmp_path / "r2").glob("*/*/report.html")
+    assert "set DcforgeNodeHealthy=False (NoderowsFailed) on gpu-1" in page.read_text()

@@ -142,6 +142,7 @@ def test_the_node_tainter_cluster_role_exists_only_where_the_environment_allows_
     from dcforge.spec.models import Environment
 
     data = load_environment("dev").spec.model_dump(by_alias=True)
+    data["acceptance"] = {**data["acceptance"], "allowNodeTaints": False}
     default = [m for m in acceptance(Environment.model_validate(data)).manifests if "node-tainter" in
                m["metadata"]["name"]]
     assert default == []
