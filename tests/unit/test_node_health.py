@@ -168,26 +168,12 @@ def test_the_node_marker_roles_exist_only_where_the_environment_allows_them():
 def test_accept_mark_nodes_end_to_end_on_the_kubernetes_target(cluster, tmp_path, monkeypatch):
     """`dcforge accept --mark-nodes` from $KUBECONFIG: dry, it prints the conditions and changes
     nothing; then the report, the node conditions and the HTML page agree."""
-    import yaml
     from typer.testing import CliRunner
 
-    from dcforge import checks
     from dcforge.cli import app
-    from tests.unit.test_remediation import REPO
+    from tests.unit.test_remediation import noderows_on_the_fake
 
-    monkeypatch.setattr(checks, "CHECKS", {**checks.CHECKS, "noderows": "tests.unit.test_remediation:NodeRowsCheck"})
-    document = yaml.safe_load((REPO / "stacks" / "Pulumi.local.yaml").read_text())
-    document["config"]["dcforge:acceptance"] = {"checks": ["noderows"], "target": "kubernetes",
-                                                "image": "registry.example/dcforge:0.1.0"}
-    env_file = tmp_path / "Pulumi.kube.yaml"
-    env_file.write_text(yaml.safe_dump(document))
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "fake", "users": [{"name": "u", "user": {}}],
-        "clusters": [{"name": "fake", "cluster": {"server": cluster.url}}],
-        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}]}))
-    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-    monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+    env_file = noderows_on_the_fake(cluster, tmp_path, monkeypatch)
     args = ["accept", "--env-file", str(env_file), "--mark-nodes"]
     dry = CliRunner().invoke(app, [*args, "--reports", str(tmp_path / "r1"), "--dry-run"])
     assert dry.exit_code == 0, dry.output
