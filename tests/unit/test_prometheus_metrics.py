@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -292,3 +293,19 @@ def test_the_rule_fires_after_two_failed_runs_and_not_after_one(tmp_path):
                             cwd=tmp_path)
     assert tested.returncode == 0, tested.stdout + tested.stderr
 
+
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("--metrics-textfile", "metrics.txt", "--metrics-textfile metrics.txt: node-exporter's textfile collector reads "
+                                          "only *.prom files"),
+    ("--pushgateway", "pushgateway:9091", "--pushgateway pushgateway:9091: expected an http(s) URL, e.g. "
+                                          "http://pushgateway:9091"),
+])
+def test_bad_metrics_destinations_are_one_line_and_exit_2_before_any_check(tmp_path, flag, value, words):
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "dcforge.cli", "accept", "--env", "local", flag, value,
+                           "--reports", str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=REPO,
+                          env={**os.environ, "DCFORGE_STACKS_DIR": str(REPO / "stacks")})
+    assert done.returncode == 2 and done.stderr == f"error: {words}\n"
+    assert not list(tmp_path.iterdir())  # no run started
