@@ -5,8 +5,8 @@ A row is a JSON object with at least `host`; `state` (a node's process outcome: 
 `verdict` (`slow`, `suspect`, `cleared`, ...) and `outlier` (true when the node is more than the configured
 fraction below the pool median; `outlier_in`, when present, lists the figures in which it is one) and
 `problem` (a check's own reason the node failed, e.g. NCCL fell back to Socket where RDMA is declared)
-decide whether the node passed; `action` (a word of dcforge.findings.Action), where the check judged one, is
-what an operator should do about the node. Other keys are figures, shown as columns.
+decide whether the node passed; `action` (a word of dcforge.findings.Action) or the actions of its `findings`
+(`[{"severity", "action", ...}]`), where the check judged them, say what an operator should do about the node. Other keys are figures, shown as columns.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ NODE_KEY = "kubernetes_node"
 """A row's Kubernetes node name (the pod's spec.nodeName) where the executor knows it; otherwise `host` names it."""
 ACTION_KEY = "action"
 """A row's recommended action (a word of dcforge.findings.Action) where its check judged one."""
+ACTION_WORDS = frozenset(action.value for action in Action)
 FAILED_WITHOUT_ACTION = Action.DRAIN_AND_SERVICE
 """The action of a failed row that names none: the node is taken out until someone looks at it."""
 
@@ -77,13 +78,19 @@ class NodeJudgement:
         return self.problems[0].split(":", 1)[0] if self.problems else ""
 
 
+def _actions(values) -> list[Action]:
+    return [Action(v) for v in values if v in ACTION_WORDS]
+
+
 def row_action(row: dict[str, Any]) -> Action:
-    """The row's own action where its check set one (a word of Action), else drain_and_service for a failed row
-    and none for a passed one."""
-    try:
-        return Action(row[ACTION_KEY])
-    except (KeyError, ValueError):
-        return FAILED_WITHOUT_ACTION if node_problem(row) else Action.NONE
+    """The row's own action where its check judged one: its `action`, else the most urgent `action` of its
+    `findings` (words of Action; others ignored); without either, drain_and_service for a failed row and none for a
+    passed one."""
+    findings = row.get("findings") if isinstance(row.get("findings"), list) else []
+    judged = _actions([row.get(ACTION_KEY)]) or _actions(f.get(ACTION_KEY) for f in findings if isinstance(f, dict))
+    if judged:
+        return most_urgent(judged)
+    return FAILED_WITHOUT_ACTION if node_problem(row) else Action.NONE
 
 
 def judge_nodes(report: dict[str, Any]) -> dict[str, NodeJudgement]:

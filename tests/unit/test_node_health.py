@@ -188,3 +188,11 @@ def test_accept_mark_nodes_end_to_end_on_the_kubernetes_target(cluster, tmp_path
     assert condition(nodes(cluster)["gpu-1"])["reason"] == "NoderowsFailed"
     (page,) = (tmp_path / "r2").glob("*/*/report.html")
     assert "set DcforgeNodeHealthy=False (NoderowsFailed) on gpu-1" in page.read_text()
+
+
+def test_a_rows_findings_give_its_action_when_it_names_none():
+    rows = [{"host": "gpu-1", "state": "failed", "findings": [{"severity": "warn", "action": "check_fabric"},
+                                                              {"severity": "fail", "action": "contact_vendor"}]},
+            {"host": "gpu-2", "state": "succeeded", "findings": [{"severity": "info", "action": "bogus"}]}]
+    judged = judge_nodes(report_with({"gpu_health": rows}))
+    assert judged["gpu-1"].action.value == "contact_vendor" and judged["gpu-2"].action.value == "none"
