@@ -223,7 +223,7 @@ def parse_nccl_log(text: str) -> NcclTransport:
         elif in_algo_table and line.strip() and "|" not in line:
             in_algo_table = False
     transport = _combine(ranks, version)
-    transport.paths = sorted(paths) + (["NVLS"] if nvls_set_up and not nvls_excluded else [])
+    transport.paths = sorted([*paths, *(["NVLS"] if nvls_set_up and not nvls_excluded else [])])
     transport.nvls = "NVLS" in transport.paths and (nvls_column == -1 or nvls_column_used)
     if not transport.nvls and "NVLS" in transport.paths:
         transport.paths.remove("NVLS")
@@ -254,7 +254,8 @@ def _combine(ranks: dict[str, RankEvidence], version: str) -> NcclTransport:
     return NcclTransport("nccl", network, plugin, devices, version=version, socket_ranks=socket_ranks, evidence=how)
 
 
-_TRUST = ["NET/IB found no device", "NET/OFI provider", "NET/IB device list", "CollNet channel", "NET channel", "Using network"]
+_TRUST = ["NET/IB found no device", "NET/OFI provider", "NET/IB device list", "CollNet channel", "NET channel",
+          "Using network"]
 """Evidence kinds, least trusted first (RankEvidence.network_name)."""
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from dcforge.findings import Action, Severity, most_urgent
 from dcforge.gpu.readings import DcgmDiag, GpuReading, NodeHealth, XidEvent
-from dcforge.gpu.xid import catalogue, judge_xid
+from dcforge.gpu.xid import catalogue, judge_xid, pci_device
 
 # Clock event reasons that mean the hardware protects itself; the others (idle, application clocks, software power
 # cap, sync boost) are normal operation.
@@ -76,16 +76,6 @@ class Verdict:
         return sum(1 for f in self.failures if f.xid is not None)
 
 
-def pci_device(bus_id: str) -> str:
-    """`00000000:3B:00.0` (NVML) and `0000:3b:00` (kernel log) -> `0000:3b:00`: domain, bus, device."""
-    parts = bus_id.strip().lower().split(":")
-    domain, bus, device = parts if len(parts) == 3 else ["0", *parts[-2:]] if len(parts) >= 2 else ["0", "0", parts[0]]
-    try:
-        return f"{int(domain, 16):04x}:{int(bus, 16):02x}:{int(device.split('.')[0], 16):02x}"
-    except ValueError:
-        return bus_id.strip().lower()
-
-
 def judge_gpu(gpu: GpuReading) -> list[Finding]:
     findings: list[Finding] = []
 
@@ -97,7 +87,8 @@ def judge_gpu(gpu: GpuReading) -> list[Finding]:
         aggregate = gpu.ecc.aggregate_sram_uncorrected + gpu.ecc.aggregate_dram_uncorrected
         if volatile:
             add("fail", f"{volatile} uncorrectable ECC errors since the driver loaded "
-                        f"(SRAM {gpu.ecc.volatile_sram_uncorrected}, DRAM {gpu.ecc.volatile_dram_uncorrected})", Action.RESET_GPU)
+                        f"(SRAM {gpu.ecc.volatile_sram_uncorrected}, DRAM {gpu.ecc.volatile_dram_uncorrected})",
+                Action.RESET_GPU)
         elif aggregate:
             add("warn", f"{aggregate} uncorrectable ECC errors in the GPU's lifetime "
                         f"(SRAM {gpu.ecc.aggregate_sram_uncorrected}, DRAM {gpu.ecc.aggregate_dram_uncorrected})")
@@ -121,7 +112,8 @@ def judge_gpu(gpu: GpuReading) -> list[Finding]:
             Action.CHECK_FABRIC)
     if gpu.pcie is not None:
         if gpu.pcie.width < gpu.pcie.max_width:
-            add("fail", f"PCIe link x{gpu.pcie.width}, below its maximum x{gpu.pcie.max_width}", Action.DRAIN_AND_SERVICE)
+            add("fail", f"PCIe link x{gpu.pcie.width}, below its maximum x{gpu.pcie.max_width}",
+                Action.DRAIN_AND_SERVICE)
         if gpu.pcie.generation < gpu.pcie.max_generation:
             add("warn", f"PCIe gen {gpu.pcie.generation} of max {gpu.pcie.max_generation} "
                         "(normal when idle, wrong under load)")
@@ -164,8 +156,8 @@ def judge_xids(xids: tuple[XidEvent, ...] | list[XidEvent], gpus: tuple[GpuReadi
         source = "NVML events" if event.source == "nvml" else "the kernel log"
         rule = catalogue().get(event.xid)
         name = f" ({rule.description or rule.mnemonic})" if rule else ""
-        findings.append(Finding(judged.severity, gpu, f"{where}XID {event.xid}{name} in {source}: "
-                                                      f"{judged.action.label} ({judged.why})", judged.action, event.xid))
+        message = f"{where}XID {event.xid}{name} in {source}: {judged.action.label} ({judged.why})"
+        findings.append(Finding(judged.severity, gpu, message, judged.action, event.xid))
     return findings
 
 

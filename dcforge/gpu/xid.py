@@ -66,6 +66,16 @@ def catalogue() -> dict[int, XidRule]:
             for number, entry in document["xids"].items()}
 
 
+def pci_device(bus_id: str) -> str:
+    """`00000000:3B:00.0` (NVML) and `0000:3b:00` (kernel log) -> `0000:3b:00`: domain, bus, device."""
+    parts = bus_id.strip().lower().split(":")
+    domain, bus, device = parts if len(parts) == 3 else ["0", *parts[-2:]] if len(parts) >= 2 else ["0", "0", parts[0]]
+    try:
+        return f"{int(domain, 16):04x}:{int(bus, 16):02x}:{int(device.split('.')[0], 16):02x}"
+    except ValueError:
+        return bus_id.strip().lower()
+
+
 def parse_xid_lines(text: str) -> list[XidEvent]:
     """Every XID in kernel-log text (any prefix, any of the forms in the module docstring)."""
     events: list[XidEvent] = []
@@ -86,7 +96,9 @@ def parse_xid_lines(text: str) -> list[XidEvent]:
             continue
         if gpu := _NVRM_GPU.search(line):
             last_gpu = gpu["pci"]
-        if "NVRM" in line and _FALLEN.search(line) and last_gpu:
+        already = any(e.xid == FALLEN_OFF_THE_BUS and pci_device(e.pci_bus_id) == pci_device(last_gpu)
+                      for e in events)
+        if "NVRM" in line and _FALLEN.search(line) and last_gpu and not already:
             events.append(XidEvent(FALLEN_OFF_THE_BUS, last_gpu, " ".join(line.split("NVRM:")[-1].split()),
                                    "kernel log"))
     return events
@@ -112,7 +124,8 @@ def judge_xid(event: XidEvent, same_gpu: frozenset[int] = frozenset()) -> XidJud
     if event.xid in NVLINK5_XIDS and re.search(r"\bNonfatal\b", message, re.IGNORECASE):
         action, fails, why = Action.CHECK_FABRIC, False, "the driver reports it Nonfatal"
     if event.xid == DBE and same_gpu.intersection(ROW_REMAP_XIDS):
-        action, fails, why = Action.DRAIN_AND_SERVICE, True, "catalogue WORKFLOW_XID_48: with XID 63/64, drain and reset"
+        action, fails, why = (Action.DRAIN_AND_SERVICE, True,
+                              "catalogue WORKFLOW_XID_48: with XID 63/64, drain and reset")
     if (drst := _D_RST.search(message)) and drst["drst"] == "Yes":
         action, fails, why = Action.DRAIN_AND_SERVICE, True, "the driver says D-RST: Yes"
     elif (rst := _RST.search(message)) and rst["rst"] == "Yes" and not fails:
