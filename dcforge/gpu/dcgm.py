@@ -7,7 +7,9 @@ Layouts read (tests/unit/real_logs/dcgm/ and tests/unit/gpu_outputs/):
 - DCGM 4.x: `{"DCGM Diagnostic": {...}}` in the same shape, results carry `entity_group`/`entity_id`, `info` lists
   and `warnings` objects (`{"warning": ..., "error_id": ...}`), and each test may carry a `test_summary` whose status
   stands for the test where it has no per-GPU result;
-- entries may be `null` (a test DCGM skipped without a record): they are skipped.
+- entries may be `null` (a test DCGM skipped without a record): they are skipped;
+- a run that could not start says so in `runtime_error` (DCGM 4's schema, NVIDIA/DCGM
+  testing/python3/dcgm_diag_schema.json): a DcgmOutputError with DCGM's words.
 Statuses are Pass, Fail, Warn, Skip and Not Run in either case. Anything else is a DcgmOutputError with a one-line
 reason naming what was wrong; no other exception escapes `parse_diag` or `parse_diag_text`.
 """
@@ -88,6 +90,9 @@ def _list(value: Any, where: str) -> list[Any]:
 def parse_diag(document: Any, level: int) -> DcgmDiag:
     """The results of one `dcgmi diag -j` document (any of the layouts in the module docstring)."""
     root = next((document[key] for key in ROOTS if isinstance(document, dict) and key in document), None)
+    if isinstance(root, dict) and root.get("runtime_error") and not root.get("test_categories"):
+        words = " ".join(str(root["runtime_error"]).split())
+        raise DcgmOutputError(f"dcgmi diag -j: DCGM reports a runtime error: {words}")
     if not isinstance(root, dict) or "test_categories" not in root:
         raise DcgmOutputError("dcgmi diag -j: no 'DCGM Diagnostic.test_categories' (nor 'DCGM GPU Diagnostic.'"
                               "test_categories') in its output")

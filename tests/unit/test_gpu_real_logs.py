@@ -159,6 +159,8 @@ def test_parse_diag_raises_only_its_error_on_mutated_and_truncated_documents(nam
             parse_diag_text(text[:cut], 2)
         except DcgmOutputError as error:
             assert "\n" not in str(error)
+    with pytest.raises(DcgmOutputError, match="runtime error: The GPU is lost"):
+        parse_diag({"DCGM Diagnostic": {"runtime_error": "The GPU is lost"}}, 2)
     for junk in ([], 3, "x", None, {"DCGM Diagnostic": None}, {"DCGM GPU Diagnostic": {"test_categories": 5}}):
         with pytest.raises(DcgmOutputError):
             parse_diag(junk, 2)
