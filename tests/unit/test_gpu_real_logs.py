@@ -81,7 +81,8 @@ def test_the_catalogue_covers_every_xid_with_a_bucket_and_an_action_and_says_whe
 
 
 def test_the_drivers_own_words_override_the_table():
-    # XID 154 names its recovery action; the three texts below are the forms the driver prints
+    # XID 154 names its recovery action in the driver's words (None, GPU Reset Required / PF FLR, Node Reboot
+    # Required, Drain and Reset); these messages follow that format, no public log with each was found
     def action(message: str, xid: int = 154) -> Action:
         return judge_xid(XidEvent(xid, "0000:01:00", message)).action
     assert action("GPU recovery action changed from 0x0 (None) to 0x1 (PF FLR)") is Action.RESET_GPU
