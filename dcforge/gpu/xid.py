@@ -33,6 +33,7 @@ from dcforge.gpu.readings import XidEvent
 CATALOGUE_PATH = Path(__file__).with_name("xid_catalogue.json")
 XID_LINE = re.compile(r"NVRM: Xid \((?:PCI:)?(?P<pci>[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2})(?:\.\d)?"
                       r"(?P<mig>[^)]*)\): (?P<xid>\d+)(?:,\s*(?P<message>.*))?")
+_KMSG_DICT = re.compile(r"^\s+[A-Z_]+=")  # /dev/kmsg's `KEY=value` lines after a record, not its message
 _CAUSED_BY = re.compile(r"caused by previous Xid (?P<xid>\d+)")
 _FALLEN = re.compile(r"fallen off the bus", re.IGNORECASE)
 _NVRM_GPU = re.compile(r"NVRM: (?:The NVIDIA )?GPU (?:at PCI:)?(?P<pci>[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2})")
@@ -85,7 +86,7 @@ def parse_xid_lines(text: str) -> list[XidEvent]:
         if match := XID_LINE.search(line):
             message = (match["message"] or "").strip()
             for follow in lines[index + 1:index + 3]:  # a wrapped message continues on indented lines
-                if follow[:1].isspace() and "NVRM: Xid" not in follow:
+                if follow[:1].isspace() and "NVRM: Xid" not in follow and not _KMSG_DICT.match(follow):
                     message = f"{message} {follow.strip()}"
                 else:
                     break
@@ -96,9 +97,8 @@ def parse_xid_lines(text: str) -> list[XidEvent]:
             continue
         if gpu := _NVRM_GPU.search(line):
             last_gpu = gpu["pci"]
-        already = any(e.xid == FALLEN_OFF_THE_BUS and pci_device(e.pci_bus_id) == pci_device(last_gpu)
-                      for e in events)
-        if "NVRM" in line and _FALLEN.search(line) and last_gpu and not already:
+        if "NVRM" in line and _FALLEN.search(line) and last_gpu and not any(
+                e.xid == FALLEN_OFF_THE_BUS and pci_device(e.pci_bus_id) == pci_device(last_gpu) for e in events):
             events.append(XidEvent(FALLEN_OFF_THE_BUS, last_gpu, " ".join(line.split("NVRM:")[-1].split()),
                                    "kernel log"))
     return events
