@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dcforge.findings import Action, Severity
+
 NCCL_DEBUG_ENV = {"NCCL_DEBUG": "INFO", "NCCL_DEBUG_SUBSYS": "INIT,NET,ENV"}
 """What the all-reduce workload sets for NCCL: INFO level; INIT and NET carry every line parsed here."""
 
@@ -265,6 +267,20 @@ class TransportVerdict:
     """`pass`, `fail` or `skipped`."""
     reason: str
 
+    @property
+    def severity(self) -> Severity:
+        """As a finding (docs/verdicts.md): an unverified transport is missing evidence, which fails as well."""
+        if self.verdict == "fail":
+            return Severity.UNKNOWN if UNVERIFIED in self.reason else Severity.FAIL
+        return Severity.PASS if self.verdict == "pass" else Severity.INFO
+
+    @property
+    def action(self) -> Action:
+        return Action.CHECK_FABRIC if self.verdict == "fail" else Action.NONE
+
+    def to_dict(self) -> dict[str, str]:
+        return {**asdict(self), "severity": self.severity.value, "action": self.action.value}
+
 
 UNVERIFIED = ("no line of NCCL's INFO output speaks of the transport between nodes (no 'Using network', NET or "
               "CollNet connection, nor NET/IB or NET/OFI device line)")
@@ -302,13 +318,13 @@ def read_log(path: Path | None) -> str:
 def record_transport(result, backend: str, logs: list[tuple[str, Path | None]], rdma_pool: str | None) -> None:
     """Parse each log ((host, path): a node's log, or `local` for a single-node run), apply the rule and record
     `details.nccl_transport` (per log: the transport and its verdict). Rows of `details.nodes` of that host get
-    `transport` and, where the rule fails, `problem` (dcforge/report/nodes.py) and `action` `check_fabric`
-    (dcforge.findings.Action). A failing verdict fails the check."""
+    `transport` and, where the rule fails, `problem` (dcforge/report/nodes.py) and `action` (check_fabric). A failing
+    verdict fails the check."""
     runs = []
     for host, path in logs:
         transport = parse_nccl_log(read_log(path)) if backend == "nccl" else gloo_transport()
         verdict = rdma_rule(transport, rdma_pool, host)
-        runs.append({"host": host, **transport.to_dict(), "rule": asdict(verdict)})
+        runs.append({"host": host, **transport.to_dict(), "rule": verdict.to_dict()})
         if verdict.verdict == "fail":
             result.fail(verdict.reason)
         for row in result.details.get("nodes") or []:
@@ -316,5 +332,5 @@ def record_transport(result, backend: str, logs: list[tuple[str, Path | None]], 
                 row["transport"] = transport.summary()
                 if verdict.verdict == "fail":
                     row["problem"] = verdict.reason.split(": ", 1)[-1]
-                    row["action"] = "check_fabric"
+                    row["action"] = verdict.action.value
     result.details["nccl_transport"] = {"backend": backend, "rdma_pool": rdma_pool, "runs": runs}

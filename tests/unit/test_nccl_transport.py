@@ -57,6 +57,7 @@ def test_no_line_about_the_network_is_unverified_with_that_reason():
     assert transport.network == "" and transport.version == "2.27.6"
     verdict = rdma_rule(transport, "train-a", "cl4-gpu03-vm")
     assert verdict.verdict == "fail" and "unverified (no line of NCCL's INFO output speaks of" in verdict.reason
+    assert (verdict.severity.value, verdict.action.value) == ("unknown", "check_fabric")  # missing evidence
     assert parse_nccl_log("[rank0]: nothing from NCCL here\n").summary() == "unknown"
 
 
@@ -79,6 +80,8 @@ def test_record_marks_the_node_that_fell_back_with_its_action():
     assert rows[1]["action"] == "check_fabric"
     runs = result.details["nccl_transport"]["runs"]
     assert [run["rule"]["verdict"] for run in runs] == ["pass", "fail"]
+    assert [(run["rule"]["severity"], run["rule"]["action"]) for run in runs] == [("pass", "none"),
+                                                                                  ("fail", "check_fabric")]
 
 
 def test_record_for_gloo_passes_and_says_why_the_rule_was_skipped(tmp_path):
