@@ -39,6 +39,10 @@ NCCL_DEBUG_ENV = {"NCCL_DEBUG": "INFO", "NCCL_DEBUG_SUBSYS": "INIT,NET,ENV"}
 """What the all-reduce workload sets for NCCL: INFO level; INIT and NET carry every line parsed here."""
 
 SOCKET = "Socket"
+TCP_ONLY = (SOCKET, "FastSocket")
+"""Networks that carry NCCL's traffic over TCP sockets (FastSocket: GCP's TCP plugin), not RDMA."""
+TCP_ONLY_OFI_PROVIDERS = ("tcp", "sockets", "udp")
+"""libfabric providers of aws-ofi-nccl that run over TCP/UDP, not RDMA (efa and verbs are RDMA)."""
 # `host:pid:tid [dev] NCCL INFO <message>`; some logs (copied from a wrapper) carry the message alone.
 _PREFIXED = re.compile(r"(?P<host>[^\s:]+):(?P<pid>\d+):\d+ \[\d+\] NCCL INFO (?P<message>.*)$")
 _BARE_INFO = re.compile(r"NCCL INFO (?P<message>.*)$")
@@ -123,7 +127,10 @@ class NcclTransport:
 
     @property
     def socket_fallback(self) -> bool:
-        return self.network == SOCKET or bool(self.socket_ranks) or f"NET/{SOCKET}" in self.paths
+        """NCCL's traffic between nodes went over TCP sockets (any rank), not RDMA."""
+        tcp_ofi = tuple(f"OFI/{provider}" for provider in TCP_ONLY_OFI_PROVIDERS)
+        return (self.network in TCP_ONLY or self.network.startswith(tcp_ofi) or bool(self.socket_ranks)
+                or f"NET/{SOCKET}" in self.paths)
 
     def summary(self) -> str:
         """One short phrase for tables: `RoCE (NET/IB, P2P/IPC, GDRDMA)`."""
@@ -164,7 +171,7 @@ def _kind(name: str, devices: list[str], ofi_provider: str) -> tuple[str, str]:
     if name == "IB":
         return verbs, ""
     if any(word in name for word in _OFI_PLUGINS):
-        return ("EFA" if ofi_provider == "efa" else "OFI"), name
+        return ("EFA" if ofi_provider == "efa" else f"OFI/{ofi_provider}" if ofi_provider else "OFI"), name
     if any(word in name for word in _VERBS_PLUGINS):
         return verbs, name  # a verbs plugin (IBext: nccl-rdma-sharp-plugins, "NCCL RDMA Plugin v6")
     return name, name  # another plugin (FasTrak, GPUDirectTCPX): named as it calls itself
@@ -297,6 +304,9 @@ def rdma_rule(transport: NcclTransport, rdma_pool: str | None, where: str) -> Tr
         return TransportVerdict("fail", f"{where}: NCCL ranks {', '.join(transport.socket_ranks)} fell back to "
                                         f"Socket while the others used {transport.network}, although pool "
                                         f"{rdma_pool} declares RDMA")
+    if transport.socket_fallback and transport.network not in ("", SOCKET):
+        return TransportVerdict("fail", f"{where}: NCCL's network {transport.network} runs over TCP, not RDMA, "
+                                        f"although pool {rdma_pool} declares RDMA")
     if transport.socket_fallback:
         return TransportVerdict("fail", f"{where}: NCCL fell back to Socket although pool {rdma_pool} declares "
                                         "RDMA (NCCL_DEBUG=INFO: NET/IB found no usable device, or it was disabled)")

@@ -90,3 +90,18 @@ def test_record_for_gloo_passes_and_says_why_the_rule_was_skipped(tmp_path):
     assert result.status is Status.PASS
     run = result.details["nccl_transport"]["runs"][0]
     assert run["network"] == "TCP" and run["rule"]["verdict"] == "skipped"
+
+
+def test_networks_that_run_over_tcp_fail_the_rule_as_a_fallback():
+    """aws-ofi-nccl over libfabric's tcp provider and GCP's FastSocket carry NCCL's traffic over TCP, not RDMA; EFA,
+    verbs plugins (IBext, gIB) and GPUDirect plugins (FasTrak) do not fall back."""
+    from dcforge.nccl_transport import NcclTransport, _kind
+
+    assert _kind("AWS Libfabric", [], "tcp") == ("OFI/tcp", "AWS Libfabric")
+    assert _kind("Libfabric", [], "efa") == ("EFA", "Libfabric")
+    assert _kind("gIB", ["mlx5_0:1/RoCE"], "") == ("RoCE", "gIB")
+    for network, falls_back in (("OFI/tcp", True), ("FastSocket", True), ("EFA", False), ("FasTrak", False)):
+        transport = NcclTransport("nccl", network)
+        verdict = rdma_rule(transport, "train-a", "n1")
+        assert transport.socket_fallback is falls_back and (verdict.verdict == "fail") is falls_back, network
+        assert not falls_back or f"{network} runs over TCP, not RDMA" in verdict.reason
