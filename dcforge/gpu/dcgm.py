@@ -52,6 +52,13 @@ def _message(result: dict[str, Any]) -> str:
     return " ".join(" ".join(parts).split())
 
 
+def _error_severity(result: dict[str, Any]) -> int | None:
+    """The gravest `error_severity` of a DCGM 4 result's warnings, None when none carries one."""
+    found = [w.get("error_severity") for w in result.get("warnings") or [] if isinstance(w, dict)]
+    numbers = [value for value in found if isinstance(value, int) and not isinstance(value, bool)]
+    return max(numbers, default=None)
+
+
 def _gpu_id(value: Any, where: str) -> int:
     try:
         return int(str(value).strip())
@@ -111,7 +118,7 @@ def parse_diag(document: Any, level: int) -> DcgmDiag:
             for result in entries:
                 status = _status(result.get("status"), f"test {name!r}")
                 for gpu in _gpus(result, f"test {name!r}"):
-                    results.append(DcgmTestResult(name, status, gpu, _message(result)))
+                    results.append(DcgmTestResult(name, status, gpu, _message(result), _error_severity(result)))
     metadata = document.get("metadata") if isinstance(document.get("metadata"), dict) else {}
     version = str(metadata.get("version") or root.get("version") or document.get("version") or "")
     return DcgmDiag(level=level, results=tuple(results), version=version)

@@ -31,6 +31,9 @@ from dcforge.gpu.xid import catalogue, judge_xid, pci_device
 FAILING_THROTTLE_REASONS = frozenset({"hw_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown"})
 WARNING_THROTTLE_REASONS = frozenset({"sw_thermal_slowdown"})
 TEMPERATURE_MARGIN_C = 5.0
+DCGM_ERROR_RESET = 6
+"""dcgmErrorSeverity_t DCGM_ERROR_RESET: the GPU cannot take work until it is reset (other failures: drain and
+service, DCGM's isolate/triage/config)."""
 
 @dataclass(frozen=True)
 class Finding:
@@ -167,9 +170,10 @@ def judge_dcgm(diag: DcgmDiag) -> list[Finding]:
         if result.status in ("fail", "warn"):
             detail = f": {result.message}" if result.message else ""
             failed = result.status == "fail"
+            action = Action.NONE if not failed else (Action.RESET_GPU if result.error_severity == DCGM_ERROR_RESET
+                                                     else Action.DRAIN_AND_SERVICE)
             findings.append(Finding(Severity.FAIL if failed else Severity.WARN, result.gpu,
-                                    f"DCGM diag level {diag.level} {result.test} {result.status}ed{detail}",
-                                    Action.DRAIN_AND_SERVICE if failed else Action.NONE))
+                                    f"DCGM diag level {diag.level} {result.test} {result.status}ed{detail}", action))
     return findings
 
 

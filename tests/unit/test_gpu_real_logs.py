@@ -115,6 +115,17 @@ def test_dcgm_layouts_nulls_gpu_id_and_test_summary():
         test["results"] = None  # only the per-test summary left
     summarised = parse_diag(four, 2)
     assert [r.status for r in summarised.results if r.test == "software"] == ["pass"]
+    # DCGM 4 grades each warning (dcgmErrorSeverity_t): 6 asks for a GPU reset, the others for a drain and service
+    four = json.loads((OUTPUTS / "dcgm4-diag-fail.json").read_text())
+    assert [(f.gpu, f.action) for f in judge_dcgm(parse_diag(four, 2)) if f.severity is Severity.FAIL] == [
+        (1, Action.DRAIN_AND_SERVICE)]
+    for category in four["DCGM Diagnostic"]["test_categories"]:
+        for test in category["tests"]:
+            for result in test["results"]:
+                for warning in result.get("warnings") or []:
+                    warning["error_severity"] = 6
+    assert [(f.gpu, f.action) for f in judge_dcgm(parse_diag(four, 2)) if f.severity is Severity.FAIL] == [
+        (1, Action.RESET_GPU)]
     assert [(f.gpu, f.severity, f.action) for f in judge_dcgm(diag) if f.severity is Severity.FAIL] == [
         (1, Severity.FAIL, Action.DRAIN_AND_SERVICE)]
 
