@@ -5,8 +5,10 @@ A row is a JSON object with at least `host`; `state` (a node's process outcome: 
 `verdict` (`slow`, `suspect`, `cleared`, ...) and `outlier` (true when the node is more than the configured
 fraction below the pool median; `outlier_in`, when present, lists the figures in which it is one) and
 `problem` (a check's own reason the node failed, e.g. NCCL fell back to Socket where RDMA is declared)
-decide whether the node passed; `action` (a word of dcforge.findings.Action) or the actions of its `findings`
-(`[{"severity", "action", ...}]`), where the check judged them, say what an operator should do about the node. Other keys are figures, shown as columns.
+decide whether the node passed, and so does `action` (dcforge.findings.Action: the node's recommended action): a node
+whose action takes it out of service (reset GPU, reboot node, drain and service, contact vendor) did not pass even
+where nothing else says so. A row without `action` may carry `findings` (`[{"severity", "action", ...}]`) whose
+most urgent action is the node's (`row_action`). Other keys are figures, shown as columns.
 """
 
 from __future__ import annotations
@@ -27,8 +29,26 @@ def node_rows(check: dict[str, Any]) -> list[dict[str, Any]]:
     return [row for row in rows if isinstance(row, dict) and "host" in row]
 
 
+def node_action(row: dict[str, Any]) -> Action:
+    """The row's recommended action (`none` when it has none or one dcforge does not know)."""
+    try:
+        return Action(row.get("action") or "none")
+    except ValueError:
+        return Action.NONE
+
+
 def node_problem(row: dict[str, Any]) -> str:
-    """Why this node did not pass, or '' when it did."""
+    """Why this node did not pass, or '' when it did; a node that needs an operator's action says which."""
+    problem = _row_problem(row)
+    action = node_action(row)
+    if problem and action is not Action.NONE:
+        return f"{problem} (action: {action.label})"
+    if action.takes_node_out:
+        return f"{row['host']}: action: {action.label}"
+    return problem
+
+
+def _row_problem(row: dict[str, Any]) -> str:
     if row.get("state") in BAD_STATES:
         reason = f": {row['reason']}" if row.get("reason") else ""
         return f"{row['host']}: {row['state']}" + (f" (exit {row['exit_code']})" if row.get("exit_code") is not None
@@ -78,16 +98,13 @@ class NodeJudgement:
         return self.problems[0].split(":", 1)[0] if self.problems else ""
 
 
-def _actions(values) -> list[Action]:
-    return [Action(v) for v in values if v in ACTION_WORDS]
-
-
 def row_action(row: dict[str, Any]) -> Action:
-    """The row's own action where its check judged one: its `action`, else the most urgent `action` of its
-    `findings` (words of Action; others ignored); without either, drain_and_service for a failed row and none for a
-    passed one."""
+    """The action a node gets from this row: its own `action` where it names a word of Action (node_action), else
+    the most urgent action of its `findings`, else drain_and_service for a failed row and none for a passed one."""
+    if row.get(ACTION_KEY) in ACTION_WORDS:
+        return node_action(row)
     findings = row.get("findings") if isinstance(row.get("findings"), list) else []
-    judged = _actions([row.get(ACTION_KEY)]) or _actions(f.get(ACTION_KEY) for f in findings if isinstance(f, dict))
+    judged = [Action(f[ACTION_KEY]) for f in findings if isinstance(f, dict) and f.get(ACTION_KEY) in ACTION_WORDS]
     if judged:
         return most_urgent(judged)
     return FAILED_WITHOUT_ACTION if node_problem(row) else Action.NONE
