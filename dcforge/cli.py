@@ -146,7 +146,8 @@ def accept(
     pushgateway: Optional[str] = typer.Option(None, "--pushgateway", help="Push the run's metrics to this "
                                               "Pushgateway URL (default: dcforge:acceptance.metrics.pushgateway)."),
     metrics_textfile: Optional[Path] = typer.Option(None, "--metrics-textfile", help="Write the run's metrics to "
-                                                    "this node-exporter *.prom file (default: acceptance.metrics.textfile)."),
+                                                    "this node-exporter *.prom file (default: "
+                                                    "acceptance.metrics.textfile)."),
     archive_reports: Optional[str] = typer.Option(None, "--archive-reports", help="NAMESPACE/SCHEDULE: keep the "
                                                   "report in a ConfigMap there, the last acceptance.keepReports "
                                                   "(what the scheduled CronJob passes)."),

@@ -48,7 +48,8 @@ def condition_for(judged: NodeJudgement, released: str = "") -> dict[str, str]:
         if released:
             return {"type": CONDITION, "status": "True", "reason": "Released",
                     "message": one_line(f"passed {checks}; released from {released}")}
-        return {"type": CONDITION, "status": "True", "reason": "AllChecksPassed", "message": one_line(f"passed {checks}")}
+        return {"type": CONDITION, "status": "True", "reason": "AllChecksPassed",
+                "message": one_line(f"passed {checks}")}
     return {"type": CONDITION, "status": "False", "reason": f"{camel(judged.failed_check)}Failed",
             "message": one_line(f"recommended action {judged.action.value}: {'; '.join(judged.problems)}")}
 
@@ -96,7 +97,8 @@ def event(node: dict[str, Any], check: str, problems: list[str], judged: NodeJud
     name = node["metadata"]["name"]
     return {"apiVersion": "v1", "kind": "Event",
             "metadata": {"name": f"{name}.dcforge-{uuid.uuid4().hex[:10]}", "namespace": EVENT_NAMESPACE},
-            "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": name, "uid": node["metadata"].get("uid", "")},
+            "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": name,
+                               "uid": node["metadata"].get("uid", "")},
             "type": "Warning", "reason": f"{camel(check)}Failed",
             "message": one_line(f"{'; '.join(problems)} (recommended action: {judged.action.value})"),
             "source": {"component": EVENT_SOURCE}, "reportingComponent": EVENT_SOURCE,

@@ -36,6 +36,8 @@ GATE_TAINT_TEXT = f"{GATE_TAINT['key']}={GATE_TAINT['value']}:{GATE_TAINT['effec
 released (the taint removed), a failing one gets TAINT in its place."""
 QUARANTINE_TOLERATIONS = [QUARANTINE_TOLERATION, {**GATE_TAINT, "operator": "Equal"}]
 """Node-level acceptance runs on quarantined and on gated nodes alike."""
+
+
 def node_verdicts(report: dict[str, Any]) -> dict[str, list[str]]:
     """Kubernetes node name -> its problems over every check's rows ([] = passed); nodes without rows absent."""
     return {node: judged.problems for node, judged in judge_nodes(report).items()}
@@ -68,7 +70,8 @@ class Remediation:
 
     def to_dict(self) -> dict[str, Any]:
         return {"dry_run": self.dry_run, "taint": self.taint, "tainted": self.nodes("taint"),
-                "untainted": self.nodes("untaint"), "released": self.nodes("release"), "unchanged": self.nodes("unchanged"),
+                "untainted": self.nodes("untaint"), "released": self.nodes("release"),
+                "unchanged": self.nodes("unchanged"),
                 "errors": [a.reason for a in self.actions if a.action == "error"], "skipped": self.skipped,
                 "marks": self.marks, "actions": [asdict(a) for a in self.actions]}
 

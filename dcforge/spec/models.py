@@ -121,8 +121,9 @@ class GpuPool(SpecModel):
     rdma: bool = False
     """Whether the pool's nodes carry RDMA NICs attached to the secondary network."""
     gate_new_nodes: bool = False
-    """Nodes join with the taint `dcforge.io/validation=pending:NoSchedule` (declared with the pool's taints); node-level
-    acceptance tolerates it and `dcforge accept --taint-failed` removes it once the node passes (docs/node-health.md)."""
+    """Nodes join with the taint `dcforge.io/validation=pending:NoSchedule` (declared with the pool's taints);
+    node-level acceptance tolerates it and `dcforge accept --taint-failed` removes it once the node passes
+    (docs/node-health.md)."""
 
     @field_validator("gpu_model")
     @classmethod
