@@ -80,6 +80,16 @@ def test_the_catalogue_covers_every_xid_with_a_bucket_and_an_action_and_says_whe
     assert "docs.nvidia.com/deploy/xid-errors" in document["source"] and document["retrieved"]
 
 
+def test_every_xid_has_nvidias_description():
+    # NVIDIA's catalogue describes every Xid 1-161 (deprecated ones as "Unused"), so none is left empty
+    rules = catalogue()
+    assert [xid for xid, rule in rules.items() if not rule.description.strip()] == []
+    # spot checks against NVIDIA's Description column, verbatim
+    assert (rules[79].description, rules[94].description, rules[95].description, rules[149].description) == (
+        "GPU has fallen off the bus", "Contained memory error", "Uncontained memory error", "NVLINK: NETIR Error")
+    assert rules[1].description == "Unused" and rules[154].description == "GPU Recovery Action Changed"
+
+
 def test_the_drivers_own_words_override_the_table():
     # XID 154 names its recovery action in the driver's words (None, GPU Reset Required / PF FLR, Node Reboot
     # Required, Drain and Reset); these messages follow that format, no public log with each was found
