@@ -140,8 +140,10 @@ def test_the_last_reports_are_kept_and_the_older_deleted():
 
 # --- The alerting rule in the stack ------------------------------------------------------------------------------
 
-def test_the_prometheus_rule_is_declared_only_where_the_environment_enables_it():
-    from tests.pulumi_mocks import run_stack_program, stack_config
+def test_the_prometheus_rule_is_declared_only_where_the_environment_enables_it(monkeypatch):
+    from tests.pulumi_mocks import STACKS_DIR, run_stack_program, stack_config
+
+    monkeypatch.syspath_prepend(str(STACKS_DIR))  # the program imports its `components` package, as Pulumi runs it
 
     loaded = load_environment("dev")
     config = {**loaded.raw_config, "monitoring": {"prometheusOperator": True, "acceptanceAlerts": True,
