@@ -22,8 +22,9 @@ accept: install
 
 # System tools the Ansible tests need (debootstrap for the chroot target, gpg to sign the local test mirror), fio
 # for the storage check, and what the multi-node tests need (sshd in network namespaces, ip/tc, iperf3; perftest's
-# ib_write_bw for the network check's RDMA pairs), and the Slurm test bed's daemons and clients (slurmctld, slurmd,
-# slurm-client, munge; tests/integration/test_slurm.py):
+# ib_write_bw for the network check's RDMA pairs), Prometheus and its Pushgateway for the metrics tests (promtool
+# comes with prometheus), and the Slurm test bed's daemons and clients (slurmctld, slurmd, slurm-client, munge;
+# tests/integration/test_slurm.py):
 # installed with apt only when missing and only as root; otherwise those tests skip and say why.
 system-deps:
 	@missing=""; command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || missing="$$missing debootstrap"; \
@@ -33,6 +34,8 @@ system-deps:
 	command -v ip >/dev/null || missing="$$missing iproute2"; \
 	command -v iperf3 >/dev/null || missing="$$missing iperf3"; \
 	command -v ib_write_bw >/dev/null || missing="$$missing perftest"; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v prometheus-pushgateway >/dev/null || missing="$$missing prometheus-pushgateway"; \
 	[ -x /usr/sbin/slurmctld ] || missing="$$missing slurmctld"; \
 	[ -x /usr/sbin/slurmd ] || missing="$$missing slurmd"; \
 	command -v srun >/dev/null || missing="$$missing slurm-client"; \

@@ -7,7 +7,7 @@ import itertools
 import json
 from functools import lru_cache
 
-from dcforge.report.nodes import node_problem, node_rows
+from dcforge.report.nodes import node_action, node_problem, node_rows
 
 STATUS_COLOURS = {"pass": "#1a7f37", "fail": "#cf222e", "error": "#bf3989", "skipped": "#6e7781",
                   "running": "#9a6700", "interrupted": "#bc4c00", "nothing_verified": "#cf222e"}
@@ -154,7 +154,8 @@ def _checks_table(report: dict) -> list[str]:
 
 
 def _remediation_section(remediation: dict | None) -> list[str]:
-    """`dcforge accept --taint-failed`: which nodes were (or, dry, would be) tainted or untainted, and why."""
+    """`dcforge accept --taint-failed/--mark-nodes`: which nodes were (or, dry, would be) tainted, untainted or
+    released, and why; the conditions set."""
     if not remediation:
         return []
     from dcforge.remediation import summary_line
@@ -166,6 +167,8 @@ def _remediation_section(remediation: dict | None) -> list[str]:
         parts += [f"<tr><td>{e(a['node'])}</td><td>{badge('error') if a['action'] == 'error' else e(a['action'])}"
                   f"</td><td>{e(a['reason'])}</td></tr>" for a in remediation["actions"]]
         parts.append("</table>")
+    if remediation.get("marks"):  # --mark-nodes: the condition, annotation and events of each node
+        parts.append("<ul>" + "".join(f"<li>{e(line)}</li>" for line in remediation["marks"]) + "</ul>")
     return parts
 
 
@@ -244,6 +247,7 @@ def _node_table(check: dict) -> list[str]:
     parts = ["<table class='nodes'><tr>" + "".join(f"<th>{e(c)}</th>" for c in columns) + "<th></th></tr>"]
     for row in rows:
         problem = node_problem(row)
+        row = {**row, "action": node_action(row).label} if "action" in row else row  # words, not the enum value
         parts.append(f"<tr{' class=outlier' if problem else ''} title='{e(problem)}'>"
                      + "".join(f"<td class=outlier-figure>{_format(row.get(c))}</td>"
                                if c in (row.get("outlier_in") or ()) else f"<td>{_format(row.get(c))}</td>"

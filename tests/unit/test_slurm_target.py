@@ -14,7 +14,7 @@ from dcforge.errors import DcforgeError
 from dcforge.executors.slurm_commands import drain_reason, parse_node, parse_sinfo, parse_squeue
 from dcforge.findings import Action
 from dcforge.node_check import NodeCheck, check_interfaces, check_mounts
-from dcforge.remediation import REASON_LIMIT, drain_text, node_actions
+from dcforge.remediation import REASON_LIMIT, drain_reasons, drain_text
 from dcforge.spec.loader import load_environment
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,10 +53,12 @@ def test_drain_reason_names_check_finding_and_the_most_urgent_action():
                         "action": Action.RESET_GPU.value},
                        {"host": "n2", "state": "failed", "reason": "XID 79", "action": Action.CONTACT_VENDOR.value}],
     })
-    actions = node_actions(report)
-    assert actions["n1"] == "dcforge: slow_node: slow node; action=drain_and_service"  # more urgent than reset_gpu
-    assert actions["n2"] == "dcforge: gpu_health: failed: XID 79; action=contact_vendor"
-    assert node_actions(report_with({"slow_node": [{"host": "n3", "verdict": "cleared"}]})) == {}
+    reasons = drain_reasons(report)
+    # a failed row without an action: drain_and_service, more urgent than reset_gpu
+    assert reasons["n1"] == ("dcforge: slow_node: slow node; gpu_health: failed: GPU 3: a row remap is pending; "
+                             "action=drain_and_service")
+    assert reasons["n2"] == "dcforge: gpu_health: failed: XID 79; action=contact_vendor"
+    assert drain_reasons(report_with({"slow_node": [{"host": "n3", "verdict": "cleared"}]})) == {}
 
 
 def test_a_long_finding_is_cut_to_fit_slurms_reason_on_one_line():
