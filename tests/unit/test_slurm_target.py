@@ -55,9 +55,9 @@ def test_drain_reason_names_check_finding_and_the_most_urgent_action():
     })
     reasons = drain_reasons(report)
     # a failed row without an action: drain_and_service, more urgent than reset_gpu
-    assert reasons["n1"] == ("dcforge: slow_node: slow node; gpu_health: failed: GPU 3: a row remap is pending; "
-                             "action=drain_and_service")
-    assert reasons["n2"] == "dcforge: gpu_health: failed: XID 79; action=contact_vendor"
+    assert reasons["n1"] == ("dcforge: slow_node: slow node; gpu_health: failed: GPU 3: a row remap is pending "
+                             "(action: reset GPU); action=drain_and_service")
+    assert reasons["n2"] == "dcforge: gpu_health: failed: XID 79 (action: contact vendor); action=contact_vendor"
     assert drain_reasons(report_with({"slow_node": [{"host": "n3", "verdict": "cleared"}]})) == {}
 
 
