@@ -423,7 +423,7 @@ class AcceptanceSlurm(SpecModel):
     """Each job's time limit (`srun --time`); default the check's timeout rounded up to minutes, plus one."""
     pending_limit_s: float = Field(default=300.0, gt=0)
     """A job still pending after this long is cancelled and its check fails naming the job and squeue's reason."""
-    shared_dir: str = Field(pattern=r"^/")
+    shared_dir: str
     """An absolute path this machine and every node see alike (NFS, Lustre): the jobs' volumes, logs and results
     go under `<sharedDir>/dcforge-runs/<run id>/`, removed when each workload stops."""
     slurm_conf: str | None = None
@@ -434,6 +434,13 @@ class AcceptanceSlurm(SpecModel):
     """The project root on the nodes; default this checkout's path."""
     socket_ifname: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,15}$")
     """Interface the collectives use between nodes (GLOO_SOCKET_IFNAME and NCCL_SOCKET_IFNAME)."""
+
+    @field_validator("shared_dir")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"{value!r} is not an absolute path (the nodes and this machine must see the same one)")
+        return value
 
     @model_validator(mode="after")
     def _a_partition(self) -> "AcceptanceSlurm":

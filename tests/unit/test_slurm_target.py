@@ -78,7 +78,7 @@ def write_env(tmp_path: Path, acceptance: dict, base: str = "local") -> Path:
     (None, "dcforge:acceptance", "target slurm needs `slurm`"),
     ({"sharedDir": "/shared"}, "dcforge:acceptance.slurm", "give a partition"),
     ({"partition": "gpu"}, "dcforge:acceptance.slurm.sharedDir", "required"),
-    ({"partition": "gpu", "sharedDir": "relative/dir"}, "dcforge:acceptance.slurm.sharedDir", ""),
+    ({"partition": "gpu", "sharedDir": "relative/dir"}, "dcforge:acceptance.slurm.sharedDir", "not an absolute path"),
     ({"partition": "gpu; rm", "sharedDir": "/s"}, "dcforge:acceptance.slurm.partition", ""),
     ({"partitions": {"nosuchpool": "gpu"}, "sharedDir": "/s"}, "dcforge:acceptance.slurm.partitions.nosuchpool",
      "unknown pool 'nosuchpool'"),
