@@ -127,14 +127,15 @@ def test_too_many_nodes_is_one_line_naming_the_partition(cluster, tmp_path):
 
 @needs_slurm
 @pytest.mark.timeout(200)
-def test_accept_runs_multinode_and_node_level_checks_through_slurm(cluster, tmp_path):
-    proc, report = accept_on_slurm(tmp_path, cluster, ["allreduce_multinode", "node_level"], {
+def test_accept_runs_multinode_node_level_and_network_checks_through_slurm(cluster, tmp_path):
+    proc, report = accept_on_slurm(tmp_path, cluster, ["allreduce_multinode", "node_level", "network"], {
         "allreduce_multinode": {"maxBytes": "64K", "factor": 8},
-        "node_level": {"workloads": ["system"]}})
+        "node_level": {"workloads": ["system"]}, "network": {"seconds": 1}})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     checks = {c["name"]: c for c in report["checks"]}
     assert [n["host"] for n in checks["allreduce_multinode"]["details"]["nodes"]] == cluster.nodes
     assert [n["host"] for n in checks["node_level"]["details"]["nodes"]] == cluster.nodes
+    assert len(checks["network"]["details"]["pairs"]) == 3  # iperf3 between every pair of Slurm nodes
     assert "on 3 nodes x1 (slurm)" in proc.stdout
     assert no_job_left(cluster) == []
 
