@@ -68,10 +68,8 @@ class NodeCheck:
 
 
 def check_gpus(result: NodeCheck, expected: Expectations) -> None:
-    """NVML readings judged by the gpu_health rules, the GPU count, the driver version; XIDs of the kernel log."""
+    """NVML's readings and XIDs, the kernel log's XIDs and the driver version of this node, judged (`judge_gpus`)."""
     from dcforge.gpu.kernel_log import kernel_log_xids
-    from dcforge.gpu.readings import NodeHealth
-    from dcforge.gpu.verdict import judge_node
     from dcforge.harness.node import MISSING_GPU_ACTION
 
     try:
@@ -89,13 +87,22 @@ def check_gpus(result: NodeCheck, expected: Expectations) -> None:
     kernel_xids, why = kernel_log_xids()
     if why:
         result.notes.append(why)
+    judge_gpus(result, expected, readings, [*nvml_xids, *kernel_xids], driver)
+
+
+def judge_gpus(result: NodeCheck, expected: Expectations, readings: list, xids: list, driver: str | None) -> None:
+    """The gpu_health rules (dcforge.gpu.verdict) on the readings and XIDs, each failure with its recommended action;
+    the GPU count and the driver version against what is expected."""
+    from dcforge.gpu.readings import NodeHealth
+    from dcforge.gpu.verdict import judge_node
+    from dcforge.harness.node import MISSING_GPU_ACTION
+
     result.checked.append(f"{len(readings)} GPUs")
     if expected.gpus is not None and readings and len(readings) < expected.gpus:
         result.add(MISSING_GPU_ACTION, f"{len(readings)} of {expected.gpus} expected GPUs visible")
-    verdict = judge_node(NodeHealth(tuple(readings), tuple(nvml_xids) + tuple(kernel_xids)))
-    for finding in verdict.failures:
-        action = Action.RESET_GPU if "reset" in finding.message else Action.DRAIN_AND_SERVICE
-        result.add(action, str(finding))
+    verdict = judge_node(NodeHealth(tuple(readings), tuple(xids)))
+    for finding in verdict.failures:  # the gpu_health rules' own recommended action (a failure without one: service)
+        result.add(finding.action if finding.action is not Action.NONE else Action.DRAIN_AND_SERVICE, str(finding))
     result.checked.append("XIDs")
     if expected.driver and driver is not None:
         result.checked.append(f"driver {driver}")

@@ -149,3 +149,19 @@ def test_node_check_without_fast_is_bad_input():
     done = subprocess.run([sys.executable, "-m", "dcforge.cli", "node-check"], capture_output=True, text=True,
                           timeout=60, cwd=REPO)
     assert done.returncode == 2 and "add --fast" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_node_check_judges_a_real_kernel_log_xid_by_the_gpu_health_rules():
+    """The repository's /dev/kmsg sample (tests/unit/gpu_outputs/kmsg-xid79.txt) through the gpu_health rules: XID 79
+    and a driver other than the pinned one fail the node, with the most urgent action of the two."""
+    from dcforge.gpu.kernel_log import parse_xid_lines
+    from dcforge.node_check import Expectations, judge_gpus
+
+    xids = parse_xid_lines((Path(__file__).parent / "gpu_outputs" / "kmsg-xid79.txt").read_text())
+    result = NodeCheck()
+    judge_gpus(result, Expectations(driver="570.172.08"), [], xids, "570.133.20")
+    line = result.line(0.1)
+    assert line.startswith("ERROR dcforge node-check: ") and "79" in line and "\n" not in line
+    assert "driver 570.133.20, expected 570.172.08" in line
+    assert "XID 79 (GPU has fallen off the bus)" in line
+    assert line.endswith("; action=drain_and_service")  # the driver mismatch's, more urgent than XID 79's reboot
