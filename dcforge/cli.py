@@ -164,8 +164,9 @@ def accept(
     mark_nodes: bool = typer.Option(False, "--mark-nodes", help="Target kubernetes: set the DcforgeNodeHealthy "
                                     "condition, the recommended-action annotation and an Event per failed node."),
     drain_failed: bool = typer.Option(False, "--drain-failed", help="Target slurm: drain nodes that failed a "
-                                      "node-level check (reason `dcforge: <check>: <finding>; action=<action>`), resume "
-                                      "the ones dcforge drained once they pass; never a node drained by someone else."),
+                                      "node-level check (reason `dcforge: <check>: <finding>; action=<action>`), "
+                                      "resume the ones dcforge drained once they pass; never one drained by someone "
+                                      "else."),
     pushgateway: Optional[str] = typer.Option(None, "--pushgateway", help="Push the run's metrics to this "
                                               "Pushgateway URL (default: dcforge:acceptance.metrics.pushgateway)."),
     metrics_textfile: Optional[Path] = typer.Option(None, "--metrics-textfile", help="Write the run's metrics to "
@@ -617,7 +618,8 @@ def node_check(
     env: Optional[str] = typer.Option(None, "--env", "-e", help="Expect what this environment declares of a node "
                                       "(its pool's GPUs per node, the driver, target slurm's socket interface)."),
     env_file: Optional[Path] = EnvFileOption,
-    pool: Optional[str] = typer.Option(None, "--pool", help="With --env: the node's pool (default the acceptance pool)."),
+    pool: Optional[str] = typer.Option(None, "--pool", help="With --env: the node's pool (default the acceptance "
+                                       "pool)."),
     gpus: Optional[int] = typer.Option(None, "--gpus", min=0, help="GPUs this node must show."),
     driver: Optional[str] = typer.Option(None, "--driver", help="The NVIDIA driver version this node must run."),
     mount: Optional[list[str]] = typer.Option(None, "--mount", help="A folder that must be a mount point (repeat)."),

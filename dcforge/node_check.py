@@ -79,8 +79,8 @@ def check_gpus(result: NodeCheck, expected: Expectations) -> None:
         driver = _driver_version()
     except Exception as error:  # noqa: BLE001 (no pynvml, no driver, NVML refusing: the GPUs are not readable)
         if expected.gpus:
-            result.add(MISSING_GPU_ACTION, f"{expected.gpus} GPUs expected, NVML unreadable: "
-                                           f"{str(error).splitlines()[0][:160] if str(error) else type(error).__name__}")
+            why = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+            result.add(MISSING_GPU_ACTION, f"{expected.gpus} GPUs expected, NVML unreadable: {why}")
         else:
             result.notes.append("no NVIDIA driver (no GPU expected)")
         readings, nvml_xids, driver = [], [], None

@@ -7,8 +7,9 @@ is named `dcforge-<run id>-<workload>-<role>` and carries the comment `dcforge e
 (`slurm_commands.run_comment`), so Ctrl-C and `dcforge clean` cancel exactly the jobs of a run or environment.
 
 Files: the nodes and this machine share `shared_dir` (a site's NFS or Lustre home; the test bed's namespaces share
-one filesystem). Under `<shared_dir>/dcforge-runs/<run id>/<execution key>/` each node has its volumes, its log, a `started` file written when its command starts and an `exit` file with its exit status: what the
-node states come from. Slurm's own process tracking ends every process of a job on `scancel`; `stop()` cancels the
+one filesystem). Under `<shared_dir>/dcforge-runs/<run id>/<execution key>/` each node has its volumes, its log, a
+`started` file written when its command starts and an `exit` file with its exit status: what the node states come
+from. Slurm's own process tracking ends every process of a job on `scancel`; `stop()` cancels the
 execution's jobs, waits for the srun clients, copies the logs into the run directory and removes the shared folder.
 
 States: PENDING with squeue's reason (`job 42 pending: Resources`) until the node's command started, past
@@ -140,7 +141,8 @@ class SlurmExecution(PlacedExecution):
         limit = options.time_limit_min or math.ceil(self.workload.timeout_s / 60) + 1
         args = ["srun", f"--job-name={self._job_names[role.name]}", f"--comment={self._comment}",
                 f"--partition={options.partition}", f"--time={limit}", f"--nodes={role.nodes}",
-                f"--nodelist={nodes}", "--ntasks-per-node=1", f"--cpus-per-task={max(1, math.ceil(role.resources.cpus))}",
+                f"--nodelist={nodes}", "--ntasks-per-node=1",
+                f"--cpus-per-task={max(1, math.ceil(role.resources.cpus))}",
                 "--kill-on-bad-exit=0", "--input=none"]
         args += [f"--account={options.account}"] if options.account else []
         args += [f"--qos={options.qos}"] if options.qos else []
