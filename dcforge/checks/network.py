@@ -50,12 +50,15 @@ class NetworkCheckConfig(CheckConfig):
 def pair_command(seconds: int, retry_s: float) -> tuple[str, ...]:
     """Node 0 serves once, node 1 measures against it, retrying for `retry_s` until the server listens: on a busy
     node the server's pod may start many seconds after the client's, and until it runs its Service refuses at
-    once ("No route to host"), so a count of attempts would be spent in a few seconds (seen on a real cluster)."""
+    once ("No route to host"), so a count of attempts would be spent in a few seconds (seen on a real cluster).
+    An attempt counts only when its JSON holds no `error`: iperf3 3.12 with --json exits 0 on "unable to connect to
+    server: Connection refused" (seen on target slurm, where the client's node may start before the server's)."""
     script = ("if [ {node_index} = 0 ]; then exec iperf3 --server --one-off --bind {node_address} "
               "--port {port[%s]}; fi; "
               "end=$(( $(date +%%s) + %d )); while [ $(date +%%s) -lt $end ]; do "
               "iperf3 --client {leader_address} --port {port[%s]} --time %d --json "
-              "> {volume[results]}/iperf.json && exit 0; sleep 0.2; done; exit 1"
+              "> {volume[results]}/iperf.json && ! grep -q '\"error\":' {volume[results]}/iperf.json && exit 0; "
+              "sleep 0.2; done; exit 1"
               ) % (IPERF_PORT, max(1, int(retry_s)), IPERF_PORT, seconds)
     return ("sh", "-c", script)
 

@@ -348,20 +348,23 @@ class SlurmExecutor:
         self.env_name = env_name
         self.run_id = run_id
         self._nodes = nodes
-        self.node_resources = node_resources
+        self.node_resources = node_resources or Resources()
         """What each node of a torchrun workload asks for (the pool's GPUs per node), as on target kubernetes;
-        None: one CPU, no GPU."""
+        by default one CPU and no GPU."""
 
     @property
-    def nodes(self) -> list[str]:
-        """The node names roles are placed on, node i of a role on the i-th."""
-        return [node.name for node in self._placeable()]
+    def nodes(self) -> tuple[str, ...]:
+        """The machines roles are pinned to by name (node i of a role on the i-th); empty when not pinned."""
+        return tuple(node.name for node in self._nodes) if self._nodes is not None else ()
+
+    def pool_nodes(self) -> list[str]:
+        """The partition's machines that can take a node now (not drained, down or unreachable), in name order."""
+        return [node.name for node in self.partition_nodes()]
 
     def partition_nodes(self) -> list[SlurmNode]:
-        """The partition's usable nodes in name order (not drained, down or unreachable)."""
         return [node for node in partition_nodes(self.options.partition, self.options.client_env()) if node.usable]
 
-    def pinned(self, names: list[str]) -> "SlurmExecutor":
+    def pinned(self, names) -> "SlurmExecutor":
         """This executor placing node i of each role on `names[i]` (which must be nodes of the partition)."""
         known = {node.name: node for node in partition_nodes(self.options.partition, self.options.client_env())}
         unknown = [name for name in names if name not in known]
@@ -369,6 +372,11 @@ class SlurmExecutor:
             raise ExecutorError(f"node {unknown[0]} is not in Slurm partition {self.options.partition}")
         return SlurmExecutor(self.options, self.env_name, self.run_id, [known[name] for name in names],
                              self.node_resources)
+
+    def tolerating(self, tolerations) -> "SlurmExecutor":
+        """The same executor: Slurm has no taints. A node dcforge drained is retested because `--drain-failed`
+        resumes it before the checks (dcforge.remediation.return_for_retest), not by tolerating anything."""
+        return self
 
     def _placeable(self) -> list[SlurmNode]:
         return self._nodes if self._nodes is not None else self.partition_nodes()

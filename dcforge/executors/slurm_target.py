@@ -42,7 +42,7 @@ def slurm_executor_for(env, run_id: str, check: str, nodes: int | None, min_node
     pool = env.spec.acceptance_pool
     executor = SlurmExecutor(slurm_options(env), env.spec.name, run_id,
                              node_resources=Resources(gpus=pool.gpus_per_node) if pool is not None else None)
-    usable = executor.nodes
+    usable = executor.pool_nodes()
     wanted = nodes or len(usable)
     if len(usable) < max(wanted, min_nodes):
         asked = f"{KEY}: {check} asks for {max(wanted, min_nodes)} node(s)"
