@@ -85,7 +85,7 @@ ContextOption = typer.Option(None, "--context", help="Target kubernetes: the kub
 def _cluster_access(loaded, kubeconfig: Optional[Path], context: Optional[str]):
     """Where target kubernetes runs the workloads; bad input (exit 2) before any check runs: no acceptance image,
     or a kubeconfig file that does not exist."""
-    from dcforge.checks.multinode import IMAGE_MISSING
+    from dcforge.placement.targets import IMAGE_MISSING
     from dcforge.errors import ConfigError
     from dcforge.harness.check import ClusterAccess
 

@@ -18,14 +18,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from dcforge.executors.kubernetes_objects import QUARANTINE_TOLERATION, TAINT, TAINT_TEXT  # noqa: F401
 from dcforge.harness.check import ClusterAccess
-from dcforge.report.nodes import node_problem, node_rows
+from dcforge.report.nodes import node_problem, node_rows, summary_line  # noqa: F401  (the console's line too)
 
-TAINT = {"key": "dcforge.io/acceptance", "value": "failed", "effect": "NoSchedule"}
-TAINT_TEXT = f"{TAINT['key']}={TAINT['value']}:{TAINT['effect']}"
-QUARANTINE_TOLERATION = {**TAINT, "operator": "Equal"}
-"""What node_level's pods carry on target kubernetes: a tainted node is tested again, and untainted once it passes
-(every other workload keeps off it)."""
 NODE_KEY = "kubernetes_node"
 
 
@@ -68,19 +64,6 @@ class Remediation:
                 "untainted": self.nodes("untaint"), "unchanged": self.nodes("unchanged"),
                 "errors": [a.reason for a in self.actions if a.action == "error"], "skipped": self.skipped,
                 "actions": [asdict(a) for a in self.actions]}
-
-
-def summary_line(remediation: dict[str, Any]) -> str:
-    """One line for the console and the HTML report, from report.json's `remediation`."""
-    if remediation.get("skipped"):
-        return f"remediation skipped: {remediation['skipped']}"
-    would = "would " if remediation["dry_run"] else ""
-    parts = [f"{would}taint {', '.join(remediation['tainted'])}" if remediation["tainted"] else "",
-             f"{would}untaint {', '.join(remediation['untainted'])}" if remediation["untainted"] else "",
-             f"{len(remediation['unchanged'])} unchanged" if remediation["unchanged"] else "",
-             f"{len(remediation['errors'])} error(s)" if remediation["errors"] else ""]
-    text = "; ".join(p for p in parts if p) or "no node with per-node results"
-    return f"remediation{' (dry run)' if remediation['dry_run'] else ''} [{remediation['taint']}]: {text}"
 
 
 def remediate(report: dict[str, Any], api_client: Any, dry_run: bool) -> Remediation:

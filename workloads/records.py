@@ -38,7 +38,7 @@ ALLREDUCE_RESULT_FILE = "sweep.json"
 CHECKPOINT_RESULT_FILE = "checkpoint.json"
 """`checkpoint`: the CheckpointResult line of workloads/train_checkpoint_bench.py."""
 LOAD_POD_RESULT_FILE = "load.json"
-"""`inference` on Kubernetes: the LoadPodResult line of `python -m dcforge.checks.serving.load_pod`."""
+"""`inference` on Kubernetes: the LoadPodResult line of `python -m dcforge.steps.serving.load_pod`."""
 LOAD_POD_REQUESTS_FILE = "requests.jsonl"
 """`inference` on Kubernetes: every RequestRecord the load pod's Locust processes logged, merged."""
 STORAGE_CLASS_FILE = "storage.json"
@@ -449,7 +449,7 @@ class GpuHealthResult(Record):
     """dcforge.gpu.readings.NodeHealth as `dataclasses.asdict` gives it (GPUs, XIDs, DCGM diagnostics, notes)."""
 
 
-# --- Serving: workloads/serving -> dcforge/checks/serving/ --------------------------------------------------------
+# --- Serving: workloads/serving -> dcforge/steps/serving/ --------------------------------------------------------
 
 @dataclass
 class ReplicaReady(Record):

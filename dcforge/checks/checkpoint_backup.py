@@ -161,7 +161,7 @@ class CheckpointBackupCheck:
 
     def _resume(self, ctx: CheckContext, config: CheckpointBackupConfig, result: CheckResult, restore_root: Path,
                 step: int, workdir: Path) -> None:
-        from dcforge.checks._torchrun import run_torchrun
+        from dcforge.steps.torchrun import run_torchrun
         from workloads.records import TrainStart, TrainStep, read_records_file
         from workloads.train_config import TrainConfig
 

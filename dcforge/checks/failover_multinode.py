@@ -21,13 +21,14 @@ from pathlib import Path
 
 from pydantic import Field
 
-from dcforge.checks._torchrun import TORCHRUN_STOP_MARGIN_S
-from dcforge.checks.multinode import default_nproc, executor_for
-from dcforge.checks.train import settings_error, train_config_error
-from dcforge.checks.train_failover import (FailoverTrainingConfig, TrainFailoverCheck, judge_recovery, when_held,
+from dcforge.steps.torchrun import TORCHRUN_STOP_MARGIN_S
+from dcforge.placement.targets import executor_for, ranks_per_node
+from dcforge.harness.check import settings_error
+from dcforge.steps.train import train_config_error
+from dcforge.steps.train_failover import (TRAIN_FAILOVER_METRICS, FailoverTrainingConfig, judge_recovery, when_held,
                                            with_pod_loss)
 from dcforge.executors.base import Execution, ExecutionOutcome, ExecutorError, NodeState, NodeStatus
-from dcforge.executors.torchrun import Elastic, TorchrunJob, node_records, torchrun_workload
+from dcforge.placement.torchrun import Elastic, TorchrunJob, node_records, torchrun_workload
 from dcforge.harness.check import CheckContext
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult, Status
@@ -71,7 +72,7 @@ class TrainFailoverMultinodeCheck:
                    "others from the last checkpoint: steps lost, time to resume.")
     Config = TrainFailoverMultinodeConfig
     requires_declared_gpus = False  # the nodes are the hosts (target hosts), not necessarily this machine
-    metrics = tuple(m for m in TrainFailoverCheck.metrics if m.name != "final_params_match") + (
+    metrics = tuple(m for m in TRAIN_FAILOVER_METRICS if m.name != "final_params_match") + (
         MetricSpec("nodes_after", "nodes", "higher", "nodes in the worker group that resumed",
                    "the nodes training went on with: every node but the isolated one"),
     )
@@ -80,7 +81,7 @@ class TrainFailoverMultinodeCheck:
         result = CheckResult(self.name, declared=self.metrics)
         local = ctx.env.spec.acceptance.target == "local"
         executor, nodes, ifname = executor_for(ctx, self.name, config.nodes or (LOCAL_NODES if local else None))
-        nproc = config.nproc_per_node or default_nproc(executor)  # a pool machine's GPUs on target kubernetes
+        nproc = config.nproc_per_node or ranks_per_node(executor)  # a pool machine's GPUs on target kubernetes
         victim = config.fail_node if config.fail_node is not None else nodes - 1
         if nodes < 2:
             raise settings_error(ctx, self.name, "nodes", f"{nodes} node: at least 2 are needed (node 0 hosts the "

@@ -21,6 +21,7 @@ from pydantic import Field
 from dcforge.gpu.verdict import pci_device
 from dcforge.harness.check import CheckConfig, CheckContext, runs_on_pool
 from dcforge.harness.metrics import MetricSpec
+from dcforge.harness.node import no_gpu_reason
 from dcforge.harness.result import CheckResult, CheckSkipped
 
 # DCGM diagnostic level per stage of a node's life (DCGM's guidance: short after deploy, medium before acceptance,
@@ -38,14 +39,6 @@ class GpuHealthConfig(CheckConfig):
     dcgm_timeout_s: float = Field(default=1800.0, gt=0)
     xid_listen_ms: int = Field(default=1000, ge=0)
     """How long to listen for NVML XID events; history since boot comes from the kernel log."""
-
-
-def no_gpu_reason() -> str | None:
-    from dcforge.harness.node import visible_gpus
-
-    if visible_gpus():
-        return None
-    return "no GPU visible (nvidia-smi and torch.cuda see none): GPU health cannot be read on this machine"
 
 
 class GpuHealthCheck:
@@ -97,9 +90,9 @@ class GpuHealthCheck:
 
     def _on_pool(self, ctx: CheckContext, config: GpuHealthConfig) -> CheckResult:
         """Every Ready node of the acceptance pool at once, a pinned pod each; a row per node."""
-        from dcforge.checks.multinode import executor_for
-        from dcforge.checks.node_level import node_executors, run_on_nodes
-        from dcforge.checks.slow_node import SlowNodeCheck
+        from dcforge.placement.naming import name_kubernetes_nodes
+        from dcforge.placement.nodes import node_executors, run_on_nodes
+        from dcforge.placement.targets import executor_for
         from dcforge.report.nodes import node_problem
 
         executor, count, _ = executor_for(ctx, self.name, None, pin=True, min_nodes=1, retest_quarantined=True)
@@ -112,7 +105,7 @@ class GpuHealthCheck:
         rows = run_on_nodes(nodes, {host: [step] for host, _ in nodes}, workdir, ctx)
         result = CheckResult(self.name, declared=self.metrics)
         result.details.update(nodes=rows, executor=executor.name, dcgm_level=dcgm_level(config))
-        SlowNodeCheck.name_kubernetes_nodes(executor, result)
+        name_kubernetes_nodes(executor, result)
         for figure in ("gpus_checked", "gpus_failing", "fatal_xids"):
             result.add_metric(figure, sum(row.get(figure, 0) for row in rows), context=f"{len(rows)} nodes")
         failed = [row for row in rows if row["state"] != "succeeded"]
@@ -164,10 +157,10 @@ def judge_health(result: CheckResult, health, level: int, config: GpuHealthConfi
 
 
 def gpu_health_step(config: GpuHealthConfig, expected_gpus: int):
-    """The readers as a node step (`dcforge/checks/node_steps.py`): the pod writes a GpuHealthResult; judged by
+    """The readers as a node step (`dcforge/steps/step.py`): the pod writes a GpuHealthResult; judged by
     the local verdict, and the node fails when its pod sees fewer GPUs than the pool declares per node."""
-    from dcforge.checks.node_steps import Step
     from dcforge.executors.base import literal
+    from dcforge.steps.step import Step
     from dcforge.gpu.readings import node_health_from_dict
     from workloads.records import GPU_HEALTH_FILE, GpuHealthResult, read_result
 

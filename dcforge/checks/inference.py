@@ -5,20 +5,20 @@ a key, TLS >= 1.2 when TLS is on).
 N replicas run on 127.0.0.1 under gunicorn; Locust runs headless in a subprocess with a hard timeout, warms every
 replica up, and writes a per-request log (warm-up requests marked) from which every figure is computed exactly
 (docs/metrics.md), also exported in AIPerf's per-request form. Every process is stopped at the end. On target
-kubernetes the server and Locust run in the cluster instead (dcforge/checks/serving/on_cluster.py) and the same
+kubernetes the server and Locust run in the cluster instead (dcforge/placement/serving.py) and the same
 figures are computed from the load pod's request log.
 """
 
 from __future__ import annotations
 
-from dcforge.checks._load_metrics import LOAD_METRICS
-from dcforge.checks.serving.capacity import CAPACITY_METRICS, CapacitySettings, measure_capacity
-from dcforge.checks.serving.load import RUN_METRICS, run_load, serving_session
-from dcforge.checks.serving.plots import latency_plots
-from dcforge.checks.serving.replicas import REPLICA_SHARE_METRICS, add_share_metrics, replica_shares
-from dcforge.checks.serving.scraping import decode_batch_mean
-from dcforge.checks.serving.settings import ServingLoadConfig
-from dcforge.checks.serving.summary import add_summary_metrics, load_summary
+from dcforge.steps.serving.load_metrics import LOAD_METRICS
+from dcforge.steps.serving.capacity import CAPACITY_METRICS, CapacitySettings, measure_capacity
+from dcforge.steps.serving.load import RUN_METRICS, run_load, serving_session
+from dcforge.steps.serving.plots import latency_plots
+from dcforge.steps.serving.replicas import REPLICA_SHARE_METRICS, add_share_metrics, replica_shares
+from dcforge.steps.serving.scraping import decode_batch_mean
+from dcforge.steps.serving.settings import ServingLoadConfig
+from dcforge.steps.serving.summary import add_summary_metrics, load_summary
 from dcforge.harness.check import CheckContext, runs_on_pool
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.power import ENERGY_METRICS, OUTPUT_TOKENS_PER_JOULE, record_energy, sample_power
@@ -29,7 +29,7 @@ class InferenceConfig(ServingLoadConfig):
     """Everything else is shared with inference_failover (see ServingLoadConfig)."""
 
     capacity: CapacitySettings | None = None
-    """Sweeps and the SLA search after the main measurement (dcforge/checks/serving/capacity.py)."""
+    """Sweeps and the SLA search after the main measurement (dcforge/steps/serving/capacity.py)."""
 
 
 class InferenceCheck:
@@ -84,7 +84,7 @@ class InferenceCheck:
     def run_on_cluster(self, ctx: CheckContext, config: InferenceConfig, result: CheckResult) -> CheckResult:
         """Server and Locust in the cluster; the same figures and verdicts as on this machine, from the load pod's
         records (no energy: a restricted pod reads no power)."""
-        from dcforge.checks.serving.on_cluster import run_load_on_cluster
+        from dcforge.placement.serving import run_load_on_cluster
         from dcforge.compliance.endpoint import EndpointFinding
 
         ran = run_load_on_cluster(ctx, config, self.name, result)

@@ -21,13 +21,14 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
-from dcforge.checks._load_metrics import LOAD_METRICS
-from dcforge.checks.serving.load import RUN_METRICS, ServingSession, run_load, serving_session
-from dcforge.checks.serving.plots import latency_plots
-from dcforge.checks.serving.replicas import (REPLICA_SHARE_METRICS, IdleVictim, add_share_metrics, replica_shares,
+from dcforge.steps.serving.load_metrics import LOAD_METRICS
+from dcforge.steps.serving.failover import Kill
+from dcforge.steps.serving.load import RUN_METRICS, ServingSession, run_load, serving_session
+from dcforge.steps.serving.plots import latency_plots
+from dcforge.steps.serving.replicas import (REPLICA_SHARE_METRICS, IdleVictim, add_share_metrics, replica_shares,
                                              wait_for_busiest_replica)
-from dcforge.checks.serving.settings import ServingLoadConfig
-from dcforge.checks.serving.summary import add_summary_metrics
+from dcforge.steps.serving.settings import ServingLoadConfig
+from dcforge.steps.serving.summary import add_summary_metrics
 from dcforge.harness.check import CheckContext, runs_on_pool
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult
@@ -50,22 +51,6 @@ class InferenceFailoverConfig(ServingLoadConfig):
 
 def _p95(values: list[float]) -> float:
     return float(np.percentile(values, 95)) if values else float("nan")
-
-
-@dataclass
-class Kill:
-    """What happened to the victim replica during the load."""
-
-    t_kill: float
-    """SIGKILL time, seconds since the epoch (the request log's clock)."""
-    victim: str
-    """The killed replica as the replica header names it (its pid; `<pod address>/<pid>` on target kubernetes)."""
-    respawned: str
-    """The replica that took its place: the one gunicorn started, or the Deployment's new pod's."""
-    respawn_s: float
-    """SIGKILL -> the new replica announced readiness."""
-    what: str
-    """The kill in words, for the plot's marker."""
 
 
 @dataclass
@@ -125,7 +110,7 @@ class InferenceFailoverCheck:
         result = CheckResult(self.name, declared=self.metrics)
         self._refuse_a_kill_too_late(ctx, config)
         if runs_on_pool(self, ctx.env.spec):  # target kubernetes: a server pod deleted (serving/on_cluster.py)
-            from dcforge.checks.serving.on_cluster import failover_on_cluster
+            from dcforge.placement.serving import failover_on_cluster
 
             ran = failover_on_cluster(ctx, config, self.name, result)
             if ran is None:

@@ -36,10 +36,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from dcforge.checks.fio import (FioError, FioJob, FioJobResult, FioNotFound, FioVerifyFailed, fio_executable,
+from dcforge.steps.fio import (FioError, FioJob, FioJobResult, FioNotFound, FioVerifyFailed, fio_executable,
                                 fio_version, run_fio)
-from dcforge.checks.train import settings_error
-from dcforge.harness.check import CheckConfig, CheckContext
+from dcforge.harness.check import CheckConfig, CheckContext, settings_error
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult, CheckSkipped, Plot, Series
 
@@ -431,8 +430,9 @@ class StorageCheck:
 
     def _kubernetes(self, ctx: CheckContext, config: StorageCheckConfig, names: list[str]) -> CheckResult:
         """One pod per class on a claim of it (pvcSizeGi), in the acceptance image, one class after the other."""
-        from dcforge.checks.multinode import kubernetes_executor, live_view
-        from dcforge.checks.node_steps import CLAIM_VOLUMES, OpenExecutions, Step, run_step
+        from dcforge.placement.nodes import OpenExecutions, run_step
+        from dcforge.placement.targets import kubernetes_executor, live_view
+        from dcforge.steps.step import CLAIM_VOLUMES, Step
         from dcforge.executors.base import ExecutorError, literal
         from dcforge.harness.result import Status
         from workloads.records import STORAGE_CLASS_FILE, StorageClassResult, read_result

@@ -82,6 +82,14 @@ _IS_LEADER_VAR = "DCFORGE_IS_LEADER"
 _SHELL_VAR = re.compile("\0(\\w+)\0")
 
 
+# The taint `dcforge accept --taint-failed` puts on a node that failed (dcforge/remediation.py).
+TAINT = {"key": "dcforge.io/acceptance", "value": "failed", "effect": "NoSchedule"}
+TAINT_TEXT = f"{TAINT['key']}={TAINT['value']}:{TAINT['effect']}"
+QUARANTINE_TOLERATION = {**TAINT, "operator": "Equal"}
+"""What node_level's pods carry on target kubernetes: a tainted node is tested again, and untainted once it passes
+(every other workload keeps off it)."""
+
+
 class ObjectError(ValueError):
     """A workload or spec that cannot be expressed as Kubernetes objects; one line naming the key or role."""
 

@@ -57,3 +57,9 @@ def missing_declared_gpus(spec: Environment) -> str | None:
         return None
     return (f"pool {pool.name!r} declares {pool.gpus_per_node} {pool.gpu_model} per node and {visible} are visible; "
             "measuring CPU numbers against GPU SLOs would mean nothing (see the system check)")
+
+
+def no_gpu_reason() -> str | None:
+    if visible_gpus():
+        return None
+    return "no GPU visible (nvidia-smi and torch.cuda see none): GPU health cannot be read on this machine"

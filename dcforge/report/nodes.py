@@ -37,3 +37,16 @@ def node_problem(row: dict[str, Any]) -> str:
     if row.get("problem"):
         return f"{row['host']}: {row['problem']}"
     return ""
+
+
+def summary_line(remediation: dict[str, Any]) -> str:
+    """One line for the console and the HTML report, from report.json's `remediation`."""
+    if remediation.get("skipped"):
+        return f"remediation skipped: {remediation['skipped']}"
+    would = "would " if remediation["dry_run"] else ""
+    parts = [f"{would}taint {', '.join(remediation['tainted'])}" if remediation["tainted"] else "",
+             f"{would}untaint {', '.join(remediation['untainted'])}" if remediation["untainted"] else "",
+             f"{len(remediation['unchanged'])} unchanged" if remediation["unchanged"] else "",
+             f"{len(remediation['errors'])} error(s)" if remediation["errors"] else ""]
+    text = "; ".join(p for p in parts if p) or "no node with per-node results"
+    return f"remediation{' (dry run)' if remediation['dry_run'] else ''} [{remediation['taint']}]: {text}"

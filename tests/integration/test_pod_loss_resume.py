@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from dcforge.checks.node_steps import CLAIM_VOLUMES, NODE_ENV, node_torchrun
+from dcforge.steps.step import CLAIM_VOLUMES, NODE_ENV, node_torchrun
 from dcforge.checks.train_failover import (TRAIN_RECORDS, TrainFailoverCheck, TrainFailoverConfig, held_run,
                                            judge_recovery, with_pod_loss)
 from dcforge.executors.base import NodeState, Role, Workload

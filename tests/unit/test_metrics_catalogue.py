@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from dcforge.checks import CHECKS, load_check
-from dcforge.checks._load_metrics import LOAD_METRICS
-from dcforge.checks.serving.summary import add_summary_metrics
+from dcforge.steps.serving.load_metrics import LOAD_METRICS
+from dcforge.steps.serving.summary import add_summary_metrics
 from dcforge.harness.metrics import MetricSpec, UndeclaredMetric, find_spec
 from dcforge.harness.result import CheckResult
 from dcforge.metrics_catalogue import README_BEGIN, README_END, catalogue, readme_section, render_markdown

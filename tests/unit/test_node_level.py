@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from dcforge.checks.node_level import (NodeLevelCheck, NodeLevelConfig, NodeTrainConfig, mark_outliers, pool_summary,
                                        run_node, sample_indices, shared_threads)
-from dcforge.checks.node_steps import OpenExecutions, Step, train_step
+from dcforge.steps.step import OpenExecutions, Step, train_step
 from dcforge.checks.system import SystemCheck, record_facts
 from dcforge.executors.local import LocalExecutor
 from dcforge.harness.result import CheckResult, Status

@@ -1,7 +1,7 @@
 """Capacity of the serving pool: load sweeps and the SLA search (the `capacity:` settings of `inference`).
 
 A *point* is one full measurement at one load -- a Locust run of `pointDurationS` through the check's own load
-path (dcforge.checks.serving.load) against the running server -- judged by the check's SLOs: the environment's
+path (dcforge.steps.serving.load) against the running server -- judged by the check's SLOs: the environment's
 and its profile's SLOs of the `inference` check on the figures a load run reports, except floors on a throughput
 (`request_throughput >= 3`: more load only makes them easier, so they say nothing about where the pool breaks). A
 point where requests were still unanswered `stopGraceS` after its window does not hold either: the slowest requests
@@ -35,8 +35,8 @@ from dcforge.harness.metrics import MetricSpec, find_spec
 from dcforge.harness.result import Plot, Series
 
 if TYPE_CHECKING:
-    from dcforge.checks.serving.load import ServingSession
-    from dcforge.checks.serving.settings import ServingLoadConfig
+    from dcforge.steps.serving.load import ServingSession
+    from dcforge.steps.serving.settings import ServingLoadConfig
     from dcforge.harness.check import CheckContext
     from dcforge.harness.result import CheckResult
     from dcforge.harness.slo import Slo, SloResult
@@ -346,8 +346,8 @@ class PointRunner:
         self.measured = 0
 
     def measure(self, point: LoadPoint, phase: str) -> PointOutcome:
-        from dcforge.checks.serving.load import run_load
-        from dcforge.checks.serving.summary import add_summary_metrics, load_summary
+        from dcforge.steps.serving.load import run_load
+        from dcforge.steps.serving.summary import add_summary_metrics, load_summary
         from dcforge.harness.result import CheckResult
         from dcforge.harness.slo import evaluate
 
@@ -458,8 +458,8 @@ def measure_capacity(ctx: "CheckContext", config: "ServingLoadConfig", settings:
     """Run the configured sweeps, then the search, against `session`; `slos` are the check's SLOs, of which those on
     a load run's figures judge each point (`point_slos`). `main_summary` (the check's main run) gives the default
     start of a rate search."""
-    from dcforge.checks._load_metrics import LOAD_METRICS
-    from dcforge.checks.serving.load import RUN_METRICS
+    from dcforge.steps.serving.load_metrics import LOAD_METRICS
+    from dcforge.steps.serving.load import RUN_METRICS
 
     started = time.monotonic()
     judged, not_judged = point_slos(slos, (*LOAD_METRICS, *RUN_METRICS))

@@ -15,10 +15,9 @@ from pathlib import Path
 
 from dcforge.executors.base import (ExecutionOutcome, Executor, ExecutorError, NodeStatus, Resources, Role,
                                     StatusCallback, VolumePurpose, Workload)
+from dcforge.steps.torchrun import TORCHRUN_ENV, socket_env
 
 RENDEZVOUS_PORT = "rendezvous"
-TORCHRUN_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "OMP_NUM_THREADS": "1"}
-"""What every torchrun an executor starts gets (the module docstring says why)."""
 
 
 @dataclass(frozen=True)
@@ -77,10 +76,6 @@ class TorchrunRun:
             if name in self.results[index]:
                 return index, self.results[index][name]
         raise ExecutorError(f"no node wrote {name}")
-
-
-def socket_env(ifname: str | None) -> dict[str, str]:
-    return {"GLOO_SOCKET_IFNAME": ifname, "NCCL_SOCKET_IFNAME": ifname} if ifname else {}
 
 
 def torchrun_workload(name: str, job: TorchrunJob, resources: Resources | None = None) -> Workload:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from dcforge.checks.serving.settings import ServingLoadConfig
+from dcforge.steps.serving.settings import ServingLoadConfig
 from dcforge.harness.result import CheckResult
 from workloads.records import RequestRecord
 
