@@ -46,7 +46,7 @@ STORAGE_CLASS_FILE = "storage.json"
 GPU_HEALTH_FILE = "gpu_health.json"
 """`gpu_health` on Kubernetes: the GpuHealthResult line of `python -m dcforge.checks.gpu_health` on a node."""
 SYSTEM_FACTS_FILE = "system.json"
-"""`node_level`: the SystemFacts line of `python -m dcforge.checks.system` run on a node."""
+"""`node_level`: the SystemFacts line of `python -m dcforge.steps.system` run on a node."""
 READY_FILE_PREFIX = "ready-"
 """A serving replica writes `<state dir>/ready-<pid>` (a ReplicaReady line) once its model is loaded."""
 REQUEST_LOG_TEMPLATE = "requests-{pid}.jsonl"
@@ -394,7 +394,7 @@ class CheckpointResult(Record):
     directory: str
 
 
-# --- System facts: `python -m dcforge.checks.system` on a node -> dcforge/checks/node_level.py ------------------
+# --- System facts: `python -m dcforge.steps.system` on a node -> dcforge/checks/node_level.py ------------------
 
 @dataclass
 class SystemFacts(Record):

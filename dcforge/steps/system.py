@@ -147,7 +147,7 @@ def facts_problems(facts: SystemFacts, spec: Environment, config: SystemConfig) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m dcforge.checks.system --output FILE`: this node's facts as one SystemFacts line (node_level
+    """`python -m dcforge.steps.system --output FILE`: this node's facts as one SystemFacts line (node_level
     runs it on every node through the executor)."""
     import argparse
 
