@@ -7,10 +7,11 @@ declares RDMA fails the check.
 
 from __future__ import annotations
 
-from dcforge.harness.check import CheckContext, runs_on_pool
+from dcforge.harness.check import CheckContext
 from dcforge.harness.power import record_energy, sample_power
 from dcforge.harness.result import CheckResult
 from dcforge.nccl_transport import record_transport
+from dcforge.placement.scope import single_node
 from dcforge.placement.pool import on_a_pool_machine, transport_from_log
 from dcforge.steps.allreduce import ALLREDUCE_METRICS, AllreduceCheckConfig, allreduce_step, record_sweep, sweep_args
 from dcforge.steps.rdma import declared_rdma_pool
@@ -27,8 +28,11 @@ class AllreduceCheck:
     metrics = ALLREDUCE_METRICS
 
     def run(self, ctx: CheckContext, config: AllreduceCheckConfig) -> CheckResult:
-        if runs_on_pool(self, ctx.env.spec):  # target kubernetes: a machine of the acceptance pool
-            return on_a_pool_machine(ctx, self.name, allreduce_step, config, after=transport_from_log(ctx.env.spec))
+        return single_node(ctx, self, here=lambda: self.here(ctx, config),
+                           pool=lambda: on_a_pool_machine(ctx, self.name, allreduce_step, config,
+                                                          after=transport_from_log(ctx.env.spec)))
+
+    def here(self, ctx: CheckContext, config: AllreduceCheckConfig) -> CheckResult:
         result = CheckResult(self.name, declared=self.metrics)
         nproc = config.nproc()
         workdir = ctx.artefact_dir(self.name)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from dcforge.harness.check import CheckContext, runs_on_pool, settings_error
+from dcforge.harness.check import CheckContext, settings_error
 from dcforge.harness.result import CheckResult, Plot, Series
 from dcforge.placement.pool import on_a_pool_machine
+from dcforge.placement.scope import single_node
 from dcforge.steps.checkpoint import (CHECKPOINT_METRICS, CheckpointCheckConfig, checkpoint_args, checkpoint_step,
                                       record_checkpoint)
 from dcforge.steps.step import CLAIM_VOLUMES
@@ -28,13 +29,18 @@ class CheckpointCheck:
     metrics = CHECKPOINT_METRICS
 
     def run(self, ctx: CheckContext, config: CheckpointCheckConfig) -> CheckResult:
-        if runs_on_pool(self, ctx.env.spec):  # target kubernetes: a machine of the acceptance pool
-            if config.directory:
-                raise settings_error(ctx, self.name, "directory", "target kubernetes writes the checkpoints to a "
-                                     "claim of the spec's checkpoints StorageClass (purpose: checkpoints); remove "
-                                     "directory")
-            return on_a_pool_machine(ctx, self.name, lambda ranked: checkpoint_step(
-                ranked, "{volume[checkpoints]}/checkpoint", CLAIM_VOLUMES), config)
+        return single_node(ctx, self, here=lambda: self.here(ctx, config), pool=lambda: self._on_pool(ctx, config))
+
+    def _on_pool(self, ctx: CheckContext, config: CheckpointCheckConfig) -> CheckResult:
+        """On a machine of the acceptance pool, writing to a claim of the checkpoints StorageClass."""
+        if config.directory:
+            raise settings_error(ctx, self.name, "directory", "target kubernetes writes the checkpoints to a "
+                                 "claim of the spec's checkpoints StorageClass (purpose: checkpoints); remove "
+                                 "directory")
+        return on_a_pool_machine(ctx, self.name, lambda ranked: checkpoint_step(
+            ranked, "{volume[checkpoints]}/checkpoint", CLAIM_VOLUMES), config)
+
+    def here(self, ctx: CheckContext, config: CheckpointCheckConfig) -> CheckResult:
         from workloads.checkpointing import CheckpointError, ensure_writable
 
         result = CheckResult(self.name, declared=self.metrics)

@@ -22,7 +22,7 @@ from pathlib import Path
 from pydantic import Field
 
 from dcforge.steps.torchrun import TORCHRUN_STOP_MARGIN_S
-from dcforge.placement.targets import executor_for, ranks_per_node
+from dcforge.placement.targets import executor_for, machine_resources, ranks_per_node
 from dcforge.harness.check import settings_error
 from dcforge.steps.train import train_config_error
 from dcforge.steps.train_failover import (TRAIN_FAILOVER_METRICS, FailoverTrainingConfig, judge_recovery, when_held,
@@ -79,8 +79,7 @@ class TrainFailoverMultinodeCheck:
 
     def run(self, ctx: CheckContext, config: TrainFailoverMultinodeConfig) -> CheckResult:
         result = CheckResult(self.name, declared=self.metrics)
-        local = ctx.env.spec.acceptance.target == "local"
-        executor, nodes, ifname = executor_for(ctx, self.name, config.nodes or (LOCAL_NODES if local else None))
+        executor, nodes, ifname = executor_for(ctx, self.name, config.nodes, local_nodes=LOCAL_NODES)
         nproc = config.nproc_per_node or ranks_per_node(executor)  # a pool machine's GPUs on target kubernetes
         victim = config.fail_node if config.fail_node is not None else nodes - 1
         if nodes < 2:
@@ -196,7 +195,7 @@ def train_with_pod_loss(ctx: CheckContext, executor, job: TorchrunJob, config: T
         ctx.log(f"deleted pod {pod} (node {victim}) as the ranks held after step {config.fail_at_step - 1}")
         return pod
 
-    workload = torchrun_workload(TrainFailoverMultinodeCheck.name, job, getattr(executor, "node_resources", None))
+    workload = torchrun_workload(TrainFailoverMultinodeCheck.name, job, machine_resources(executor))
     with executor.start(workload, run_dir) as execution:
         lost = when_held(ctx, execution, "torchrun", config.fail_at_step - 1, strike)
         outcome = execution.wait(max(1.0, ctx.remaining_s() - TORCHRUN_STOP_MARGIN_S),

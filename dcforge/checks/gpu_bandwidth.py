@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import sys
 
-from dcforge.harness.check import CheckContext, runs_on_pool
+from dcforge.harness.check import CheckContext
 from dcforge.harness.processes import ManagedProcess
 from dcforge.harness.result import CheckResult, CheckSkipped
 from dcforge.placement.pool import on_a_pool_machine
+from dcforge.placement.scope import single_node
 from dcforge.harness.node import no_gpu_reason
 from dcforge.steps.gpu_bandwidth import (GPU_BANDWIDTH_FILE, GPU_BANDWIDTH_METRICS, GpuBandwidthConfig,
                                          gpu_bandwidth_step, measurements_result)
@@ -28,9 +29,11 @@ class GpuBandwidthCheck:
     metrics = GPU_BANDWIDTH_METRICS
 
     def run(self, ctx: CheckContext, config: GpuBandwidthConfig) -> CheckResult:
-        if runs_on_pool(self, ctx.env.spec):  # target kubernetes: a machine of the acceptance pool
-            return on_a_pool_machine(ctx, self.name, lambda _: gpu_bandwidth_step(config), skip_without_gpus=(
-                "the acceptance pool's machines have no GPUs: no GPU bandwidth to measure"))
+        return single_node(ctx, self, here=lambda: self.here(ctx, config), pool=lambda: on_a_pool_machine(
+            ctx, self.name, lambda _: gpu_bandwidth_step(config),
+            skip_without_gpus="the acceptance pool's machines have no GPUs: no GPU bandwidth to measure"))
+
+    def here(self, ctx: CheckContext, config: GpuBandwidthConfig) -> CheckResult:
         if reason := no_gpu_reason():
             raise CheckSkipped(reason.replace("GPU health cannot be read", "no GPU bandwidth to measure"))
         result = CheckResult(self.name, declared=self.metrics)

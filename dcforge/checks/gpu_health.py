@@ -19,10 +19,11 @@ from typing import Literal
 from pydantic import Field
 
 from dcforge.gpu.verdict import pci_device
-from dcforge.harness.check import CheckConfig, CheckContext, runs_on_pool
+from dcforge.harness.check import CheckConfig, CheckContext
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.node import no_gpu_reason
 from dcforge.harness.result import CheckResult, CheckSkipped
+from dcforge.placement.scope import single_node
 
 # DCGM diagnostic level per stage of a node's life (DCGM's guidance: short after deploy, medium before acceptance,
 # long for burn-in).
@@ -73,8 +74,9 @@ class GpuHealthCheck:
     on_pool = True  # target kubernetes: a pod on every node of the acceptance pool (this module's docstring)
 
     def run(self, ctx: CheckContext, config: GpuHealthConfig) -> CheckResult:
-        if runs_on_pool(self, ctx.env.spec):
-            return self._on_pool(ctx, config)
+        return single_node(ctx, self, here=lambda: self.here(ctx, config), pool=lambda: self._on_pool(ctx, config))
+
+    def here(self, ctx: CheckContext, config: GpuHealthConfig) -> CheckResult:
         if reason := no_gpu_reason():
             raise CheckSkipped(reason)
         result = CheckResult(self.name, declared=self.metrics)
@@ -92,14 +94,15 @@ class GpuHealthCheck:
         """Every Ready node of the acceptance pool at once, a pinned pod each; a row per node."""
         from dcforge.placement.naming import name_kubernetes_nodes
         from dcforge.placement.nodes import node_executors, run_on_nodes
-        from dcforge.placement.targets import executor_for
+        from dcforge.placement.targets import executor_for, machine_resources
         from dcforge.report.nodes import node_problem
 
         executor, count, _ = executor_for(ctx, self.name, None, pin=True, min_nodes=1, retest_quarantined=True)
-        if not executor.node_resources.gpus:
+        gpus = machine_resources(executor).gpus
+        if not gpus:
             raise CheckSkipped("the acceptance pool's machines have no GPUs: no GPU health to read")
         nodes = node_executors(executor, count)
-        step = gpu_health_step(config, executor.node_resources.gpus)
+        step = gpu_health_step(config, gpus)
         workdir = ctx.artefact_dir(self.name)
         ctx.log(f"GPU health on {len(nodes)} nodes of the acceptance pool, a pod each")
         rows = run_on_nodes(nodes, {host: [step] for host, _ in nodes}, workdir, ctx)

@@ -19,10 +19,11 @@ from dcforge.steps.serving.replicas import REPLICA_SHARE_METRICS, add_share_metr
 from dcforge.steps.serving.scraping import decode_batch_mean
 from dcforge.steps.serving.settings import ServingLoadConfig
 from dcforge.steps.serving.summary import add_summary_metrics, load_summary
-from dcforge.harness.check import CheckContext, runs_on_pool
+from dcforge.harness.check import CheckContext
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.power import ENERGY_METRICS, OUTPUT_TOKENS_PER_JOULE, record_energy, sample_power
 from dcforge.harness.result import CheckResult
+from dcforge.placement.scope import single_node
 
 
 class InferenceConfig(ServingLoadConfig):
@@ -54,12 +55,14 @@ class InferenceCheck:
     )
 
     def run(self, ctx: CheckContext, config: InferenceConfig) -> CheckResult:
+        result = CheckResult(self.name, declared=self.metrics)
+        return single_node(ctx, self, here=lambda: self.here(ctx, config, result),
+                           pool=lambda: self.run_on_cluster(ctx, config, result))
+
+    def here(self, ctx: CheckContext, config: InferenceConfig, result: CheckResult) -> CheckResult:
         from dcforge.compliance.endpoint import check_endpoint
         from dcforge.harness.slo import acceptance_slos
 
-        result = CheckResult(self.name, declared=self.metrics)
-        if runs_on_pool(self, ctx.env.spec):
-            return self.run_on_cluster(ctx, config, result)
         with serving_session(ctx, config, self.name, result) as session:
             add_endpoint_findings(result, check_endpoint(session.server.base_url, session.served_name))
             with sample_power() as power:

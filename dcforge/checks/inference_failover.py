@@ -22,6 +22,8 @@ import numpy as np
 from pydantic import Field
 
 from dcforge.steps.serving.load_metrics import LOAD_METRICS
+from dcforge.placement.scope import single_node
+from dcforge.placement.serving import failover_on_cluster
 from dcforge.steps.serving.failover import Kill
 from dcforge.steps.serving.load import RUN_METRICS, ServingSession, run_load, serving_session
 from dcforge.steps.serving.plots import latency_plots
@@ -29,7 +31,7 @@ from dcforge.steps.serving.replicas import (REPLICA_SHARE_METRICS, IdleVictim, a
                                              wait_for_busiest_replica)
 from dcforge.steps.serving.settings import ServingLoadConfig
 from dcforge.steps.serving.summary import add_summary_metrics
-from dcforge.harness.check import CheckContext, runs_on_pool
+from dcforge.harness.check import CheckContext
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult
 from workloads.records import REPLICA_HEADER, RequestRecord
@@ -109,15 +111,19 @@ class InferenceFailoverCheck:
     def run(self, ctx: CheckContext, config: InferenceFailoverConfig) -> CheckResult:
         result = CheckResult(self.name, declared=self.metrics)
         self._refuse_a_kill_too_late(ctx, config)
-        if runs_on_pool(self, ctx.env.spec):  # target kubernetes: a server pod deleted (serving/on_cluster.py)
-            from dcforge.placement.serving import failover_on_cluster
+        return single_node(ctx, self, here=lambda: self.here(ctx, config, result),
+                           pool=lambda: self.on_cluster(ctx, config, result))
 
-            ran = failover_on_cluster(ctx, config, self.name, result)
-            if ran is None:
-                return result
-            records, t_start, kill, replicas_after = ran
-            served_by_new = sum(r.replica == kill.respawned for r in records)
-            return self._judge(ctx, config, result, records, t_start, kill, served_by_new, replicas_after)
+    def on_cluster(self, ctx: CheckContext, config: InferenceFailoverConfig, result: CheckResult) -> CheckResult:
+        """Target kubernetes: a server pod deleted (dcforge/placement/serving.py)."""
+        ran = failover_on_cluster(ctx, config, self.name, result)
+        if ran is None:
+            return result
+        records, t_start, kill, replicas_after = ran
+        served_by_new = sum(r.replica == kill.respawned for r in records)
+        return self._judge(ctx, config, result, records, t_start, kill, served_by_new, replicas_after)
+
+    def here(self, ctx: CheckContext, config: InferenceFailoverConfig, result: CheckResult) -> CheckResult:
         with serving_session(ctx, config, self.name, result) as session:
             records, t_start, kill = self._load_with_a_kill(ctx, config, session, result)
             if isinstance(kill, IdleVictim):

@@ -41,6 +41,7 @@ from dcforge.steps.fio import (FioError, FioJob, FioJobResult, FioNotFound, FioV
 from dcforge.harness.check import CheckConfig, CheckContext, settings_error
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult, CheckSkipped, Plot, Series
+from dcforge.placement.scope import single_node
 
 MIB = 2**20
 # Below this a class cannot hold the sequential file with any meaning (a few 1 MiB blocks per client).
@@ -398,6 +399,7 @@ class StorageCheck:
     Config = StorageCheckConfig
     metrics = FIGURES
     requires_declared_gpus = False  # measures storage, whether or not this node's GPUs are visible
+    on_pool = True  # target kubernetes: a pod per class on a claim of it (`_kubernetes`)
 
     def run(self, ctx: CheckContext, config: StorageCheckConfig) -> CheckResult:
         spec = ctx.env.spec
@@ -406,8 +408,11 @@ class StorageCheck:
         names = config.classes or [cls.name for cls in spec.storage.classes]
         if not names:
             raise CheckSkipped("no storage classes declared (dcforge:storage.classes)")
-        if spec.acceptance.target == "kubernetes":
-            return self._kubernetes(ctx, config, names)
+        return single_node(ctx, self, here=lambda: self.here(ctx, config, names),
+                           pool=lambda: self._kubernetes(ctx, config, names))
+
+    def here(self, ctx: CheckContext, config: StorageCheckConfig, names: list[str]) -> CheckResult:
+        """fio on this machine, in each class's path (default: a scratch folder of the run)."""
         try:
             fio = fio_executable()
         except FioNotFound as missing:

@@ -6,8 +6,9 @@ from the declared one, or when the loaded driver is not the pinned one (the judg
 
 from __future__ import annotations
 
-from dcforge.harness.check import CheckContext, runs_on_pool
+from dcforge.harness.check import CheckContext
 from dcforge.harness.result import CheckResult
+from dcforge.placement.scope import single_node
 from dcforge.placement.pool import on_a_pool_machine
 from dcforge.report.provenance import git_commit
 from dcforge.steps.system import SYSTEM_METRICS, SystemConfig, judge_facts, node_facts, system_step
@@ -22,8 +23,10 @@ class SystemCheck:
     on_pool = True  # target kubernetes: runs on a machine of the acceptance pool (dcforge/placement/pool.py)
 
     def run(self, ctx: CheckContext, config: SystemConfig) -> CheckResult:
-        if runs_on_pool(self, ctx.env.spec):  # target kubernetes: a machine of the acceptance pool
-            return on_a_pool_machine(ctx, self.name, lambda _: system_step(ctx.env.spec, config))
+        return single_node(ctx, self, here=lambda: self.here(ctx, config),
+                           pool=lambda: on_a_pool_machine(ctx, self.name, lambda _: system_step(ctx.env.spec, config)))
+
+    def here(self, ctx: CheckContext, config: SystemConfig) -> CheckResult:
         result = CheckResult(self.name, declared=self.metrics)
         facts = node_facts()
         ctx.log(f"{facts.cpu_count} CPUs, {facts.memory_gi:.1f} GiB, {len(facts.gpus)} GPUs")

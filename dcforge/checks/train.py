@@ -6,9 +6,10 @@ or on a machine of the acceptance pool on target kubernetes (dcforge/placement/p
 
 from __future__ import annotations
 
-from dcforge.harness.check import CheckContext, runs_on_pool
+from dcforge.harness.check import CheckContext
 from dcforge.harness.power import JOULES_PER_TOKEN, record_energy, sample_power
 from dcforge.harness.result import CheckResult
+from dcforge.placement.scope import single_node
 from dcforge.placement.pool import on_a_pool_machine
 from dcforge.steps.torchrun import cpu_peak_per_rank, run_torchrun
 from dcforge.steps.train import TRAIN_METRICS, TrainCheckConfig, summarize, train_config, train_step, validated
@@ -25,8 +26,11 @@ class TrainCheck:
     outputs = ("trained_checkpoint_dir",)
 
     def run(self, ctx: CheckContext, config: TrainCheckConfig) -> CheckResult:
-        if runs_on_pool(self, ctx.env.spec):  # target kubernetes: a machine of the acceptance pool
-            return on_a_pool_machine(ctx, self.name, lambda ranked: train_step(ctx, ranked, None, self.name), config)
+        return single_node(ctx, self, here=lambda: self.here(ctx, config),
+                           pool=lambda: on_a_pool_machine(
+                               ctx, self.name, lambda ranked: train_step(ctx, ranked, None, self.name), config))
+
+    def here(self, ctx: CheckContext, config: TrainCheckConfig) -> CheckResult:
         result = CheckResult(self.name, declared=self.metrics)
         nproc = config.nproc()
         workdir = ctx.artefact_dir(self.name)

@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import Field
 
-from dcforge.harness.check import CheckContext, runs_on_pool, settings_error
+from dcforge.harness.check import CheckContext, settings_error
 from dcforge.harness.result import CheckResult
-from dcforge.placement.pool import pool_ranks, run_on_pool
-from dcforge.placement.targets import kubernetes_executor, live_view
+from dcforge.placement.pool import pool_machine, run_on_pool
+from dcforge.placement.scope import single_node
+from dcforge.placement.targets import live_view, machine_resources
 from dcforge.steps.step import platform_failure
 from dcforge.steps.torchrun import run_torchrun
 from dcforge.steps.train import train_config_error
@@ -45,9 +46,10 @@ class TrainFailoverCheck:
     metrics = TRAIN_FAILOVER_METRICS
 
     def run(self, ctx: CheckContext, config: TrainFailoverConfig) -> CheckResult:
-        if runs_on_pool(self, ctx.env.spec):  # target kubernetes: a machine of the acceptance pool
-            executor = kubernetes_executor(ctx)
-            return failover_on_pool(ctx, pool_ranks(config, executor), executor)
+        return single_node(ctx, self, here=lambda: self.here(ctx, config),
+                           pool=lambda: failover_on_pool(ctx, *pool_machine(ctx, config)))
+
+    def here(self, ctx: CheckContext, config: TrainFailoverConfig) -> CheckResult:
         import torch
 
         result = CheckResult(self.name, declared=self.metrics)
@@ -114,7 +116,7 @@ def failover_on_pool(ctx: CheckContext, config: TrainFailoverConfig, executor) -
         judged.details["final_params_sha256"] = final_hash(read_records(data.decode().splitlines(), TrainFinal))
         return judged
 
-    deterministic = not executor.node_resources.gpus  # CPU kernels; GPU ones are not bitwise reproducible
+    deterministic = not machine_resources(executor).gpus  # CPU kernels; GPU ones are not bitwise reproducible
     if config.compare_with_uninterrupted and deterministic and result.details.get("final_params_sha256"):
         uninterrupted = run_on_pool(ctx, TrainFailoverCheck.name, Step(
             "reference", node_torchrun("train.py", reference.to_args(), nproc), "reference.jsonl", judge,
@@ -155,7 +157,7 @@ def run_with_pod_loss(ctx: CheckContext, config: TrainFailoverConfig, executor, 
     result = CheckResult(TrainFailoverCheck.name, declared=TrainFailoverCheck.metrics)
     command = ("{python}", "-m", "dcforge.executors.collect", "--into", "{volume[results]}", "--file",
                faulted.metrics_file, "--", *node_torchrun("train.py", faulted.to_args(), nproc))
-    role = Role("faulted", command, env=NODE_ENV, resources=executor.node_resources, replacements=1)
+    role = Role("faulted", command, env=NODE_ENV, resources=machine_resources(executor), replacements=1)
     timeout_s = max(1.0, ctx.remaining_s() - TORCHRUN_STOP_MARGIN_S)
     workload = Workload("node-faulted", (role,), volumes=CLAIM_VOLUMES, timeout_s=timeout_s)
     workdir = ctx.artefact_dir(TrainFailoverCheck.name)

@@ -129,7 +129,7 @@ class Check(Protocol):
     SLOs would mean nothing. False for checks that do not measure this node's GPUs."""
     # Optional: `outputs = ("trained_checkpoint_dir", ...)`: the RunOutputs fields this check sets for later ones.
     # Optional: `on_pool = True`: on target kubernetes the check runs its workload on a machine of the acceptance
-    # pool (dcforge/placement/pool.py), so the GPUs it needs are the pool's, not this machine's (`runs_on_pool`).
+    # pool (dcforge/placement/scope.py `single_node`), so the GPUs it needs are the pool's, not this machine's.
 
     def run(self, ctx: CheckContext, config: Any) -> CheckResult:
         """Measure, fill a CheckResult; raise CheckSkipped(reason) when the check cannot apply here."""

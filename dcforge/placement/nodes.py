@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from dcforge.executors.base import (Execution, Executor, ExecutorError, NodeState, Resources, Role, StatusCallback,
-                                    VolumePurpose, Workload)
+                                    VolumePurpose, Workload, pool_machines)
 from dcforge.executors.hosts import HostsExecutor
 from dcforge.executors.local import LocalExecutor
 from dcforge.harness.check import CheckContext
@@ -69,7 +69,8 @@ def run_step(executions: OpenExecutions, executor: Executor, step: Step, run_dir
     cleanup_s) and the result file's bytes when it succeeded."""
     # a whole machine of the pool on target kubernetes (its GPUs, half its CPUs and memory), as node i of a
     # multi-node check asks for; the other executors place nothing
-    resources = getattr(executor, "node_resources", None) or Resources()
+    machines = pool_machines(executor)
+    resources = machines.node_resources if machines is not None else Resources()
     role = Role(step.name, step.command, env=dict(step.env), resources=resources)
     workload = Workload(f"node-{step.name}", (role,), volumes=step.volumes, timeout_s=timeout_s,
                         checkpoint_class=step.claim_class, checkpoint_size_gi=step.claim_size_gi)
@@ -110,8 +111,9 @@ def node_executors(executor: Executor, count: int) -> list[tuple[str, Executor]]
         return [(host.name, HostsExecutor([host], executor.options)) for host in executor.hosts[:count]]
     if isinstance(executor, LocalExecutor):
         return [(f"local-{i}", executor) for i in range(count)]
-    if getattr(executor, "nodes", None):  # kubernetes, pinned to the pool's nodes by name (`executor_for`)
-        return [(node, executor.pinned([node])) for node in executor.nodes[:count]]
+    machines = pool_machines(executor)
+    if machines is not None and machines.nodes:  # pinned to the pool's machines by name (`executor_for`)
+        return [(node, machines.pinned([node])) for node in machines.nodes[:count]]
     # an unpinned kubernetes executor: the spec declares no GPU pool, so there are no nodes to name
     raise CheckSkipped(f"node_level on target {executor.name} pins one pod to each node of the acceptance pool, "
                        "and the spec declares no GPU pool (dcforge:gpuPools)")

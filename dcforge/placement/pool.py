@@ -31,10 +31,21 @@ def pool_ranks(config: Config, executor: object) -> Config:
     """`config` with its ranks defaulting to one machine the executor places rather than this machine: one per GPU
     of the pool's nodes, or two CPU ranks on a pool without GPUs. Unchanged where nprocPerNode is set, or where
     the executor places no machine of a pool (target local or hosts: the check's own default stands)."""
-    placed = getattr(executor, "node_resources", None)
+    from dcforge.placement.targets import machine_resources
+
+    placed = machine_resources(executor)
     if placed is None or config.nproc_per_node:
         return config
     return config.model_copy(update={"nproc_per_node": placed.gpus or CPU_RANKS})
+
+
+def pool_machine(ctx: CheckContext, config: Config) -> tuple[Config, object]:
+    """`config` with its ranks defaulting to one machine of the pool (`pool_ranks`), and the executor that places
+    workloads there: for a check that builds its own workload on that machine (train_failover's replaced pod)."""
+    from dcforge.placement.targets import kubernetes_executor
+
+    executor = kubernetes_executor(ctx)
+    return pool_ranks(config, executor), executor
 
 
 def on_a_pool_machine(ctx: CheckContext, check: str, step_for: Callable[[Config | None], Step],

@@ -7,7 +7,7 @@ Job per node on the acceptance pool, in the acceptance image; `local` -> N agent
 
 from __future__ import annotations
 
-from dcforge.executors.base import ExecutorError, StatusCallback
+from dcforge.executors.base import ExecutorError, Resources, StatusCallback, pool_machines
 from dcforge.harness.check import CheckContext, settings_error
 from dcforge.harness.result import CheckResult, CheckSkipped, Status
 from dcforge.placement.torchrun import TorchrunJob, TorchrunRun, node_records, run_torchrun_job
@@ -16,12 +16,13 @@ from dcforge.steps.torchrun import default_nproc
 
 
 def executor_for(ctx: CheckContext, check: str, nodes: int | None, pin: bool = False, min_nodes: int = 2,
-                 retest_quarantined: bool = False):
+                 retest_quarantined: bool = False, local_nodes: int = 2):
     """The executor `acceptance.target` selects, the node count, and the socket interface for collectives.
     `pin` (checks that name nodes): on target kubernetes with a GPU pool, the executor is pinned to the pool's first
     `nodes` Ready nodes by name (`pinned_to_pool`, at least `min_nodes` of them), so node i is a named machine, as
     a host is on target hosts. `retest_quarantined` (node_level): on target kubernetes the pods tolerate the taint
-    of `accept --taint-failed`, so its nodes are among the pool's and can pass again."""
+    of `accept --taint-failed`, so its nodes are among the pool's and can pass again. `local_nodes`: the node
+    count on target local when `nodes` is not set."""
     from dcforge.executors.hosts import HostsExecutor, SshOptions
     from dcforge.executors.inventory import acceptance_hosts
     from dcforge.executors.local import LocalExecutor
@@ -35,7 +36,7 @@ def executor_for(ctx: CheckContext, check: str, nodes: int | None, pin: bool = F
         options = SshOptions(connect_timeout_s=acceptance.hosts.connect_timeout_s)
         return HostsExecutor(hosts[:count], options), count, acceptance.hosts.socket_ifname
     if acceptance.target == "local":
-        return LocalExecutor(), nodes or 2, LOOPBACK_IFNAME
+        return LocalExecutor(), nodes or local_nodes, LOOPBACK_IFNAME
     if acceptance.target == "kubernetes":
         executor = kubernetes_executor(ctx)
         if retest_quarantined:
@@ -82,10 +83,17 @@ def _pool_nodes(ctx: CheckContext) -> int:
     return max(2, pool.size if pool is not None else 0)
 
 
+def machine_resources(executor) -> Resources | None:
+    """What one node asks for where the executor places nodes on a pool's machines (a whole machine, the
+    `PoolMachines` capability); None where it places them otherwise (this machine, SSH hosts)."""
+    machines = pool_machines(executor)
+    return machines.node_resources if machines is not None else None
+
+
 def ranks_per_node(executor) -> int:
     """Ranks per node: one per GPU of a node (the pool's on target kubernetes, this machine's otherwise), else 1
     (the network between nodes is what is measured)."""
-    placed = getattr(executor, "node_resources", None)
+    placed = machine_resources(executor)
     if placed is not None:
         return placed.gpus or 1
     return default_nproc(cpu_ranks=1)
