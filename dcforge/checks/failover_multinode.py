@@ -24,7 +24,7 @@ from pydantic import Field
 from dcforge.steps.torchrun import TORCHRUN_STOP_MARGIN_S
 from dcforge.placement.targets import executor_for, machine_resources, ranks_per_node
 from dcforge.harness.check import settings_error
-from dcforge.steps.train import train_config_error
+from dcforge.steps.train import train_config_error, workload_config
 from dcforge.steps.train_failover import (TRAIN_FAILOVER_METRICS, FailoverTrainingConfig, judge_recovery, when_held,
                                            with_pod_loss)
 from dcforge.executors.base import Execution, ExecutionOutcome, ExecutorError, NodeState, NodeStatus
@@ -119,16 +119,16 @@ class TrainFailoverMultinodeCheck:
         """`hold` (target kubernetes, where the check cannot read the shared records while they are written): the
         ranks hold after step failAtStep − 1 for the check to delete the node's pod, and every node hands the
         records back through its results."""
-        from workloads.train_config import TrainConfig, TrainConfigError
+        from workloads.train_config import TrainConfigError
 
         metrics = f"{{volume[checkpoints]}}/{TRAIN_METRICS_FILE}"
-        train = TrainConfig(preset=config.preset, seq_len=config.seq_len, global_batch_size=config.global_batch_size,
-                            steps=config.steps, checkpoint_dir="{volume[checkpoints]}/train",
-                            checkpoint_every=config.checkpoint_every, resume=True, log_every=1,
-                            metrics_file=metrics,
-                            # a peer lost without a word (no FIN: link down first) ends a step at most this late
-                            collective_timeout_s=30.0,
-                            hold_at_step=config.fail_at_step - 1 if hold else None, hold_s=HOLD_S)
+        train = workload_config(config.preset, config.seq_len, config.global_batch_size, config.steps,
+                                checkpoint_dir="{volume[checkpoints]}/train",
+                                checkpoint_every=config.checkpoint_every, resume=True, log_every=1,
+                                metrics_file=metrics,
+                                # a peer lost without a word (no FIN: link down first) ends a step at most this late
+                                collective_timeout_s=30.0,
+                                hold_at_step=config.fail_at_step - 1 if hold else None, hold_s=HOLD_S)
         try:
             for world in (nodes * nproc, (nodes - 1) * nproc):  # before and after the loss
                 train.validate(world)

@@ -17,7 +17,7 @@ from dcforge.placement.scope import single_node
 from dcforge.placement.targets import live_view, machine_resources
 from dcforge.steps.step import platform_failure
 from dcforge.steps.torchrun import run_torchrun
-from dcforge.steps.train import train_config_error
+from dcforge.steps.train import validated, workload_config
 from dcforge.steps.train_failover import (TRAIN_FAILOVER_METRICS, FailoverTrainingConfig, compare_final, final_hash,
                                           judge_recovery, when_held, with_pod_loss)
 from workloads.records import TRAIN_RECORDS, TrainFinal, read_records_file
@@ -83,18 +83,12 @@ def training_runs(ctx: CheckContext, config: TrainFailoverConfig, nproc: int, ch
     """The faulted run (checkpoints in `checkpoint_dir`, resumed after the fault) and the uninterrupted one, their
     records in `metrics_dir`/faulted.jsonl and reference.jsonl; paths may be executor templates. A setting the
     faulted run cannot take is one line naming the key."""
-    from workloads.train_config import TrainConfig, TrainConfigError
-
-    common = dict(preset=config.preset, seq_len=config.seq_len, global_batch_size=config.global_batch_size,
-                  steps=config.steps, log_every=0)
-    faulted = TrainConfig(**common, checkpoint_dir=checkpoint_dir, checkpoint_every=config.checkpoint_every,
-                          metrics_file=f"{metrics_dir}/faulted.jsonl", fail_at_step=config.fail_at_step,
-                          fail_rank=config.fail_rank, resume=True)
-    try:
-        faulted.validate(nproc)
-    except TrainConfigError as error:
-        raise train_config_error(ctx, TrainFailoverCheck.name, error) from None
-    return faulted, TrainConfig(**common, metrics_file=f"{metrics_dir}/reference.jsonl")
+    common = (config.preset, config.seq_len, config.global_batch_size, config.steps)
+    faulted = workload_config(*common, log_every=0, checkpoint_dir=checkpoint_dir,
+                              checkpoint_every=config.checkpoint_every, metrics_file=f"{metrics_dir}/faulted.jsonl",
+                              fail_at_step=config.fail_at_step, fail_rank=config.fail_rank, resume=True)
+    return (validated(ctx, TrainFailoverCheck.name, faulted, nproc),
+            workload_config(*common, log_every=0, metrics_file=f"{metrics_dir}/reference.jsonl"))
 
 
 def failover_on_pool(ctx: CheckContext, config: TrainFailoverConfig, executor) -> CheckResult:

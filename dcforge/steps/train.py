@@ -69,13 +69,19 @@ def train_config(config: TrainCheckConfig, metrics_file: str, checkpoint_dir: st
                  threads: int | None = None, **overrides) -> TrainConfig:
     """The workload's TrainConfig for the train settings: one checkpoint at the end, no resume, a record every 5
     steps (paths may be executor templates); `overrides` for the failover checks' faulted and reference runs."""
+    fields = dict(parallelism=config.parallelism, compile=config.compile, metrics_file=metrics_file,
+                  checkpoint_dir=checkpoint_dir, checkpoint_every=config.steps, keep_checkpoints=1, resume=False,
+                  peak_flops=peak_flops, log_every=5, threads=threads)
+    return workload_config(config.preset, config.seq_len, config.global_batch_size, config.steps,
+                           **{**fields, **overrides})
+
+
+def workload_config(preset: str, seq_len: int, global_batch_size: int, steps: int, **fields) -> TrainConfig:
+    """workloads/train.py's TrainConfig: the model, batch and length every run names, and what this run adds
+    (`fields`: its files, checkpoints, faults); the one place a check's settings become the workload's."""
     from workloads.train_config import TrainConfig
 
-    fields = dict(preset=config.preset, seq_len=config.seq_len, global_batch_size=config.global_batch_size,
-                  steps=config.steps, parallelism=config.parallelism, compile=config.compile,
-                  metrics_file=metrics_file, checkpoint_dir=checkpoint_dir, checkpoint_every=config.steps,
-                  keep_checkpoints=1, resume=False, peak_flops=peak_flops, log_every=5, threads=threads)
-    return TrainConfig(**{**fields, **overrides})
+    return TrainConfig(preset=preset, seq_len=seq_len, global_batch_size=global_batch_size, steps=steps, **fields)
 
 
 def validated(ctx: CheckContext, settings_key: str, config: TrainConfig, nproc: int) -> TrainConfig:
