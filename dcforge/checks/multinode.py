@@ -16,9 +16,8 @@ from pydantic import Field
 from dcforge.harness.check import CheckContext
 from dcforge.harness.result import CheckResult
 from dcforge.nccl_transport import record_transport
-from dcforge.placement.targets import executor_for, ranks_per_node, run_nodes
-from dcforge.placement.torchrun import TorchrunJob
-from dcforge.steps.allreduce import ALLREDUCE_METRICS, AllreduceCheckConfig, record_sweep
+from dcforge.placement.targets import run_across_nodes
+from dcforge.steps.allreduce import ALLREDUCE_METRICS, AllreduceCheckConfig, record_sweep, sweep_args
 from dcforge.steps.rdma import declared_rdma_pool
 from dcforge.steps.train import TRAIN_METRICS, TrainCheckConfig, summarize, train_config, validated
 from workloads.records import (ALLREDUCE_RESULT_FILE, TRAIN_METRICS_FILE, AllreduceResult, TrainStep, read_records,
@@ -51,29 +50,19 @@ class AllreduceMultinodeCheck:
 
     def run(self, ctx: CheckContext, config: AllreduceMultinodeConfig) -> CheckResult:
         result = CheckResult(self.name, declared=self.metrics)
-        executor, nodes, ifname = executor_for(ctx, self.name, config.nodes)
-        nproc = config.nproc_per_node or ranks_per_node(executor)
-        job = TorchrunJob("allreduce.py", ("--min-bytes", config.min_bytes, "--max-bytes", config.max_bytes,
-                                           "--factor", str(config.factor), "--warmup", str(config.warmup),
-                                           "--iters", str(config.iterations), "--dtype", config.dtype,
-                                           "--timeout-s", str(int(max(1.0, ctx.remaining_s()))),
-                                           "--output", f"{{volume[results]}}/{ALLREDUCE_RESULT_FILE}"),
-                          nnodes=nodes, nproc_per_node=nproc, socket_ifname=ifname,
-                          rendezvous_timeout_s=config.rendezvous_timeout_s, timeout_s=max(1.0, ctx.remaining_s()),
-                          result_files=(ALLREDUCE_RESULT_FILE,))
-        run = run_nodes(ctx, self.name, job, executor, result)
-        if run is None or not run.outcome.succeeded:
+        ran = run_across_nodes(
+            ctx, self.name, result, nodes=config.nodes, nproc=config.nproc_per_node,
+            rendezvous_timeout_s=config.rendezvous_timeout_s, script="allreduce.py", result_file=ALLREDUCE_RESULT_FILE,
+            args_for=lambda ranks: (*sweep_args(config, f"{{volume[results]}}/{ALLREDUCE_RESULT_FILE}"),
+                                    "--timeout-s", str(int(max(1.0, ctx.remaining_s())))))
+        if ran is None:
             return result
-        _, data = run.result(ALLREDUCE_RESULT_FILE)
-        output = ctx.artefact_dir(self.name) / ALLREDUCE_RESULT_FILE
-        output.write_bytes(data)
-        sweep = read_result(data.decode().splitlines(), AllreduceResult, source=str(output))
-        record_sweep(result, sweep, nodes * nproc)
-        record_transport(result, sweep.environment["backend"], [(n.host, n.log_path) for n in run.outcome.nodes],
+        sweep = read_result(ran.data.decode().splitlines(), AllreduceResult, source=str(ran.output))
+        record_sweep(result, sweep, ran.ranks)
+        record_transport(result, sweep.environment["backend"], [(n.host, n.log_path) for n in ran.run.outcome.nodes],
                          declared_rdma_pool(ctx.env.spec))
-        result.details.update({"nnodes": nodes, "nproc_per_node": nproc, "executor": executor.name,
-                               "socket_ifname": ifname})
-        result.artefacts["sweep"] = ctx.relative(output)
+        result.details.update(ran.shape)
+        result.artefacts["sweep"] = ctx.relative(ran.output)
         return result
 
 
@@ -86,21 +75,17 @@ class TrainMultinodeCheck:
 
     def run(self, ctx: CheckContext, config: TrainMultinodeConfig) -> CheckResult:
         result = CheckResult(self.name, declared=self.metrics)
-        executor, nodes, ifname = executor_for(ctx, self.name, config.nodes)
-        nproc = config.nproc_per_node or ranks_per_node(executor)
-        workload = validated(ctx, self.name, train_config(config, f"{{volume[results]}}/{TRAIN_METRICS_FILE}",
-                                                          "{volume[checkpoints]}/train"), nodes * nproc)
-        job = TorchrunJob("train.py", tuple(workload.to_args()), nnodes=nodes, nproc_per_node=nproc,
-                          socket_ifname=ifname, rendezvous_timeout_s=config.rendezvous_timeout_s,
-                          timeout_s=max(1.0, ctx.remaining_s()), result_files=(TRAIN_METRICS_FILE,))
-        run = run_nodes(ctx, self.name, job, executor, result)
-        if run is None or not run.outcome.succeeded:
+
+        def args_for(ranks: int) -> list[str]:
+            return validated(ctx, self.name, train_config(config, f"{{volume[results]}}/{TRAIN_METRICS_FILE}",
+                                                          "{volume[checkpoints]}/train"), ranks).to_args()
+
+        ran = run_across_nodes(ctx, self.name, result, nodes=config.nodes, nproc=config.nproc_per_node,
+                               rendezvous_timeout_s=config.rendezvous_timeout_s, script="train.py", args_for=args_for,
+                               result_file=TRAIN_METRICS_FILE)
+        if ran is None:
             return result
-        _, data = run.result(TRAIN_METRICS_FILE)
-        output = ctx.artefact_dir(self.name) / TRAIN_METRICS_FILE
-        output.write_bytes(data)
-        summarize(result, read_records(data.decode().splitlines(), TrainStep), config, nodes * nproc, None)
-        result.details.update({"nnodes": nodes, "nproc_per_node": nproc, "executor": executor.name,
-                               "socket_ifname": ifname})
-        result.artefacts["metrics"] = ctx.relative(output)
+        summarize(result, read_records(ran.data.decode().splitlines(), TrainStep), config, ran.ranks, None)
+        result.details.update(ran.shape)
+        result.artefacts["metrics"] = ctx.relative(ran.output)
         return result

@@ -7,6 +7,10 @@ Job per node on the acceptance pool, in the acceptance image; `local` -> N agent
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
 from dcforge.executors.base import ExecutorError, Resources, StatusCallback, pool_machines
 from dcforge.harness.check import CheckContext, settings_error
 from dcforge.harness.result import CheckResult, CheckSkipped, Status
@@ -123,3 +127,36 @@ def run_nodes(ctx: CheckContext, check: str, job: TorchrunJob, executor, result:
         if platform_failure(run.outcome.nodes):  # not the workload's verdict: the platform could not run it
             result.status = Status.ERROR
     return run
+
+
+@dataclass(frozen=True)
+class AcrossNodes:
+    """What a multi-node torchrun left for its check: the result file's bytes (also written to `output`), the
+    ranks over all nodes, and the run's shape for the details."""
+
+    data: bytes
+    output: Path
+    ranks: int
+    run: TorchrunRun
+    shape: dict
+
+
+def run_across_nodes(ctx: CheckContext, check: str, result: CheckResult, *, nodes: int | None, nproc: int | None,
+                     rendezvous_timeout_s: int, script: str, args_for: Callable[[int], Sequence[str]],
+                     result_file: str) -> AcrossNodes | None:
+    """torchrun `--nnodes` of `script` on the nodes `executor_for` picks (`nodes`, `nproc` ranks each: default
+    `ranks_per_node`), its arguments `args_for(ranks over all nodes)`; None when it did not succeed (`result` then
+    says why, `run_nodes`)."""
+    executor, count, ifname = executor_for(ctx, check, nodes)
+    per_node = nproc or ranks_per_node(executor)
+    job = TorchrunJob(script, tuple(args_for(count * per_node)), nnodes=count, nproc_per_node=per_node,
+                      socket_ifname=ifname, rendezvous_timeout_s=rendezvous_timeout_s,
+                      timeout_s=max(1.0, ctx.remaining_s()), result_files=(result_file,))
+    run = run_nodes(ctx, check, job, executor, result)
+    if run is None or not run.outcome.succeeded:
+        return None
+    _, data = run.result(result_file)
+    output = ctx.artefact_dir(check) / result_file
+    output.write_bytes(data)
+    return AcrossNodes(data, output, count * per_node, run, {"nnodes": count, "nproc_per_node": per_node,
+                                                             "executor": executor.name, "socket_ifname": ifname})
