@@ -21,7 +21,7 @@ from pydantic import Field
 from dcforge.gpu.verdict import pci_device
 from dcforge.harness.check import CheckConfig, CheckContext
 from dcforge.harness.metrics import MetricSpec
-from dcforge.harness.node import no_gpu_reason
+from dcforge.harness.node import gpu_shortfall, no_gpu_reason
 from dcforge.harness.result import CheckResult, CheckSkipped
 from dcforge.placement.scope import single_node
 
@@ -47,7 +47,7 @@ class GpuHealthCheck:
     description = ("Per-GPU ECC, row remaps, retired pages, XIDs, NVLink, PCIe, clocks, temperature, power (NVML) "
                    "and DCGM diagnostics; fatal XIDs and pending or failed row remaps fail the node.")
     Config = GpuHealthConfig
-    requires_declared_gpus = False  # reads whatever GPUs are visible (a missing one is the system check's finding)
+    requires_declared_gpus = False  # reads whatever GPUs are visible, and fails a shortfall itself (run)
     metrics = (
         MetricSpec("gpus_checked", "GPUs", None, "GPUs NVML reports", "how many GPUs were read"),
         MetricSpec("gpus_failing", "GPUs", "lower", "GPUs with at least one failing finding",
@@ -77,7 +77,10 @@ class GpuHealthCheck:
         return single_node(ctx, self, here=lambda: self.here(ctx, config), pool=lambda: self._on_pool(ctx, config))
 
     def here(self, ctx: CheckContext, config: GpuHealthConfig) -> CheckResult:
-        if reason := no_gpu_reason():
+        # fewer GPUs than declared fails (the readers still run: the kernel log may say why, XID 79); "no GPU
+        # visible" is a skip only where this machine is declared to have none (docs/skips.md)
+        shortfall = gpu_shortfall(ctx.env.spec)
+        if shortfall is None and (reason := no_gpu_reason()):
             raise CheckSkipped(reason)
         result = CheckResult(self.name, declared=self.metrics)
         level = dcgm_level(config)
@@ -86,6 +89,8 @@ class GpuHealthCheck:
         if health.dcgm is not None:
             result.artefacts["dcgm_diag"] = ctx.relative(dcgm_output)
         judge_health(result, health, level, config)
+        if shortfall is not None:
+            fail_shortfall(result, shortfall)
         for note in health.notes:
             ctx.log(note)
         return result
@@ -102,7 +107,7 @@ class GpuHealthCheck:
         if not gpus:
             raise CheckSkipped("the acceptance pool's machines have no GPUs: no GPU health to read")
         nodes = node_executors(executor, count)
-        step = gpu_health_step(config, gpus)
+        step = gpu_health_step(config, gpus, ctx.env.spec.acceptance_pool)
         workdir = ctx.artefact_dir(self.name)
         ctx.log(f"GPU health on {len(nodes)} nodes of the acceptance pool, a pod each")
         rows = run_on_nodes(nodes, {host: [step] for host, _ in nodes}, workdir, ctx)
@@ -159,9 +164,24 @@ def judge_health(result: CheckResult, health, level: int, config: GpuHealthConfi
     return result
 
 
-def gpu_health_step(config: GpuHealthConfig, expected_gpus: int):
+def fail_shortfall(result: CheckResult, shortfall) -> CheckResult:
+    """Fail `result` with a node's GPU shortfall (dcforge.harness.node.GpuShortfall) as its first reason and a
+    finding with its recommended action."""
+    result.details.setdefault("findings", []).insert(0, shortfall.finding())
+    result.details["gpu_count"] = {"declared": shortfall.declared, "visible": shortfall.visible}
+    earlier = result.reason
+    result.reason = ""
+    result.fail(str(shortfall))
+    if earlier:
+        result.fail(earlier)
+    return result
+
+
+def gpu_health_step(config: GpuHealthConfig, expected_gpus: int, pool=None):
     """The readers as a node step (`dcforge/steps/step.py`): the pod writes a GpuHealthResult; judged by
-    the local verdict, and the node fails when its pod sees fewer GPUs than the pool declares per node."""
+    the local verdict, and the node fails when its pod sees fewer GPUs than the pool declares per node (`pool`:
+    the spec's GpuPool of those nodes, which names the shortfall)."""
+    from dcforge.harness.node import GpuShortfall
     from dcforge.executors.base import literal
     from dcforge.steps.step import Step
     from dcforge.gpu.readings import node_health_from_dict
@@ -173,8 +193,8 @@ def gpu_health_step(config: GpuHealthConfig, expected_gpus: int):
                               node_health_from_dict(record.health), record.dcgm_level, config)
         seen = len(record.health.get("gpus") or ())
         if seen < expected_gpus:
-            judged.fail(f"{seen} GPUs visible in the pod on {record.hostname}, the pool declares {expected_gpus} "
-                        "per node")
+            fail_shortfall(judged, GpuShortfall(pool.name if pool else "acceptance", pool.gpu_model if pool else "GPU",
+                                                expected_gpus, seen, f"in the pod on {record.hostname}"))
         return judged
 
     settings = literal(config.model_dump_json(by_alias=True))  # one argument

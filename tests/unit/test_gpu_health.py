@@ -224,14 +224,26 @@ def run_check(check, config, tmp_path, env="prod"):
     return check.run(ctx, config)
 
 
-@pytest.mark.skipif(no_gpu_reason() is None, reason="a GPU is visible: the skip path does not apply")
-def test_gpu_checks_skip_without_gpus_never_pass(tmp_path):
+@pytest.mark.skipif(no_gpu_reason() is None, reason="a GPU is visible: the no-GPU paths do not apply")
+def test_gpu_checks_without_gpus_skip_only_where_none_is_declared(tmp_path):
+    """`local` declares no GPU pool: no GPU visible is a skip. `prod` declares 8 H100s per node: the same machine
+    fails both GPU checks with declared and visible counts and the recommended action, never a skip or a pass."""
     from dcforge.checks.gpu_bandwidth import GpuBandwidthCheck, GpuBandwidthConfig
+    from dcforge.harness.result import Status
 
     with pytest.raises(CheckSkipped, match="no GPU visible"):
-        run_check(GpuHealthCheck(), GpuHealthConfig(), tmp_path)
+        run_check(GpuHealthCheck(), GpuHealthConfig(), tmp_path, env="local")
     with pytest.raises(CheckSkipped, match="no GPU visible .*no GPU bandwidth to measure"):
-        run_check(GpuBandwidthCheck(), GpuBandwidthConfig(), tmp_path)
+        run_check(GpuBandwidthCheck(), GpuBandwidthConfig(), tmp_path, env="local")
+    shortfall = ("pool 'train-a' declares 8 H100-SXM per node and 0 are visible on this machine (driver not loaded "
+                 "or GPUs off the bus); recommended action: reboot node")
+    health = run_check(GpuHealthCheck(), GpuHealthConfig(stage="deploy"), tmp_path)
+    assert health.status == Status.FAIL and health.reason.startswith(shortfall), health.reason
+    assert health.details["gpu_count"] == {"declared": 8, "visible": 0}
+    assert health.details["findings"][0]["action"] == "reboot_node"
+    assert health.metrics["gpus_checked"].value == 0  # the readers still ran
+    bandwidth = run_check(GpuBandwidthCheck(), GpuBandwidthConfig(), tmp_path)
+    assert bandwidth.status == Status.FAIL and bandwidth.reason == shortfall and not bandwidth.metrics
 
 
 @pytest.mark.gpu
