@@ -38,7 +38,7 @@ class InferenceCheck:
     description = "OpenAI-compatible serving under Locust load: TTFT, TPOT, throughput, goodput, endpoint security."
     Config = InferenceConfig
     requires_declared_gpus = True
-    on_pool = True  # target kubernetes: server and Locust run on the inference pool (serving/on_cluster.py)
+    on_pool = True  # target kubernetes: server and Locust run on the inference pool (dcforge/placement/serving.py)
     metrics = (
         *LOAD_METRICS,
         *RUN_METRICS,

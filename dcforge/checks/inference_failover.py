@@ -77,7 +77,7 @@ class InferenceFailoverCheck:
     description = "A replica is SIGKILLed under load: time to recover, requests lost, respawn, latency impact."
     Config = InferenceFailoverConfig
     requires_declared_gpus = True
-    on_pool = True  # target kubernetes: a pod per replica on the inference pool, one deleted (serving/on_cluster.py)
+    on_pool = True  # target kubernetes: a pod per replica on the inference pool, one deleted (dcforge/placement/serving.py)
     metrics = (
         *LOAD_METRICS,
         *RUN_METRICS,
