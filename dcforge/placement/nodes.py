@@ -17,6 +17,7 @@ from dcforge.executors.base import (Execution, Executor, ExecutorError, NodeStat
                                     VolumePurpose, Workload, pool_machines)
 from dcforge.executors.hosts import HostsExecutor
 from dcforge.executors.local import LocalExecutor
+from dcforge.findings import Action, most_urgent
 from dcforge.harness.check import CheckContext
 from dcforge.harness.result import CheckSkipped, Status
 from dcforge.steps.step import Step, platform_failure
@@ -179,4 +180,6 @@ def _judge(step: Step, outcome: dict[str, Any], data: bytes | None, row: dict[st
     for figure in ROW_FIGURES[step.name]:
         if figure in judged.metrics:
             row[figure] = judged.metrics[figure].value
+    if judged.details.get("action"):  # the node's recommended action (dcforge.findings), most urgent of its steps'
+        row["action"] = most_urgent([Action(row.get("action", "none")), Action(judged.details["action"])]).value
     return f"{step.name}: {judged.reason}" if judged.status is not Status.PASS else ""
