@@ -205,7 +205,8 @@ def accept(
 def _remediate(report_dir: Path, report: dict, dry_run: bool, cluster, taint: bool, mark: bool) -> dict:
     """`--taint-failed`/`--mark-nodes`: taints, conditions and events from the report's node rows
     (dcforge/remediation.py, dcforge/node_health.py)."""
-    from dcforge.remediation import apply_to_report, summary_line
+    from dcforge.remediation import apply_to_report
+    from dcforge.report.nodes import summary_line
 
     done = apply_to_report(report_dir, report, dry_run, cluster=cluster, taint=taint, mark=mark)
     console.print(escape(summary_line(done)), highlight=False)

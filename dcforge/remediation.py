@@ -25,7 +25,7 @@ from typing import Any
 from dcforge.executors.kubernetes_objects import TAINT, TAINT_TEXT
 from dcforge.harness.check import ClusterAccess
 from dcforge.manifests.gpu_node_pool import GATE_TAINT
-from dcforge.report.nodes import judge_nodes, summary_line  # noqa: F401  (the console's line too)
+from dcforge.report.nodes import judge_nodes
 
 GATE_TAINT_TEXT = f"{GATE_TAINT['key']}={GATE_TAINT['value']}:{GATE_TAINT['effect']}"
 """A node of a pool with `gateNewNodes: true` joins with it (dcforge/manifests/gpu_node_pool.py); a passing node is
