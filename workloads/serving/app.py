@@ -102,7 +102,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.engine.isolation == "process":
         engine: ServingEngine = EngineProcess(settings.model, settings.engine, str(device),
                                               max_pending=settings.limits.max_pending, observer=metrics.observe_step,
-                                              load_observer=metrics.observe_load,
+                                              load_observer=metrics.LoadMetrics(settings.model.served_name),
                                               on_lost=getattr(app.state, "exit_replica", None))
         await engine.start()
     else:
@@ -127,7 +127,8 @@ async def start_engine_thread(settings: ServerSettings, device: torch.device) ->
     model, config = await asyncio.to_thread(load_model, settings.model)
     model = model.to(device)
     engine = BatchingEngine(model, config, settings.engine, max_pending=settings.limits.max_pending,
-                            observer=metrics.observe_step, load_observer=metrics.observe_load)
+                            observer=metrics.observe_step,
+                            load_observer=metrics.LoadMetrics(settings.model.served_name))
     await asyncio.to_thread(engine.warm_up)
     engine.start()
     return engine
@@ -259,7 +260,7 @@ async def respond(engine: ServingEngine, settings: ServerSettings, body: Complet
         raise APIError(500, "generation failed on the server", "server_error")
     build = chat_body if chat else completion_body
     return JSONResponse(build(request_id, served, "".join(pieces), event.finish_reason, handle.prompt_tokens,
-                              event.completion_tokens))
+                              event.completion_tokens, event.cached_tokens))
 
 
 async def stream(handle, request_id: str, served: str, body: CompletionRequest | ChatCompletionRequest, chat: bool,
@@ -284,7 +285,8 @@ async def stream(handle, request_id: str, served: str, body: CompletionRequest |
                 yield sse(chat_chunk(request_id, served, {}, event.finish_reason) if chat
                           else completion_chunk(request_id, served, "", event.finish_reason))
                 if body.include_usage_in_stream():
-                    yield sse(usage_chunk(request_id, served, kind, handle.prompt_tokens, event.completion_tokens))
+                    yield sse(usage_chunk(request_id, served, kind, handle.prompt_tokens, event.completion_tokens,
+                                          event.cached_tokens))
         yield sse("[DONE]")
     finally:
         handle.cancel()  # a client that went away frees its batch slot at the next step
