@@ -63,7 +63,12 @@ def test_inference_check_measures_a_loaded_server(tmp_path):
     assert result.metrics["p95_ttft_ms"].aliases == {"aiperf": "time_to_first_token.p95",
                                                      "dcforge (former)": "ttft_ms.p95"}
     assert {f["rule"] for f in result.details["endpoint_compliance"]} == {"api-key-required", "tls-minimum-version"}
-    assert len([plot for plot in result.plots if plot.title != "Power draw"]) == 4
+    assert len([plot for plot in result.plots if plot.title != "Power draw"]) == 5
+    # The server's own state, scraped every 0.5 s during the window (both replicas' engines, under vLLM's names):
+    # 4 users always keep a request running; the engine never preempts; every family is there.
+    assert result.plots[1].title.startswith("Server state") and metrics["server_scrapes"] >= 6
+    assert metrics["num_requests_running.max"] >= 1 and 0 < metrics["kv_cache_usage.max"] < 1
+    assert metrics["num_preemptions.total"] == 0 and result.details["server_metrics"]["not_reported"] == []
     assert_energy(result, "output_tokens_per_joule")
     # Warm-up: every replica answered 2 streamed requests before measuring; they are in the log, marked, and in
     # no statistic (requests counts only the others).

@@ -7,7 +7,7 @@ import os
 import shutil
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -179,10 +179,11 @@ def describe_workload(config: ServingLoadConfig, prompt_tokens: int, prompt_file
 
 
 def run_load(ctx: CheckContext, config: ServingLoadConfig, session: ServingSession, result: CheckResult,
-             during=None) -> tuple[list[RequestRecord], float]:
-    """Locust for duration_s; `during(t_start, request_log_dir)` runs in this thread meanwhile. Returns (records,
-    load start); the arrival model, the spread of request starts and what happened to requests in flight at the
-    end of the window go into the result."""
+             during=None, scraper=None) -> tuple[list[RequestRecord], float]:
+    """Locust for duration_s; `during(t_start, request_log_dir)` runs in this thread meanwhile, and `scraper` (a
+    `loadtests.server_metrics.Scraper`) samples the server's /metrics while Locust runs. Returns (records, load
+    start); the arrival model, the spread of request starts and what happened to requests in flight at the end of
+    the window go into the result."""
     locust, log_dir = locust_process(config, session.server, session.secrets_dir, session.workdir,
                                      session.prompt_tokens, session.served_name, session.prompt_file)
     result.artefacts["locust_log"] = ctx.relative(session.workdir / "locust.log")
@@ -190,7 +191,7 @@ def run_load(ctx: CheckContext, config: ServingLoadConfig, session: ServingSessi
             f"requests per replica, then {config.duration_s:g} s")
     t_start = time.time()
     limit = config.duration_s + warmup_allowance_s(config) + config.stop_grace_s + 60
-    with locust:
+    with locust, scraper or nullcontext():
         if during is not None:
             during(t_start, log_dir)
         code = locust.wait(timeout=min(limit, max(5.0, ctx.remaining_s())))

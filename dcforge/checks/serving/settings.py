@@ -88,6 +88,9 @@ class ServingLoadConfig(CheckConfig):
     think_distribution: Literal["exponential", "constant"] = pacing.THINK_DISTRIBUTION
     start_jitter_s: float = Field(default=pacing.START_JITTER_S, ge=0)
     """Closed loop: each user's first request waits uniform(0, startJitterS)."""
+    server_metrics_interval_s: float = Field(default=0.5, ge=0, le=60)
+    """Seconds between scrapes of the server's Prometheus /metrics during the load (KV-cache usage, requests
+    running and waiting, preemptions, prefix-cache hits; loadtests/server_metrics.py); 0: not scraped."""
     stop_grace_s: float = Field(default=pacing.STOP_GRACE_S, ge=0)
     """Requests in flight when durationS ends may complete within this and are counted; later ones are reported
     as abandoned."""
