@@ -45,12 +45,14 @@ from locust.runners import LocalRunner
 
 try:
     from loadtests import arrivals, pacing
+    from loadtests.conversation import Conversation
     from loadtests.llm_protocol import (PromptFileError, RequestLog, RequestRecord, Workload, chunk_has_text_fast,
                                         endpoint_path, parse_sse_line, read_prompt_file, request_body,
                                         shared_prefixes, time_per_output_token_s)
     from loadtests.warmup import WarmupPlan
 except ImportError:  # `locust -f path/to/locustfile.py` outside an install: Locust puts this directory on sys.path
     import arrivals  # type: ignore[no-redef]
+    from conversation import Conversation  # type: ignore[no-redef]
     import pacing  # type: ignore[no-redef]
     from llm_protocol import (PromptFileError, RequestLog, RequestRecord, Workload,  # type: ignore[no-redef]
                               chunk_has_text_fast, endpoint_path, parse_sse_line, read_prompt_file, request_body,
@@ -125,6 +127,11 @@ def _add_options(parser) -> None:
                        help="warm-up requests per replica before measuring (logged as warm-up, in no statistic)")
     group.add_argument("--llm-warmup-replicas", type=int, default=1, env_var=LoadEnv.WARMUP_REPLICAS,
                        help="replicas the warm-up must reach (by the replica header)")
+    group.add_argument("--llm-turns", type=int, default=1, env_var=LoadEnv.TURNS,
+                       help="chat turns per conversation, each sending the history with the server's answers; 1: "
+                            "single-turn requests")
+    group.add_argument("--llm-conversation-tokens", type=int, default=0, env_var=LoadEnv.CONVERSATION_TOKENS,
+                       help="a conversation whose next turn would need more tokens (prompt + answer) starts anew")
     group.add_argument("--llm-duration", type=float, default=0.0, env_var=LoadEnv.DURATION,
                        help="seconds measured after the warm-up, then the run ends (single process); 0: Locust's -t")
 
@@ -261,6 +268,7 @@ class LlmUser(FastHttpUser):
         self.rng = random.Random()
         self.model = self.options.llm_model or self._first_model()
         self.inflight = 0
+        self.conversation = Conversation(max(1, self.options.llm_turns), self.options.llm_conversation_tokens)
         self._warm_up()
         if self.options.llm_arrival == "closed":
             gevent.sleep(pacing.start_offset_s(self.rng, self.options.llm_start_jitter))
@@ -314,10 +322,17 @@ class LlmUser(FastHttpUser):
         assert _workload is not None, "the init event builds the workload"
         prompt = _workload.next(self.rng)
         stream = not options.llm_no_stream
+        # Multi-turn (closed-loop chat, not the warm-up): the conversation's system prompt and history; the answer
+        # is collected for the next turn.
+        talking = self.conversation.turns > 1 and not warmup and options.llm_endpoint == "chat" \
+            and options.llm_arrival == "closed"
+        system, history, turn = self.conversation.start_turn(prompt.system, prompt.text, prompt.max_tokens) \
+            if talking else (prompt.system, [], 0)
+        answer: list[str] | None = [] if talking else None
         body = request_body(options.llm_endpoint, self.model, prompt.text, prompt.max_tokens, stream,
-                            options.llm_temperature, system=prompt.system)
+                            options.llm_temperature, system=system, history=history)
         path = endpoint_path(options.llm_endpoint)
-        record = RequestRecord(start=time.time(), end=0.0, ok=False, stream=stream, warmup=warmup)
+        record = RequestRecord(start=time.time(), end=0.0, ok=False, stream=stream, warmup=warmup, turn=turn)
         started = time.perf_counter()
         _in_flight += 1
         _sent += 1
@@ -330,11 +345,14 @@ class LlmUser(FastHttpUser):
                     record.error = getattr(resp, "error", None) and repr(resp.error) or f"HTTP {record.status}: " \
                         f"{(resp.text or '')[:200]}"
                 elif stream:
-                    self._read_stream(resp, record, started)
+                    self._read_stream(resp, record, started, answer)
                 else:
                     data = resp.json()
                     record.output_tokens = int(data["usage"]["completion_tokens"])
                     record.prompt_tokens = int(data["usage"]["prompt_tokens"])
+                    record.cached_tokens = cached_tokens(data["usage"])
+                    if answer is not None:
+                        answer.append(data["choices"][0]["message"]["content"] or "")
                     record.ok = True
             except Exception as error:  # a dropped connection mid-stream is a failed request, not a crash
                 record.error = f"{type(error).__name__}: {error}"[:300]
@@ -352,9 +370,14 @@ class LlmUser(FastHttpUser):
             self._record(record)
             _in_flight -= 1
             self._fire_token_events(record)
+        if talking and record.ok:
+            self.conversation.answered(prompt.text, "".join(answer))
+        elif talking:
+            self.conversation.reset()
         return record
 
-    def _read_stream(self, resp, record: RequestRecord, started: float) -> None:
+    def _read_stream(self, resp, record: RequestRecord, started: float, answer: list[str] | None = None) -> None:
+        """Time every chunk; `answer` (a multi-turn user's) also collects the text, which the fast path skips."""
         raw = resp._response  # geventhttpclient response: readline returns each SSE line as soon as it arrives
         saw_done = False
         chunks = 0
@@ -368,7 +391,7 @@ class LlmUser(FastHttpUser):
                 continue
             now = perf_counter()  # before any parsing, so parsing cost is never part of the measured latency
             # Fast path: a `data: {...}` line that certainly holds a piece of text, or the end of the stream.
-            if line.startswith(b"data: {") and chunk_has_text_fast(line[6:].rstrip()):
+            if answer is None and line.startswith(b"data: {") and chunk_has_text_fast(line[6:].rstrip()):
                 chunks += 1
                 token_times.append(now - started)
                 continue
@@ -386,9 +409,12 @@ class LlmUser(FastHttpUser):
             if event.text:
                 chunks += 1
                 token_times.append(now - started)
+                if answer is not None:
+                    answer.append(event.text)
             if event.usage:
                 record.output_tokens = int(event.usage.get("completion_tokens", 0))
                 record.prompt_tokens = event.usage.get("prompt_tokens")
+                record.cached_tokens = cached_tokens(event.usage)
         if not saw_done:
             raise ConnectionError("stream ended before [DONE]")
         record.e2e_s = perf_counter() - started  # the answer is complete; the body's closing bytes are not latency
@@ -433,6 +459,13 @@ class LlmUser(FastHttpUser):
         tpot_s = time_per_output_token_s(record.e2e_s, record.ttft_s, record.output_tokens)
         if tpot_s is not None:
             stats.get("tpot", "LLM").log(tpot_s * 1000, record.output_tokens)
+
+
+def cached_tokens(usage: dict) -> int | None:
+    """OpenAI's `usage.prompt_tokens_details.cached_tokens`, when the server returns it."""
+    details = usage.get("prompt_tokens_details")
+    value = details.get("cached_tokens") if isinstance(details, dict) else None
+    return int(value) if isinstance(value, (int, float)) else None
 
 
 # --- Open-loop arrivals: one schedule per process, shared by its users (loadtests/arrivals.py) ----------------------

@@ -84,6 +84,28 @@ def test_inference_check_measures_a_loaded_server(tmp_path):
     assert "Bearer" not in server_log and "Bearer" not in (tmp_path / result.artefacts["locust_log"]).read_text()
 
 
+def test_multi_turn_chat_sends_the_servers_answers_back_and_its_prefix_cache_reuses_them(tmp_path):
+    """One replica, so every next turn meets the slot that served the previous one: the server's counters and its
+    usage.cached_tokens both see the history reused; the log holds every turn."""
+    check = load_check("inference")
+    config = check.Config.model_validate({"replicas": 1, "users": 2, "durationS": 5, "maxTokens": 8, "turns": 3,
+                                          "thinkTimeS": 0.05, "warmupPerReplica": 1, "serverMetricsIntervalS": 0.25})
+    result = check.run(context(tmp_path), config)
+    assert result.status == Status.PASS, result.reason
+    metrics = {name: metric.value for name, metric in result.metrics.items()}
+    records = [r for r in read_records([tmp_path / result.artefacts["request_log"]]) if not r.warmup]
+    assert metrics["error_rate"] == 0 and {1, 2, 3} <= {r.turn for r in records}
+    later = [r for r in records if r.turn > 1]
+    # A later turn's prompt holds the earlier turns: longer than any first turn's.
+    assert min(r.prompt_tokens for r in later) > max(r.prompt_tokens for r in records if r.turn == 1)
+    def cached_share(turns):  # first turns may share a few words with an earlier prompt, later turns their history
+        return sum(r.cached_tokens for r in turns) / sum(r.prompt_tokens for r in turns)
+
+    assert cached_share(later) > max(0.3, cached_share([r for r in records if r.turn == 1]))
+    assert 0 < metrics["prefix_cache_hit_rate"] < 1 and 0 < metrics["cached_prompt_fraction"] < 1
+    assert metrics["ttft_first_turn_ms.mean"] > 0 and metrics["ttft_later_turns_ms.mean"] > 0
+
+
 def test_shared_prefix_workload_from_a_prompt_file_reports_its_lengths(tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "short question"}\n{"text": "a somewhat longer question", "output_tokens": 4}\n')

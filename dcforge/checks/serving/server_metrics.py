@@ -32,6 +32,13 @@ SERVER_METRICS = (
                f"first sample from which vllm:num_requests_waiting > 0 in {SATURATION_SAMPLES} consecutive samples, "
                "seconds after the window's first request (absent: never saturated)",
                "when the server started queueing requests"),
+    MetricSpec("cached_prompt_fraction", "", "higher",
+               "sum of usage.prompt_tokens_details.cached_tokens / sum of prompt tokens, successful requests whose "
+               "answer reported cached tokens", "share of prompt tokens the server said it served from its cache"),
+    MetricSpec("ttft_first_turn_ms", "ms", "lower", "TTFT of the first turns of multi-turn conversations",
+               "time to first token of a conversation's opening request (nothing cached)", stats=("mean",)),
+    MetricSpec("ttft_later_turns_ms", "ms", "lower", "TTFT of the second and later turns of conversations",
+               "time to first token when the history may be cached", stats=("mean",)),
     MetricSpec("server_scrapes", "scrapes", None, "/metrics scrapes that succeeded during the measured window",
                "how densely the server's state was sampled"),
 )
@@ -80,6 +87,20 @@ def server_state_plot(samples: Sequence[Sample], t0: float) -> Plot | None:
                 "requests / KV-cache usage %", series)
 
 
+def add_prefix_reuse(result: CheckResult, records: Sequence[RequestRecord]) -> None:
+    """The client's view of prompt reuse (`loadtests.metrics.prefix_reuse`): what the server reported cached, and
+    first against later turns' TTFT in a multi-turn run."""
+    from loadtests.metrics import prefix_reuse
+
+    figures = prefix_reuse(records)
+    if "cached_prompt_fraction" in figures:
+        result.add_metric("cached_prompt_fraction", figures["cached_prompt_fraction"])
+    if "ttft_first_turn_ms.mean" in figures:
+        result.add_metric("ttft_first_turn_ms.mean", figures["ttft_first_turn_ms.mean"])
+    if "ttft_later_turns_ms.mean" in figures:
+        result.add_metric("ttft_later_turns_ms.mean", figures["ttft_later_turns_ms.mean"])
+
+
 def scraper_for(base_url: str, interval_s: float) -> Scraper | None:
     """The scraper of a load run against `base_url` (None when scraping is off: interval 0)."""
     return Scraper(f"{base_url}/metrics", interval_s) if interval_s > 0 else None
@@ -89,6 +110,7 @@ def report_server_metrics(result: CheckResult, scraper: Scraper | None, records:
                           t_start: float) -> None:
     """A load run's server figures over its measured requests' span (first send to last answer, the window every
     load figure divides by), and the server-state plot placed right after the latency plot."""
+    add_prefix_reuse(result, records)
     if scraper is None or not records:
         return
     t0, t1 = min(record.start for record in records), max(record.end for record in records)
