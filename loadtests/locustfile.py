@@ -46,6 +46,7 @@ from locust.runners import LocalRunner
 try:
     from loadtests import arrivals, pacing
     from loadtests.conversation import Conversation
+    from loadtests.saturation import LOOP_LAG_PERIOD_S
     from loadtests.llm_protocol import (PromptFileError, RequestLog, RequestRecord, Workload, chunk_has_text_fast,
                                         endpoint_path, parse_sse_line, read_prompt_file, request_body,
                                         shared_prefixes, time_per_output_token_s)
@@ -53,6 +54,7 @@ try:
 except ImportError:  # `locust -f path/to/locustfile.py` outside an install: Locust puts this directory on sys.path
     import arrivals  # type: ignore[no-redef]
     from conversation import Conversation  # type: ignore[no-redef]
+    from saturation import LOOP_LAG_PERIOD_S  # type: ignore[no-redef]
     import pacing  # type: ignore[no-redef]
     from llm_protocol import (PromptFileError, RequestLog, RequestRecord, Workload,  # type: ignore[no-redef]
                               chunk_has_text_fast, endpoint_path, parse_sse_line, read_prompt_file, request_body,
@@ -69,6 +71,8 @@ _spawned = gevent.event.Event()
 WARMUP_POLL_S = 0.02
 _window: dict[str, float] = {}
 """Start and stop of this process's measurement window (epoch seconds)."""
+_loop_lags_s: list[float] = []
+"""Lateness of every tick of the event-loop timer during the window (client saturation, loadtests/saturation.py)."""
 _in_flight = 0
 """Requests sent and not yet logged, over all users of this process: those left at the end are abandoned."""
 _sent = 0
@@ -177,6 +181,7 @@ def _finish_warmup(environment) -> None:
         return
     environment.stats.reset_all()
     _window["start"] = time.time()
+    _window["cpu_start"] = time.process_time()
     _warmup_over.set()
     duration = environment.parsed_options.llm_duration
     if duration > 0 and isinstance(environment.runner, LocalRunner):
@@ -189,10 +194,21 @@ def _open_log(environment, **_kwargs) -> None:
     options = environment.parsed_options
     if options is not None and _warmup is None:
         _warmup = WarmupPlan(getattr(options, "llm_warmup_per_replica", 0), getattr(options, "llm_warmup_replicas", 1))
+        gevent.spawn(_measure_loop_lag)
     if options is not None and options.llm_request_log and _request_log is None:
         _request_log = RequestLog(options.llm_request_log, flush_after_s=LOG_FLUSH_INTERVAL_S)
         gevent.spawn(_flush_periodically, _request_log)
         atexit.register(_request_log.close)  # an exit Locust does not announce (sys.exit in user code, ...)
+
+
+def _measure_loop_lag() -> None:
+    """How late a timer greenlet wakes during the window: a CPU-starved or overloaded process wakes it late, and
+    sends and times its requests just as late."""
+    while "stop" not in _window:
+        asked = time.perf_counter()
+        gevent.sleep(LOOP_LAG_PERIOD_S)
+        if "start" in _window and "stop" not in _window:
+            _loop_lags_s.append(time.perf_counter() - asked - LOOP_LAG_PERIOD_S)
 
 
 def _flush_periodically(log: RequestLog) -> None:
@@ -209,6 +225,7 @@ def _end_window(environment, **_kwargs) -> None:
     # left to Locust's graceful stop, because Locust counts running users by their greenlets' arguments, which gevent
     # may already have cleared: such users are not asked to stop but killed, requests in flight and all.
     _window.setdefault("stop", time.time())
+    _window.setdefault("cpu_stop", time.process_time())
     deadline = time.monotonic() + float(environment.stop_timeout or 0)
     while _in_flight > 0 and time.monotonic() < deadline:
         gevent.sleep(IN_FLIGHT_POLL_S)
@@ -221,8 +238,12 @@ def _write_window(environment, **_kwargs) -> None:
     if options is None or not options.llm_window_file or "start" not in _window:
         return
     stop = _window.setdefault("stop", time.time())
+    lags = sorted(_loop_lags_s)
+    cpu_s = _window.setdefault("cpu_stop", time.process_time()) - _window["cpu_start"]
     window = pacing.MeasurementWindow(start=_window["start"], stop=stop, grace_s=float(environment.stop_timeout or 0),
-                                      sent=_sent, abandoned=_in_flight)
+                                      sent=_sent, abandoned=_in_flight,
+                                      cpu_cores=cpu_s / (stop - _window["start"]) if stop > _window["start"] else None,
+                                      loop_lag_ms_p99=lags[int(0.99 * (len(lags) - 1))] * 1000 if lags else None)
     window.write(options.llm_window_file.replace("{pid}", str(os.getpid())))
 
 

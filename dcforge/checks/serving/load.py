@@ -183,14 +183,15 @@ def describe_workload(config: ServingLoadConfig, prompt_tokens: int, prompt_file
 
 
 def run_load(ctx: CheckContext, config: ServingLoadConfig, session: ServingSession, result: CheckResult,
-             during=None, scraper=None) -> tuple[list[RequestRecord], float]:
+             during=None, scraper=None, watch=None) -> tuple[list[RequestRecord], float]:
     """Locust for duration_s; `during(t_start, request_log_dir)` runs in this thread meanwhile, and `scraper` (a
-    `loadtests.server_metrics.Scraper`) samples the server's /metrics while Locust runs. Returns (records, load
+    `loadtests.server_metrics.Scraper`) samples the server's /metrics while Locust runs, and `watch` (a
+    `point_watch.PointWatch`) may stop it early. Returns (records, load
     start); the arrival model, the spread of request starts and what happened to requests in flight at the end of
     the window go into the result."""
     locust, log_dir = locust_process(config, session.server, session.secrets_dir, session.workdir,
                                      session.prompt_tokens, session.served_name, session.prompt_file,
-                                     session.model.context_len)
+                                     session.model.context_len if session.model else 0)
     result.artefacts["locust_log"] = ctx.relative(session.workdir / "locust.log")
     ctx.log(f"Locust: {config.users} users, {config.arrival} arrivals, {config.warmup_per_replica} warm-up "
             f"requests per replica, then {config.duration_s:g} s")
@@ -199,8 +200,10 @@ def run_load(ctx: CheckContext, config: ServingLoadConfig, session: ServingSessi
     with locust, scraper or nullcontext():
         if during is not None:
             during(t_start, log_dir)
+        if watch is not None:
+            watch.follow(locust, log_dir)
         code = locust.wait(timeout=min(limit, max(5.0, ctx.remaining_s())))
-    if code != 0:
+    if code != 0 and not (watch is not None and watch.stop_reason):  # interrupted on purpose: what it logged counts
         raise RuntimeError(f"Locust exited with code {code}; see {ctx.relative(session.workdir / 'locust.log')}")
     return collect_load(ctx, config, session.workdir, log_dir, result), t_start
 
@@ -241,6 +244,10 @@ def add_pacing_figures(result: CheckResult, config: ServingLoadConfig, records: 
     if spread is not None:
         result.add_metric("start_gap_ms.p50", spread.median_gap_ms)
         result.add_metric("starts_in_lockstep_fraction", spread.lockstep_fraction)
+    from loadtests.saturation import client_saturation_of
+
+    saturated = client_saturation_of(windows, config.rate if config.arrival != "closed" else None)
+    result.details["client_saturation"] = saturated or "not saturated"
     accounting = pacing.stop_accounting(windows, [(record.start, record.end) for record in records])
     if accounting is None:
         result.details["stop_semantics"] = "unknown: Locust wrote no window file"
