@@ -5,7 +5,8 @@ watcher (dcforge/checks/serving/point_watch.py) feeds them while the point runs 
 Over-saturation, each judged once a point has `min_requests` answered requests (or server samples):
 - error rate: failed / requests so far > `error_rate`;
 - latency growing without bound: median TTFT of the latest third of answered requests (by send time) >=
-  `latency_growth` x the median of the first third;
+  `latency_growth` x the median of the first third, once each third has LATENCY_MIN_THIRD requests (a median of
+  fewer is noise: a short point's first requests meet an idle server);
 - waiting queue growing: the least-squares slope of vllm:num_requests_waiting over the last `queue_window_s` is
   >= `queue_growth_per_s` requests/s and the last sample has >= `queue_min` requests waiting.
 
@@ -34,6 +35,8 @@ CLIENT_CPU_LIMIT = 0.9
 """Share of one core a load-generator process may use before it counts as saturated (Locust runs one core each)."""
 LOOP_LAG_LIMIT_MS = 50.0
 """p99 lateness of the event loop's timer beyond which requests are no longer sent and timed when they should be."""
+LATENCY_MIN_THIRD = 10
+"""Answered requests each third needs before latency growth is judged."""
 LOOP_LAG_PERIOD_S = 0.05
 """Period of the timer whose lateness measures the event-loop lag (loadtests/locustfile.py)."""
 
@@ -60,7 +63,7 @@ def over_saturation(answered: Sequence[tuple[float, bool, float | None]], waitin
             return f"error rate {failed / len(answered):.0%} > {limits.error_rate:.0%} after {len(answered)} requests"
         ttfts = [ttft for _, ok, ttft in sorted(answered) if ok and ttft is not None]
         third = len(ttfts) // 3
-        if third >= max(3, limits.min_requests // 3):
+        if third >= LATENCY_MIN_THIRD:
             first, latest = float(np.median(ttfts[:third])), float(np.median(ttfts[-third:]))
             if first > 0 and latest >= limits.latency_growth * first:
                 return (f"latency growing without bound: median TTFT of the latest {third} requests {latest * 1000:.0f}"

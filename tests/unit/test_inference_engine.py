@@ -167,3 +167,19 @@ def test_a_short_shared_prefix_is_not_reused(model):
         engine.stop()
     assert engine.prefix_hits == 0 and engine.prefix_queries == 24
     assert text == bytes(greedy_reference(model, [256, *b"hello world"], 4)).decode("utf-8", errors="replace")
+
+
+def test_a_vanishing_temperature_samples_the_greedy_token_instead_of_failing(model):
+    """temperature 1e-300 is within the API's [0, 2]: logits / t overflowed to inf and the softmax to NaN (found
+    by the schema fuzz test); sampling now sees the greedy token with probability 1."""
+    engine = make_engine(model)
+    try:
+        async def run():
+            return await collect(engine, [256, *b"tiny"], SamplingParams(max_tokens=4, temperature=1e-300, seed=1,
+                                                                          ignore_eos=True))
+
+        text, tokens, finish = asyncio.run(run())
+    finally:
+        engine.stop()
+    greedy = bytes(greedy_reference(model, [256, *b"tiny"], 4)).decode("utf-8", errors="replace")
+    assert (text, tokens, finish) == (greedy, 4, "length")

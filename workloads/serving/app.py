@@ -24,16 +24,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from workloads.serving import metrics
 from workloads.serving.engine import BatchingEngine, EngineOverloaded, SamplingParams, load_model, resolve_device
 from workloads.serving.engine_process import EngineProcess, EngineUnavailable
-from workloads.serving.protocol import (APIError, ChatCompletionRequest, CompletionRequest, TextChunkEncoder,
-                                        chat_body, chat_chunk, completion_body, completion_chunk, new_id, sse,
-                                        usage_chunk, validation_message)
+from workloads.serving.protocol import (DEFAULT_MAX_TOKENS, APIError, ChatCompletionRequest, CompletionRequest, TextChunkEncoder,
+                                        chat_body, chat_chunk, completion_body, completion_chunk, new_id,
+                                        published_schema, sse, usage_chunk, validation_message)
 from workloads.records import REPLICA_HEADER, mark_ready
 from workloads.serving.settings import LimitSettings, ServerSettings, replica_id
 
 ServingEngine = BatchingEngine | EngineProcess
 """What the routes submit to: the same interface in a thread (`BatchingEngine`) or in a process of its own."""
 
-_ROUTES = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/ready", "/metrics"}
+_ROUTES = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/ready", "/metrics", "/openapi.json"}
 
 
 class BodyTooLarge(Exception):
@@ -216,6 +216,8 @@ def submit(engine: ServingEngine, limits: LimitSettings, body: CompletionRequest
     """The request checked against the limits and the context, queued on the engine (429 when it is full)."""
     prompt_ids = body.prompt_ids(engine.tokenizer)
     max_tokens = body.requested_max_tokens()
+    if max_tokens is None:  # left to the server: a default it accepts itself, within the limit and the context
+        max_tokens = max(1, min(DEFAULT_MAX_TOKENS, limits.max_tokens, engine.max_context - len(prompt_ids)))
     if not 1 <= max_tokens <= limits.max_tokens:
         raise APIError(400, f"max_tokens must be between 1 and {limits.max_tokens}, got {max_tokens}",
                        param="max_tokens")
@@ -349,7 +351,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     if not settings.api_key:
         raise ValueError("an API key is required: set DCFORGE_API_KEY or DCFORGE_API_KEY_FILE")
     app = FastAPI(title="dcforge OpenAI-compatible server", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+                  openapi_url="/openapi.json")
     app.state.settings = settings
     app.add_middleware(ServingMiddleware, max_body_bytes=settings.limits.max_body_bytes,
                        close_connections=settings.balance == "requests", replica_tag=settings.replica_tag)
@@ -358,4 +360,16 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.add_exception_handler(Exception, unexpected_error)
     app.add_exception_handler(RequestValidationError, request_validation_error)
     app.include_router(router)
+    app.openapi = lambda: openapi(app)
     return app
+
+
+def openapi(app: FastAPI) -> dict[str, Any]:
+    """`/openapi.json`: FastAPI's paths with the request bodies the routes parse themselves (`published_schema`)."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        settings: ServerSettings = app.state.settings
+        paths = get_openapi(title=app.title, version="1", routes=app.routes)["paths"]
+        app.openapi_schema = published_schema(app.title, paths, settings.model.served_name, settings.limits.max_tokens)
+    return app.openapi_schema

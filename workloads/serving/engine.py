@@ -208,6 +208,8 @@ def load_model(settings: ModelSettings) -> tuple[GPT, GPTConfig]:
 StepObserver = Callable[[str, int, float], None]
 """(phase "prefill"|"decode", batch size, seconds) after every forward pass."""
 
+_TINY = torch.finfo(torch.float32).tiny
+
 PREFIX_MIN_TOKENS = 16
 """Shortest cached prefix worth a slot (vLLM's default KV block size): shorter matches -- every prompt starts with
 BOS and most chats with the same role tag -- are neither reused nor counted as hits."""
@@ -471,7 +473,11 @@ class BatchingEngine:
             temperature = sequence.handle.params.temperature
             if temperature > 0:
                 # on the CPU: each request's generator is a CPU generator (its seed fixes its tokens anywhere)
-                probabilities = torch.softmax(logits[row].float().cpu() / temperature, dim=-1)
+                # Shifted by the row's maximum and divided by at least float32's smallest normal number: the same
+                # distribution, but a tiny temperature (1e-300, which the API admits, is 0 in float32) gives the
+                # largest logit 0 and the others -inf instead of inf/NaN, which the sampler cannot draw from.
+                row_logits = logits[row].float().cpu()
+                probabilities = torch.softmax((row_logits - row_logits.max()) / max(temperature, _TINY), dim=-1)
                 tokens[row] = int(torch.multinomial(probabilities, 1, generator=sequence.generator))
         return tokens
 
