@@ -64,19 +64,26 @@ def test_vllm_v0_cache_name_and_absent_families():
         parse_exposition("this is { not prometheus\n")
 
 
+def exposition_of(model_name: str) -> str:
+    """This process's exposition, only the series of one model (other tests' servers publish in the same
+    registry)."""
+    return "\n".join(line for line in metrics.render()[0].decode().splitlines()
+                     if line.startswith("#") or f'model_name="{model_name}"' in line) + "\n"
+
+
 def test_the_bundled_servers_own_exposition_reads_back_as_published():
     """The real prometheus_client output of workloads.serving.metrics (this process's registry)."""
     publish = metrics.LoadMetrics("exposition-test")
-    before = parse_exposition(metrics.render()[0].decode())
+    before = parse_exposition(exposition_of("exposition-test"))
     publish(EngineLoad(waiting=2, running=3, kv_usage=0.25, prefix_queries=100, prefix_hits=40))
     publish(EngineLoad(waiting=0, running=1, kv_usage=0.125, prefix_queries=150, prefix_hits=60))
-    after = parse_exposition(metrics.render()[0].decode())
+    after = parse_exposition(exposition_of("exposition-test"))
     assert (after["num_requests_running"], after["num_requests_waiting"]) == (1, 0)
     assert after["kv_cache_usage"] == 0.125 and after["num_preemptions"] == before.get("num_preemptions", 0)
     assert after["prefix_cache_queries"] - before.get("prefix_cache_queries", 0) == 150
     assert after["prefix_cache_hits"] - before.get("prefix_cache_hits", 0) == 60
     publish(EngineLoad(0, 0, 0.0, 10, 0))  # a replaced engine process: its totals start again
-    again = parse_exposition(metrics.render()[0].decode())
+    again = parse_exposition(exposition_of("exposition-test"))
     assert again["prefix_cache_queries"] == after["prefix_cache_queries"] + 10
 
 
