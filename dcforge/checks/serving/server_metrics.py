@@ -56,12 +56,9 @@ def add_server_metrics(result: CheckResult, samples: Sequence[Sample], failures:
             result.add_metric(f"num_requests_running.{stat}", figures[f"num_requests_running.{stat}"])
         if f"num_requests_waiting.{stat}" in figures:
             result.add_metric(f"num_requests_waiting.{stat}", figures[f"num_requests_waiting.{stat}"])
-    if "num_preemptions.total" in figures:
-        result.add_metric("num_preemptions.total", figures["num_preemptions.total"])
-    if "prefix_cache_hit_rate" in figures:
-        result.add_metric("prefix_cache_hit_rate", figures["prefix_cache_hit_rate"])
-    if "saturation_start_s" in figures:
-        result.add_metric("saturation_start_s", figures["saturation_start_s"])
+    for scalar in ("num_preemptions.total", "prefix_cache_hit_rate", "saturation_start_s"):
+        if scalar in figures:
+            result.add_metric(scalar, figures[scalar])
     result.add_metric("server_scrapes", figures["scrapes"])
     result.details["server_metrics"] = {
         "interval_s": interval_s, "failed_scrapes": failures,
@@ -93,12 +90,9 @@ def add_prefix_reuse(result: CheckResult, records: Sequence[RequestRecord]) -> N
     from loadtests.metrics import prefix_reuse
 
     figures = prefix_reuse(records)
-    if "cached_prompt_fraction" in figures:
-        result.add_metric("cached_prompt_fraction", figures["cached_prompt_fraction"])
-    if "ttft_first_turn_ms.mean" in figures:
-        result.add_metric("ttft_first_turn_ms.mean", figures["ttft_first_turn_ms.mean"])
-    if "ttft_later_turns_ms.mean" in figures:
-        result.add_metric("ttft_later_turns_ms.mean", figures["ttft_later_turns_ms.mean"])
+    for reuse in ("cached_prompt_fraction", "ttft_first_turn_ms.mean", "ttft_later_turns_ms.mean"):
+        if reuse in figures:
+            result.add_metric(reuse, figures[reuse])
 
 
 def scraper_for(base_url: str, interval_s: float) -> Scraper | None:
