@@ -209,6 +209,7 @@ StepObserver = Callable[[str, int, float], None]
 """(phase "prefill"|"decode", batch size, seconds) after every forward pass."""
 
 _TINY = torch.finfo(torch.float32).tiny
+"""Smallest temperature the sampler divides by (float32's smallest normal number; see `_sample`)."""
 
 PREFIX_MIN_TOKENS = 16
 """Shortest cached prefix worth a slot (vLLM's default KV block size): shorter matches -- every prompt starts with
