@@ -11,15 +11,16 @@ figures are computed from the load pod's request log.
 
 from __future__ import annotations
 
-from dcforge.steps.serving.load_metrics import LOAD_METRICS
+from dcforge.harness.check import CheckContext
 from dcforge.steps.serving.capacity import CAPACITY_METRICS, CapacitySettings, measure_capacity
 from dcforge.steps.serving.load import RUN_METRICS, run_load, serving_session
+from dcforge.steps.serving.load_metrics import LOAD_METRICS
 from dcforge.steps.serving.plots import latency_plots
 from dcforge.steps.serving.replicas import REPLICA_SHARE_METRICS, add_share_metrics, replica_shares
 from dcforge.steps.serving.scraping import decode_batch_mean
+from dcforge.steps.serving.server_metrics import SERVER_METRICS, report_server_metrics, scraper_for
 from dcforge.steps.serving.settings import ServingLoadConfig
 from dcforge.steps.serving.summary import add_summary_metrics, load_summary
-from dcforge.harness.check import CheckContext
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.power import ENERGY_METRICS, OUTPUT_TOKENS_PER_JOULE, record_energy, sample_power
 from dcforge.harness.result import CheckResult
@@ -43,6 +44,7 @@ class InferenceCheck:
         *LOAD_METRICS,
         *RUN_METRICS,
         *REPLICA_SHARE_METRICS,
+        *SERVER_METRICS,
         MetricSpec("endpoint_compliance_failures", "findings", "lower",
                    "dynamic endpoint rules that failed (API key required, TLS floor)",
                    "security of the serving endpoint: must be 0"),
@@ -65,8 +67,9 @@ class InferenceCheck:
 
         with serving_session(ctx, config, self.name, result) as session:
             add_endpoint_findings(result, check_endpoint(session.server.base_url, session.served_name))
+            scraper = scraper_for(session.server.base_url, config.server_metrics_interval_s)
             with sample_power() as power:
-                records, t_start = run_load(ctx, config, session, result)
+                records, t_start = run_load(ctx, config, session, result, scraper=scraper)
             batch = decode_batch_mean(session.server.scrape_metrics())
             summary = load_summary(config, records)
             capacity = None if config.capacity is None else measure_capacity(
@@ -79,6 +82,7 @@ class InferenceCheck:
                       work_metric=OUTPUT_TOKENS_PER_JOULE, per_joule=True)
         add_share_metrics(result, replica_shares(records, config.replicas), "all requests")
         result.plots.extend(latency_plots(records, t_start))
+        report_server_metrics(result, scraper, records, t_start)
         log_summary(ctx, summary)
         if capacity is not None:
             capacity.report(result)
