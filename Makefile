@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 ENV    ?= local
 PYTEST_ARGS ?=
 
-.PHONY: accept test test-fast install bench clean system-deps gpu-check e2e
+.PHONY: accept test test-fast install bench clean system-deps gpu-check e2e pulumi-tools e2e-pulumi
 
 $(BIN)/dcforge: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,17 @@ gpu-check: install
 # the acceptance image loaded there. Without DCFORGE_E2E_KUBECONFIG every test skips and says why.
 e2e: install
 	$(BIN)/python -m pytest -m e2e -v tests/e2e $(PYTEST_ARGS)
+
+# The Pulumi engine `dcforge preview|up|destroy` drive (docs/pulumi.md): the CLI and the Kubernetes provider built
+# with Go from the module versions pinned in tools/pulumi/ into $DCFORGE_PULUMI_HOME (default ~/.cache/dcforge-pulumi),
+# outside git; a second run reuses them. Opt-in: `make test` runs the stack under Pulumi's mocks and needs no engine.
+pulumi-tools:
+	tools/pulumi/build.sh
+
+# The real-engine suite (tests/e2e/test_pulumi_engine.py): the engine of `make pulumi-tools` against the cluster of
+# DCFORGE_E2E_KUBECONFIG, or a throw-away API server + etcd on loopback when their binaries are found.
+e2e-pulumi: install
+	$(BIN)/python -m pytest -m e2e -v tests/e2e/test_pulumi_engine.py $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python -m benchmarks
