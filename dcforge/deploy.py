@@ -115,17 +115,17 @@ def _check_secrets(provider: str) -> None:
         raise DcforgeError(PASSPHRASE_HINT)
 
 
-def prepare_workspace(stacks_dir: Path, env_name: str, folder: Path) -> Path:
-    """`folder` with Pulumi.yaml and Pulumi.<env>.yaml as in `stacks_dir`, plus the engine's keys it saved there."""
+def prepare_workspace(stacks_dir: Path, env_file: Path, folder: Path) -> Path:
+    """`folder` with the project file of `stacks_dir` and a copy of `env_file`, plus the engine's keys it saved
+    there before."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "Pulumi.yaml").write_text((stacks_dir / "Pulumi.yaml").read_text())
-    stack_file = folder / f"Pulumi.{env_name}.yaml"
+    stack_file = folder / env_file.name
     engine_lines = []
     if stack_file.exists():
         pattern = re.compile(rf"^({'|'.join(ENGINE_CONFIG_KEYS)}):")
         engine_lines = [line for line in stack_file.read_text().splitlines() if pattern.match(line)]
-    text = (stacks_dir / f"Pulumi.{env_name}.yaml").read_text()
-    stack_file.write_text(text.rstrip("\n") + "\n" + "".join(f"{line}\n" for line in engine_lines))
+    stack_file.write_text(env_file.read_text().rstrip("\n") + "\n" + "".join(f"{line}\n" for line in engine_lines))
     return folder
 
 
@@ -209,11 +209,14 @@ def run(operation: str, env_name: str, options: DeployOptions = DeployOptions(),
     from dcforge.checks import CATALOG
     from dcforge.paths import STACKS_DIR
     from dcforge.spec import load_environment
+    from dcforge.spec import stacks_dir as environments_dir
 
     if operation not in OPERATIONS:
         raise ValueError(f"operation {operation!r} is not one of {OPERATIONS}")
+    # The program (stacks/__main__.py, components, policy pack) is this checkout's; the environment file is found
+    # like every command's (`$DCFORGE_STACKS_DIR`, ./stacks, the checkout's).
     stacks = Path(stacks_dir or STACKS_DIR).resolve()
-    env_file = stacks / f"Pulumi.{env_name}.yaml"
+    env_file = Path(stacks_dir or environments_dir()).resolve() / f"Pulumi.{env_name}.yaml"
     if operation != "destroy":  # destroy runs no program: a stack whose file no longer validates can still go
         load_environment(path=env_file, checks=CATALOG)
     elif not env_file.is_file():
@@ -223,7 +226,7 @@ def run(operation: str, env_name: str, options: DeployOptions = DeployOptions(),
     _check_secrets(options.secrets_provider)
     if url.startswith("file://"):
         _state_folder(url, stacks).mkdir(parents=True, exist_ok=True)
-    workspace = prepare_workspace(stacks, env_name, _state_folder(url, stacks) / "workspaces" / env_name)
+    workspace = prepare_workspace(stacks, env_file, _state_folder(url, stacks) / "workspaces" / env_name)
 
     from pulumi import automation as auto
 

@@ -130,14 +130,13 @@ def test_destroy_removes_what_the_stack_created_and_nothing_else(stack, admin):
 
 def test_ctrl_c_during_up_cancels_cleanly_and_the_next_up_finishes(stack, admin):
     stacks, options = stack
-    # `dcforge up` as a user runs it (its own process, the CLI's error handling), on the test's copy of stacks/
-    child = (f"import sys; from pathlib import Path; from dcforge import deploy; from dcforge.errors import DcforgeError\n"
-             f"try: deploy.run('up', {ENV_NAME!r}, deploy.DeployOptions(backend_url={options.backend_url!r}, "
-             f"kubeconfig=Path({str(options.kubeconfig)!r})), stacks_dir=Path({str(stacks)!r}))\n"
-             f"except DcforgeError as error: print(f'error: {{error}}'); sys.exit(error.exit_code)\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.Popen([sys.executable, "-u", "-c", child], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    # `dcforge up` as a user runs it, its environment file the test's copy (found through DCFORGE_STACKS_DIR)
+    command = [sys.executable, "-u", "-m", "dcforge.cli", "up", "--env", ENV_NAME, "--no-accept",
+               "--backend", options.backend_url, "--kubeconfig", str(options.kubeconfig)]
+    env = {**os.environ, "DCFORGE_STACKS_DIR": str(stacks),
+           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
     lines = []
     deadline = time.monotonic() + 300
     assert process.stdout is not None

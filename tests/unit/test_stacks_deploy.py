@@ -128,12 +128,12 @@ def test_the_passphrase_provider_needs_a_passphrase(tmp_path, monkeypatch):
 
 def test_the_engine_works_on_a_copy_of_the_environment_file_that_keeps_its_own_keys(tmp_path):
     """The engine writes the passphrase salt into the stack config file; the environment file is never touched."""
-    workspace = deploy.prepare_workspace(STACKS_DIR, "dev", tmp_path / "ws")
+    workspace = deploy.prepare_workspace(STACKS_DIR, STACKS_DIR / "Pulumi.dev.yaml", tmp_path / "ws")
     copy = workspace / "Pulumi.dev.yaml"
     assert copy.read_text() == (STACKS_DIR / "Pulumi.dev.yaml").read_text().rstrip("\n") + "\n"
     assert (workspace / "Pulumi.yaml").read_text() == (STACKS_DIR / "Pulumi.yaml").read_text()
     copy.write_text(copy.read_text() + "encryptionsalt: v1:abc:def\n")
-    deploy.prepare_workspace(STACKS_DIR, "dev", workspace)
+    deploy.prepare_workspace(STACKS_DIR, STACKS_DIR / "Pulumi.dev.yaml", workspace)
     assert copy.read_text().endswith("\nencryptionsalt: v1:abc:def\n")
     assert copy.read_text().count("encryptionsalt") == 1
 
