@@ -21,7 +21,7 @@ import pytest
 
 from dcforge.paths import STACKS_DIR
 
-from .loopback_cluster import loopback_cluster, missing_parts
+from .loopback_cluster import admin_client, loopback_cluster, missing_parts
 
 OPTED_IN = os.environ.get("DCFORGE_E2E_PULUMI") == "1"
 KUBECONFIG = os.environ.get("DCFORGE_E2E_KUBECONFIG")
@@ -64,9 +64,7 @@ def kubeconfig(tmp_path_factory) -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def admin(kubeconfig):
-    from kubernetes import config
-
-    return config.new_client_from_config(str(kubeconfig))
+    return admin_client(kubeconfig)
 
 
 @pytest.fixture(scope="session", autouse=True)

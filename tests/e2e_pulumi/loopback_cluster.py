@@ -37,6 +37,19 @@ def has_controller_manager() -> bool:
     return (KUBE_BIN / "kube-controller-manager").is_file()
 
 
+def admin_client(kubeconfig: Path):
+    """A Kubernetes ApiClient from `kubeconfig`. The kubernetes package (36.0.0) loads a kubeconfig token under
+    api_key['authorization'] while its request signing reads api_key['BearerToken'], so a token user would go out
+    anonymous: the token is copied across."""
+    from kubernetes import config
+
+    api = config.new_client_from_config(str(kubeconfig))
+    keys = api.configuration.api_key
+    if "authorization" in keys and "BearerToken" not in keys:
+        keys["BearerToken"] = keys["authorization"]
+    return api
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
