@@ -18,6 +18,7 @@ import re
 import runpy
 import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -194,8 +195,6 @@ def _interrupt_recorded() -> Iterator[list[int]]:
 
 
 def _in_main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()
 
 
@@ -222,6 +221,7 @@ def run(operation: str, env_name: str, options: DeployOptions = DeployOptions(),
     elif not env_file.is_file():
         raise DcforgeError(f"{env_file}: no such environment file (the stack's config)")
     engine = find()
+    engine.kubernetes_provider()
     url = options.backend_url or default_backend_url(stacks)
     _check_secrets(options.secrets_provider)
     if url.startswith("file://"):

@@ -26,6 +26,7 @@ DEFAULT_PULUMI_HOME = Path("~/.cache/dcforge-pulumi")
 VERSIONS_FILE = "versions"
 """`name=version` lines that tools/pulumi/build.sh writes for what it built."""
 PYTHON_PACKAGES = ("pulumi", "pulumi_kubernetes", "pulumi_policy")
+PROVIDER = "pulumi-resource-kubernetes"
 
 
 def pulumi_home() -> Path:
@@ -55,6 +56,21 @@ class Engine:
         """What `pulumi.automation.PulumiCommand(root=...)` expects: the folder above bin/."""
         return self.cli.parent.parent
 
+    def kubernetes_provider(self) -> Path:
+        """The Kubernetes resource provider the engine will load: beside the CLI (the Automation API puts that
+        folder first on PATH), else on PATH, else in the engine's plugin cache. `DcforgeError` (exit 2) when none:
+        the engine would try to download it, and no plugin server can be reached from a cluster's admin network."""
+        beside = self.bin_dir / PROVIDER
+        if beside.is_file():
+            return beside
+        if found := shutil.which(PROVIDER):
+            return Path(found)
+        plugins = Path(os.environ.get("PULUMI_HOME") or Path.home() / ".pulumi") / "plugins"
+        for cached in sorted(plugins.glob(f"resource-kubernetes-v*/{PROVIDER}"), reverse=True):
+            return cached
+        raise DcforgeError(f"no Kubernetes provider for the Pulumi engine {self.cli} ({PROVIDER} beside it, on "
+                           f"PATH or in {plugins}): build both with 'make pulumi-tools', then re-run")
+
     def environment(self) -> dict[str, str]:
         """Variables the engine and its plugins need: the policy pack's analyzer runs with this interpreter and
         imports dcforge from this checkout."""
@@ -65,9 +81,7 @@ class Engine:
         """Engine, provider and Python SDK versions, for the report's deploy section."""
         built = read_versions(self.bin_dir.parent / VERSIONS_FILE)
         found = {"pulumi": built.get("pulumi") or self._cli_version()}
-        provider = self.bin_dir / "pulumi-resource-kubernetes"
-        found["pulumi-resource-kubernetes"] = built.get("pulumi-resource-kubernetes") or (
-            "unknown (not built by make pulumi-tools)" if provider.exists() else "from the engine's plugin cache")
+        found[PROVIDER] = built.get(PROVIDER) or f"unknown ({self.kubernetes_provider()})"
         for package in PYTHON_PACKAGES:
             try:
                 found[f"python:{package}"] = metadata.version(package)

@@ -66,6 +66,19 @@ def test_versions_come_from_the_build_record_and_the_python_packages(no_pulumi, 
     assert versions["python:pulumi_kubernetes"] == version("pulumi_kubernetes")
 
 
+def test_an_engine_without_the_kubernetes_provider_is_one_line_telling_how_to_build_it(no_pulumi, tmp_path):
+    engine = pulumi_engine.Engine(executable(tmp_path / "engine-cache" / "bin" / "pulumi"))
+    with pytest.raises(DcforgeError) as raised:
+        engine.kubernetes_provider()
+    assert raised.value.exit_code == 2 and "\n" not in str(raised.value)
+    assert "pulumi-resource-kubernetes" in str(raised.value) and "make pulumi-tools" in str(raised.value)
+    cached = executable(tmp_path / "home" / ".pulumi" / "plugins" / "resource-kubernetes-v4.34.2"
+                        / "pulumi-resource-kubernetes")
+    assert engine.kubernetes_provider() == cached
+    built = executable(tmp_path / "engine-cache" / "bin" / "pulumi-resource-kubernetes")
+    assert engine.kubernetes_provider() == built
+
+
 def test_up_without_engine_fails_before_touching_any_backend(no_pulumi, tmp_path, monkeypatch):
     monkeypatch.setenv("PULUMI_BACKEND_URL", f"file://{tmp_path / 'state'}")
     with pytest.raises(DcforgeError, match="make pulumi-tools"):
@@ -120,6 +133,7 @@ def test_the_passphrase_provider_needs_a_passphrase(tmp_path, monkeypatch):
     monkeypatch.delenv("PULUMI_CONFIG_PASSPHRASE", raising=False)
     monkeypatch.delenv("PULUMI_CONFIG_PASSPHRASE_FILE", raising=False)
     engine = pulumi_engine.Engine(executable(tmp_path / "bin" / "pulumi"))
+    executable(tmp_path / "bin" / "pulumi-resource-kubernetes")
     options = deploy.DeployOptions(backend_url=f"file://{tmp_path / 'state'}")
     with pytest.raises(DcforgeError, match="PULUMI_CONFIG_PASSPHRASE"):
         deploy.run("preview", "dev", options, find=lambda: engine)
