@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from dcforge.gpu.verdict import pci_device
+from dcforge.findings import Action, most_urgent
 from dcforge.harness.check import CheckConfig, CheckContext, runs_on_pool
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult, CheckSkipped
@@ -174,6 +174,7 @@ def fail_shortfall(result: CheckResult, shortfall) -> CheckResult:
     """Fail `result` with a node's GPU shortfall (dcforge.harness.node.GpuShortfall) as its first reason and a
     finding with its recommended action."""
     result.details.setdefault("findings", []).insert(0, shortfall.finding())
+    result.details["action"] = most_urgent(Action(f["action"]) for f in result.details["findings"]).value
     result.details["gpu_count"] = {"declared": shortfall.declared, "visible": shortfall.visible}
     earlier = result.reason
     result.reason = ""
@@ -237,15 +238,14 @@ if __name__ == "__main__":
 
 def health_result(result: CheckResult, health) -> CheckResult:
     """Metrics, details and the verdict of one node's readings (`dcforge.gpu.readings.NodeHealth`)."""
-    from dcforge.gpu.verdict import FATAL_XIDS, judge_node
+    from dcforge.gpu.verdict import judge_node
 
     verdict = judge_node(health)
     gpus, diag = health.gpus, health.dcgm
     failing = {f.gpu for f in verdict.failures if f.gpu is not None}
     result.add_metric("gpus_checked", len(gpus))
     result.add_metric("gpus_failing", len(failing))
-    result.add_metric("fatal_xids", len({(x.xid, pci_device(x.pci_bus_id)) for x in health.xids
-                                         if x.xid in FATAL_XIDS}))
+    result.add_metric("fatal_xids", verdict.failing_xids)
     result.add_metric("ecc_uncorrected_volatile", sum(
         g.ecc.volatile_sram_uncorrected + g.ecc.volatile_dram_uncorrected for g in gpus if g.ecc))
     result.add_metric("row_remaps_pending", sum(1 for g in gpus if g.row_remaps and g.row_remaps.pending))
@@ -259,7 +259,8 @@ def health_result(result: CheckResult, health) -> CheckResult:
     result.add_metric("warnings", len(verdict.warnings))
     result.details = {
         "notes": list(health.notes),
-        "findings": [{"severity": f.severity, "gpu": f.gpu, "message": f.message} for f in verdict.findings],
+        "findings": [f.to_dict() for f in verdict.findings],
+        "action": verdict.action.value,  # the node's recommended action (docs/verdicts.md#node-action)
         "gpus": [asdict(g) for g in gpus],
         "xids": [asdict(x) for x in health.xids],
         "dcgm": asdict(diag) if diag else None,

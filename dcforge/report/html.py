@@ -7,7 +7,7 @@ import itertools
 import json
 from functools import lru_cache
 
-from dcforge.report.nodes import node_problem, node_rows
+from dcforge.report.nodes import node_action, node_problem, node_rows
 
 STATUS_COLOURS = {"pass": "#1a7f37", "fail": "#cf222e", "error": "#bf3989", "skipped": "#6e7781",
                   "running": "#9a6700", "interrupted": "#bc4c00", "nothing_verified": "#cf222e"}
@@ -263,6 +263,7 @@ def _node_table(check: dict) -> list[str]:
     parts = ["<table class='nodes'><tr>" + "".join(f"<th>{e(c)}</th>" for c in columns) + "<th></th></tr>"]
     for row in rows:
         problem = node_problem(row)
+        row = {**row, "action": node_action(row).label} if "action" in row else row  # words, not the enum value
         parts.append(f"<tr{' class=outlier' if problem else ''} title='{e(problem)}'>"
                      + "".join(f"<td class=outlier-figure>{_format(row.get(c))}</td>"
                                if c in (row.get("outlier_in") or ()) else f"<td>{_format(row.get(c))}</td>"
