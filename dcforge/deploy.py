@@ -42,6 +42,8 @@ PASSPHRASE_HINT = (
     "(or PULUMI_CONFIG_PASSPHRASE_FILE) and re-run; an empty value is allowed for throw-away stacks"
 )
 OPERATIONS = ("preview", "up", "destroy")
+UNCHANGED_OPERATIONS = frozenset({"same", "read", "refresh"})
+"""Engine step operations that leave the cluster as it is (a refresh only reads it)."""
 
 
 class DeployFailed(DcforgeError):
@@ -90,7 +92,8 @@ class DeployResult:
 
     @property
     def changed(self) -> int:
-        return sum(count for operation, count in self.changes.items() if operation != "same")
+        """Resources the operation changed (or, for a preview, would change) on the cluster."""
+        return sum(count for operation, count in self.changes.items() if operation not in UNCHANGED_OPERATIONS)
 
 
 def local_state_folder(stacks_dir: Path) -> Path:
