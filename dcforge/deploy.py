@@ -37,6 +37,9 @@ DEFAULT_SECRETS_PROVIDER = "passphrase"
 ENGINE_CONFIG_KEYS = ("encryptionsalt", "secretsprovider", "encryptedkey")
 """Top-level keys the engine writes into a stack config file (the secrets provider's state)."""
 STACK_TYPE = "pulumi:pulumi:Stack"
+POLICY_ANALYZER = Path("policy") / "analyzer"
+"""The policy pack as an executable: the engine runs a pack given as a file itself, while a pack folder needs the
+Python language host, which is not built (stacks/policy/analyzer)."""
 PASSPHRASE_HINT = (
     "the passphrase secrets provider encrypts stack secrets: set PULUMI_CONFIG_PASSPHRASE "
     "(or PULUMI_CONFIG_PASSPHRASE_FILE) and re-run; an empty value is allowed for throw-away stacks"
@@ -240,7 +243,7 @@ def run(operation: str, env_name: str, options: DeployOptions = DeployOptions(),
                                       secrets_provider=options.secrets_provider,
                                       pulumi_command=auto.PulumiCommand(root=str(engine.root)))
     events = EngineEvents()
-    packs = [str(stacks / "policy")] if options.policy_pack and operation != "destroy" else None
+    packs = [str(stacks / POLICY_ANALYZER)] if options.policy_pack and operation != "destroy" else None
     started = time.monotonic()
     outputs: dict[str, Any] = {}
     with _interrupt_recorded() as interrupted:

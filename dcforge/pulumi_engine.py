@@ -2,10 +2,11 @@
 
 `make pulumi-tools` (tools/pulumi/build.sh) builds the Pulumi CLI and the Kubernetes resource provider from the Go
 module versions pinned in tools/pulumi/*/go.mod into `$DCFORGE_PULUMI_HOME/bin` (default ~/.cache/dcforge-pulumi),
-with the shim that runs the Python policy pack as an analyzer, and records their versions in `versions` beside it.
+and records their versions in `versions` beside it.
 That folder wins; otherwise a `pulumi` on PATH or in ~/.pulumi/bin (the upstream installer's place) is used.
 No Python language host is needed: dcforge runs the stack as an Automation API inline program, whose language
-host is the `pulumi` Python package in this process.
+host is the `pulumi` Python package in this process, and the policy pack goes to the engine as an executable
+(stacks/policy/analyzer) that it runs itself.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def build_hint(home: Path) -> str:
 @dataclass(frozen=True)
 class Engine:
     """A Pulumi CLI and the folder of plugins beside it (the Automation API puts that folder first on PATH, so
-    the Kubernetes provider and the policy analyzer shim built there are the ones the engine loads)."""
+    the Kubernetes provider built there is the one the engine loads)."""
 
     cli: Path
 

@@ -3,8 +3,8 @@
 # resource provider, from the Go module versions pinned in tools/pulumi/*/go.mod + go.sum, into
 # $DCFORGE_PULUMI_HOME (default ~/.cache/dcforge-pulumi), outside git. A second run whose pins
 # are unchanged reuses the cache. The Python language host is not built: dcforge runs the stack
-# as an Automation API inline program, whose language host is the pulumi Python package itself;
-# the Python policy pack runs through the analyzer shim beside this script, copied into bin/.
+# as an Automation API inline program, whose language host is the pulumi Python package itself,
+# and hands the engine the policy pack as an executable (stacks/policy/analyzer).
 # Go builds run at the lowest priority on one job (-p 1): the machine is shared.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
@@ -13,7 +13,6 @@ mkdir -p "$home/bin" "$home/src"
 pin() { sed -n "s|^	$1 \(v[^ ]*\).*|\1|p" "$2" | head -n 1; }
 cli_version=$(pin 'github.com/pulumi/pulumi/pkg/v3' "$here/cli/go.mod")
 provider_version=$(pin 'github.com/pulumi/pulumi-kubernetes/provider/v4' "$here/kubernetes/go.mod")
-cp "$here/pulumi-analyzer-policy-python" "$home/bin/"
 stamp="cli $cli_version provider $provider_version $(cat "$here"/*/go.sum | sha256sum | cut -c1-16)"
 if [ -x "$home/bin/pulumi" ] && [ -x "$home/bin/pulumi-resource-kubernetes" ] && [ -f "$home/versions" ] \
    && [ "$(cat "$home/stamp" 2>/dev/null)" = "$stamp" ]; then
