@@ -268,13 +268,13 @@ def run(operation: str, env_name: str, options: DeployOptions = DeployOptions(),
                     f"{operation} of stack {env_name!r} interrupted: the engine cancelled it and saved what it had "
                     f"done in {url}; run `dcforge {operation} --env {env_name}` again to continue") from None
             raise DeployFailed(f"{operation} of stack {env_name!r} failed: "
-                               f"{_failure_reason(events, str(error))}") from None
+                               f"{failure_reason(events, str(error))}") from None
     return DeployResult(env_name, operation, url, options.secrets_provider, engine.versions(),
                         changes={str(getattr(k, 'value', k)): v for k, v in changes.items()},
                         by_type=events.plan(), duration_s=round(time.monotonic() - started, 2), outputs=outputs)
 
 
-def _failure_reason(events: EngineEvents, text: str) -> str:
+def failure_reason(events: EngineEvents, text: str) -> str:
     """The policy violations, else the first resource error, else the engine's last error line."""
     if events.violations:
         more = f" (and {len(events.violations) - 1} more)" if len(events.violations) > 1 else ""

@@ -159,3 +159,21 @@ def test_cli_commands_exit_2_with_the_build_hint(no_pulumi, command):
     result = CliRunner().invoke(app, [command, "--env", "dev"])
     assert isinstance(result.exception, DcforgeError)
     assert result.exception.exit_code == 2 and "make pulumi-tools" in str(result.exception)
+
+
+def test_engine_events_give_the_plan_per_type_and_the_failed_resources_reason():
+    """On the engine's own event stream (tests/unit/pulumi_events/README.md)."""
+    import json
+
+    from pulumi.automation.events import EngineEvent
+
+    events = deploy.EngineEvents()
+    sample = Path(__file__).parent / "pulumi_events" / "preview_without_provider.jsonl"
+    for line in sample.read_text().splitlines():
+        events(EngineEvent.from_json(json.loads(line)))
+    assert events.plan() == {kind: {"create": 1} for kind in (
+        "dcforge:index:Acceptance", "dcforge:index:ClusterNetwork", "dcforge:index:DistributedStorage",
+        "dcforge:index:SecurityBaseline", "pulumi:pulumi:Stack")}
+    reason = deploy.failure_reason(events, "error: update failed")
+    assert reason == ("pulumi:providers:kubernetes default_4_34_2: no resource plugin 'pulumi-resource-kubernetes' "
+                      "found in the workspace at version v4.34.2 or on your $PATH")
