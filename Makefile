@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 ENV    ?= local
 PYTEST_ARGS ?=
 
-.PHONY: accept test test-fast install bench clean system-deps gpu-check e2e
+.PHONY: accept test test-fast install bench clean system-deps gpu-check e2e e2e-cluster e2e-cluster-down e2e-cluster-deps
 
 $(BIN)/dcforge: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,27 @@ gpu-check: install
 # the acceptance image loaded there. Without DCFORGE_E2E_KUBECONFIG every test skips and says why.
 e2e: install
 	$(BIN)/python -m pytest -m e2e -v tests/e2e $(PYTEST_ARGS)
+
+# A throwaway multi-node cluster for `make e2e` (docs/e2e-cluster.md; root, no Docker): Kubernetes built from the
+# k8s.io/kubernetes module (cached in $(E2E_CLUSTER_CACHE), 30-60 min the first time), etcd/containerd/runc/CNI
+# from Debian, the acceptance image from a debootstrap root filesystem; E2E_WORKERS worker nodes. It prints the
+# kubeconfig: DCFORGE_E2E_KUBECONFIG=<it> make e2e. Not part of `make test`.
+E2E_WORKERS ?= 3
+E2E_CLUSTER_CACHE ?= $(HOME)/.cache/dcforge-cluster
+export DCFORGE_CLUSTER_CACHE = $(E2E_CLUSTER_CACHE)
+e2e-cluster-deps:
+	@missing=""; for p in etcd-server:etcd containerd:containerd runc:runc containernetworking-plugins:/usr/lib/cni/bridge \
+		iptables:iptables debootstrap:debootstrap gcc:gcc bc:bc openssl:openssl iproute2:tc; do \
+		command -v $${p#*:} >/dev/null || [ -x $${p#*:} ] || missing="$$missing $${p%%:*}"; done; \
+	if [ -n "$$missing" ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; fi
+
+e2e-cluster: install e2e-cluster-deps
+	tests/e2e/cluster/build.sh
+	tests/e2e/cluster/images.sh $(abspath $(VENV))
+	tests/e2e/cluster/up.sh $(E2E_WORKERS)
+
+e2e-cluster-down:
+	tests/e2e/cluster/down.sh
 
 bench: install
 	$(BIN)/python -m benchmarks
