@@ -42,7 +42,9 @@ case $kind in
   kubelet)
     case $arg in
       stop) stop "kubelet-w$i";;
-      start) alive "kubelet-w$i" || restart "kubelet-w$i";;
+      start) alive "kubelet-w$i" || restart "kubelet-w$i"
+             wait_for 60 "node $(node_name "$i") Ready" bash -c "$KUBECTL get node $(node_name "$i") | grep -qw Ready"
+             advertise_gpu "$i";;
       *) usage;;
     esac;;
   link)

@@ -51,3 +51,11 @@ wait_for() {  # wait_for SECONDS WHAT CMD...: poll until CMD succeeds, else fail
     sleep 0.3
   done
 }
+
+# Each node advertises one `nvidia.com/gpu` (an extended resource in its status, as the Kubernetes docs advertise
+# one by hand): the pools' pods ask for their node's GPUs, and run on its CPU. Done again after a kubelet restart
+# (it zeroes extended resources no device plugin serves).
+advertise_gpu() {
+  $KUBECTL patch node "$(node_name "$1")" --subresource=status --type=json \
+    -p '[{"op": "add", "path": "/status/capacity/nvidia.com~1gpu", "value": "1"}]' >/dev/null
+}

@@ -108,13 +108,11 @@ say "images in every node"
 
 for i in $(seq "$N"); do
   ns=$(node_ns "$i") d=$(node_dir "$i") name=$(node_name "$i") ip=$(node_ip "$i")
-  # the pools of the `cluster` environment's shape: the last worker serves inference, the others train
-  purpose=training; [ "$i" = "$N" ] && purpose=inference
   sed -e "s#@N@#$d#g; s#@PKI@#$P#g; s#@IP@#$ip#g; s#@NAME@#$name#g; s#@CGROUP@#$ns#g" \
       -e "s#@PODCIDR@#$(node_pod_cidr "$i")#g" "$HERE/kubelet-config.yaml.tmpl" > "$d/kubelet-config.yaml"
   start "kubelet-w$i" nsenter --net="/run/netns/$ns" -- "$BIN/kubelet" --config="$d/kubelet-config.yaml" \
     --kubeconfig="$P/kubelet-$name.kubeconfig" --root-dir="$d/kubelet" --hostname-override="$name" --node-ip="$ip" \
-    --node-labels="dcforge.io/e2e-node=true,dcforge.io/purpose=$purpose" --v=1
+    --node-labels="dcforge.io/pool=train" --v=1
   start "kube-proxy-w$i" nsenter --net="/run/netns/$ns" -- "$BIN/kube-proxy" --kubeconfig="$P/kube-proxy.kubeconfig" \
     --hostname-override="$name" --cluster-cidr="$POD_CIDR" --proxy-mode=iptables \
     --metrics-bind-address=127.0.0.1:10249 --healthz-bind-address=127.0.0.1:10256 --conntrack-max-per-core=0
@@ -123,6 +121,7 @@ for i in $(seq "$N"); do
   wait_for 60 "node $(node_name "$i") Ready" bash -c "$KUBECTL get node $(node_name "$i") | grep -qw Ready"
 done
 say "$N nodes Ready"
+for i in $(seq "$N"); do advertise_gpu "$i"; done
 $KUBECTL apply -f - >/dev/null <<'SC'
 # the checkpoint claims' class of the `cluster` environment, by the host-path provisioner: every node sees the
 # same host folder, so a claim written on one node reads back on another (a pod moved by a node loss resumes)
