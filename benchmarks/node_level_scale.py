@@ -126,12 +126,13 @@ def measure(nodes: int) -> dict:
 
 
 def main(sizes: list[int]) -> None:
-    rows = [measure(n) for n in sizes]
-    print("| nodes | accept wall s | check s | dcforge CPU s | API requests | requests / node |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
-    for r in rows:
+    print("| nodes | accept wall s | check s | dcforge CPU s | API requests | requests / node |", flush=True)
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |", flush=True)
+    rows = []
+    for n in sizes:
+        rows.append(r := measure(n))
         print(f"| {r['nodes']} | {r['wall_s']:.1f} | {r['check_s']:.1f} | {r['cpu_s']:.1f} | {r['requests']} | "
-              f"{r['requests'] / r['nodes']:.2f} |")
+              f"{r['requests'] / r['nodes']:.2f} |", flush=True)
     last = rows[-1]
     print(f"requests at {last['nodes']} nodes by verb and resource:",
           ", ".join(f"{k} {v}" for k, v in sorted(last["by_kind"].items(), key=lambda kv: -kv[1])))
