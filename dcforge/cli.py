@@ -275,7 +275,9 @@ def _print_summary(report: dict) -> None:
                           f"({comparison['change']:+.1%}, {comparison['better']} is better)")
     colour = "green" if report["status"] == "pass" else "red"
     counts = ", ".join(f"{n} {status}" for status, n in report["summary"]["checks"].items())
-    console.print(f"[bold {colour}]{report['status'].upper()}[/]: checks {counts}")
+    why = f" — {escape(report['status_reason'])}" if report.get("status_reason") else ""
+    console.print(f"[bold {colour}]{report['status'].replace('_', ' ').upper()}[/]: checks {counts}{why}",
+                  highlight=False)
 
 
 @app.command()

@@ -73,12 +73,20 @@ class GpuBandwidthCheck:
 
     def run(self, ctx: CheckContext, config: GpuBandwidthConfig) -> CheckResult:
         from dcforge.checks.gpu_health import no_gpu_reason
+        from dcforge.harness.node import gpu_shortfall
 
         if runs_on_pool(self, ctx.env.spec):  # target kubernetes: a machine of the acceptance pool
             return run_check_on_pool(ctx, self.name, config)
-        if reason := no_gpu_reason():
-            raise CheckSkipped(reason.replace("GPU health cannot be read", "no GPU bandwidth to measure"))
+        # fewer GPUs than declared fails; "no GPU visible" skips only where none is declared (docs/skips.md)
+        shortfall = gpu_shortfall(ctx.env.spec)
         result = CheckResult(self.name, declared=self.metrics)
+        if shortfall is not None:
+            result.details["findings"] = [shortfall.finding()]
+            result.fail(str(shortfall))
+            if shortfall.visible == 0:
+                return result
+        elif reason := no_gpu_reason():
+            raise CheckSkipped(reason.replace("GPU health cannot be read", "no GPU bandwidth to measure"))
         workdir = ctx.artefact_dir(self.name)
         output, log_path = workdir / GPU_BANDWIDTH_FILE, workdir / "bandwidth.log"
         command = [sys.executable, str(WORKLOADS_DIR / "gpu_bandwidth.py"), "--bytes", config.bytes,
@@ -89,11 +97,18 @@ class GpuBandwidthCheck:
             code = process.wait(min(config.timeout_s, max(1.0, ctx.remaining_s())))
         result.artefacts["log"] = ctx.relative(log_path)
         if code == 3:
-            raise CheckSkipped("torch sees no CUDA device (a CPU build of torch, or CUDA_VISIBLE_DEVICES empty)")
+            no_cuda = "torch sees no CUDA device (a CPU build of torch, or CUDA_VISIBLE_DEVICES empty)"
+            if ctx.env.spec.acceptance_pool is None:
+                raise CheckSkipped(no_cuda)
+            return result.fail(f"{no_cuda}: the GPU bandwidth the environment declares cannot be measured")
         if code != 0:
             raise RuntimeError(f"gpu_bandwidth.py exited with {code}; log tail:\n{log_tail(log_path)}")
         result.artefacts["measurements"] = ctx.relative(output)
-        return measurements_result(result, json.loads(output.read_text()))
+        findings = result.details.get("findings")
+        measurements_result(result, json.loads(output.read_text()))  # its details replace these
+        if findings:
+            result.details["findings"] = findings
+        return result
 
 
 def measurements_result(result: CheckResult, measured: dict) -> CheckResult:

@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from dcforge.gpu.verdict import pci_device
+from dcforge.findings import Action, most_urgent
 from dcforge.harness.check import CheckConfig, CheckContext, runs_on_pool
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult, CheckSkipped
@@ -53,7 +53,7 @@ class GpuHealthCheck:
     description = ("Per-GPU ECC, row remaps, retired pages, XIDs, NVLink, PCIe, clocks, temperature, power (NVML) "
                    "and DCGM diagnostics; fatal XIDs and pending or failed row remaps fail the node.")
     Config = GpuHealthConfig
-    requires_declared_gpus = False  # reads whatever GPUs are visible (a missing one is the system check's finding)
+    requires_declared_gpus = False  # reads whatever GPUs are visible, and fails a shortfall itself (run)
     metrics = (
         MetricSpec("gpus_checked", "GPUs", None, "GPUs NVML reports", "how many GPUs were read"),
         MetricSpec("gpus_failing", "GPUs", "lower", "GPUs with at least one failing finding",
@@ -80,9 +80,14 @@ class GpuHealthCheck:
     on_pool = True  # target kubernetes: a pod on every node of the acceptance pool (this module's docstring)
 
     def run(self, ctx: CheckContext, config: GpuHealthConfig) -> CheckResult:
+        from dcforge.harness.node import gpu_shortfall
+
         if runs_on_pool(self, ctx.env.spec):
             return self._on_pool(ctx, config)
-        if reason := no_gpu_reason():
+        # fewer GPUs than declared fails (the readers still run: the kernel log may say why, XID 79); "no GPU
+        # visible" is a skip only where this machine is declared to have none (docs/skips.md)
+        shortfall = gpu_shortfall(ctx.env.spec)
+        if shortfall is None and (reason := no_gpu_reason()):
             raise CheckSkipped(reason)
         result = CheckResult(self.name, declared=self.metrics)
         level = dcgm_level(config)
@@ -91,6 +96,8 @@ class GpuHealthCheck:
         if health.dcgm is not None:
             result.artefacts["dcgm_diag"] = ctx.relative(dcgm_output)
         judge_health(result, health, level, config)
+        if shortfall is not None:
+            fail_shortfall(result, shortfall)
         for note in health.notes:
             ctx.log(note)
         return result
@@ -106,7 +113,7 @@ class GpuHealthCheck:
         if not executor.node_resources.gpus:
             raise CheckSkipped("the acceptance pool's machines have no GPUs: no GPU health to read")
         nodes = node_executors(executor, count)
-        step = gpu_health_step(config, executor.node_resources.gpus)
+        step = gpu_health_step(config, executor.node_resources.gpus, ctx.env.spec.acceptance_pool)
         workdir = ctx.artefact_dir(self.name)
         ctx.log(f"GPU health on {len(nodes)} nodes of the acceptance pool, a pod each")
         rows = run_on_nodes(nodes, {host: [step] for host, _ in nodes}, workdir, ctx)
@@ -163,9 +170,25 @@ def judge_health(result: CheckResult, health, level: int, config: GpuHealthConfi
     return result
 
 
-def gpu_health_step(config: GpuHealthConfig, expected_gpus: int):
+def fail_shortfall(result: CheckResult, shortfall) -> CheckResult:
+    """Fail `result` with a node's GPU shortfall (dcforge.harness.node.GpuShortfall) as its first reason and a
+    finding with its recommended action."""
+    result.details.setdefault("findings", []).insert(0, shortfall.finding())
+    result.details["action"] = most_urgent(Action(f["action"]) for f in result.details["findings"]).value
+    result.details["gpu_count"] = {"declared": shortfall.declared, "visible": shortfall.visible}
+    earlier = result.reason
+    result.reason = ""
+    result.fail(str(shortfall))
+    if earlier:
+        result.fail(earlier)
+    return result
+
+
+def gpu_health_step(config: GpuHealthConfig, expected_gpus: int, pool=None):
     """The readers as a node step (`dcforge/checks/node_steps.py`): the pod writes a GpuHealthResult; judged by
-    the local verdict, and the node fails when its pod sees fewer GPUs than the pool declares per node."""
+    the local verdict, and the node fails when its pod sees fewer GPUs than the pool declares per node (`pool`:
+    the spec's GpuPool of those nodes, which names the shortfall)."""
+    from dcforge.harness.node import GpuShortfall
     from dcforge.checks.node_steps import Step
     from dcforge.executors.base import literal
     from dcforge.gpu.readings import node_health_from_dict
@@ -177,8 +200,8 @@ def gpu_health_step(config: GpuHealthConfig, expected_gpus: int):
                               node_health_from_dict(record.health), record.dcgm_level, config)
         seen = len(record.health.get("gpus") or ())
         if seen < expected_gpus:
-            judged.fail(f"{seen} GPUs visible in the pod on {record.hostname}, the pool declares {expected_gpus} "
-                        "per node")
+            fail_shortfall(judged, GpuShortfall(pool.name if pool else "acceptance", pool.gpu_model if pool else "GPU",
+                                                expected_gpus, seen, f"in the pod on {record.hostname}"))
         return judged
 
     settings = literal(config.model_dump_json(by_alias=True))  # one argument
@@ -215,15 +238,14 @@ if __name__ == "__main__":
 
 def health_result(result: CheckResult, health) -> CheckResult:
     """Metrics, details and the verdict of one node's readings (`dcforge.gpu.readings.NodeHealth`)."""
-    from dcforge.gpu.verdict import FATAL_XIDS, judge_node
+    from dcforge.gpu.verdict import judge_node
 
     verdict = judge_node(health)
     gpus, diag = health.gpus, health.dcgm
     failing = {f.gpu for f in verdict.failures if f.gpu is not None}
     result.add_metric("gpus_checked", len(gpus))
     result.add_metric("gpus_failing", len(failing))
-    result.add_metric("fatal_xids", len({(x.xid, pci_device(x.pci_bus_id)) for x in health.xids
-                                         if x.xid in FATAL_XIDS}))
+    result.add_metric("fatal_xids", verdict.failing_xids)
     result.add_metric("ecc_uncorrected_volatile", sum(
         g.ecc.volatile_sram_uncorrected + g.ecc.volatile_dram_uncorrected for g in gpus if g.ecc))
     result.add_metric("row_remaps_pending", sum(1 for g in gpus if g.row_remaps and g.row_remaps.pending))
@@ -237,7 +259,8 @@ def health_result(result: CheckResult, health) -> CheckResult:
     result.add_metric("warnings", len(verdict.warnings))
     result.details = {
         "notes": list(health.notes),
-        "findings": [{"severity": f.severity, "gpu": f.gpu, "message": f.message} for f in verdict.findings],
+        "findings": [f.to_dict() for f in verdict.findings],
+        "action": verdict.action.value,  # the node's recommended action (docs/verdicts.md#node-action)
         "gpus": [asdict(g) for g in gpus],
         "xids": [asdict(x) for x in health.xids],
         "dcgm": asdict(diag) if diag else None,

@@ -6,8 +6,9 @@ server listens. Bandwidth = iperf3's received bits/s of the whole test; RTT = th
 sending TCP socket (iperf3's `mean_rtt`, Linux). Per node: the best bandwidth of the pairs it is in (a pair is
 as slow as its slower end, so a sound node has at least one fast pair); a node more than outlierFraction below
 the median of those is an outlier. Where the spec declares RDMA for the acceptance pool, every pair is also
-measured with ib_write_bw (dcforge/checks/network_rdma.py), or skipped with the reason where a node has no RDMA
-device or no perftest.
+measured with ib_write_bw (dcforge/checks/network_rdma.py); a pair whose node has no RDMA device or no perftest is
+not measured, and that node fails the check with the reason and a recommended action (declared but absent is never
+a pass).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import statistics
 from pydantic import Field
 
 from dcforge.checks import network_rdma as rdma
-from dcforge.checks._rdma import declared_rdma_pool
+from dcforge.checks._rdma import UNMEASURED_RDMA_ACTION, declared_rdma_pool
 from dcforge.checks.multinode import executor_for
 from dcforge.checks.slow_node import SlowNodeCheck
 from dcforge.executors.base import ExecutorError, Role, VolumePurpose, Workload
@@ -142,6 +143,17 @@ class NetworkCheck:
         skipped = sorted({p["rdma_skipped"] for p in result.details["pairs"] if "rdma_skipped" in p})
         result.details["rdma"] = {"pool": pool, "devices": {host: list(p.devices) for host, p in probes.items()},
                                   "pairs_measured": len(measured), "skipped": "; ".join(skipped)}
+        # declared but not measurable is a failing finding of the node, never a pass (docs/skips.md)
+        unmeasured = {row["host"]: problem for row in result.details["nodes"]
+                      if (problem := probes[row["host"]].problem(row["host"]))}
+        for row in result.details["nodes"]:
+            if row["host"] in unmeasured:
+                row.update(problem=f"pool {pool!r} declares RDMA: {unmeasured[row['host']]}",
+                           action=UNMEASURED_RDMA_ACTION.value)
+        if unmeasured:
+            result.fail(f"pool {pool!r} declares RDMA, not measured on {len(unmeasured)} of {count} nodes: "
+                        f"{'; '.join(unmeasured.values())}; recommended action: "
+                        f"{UNMEASURED_RDMA_ACTION.label}")
         if measured:
             result.add_metric("rdma_gbps.min", min(measured))
             result.add_metric("rdma_gbps.median", statistics.median(measured))

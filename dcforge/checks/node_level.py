@@ -33,6 +33,7 @@ from dcforge.checks.slow_node import SlowNodeCheck, outliers
 from dcforge.checks.system import SystemConfig
 from dcforge.checks.train import TrainCheckConfig
 from dcforge.executors.base import Executor, ExecutorError, NodeState
+from dcforge.findings import Action, most_urgent
 from dcforge.harness.check import CheckConfig, CheckContext
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult, CheckSkipped, Status
@@ -221,6 +222,8 @@ def _judge(step: Step, outcome: dict[str, Any], data: bytes | None, row: dict[st
     for figure in ROW_FIGURES[step.name]:
         if figure in judged.metrics:
             row[figure] = judged.metrics[figure].value
+    if judged.details.get("action"):  # the node's recommended action (dcforge.findings), most urgent of its steps'
+        row["action"] = most_urgent([Action(row.get("action", "none")), Action(judged.details["action"])]).value
     return f"{step.name}: {judged.reason}" if judged.status is not Status.PASS else ""
 
 

@@ -1,28 +1,15 @@
-"""XID events from the kernel log: `/dev/kmsg` records, else `dmesg` output.
-
-The NVIDIA driver logs every XID as `NVRM: Xid (PCI:0000:3b:00): 79, pid=..., GPU has fallen off the bus.`;
-/dev/kmsg prefixes records with `priority,sequence,microseconds,flags;` and dmesg with `[seconds]`.
-"""
+"""XID events from the kernel log: `/dev/kmsg` records, else `dmesg` output (the line forms: dcforge/gpu/xid.py)."""
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 
 from dcforge.gpu.readings import XidEvent
+from dcforge.gpu.xid import parse_xid_lines
 
-XID_LINE = re.compile(r"NVRM: Xid \(PCI:(?P<pci>[0-9a-fA-F:.]+)\): (?P<xid>\d+)(?:, (?P<message>.*))?")
-
-
-def parse_xid_lines(text: str) -> list[XidEvent]:
-    events = []
-    for line in text.splitlines():
-        match = XID_LINE.search(line)
-        if match:
-            events.append(XidEvent(int(match["xid"]), match["pci"], (match["message"] or "").strip(), "kernel log"))
-    return events
+__all__ = ["kernel_log_xids", "parse_xid_lines", "read_kmsg"]
 
 
 def read_kmsg(path: str = "/dev/kmsg") -> str:

@@ -103,6 +103,8 @@ class DcgmTestResult:
     gpu: int | None = None
     """The GPU the result is about; None for node-wide results."""
     message: str = ""
+    error_severity: int | None = None
+    """DCGM 4's dcgmErrorSeverity_t of the result's warnings, the gravest one (6: the GPU needs a reset)."""
 
 
 @dataclass(frozen=True)

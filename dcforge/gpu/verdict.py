@@ -1,8 +1,9 @@
 """Pure verdicts over `readings`: which findings fail a node, which only warn, and the one-line reason.
 
 Rules, in the terms of NVIDIA's public XID catalogue and GPU memory error management guide:
-- a fatal XID (the table below) in NVML events or the kernel log since boot fails the node: the GPU needs a reset
-  or a replacement before it can be trusted with a job;
+- an XID in NVML events or the kernel log since boot is judged by NVIDIA's XID catalogue and the driver's own
+  words (dcforge/gpu/xid.py): those whose resolution needs a GPU reset, a reboot, service or the vendor fail the
+  node; those an application restart clears warn;
 - a pending row remap (needs a GPU reset) or a failed remap (no spare rows left: replace the GPU) fails it, and so
   do pending page retirements on GPUs that retire pages instead;
 - volatile uncorrectable ECC errors fail it (data was lost since the driver loaded); lifetime (aggregate) ones warn;
@@ -12,44 +13,27 @@ Rules, in the terms of NVIDIA's public XID catalogue and GPU memory error manage
 - hardware slowdown, hardware thermal slowdown and power-brake throttling fail it; software thermal slowdown and a
   temperature within 5 °C of the slowdown threshold warn;
 - a DCGM diagnostic test that fails fails the node; a warning warns.
+
+Every finding carries a severity and a recommended action (dcforge.findings); the node's action is the most urgent
+of its findings' (docs/verdicts.md).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
+from dcforge.findings import Action, Severity, most_urgent
 from dcforge.gpu.readings import DcgmDiag, GpuReading, NodeHealth, XidEvent
+from dcforge.gpu.xid import catalogue, judge_xid, pci_device
 
-# XIDs after which the GPU must be reset or replaced (NVIDIA "XID Errors" catalogue, docs.nvidia.com/deploy/xid-errors).
-FATAL_XIDS: dict[int, str] = {
-    48: "double-bit ECC error",
-    56: "display engine error",
-    57: "error programming video memory interface",
-    58: "unstable video memory interface",
-    62: "internal micro-controller halt",
-    63: "ECC page retirement or row remap recording event",
-    64: "ECC page retirement or row remap recording failure",
-    65: "video processor exception",
-    68: "NVDEC0 exception",
-    69: "graphics engine class error",
-    73: "NVENC2 error",
-    74: "NVLink error",
-    79: "GPU has fallen off the bus",
-    80: "corrupted data sent to GPU",
-    81: "VGA subsystem error",
-    92: "high single-bit ECC error rate",
-    119: "GSP RPC timeout",
-    120: "GSP error",
-}
 # Clock event reasons that mean the hardware protects itself; the others (idle, application clocks, software power
 # cap, sync boost) are normal operation.
 FAILING_THROTTLE_REASONS = frozenset({"hw_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown"})
 WARNING_THROTTLE_REASONS = frozenset({"sw_thermal_slowdown"})
 TEMPERATURE_MARGIN_C = 5.0
-
-Severity = Literal["fail", "warn"]
-
+DCGM_ERROR_RESET = 6
+"""dcgmErrorSeverity_t DCGM_ERROR_RESET: the GPU cannot take work until it is reset (other failures: drain and
+service, DCGM's isolate/triage/config)."""
 
 @dataclass(frozen=True)
 class Finding:
@@ -57,6 +41,14 @@ class Finding:
     gpu: int | None
     """GPU index, or None for a node-wide finding."""
     message: str
+    action: Action = Action.NONE
+    """What an operator should do about it."""
+    xid: int | None = None
+    """The XID this finding is about, if any."""
+
+    def to_dict(self) -> dict:
+        return {"severity": self.severity.value, "action": self.action.value, "gpu": self.gpu,
+                "message": self.message, **({"xid": self.xid} if self.xid is not None else {})}
 
     def __str__(self) -> str:
         return f"GPU {self.gpu}: {self.message}" if self.gpu is not None else self.message
@@ -77,29 +69,29 @@ class Verdict:
     def warnings(self) -> list[Finding]:
         return [f for f in self.findings if f.severity == "warn"]
 
+    @property
+    def action(self) -> Action:
+        """The node's one recommended action: the most urgent of its findings'."""
+        return most_urgent(f.action for f in self.findings)
 
-def pci_device(bus_id: str) -> str:
-    """`00000000:3B:00.0` (NVML) and `0000:3b:00` (kernel log) -> `0000:3b:00`: domain, bus, device."""
-    parts = bus_id.strip().lower().split(":")
-    domain, bus, device = parts if len(parts) == 3 else ["0", *parts[-2:]] if len(parts) >= 2 else ["0", "0", parts[0]]
-    try:
-        return f"{int(domain, 16):04x}:{int(bus, 16):02x}:{int(device.split('.')[0], 16):02x}"
-    except ValueError:
-        return bus_id.strip().lower()
+    @property
+    def failing_xids(self) -> int:
+        return sum(1 for f in self.failures if f.xid is not None)
 
 
 def judge_gpu(gpu: GpuReading) -> list[Finding]:
     findings: list[Finding] = []
 
-    def add(severity: Severity, message: str) -> None:
-        findings.append(Finding(severity, gpu.index, message))
+    def add(severity: str, message: str, action: Action = Action.NONE) -> None:
+        findings.append(Finding(Severity(severity), gpu.index, message, action))
 
     if gpu.ecc is not None:
         volatile = gpu.ecc.volatile_sram_uncorrected + gpu.ecc.volatile_dram_uncorrected
         aggregate = gpu.ecc.aggregate_sram_uncorrected + gpu.ecc.aggregate_dram_uncorrected
         if volatile:
             add("fail", f"{volatile} uncorrectable ECC errors since the driver loaded "
-                        f"(SRAM {gpu.ecc.volatile_sram_uncorrected}, DRAM {gpu.ecc.volatile_dram_uncorrected})")
+                        f"(SRAM {gpu.ecc.volatile_sram_uncorrected}, DRAM {gpu.ecc.volatile_dram_uncorrected})",
+                Action.RESET_GPU)
         elif aggregate:
             add("warn", f"{aggregate} uncorrectable ECC errors in the GPU's lifetime "
                         f"(SRAM {gpu.ecc.aggregate_sram_uncorrected}, DRAM {gpu.ecc.aggregate_dram_uncorrected})")
@@ -107,21 +99,24 @@ def judge_gpu(gpu: GpuReading) -> list[Finding]:
         add("warn", "ECC is disabled")
     if gpu.row_remaps is not None:
         if gpu.row_remaps.failed:
-            add("fail", "a row remap failed (no spare rows left): replace the GPU")
+            add("fail", "a row remap failed (no spare rows left): replace the GPU", Action.CONTACT_VENDOR)
         if gpu.row_remaps.pending:
-            add("fail", "a row remap is pending: reset the GPU to apply it")
+            add("fail", "a row remap is pending: reset the GPU to apply it", Action.RESET_GPU)
     if gpu.retired_pages is not None and gpu.retired_pages.pending:
-        add("fail", "a page retirement is pending: reset the GPU to apply it")
+        add("fail", "a page retirement is pending: reset the GPU to apply it", Action.RESET_GPU)
     down = [link.link for link in gpu.nvlinks if not link.active]
     if down:
-        add("fail", f"NVLink {', '.join(map(str, down))} down ({len(gpu.nvlinks) - len(down)}/{len(gpu.nvlinks)} up)")
+        add("fail", f"NVLink {', '.join(map(str, down))} down ({len(gpu.nvlinks) - len(down)}/{len(gpu.nvlinks)} up)",
+            Action.RESET_GPU)
     errors = {name: sum(getattr(link, f"{name}_errors") for link in gpu.nvlinks)
               for name in ("replay", "recovery", "crc")}
     if any(errors.values()):
-        add("warn", "NVLink errors: " + ", ".join(f"{count} {name}" for name, count in errors.items() if count))
+        add("warn", "NVLink errors: " + ", ".join(f"{count} {name}" for name, count in errors.items() if count),
+            Action.CHECK_FABRIC)
     if gpu.pcie is not None:
         if gpu.pcie.width < gpu.pcie.max_width:
-            add("fail", f"PCIe link x{gpu.pcie.width}, below its maximum x{gpu.pcie.max_width}")
+            add("fail", f"PCIe link x{gpu.pcie.width}, below its maximum x{gpu.pcie.max_width}",
+                Action.DRAIN_AND_SERVICE)
         if gpu.pcie.generation < gpu.pcie.max_generation:
             add("warn", f"PCIe gen {gpu.pcie.generation} of max {gpu.pcie.max_generation} "
                         "(normal when idle, wrong under load)")
@@ -130,13 +125,13 @@ def judge_gpu(gpu: GpuReading) -> list[Finding]:
         warning = sorted(WARNING_THROTTLE_REASONS.intersection(gpu.clocks.throttle_reasons))
         if failing:
             add("fail", f"clocks throttled by {', '.join(failing)} "
-                        f"({gpu.clocks.sm_mhz} of {gpu.clocks.max_sm_mhz} MHz)")
+                        f"({gpu.clocks.sm_mhz} of {gpu.clocks.max_sm_mhz} MHz)", Action.DRAIN_AND_SERVICE)
         if warning:
             add("warn", f"clocks throttled by {', '.join(warning)}")
     if gpu.temperature_c is not None and gpu.slowdown_temperature_c:
         if gpu.temperature_c >= gpu.slowdown_temperature_c:
             add("fail", f"{gpu.temperature_c:g} °C, at or above the slowdown threshold "
-                        f"{gpu.slowdown_temperature_c:g} °C")
+                        f"{gpu.slowdown_temperature_c:g} °C", Action.DRAIN_AND_SERVICE)
         elif gpu.temperature_c >= gpu.slowdown_temperature_c - TEMPERATURE_MARGIN_C:
             add("warn", f"{gpu.temperature_c:g} °C, within {TEMPERATURE_MARGIN_C:g} °C of slowdown")
     if gpu.power_w is not None and gpu.power_limit_w and gpu.power_w > gpu.power_limit_w:
@@ -145,23 +140,27 @@ def judge_gpu(gpu: GpuReading) -> list[Finding]:
 
 
 def judge_xids(xids: tuple[XidEvent, ...] | list[XidEvent], gpus: tuple[GpuReading, ...]) -> list[Finding]:
-    """Fatal XIDs fail, others warn; each is attributed to the GPU on its PCI address when one matches."""
+    """Each XID judged by NVIDIA's catalogue and the driver's words (dcforge/gpu/xid.py), attributed to the GPU on
+    its PCI address when one matches; NVML and the kernel log reporting the same event count once."""
     by_device = {pci_device(gpu.pci_bus_id): gpu.index for gpu in gpus}
+    on_device: dict[str, set[int]] = {}
+    for event in xids:
+        on_device.setdefault(pci_device(event.pci_bus_id), set()).add(event.xid)
     findings: list[Finding] = []
-    seen: set[tuple[int, str]] = set()
+    seen: set[tuple[int, str, str]] = set()
     for event in xids:
         device = pci_device(event.pci_bus_id)
-        if (event.xid, device) in seen:  # NVML and the kernel log report the same event; count it once
+        judged = judge_xid(event, frozenset(on_device[device] - {event.xid}))
+        if (event.xid, device, judged.action.value) in seen:
             continue
-        seen.add((event.xid, device))
+        seen.add((event.xid, device, judged.action.value))
         gpu = by_device.get(device)
         where = "" if gpu is not None else f"PCI {device}: "
         source = "NVML events" if event.source == "nvml" else "the kernel log"
-        if event.xid in FATAL_XIDS:
-            findings.append(Finding("fail", gpu, f"{where}fatal XID {event.xid} ({FATAL_XIDS[event.xid]}) "
-                                                 f"in {source}"))
-        else:
-            findings.append(Finding("warn", gpu, f"{where}XID {event.xid} in {source}"))
+        rule = catalogue().get(event.xid)
+        name = f" ({rule.description or rule.mnemonic})" if rule else ""
+        message = f"{where}XID {event.xid}{name} in {source}: {judged.action.label} ({judged.why})"
+        findings.append(Finding(judged.severity, gpu, message, judged.action, event.xid))
     return findings
 
 
@@ -170,8 +169,11 @@ def judge_dcgm(diag: DcgmDiag) -> list[Finding]:
     for result in diag.results:
         if result.status in ("fail", "warn"):
             detail = f": {result.message}" if result.message else ""
-            findings.append(Finding("fail" if result.status == "fail" else "warn", result.gpu,
-                                    f"DCGM diag level {diag.level} {result.test} {result.status}ed{detail}"))
+            failed = result.status == "fail"
+            action = Action.NONE if not failed else (Action.RESET_GPU if result.error_severity == DCGM_ERROR_RESET
+                                                     else Action.DRAIN_AND_SERVICE)
+            findings.append(Finding(Severity.FAIL if failed else Severity.WARN, result.gpu,
+                                    f"DCGM diag level {diag.level} {result.test} {result.status}ed{detail}", action))
     return findings
 
 

@@ -123,9 +123,10 @@ class Check(Protocol):
     """Every metric the check can report (see dcforge.harness.metrics); create results with
     `CheckResult(name, declared=metrics)`."""
     requires_declared_gpus: ClassVar[bool]
-    """True: the runner skips the check, with the reason, when the environment's acceptance pool declares GPUs
-    that this machine does not show (dcforge.harness.node.missing_declared_gpus); CPU numbers judged against GPU
-    SLOs would mean nothing. False for checks that do not measure this node's GPUs."""
+    """True: the runner fails the check without running it, with the shortfall as its reason, when the
+    environment's acceptance pool declares GPUs that this machine does not show (dcforge.harness.node.gpu_shortfall);
+    CPU numbers judged against GPU SLOs would mean nothing. False for checks that do not measure this node's GPUs
+    (or, like gpu_health, judge the shortfall themselves)."""
     # Optional: `outputs = ("trained_checkpoint_dir", ...)`: the RunOutputs fields this check sets for later ones.
     # Optional: `on_pool = True`: on target kubernetes the check runs its workload on a machine of the acceptance
     # pool (dcforge/checks/on_pool.py), so the GPUs it needs are the pool's, not this machine's (`runs_on_pool`).

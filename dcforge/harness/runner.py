@@ -1,7 +1,8 @@
 """Run the acceptance checks of an environment, judge the SLOs, write the report after every check.
 
 Rules (docs/slos.md): a check that errors fails the run; a skipped check is reported with its reason and never as
-passed; an SLO on a metric that no check produced is an error. Exit 0 when everything passed, 1 otherwise.
+passed; an SLO on a metric that no check produced is an error; a run in which no check passed and no SLO was judged
+verified nothing and is not a pass. Exit 0 when everything passed, 1 otherwise.
 A terminating signal (Ctrl-C, SIGTERM, SIGHUP; dcforge.harness.lifecycle) keeps every result measured so far: the
 report is rewritten after each check and once more on interrupt, with status `interrupted`, and the exit code is
 128 + the signal number.
@@ -26,11 +27,15 @@ from dcforge.errors import DcforgeError
 from dcforge.executors.base import ExecutorError
 from dcforge.harness.check import CheckContext, ClusterAccess, RunOutputs, runs_on_pool
 from dcforge.harness.lifecycle import Interrupted, SignalGuard
-from dcforge.harness.node import missing_declared_gpus
+from dcforge.harness.node import gpu_shortfall
 from dcforge.harness.processes import stop_everything
 from dcforge.harness.result import CheckResult, CheckSkipped, Status
 from dcforge.harness.slo import SloResult, acceptance_slos, evaluate
 from dcforge.spec.loader import LoadedEnvironment
+
+
+NOTHING_VERIFIED = "nothing_verified"
+"""The run status of a run in which nothing failed and nothing was verified either (docs/slos.md)."""
 
 
 class CheckTimeout(BaseException):
@@ -67,16 +72,36 @@ class RunState:
                 and all(s.verdict in ("pass", "skipped") for s in self.slo_results))
 
     @property
+    def verified_something(self) -> bool:
+        """Whether any check passed or any SLO was judged: a run of only skipped checks verified nothing."""
+        return (any(r.status == Status.PASS for r in self.results.values())
+                or any(s.verdict in ("pass", "fail") for s in self.slo_results))
+
+    @property
     def status(self) -> str:
+        """running, interrupted, fail, `nothing_verified` (nothing failed, but no check passed and no SLO was
+        judged: never a pass, exit 1) or pass."""
         if self.finished_at == "":
             return "running"
         if self.interrupted:
             return "interrupted"
-        return "pass" if self.passed else "fail"
+        if not self.passed:
+            return "fail"
+        return "pass" if self.verified_something else NOTHING_VERIFIED
+
+    @property
+    def status_reason(self) -> str:
+        """Why the run has its status, where the status alone does not say it ('' otherwise)."""
+        if self.status != NOTHING_VERIFIED:
+            return ""
+        skipped = sum(r.status == Status.SKIPPED for r in self.results.values())
+        return (f"no check passed and no SLO was judged ({skipped} checks skipped, each with "
+                "its reason)")
 
     @property
     def exit_code(self) -> int:
-        """0 passed, 1 failed, 128 + signal number when a terminating signal ended the run (130, 143, 129)."""
+        """0 passed, 1 failed or nothing verified, 128 + signal number when a terminating signal ended the run
+        (130, 143, 129)."""
         if self.interrupted_by is not None:
             return Interrupted(self.interrupted_by).exit_code
         return 0 if self.status == "pass" else 1
@@ -124,14 +149,18 @@ def run_one(name: str, state: RunState, log: Callable[[str], None], shared: RunO
     try:
         check = load_check(name)
         config = check.Config.model_validate(acceptance.settings.get(name, {}))
-        # a check that runs on the acceptance pool (target kubernetes) needs the pool's GPUs, not this machine's
+        # a GPU workload on a node that shows fewer GPUs than declared fails without running: CPU numbers judged
+        # against GPU SLOs would mean nothing, and a skip would let a GPU node with no GPU pass (docs/skips.md).
+        # A check that runs on the acceptance pool (target kubernetes) needs the pool's GPUs, not this machine's.
         if check.requires_declared_gpus and not runs_on_pool(check, state.env.spec) and (
-                reason := missing_declared_gpus(state.env.spec)):
-            raise CheckSkipped(reason)
-        ctx = CheckContext(env=state.env, report_dir=state.report_dir, deadline=started + timeout,
-                           results=dict(state.results), log=log, outputs=shared, cluster=state.cluster)
-        with time_limit(timeout):
-            result = check.run(ctx, config)
+                shortfall := gpu_shortfall(state.env.spec)):
+            result = CheckResult(name, Status.FAIL, reason=str(shortfall),
+                                 details={"findings": [shortfall.finding()]})
+        else:
+            ctx = CheckContext(env=state.env, report_dir=state.report_dir, deadline=started + timeout,
+                               results=dict(state.results), log=log, outputs=shared, cluster=state.cluster)
+            with time_limit(timeout):
+                result = check.run(ctx, config)
     except CheckSkipped as skipped:
         result = CheckResult(name, Status.SKIPPED, reason=str(skipped))
     except CheckTimeout:

@@ -44,6 +44,8 @@ def evaluate(slo: Slo, results: dict[str, CheckResult]) -> SloResult:
         reason = f"check {slo.check!r} produced no metric {slo.metric_name!r}"
         if result.status == Status.ERROR:
             reason += f" (the check errored: {result.reason})"
+        elif result.status == Status.FAIL and not result.metrics:
+            reason += f" (the check failed: {result.reason})"
         elif result.metrics:
             reason += f"; it produced: {', '.join(sorted(result.metrics))}"
         return SloResult(slo.metric, slo.expression, "error", None, reason, slo.source)

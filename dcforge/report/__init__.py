@@ -34,6 +34,7 @@ def build_report(state, *, baseline: dict | None = None, baseline_path: str | No
     report = {
         "schema": SCHEMA,
         "status": state.status,
+        "status_reason": state.status_reason,
         "metadata": {
             "environment": env.spec.name,
             "env_file": str(env.path),

@@ -7,10 +7,10 @@ import itertools
 import json
 from functools import lru_cache
 
-from dcforge.report.nodes import node_problem, node_rows
+from dcforge.report.nodes import node_action, node_problem, node_rows
 
 STATUS_COLOURS = {"pass": "#1a7f37", "fail": "#cf222e", "error": "#bf3989", "skipped": "#6e7781",
-                  "running": "#9a6700", "interrupted": "#bc4c00"}
+                  "running": "#9a6700", "interrupted": "#bc4c00", "nothing_verified": "#cf222e"}
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;color:#1f2328}
@@ -26,7 +26,7 @@ details{margin:.4rem 0} tr.outlier td{background:#ffebe9} td.outlier-figure{font
 
 def badge(status: str) -> str:
     colour = STATUS_COLOURS.get(status, "#6e7781")
-    return f'<span class="badge" style="background:{colour}">{html.escape(status.upper())}</span>'
+    return f'<span class="badge" style="background:{colour}">{html.escape(status.replace("_", " ").upper())}</span>'
 
 
 @lru_cache(maxsize=1)
@@ -138,6 +138,7 @@ def _header(report: dict) -> list[str]:
         f"host {e(meta.get('hostname', ''))} · dcforge {e(meta.get('dcforge_version', ''))} · commit "
         f"<code>{e(meta.get('git_commit', ''))}</code> · env file <code>{e(meta.get('env_file', ''))}</code> "
         f"(sha256 <code>{e(meta.get('env_sha256', '')[:16])}</code>)</p>",
+        *([f"<p><strong>{e(report['status_reason'])}</strong></p>"] if report.get("status_reason") else []),
     ]
 
 
@@ -243,6 +244,7 @@ def _node_table(check: dict) -> list[str]:
     parts = ["<table class='nodes'><tr>" + "".join(f"<th>{e(c)}</th>" for c in columns) + "<th></th></tr>"]
     for row in rows:
         problem = node_problem(row)
+        row = {**row, "action": node_action(row).label} if "action" in row else row  # words, not the enum value
         parts.append(f"<tr{' class=outlier' if problem else ''} title='{e(problem)}'>"
                      + "".join(f"<td class=outlier-figure>{_format(row.get(c))}</td>"
                                if c in (row.get("outlier_in") or ()) else f"<td>{_format(row.get(c))}</td>"

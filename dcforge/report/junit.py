@@ -21,6 +21,10 @@ def junit_xml(report: dict) -> str:
                   for check in checks for row in node_rows(check)]
     if node_cases:  # a testcase per node of every check that reports nodes
         suites.append(_suite(f"dcforge.nodes.{env}", node_cases, report["metadata"].get("started_at", "")))
+    if report.get("status_reason"):  # a run that verified nothing is a failure to CI, not a suite of skips
+        suites.append(_suite(f"dcforge.run.{env}", [("verdict", "fail", f"{report['status']}: "
+                                                     f"{report['status_reason']}", 0.0, "")],
+                             report["metadata"].get("started_at", "")))
     suites.append(_suite(f"dcforge.slos.{env}", [
         (f"{slo['metric']} {slo['expression']}", slo["verdict"], slo.get("reason", ""), 0.0,
          f"value: {slo['value']}") for slo in slos

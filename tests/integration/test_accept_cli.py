@@ -83,3 +83,26 @@ def test_full_local_acceptance_passes_every_check_and_slo(tmp_path):
         "compliance", "monitoring", "inference", "inference_failover"]
     plots = {p["title"] for c in report["checks"] for p in c["plots"]}
     assert len(plots) >= 6  # loss, throughput, busbw, storage per class, failover timelines, latency, histograms
+
+
+def test_a_gpu_node_that_shows_no_gpu_never_passes_its_gpu_checks(tmp_path):
+    """As an operator runs it on a GPU node whose GPUs are gone (this GPU-less machine): `prod` declares 8 GPUs per
+    node, so gpu_health fails with the shortfall; the `gpu` environment declares none, so both GPU checks skip and
+    the run verified nothing. Neither exits 0; each says why in one line."""
+    from dcforge.harness.node import visible_gpus
+
+    if visible_gpus():
+        pytest.skip("this machine has GPUs: the no-GPU paths cannot be shown here")
+    prod = dcforge("accept", "--env", "prod", "--only", "gpu_health", cwd=tmp_path)
+    assert prod.returncode == 1, prod.stdout + prod.stderr
+    assert "Traceback" not in prod.stdout + prod.stderr
+    (line,) = [line for line in prod.stdout.splitlines() if line.startswith("FAIL ")]
+    assert "gpu_health" in line and "declares 8 H100-SXM per node and 0 are visible" in line
+    assert "recommended action: reboot node" in line
+    assert any(line.startswith("FAIL: checks ") for line in prod.stdout.splitlines())
+    gpu = dcforge("accept", "--env", "gpu", "--only", "gpu_health,gpu_bandwidth", cwd=tmp_path)
+    assert gpu.returncode == 1, gpu.stdout + gpu.stderr
+    (summary,) = [line for line in gpu.stdout.splitlines() if line.startswith("NOTHING VERIFIED")]
+    assert summary.startswith("NOTHING VERIFIED: checks ") and "no check passed and no SLO was judged" in summary
+    (directory,) = (tmp_path / "reports" / "gpu").iterdir()
+    assert json.loads((directory / "report.json").read_text())["status"] == "nothing_verified"

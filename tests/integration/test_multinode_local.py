@@ -56,8 +56,9 @@ def test_multinode_checks_pass_on_two_local_nodes_with_a_node_table(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_network_rdma_is_skipped_with_the_reason_where_no_rdma_device_exists(tmp_path):
-    """The pool declares RDMA; this machine has no RDMA device: TCP is measured, RDMA skipped per pair, saying why."""
+def test_network_fails_where_declared_rdma_has_no_device_naming_each_node(tmp_path):
+    """The pool declares RDMA; this machine has no RDMA device: TCP is measured, RDMA cannot be, and that fails the
+    check naming each node, why, and the recommended action (declared but absent is never a pass)."""
     if Path("/sys/class/infiniband").is_dir() and any(Path("/sys/class/infiniband").iterdir()):
         pytest.skip("this machine has RDMA devices: the skip path cannot be shown here")
     document = yaml.safe_load((REPO / "stacks" / "Pulumi.local.yaml").read_text())
@@ -71,10 +72,15 @@ def test_network_rdma_is_skipped_with_the_reason_where_no_rdma_device_exists(tmp
     (stacks / "Pulumi.rdmaless.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
     proc = subprocess.run([sys.executable, "-m", "dcforge.cli", "accept", "--env", "rdmaless"], capture_output=True,
                           text=True, timeout=110, cwd=tmp_path, env={**os.environ, "DCFORGE_STACKS_DIR": str(stacks)})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     (report_file,) = (tmp_path / "reports" / "rdmaless").glob("*/report.json")
     (network,) = json.loads(report_file.read_text())["checks"]
-    assert network["status"] == "pass", network["reason"]
+    assert network["status"] == "fail"
+    assert network["reason"] == ("pool 'fabric' declares RDMA, not measured on 2 of 2 nodes: no RDMA device on local-0 "
+                                 "(/sys/class/infiniband is empty); no RDMA device on local-1 (/sys/class/infiniband "
+                                 "is empty); recommended action: reboot node")
+    assert [(row["host"], row["action"]) for row in network["details"]["nodes"]] == [
+        ("local-0", "reboot_node"), ("local-1", "reboot_node")]
     assert "tcp_gbps.min" in network["metrics"] and "rdma_gbps.min" not in network["metrics"]
     rdma = network["details"]["rdma"]
     assert rdma["pool"] == "fabric" and rdma["pairs_measured"] == 0

@@ -79,14 +79,16 @@ def test_fatal_xid_in_kmsg_fails_the_gpu_on_its_pci_address():
     assert xids == [XidEvent(79, "0000:3b:00", "pid=0, GPU has fallen off the bus.", "kernel log")]
     verdict = judge_node(node(xids=xids))
     assert not verdict.passed
-    assert verdict.reason == "GPU 3: fatal XID 79 (GPU has fallen off the bus) in the kernel log"
+    assert verdict.reason == ("GPU 3: XID 79 (GPU has fallen off the bus) in the kernel log: reboot node "
+                              "(catalogue bucket RESTART_BM)")
 
 
 def test_fatal_xid_from_nvml_and_kernel_log_counts_once():
     nvml_event = XidEvent(48, "00000000:2A:00.0", "", "nvml")
     log_event = XidEvent(48, "0000:2a:00", "pid=1, DBE", "kernel log")
     verdict = judge_node(node(xids=[nvml_event, log_event]))
-    assert verdict.reason == "GPU 1: fatal XID 48 (double-bit ECC error) in NVML events"
+    assert verdict.reason == ("GPU 1: XID 48 (Double Bit ECC Error) in NVML events: reset GPU "
+                              "(catalogue bucket WORKFLOW_XID_48)")
     assert len(verdict.failures) == 1
 
 
@@ -94,7 +96,8 @@ def test_non_fatal_xid_in_dmesg_only_warns():
     xids = parse_xid_lines((OUTPUTS / "dmesg-xid13.txt").read_text())
     assert [x.xid for x in xids] == [13, 13]
     verdict = judge_node(node(xids=xids))
-    assert verdict.passed and [str(w) for w in verdict.warnings] == ["GPU 0: XID 13 in the kernel log"]
+    assert verdict.passed and [str(w) for w in verdict.warnings] == [
+        "GPU 0: XID 13 (Graphics Engine Exception) in the kernel log: restart workload (catalogue bucket RESTART_APP)"]
 
 
 def test_nvlink_down_fails():
@@ -223,14 +226,27 @@ def run_check(check, config, tmp_path, env="prod"):
     return check.run(ctx, config)
 
 
-@pytest.mark.skipif(no_gpu_reason() is None, reason="a GPU is visible: the skip path does not apply")
-def test_gpu_checks_skip_without_gpus_never_pass(tmp_path):
+@pytest.mark.skipif(no_gpu_reason() is None, reason="a GPU is visible: the no-GPU paths do not apply")
+def test_gpu_checks_without_gpus_skip_only_where_none_is_declared(tmp_path):
+    """`local` declares no GPU pool: no GPU visible is a skip. `prod` declares 8 H100s per node: the same machine
+    fails both GPU checks with declared and visible counts and the recommended action, never a skip or a pass."""
     from dcforge.checks.gpu_bandwidth import GpuBandwidthCheck, GpuBandwidthConfig
+    from dcforge.harness.result import Status
 
     with pytest.raises(CheckSkipped, match="no GPU visible"):
-        run_check(GpuHealthCheck(), GpuHealthConfig(), tmp_path)
+        run_check(GpuHealthCheck(), GpuHealthConfig(), tmp_path, env="local")
     with pytest.raises(CheckSkipped, match="no GPU visible .*no GPU bandwidth to measure"):
-        run_check(GpuBandwidthCheck(), GpuBandwidthConfig(), tmp_path)
+        run_check(GpuBandwidthCheck(), GpuBandwidthConfig(), tmp_path, env="local")
+    shortfall = ("pool 'train-a' declares 8 H100-SXM per node and 0 are visible on this machine (driver not loaded "
+                 "or GPUs off the bus); recommended action: reboot node")
+    health = run_check(GpuHealthCheck(), GpuHealthConfig(stage="deploy"), tmp_path)
+    assert health.status == Status.FAIL and health.reason.startswith(shortfall), health.reason
+    assert health.details["gpu_count"] == {"declared": 8, "visible": 0}
+    assert health.details["findings"][0]["action"] == "reboot_node"
+    assert health.details["action"] == "reboot_node"  # the node's one action counts the shortfall too
+    assert health.metrics["gpus_checked"].value == 0  # the readers still ran
+    bandwidth = run_check(GpuBandwidthCheck(), GpuBandwidthConfig(), tmp_path)
+    assert bandwidth.status == Status.FAIL and bandwidth.reason == shortfall and not bandwidth.metrics
 
 
 @pytest.mark.gpu
@@ -304,9 +320,14 @@ def test_health_result_metrics_and_verdict():
                                           for i in range(4)), xids=tuple(xids),
                                dcgm=parse_diag(json.loads((OUTPUTS / "dcgm4-diag-fail.json").read_text()), 2)))
     assert broken.status.value == "fail"
-    assert broken.reason == ("GPU 1: a row remap is pending: reset the GPU to apply it; GPU 3: fatal XID 79 (GPU has "
-                             "fallen off the bus) in the kernel log; GPU 1: DCGM diag level 2 memory failed: Error "
-                             "using CUDA API cudaMalloc on GPU 1: out of memory")
+    assert broken.reason == ("GPU 1: a row remap is pending: reset the GPU to apply it; GPU 3: XID 79 (GPU has "
+                             "fallen off the bus) in the kernel log: reboot node (catalogue bucket RESTART_BM); "
+                             "GPU 1: DCGM diag level 2 memory failed: Error using CUDA API cudaMalloc on GPU 1: out of "
+                             "memory")
+    # the node's one action (docs/verdicts.md#node-action): the most urgent of its findings'
+    assert healthy.details["action"] == "none" and broken.details["action"] == "drain_and_service"
+    assert {(f["severity"], f["action"]) for f in broken.details["findings"]} == {
+        ("fail", "reset_gpu"), ("fail", "reboot_node"), ("fail", "drain_and_service")}
     values = {k: m.value for k, m in broken.metrics.items()}
     assert (values["gpus_failing"], values["fatal_xids"], values["row_remaps_pending"], values["dcgm_failures"]) == \
         (2, 1, 1, 1)

@@ -360,7 +360,8 @@ def test_gpu_health_reads_every_pool_node_in_a_pinned_pod_and_names_the_bad_one(
         _, _, check = accept_only(cluster, tmp_path, env, "gpu_health")
     assert check["status"] == "fail", check["reason"]
     assert "gpu-node-b" in check["reason"] and "gpu-node-c" in check["reason"] and "gpu-node-a" not in check["reason"]
-    assert "3 GPUs visible" in check["reason"] and "79" in check["reason"]
+    assert "per node and 3 are visible in the pod on" in check["reason"] and "79" in check["reason"]
+    assert "recommended action: reboot node" in check["reason"]
     rows = {row["host"]: row for row in check["details"]["nodes"]}
     assert rows["gpu-node-a"]["state"] == "succeeded" and rows["gpu-node-b"]["state"] == "failed"
     assert rows["gpu-node-b"]["kubernetes_node"] == "gpu-node-b"

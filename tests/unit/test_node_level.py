@@ -168,3 +168,24 @@ def test_training_ranks_share_the_cores_when_nodes_share_a_machine():
     assert threads(NodeTrainConfig(nproc_per_node=1), 2) == str(max(1, cores // 2))
     assert threads(NodeTrainConfig(nproc_per_node=2), 3) == str(max(1, cores // 6))
     assert threads(NodeTrainConfig(nproc_per_node=1, threads=3), 2) == "3"
+
+
+@pytest.mark.timeout(60)
+def test_the_row_carries_the_most_urgent_action_of_the_nodes_steps(tmp_path):
+    """A step's judge that recommends an action (gpu_health: details.action) puts it on the node's row; the row
+    keeps the most urgent one, and one that takes the node out of service makes it a failed node."""
+    write = ("{python}", "-c", "import sys; open(sys.argv[1], 'w').write('x')")
+
+    def judged_with(action: str):
+        def judge(data: bytes) -> CheckResult:
+            result = CheckResult("gpu_health")
+            result.details["action"] = action
+            return result
+        return judge
+
+    steps = [Step("system", (*write, "{volume[results]}/a"), "a", judged_with("reset_gpu")),
+             Step("train", (*write, "{volume[results]}/b"), "b", judged_with("restart_workload"))]
+    row = run_node("local-0", LocalExecutor(grace_s=1), steps, tmp_path, OpenExecutions(), lambda: 30.0,
+                   lambda line: None)
+    assert row["state"] == "succeeded" and row["action"] == "reset_gpu"
+    assert node_problem(row) == "local-0: action: reset GPU"

@@ -114,7 +114,7 @@ def test_profile_yaml_syntax_error_names_file_and_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_accept_prod_on_cpu_skips_gpu_checks_with_reason_and_reports_threshold_sources(tmp_path):
+def test_accept_prod_on_cpu_fails_gpu_checks_with_the_shortfall_and_reports_threshold_sources(tmp_path):
     from dcforge.checks.gpu_health import no_gpu_reason
 
     if no_gpu_reason() is None:
@@ -124,11 +124,13 @@ def test_accept_prod_on_cpu_skips_gpu_checks_with_reason_and_reports_threshold_s
     (directory,) = (tmp_path / "reports" / "prod").iterdir()
     report = json.loads((directory / "report.json").read_text())
     checks = {c["name"]: c for c in report["checks"]}
-    for name in ("gpu_health", "gpu_bandwidth"):
-        assert checks[name]["status"] == "skipped" and "no GPU visible" in checks[name]["reason"]
+    for name in ("gpu_health", "gpu_bandwidth"):  # declared but not visible: a failing finding, never a skip
+        assert checks[name]["status"] == "fail"
+        assert "declares 8 H100-SXM per node and 0 are visible" in checks[name]["reason"]
     assert report["metadata"]["profile"] == "auto: h100-sxm-8gpu-nvlink-ib400 for 8 x H100-SXM"
     h2d = next(s for s in report["slos"] if s["metric"] == "gpu_bandwidth.h2d_gbps")
-    assert h2d["verdict"] == "skipped" and h2d["source"].startswith("profile h100-sxm-8gpu-nvlink-ib400")
+    assert h2d["verdict"] == "error" and "the check failed: pool 'train-a' declares" in h2d["reason"]
+    assert h2d["source"].startswith("profile h100-sxm-8gpu-nvlink-ib400")
     gpu_count = next(s for s in report["slos"] if s["metric"] == "system.gpu_count")
     assert gpu_count["source"] == "environment file"
     assert "threshold from" in (directory / "report.html").read_text()

@@ -213,3 +213,9 @@ def test_accept_taint_failed_end_to_end_on_the_kubernetes_target(cluster, tmp_pa
     assert taints(cluster)["gpu-1"] == [OTHER, TAINT] and taints(cluster)["gpu-2"] == [OTHER]
     reports = sorted((tmp_path / "reports").glob("*/*/*/report.json"))
     assert [json.loads(p.read_text())["remediation"]["dry_run"] for p in reports] == [True, False]
+
+
+def test_a_node_that_needs_a_gpu_reset_is_as_failed_as_one_that_needs_service():
+    report = report_with({"node_level": [{"host": "gpu-1", "state": "succeeded", "action": "reset_gpu"},
+                                         {"host": "gpu-2", "state": "succeeded", "action": "restart_workload"}]})
+    assert node_verdicts(report) == {"gpu-1": ["node_level: gpu-1: action: reset GPU"], "gpu-2": []}

@@ -53,3 +53,17 @@ def test_reports_without_nodes_are_unchanged():
     del report["checks"][0]["details"]["nodes"]
     assert "class='nodes'" not in render_html(report)
     assert "dcforge.nodes" not in junit_xml(report)
+
+
+def test_a_node_whose_action_takes_it_out_of_service_did_not_pass_and_says_what_to_do():
+    reset = {"host": "gpu-04", "state": "succeeded", "action": "reset_gpu"}
+    assert node_problem(reset) == "gpu-04: action: reset GPU"
+    assert node_problem({"host": "h", "state": "failed", "reason": "x", "action": "reboot_node"}) == \
+        "h: failed: x (action: reboot node)"
+    assert node_problem({"host": "h", "action": "restart_workload"}) == ""  # restarting the job is no node fault
+    assert node_problem({"host": "h", "action": "no-such-action"}) == ""
+    cases = ET.fromstring(junit_xml(report_with(ROWS[:1] + [reset])).split("\n", 1)[1]).iter("testcase")
+    failed = {case.get("name"): case.find("failure") for case in cases}
+    assert failed["slow_node gpu-04"] is not None and "reset GPU" in failed["slow_node gpu-04"].get("message")
+    page = render_html(report_with([reset]))
+    assert "reset GPU" in page

@@ -152,7 +152,9 @@ def test_rerender_builds_html_from_json(registry, env_file, tmp_path):
     assert "first.score" in page and "Plotly" in page and "<script src=" not in page
 
 
-def test_gpu_workload_is_skipped_when_declared_gpus_are_missing(monkeypatch, env_file, tmp_path):
+def test_gpu_workload_fails_without_running_when_declared_gpus_are_missing(monkeypatch, env_file, tmp_path):
+    """A GPU node that shows no GPU: the GPU workload fails with declared and visible counts and the recommended
+    action (a skip would let the node pass); a CPU check beside it still runs."""
     from dcforge.harness.node import visible_gpus
 
     if visible_gpus():
@@ -165,9 +167,43 @@ def test_gpu_workload_is_skipped_when_declared_gpus_are_missing(monkeypatch, env
     env = load_environment(path=env_file(text=text, name="gpus"))
     state, report = run(env, tmp_path)
     statuses = {c["name"]: (c["status"], c["reason"]) for c in report["checks"]}
-    assert statuses["gpu"][0] == "skipped" and "declares 8 H100-SXM per node and 0 are visible" in statuses["gpu"][1]
+    assert statuses["gpu"] == ("fail", "pool 'train-h100' declares 8 H100-SXM per node and 0 are visible on this "
+                                       "machine (driver not loaded or GPUs off the bus); recommended action: reboot "
+                                       "node")
+    (gpu,) = [c for c in report["checks"] if c["name"] == "gpu"]
+    assert gpu["details"]["findings"][0]["action"] == "reboot_node"
     assert statuses["cpu"][0] == "pass"
-    assert report["slos"][0]["verdict"] == "skipped"
+    assert report["slos"][0]["verdict"] == "error" and "the check failed: pool 'train-h100'" in report["slos"][0]["reason"]
+    assert state.exit_code == 1 and report["status"] == "fail"
+
+
+def test_a_run_of_only_skipped_checks_verified_nothing_and_is_not_a_pass(registry, env_file, tmp_path):
+    """Every selected check skipped and no SLO judged: status nothing_verified, exit 1, said in JUnit and HTML."""
+    env = make_env(env_file, {name: {"outcome": "skip"} for name in NAMES}, {"first.score": ">= 0"})
+    state, report = run(env, tmp_path)
+    assert report["summary"]["checks"] == {"skipped": 3} and report["slos"][0]["verdict"] == "skipped"
+    assert report["status"] == "nothing_verified" and state.exit_code == 1
+    assert report["status_reason"] == "no check passed and no SLO was judged (3 checks skipped, each with its reason)"
+    root = ET.parse(tmp_path / "report" / "junit.xml").getroot()
+    (verdict,) = [c for c in root.iter("testcase") if c.get("name") == "verdict"]
+    assert verdict.find("failure").get("message").startswith("nothing_verified: no check passed")
+    assert root.get("failures") == "1"
+    rerender(tmp_path / "report")
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "NOTHING VERIFIED" in page and "no check passed and no SLO was judged" in page
+
+
+def test_a_run_where_one_check_passed_and_the_others_skipped_still_passes(registry, env_file, tmp_path):
+    env = make_env(env_file, {"first": {"outcome": "skip"}, "second": {"outcome": "skip"}}, {})
+    state, report = run(env, tmp_path)
+    assert report["summary"]["checks"] == {"skipped": 2, "pass": 1}
+    assert report["status"] == "pass" and report["status_reason"] == "" and state.exit_code == 0
+
+
+def test_only_selecting_nothing_that_runs_verifies_nothing(registry, env_file, tmp_path):
+    env = make_env(env_file, {"first": {"outcome": "skip"}}, {"second.score": "> 0"})
+    state, report = run(env, tmp_path, only=["first"])
+    assert report["status"] == "nothing_verified" and state.exit_code == 1
 
 
 

@@ -42,13 +42,19 @@ def test_memory_floor(tmp_path):
     assert result.status == Status.FAIL and "below minMemoryGi" in result.reason
 
 
-def test_missing_declared_gpus_reason():
-    from dcforge.harness.node import missing_declared_gpus
+def test_gpu_shortfall_names_declared_and_visible_counts_and_the_action():
+    from dcforge.harness.node import gpu_shortfall
 
-    assert missing_declared_gpus(load_environment("local").spec) is None
-    reason = missing_declared_gpus(load_environment("prod").spec)
+    assert gpu_shortfall(load_environment("local").spec) is None  # no GPU pool declared
+    prod = load_environment("prod").spec
+    assert gpu_shortfall(prod, visible=8) is None
+    shortfall = gpu_shortfall(prod, visible=7, where="in the pod on gpu-3")
+    assert (shortfall.declared, shortfall.visible) == (8, 7)
+    assert str(shortfall) == ("pool 'train-a' declares 8 H100-SXM per node and 7 are visible in the pod on gpu-3 "
+                              "(driver not loaded or GPUs off the bus); recommended action: reboot node")
+    assert shortfall.finding()["action"] == "reboot_node" and shortfall.finding()["severity"] == "fail"
     if len(visible_gpus()) < 8:
-        assert reason and "pool 'train-a' declares 8 H100-SXM per node" in reason
+        assert gpu_shortfall(prod).visible == len(visible_gpus())
 
 
 def test_a_nodes_facts_come_back_as_one_record_and_are_judged_like_the_checks(tmp_path):
