@@ -35,7 +35,7 @@ if [ -d "$RUN" ]; then
     stop "containerd-w$i"
     # shims outlive containerd: found by their node's socket in their command line, killed by PID
     for p in /proc/[0-9]*; do
-      tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -q -- "containerd-shim.* -address $sock" && kill -9 "${p#/proc/}" 2>/dev/null
+      tr '\0' ' ' 2>/dev/null < "$p/cmdline" | grep -q -- "containerd-shim.* -address $sock" && kill -9 "${p#/proc/}" 2>/dev/null
     done
   done
   stop etcd

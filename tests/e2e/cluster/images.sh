@@ -4,8 +4,8 @@
 #   acceptance.tar  the acceptance image as the Containerfile's CPU variant lays it out (python, iperf3, fio;
 #                   dcforge, workloads/ and loadtests/ at /opt/dcforge; a venv at /opt/venv on PATH; uid 1000):
 #                   a Debian bookworm root filesystem from debootstrap (cached), the Python packages of the
-#                   project's virtual environment (VENV; the CUDA libraries left out: the pods run torch on the
-#                   CPU) and the repository's code.
+#                   project's virtual environment (VENV; with PyPI's torch that includes its CUDA libraries, which
+#                   `import torch` loads even on a CPU: ~5 GB) and the repository's code.
 # usage: images.sh [VENV]   (default: the repository's .venv)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -44,7 +44,7 @@ cp "$REPO/pyproject.toml" "$REPO/constraints.txt" "$C/"
 nice -n 10 python3 "$HERE/mkimage.py" "$IMG/acceptance.tar" "$ACCEPTANCE_IMAGE" \
   --add "$ROOTFS=/" --add "$V=/opt/venv" --add "$SITE=/opt/venv/lib/python3.11/site-packages" \
   --add "$IMG/code-path=/opt/venv/lib/python3.11/site-packages" --add "$C=/opt/dcforge" \
-  --exclude '.complete' --exclude 'nvidia' --exclude 'nvidia_*' --exclude 'triton*' --exclude 'ansible_collections' \
+  --exclude '.complete' --exclude 'triton*' --exclude 'ansible_collections' \
   --exclude '__editable__*' --exclude 'dcforge-*.dist-info' \
   --env PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
   --env PYTHONUNBUFFERED=1 --env PYTHONDONTWRITEBYTECODE=1 --env HOME=/tmp \

@@ -51,7 +51,6 @@ for i in $(seq "$N"); do
   in_node "$i" sysctl -qw net.bridge.bridge-nf-call-iptables=1 2>/dev/null || true
   # the node's cgroup parent in every v1 hierarchy (cpuset needs its cpus and mems set before use)
   for c in /sys/fs/cgroup/*/; do
-    case $c in */unified/|*/systemd/) continue;; esac
     mkdir -p "$c$ns"
     [ -f "$c/cpuset.cpus" ] && cat "$c/cpuset.cpus" > "$c$ns/cpuset.cpus" && cat "$c/cpuset.mems" > "$c$ns/cpuset.mems"
   done
@@ -94,8 +93,8 @@ start kube-scheduler "$BIN/kube-scheduler" --kubeconfig="$P/scheduler.kubeconfig
   --authentication-kubeconfig="$P/scheduler.kubeconfig" --authorization-kubeconfig="$P/scheduler.kubeconfig" \
   --bind-address=127.0.0.1 --secure-port=0 --leader-elect=false
 
-for i in $(seq "$N"); do   # images into each node's containerd (skipped when its store holds them already)
-  ctr_i="ctr -a $(node_dir "$i")/containerd/containerd.sock -n k8s.io"
+import_images() {  # into node $1's containerd, unless its store holds this build of them already
+  local i=$1 ctr_i="ctr -a $(node_dir "$1")/containerd/containerd.sock -n k8s.io"
   wait_for 30 "containerd of $(node_name "$i")" $ctr_i version
   for img in pause acceptance; do
     stamp=$(node_store "$i")/$img.imported
@@ -103,7 +102,9 @@ for i in $(seq "$N"); do   # images into each node's containerd (skipped when it
     nice -n 10 $ctr_i images import "$CACHE/images/$img.tar" >/dev/null
     cp "$CACHE/images/$img.digest" "$stamp"
   done
-done
+}
+importing=(); for i in $(seq "$N"); do import_images "$i" & importing+=($!); done
+for p in "${importing[@]}"; do wait "$p"; done   # set -e: a failed import fails up
 say "images in every node"
 
 for i in $(seq "$N"); do
