@@ -22,7 +22,8 @@ accept: install
 
 # System tools the Ansible tests need (debootstrap for the chroot target, gpg to sign the local test mirror), fio
 # for the storage check, and what the multi-node tests need (sshd in network namespaces, ip/tc, iperf3; perftest's
-# ib_write_bw for the network check's RDMA pairs):
+# ib_write_bw for the network check's RDMA pairs), Prometheus and its Pushgateway for the metrics tests (promtool
+# comes with prometheus):
 # installed with apt only when missing and only as root; otherwise those tests skip and say why.
 system-deps:
 	@missing=""; command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || missing="$$missing debootstrap"; \
@@ -32,6 +33,8 @@ system-deps:
 	command -v ip >/dev/null || missing="$$missing iproute2"; \
 	command -v iperf3 >/dev/null || missing="$$missing iperf3"; \
 	command -v ib_write_bw >/dev/null || missing="$$missing perftest"; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v prometheus-pushgateway >/dev/null || missing="$$missing prometheus-pushgateway"; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; fi
 

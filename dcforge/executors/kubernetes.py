@@ -80,15 +80,38 @@ def client_from_kubeconfig(kubeconfig: str | None = None, context: str | None = 
     from kubernetes import client, config
 
     try:
-        return config.new_client_from_config(config_file=kubeconfig, context=context)
+        return _with_bearer_token(config.new_client_from_config(config_file=kubeconfig, context=context))
     except (config.ConfigException, OSError) as error:
         if kubeconfig is None and context is None:
             try:
-                config.load_incluster_config()
-                return client.ApiClient()
+                configuration = client.Configuration()
+                config.load_incluster_config(client_configuration=configuration)
+                return _with_bearer_token(client.ApiClient(configuration))
             except config.ConfigException:
                 pass
         raise ExecutorError(f"kubeconfig {kubeconfig or '(default)'}: {one_line(str(error))}") from None
+
+
+def _with_bearer_token(api_client: Any) -> Any:
+    """The token of an in-cluster ServiceAccount (or a kubeconfig's static token) where the client sends it.
+
+    kubernetes 36's generated Configuration looks the token up as api_key['BearerToken'], while its config
+    loaders still write api_key['authorization'] (kubernetes-client/python#2585): without this, a pod's requests go
+    out anonymous. The loaders' refresh hook (a rotated ServiceAccount token is read again) is kept, the copy made
+    after it."""
+    configuration = api_client.configuration
+    loaders_hook = configuration.refresh_api_key_hook
+
+    def refresh(target) -> None:  # noqa: ANN001 (the client's Configuration)
+        if loaders_hook is not None:
+            loaders_hook(target)
+        if "authorization" in target.api_key:
+            target.api_key["BearerToken"] = target.api_key["authorization"]
+
+    if "authorization" in configuration.api_key or loaders_hook is not None:
+        configuration.refresh_api_key_hook = refresh
+        refresh(configuration)
+    return api_client
 
 
 def one_line(text: str, limit: int = 300) -> str:
