@@ -70,7 +70,7 @@ e2e-cluster-deps:
 	@missing=""; for p in etcd-server:etcd containerd:containerd runc:runc containernetworking-plugins:/usr/lib/cni/bridge \
 		iptables:iptables debootstrap:debootstrap gcc:gcc bc:bc openssl:openssl iproute2:tc; do \
 		command -v $${p#*:} >/dev/null || [ -x $${p#*:} ] || missing="$$missing $${p%%:*}"; done; \
-	if [ -n "$$missing" ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; fi
+	if [ -n "$$missing" ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; fi
 
 e2e-cluster: install e2e-cluster-deps
 	tests/e2e/cluster/build.sh
