@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 ENV    ?= local
 PYTEST_ARGS ?=
 
-.PHONY: accept test test-fast install bench clean system-deps gpu-check e2e pulumi-tools e2e-pulumi
+.PHONY: accept test test-fast install bench clean system-deps gpu-check e2e e2e-cluster e2e-cluster-down e2e-cluster-deps \
+	pulumi-tools e2e-pulumi
 
 $(BIN)/dcforge: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +23,8 @@ accept: install
 
 # System tools the Ansible tests need (debootstrap for the chroot target, gpg to sign the local test mirror), fio
 # for the storage check, and what the multi-node tests need (sshd in network namespaces, ip/tc, iperf3; perftest's
-# ib_write_bw for the network check's RDMA pairs):
+# ib_write_bw for the network check's RDMA pairs), Prometheus and its Pushgateway for the metrics tests (promtool
+# comes with prometheus):
 # installed with apt only when missing and only as root; otherwise those tests skip and say why.
 system-deps:
 	@missing=""; command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || missing="$$missing debootstrap"; \
@@ -32,6 +34,8 @@ system-deps:
 	command -v ip >/dev/null || missing="$$missing iproute2"; \
 	command -v iperf3 >/dev/null || missing="$$missing iperf3"; \
 	command -v ib_write_bw >/dev/null || missing="$$missing perftest"; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v prometheus-pushgateway >/dev/null || missing="$$missing prometheus-pushgateway"; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; fi
 
@@ -55,6 +59,27 @@ gpu-check: install
 # the acceptance image loaded there. Without DCFORGE_E2E_KUBECONFIG every test skips and says why.
 e2e: install
 	$(BIN)/python -m pytest -m e2e -v tests/e2e $(PYTEST_ARGS)
+
+# A throwaway multi-node cluster for `make e2e` (docs/e2e-cluster.md; root, no Docker): Kubernetes built from the
+# k8s.io/kubernetes module (cached in $(E2E_CLUSTER_CACHE), 30-60 min the first time), etcd/containerd/runc/CNI
+# from Debian, the acceptance image from a debootstrap root filesystem; E2E_WORKERS worker nodes. It prints the
+# kubeconfig: DCFORGE_E2E_KUBECONFIG=<it> make e2e. Not part of `make test`.
+E2E_WORKERS ?= 3
+E2E_CLUSTER_CACHE ?= $(HOME)/.cache/dcforge-cluster
+export DCFORGE_CLUSTER_CACHE = $(E2E_CLUSTER_CACHE)
+e2e-cluster-deps:
+	@missing=""; for p in etcd-server:etcd containerd:containerd runc:runc containernetworking-plugins:/usr/lib/cni/bridge \
+		iptables:iptables debootstrap:debootstrap gcc:gcc bc:bc openssl:openssl iproute2:tc; do \
+		command -v $${p#*:} >/dev/null || [ -x $${p#*:} ] || missing="$$missing $${p%%:*}"; done; \
+	if [ -n "$$missing" ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; fi
+
+e2e-cluster: install e2e-cluster-deps
+	tests/e2e/cluster/build.sh
+	tests/e2e/cluster/images.sh $(abspath $(VENV))
+	tests/e2e/cluster/up.sh $(E2E_WORKERS)
+
+e2e-cluster-down:
+	tests/e2e/cluster/down.sh
 
 # The Pulumi engine `dcforge preview|up|destroy` drive (docs/pulumi.md): the CLI and the Kubernetes provider built
 # with Go from the module versions pinned in tools/pulumi/ into $DCFORGE_PULUMI_HOME (default ~/.cache/dcforge-pulumi),

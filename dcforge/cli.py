@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 an acceptance check or SLO failed, 2 bad input (one cle
 from __future__ import annotations
 
 import datetime as dt
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -143,7 +144,18 @@ def accept(
     context: Optional[str] = ContextOption,
     taint_failed: bool = typer.Option(False, "--taint-failed", help="Target kubernetes: taint nodes that failed a "
                                       "node-level check (dcforge.io/acceptance=failed:NoSchedule), untaint passing ones."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="With --taint-failed: print what it would do, change nothing."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="With --taint-failed/--mark-nodes: print what it would do, "
+                                 "change nothing."),
+    mark_nodes: bool = typer.Option(False, "--mark-nodes", help="Target kubernetes: set the DcforgeNodeHealthy "
+                                    "condition, the recommended-action annotation and an Event per failed node."),
+    pushgateway: Optional[str] = typer.Option(None, "--pushgateway", help="Push the run's metrics to this "
+                                              "Pushgateway URL (default: dcforge:acceptance.metrics.pushgateway)."),
+    metrics_textfile: Optional[Path] = typer.Option(None, "--metrics-textfile", help="Write the run's metrics to "
+                                                    "this node-exporter *.prom file (default: "
+                                                    "acceptance.metrics.textfile)."),
+    archive_reports: Optional[str] = typer.Option(None, "--archive-reports", help="NAMESPACE/SCHEDULE: keep the "
+                                                  "report in a ConfigMap there, the last acceptance.keepReports "
+                                                  "(what the scheduled CronJob passes)."),
 ) -> None:
     """Run the environment's acceptance checks, judge its SLOs, write JSON + JUnit + HTML reports.
 
@@ -163,7 +175,10 @@ def accept(
 
     loaded = _load(env, env_file)
     signing_key = load_private_key(sign_key) if sign_key else None  # a bad key is bad input before any check runs
-    check_remediation_flags(loaded.spec, taint_failed, dry_run)
+    check_remediation_flags(loaded.spec, taint_failed, dry_run, mark_nodes)
+    metrics_to = _metrics_destinations(loaded, pushgateway, metrics_textfile)
+    if archive_reports is not None and not re.match(r"^[a-z0-9-]+/[a-z0-9-]+$", archive_reports):
+        raise DcforgeError(f"--archive-reports {archive_reports}: expected NAMESPACE/SCHEDULE, e.g. acceptance/hourly")
     selected = select_checks(loaded.spec.acceptance.checks, _split(only), _split(skip))
     baseline_report = load_baseline(baseline) if baseline else None
     cluster = _cluster_access(loaded, kubeconfig, context)
@@ -180,23 +195,64 @@ def accept(
         _sweep_run(state)
 
     _print_summary(writer.latest)
-    remediated = _remediate(report_dir, writer.latest, dry_run, cluster) if taint_failed else {}
+    remediated = _remediate(report_dir, writer.latest, dry_run, cluster, taint_failed, mark_nodes) \
+        if taint_failed or mark_nodes else {}
+    _publish_metrics(writer.latest, *metrics_to)
+    archived = _archive(writer.latest, archive_reports, loaded.spec.acceptance.keep_reports, cluster) \
+        if archive_reports else True
     console.print(f"Report: {report_dir / 'report.html'}  (also report.json, junit.xml)")
     if signing_key is not None:
         console.print(f"Signed: {sign_report(report_dir, signing_key)}")
     code = _accept_exit_code(state, writer.latest, fail_on_regression)
-    raise typer.Exit(max(code, 1) if remediated.get("errors") else code)
+    raise typer.Exit(max(code, 1) if remediated.get("errors") or not archived else code)
 
 
-def _remediate(report_dir: Path, report: dict, dry_run: bool, cluster) -> dict:
-    """`--taint-failed`: taint/untaint nodes from the report's node rows (dcforge/remediation.py)."""
+def _remediate(report_dir: Path, report: dict, dry_run: bool, cluster, taint: bool, mark: bool) -> dict:
+    """`--taint-failed`/`--mark-nodes`: taints, conditions and events from the report's node rows
+    (dcforge/remediation.py, dcforge/node_health.py)."""
     from dcforge.remediation import apply_to_report, summary_line
 
-    done = apply_to_report(report_dir, report, dry_run, cluster=cluster)
+    done = apply_to_report(report_dir, report, dry_run, cluster=cluster, taint=taint, mark=mark)
     console.print(escape(summary_line(done)), highlight=False)
+    for line in done.get("marks", []):
+        console.print(escape(line), highlight=False)
     for line in done["errors"]:
         errors.print(f"error: {line}", markup=False, highlight=False)
     return done
+
+
+def _metrics_destinations(loaded, pushgateway: str | None, textfile: Path | None) -> tuple[Path | None, str | None]:
+    """The flags win over dcforge:acceptance.metrics; a textfile must end in .prom (bad input otherwise)."""
+    configured = loaded.spec.acceptance.metrics
+    textfile = textfile or (Path(configured.textfile) if configured.textfile else None)
+    if textfile is not None and textfile.suffix != ".prom":
+        raise DcforgeError(f"--metrics-textfile {textfile}: node-exporter's textfile collector reads only *.prom files")
+    if pushgateway is not None and not re.match(r"^https?://[^\s/]+", pushgateway):
+        raise DcforgeError(f"--pushgateway {pushgateway}: expected an http(s) URL, e.g. http://pushgateway:9091")
+    return textfile, pushgateway or configured.pushgateway
+
+
+def _publish_metrics(report: dict, textfile: Path | None, gateway: str | None) -> None:
+    from dcforge.report.prometheus import publish
+
+    for line in publish(report, textfile, gateway):
+        (errors if line.startswith("error:") else console).print(line, markup=False, highlight=False)
+
+
+def _archive(report: dict, target: str, keep: int, cluster) -> bool:
+    """`--archive-reports`: the report into a ConfigMap (dcforge/report/archive.py); False (one line) on failure."""
+    from dcforge.executors.base import ExecutorError
+    from dcforge.executors.kubernetes import api_error, client_from_kubeconfig
+    from dcforge.report.archive import archive
+
+    try:
+        line = archive(report, client_from_kubeconfig(cluster.kubeconfig, cluster.context), target, keep)
+    except ExecutorError as error:
+        line = f"error: report archive {target}: {error}"
+    except Exception as error:  # noqa: BLE001 (ApiException, connection failures: one line, the run is over)
+        line = f"error: report archive {target}: {api_error('keeping the report', error)}"
+    (errors if line.startswith("error:") else console).print(line, markup=False, highlight=False)
+    return not line.startswith("error:")
 
 
 def _new_report_dir(reports: Path, env_name: str) -> Path:

@@ -8,6 +8,10 @@ it would do without changing anything. Never on by default; only for `acceptance
 ServiceAccount gets the one ClusterRole this needs (`REMEDIATION_API_ACCESS`) only where the environment sets
 `dcforge:acceptance.allowNodeTaints: true`.
 
+A node gated by its pool (`gateNewNodes: true`: it joined with `dcforge.io/validation=pending:NoSchedule`) is
+released (that taint removed, action `release`) when it passes, and gets the failed taint in its place when not.
+`--mark-nodes` adds the DcforgeNodeHealthy condition, annotation and events (dcforge/node_health.py).
+
 A row names its Kubernetes node in `kubernetes_node` (the pod's spec.nodeName) where the executor knows it;
 otherwise its `host` is taken as the node name.
 """
@@ -19,36 +23,35 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from dcforge.harness.check import ClusterAccess
-from dcforge.report.nodes import node_problem, node_rows
+from dcforge.manifests.gpu_node_pool import GATE_TAINT
+from dcforge.report.nodes import judge_nodes
 
 TAINT = {"key": "dcforge.io/acceptance", "value": "failed", "effect": "NoSchedule"}
 TAINT_TEXT = f"{TAINT['key']}={TAINT['value']}:{TAINT['effect']}"
 QUARANTINE_TOLERATION = {**TAINT, "operator": "Equal"}
 """What node_level's pods carry on target kubernetes: a tainted node is tested again, and untainted once it passes
 (every other workload keeps off it)."""
-NODE_KEY = "kubernetes_node"
+GATE_TAINT_TEXT = f"{GATE_TAINT['key']}={GATE_TAINT['value']}:{GATE_TAINT['effect']}"
+"""A node of a pool with `gateNewNodes: true` joins with it (dcforge/manifests/gpu_node_pool.py); a passing node is
+released (the taint removed), a failing one gets TAINT in its place."""
+QUARANTINE_TOLERATIONS = [QUARANTINE_TOLERATION, {**GATE_TAINT, "operator": "Equal"}]
+"""Node-level acceptance runs on quarantined and on gated nodes alike."""
 
 
 def node_verdicts(report: dict[str, Any]) -> dict[str, list[str]]:
     """Kubernetes node name -> its problems over every check's rows ([] = passed); nodes without rows absent."""
-    verdicts: dict[str, list[str]] = {}
-    for check in report.get("checks", []):
-        for row in node_rows(check):
-            problems = verdicts.setdefault(str(row.get(NODE_KEY) or row["host"]), [])
-            if problem := node_problem(row):
-                problems.append(f"{check['name']}: {problem}")
-    return verdicts
+    return {node: judged.problems for node, judged in judge_nodes(report).items()}
 
 
-def _ours(taint: dict[str, Any]) -> bool:
-    return taint.get("key") == TAINT["key"] and taint.get("effect") == TAINT["effect"]
+def _ours(taint: dict[str, Any], which: dict[str, str] = TAINT) -> bool:
+    return taint.get("key") == which["key"] and taint.get("effect") == which["effect"]
 
 
 @dataclass
 class NodeAction:
     node: str
     action: str
-    """`taint`, `untaint`, `unchanged` or `error`."""
+    """`taint`, `untaint`, `release` (the validation gate lifted), `unchanged` or `error`."""
     reason: str
 
 
@@ -59,15 +62,18 @@ class Remediation:
     actions: list[NodeAction] = field(default_factory=list)
     skipped: str = ""
     """Why nothing was done at all (an interrupted run), or ''."""
+    marks: list[str] = field(default_factory=list)
+    """`--mark-nodes`: one line per node saying which condition, annotation and events were set."""
 
     def nodes(self, action: str) -> list[str]:
         return [a.node for a in self.actions if a.action == action]
 
     def to_dict(self) -> dict[str, Any]:
         return {"dry_run": self.dry_run, "taint": self.taint, "tainted": self.nodes("taint"),
-                "untainted": self.nodes("untaint"), "unchanged": self.nodes("unchanged"),
+                "untainted": self.nodes("untaint"), "released": self.nodes("release"),
+                "unchanged": self.nodes("unchanged"),
                 "errors": [a.reason for a in self.actions if a.action == "error"], "skipped": self.skipped,
-                "actions": [asdict(a) for a in self.actions]}
+                "marks": self.marks, "actions": [asdict(a) for a in self.actions]}
 
 
 def summary_line(remediation: dict[str, Any]) -> str:
@@ -77,15 +83,22 @@ def summary_line(remediation: dict[str, Any]) -> str:
     would = "would " if remediation["dry_run"] else ""
     parts = [f"{would}taint {', '.join(remediation['tainted'])}" if remediation["tainted"] else "",
              f"{would}untaint {', '.join(remediation['untainted'])}" if remediation["untainted"] else "",
+             f"{would}release {', '.join(remediation['released'])}" if remediation.get("released") else "",
              f"{len(remediation['unchanged'])} unchanged" if remediation["unchanged"] else "",
+             (f"{'would mark' if would else 'marked'} {len(remediation['marks'])} node(s)" if remediation.get("marks")
+              else ""),
              f"{len(remediation['errors'])} error(s)" if remediation["errors"] else ""]
     text = "; ".join(p for p in parts if p) or "no node with per-node results"
     return f"remediation{' (dry run)' if remediation['dry_run'] else ''} [{remediation['taint']}]: {text}"
 
 
-def remediate(report: dict[str, Any], api_client: Any, dry_run: bool) -> Remediation:
-    """Taint failed nodes and untaint passing ones (or, dry, only say so). API failures are per node `error`
-    actions naming the node; the other nodes are still handled."""
+def remediate(report: dict[str, Any], api_client: Any, dry_run: bool, taint: bool = True,
+              mark: bool = False) -> Remediation:
+    """Taint failed nodes, untaint or release passing ones (`taint`), set their condition, annotation and events
+    (`mark`, dcforge/node_health.py); or, dry, only say so. API failures are per node `error` actions naming the
+    node; the other nodes are still handled."""
+    from dcforge.node_health import mark as mark_node
+
     outcome = Remediation(dry_run)
     if report.get("metadata", {}).get("interrupted"):
         outcome.skipped = "the run was interrupted: node verdicts are incomplete"
@@ -93,11 +106,18 @@ def remediate(report: dict[str, Any], api_client: Any, dry_run: bool) -> Remedia
     from kubernetes import client
 
     core = client.CoreV1Api(api_client)
-    for node, problems in sorted(node_verdicts(report).items()):
+    for node, judged in sorted(judge_nodes(report).items()):
+        step, released = "taint", ""
         try:
-            outcome.actions.append(_apply(core, node, problems, dry_run))
+            if taint:
+                done = _apply(core, node, judged.problems, dry_run)
+                outcome.actions.append(done)
+                released = GATE_TAINT_TEXT if done.action == "release" else ""
+            if mark:
+                step = "mark"
+                outcome.marks.append(mark_node(core, judged, dry_run, released))
         except client.ApiException as error:
-            outcome.actions.append(NodeAction(node, "error", _api_error(node, error)))
+            outcome.actions.append(NodeAction(node, "error", _api_error(node, error, step)))
         except Exception as error:  # noqa: BLE001 (connection failures: urllib3, OSError; one line per node)
             outcome.actions.append(NodeAction(node, "error", f"node {node}: {str(error).splitlines()[0][:200]}"))
     return outcome
@@ -106,11 +126,15 @@ def remediate(report: dict[str, Any], api_client: Any, dry_run: bool) -> Remedia
 def _apply(core, node: str, problems: list[str], dry_run: bool) -> NodeAction:
     # As the API server spells them (camelCase `timeAdded`): written back unchanged
     taints = (json.loads(core.read_node(node, _preload_content=False).data).get("spec") or {}).get("taints") or []
-    tainted = any(_ours(t) for t in taints)
-    if problems and not tainted:
-        wanted, action, reason = [*taints, dict(TAINT)], "taint", "; ".join(problems)
+    tainted, gated = any(_ours(t) for t in taints), any(_ours(t, GATE_TAINT) for t in taints)
+    others = [t for t in taints if not _ours(t) and not _ours(t, GATE_TAINT)]
+    if problems and (gated or not tainted):
+        gate = f" (in place of {GATE_TAINT_TEXT})" if gated else ""
+        wanted, action, reason = [*others, dict(TAINT)], "taint", "; ".join(problems) + gate
+    elif not problems and gated:
+        wanted, action, reason = others, "release", f"passed every node-level check: {GATE_TAINT_TEXT} removed"
     elif not problems and tainted:
-        wanted, action, reason = [t for t in taints if not _ours(t)], "untaint", "passed every node-level check"
+        wanted, action, reason = others, "untaint", "passed every node-level check"
     else:
         return NodeAction(node, "unchanged", "; ".join(problems) if problems else "passed, not tainted")
     if not dry_run:
@@ -119,8 +143,11 @@ def _apply(core, node: str, problems: list[str], dry_run: bool) -> NodeAction:
     return NodeAction(node, action, reason)
 
 
-def _api_error(node: str, error) -> str:
+def _api_error(node: str, error, step: str = "taint") -> str:
     if error.status == 403:
+        if step == "mark":
+            return (f"node {node}: forbidden (HTTP 403): the account needs patch on nodes/status and nodes and "
+                    "create on events in default, which dcforge:acceptance.allowNodeConditions: true adds")
         return (f"node {node}: forbidden (HTTP 403): the account needs get/patch on nodes, the ClusterRole "
                 "dcforge:acceptance.allowNodeTaints: true adds")
     if error.status == 404:
@@ -128,19 +155,22 @@ def _api_error(node: str, error) -> str:
     return f"node {node}: HTTP {error.status} {error.reason}"
 
 
-def check_flags(spec, taint_failed: bool, dry_run: bool) -> None:
+def check_flags(spec, taint_failed: bool, dry_run: bool, mark_nodes: bool = False) -> None:
     """Bad input before any check runs: one line, exit 2 (DcforgeError)."""
     from dcforge.errors import DcforgeError
 
-    if dry_run and not taint_failed:
-        raise DcforgeError("--dry-run belongs to --taint-failed (dcforge accept --taint-failed --dry-run)")
-    if taint_failed and spec.acceptance.target != "kubernetes":
-        raise DcforgeError(f"--taint-failed: dcforge:acceptance.target is {spec.acceptance.target}; node taints "
-                           "apply only to target kubernetes")
+    if dry_run and not (taint_failed or mark_nodes):
+        raise DcforgeError("--dry-run belongs to --taint-failed or --mark-nodes (dcforge accept --taint-failed "
+                           "--dry-run)")
+    for flag, given, what in (("--taint-failed", taint_failed, "node taints"),
+                              ("--mark-nodes", mark_nodes, "node conditions")):
+        if given and spec.acceptance.target != "kubernetes":
+            raise DcforgeError(f"{flag}: dcforge:acceptance.target is {spec.acceptance.target}; {what} "
+                               "apply only to target kubernetes")
 
 
 def apply_to_report(report_dir, report: dict[str, Any], dry_run: bool, api_client: Any = None,
-                    cluster: ClusterAccess | None = None) -> dict[str, Any]:
+                    cluster: ClusterAccess | None = None, taint: bool = True, mark: bool = False) -> dict[str, Any]:
     """Remediate from a finished run's report, add it as report.json's `remediation` and rewrite the report files;
     returns that field. The client comes from `cluster` (the run's ClusterAccess: `accept --kubeconfig/--context`,
     else $KUBECONFIG, ~/.kube/config, in-cluster) unless given; a kubeconfig that does not load is one `error`
@@ -151,7 +181,8 @@ def apply_to_report(report_dir, report: dict[str, Any], dry_run: bool, api_clien
 
     try:
         access = cluster or ClusterAccess()
-        outcome = remediate(report, api_client or client_from_kubeconfig(access.kubeconfig, access.context), dry_run)
+        outcome = remediate(report, api_client or client_from_kubeconfig(access.kubeconfig, access.context), dry_run,
+                            taint, mark)
     except ExecutorError as error:
         outcome = Remediation(dry_run, actions=[NodeAction("-", "error", str(error))])
     report["remediation"] = outcome.to_dict()

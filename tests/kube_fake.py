@@ -9,6 +9,8 @@ real API server does that the executor relies on, and nothing else:
 - a Service gets a `spec.clusterIP` from the service range (the API server's allocator);
 - pod logs (`pods/log`) are served from what the test's stand-in kubelet wrote (`FakeCluster.write_log`);
 - `watch=True` (how the Python client spells it) starts a watch, as on the real API server;
+- a strategic-merge patch of `status.conditions` (a node's) merges by `type`, as the API server does for that
+  list (kmock merges dicts only and replaces lists);
 - every request is recorded as (User-Agent, verb, resource), and a User-Agent can be held to the rules of a Role
   (`FakeCluster.grant`: anything else is 403 Forbidden, as RBAC answers).
 
@@ -71,6 +73,9 @@ class FakeApiServer(kmock.KubernetesEmulator):
                 raise kmock.KubernetesError(status=403, reason="Forbidden", message=(
                     f'{plural} is forbidden: User "{agent}" cannot {verb} resource "{plural}" in API group '
                     f'"{group}" in the namespace "{request.namespace}"'), details={})
+            if (request.action == kmock.action.UPDATE and isinstance(request.data, dict)
+                    and "strategic-merge-patch" in request.headers.get("Content-Type", "")):
+                self._merge_conditions(request)
             if request.action == kmock.action.CREATE and isinstance(request.data, dict):
                 meta = request.data.setdefault("metadata", {})
                 meta.setdefault("uid", str(uuid.uuid4()))
@@ -82,6 +87,16 @@ class FakeApiServer(kmock.KubernetesEmulator):
                     if not spec.get("clusterIP"):
                         spec["clusterIP"] = next(self._ips)
         return await super()._handle(request)
+
+    def _merge_conditions(self, request: kmock.Request) -> None:
+        conditions = (request.data.get("status") or {}).get("conditions")
+        key = (request.resource, request.namespace, request.name)
+        if not isinstance(conditions, list) or key not in self._objects or self._objects[key].deleted:
+            return
+        stored = {c["type"]: c for c in (self._objects[key].raw.get("status") or {}).get("conditions") or []}
+        for condition in conditions:
+            stored[condition["type"]] = {**stored.get(condition["type"], {}), **condition}
+        request.data["status"]["conditions"] = list(stored.values())
 
     async def _serve_log(self, request: kmock.Request) -> bytes:
         return self.logs.get((request.namespace or "", request.name or ""), "").encode()

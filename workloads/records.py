@@ -86,6 +86,10 @@ class LoadEnv:
     SHARED_PREFIX_TOKENS = "LLM_SHARED_PREFIX_TOKENS"
     WARMUP_PER_REPLICA = "LLM_WARMUP_PER_REPLICA"
     WARMUP_REPLICAS = "LLM_WARMUP_REPLICAS"
+    TURNS = "LLM_TURNS"
+    """Turns per conversation (multi-turn chat, loadtests/conversation.py); 1: single-turn requests."""
+    CONVERSATION_TOKENS = "LLM_CONVERSATION_TOKENS"
+    """Most prompt + answer tokens one turn may need; a conversation that would pass it starts anew (0: no limit)."""
     DURATION = "LLM_DURATION"
     """Seconds measured after the warm-up; the process ends the run then (Locust's -t stays the hard limit)."""
 
@@ -536,6 +540,11 @@ class RequestRecord(Record):
     warmup: bool = False
     """Sent in the warm-up before measuring: kept in the log, excluded from every statistic (the measured set is
     the records without it)."""
+    turn: int = 0
+    """Turn of a multi-turn conversation (1 = its first request, loadtests/conversation.py); 0: single-turn load."""
+    cached_tokens: int | None = None
+    """The server's `usage.prompt_tokens_details.cached_tokens` (prompt tokens served from its prefix cache) when
+    it returned one."""
 
     def to_json(self) -> str:
         # Written per request by Locust, under a lock: the fields are flat, so a shallow copy of __dict__ gives

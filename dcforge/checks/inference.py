@@ -17,6 +17,7 @@ from dcforge.checks.serving.load import RUN_METRICS, run_load, serving_session
 from dcforge.checks.serving.plots import latency_plots
 from dcforge.checks.serving.replicas import REPLICA_SHARE_METRICS, add_share_metrics, replica_shares
 from dcforge.checks.serving.scraping import decode_batch_mean
+from dcforge.checks.serving.server_metrics import SERVER_METRICS, report_server_metrics, scraper_for
 from dcforge.checks.serving.settings import ServingLoadConfig
 from dcforge.checks.serving.summary import add_summary_metrics, load_summary
 from dcforge.harness.check import CheckContext, runs_on_pool
@@ -42,6 +43,7 @@ class InferenceCheck:
         *LOAD_METRICS,
         *RUN_METRICS,
         *REPLICA_SHARE_METRICS,
+        *SERVER_METRICS,
         MetricSpec("endpoint_compliance_failures", "findings", "lower",
                    "dynamic endpoint rules that failed (API key required, TLS floor)",
                    "security of the serving endpoint: must be 0"),
@@ -62,8 +64,9 @@ class InferenceCheck:
             return self.run_on_cluster(ctx, config, result)
         with serving_session(ctx, config, self.name, result) as session:
             add_endpoint_findings(result, check_endpoint(session.server.base_url, session.served_name))
+            scraper = scraper_for(session.server.base_url, config.server_metrics_interval_s)
             with sample_power() as power:
-                records, t_start = run_load(ctx, config, session, result)
+                records, t_start = run_load(ctx, config, session, result, scraper=scraper)
             batch = decode_batch_mean(session.server.scrape_metrics())
             summary = load_summary(config, records)
             capacity = None if config.capacity is None else measure_capacity(
@@ -76,6 +79,7 @@ class InferenceCheck:
                       work_metric=OUTPUT_TOKENS_PER_JOULE, per_joule=True)
         add_share_metrics(result, replica_shares(records, config.replicas), "all requests")
         result.plots.extend(latency_plots(records, t_start))
+        report_server_metrics(result, scraper, records, t_start)
         log_summary(ctx, summary)
         if capacity is not None:
             capacity.report(result)

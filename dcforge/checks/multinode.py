@@ -69,8 +69,8 @@ def executor_for(ctx: CheckContext, check: str, nodes: int | None, pin: bool = F
     if acceptance.target == "kubernetes":
         executor = kubernetes_executor(ctx)
         if retest_quarantined:
-            from dcforge.remediation import QUARANTINE_TOLERATION
-            executor = executor.tolerating([QUARANTINE_TOLERATION])
+            from dcforge.remediation import QUARANTINE_TOLERATIONS
+            executor = executor.tolerating(QUARANTINE_TOLERATIONS)
         if pin and ctx.env.spec.acceptance_pool is not None:  # no GPU pool (a CPU test cluster): pods may share
             executor = pinned_to_pool(check, executor, nodes, min_nodes)
             return executor, len(executor.nodes), None

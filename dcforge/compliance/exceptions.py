@@ -40,6 +40,10 @@ NETWORK_OPERATOR_EXCEPTION = RuleException(
 STORAGE_EXCEPTION = RuleException(
     id="EXC-STORAGE-DAEMONS", rules=HOST_ACCESS_RULES, namespaces=(ROOK_NAMESPACE, NFS_CSI_NAMESPACE),
     reason="Rook-Ceph OSDs own raw NVMe devices and /var/lib/rook; CSI node plugins mount volumes on the host.")
+NODE_EVENTS_EXCEPTION = RuleException(
+    id="EXC-NODE-EVENTS", rules=("DCF-NS-002",), namespaces=("default",),
+    reason="allowNodeConditions: Events about a Node (cluster-scoped) are only accepted in default (or kube-system) "
+           "by the API server; the Role there grants create on events and nothing else.")
 DEFAULT_RDMA_NAMESPACES = ("training",)
 
 
@@ -64,4 +68,5 @@ def exceptions_for(spec: Environment) -> tuple[RuleException, ...]:
 
     rdma = tuple(rdma_namespaces(spec)) if spec.network.rdma.enabled else ()
     fixed = tuple(e for e in GPU_EXCEPTIONS if e.id != "EXC-RDMA-IPC-LOCK")
-    return fixed + ((rdma_exception(rdma),) if rdma else ())
+    node_events = (NODE_EVENTS_EXCEPTION,) if spec.acceptance.allow_node_conditions else ()
+    return fixed + ((rdma_exception(rdma),) if rdma else ()) + node_events

@@ -53,6 +53,26 @@ cluster-scoped, so this is a ClusterRole; the Acceptance component adds it only 
 `dcforge:acceptance.allowNodeTaints: true` (patch on nodes could also cordon or relabel any node)."""
 
 
+NODE_HEALTH_API_ACCESS: tuple[ApiAccess, ...] = (
+    ApiAccess("", ("nodes",), ("get", "patch")),
+    ApiAccess("", ("nodes/status",), ("patch",)),
+)
+"""What `dcforge accept --mark-nodes` needs on nodes (dcforge/node_health.py): read the node, patch its status (the
+DcforgeNodeHealthy condition) and its metadata (the recommended-action annotation). A ClusterRole, added only where
+the environment sets `dcforge:acceptance.allowNodeConditions: true`."""
+
+NODE_EVENT_ACCESS: tuple[ApiAccess, ...] = (
+    ApiAccess("", ("events",), ("create",)),
+)
+"""And the Events about nodes, in `default` only (where node events live): a Role there, with the ClusterRole."""
+
+REPORT_ARCHIVE_ACCESS: tuple[ApiAccess, ...] = (
+    ApiAccess("", ("configmaps",), ("create", "list", "delete")),
+)
+"""What a scheduled run needs to keep its report (dcforge/report/archive.py): one ConfigMap per run in the acceptance
+namespace, the oldest beyond `keepReports` deleted. Granted in that namespace only where a schedule is declared."""
+
+
 def rbac_rules(access: tuple[ApiAccess, ...] = EXECUTOR_API_ACCESS) -> list[dict[str, Any]]:
     """The RBAC rules granting exactly `access`."""
     return [{"apiGroups": [a.group], "resources": list(a.resources), "verbs": list(a.verbs)} for a in access]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from dcforge.executors.kubernetes_access import (EXECUTOR_API_ACCESS, NODE_LIST_ACCESS, REMEDIATION_API_ACCESS,
-                                                   rbac_rules)
+from dcforge.executors.kubernetes_access import (EXECUTOR_API_ACCESS, NODE_EVENT_ACCESS, NODE_HEALTH_API_ACCESS,
+                                                   NODE_LIST_ACCESS, REMEDIATION_API_ACCESS, rbac_rules)
 from dcforge.manifests import ComponentManifests
 from dcforge.manifests.common import (
     ACCEPTANCE_SERVICE_ACCOUNT,
@@ -19,11 +19,14 @@ from dcforge.manifests.common import (
     namespaces_with_purpose,
     network_policy,
 )
-from dcforge.manifests.monitoring import scrape_monitors
+from dcforge.manifests.monitoring import acceptance_alert_rules, scrape_monitors
+from dcforge.manifests.scheduled_acceptance import scheduled_acceptance
 from dcforge.manifests.security_baseline import RBAC_API
 from dcforge.spec.models import Environment
 
 HARNESS_NAME = ACCEPTANCE_SERVICE_ACCOUNT
+NODE_EVENT_NAMESPACE = "default"
+"""Where the kubelet and dcforge record Events about nodes (dcforge/node_health.py EVENT_NAMESPACE)."""
 
 
 def harness_role(namespace_name: str) -> dict[str, Any]:
@@ -59,6 +62,20 @@ def harness_node_tainter() -> dict[str, Any]:
             "rules": rbac_rules(REMEDIATION_API_ACCESS)}
 
 
+def harness_node_marker(namespace_name: str) -> list[dict[str, Any]]:
+    """`dcforge accept --mark-nodes`: NODE_HEALTH_API_ACCESS cluster-wide (nodes are cluster-scoped) and
+    NODE_EVENT_ACCESS in `default` only (where the Events about nodes are kept), each with its binding."""
+    name = f"{HARNESS_NAME}-node-marker"
+    return [
+        {"apiVersion": RBAC_API, "kind": "ClusterRole", "metadata": metadata(name),
+         "rules": rbac_rules(NODE_HEALTH_API_ACCESS)},
+        binding("ClusterRoleBinding", name, None, "ClusterRole", namespace_name),
+        {"apiVersion": RBAC_API, "kind": "Role", "metadata": metadata(name, NODE_EVENT_NAMESPACE),
+         "rules": rbac_rules(NODE_EVENT_ACCESS)},
+        binding("RoleBinding", name, NODE_EVENT_NAMESPACE, "Role", namespace_name),
+    ]
+
+
 def binding(kind: str, name: str, binding_namespace: str | None, role_kind: str,
             harness_namespace: str) -> dict[str, Any]:
     return {"apiVersion": RBAC_API, "kind": kind, "metadata": metadata(name, binding_namespace),
@@ -89,6 +106,9 @@ def acceptance(spec: Environment) -> ComponentManifests:
         binding("ClusterRoleBinding", f"{HARNESS_NAME}-node-lister", None, "ClusterRole", name),
         *([harness_node_tainter(), binding("ClusterRoleBinding", f"{HARNESS_NAME}-node-tainter", None, "ClusterRole",
                                            name)] if spec.acceptance.allow_node_taints else []),
+        *(harness_node_marker(name) if spec.acceptance.allow_node_conditions else []),
+        *scheduled_acceptance(spec, name),
+        *acceptance_alert_rules(spec),
         # What the `monitoring` check proves reports: declared only where the Prometheus operator's CRDs are.
         *scrape_monitors(spec),
     ]

@@ -37,6 +37,17 @@ def pool_taints(pool: GpuPool) -> list[dict[str, str]]:
             for t in pool.taints]
 
 
+GATE_TAINT = {"key": "dcforge.io/validation", "value": "pending", "effect": "NoSchedule"}
+"""`gateNewNodes: true`: a node joins with it and keeps it until node-level acceptance passes on it and
+`dcforge accept --taint-failed` removes it (dcforge/remediation.py imports it from here). Not in the Kueue flavor:
+no workload is admitted with a toleration for it."""
+
+
+def registration_taints(pool: GpuPool) -> list[dict[str, str]]:
+    """The taints a node of the pool is declared with: the pool's own, and the validation gate where declared."""
+    return [*pool_taints(pool), *([dict(GATE_TAINT)] if pool.gate_new_nodes else [])]
+
+
 def pool_tolerations(pool: GpuPool) -> list[dict[str, str]]:
     return [{**taint, "operator": "Equal" if "value" in taint else "Exists"} for taint in pool_taints(pool)]
 
@@ -101,7 +112,7 @@ def node_patch(pool: GpuPool, node_name: str) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {"name": node_name, "labels": pool_node_labels(pool)},
-        "spec": {"taints": pool_taints(pool)},
+        "spec": {"taints": registration_taints(pool)},
     }
 
 

@@ -49,3 +49,60 @@ def scrape_monitors(spec: Environment) -> list[dict[str, Any]]:
                                               "interval": monitoring.scrape_interval}]},
         })
     return objects
+
+
+ACCEPTANCE_ALERT = "DcforgeNodeFailedTwice"
+
+
+def longest_gap_s(cron: str, samples: int = 600) -> int:
+    """The longest time between two consecutive runs of a cron schedule, over its next `samples` runs from a fixed
+    instant (a schedule's gaps repeat within a year for the schedules one declares)."""
+    import datetime as dt
+
+    from cronsim import CronSim
+
+    from dcforge.spec.models import cron_fields
+
+    runs = CronSim(cron_fields(cron), dt.datetime(2026, 1, 1))
+    previous, gap = next(runs), 0
+    for _ in range(samples):
+        current = next(runs)
+        gap, previous = max(gap, int((current - previous).total_seconds())), current
+    return gap
+
+
+def alert_wait_s(spec: Environment) -> int:
+    """How long a node must stay failed before the alert fires so that it fired only after two runs failed: one
+    gap between runs of the sparsest schedule, plus the time limit within which the second run has reported."""
+    return max(longest_gap_s(run.cron) + run.time_limit_s for run in spec.acceptance.schedule)
+
+
+def alert_rule_groups(spec: Environment) -> list[dict[str, Any]]:
+    """The rule groups (the Prometheus rules-file form, also a PrometheusRule's spec.groups)."""
+    wait = alert_wait_s(spec)
+    return [{"name": "dcforge-acceptance", "rules": [{
+        "alert": ACCEPTANCE_ALERT,
+        # dcforge_node_healthy is replaced by every run's push: 0 for longer than a run's gap means the next
+        # scheduled run found the node failed too (a pass in between sets it to 1 and resets the wait)
+        "expr": f'dcforge_node_healthy{{env="{spec.name}"}} == 0',
+        "for": f"{wait}s",
+        "labels": {"severity": "critical"},
+        "annotations": {
+            "summary": "Node {{ $labels.node }} failed dcforge acceptance twice in a row",
+            "description": ("Node {{ $labels.node }} of environment {{ $labels.env }} failed two consecutive "
+                            "scheduled acceptance runs; see its DcforgeNodeHealthy condition and the "
+                            "dcforge.io/recommended-action annotation."),
+        },
+    }]}]
+
+
+def acceptance_alert_rules(spec: Environment) -> list[dict[str, Any]]:
+    """The PrometheusRule, only where `monitoring.acceptanceAlerts` is set and acceptance is scheduled."""
+    if not (spec.monitoring.acceptance_alerts and spec.acceptance.schedule):
+        return []
+    from dcforge.manifests.common import acceptance_namespace
+
+    return [{"apiVersion": MONITORING_API_VERSION, "kind": "PrometheusRule",
+             "metadata": metadata("dcforge-acceptance", acceptance_namespace(spec),
+                                  dict(spec.monitoring.selector_labels)),
+             "spec": {"groups": alert_rule_groups(spec)}}]

@@ -173,7 +173,8 @@ def _deploy_section(deploy: dict | None) -> list[str]:
 
 
 def _remediation_section(remediation: dict | None) -> list[str]:
-    """`dcforge accept --taint-failed`: which nodes were (or, dry, would be) tainted or untainted, and why."""
+    """`dcforge accept --taint-failed/--mark-nodes`: which nodes were (or, dry, would be) tainted, untainted or
+    released, and why; the conditions set."""
     if not remediation:
         return []
     from dcforge.remediation import summary_line
@@ -185,6 +186,8 @@ def _remediation_section(remediation: dict | None) -> list[str]:
         parts += [f"<tr><td>{e(a['node'])}</td><td>{badge('error') if a['action'] == 'error' else e(a['action'])}"
                   f"</td><td>{e(a['reason'])}</td></tr>" for a in remediation["actions"]]
         parts.append("</table>")
+    if remediation.get("marks"):  # --mark-nodes: the condition, annotation and events of each node
+        parts.append("<ul>" + "".join(f"<li>{e(line)}</li>" for line in remediation["marks"]) + "</ul>")
     return parts
 
 

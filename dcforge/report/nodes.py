@@ -7,14 +7,16 @@ fraction below the pool median; `outlier_in`, when present, lists the figures in
 `problem` (a check's own reason the node failed, e.g. NCCL fell back to Socket where RDMA is declared)
 decide whether the node passed, and so does `action` (dcforge.findings.Action: the node's recommended action): a node
 whose action takes it out of service (reset GPU, reboot node, drain and service, contact vendor) did not pass even
-where nothing else says so. Other keys are figures, shown as columns.
+where nothing else says so. A row without `action` may carry `findings` (`[{"severity", "action", ...}]`) whose
+most urgent action is the node's (`row_action`). Other keys are figures, shown as columns.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
-from dcforge.findings import Action
+from dcforge.findings import Action, most_urgent
 
 BAD_STATES = {"failed", "killed", "pending", "running"}
 BAD_VERDICTS = {"slow", "suspect"}
@@ -59,3 +61,65 @@ def _row_problem(row: dict[str, Any]) -> str:
     if row.get("problem"):
         return f"{row['host']}: {row['problem']}"
     return ""
+
+
+NODE_KEY = "kubernetes_node"
+"""A row's Kubernetes node name (the pod's spec.nodeName) where the executor knows it; otherwise `host` names it."""
+ACTION_KEY = "action"
+"""A row's recommended action (a word of dcforge.findings.Action) where its check judged one."""
+ACTION_WORDS = frozenset(action.value for action in Action)
+FAILED_WITHOUT_ACTION = Action.DRAIN_AND_SERVICE
+"""The action of a failed row that names none: the node is taken out until someone looks at it."""
+
+
+@dataclass
+class NodeJudgement:
+    """One node's verdict over every check that has rows for it."""
+
+    node: str
+    checks: dict[str, bool] = field(default_factory=dict)
+    """Check name -> whether the node passed it."""
+    problems: list[str] = field(default_factory=list)
+    """`<check>: <problem>` for every failed row, in report order."""
+    actions: list[Action] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+    @property
+    def action(self) -> Action:
+        """The most urgent recommended action of its rows (dcforge.findings.most_urgent)."""
+        return most_urgent(self.actions)
+
+    @property
+    def failed_check(self) -> str:
+        """The check of the first problem, '' when it passed."""
+        return self.problems[0].split(":", 1)[0] if self.problems else ""
+
+
+def row_action(row: dict[str, Any]) -> Action:
+    """The action a node gets from this row: its own `action` where it names a word of Action (node_action), else
+    the most urgent action of its `findings`, else drain_and_service for a failed row and none for a passed one."""
+    if row.get(ACTION_KEY) in ACTION_WORDS:
+        return node_action(row)
+    findings = row.get("findings") if isinstance(row.get("findings"), list) else []
+    judged = [Action(f[ACTION_KEY]) for f in findings if isinstance(f, dict) and f.get(ACTION_KEY) in ACTION_WORDS]
+    if judged:
+        return most_urgent(judged)
+    return FAILED_WITHOUT_ACTION if node_problem(row) else Action.NONE
+
+
+def judge_nodes(report: dict[str, Any]) -> dict[str, NodeJudgement]:
+    """Kubernetes node name -> its judgement over every check's rows; nodes without rows are absent."""
+    nodes: dict[str, NodeJudgement] = {}
+    for check in report.get("checks", []):
+        for row in node_rows(check):
+            name = str(row.get(NODE_KEY) or row["host"])
+            judged = nodes.setdefault(name, NodeJudgement(name))
+            problem = node_problem(row)
+            judged.checks[check["name"]] = judged.checks.get(check["name"], True) and not problem
+            judged.actions.append(row_action(row))
+            if problem:
+                judged.problems.append(f"{check['name']}: {problem}")
+    return nodes

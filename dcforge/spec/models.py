@@ -7,6 +7,7 @@ environment live in `dcforge.spec.validation`.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import re
 from typing import Any, Literal
@@ -27,6 +28,7 @@ TAINT_PATTERN = re.compile(
 VERSION_PATTERN = r"^v?\d+(\.\d+){1,3}$"
 # A container image pinned by a digest, or by a tag other than `latest` (the tag is after the last `/`).
 IMAGE_DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+_CRON_EPOCH = datetime.datetime(2026, 1, 1)  # any instant: cronsim parses on construction
 IMAGE_TAG = re.compile(r":(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})$")
 # MIG instances of each compute size that fit on one GPU (A100/H100/H200/B200 all cut into 7 compute slices).
 MIG_SLICES_PER_GPU = {"1g": 7, "2g": 3, "3g": 2, "4g": 1, "7g": 1}
@@ -118,6 +120,10 @@ class GpuPool(SpecModel):
     quota: PoolQuota = Field(default_factory=PoolQuota)
     rdma: bool = False
     """Whether the pool's nodes carry RDMA NICs attached to the secondary network."""
+    gate_new_nodes: bool = False
+    """Nodes join with the taint `dcforge.io/validation=pending:NoSchedule` (declared with the pool's taints);
+    node-level acceptance tolerates it and `dcforge accept --taint-failed` removes it once the node passes
+    (docs/node-health.md)."""
 
     @field_validator("gpu_model")
     @classmethod
@@ -403,6 +409,58 @@ class AcceptanceHosts(SpecModel):
         return self
 
 
+CRON_MACROS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",
+               "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"}
+"""The macros a CronJob's schedule accepts, as the five fields they stand for."""
+
+
+def cron_fields(expression: str) -> str:
+    """The five cron fields of a CronJob schedule (macros expanded); ValueError with what was expected."""
+    from cronsim import CronSim, CronSimError
+
+    fields = CRON_MACROS.get(expression.strip(), expression.strip())
+    # Kubernetes' parser has no L, W or # (cronsim's extensions) and refuses a time zone inside the schedule.
+    if any(c in fields for c in "LW#") or fields.startswith(("TZ=", "CRON_TZ=")):
+        raise ValueError(f"schedule {expression!r}: Kubernetes CronJobs take five fields (minute hour day-of-month "
+                         "month day-of-week) or @hourly/@daily/@weekly/@monthly/@yearly, without L, W, # or TZ=")
+    try:
+        CronSim(fields, _CRON_EPOCH)
+    except CronSimError as error:
+        raise ValueError(f"schedule {expression!r} is not cron syntax ({error}): expected five fields, minute hour "
+                         "day-of-month month day-of-week, e.g. '0 * * * *', or @hourly/@daily/@weekly") from None
+    return fields
+
+
+class ScheduledAcceptance(SpecModel):
+    """One CronJob of in-cluster acceptance: which checks, how often, how long at most (docs/node-health.md)."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")
+    """Suffix of the CronJob's name (`dcforge-accept-<name>`)."""
+    cron: str
+    """Cron syntax, in the cluster's time zone (UTC unless `timeZone`): `0 * * * *` hourly, `0 3 * * 0` weekly."""
+    checks: list[str] = Field(min_length=1)
+    """Checks of `acceptance.checks` to run (`dcforge accept --only`)."""
+    time_limit_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    """The Job's activeDeadlineSeconds: a run still going then is stopped (and its report kept up to there)."""
+    time_zone: str | None = None
+    """An IANA time zone for the schedule (CronJob `timeZone`), e.g. Europe/Berlin."""
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        cron_fields(value)
+        return value
+
+
+class AcceptanceMetrics(SpecModel):
+    """Where `dcforge accept` publishes each run's results as Prometheus metrics (docs/prometheus.md)."""
+
+    pushgateway: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/\S*)?$")
+    """A Pushgateway URL, e.g. http://pushgateway.monitoring:9091 (what scheduled runs in the cluster use)."""
+    textfile: str | None = Field(default=None, pattern=r"^\S+\.prom$")
+    """A node-exporter textfile path ending in .prom, written atomically after every run."""
+
+
 class Acceptance(SpecModel):
     """What `dcforge accept` runs and the SLOs it judges (docs/slos.md)."""
 
@@ -426,6 +484,15 @@ class Acceptance(SpecModel):
     allow_node_taints: bool = False
     """Grant the harness's ServiceAccount get/patch on nodes (a ClusterRole), which `dcforge accept --taint-failed`
     needs to taint failed nodes (dcforge/remediation.py); off by default."""
+    allow_node_conditions: bool = False
+    """Grant the harness's ServiceAccount what `dcforge accept --mark-nodes` needs: patch on nodes/status (the
+    DcforgeNodeHealthy condition), patch on nodes (the recommended-action annotation) and create on Events in
+    `default` (docs/node-health.md); off by default."""
+    schedule: list[ScheduledAcceptance] = Field(default_factory=list)
+    """CronJobs running `dcforge accept` in the acceptance namespace (in-cluster); needs target kubernetes."""
+    keep_reports: int = Field(default=5, ge=1, le=100)
+    """Scheduled runs: how many of the last reports are kept, one ConfigMap each, per schedule."""
+    metrics: AcceptanceMetrics = Field(default_factory=AcceptanceMetrics)
     profile: str | None = None
     """Threshold profile filling default SLOs (`dcforge/spec/data/profiles/`): `auto` (the acceptance pool's GPU
     model and GPUs per node), a profile name, or a `.yaml` path relative to this file. Explicit SLOs override."""
@@ -445,6 +512,15 @@ class Acceptance(SpecModel):
     def _hosts_target_has_hosts(self) -> "Acceptance":
         if self.target == "hosts" and self.hosts is None:
             raise ValueError("target hosts needs `hosts` (a list of hosts or an inventory)")
+        if self.schedule and (self.target != "kubernetes" or self.image is None):
+            raise FieldValueError("schedule", "a schedule runs in the cluster: it needs target: kubernetes and "
+                                  "an image (the acceptance image the CronJob runs)")
+        for index, run in enumerate(self.schedule):
+            if unknown := [c for c in run.checks if c not in self.checks]:
+                raise FieldValueError(f"schedule[{index}].checks", f"{', '.join(unknown)} not in acceptance.checks "
+                                      f"({', '.join(self.checks)})")
+        if len({run.name for run in self.schedule}) != len(self.schedule):
+            raise FieldValueError("schedule", "two schedules share a name")
         return self
 
 
@@ -458,6 +534,16 @@ class Monitoring(SpecModel):
     selector_labels: dict[str, str] = Field(default_factory=dict)
     """Labels the Prometheus selects monitors by (its serviceMonitorSelector/podMonitorSelector),
     e.g. {release: kube-prometheus-stack}."""
+    acceptance_alerts: bool = False
+    """Declare the PrometheusRule `dcforge-acceptance` (a node failed two scheduled runs in a row); needs
+    prometheusOperator and an `acceptance.schedule`."""
+
+    @model_validator(mode="after")
+    def _alerts_need_the_operator(self) -> "Monitoring":
+        if self.acceptance_alerts and not self.prometheus_operator:
+            raise FieldValueError("acceptanceAlerts", "acceptanceAlerts declares a PrometheusRule: it needs "
+                                  "prometheusOperator: true (the monitoring.coreos.com CRDs)")
+        return self
 
 
 class EnvironmentMeta(SpecModel):

@@ -3,8 +3,8 @@ kube-controller-manager with the namespace, service-account and garbage-collecto
 finalized and `default` ServiceAccounts exist. No kubelet: objects are stored and served, no pod ever runs, which is
 all the platform stack declares.
 
-The binaries come from `$DCFORGE_KUBE_BIN` (default ~/.cache/dcforge-cluster/bin, where the multi-node kit builds
-them) and etcd from PATH (Debian etcd-server). Everything listens on 127.0.0.1 only, lives in one temporary folder
+The binaries come from `$DCFORGE_KUBE_BIN` (default `$DCFORGE_CLUSTER_CACHE/bin`, ~/.cache/dcforge-cluster/bin,
+where `make e2e-cluster` builds them) and etcd from PATH (Debian etcd-server). Everything listens on 127.0.0.1 only, lives in one temporary folder
 and is stopped (its process group killed) when the context exits.
 """
 
@@ -23,7 +23,8 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-KUBE_BIN = Path(os.environ.get("DCFORGE_KUBE_BIN") or "~/.cache/dcforge-cluster/bin").expanduser()
+KUBE_BIN = Path(os.environ.get("DCFORGE_KUBE_BIN")
+                or Path(os.environ.get("DCFORGE_CLUSTER_CACHE") or "~/.cache/dcforge-cluster") / "bin").expanduser()
 READY_TIMEOUT_S = 180  # a busy two-core machine starts kube-apiserver in 20-60 s
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,16 @@ def test_the_catalogue_covers_every_xid_with_a_bucket_and_an_action_and_says_whe
     assert "docs.nvidia.com/deploy/xid-errors" in document["source"] and document["retrieved"]
 
 
+def test_every_xid_has_nvidias_description():
+    # NVIDIA's catalogue describes every Xid 1-161 (deprecated ones as "Unused"), so none is left empty
+    rules = catalogue()
+    assert [xid for xid, rule in rules.items() if not rule.description.strip()] == []
+    # spot checks against NVIDIA's Description column, verbatim
+    assert (rules[79].description, rules[94].description, rules[95].description, rules[149].description) == (
+        "GPU has fallen off the bus", "Contained memory error", "Uncontained memory error", "NVLINK: NETIR Error")
+    assert rules[1].description == "Unused" and rules[154].description == "GPU Recovery Action Changed"
+
+
 def test_the_drivers_own_words_override_the_table():
     # XID 154 names its recovery action in the driver's words (None, GPU Reset Required / PF FLR, Node Reboot
     # Required, Drain and Reset); these messages follow that format, no public log with each was found
@@ -94,11 +105,34 @@ def test_the_drivers_own_words_override_the_table():
     assert action("pid=7062, Contained: CE User Channel (0x9). RST: No, D-RST: Yes", 94) is Action.DRAIN_AND_SERVICE
 
 
-def test_dcgm_truncated_real_document_is_a_one_line_error():
-    (fixture,) = fixtures("dcgm")
-    with pytest.raises(DcgmOutputError, match=fixture["truth"]["error"]) as raised:
-        parse_diag_text((REAL / "dcgm" / fixture["file"]).read_text(), 3)
-    assert "\n" not in str(raised.value)
+def dcgm_reading(diag) -> dict:
+    statuses: dict[str, int] = {}
+    for result in diag.results:
+        statuses[result.status] = statuses.get(result.status, 0) + 1
+    return {"version": diag.version, "results": len(diag.results), "statuses": statuses,
+            "gpus": sorted({r.gpu for r in diag.results if r.gpu is not None}),
+            "tests": len({r.test for r in diag.results}),
+            "fails_node": any(f.severity is Severity.FAIL for f in judge_dcgm(diag))}
+
+
+@pytest.mark.parametrize("fixture", fixtures("dcgm"), ids=lambda f: f["file"])
+def test_dcgm_real_documents_read_as_a_person_reads_them(fixture):
+    text = (REAL / "dcgm" / fixture["file"]).read_text()
+    level = fixture.get("level", 3)
+    truth = fixture["truth"]
+    if "error" in truth:
+        with pytest.raises(DcgmOutputError, match=re.escape(truth["error"])) as raised:
+            parse_diag_text(text, level)
+        assert "\n" not in str(raised.value)
+    else:
+        reading = dcgm_reading(parse_diag_text(text, level))
+        assert {key: reading[key] for key in truth} == truth
+    if "wrapped_truth" in fixture:
+        # a posted fragment (one test object): put into a DCGM 4 document, it reads as the poster's results
+        test, _ = json.JSONDecoder().raw_decode(text[text.index("{"):])
+        document = {"DCGM Diagnostic": {"test_categories": [{"category": "Hardware", "tests": [test]}]}}
+        reading = dcgm_reading(parse_diag(document, level))
+        assert {key: reading[key] for key in fixture["wrapped_truth"]} == fixture["wrapped_truth"]
 
 
 def test_dcgm_layouts_nulls_gpu_id_and_test_summary():

@@ -22,6 +22,7 @@ from dcforge.executors.kubernetes_access import NODE_LIST_ACCESS, rbac_rules  # 
 from dcforge.executors.kubernetes_objects import EXECUTION_LABEL, RUN_LABEL, object_name, pool_selector  # noqa: E402
 from dcforge.executors.pod_results import result_lines  # noqa: E402
 from dcforge.executors.torchrun import TorchrunJob, torchrun_workload  # noqa: E402
+from dcforge.manifests.acceptance import HARNESS_NAME  # noqa: E402
 from dcforge.manifests.build import acceptance  # noqa: E402
 from dcforge.spec import load_environment  # noqa: E402
 from dcforge.spec.models import Environment  # noqa: E402
@@ -273,7 +274,7 @@ def test_creation_refused_by_the_api_is_one_line_and_cleans_up(spec, cluster, tm
     another run's objects are left alone."""
     from kubernetes import client
 
-    (role,) = [m for m in acceptance(spec).manifests if m["kind"] == "Role"]
+    (role,) = [m for m in acceptance(spec).manifests if m["kind"] == "Role" and m["metadata"]["name"] == HARNESS_NAME]
     rules = [{**rule, "verbs": [v for v in rule["verbs"] if not (rule["resources"] == ["jobs"] and v == "create")]}
              for rule in role["rules"]]
     cluster.grant("dcforge-test", rules)
@@ -311,7 +312,7 @@ def test_the_executor_uses_only_the_declared_api_access(spec, cluster, tmp_path)
 def test_the_executor_works_with_only_the_acceptance_role(spec, cluster, tmp_path):
     """The Role the stack declares (dcforge/manifests/acceptance.py) is enough for a whole run: the fake answers
     403 to anything else, as RBAC would."""
-    (role,) = [m for m in acceptance(spec).manifests if m["kind"] == "Role"]
+    (role,) = [m for m in acceptance(spec).manifests if m["kind"] == "Role" and m["metadata"]["name"] == HARNESS_NAME]
     cluster.grant("dcforge-test", role["rules"])
     results = tmp_path / "results"
     results.mkdir()
@@ -329,7 +330,7 @@ def test_the_executor_works_with_only_the_acceptance_role(spec, cluster, tmp_pat
 
 
 def test_a_watch_the_role_forbids_is_an_error_not_a_silent_wait(spec, cluster, tmp_path):
-    (role,) = [m for m in acceptance(spec).manifests if m["kind"] == "Role"]
+    (role,) = [m for m in acceptance(spec).manifests if m["kind"] == "Role" and m["metadata"]["name"] == HARNESS_NAME]
     rules = [{**rule, "verbs": [v for v in rule["verbs"] if not (rule["resources"] == ["pods"] and v == "watch")]}
              for rule in role["rules"]]
     cluster.grant("dcforge-test", rules)
@@ -345,6 +346,7 @@ def test_a_watch_the_role_forbids_is_an_error_not_a_silent_wait(spec, cluster, t
 def test_missing_image_and_bad_kubeconfig_are_one_line_errors(spec, tmp_path):
     data = spec.model_dump(by_alias=True)
     data["acceptance"]["image"] = None
+    data["acceptance"]["schedule"] = []  # a schedule without an image is refused by the spec itself
     with pytest.raises(ExecutorError, match="^dcforge:acceptance.image is not set"):
         KubernetesExecutor(Environment.model_validate(data), RUN)
     with pytest.raises(ExecutorError, match=f"^kubeconfig {tmp_path}/none.yaml: "):
@@ -431,7 +433,7 @@ def test_a_load_role_reaches_the_server_service_with_the_secret_mounted(spec, cl
     Service's cluster IP, the API key is a Secret (created after the controllers, owned by the first, so the
     garbage collector removes it with them), mounted read-only, never in a spec; `wait(roles=["load"])` returns
     while the server runs; the Acceptance Role suffices and nothing is left."""
-    (role,) = [m for m in acceptance(spec).manifests if m["kind"] == "Role"]
+    (role,) = [m for m in acceptance(spec).manifests if m["kind"] == "Role" and m["metadata"]["name"] == HARNESS_NAME]
     cluster.grant("dcforge-test", role["rules"])
     server = Role("server", ("{python}", "-m", "workloads.serve", "--port", "{port[http]}"), ports=("http",),
                   env={"DCFORGE_API_KEY_FILE": "{volume[secrets]}/api-key"}, readiness=Readiness(port="http"))
@@ -540,3 +542,24 @@ def test_a_job_node_with_replacements_comes_back_in_the_jobs_new_pod(spec, clust
         assert execution.wait(10).nodes[0].state is NodeState.KILLED
     assert labelled(cluster) == []
 
+
+
+def test_stop_deletes_what_it_made_by_name_and_lists_nothing_while_its_pod_watch_works(spec, cluster, tmp_path):
+    """Issue 24: at 1,000 nodes, listing every kind at each execution's end was most of node_level's requests.
+    With a working pod watch, `stop` deletes the Job and the pods the watch shows by name and waits on the watch;
+    the events are not watched at all when the pods came at once."""
+    with executor(spec, cluster).start(training(), tmp_path / "run") as execution:
+        pods = cluster.start_job_pods(NS, job_name(execution))
+        for pod in pods:
+            cluster.set_pod_status(NS, pod, {"phase": "Succeeded"})
+        assert execution.wait(10).succeeded
+        before = len(cluster.api.requests_seen)
+    stop = [(verb, plural) for agent, verb, _, plural in cluster.api.requests_seen[before:]
+            if agent != "fake-controller"]
+    assert {verb for verb, _ in stop} == {"delete"}, stop  # nothing listed
+    assert stop.count(("delete", "jobs")) == 1 and stop.count(("delete", "pods")) == len(pods), stop
+    # what the run made beside its Job (its leader Service, the checkpoint claim, the network policy), by name
+    assert {plural for _, plural in stop} == {"jobs", "pods", "services", "persistentvolumeclaims",
+                                              "networkpolicies"}, stop
+    assert not [r for r in cluster.api.requests_seen if r[3] == "events"]
+    assert labelled(cluster) == []

@@ -212,7 +212,7 @@ def test_templates_kubernetes_cannot_fill_are_one_line_errors():
     with pytest.raises(ObjectError, match="interchangeable"):
         all_objects(spec_of("dev"), replicas)
     with pytest.raises(ObjectError, match="dcforge:acceptance.image is not set"):
-        target_for(spec_of("dev", image=None), "r")
+        target_for(spec_of("dev", image=None, schedule=[]), "r")
 
 
 @pytest.mark.parametrize("image", ["registry.example/dcforge", "registry.example/dcforge:latest",

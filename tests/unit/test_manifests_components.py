@@ -60,9 +60,10 @@ def test_every_object_is_unique_well_formed_and_yaml_safe(env):
     duplicates = [key for key, n in Counter(resource_id(o) for o in everything).items() if n > 1]
     assert duplicates == []  # two components declaring one object would collide in Pulumi
     assert yaml.safe_load_all(yaml.safe_dump_all(everything))  # plain data only
-    # every namespace an object lands in is created by some component
+    # every namespace an object lands in is created by some component (or is `default`, which every cluster has:
+    # the node-marker's Role for Events about nodes lives there)
     created = {o["metadata"]["name"] for o in everything if o["kind"] == "Namespace"}
-    used = {o["metadata"].get("namespace") for o in everything} - {None}
+    used = {o["metadata"].get("namespace") for o in everything} - {None, "default"}
     assert used <= created, used - created
 
 
@@ -80,7 +81,9 @@ def test_node_pool_with_named_nodes_patches_labels_and_taints():
     for node in nodes:
         assert node["metadata"]["labels"] == {"dcforge.io/pool": "train-h100", "dcforge.io/purpose": "training",
                                               "dcforge.io/fabric": "nvlink"}
-        assert node["spec"]["taints"] == [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
+        # the pool's taint, then the validation gate of `gateNewNodes: true` (never in the flavor below)
+        assert node["spec"]["taints"] == [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"},
+                                          {"key": "dcforge.io/validation", "value": "pending", "effect": "NoSchedule"}]
     flavor = named(pool, "ResourceFlavor", "train-h100")["spec"]
     assert flavor["nodeLabels"] == {"dcforge.io/pool": "train-h100"}
     assert flavor["tolerations"] == [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule",

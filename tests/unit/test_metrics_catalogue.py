@@ -26,7 +26,7 @@ from workloads.records import RequestRecord
 CHECKS_DIR = REPO_ROOT / "dcforge" / "checks"
 SERVING_CHECKS = ("inference", "inference_failover")
 """Checks whose results the `serving` package adds metrics to (serving_session, add_summary_metrics, ...)."""
-SERVING_MODULES_OF_ONE_CHECK = {"capacity.py": ["inference"]}
+SERVING_MODULES_OF_ONE_CHECK = {"capacity.py": ["inference"], "server_metrics.py": ["inference"]}
 """`serving` modules that only one of the serving checks uses (the capacity step belongs to `inference`)."""
 
 

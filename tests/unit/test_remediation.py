@@ -142,6 +142,7 @@ def test_the_node_tainter_cluster_role_exists_only_where_the_environment_allows_
     from dcforge.spec.models import Environment
 
     data = load_environment("dev").spec.model_dump(by_alias=True)
+    data["acceptance"] = {**data["acceptance"], "allowNodeTaints": False}
     default = [m for m in acceptance(Environment.model_validate(data)).manifests if "node-tainter" in
                m["metadata"]["name"]]
     assert default == []
@@ -182,13 +183,11 @@ class NodeRowsCheck:
         return result
 
 
-def test_accept_taint_failed_end_to_end_on_the_kubernetes_target(cluster, tmp_path, monkeypatch):
-    """`dcforge accept --taint-failed`, the client from $KUBECONFIG: the report and the cluster agree."""
+def noderows_on_the_fake(cluster, tmp_path, monkeypatch):
+    """An environment file of target kubernetes running NodeRowsCheck, and $KUBECONFIG naming the fake API."""
     import yaml
-    from typer.testing import CliRunner
 
     from dcforge import checks
-    from dcforge.cli import app
 
     monkeypatch.setattr(checks, "CHECKS", {**checks.CHECKS, "noderows": "tests.unit.test_remediation:NodeRowsCheck"})
     document = yaml.safe_load((REPO / "stacks" / "Pulumi.local.yaml").read_text())
@@ -203,6 +202,16 @@ def test_accept_taint_failed_end_to_end_on_the_kubernetes_target(cluster, tmp_pa
         "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}]}))
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))  # what a fresh `dcforge` process reads, once, on import:
     monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+    return env_file
+
+
+def test_accept_taint_failed_end_to_end_on_the_kubernetes_target(cluster, tmp_path, monkeypatch):
+    """`dcforge accept --taint-failed`, the client from $KUBECONFIG: the report and the cluster agree."""
+    from typer.testing import CliRunner
+
+    from dcforge.cli import app
+
+    env_file = noderows_on_the_fake(cluster, tmp_path, monkeypatch)
     args = ["accept", "--env-file", str(env_file), "--taint-failed"]
     dry = CliRunner().invoke(app, [*args, "--reports", str(tmp_path / "reports" / "1"), "--dry-run"])
     assert dry.exit_code == 0, dry.output

@@ -82,7 +82,9 @@ def test_gpu_node_pool_patches_named_nodes_with_the_pool_labels_and_taints(dev):
         assert dev.component_of(patch) == "GpuNodePool/train-h100"
         labels = patch.inputs["metadata"]["labels"]
         assert labels["dcforge.io/fabric"] == "nvlink" and labels["dcforge.io/pool"] == "train-h100"
-        assert patch.inputs["spec"]["taints"] == [{"key": "nvidia.com/gpu", "value": "present",
+        # the pool's own taint, and the validation gate (gateNewNodes: true) until acceptance releases the node
+        assert patch.inputs["spec"]["taints"] == [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"},
+                                                  {"key": "dcforge.io/validation", "value": "pending",
                                                    "effect": "NoSchedule"}]
     # A pool given by node count (cloud node group) has no named nodes to patch.
     assert not [r for r in dev.of_kind("NodePatch") if dev.component_of(r) == "GpuNodePool/infer-l4"]

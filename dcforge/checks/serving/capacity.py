@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
+from dcforge.checks.serving.point_watch import EarlyStopSettings, PointWatch
 from dcforge.harness.check import CheckConfig
 from dcforge.harness.metrics import MetricSpec, find_spec
 from dcforge.harness.result import Plot, Series
@@ -132,6 +133,9 @@ class CapacitySettings(_Settings):
     make the point break (its slowest requests would be missing from its percentiles)."""
     sweep: SweepSettings | None = None
     search: SearchSettings | None = None
+    early_stop: EarlyStopSettings = Field(default_factory=EarlyStopSettings)
+    """A point that is plainly over-saturated (errors, latency or the server's queue growing without bound) stops
+    before its window ends and breaks, its reason recorded (dcforge/checks/serving/point_watch.py)."""
 
     @field_validator("sweep")
     @classmethod
@@ -281,9 +285,14 @@ class PointOutcome:
     verdicts: list["SloResult"]
     figures: dict[str, float]
     problems: list[str] = field(default_factory=list)
-    """Reasons besides the SLOs that the point breaks (requests abandoned at stop)."""
+    """Reasons besides the SLOs that the point breaks (requests abandoned at stop, stopped early, client
+    saturated)."""
     arrival_model: str = ""
     request_log: str = ""
+    early_stop: str = ""
+    """Why the point stopped before its window ended ("" when it ran to the end)."""
+    client_saturation: list[str] | None = None
+    """What saturated the load generator (empty: nothing; None: not known). A saturated point is invalid."""
 
     @property
     def holds(self) -> bool:
@@ -300,6 +309,10 @@ class PointOutcome:
                 "verdicts": [{"slo": f"{v.metric} {v.expression}", "value": v.value, "verdict": v.verdict}
                              for v in self.verdicts],
                 "figures": {key: float(f"{value:.4g}") for key, value in self.figures.items()},
+                "early_stop": self.early_stop or "none: the point ran its whole window",
+                "client_saturation": "unknown" if self.client_saturation is None
+                else self.client_saturation or "not saturated",
+                "valid": not self.client_saturation,
                 "request_log": self.request_log}
 
 
@@ -329,8 +342,8 @@ def point_config(config: "ServingLoadConfig", settings: CapacitySettings, point:
     # No warm-up per point: the main measurement has already paid every replica's first-request costs.
     update: dict[str, Any] = {"duration_s": settings.point_duration_s, "stop_grace_s": settings.stop_grace_s,
                               "warmup_per_replica": 0}
-    if point.mode == "rate":
-        update.update(arrival="poisson", rate=point.load, spawn_rate=config.users / SPAWN_S)
+    if point.mode == "rate":  # open loop: single-turn requests (a conversation waits for its answers)
+        update.update(arrival="poisson", rate=point.load, spawn_rate=config.users / SPAWN_S, turns=1)
     else:
         update.update(arrival="closed", users=int(point.load), spawn_rate=point.load / SPAWN_S)
     return config.model_copy(update=update)
@@ -359,8 +372,11 @@ class PointRunner:
         load_config = point_config(self.config, self.settings, point)
         workdir = self.session.workdir / "capacity" / f"{self.measured:02d}-{phase}-{point.mode}-{point.load:g}"
         scratch = CheckResult(self.check_name, declared=self.declared)
+        early = self.settings.early_stop
+        watch = PointWatch(self.session.server.base_url, early.limits()) if early.enabled else None
         try:
-            records, _ = run_load(self.ctx, load_config, dataclasses.replace(self.session, workdir=workdir), scratch)
+            records, _ = run_load(self.ctx, load_config, dataclasses.replace(self.session, workdir=workdir), scratch,
+                                  watch=watch)
         except RuntimeError as error:  # Locust failed or logged nothing: the point breaks, the others still count
             self.ctx.log(f"capacity {phase} point {self.measured}: {point.label} -> load run failed: {error}")
             return PointOutcome(point, [], {}, [f"load run failed: {error}"])
@@ -372,9 +388,15 @@ class PointRunner:
         abandoned = scratch.metrics.get("abandoned_at_stop")
         problems = [f"{abandoned.value:g} requests still unanswered {self.settings.stop_grace_s:g} s after the "
                     "window"] if abandoned is not None and abandoned.value > 0 else []
+        if watch is not None and watch.stop_reason:
+            problems.append(f"stopped early: {watch.stop_reason}")
+        client = scratch.details.get("client_saturation")
+        client = client if isinstance(client, list) else ([] if client == "not saturated" else None)
+        if client:  # the client, not the server, was measured: the point is invalid, never the capacity
+            problems.append(f"client saturated (point invalid): {'; '.join(client)}")
         figures = {key: metric.value for key, metric in scratch.metrics.items()}
         outcome = PointOutcome(point, verdicts, figures, problems, scratch.details.get("arrival_model", ""),
-                               scratch.artefacts.get("request_log", ""))
+                               scratch.artefacts.get("request_log", ""), watch.stop_reason if watch else "", client)
         self.ctx.log(f"capacity {phase} point {self.measured}: {point.label} -> "
                      + ("every SLO holds" if outcome.holds else "; ".join(outcome.broken())))
         return outcome

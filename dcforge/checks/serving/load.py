@@ -7,7 +7,7 @@ import os
 import shutil
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -54,7 +54,8 @@ def warmup_allowance_s(config: ServingLoadConfig) -> float:
 
 
 def locust_process(config: ServingLoadConfig, server: LocalServer, secrets_dir: Path, workdir: Path,
-                   prompt_tokens: int, model: str, prompt_file: Path | None = None) -> tuple[ManagedProcess, Path]:
+                   prompt_tokens: int, model: str, prompt_file: Path | None = None,
+                   context_len: int = 0) -> tuple[ManagedProcess, Path]:
     """Locust headless in its own process group (gevent monkey-patching stays out of this process)."""
     request_log_dir = workdir / REQUEST_LOG_DIR
     shutil.rmtree(request_log_dir, ignore_errors=True)  # a reused report directory must not mix in old runs
@@ -62,7 +63,7 @@ def locust_process(config: ServingLoadConfig, server: LocalServer, secrets_dir: 
     args = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), *locust_arguments(config),
             "--host", server.base_url]
     env = {k: v for k, v in os.environ.items() if k != LOAD_API_KEY_ENV}
-    env.update(load_settings(config, prompt_tokens, model, str(prompt_file or "")))
+    env.update(load_settings(config, prompt_tokens, model, str(prompt_file or ""), context_len))
     env.update({LoadEnv.API_KEY_FILE: str(secrets_dir / "api-key"),
                 LoadEnv.REQUEST_LOG: str(request_log_dir / REQUEST_LOG_TEMPLATE),
                 LoadEnv.WINDOW_FILE: str(request_log_dir / pacing.WINDOW_FILE_TEMPLATE),
@@ -83,9 +84,11 @@ def locust_arguments(config: ServingLoadConfig) -> list[str]:
     return args if single else [*args, "--processes", str(config.locust_processes)]
 
 
-def load_settings(config: ServingLoadConfig, prompt_tokens: int, model: str, prompt_file: str) -> dict[str, str]:
+def load_settings(config: ServingLoadConfig, prompt_tokens: int, model: str, prompt_file: str,
+                  conversation_tokens: int = 0) -> dict[str, str]:
     """The load generator's settings (loadtests/locustfile.py's environment), less where its files are: the API
-    key file, the request log and the window file (where it runs decides the paths)."""
+    key file, the request log and the window file (where it runs decides the paths). `conversation_tokens`: the
+    model's context, which a conversation's turn must fit (0: not limited)."""
     single = config.locust_processes == 1
     return {LoadEnv.MODEL: model, LoadEnv.ENDPOINT: config.endpoint, LoadEnv.PROMPT_TOKENS: str(prompt_tokens),
             LoadEnv.MAX_TOKENS: str(config.max_tokens), LoadEnv.ARRIVAL: config.arrival,
@@ -97,7 +100,8 @@ def load_settings(config: ServingLoadConfig, prompt_tokens: int, model: str, pro
             LoadEnv.SHARED_PREFIXES: str(config.shared_prefixes),
             LoadEnv.SHARED_PREFIX_TOKENS: str(config.shared_prefix_tokens),
             LoadEnv.WARMUP_PER_REPLICA: str(config.warmup_per_replica), LoadEnv.WARMUP_REPLICAS: str(config.replicas),
-            LoadEnv.DURATION: str(config.duration_s if single else 0.0), LoadEnv.BURSTINESS: str(config.burstiness)}
+            LoadEnv.DURATION: str(config.duration_s if single else 0.0), LoadEnv.BURSTINESS: str(config.burstiness),
+            LoadEnv.TURNS: str(config.turns), LoadEnv.CONVERSATION_TOKENS: str(conversation_tokens)}
 
 
 @dataclass
@@ -179,22 +183,27 @@ def describe_workload(config: ServingLoadConfig, prompt_tokens: int, prompt_file
 
 
 def run_load(ctx: CheckContext, config: ServingLoadConfig, session: ServingSession, result: CheckResult,
-             during=None) -> tuple[list[RequestRecord], float]:
-    """Locust for duration_s; `during(t_start, request_log_dir)` runs in this thread meanwhile. Returns (records,
-    load start); the arrival model, the spread of request starts and what happened to requests in flight at the
-    end of the window go into the result."""
+             during=None, scraper=None, watch=None) -> tuple[list[RequestRecord], float]:
+    """Locust for duration_s; `during(t_start, request_log_dir)` runs in this thread meanwhile, and `scraper` (a
+    `loadtests.server_metrics.Scraper`) samples the server's /metrics while Locust runs, and `watch` (a
+    `point_watch.PointWatch`) may stop it early. Returns (records, load
+    start); the arrival model, the spread of request starts and what happened to requests in flight at the end of
+    the window go into the result."""
     locust, log_dir = locust_process(config, session.server, session.secrets_dir, session.workdir,
-                                     session.prompt_tokens, session.served_name, session.prompt_file)
+                                     session.prompt_tokens, session.served_name, session.prompt_file,
+                                     session.model.context_len if session.model else 0)
     result.artefacts["locust_log"] = ctx.relative(session.workdir / "locust.log")
     ctx.log(f"Locust: {config.users} users, {config.arrival} arrivals, {config.warmup_per_replica} warm-up "
             f"requests per replica, then {config.duration_s:g} s")
     t_start = time.time()
     limit = config.duration_s + warmup_allowance_s(config) + config.stop_grace_s + 60
-    with locust:
+    with locust, scraper or nullcontext():
         if during is not None:
             during(t_start, log_dir)
+        if watch is not None:
+            watch.follow(locust, log_dir)
         code = locust.wait(timeout=min(limit, max(5.0, ctx.remaining_s())))
-    if code != 0:
+    if code != 0 and not (watch is not None and watch.stop_reason):  # interrupted on purpose: what it logged counts
         raise RuntimeError(f"Locust exited with code {code}; see {ctx.relative(session.workdir / 'locust.log')}")
     return collect_load(ctx, config, session.workdir, log_dir, result), t_start
 
@@ -235,6 +244,10 @@ def add_pacing_figures(result: CheckResult, config: ServingLoadConfig, records: 
     if spread is not None:
         result.add_metric("start_gap_ms.p50", spread.median_gap_ms)
         result.add_metric("starts_in_lockstep_fraction", spread.lockstep_fraction)
+    from loadtests.saturation import client_saturation_of
+
+    saturated = client_saturation_of(windows, config.rate if config.arrival != "closed" else None)
+    result.details["client_saturation"] = saturated or "not saturated"
     accounting = pacing.stop_accounting(windows, [(record.start, record.end) for record in records])
     if accounting is None:
         result.details["stop_semantics"] = "unknown: Locust wrote no window file"

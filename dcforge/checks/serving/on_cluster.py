@@ -97,6 +97,7 @@ def inference_workload(config: ServingLoadConfig, prompt_tokens: int, api_key: s
                        ready_timeout_s: float, load_limit_s: float, layout: ClusterRun = ClusterRun()) -> Workload:
     from dcforge.checks.serving.load import load_settings, locust_arguments
     from loadtests import pacing
+    from workloads.model import get_preset
     from workloads.records import REQUEST_LOG_TEMPLATE, LoadEnv
     from workloads.serving.settings import API_KEY_FILE_ENV
 
@@ -113,7 +114,9 @@ def inference_workload(config: ServingLoadConfig, prompt_tokens: int, api_key: s
         resources=server_resources(config, per_pod, gpus_per_node), ports=(HTTP_PORT,),
         readiness=Readiness(port=HTTP_PORT, http_path="/ready", timeout_s=ready_timeout_s))
     logs = "{volume[scratch]}/requests"
-    settings = {key: literal(value) for key, value in load_settings(config, prompt_tokens, SERVED_NAME, "").items()}
+    context = get_preset(config.preset).max_seq_len  # a conversation's turns must fit the served model's context
+    settings = {key: literal(value) for key, value in
+                load_settings(config, prompt_tokens, SERVED_NAME, "", context).items()}
     settings.update({LoadEnv.API_KEY_FILE: key_file,
                      LoadEnv.REQUEST_LOG: f"{logs}/{literal(REQUEST_LOG_TEMPLATE)}",
                      LoadEnv.WINDOW_FILE: f"{logs}/{literal(pacing.WINDOW_FILE_TEMPLATE)}"})

@@ -88,6 +88,13 @@ class ServingLoadConfig(CheckConfig):
     think_distribution: Literal["exponential", "constant"] = pacing.THINK_DISTRIBUTION
     start_jitter_s: float = Field(default=pacing.START_JITTER_S, ge=0)
     """Closed loop: each user's first request waits uniform(0, startJitterS)."""
+    turns: int = Field(default=1, ge=1, le=64)
+    """Multi-turn chat (closed loop, chat endpoint): each user's conversation has this many turns, every turn
+    sending the history with the server's real answers (loadtests/conversation.py); prompts are sized so the last
+    turn fits the context. 1: single-turn requests."""
+    server_metrics_interval_s: float = Field(default=0.5, ge=0, le=60)
+    """Seconds between scrapes of the server's Prometheus /metrics during the load (KV-cache usage, requests
+    running and waiting, preemptions, prefix-cache hits; loadtests/server_metrics.py); 0: not scraped."""
     stop_grace_s: float = Field(default=pacing.STOP_GRACE_S, ge=0)
     """Requests in flight when durationS ends may complete within this and are counted; later ones are reported
     as abandoned."""
@@ -117,6 +124,13 @@ class ServingLoadConfig(CheckConfig):
     def _arrival_needs_rate(self) -> "ServingLoadConfig":
         if self.arrival != "closed" and self.rate <= 0:
             raise ValueError("open-loop arrivals need rate > 0")
+        return self
+
+    @model_validator(mode="after")
+    def _turns_are_closed_loop_chat(self) -> "ServingLoadConfig":
+        if self.turns > 1 and (self.endpoint != "chat" or self.arrival != "closed"):
+            raise ValueError(f"turns {self.turns} needs endpoint chat and arrival closed (a conversation waits for "
+                             f"each answer), got endpoint {self.endpoint}, arrival {self.arrival}")
         return self
 
     @model_validator(mode="after")
@@ -155,11 +169,12 @@ def longest_output_tokens(config: ServingLoadConfig) -> int:
 
 def fitted_prompt_tokens(config: ServingLoadConfig, context_len: int) -> int:
     """The configured prompt length, shrunk when needed so the longest prompt (with its shared prefix) plus the
-    longest answer fits the context."""
+    longest answer fits the context -- with `turns`, so the last turn does: every turn's question and answer."""
     prefix = config.shared_prefix_tokens if config.shared_prefixes else 0
-    room = context_len - longest_output_tokens(config) - CHAT_TEMPLATE_TOKENS - prefix
-    if room < 2:
+    room = context_len - config.turns * (longest_output_tokens(config) + CHAT_TEMPLATE_TOKENS) - prefix
+    if room < 2 * config.turns:
         raise ValueError(f"maxTokens {config.max_tokens} (spread {config.max_tokens_spread:g})"
                          + (f" and sharedPrefixTokens {prefix}" if prefix else "")
+                         + (f" over {config.turns} turns" if config.turns > 1 else "")
                          + f" leave no room for a prompt in a {context_len}-token context")
-    return max(1, min(config.prompt_tokens, int(room / (1 + config.prompt_tokens_spread))))
+    return max(1, min(config.prompt_tokens, int(room / config.turns / (1 + config.prompt_tokens_spread))))
