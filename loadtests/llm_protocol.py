@@ -9,6 +9,7 @@ import os
 import random
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -65,8 +66,9 @@ def make_prompt(rng: random.Random, approx_tokens: int) -> str:
 
 
 def request_body(endpoint: str, model: str, prompt: str, max_tokens: int, stream: bool, temperature: float,
-                 ignore_eos: bool = True, system: str = "") -> dict[str, Any]:
-    """An OpenAI request; `system` (a shared prefix) is the system message of a chat, the text's start otherwise."""
+                 ignore_eos: bool = True, system: str = "", history: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """An OpenAI request; `system` (a shared prefix) is the system message of a chat, the text's start otherwise;
+    `history` (a chat's earlier user and assistant messages) goes between the system message and the prompt."""
     body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "temperature": temperature, "stream": stream}
     if stream:
         body["stream_options"] = {"include_usage": True}
@@ -75,7 +77,7 @@ def request_body(endpoint: str, model: str, prompt: str, max_tokens: int, stream
         # that do not know the field ignore it.
         body["ignore_eos"] = True
     if endpoint == "chat":
-        body["messages"] = ([{"role": "system", "content": system}] if system else []) \
+        body["messages"] = ([{"role": "system", "content": system}] if system else []) + list(history) \
             + [{"role": "user", "content": prompt}]
     else:
         body["prompt"] = f"{system}\n\n{prompt}" if system else prompt

@@ -45,12 +45,16 @@ from locust.runners import LocalRunner
 
 try:
     from loadtests import arrivals, pacing
+    from loadtests.conversation import Conversation
+    from loadtests.saturation import LOOP_LAG_PERIOD_S
     from loadtests.llm_protocol import (PromptFileError, RequestLog, RequestRecord, Workload, chunk_has_text_fast,
                                         endpoint_path, parse_sse_line, read_prompt_file, request_body,
                                         shared_prefixes, time_per_output_token_s)
     from loadtests.warmup import WarmupPlan
 except ImportError:  # `locust -f path/to/locustfile.py` outside an install: Locust puts this directory on sys.path
     import arrivals  # type: ignore[no-redef]
+    from conversation import Conversation  # type: ignore[no-redef]
+    from saturation import LOOP_LAG_PERIOD_S  # type: ignore[no-redef]
     import pacing  # type: ignore[no-redef]
     from llm_protocol import (PromptFileError, RequestLog, RequestRecord, Workload,  # type: ignore[no-redef]
                               chunk_has_text_fast, endpoint_path, parse_sse_line, read_prompt_file, request_body,
@@ -67,6 +71,8 @@ _spawned = gevent.event.Event()
 WARMUP_POLL_S = 0.02
 _window: dict[str, float] = {}
 """Start and stop of this process's measurement window (epoch seconds)."""
+_loop_lags_s: list[float] = []
+"""Lateness of every tick of the event-loop timer during the window (client saturation, loadtests/saturation.py)."""
 _in_flight = 0
 """Requests sent and not yet logged, over all users of this process: those left at the end are abandoned."""
 _sent = 0
@@ -125,6 +131,11 @@ def _add_options(parser) -> None:
                        help="warm-up requests per replica before measuring (logged as warm-up, in no statistic)")
     group.add_argument("--llm-warmup-replicas", type=int, default=1, env_var=LoadEnv.WARMUP_REPLICAS,
                        help="replicas the warm-up must reach (by the replica header)")
+    group.add_argument("--llm-turns", type=int, default=1, env_var=LoadEnv.TURNS,
+                       help="chat turns per conversation, each sending the history with the server's answers; 1: "
+                            "single-turn requests")
+    group.add_argument("--llm-conversation-tokens", type=int, default=0, env_var=LoadEnv.CONVERSATION_TOKENS,
+                       help="a conversation whose next turn would need more tokens (prompt + answer) starts anew")
     group.add_argument("--llm-duration", type=float, default=0.0, env_var=LoadEnv.DURATION,
                        help="seconds measured after the warm-up, then the run ends (single process); 0: Locust's -t")
 
@@ -170,6 +181,7 @@ def _finish_warmup(environment) -> None:
         return
     environment.stats.reset_all()
     _window["start"] = time.time()
+    _window["cpu_start"] = time.process_time()
     _warmup_over.set()
     duration = environment.parsed_options.llm_duration
     if duration > 0 and isinstance(environment.runner, LocalRunner):
@@ -182,10 +194,21 @@ def _open_log(environment, **_kwargs) -> None:
     options = environment.parsed_options
     if options is not None and _warmup is None:
         _warmup = WarmupPlan(getattr(options, "llm_warmup_per_replica", 0), getattr(options, "llm_warmup_replicas", 1))
+        gevent.spawn(_measure_loop_lag)
     if options is not None and options.llm_request_log and _request_log is None:
         _request_log = RequestLog(options.llm_request_log, flush_after_s=LOG_FLUSH_INTERVAL_S)
         gevent.spawn(_flush_periodically, _request_log)
         atexit.register(_request_log.close)  # an exit Locust does not announce (sys.exit in user code, ...)
+
+
+def _measure_loop_lag() -> None:
+    """How late a timer greenlet wakes during the window: a CPU-starved or overloaded process wakes it late, and
+    sends and times its requests just as late."""
+    while "stop" not in _window:
+        asked = time.perf_counter()
+        gevent.sleep(LOOP_LAG_PERIOD_S)
+        if "start" in _window and "stop" not in _window:
+            _loop_lags_s.append(time.perf_counter() - asked - LOOP_LAG_PERIOD_S)
 
 
 def _flush_periodically(log: RequestLog) -> None:
@@ -202,6 +225,7 @@ def _end_window(environment, **_kwargs) -> None:
     # left to Locust's graceful stop, because Locust counts running users by their greenlets' arguments, which gevent
     # may already have cleared: such users are not asked to stop but killed, requests in flight and all.
     _window.setdefault("stop", time.time())
+    _window.setdefault("cpu_stop", time.process_time())
     deadline = time.monotonic() + float(environment.stop_timeout or 0)
     while _in_flight > 0 and time.monotonic() < deadline:
         gevent.sleep(IN_FLIGHT_POLL_S)
@@ -214,8 +238,12 @@ def _write_window(environment, **_kwargs) -> None:
     if options is None or not options.llm_window_file or "start" not in _window:
         return
     stop = _window.setdefault("stop", time.time())
+    lags = sorted(_loop_lags_s)
+    cpu_s = _window.setdefault("cpu_stop", time.process_time()) - _window["cpu_start"]
     window = pacing.MeasurementWindow(start=_window["start"], stop=stop, grace_s=float(environment.stop_timeout or 0),
-                                      sent=_sent, abandoned=_in_flight)
+                                      sent=_sent, abandoned=_in_flight,
+                                      cpu_cores=cpu_s / (stop - _window["start"]) if stop > _window["start"] else None,
+                                      loop_lag_ms_p99=lags[int(0.99 * (len(lags) - 1))] * 1000 if lags else None)
     window.write(options.llm_window_file.replace("{pid}", str(os.getpid())))
 
 
@@ -261,6 +289,7 @@ class LlmUser(FastHttpUser):
         self.rng = random.Random()
         self.model = self.options.llm_model or self._first_model()
         self.inflight = 0
+        self.conversation = Conversation(max(1, self.options.llm_turns), self.options.llm_conversation_tokens)
         self._warm_up()
         if self.options.llm_arrival == "closed":
             gevent.sleep(pacing.start_offset_s(self.rng, self.options.llm_start_jitter))
@@ -314,10 +343,17 @@ class LlmUser(FastHttpUser):
         assert _workload is not None, "the init event builds the workload"
         prompt = _workload.next(self.rng)
         stream = not options.llm_no_stream
+        # Multi-turn (closed-loop chat, not the warm-up): the conversation's system prompt and history; the answer
+        # is collected for the next turn.
+        talking = self.conversation.turns > 1 and not warmup and options.llm_endpoint == "chat" \
+            and options.llm_arrival == "closed"
+        system, history, turn = self.conversation.start_turn(prompt.system, prompt.text, prompt.max_tokens) \
+            if talking else (prompt.system, [], 0)
+        answer: list[str] | None = [] if talking else None
         body = request_body(options.llm_endpoint, self.model, prompt.text, prompt.max_tokens, stream,
-                            options.llm_temperature, system=prompt.system)
+                            options.llm_temperature, system=system, history=history)
         path = endpoint_path(options.llm_endpoint)
-        record = RequestRecord(start=time.time(), end=0.0, ok=False, stream=stream, warmup=warmup)
+        record = RequestRecord(start=time.time(), end=0.0, ok=False, stream=stream, warmup=warmup, turn=turn)
         started = time.perf_counter()
         _in_flight += 1
         _sent += 1
@@ -330,11 +366,14 @@ class LlmUser(FastHttpUser):
                     record.error = getattr(resp, "error", None) and repr(resp.error) or f"HTTP {record.status}: " \
                         f"{(resp.text or '')[:200]}"
                 elif stream:
-                    self._read_stream(resp, record, started)
+                    self._read_stream(resp, record, started, answer)
                 else:
                     data = resp.json()
                     record.output_tokens = int(data["usage"]["completion_tokens"])
                     record.prompt_tokens = int(data["usage"]["prompt_tokens"])
+                    record.cached_tokens = cached_tokens(data["usage"])
+                    if answer is not None:
+                        answer.append(data["choices"][0]["message"]["content"] or "")
                     record.ok = True
             except Exception as error:  # a dropped connection mid-stream is a failed request, not a crash
                 record.error = f"{type(error).__name__}: {error}"[:300]
@@ -352,9 +391,14 @@ class LlmUser(FastHttpUser):
             self._record(record)
             _in_flight -= 1
             self._fire_token_events(record)
+        if talking and record.ok:
+            self.conversation.answered(prompt.text, "".join(answer))
+        elif talking:
+            self.conversation.reset()
         return record
 
-    def _read_stream(self, resp, record: RequestRecord, started: float) -> None:
+    def _read_stream(self, resp, record: RequestRecord, started: float, answer: list[str] | None = None) -> None:
+        """Time every chunk; `answer` (a multi-turn user's) also collects the text, which the fast path skips."""
         raw = resp._response  # geventhttpclient response: readline returns each SSE line as soon as it arrives
         saw_done = False
         chunks = 0
@@ -368,7 +412,7 @@ class LlmUser(FastHttpUser):
                 continue
             now = perf_counter()  # before any parsing, so parsing cost is never part of the measured latency
             # Fast path: a `data: {...}` line that certainly holds a piece of text, or the end of the stream.
-            if line.startswith(b"data: {") and chunk_has_text_fast(line[6:].rstrip()):
+            if answer is None and line.startswith(b"data: {") and chunk_has_text_fast(line[6:].rstrip()):
                 chunks += 1
                 token_times.append(now - started)
                 continue
@@ -386,9 +430,12 @@ class LlmUser(FastHttpUser):
             if event.text:
                 chunks += 1
                 token_times.append(now - started)
+                if answer is not None:
+                    answer.append(event.text)
             if event.usage:
                 record.output_tokens = int(event.usage.get("completion_tokens", 0))
                 record.prompt_tokens = event.usage.get("prompt_tokens")
+                record.cached_tokens = cached_tokens(event.usage)
         if not saw_done:
             raise ConnectionError("stream ended before [DONE]")
         record.e2e_s = perf_counter() - started  # the answer is complete; the body's closing bytes are not latency
@@ -433,6 +480,13 @@ class LlmUser(FastHttpUser):
         tpot_s = time_per_output_token_s(record.e2e_s, record.ttft_s, record.output_tokens)
         if tpot_s is not None:
             stats.get("tpot", "LLM").log(tpot_s * 1000, record.output_tokens)
+
+
+def cached_tokens(usage: dict) -> int | None:
+    """OpenAI's `usage.prompt_tokens_details.cached_tokens`, when the server returns it."""
+    details = usage.get("prompt_tokens_details")
+    value = details.get("cached_tokens") if isinstance(details, dict) else None
+    return int(value) if isinstance(value, (int, float)) else None
 
 
 # --- Open-loop arrivals: one schedule per process, shared by its users (loadtests/arrivals.py) ----------------------

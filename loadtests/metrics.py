@@ -115,6 +115,25 @@ def latencies_ms(records: Sequence[RequestRecord]) -> dict[str, list[float]]:
     return {"ttft_ms": ttft, "tpot_ms": tpot, "itl_ms": itl, "e2el_ms": e2e}
 
 
+def prefix_reuse(records: Sequence[RequestRecord]) -> dict[str, float]:
+    """Prompt reuse as the client sees it, over the successful measured requests: `cached_prompt_fraction` =
+    sum of the server's usage.prompt_tokens_details.cached_tokens / sum of their prompt tokens (requests whose
+    answer reported cached tokens only; absent when none did); with multi-turn conversations, the mean TTFT of
+    first turns (`ttft_first_turn_ms.mean`) and of later turns (`ttft_later_turns_ms.mean`)."""
+    done = [record for record in measured(records) if record.ok]
+    figures: dict[str, float] = {}
+    reporting = [record for record in done if record.cached_tokens is not None and record.prompt_tokens]
+    if reporting:
+        figures["cached_prompt_fraction"] = sum(record.cached_tokens or 0 for record in reporting) / \
+            sum(record.prompt_tokens or 0 for record in reporting)
+    for key, turns in (("ttft_first_turn_ms.mean", lambda turn: turn == 1),
+                       ("ttft_later_turns_ms.mean", lambda turn: turn > 1)):
+        ttfts = [record.ttft_s * 1000 for record in done if turns(record.turn) and record.ttft_s is not None]
+        if ttfts:
+            figures[key] = float(np.mean(ttfts))
+    return figures
+
+
 def summarize(records: Sequence[RequestRecord], slo: RequestSlo = RequestSlo()) -> dict[str, float]:
     """Throughput, latency statistics, lengths, error rate and goodput of the measured requests (warm-up requests
     are dropped here, whoever calls), under vLLM `bench serve`'s names where vLLM has one.

@@ -92,6 +92,11 @@ class MeasurementWindow:
     grace_s: float
     sent: int
     abandoned: int
+    cpu_cores: float | None = None
+    """CPU time this Locust process used during the window / the window's length (1.0: a whole core)."""
+    loop_lag_ms_p99: float | None = None
+    """p99 lateness of a periodic timer on this process's event loop during the window (loadtests/saturation.py):
+    how late greenlets ran, so how late requests were sent and their chunks timed. None: not measured."""
 
     def write(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self)) + "\n")

@@ -38,7 +38,7 @@ ALLREDUCE_RESULT_FILE = "sweep.json"
 CHECKPOINT_RESULT_FILE = "checkpoint.json"
 """`checkpoint`: the CheckpointResult line of workloads/train_checkpoint_bench.py."""
 LOAD_POD_RESULT_FILE = "load.json"
-"""`inference` on Kubernetes: the LoadPodResult line of `python -m dcforge.checks.serving.load_pod`."""
+"""`inference` on Kubernetes: the LoadPodResult line of `python -m dcforge.steps.serving.load_pod`."""
 LOAD_POD_REQUESTS_FILE = "requests.jsonl"
 """`inference` on Kubernetes: every RequestRecord the load pod's Locust processes logged, merged."""
 STORAGE_CLASS_FILE = "storage.json"
@@ -46,7 +46,7 @@ STORAGE_CLASS_FILE = "storage.json"
 GPU_HEALTH_FILE = "gpu_health.json"
 """`gpu_health` on Kubernetes: the GpuHealthResult line of `python -m dcforge.checks.gpu_health` on a node."""
 SYSTEM_FACTS_FILE = "system.json"
-"""`node_level`: the SystemFacts line of `python -m dcforge.checks.system` run on a node."""
+"""`node_level`: the SystemFacts line of `python -m dcforge.steps.system` run on a node."""
 READY_FILE_PREFIX = "ready-"
 """A serving replica writes `<state dir>/ready-<pid>` (a ReplicaReady line) once its model is loaded."""
 REQUEST_LOG_TEMPLATE = "requests-{pid}.jsonl"
@@ -86,6 +86,10 @@ class LoadEnv:
     SHARED_PREFIX_TOKENS = "LLM_SHARED_PREFIX_TOKENS"
     WARMUP_PER_REPLICA = "LLM_WARMUP_PER_REPLICA"
     WARMUP_REPLICAS = "LLM_WARMUP_REPLICAS"
+    TURNS = "LLM_TURNS"
+    """Turns per conversation (multi-turn chat, loadtests/conversation.py); 1: single-turn requests."""
+    CONVERSATION_TOKENS = "LLM_CONVERSATION_TOKENS"
+    """Most prompt + answer tokens one turn may need; a conversation that would pass it starts anew (0: no limit)."""
     DURATION = "LLM_DURATION"
     """Seconds measured after the warm-up; the process ends the run then (Locust's -t stays the hard limit)."""
 
@@ -394,7 +398,7 @@ class CheckpointResult(Record):
     directory: str
 
 
-# --- System facts: `python -m dcforge.checks.system` on a node -> dcforge/checks/node_level.py ------------------
+# --- System facts: `python -m dcforge.steps.system` on a node -> dcforge/checks/node_level.py ------------------
 
 @dataclass
 class SystemFacts(Record):
@@ -449,7 +453,7 @@ class GpuHealthResult(Record):
     """dcforge.gpu.readings.NodeHealth as `dataclasses.asdict` gives it (GPUs, XIDs, DCGM diagnostics, notes)."""
 
 
-# --- Serving: workloads/serving -> dcforge/checks/serving/ --------------------------------------------------------
+# --- Serving: workloads/serving -> dcforge/steps/serving/ --------------------------------------------------------
 
 @dataclass
 class ReplicaReady(Record):
@@ -536,6 +540,11 @@ class RequestRecord(Record):
     warmup: bool = False
     """Sent in the warm-up before measuring: kept in the log, excluded from every statistic (the measured set is
     the records without it)."""
+    turn: int = 0
+    """Turn of a multi-turn conversation (1 = its first request, loadtests/conversation.py); 0: single-turn load."""
+    cached_tokens: int | None = None
+    """The server's `usage.prompt_tokens_details.cached_tokens` (prompt tokens served from its prefix cache) when
+    it returned one."""
 
     def to_json(self) -> str:
         # Written per request by Locust, under a lock: the fields are flat, so a shallow copy of __dict__ gives

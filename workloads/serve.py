@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-context", type=int, default=None)
     add("--torch-threads", type=int, default=EngineSettings.torch_threads)
     add("--device", default=EngineSettings.device, help="auto (GPUs when visible), cpu, cuda or cuda:N")
+    add("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=EngineSettings.prefix_caching,
+        help="reuse a free KV slot's cached prefix for a prompt that starts with it (default: on)")
     add("--engine", choices=ISOLATION_MODES, default=EngineSettings.isolation,
         help="process: each replica's batching engine in a process of its own (default); thread: inside the replica")
     add("--quantize", default=ModelSettings.quantize,
@@ -66,7 +68,7 @@ def settings_from_args(args: argparse.Namespace, api_key: str, state_dir: Path) 
                             seed=args.seed, quantize=args.quantize),
         engine=EngineSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_context=args.max_context,
                               torch_threads=args.torch_threads, device=args.device,
-                              isolation=args.engine),
+                              isolation=args.engine, prefix_caching=args.enable_prefix_caching),
         limits=LimitSettings(max_body_bytes=args.max_body_bytes, max_prompt_tokens=args.max_prompt_tokens,
                              max_tokens=args.max_tokens, max_pending=args.max_pending),
         api_key=api_key,

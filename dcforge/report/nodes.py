@@ -123,3 +123,23 @@ def judge_nodes(report: dict[str, Any]) -> dict[str, NodeJudgement]:
             if problem:
                 judged.problems.append(f"{check['name']}: {problem}")
     return nodes
+
+
+PAST = {"taint": "tainted", "untaint": "untainted", "release": "released", "drain": "drained", "resume": "resumed"}
+"""Each remediation action's key in report.json's `remediation` (the nodes it was applied to): taints on target
+kubernetes, drain and resume on target slurm (dcforge/remediation.py)."""
+
+
+def summary_line(remediation: dict[str, Any]) -> str:
+    """One line for the console and the HTML report, from report.json's `remediation`."""
+    if remediation.get("skipped"):
+        return f"remediation skipped: {remediation['skipped']}"
+    would = "would " if remediation["dry_run"] else ""
+    parts = [*(f"{would}{verb} {', '.join(remediation[past])}" for verb, past in PAST.items()
+               if remediation.get(past)),
+             f"{len(remediation['unchanged'])} unchanged" if remediation["unchanged"] else "",
+             (f"{'would mark' if would else 'marked'} {len(remediation['marks'])} node(s)" if remediation.get("marks")
+              else ""),
+             f"{len(remediation['errors'])} error(s)" if remediation["errors"] else ""]
+    text = "; ".join(p for p in parts if p) or "no node with per-node results"
+    return f"remediation{' (dry run)' if remediation['dry_run'] else ''} [{remediation['taint']}]: {text}"

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, ValidationError
 
+from dcforge.errors import pydantic_message
 from dcforge.spec.compat import version_problems
 from dcforge.spec.gpus import GPU_MODELS
 from dcforge.spec.models import Environment
@@ -207,7 +208,7 @@ def check_catalog_rules(env: Environment, checks: CheckCatalog) -> Iterator[Prob
         except ValidationError as error:  # one line per field
             for detail in error.errors():
                 loc = ".".join(str(part) for part in detail["loc"])
-                yield f"{key}.{loc}" if loc else key, _pydantic_message(detail)
+                yield f"{key}.{loc}" if loc else key, pydantic_message(detail)
             continue
         # Settings that must agree with the rest of the environment (e.g. storage paths of declared classes).
         for loc, message in getattr(validated, "environment_problems", lambda spec: ())(env):
@@ -241,21 +242,6 @@ def check_catalog_rules(env: Environment, checks: CheckCatalog) -> Iterator[Prob
             for threshold_key in profile.unknown_checks(known):
                 yield ("dcforge:acceptance.profile", f"malformed profile {profile.name} (dcforge/spec/data/profiles): "
                        f"thresholds.{threshold_key}: unknown check {threshold_key.split('.', 1)[0]!r}")
-
-
-def _pydantic_message(detail: dict) -> str:
-    message = str(detail.get("msg", "invalid value"))
-    message = message.removeprefix("Value error, ")
-    kind = detail.get("type")
-    if kind == "missing":
-        return "required key is missing"
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if "input" in detail and kind not in ("model_type", "dict_type", "list_type"):
-        value = detail["input"]
-        if not isinstance(value, (dict, list)) and repr(value) not in message:
-            message = f"{message} (got {value!r})"
-    return message
 
 
 RULES: list[Callable[[Environment], Iterator[Problem]]] = [

@@ -82,3 +82,26 @@ def gap_cv(report_dir, result) -> float:
     gaps = [b - a for a, b in zip(starts, starts[1:])]
     assert len(gaps) >= 40
     return statistics.pstdev(gaps) / statistics.fmean(gaps)
+
+
+def test_a_point_far_past_capacity_stops_early_with_its_reason_and_a_client_verdict(fake_server, tmp_path):
+    """At 3x the fake's capacity its first token goes from 5 ms to 400 ms: the watcher sees the latency grow and
+    interrupts Locust well before the 8-s window ends; the point keeps what it measured and breaks with the reason.
+    The point below capacity runs its whole window. Both carry the load generator's saturation verdict."""
+    started = time.monotonic()
+    _, result = measure(fake_server, tmp_path, {"pointDurationS": 8, "stopGraceS": 1,
+                                                "sweep": {"rates": [20, 120]}}, burstiness=REGULAR_ARRIVALS)
+    below, past = result.details["capacity"]["sweeps"]["rate"]
+    assert below["holds"] and below["early_stop"].startswith("none")
+    assert past["early_stop"].startswith("latency growing without bound") and not past["holds"]
+    assert any(reason.startswith("stopped early: latency growing") for reason in past["broken"])
+    window = max(r.end for r in read_records([tmp_path / past["request_log"]])) - \
+        min(r.start for r in read_records([tmp_path / past["request_log"]]))
+    assert window < 6, window
+    for point in (below, past):  # a busy machine may starve the generator: then the verdict says by what
+        verdict = point["client_saturation"]
+        assert verdict == "not saturated" or all(reason.startswith(("a Locust process", "event-loop lag", "sent "))
+                                                 for reason in verdict), verdict
+        assert point["valid"] == (verdict == "not saturated")
+    print(f"early stop after {window:.1f} s of 8; client: {below['client_saturation']} / "
+          f"{past['client_saturation']}; {time.monotonic() - started:.0f} s")

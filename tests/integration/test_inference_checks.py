@@ -10,8 +10,8 @@ import pytest
 
 from dcforge.checks import load_check
 from dcforge.checks.inference import InferenceConfig
-from dcforge.checks.serving.load import REQUEST_LOG_DIR, run_load, serving_session
-from dcforge.checks.serving.replicas import replica_shares
+from dcforge.steps.serving.load import REQUEST_LOG_DIR, run_load, serving_session
+from dcforge.steps.serving.replicas import replica_shares
 from dcforge.harness.check import CheckContext
 from dcforge.harness.result import CheckResult, Status
 from dcforge.harness.slo import parse_slos
@@ -63,7 +63,12 @@ def test_inference_check_measures_a_loaded_server(tmp_path):
     assert result.metrics["p95_ttft_ms"].aliases == {"aiperf": "time_to_first_token.p95",
                                                      "dcforge (former)": "ttft_ms.p95"}
     assert {f["rule"] for f in result.details["endpoint_compliance"]} == {"api-key-required", "tls-minimum-version"}
-    assert len([plot for plot in result.plots if plot.title != "Power draw"]) == 4
+    assert len([plot for plot in result.plots if plot.title != "Power draw"]) == 5
+    # The server's own state, scraped every 0.5 s during the window (both replicas' engines, under vLLM's names):
+    # 4 users always keep a request running; the engine never preempts; every family is there.
+    assert result.plots[1].title.startswith("Server state") and metrics["server_scrapes"] >= 6
+    assert metrics["num_requests_running.max"] >= 1 and 0 < metrics["kv_cache_usage.max"] < 1
+    assert metrics["num_preemptions.total"] == 0 and result.details["server_metrics"]["not_reported"] == []
     assert_energy(result, "output_tokens_per_joule")
     # Warm-up: every replica answered 2 streamed requests before measuring; they are in the log, marked, and in
     # no statistic (requests counts only the others).
@@ -77,6 +82,28 @@ def test_inference_check_measures_a_loaded_server(tmp_path):
     assert sum(x["metadata"]["benchmark_phase"] == "warmup" for x in export) == len(warmup)
     server_log = (tmp_path / result.artefacts["server_log"]).read_text()
     assert "Bearer" not in server_log and "Bearer" not in (tmp_path / result.artefacts["locust_log"]).read_text()
+
+
+def test_multi_turn_chat_sends_the_servers_answers_back_and_its_prefix_cache_reuses_them(tmp_path):
+    """One replica, so every next turn meets the slot that served the previous one: the server's counters and its
+    usage.cached_tokens both see the history reused; the log holds every turn."""
+    check = load_check("inference")
+    config = check.Config.model_validate({"replicas": 1, "users": 2, "durationS": 5, "maxTokens": 8, "turns": 3,
+                                          "thinkTimeS": 0.05, "warmupPerReplica": 1, "serverMetricsIntervalS": 0.25})
+    result = check.run(context(tmp_path), config)
+    assert result.status == Status.PASS, result.reason
+    metrics = {name: metric.value for name, metric in result.metrics.items()}
+    records = [r for r in read_records([tmp_path / result.artefacts["request_log"]]) if not r.warmup]
+    assert metrics["error_rate"] == 0 and {1, 2, 3} <= {r.turn for r in records}
+    later = [r for r in records if r.turn > 1]
+    # A later turn's prompt holds the earlier turns: longer than any first turn's.
+    assert min(r.prompt_tokens for r in later) > max(r.prompt_tokens for r in records if r.turn == 1)
+    def cached_share(turns):  # first turns may share a few words with an earlier prompt, later turns their history
+        return sum(r.cached_tokens for r in turns) / sum(r.prompt_tokens for r in turns)
+
+    assert cached_share(later) > max(0.3, cached_share([r for r in records if r.turn == 1]))
+    assert 0 < metrics["prefix_cache_hit_rate"] < 1 and 0 < metrics["cached_prompt_fraction"] < 1
+    assert metrics["ttft_first_turn_ms.mean"] > 0 and metrics["ttft_later_turns_ms.mean"] > 0
 
 
 def test_shared_prefix_workload_from_a_prompt_file_reports_its_lengths(tmp_path):

@@ -34,7 +34,8 @@ def test_completion_usage_and_max_tokens(client):
     body = {"model": "dcforge-gpt", "prompt": "hello", "max_tokens": 7, "temperature": 0, "ignore_eos": True}
     data = client.post("/v1/completions", json=body, headers=AUTH).json()
     assert data["object"] == "text_completion"
-    assert data["usage"] == {"prompt_tokens": 6, "completion_tokens": 7, "total_tokens": 13}  # BOS + 5 bytes
+    assert data["usage"] == {"prompt_tokens": 6, "completion_tokens": 7, "total_tokens": 13,  # BOS + 5 bytes
+                             "prompt_tokens_details": {"cached_tokens": 0}}
     assert data["choices"][0]["finish_reason"] == "length"
     again = client.post("/v1/completions", json=body, headers=AUTH).json()
     assert again["choices"][0]["text"] == data["choices"][0]["text"]  # temperature 0 is deterministic

@@ -118,3 +118,68 @@ def test_submit_refuses_when_the_queue_is_full_and_rejects_oversized_prompts(mod
             engine.submit([1] * 64, params)
 
     asyncio.run(run())
+
+
+def test_next_turn_reuses_the_cached_prefix_and_decodes_like_uncached_greedy(model):
+    """A chat's second turn carries the first turn's prompt and answer: the slot that served the first turn still
+    holds their keys and values, so only the new tokens are prefilled, and the answer is the uncached one."""
+    first_prompt = [256, *b"a system prompt of twenty"]
+    loads = []
+    engines = {}
+    for caching in (True, False):
+        engine = BatchingEngine(model, CONFIG, EngineSettings(max_batch=4, max_wait_ms=0, prefix_caching=caching),
+                                load_observer=loads.append)
+        engine.start()
+        engines[caching] = engine
+        try:
+            async def conversation():
+                params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+                handle = engine.submit(first_prompt, params)
+                answer = [event async for event in handle.events()]
+                second_prompt = [*first_prompt, *greedy_reference(model, first_prompt, 8), *b" and then?"]
+                return second_prompt, answer[-1], await collect(engine, second_prompt, params)
+
+            second_prompt, first_final, second = asyncio.run(conversation())
+        finally:
+            engine.stop()
+        assert second == (bytes(greedy_reference(model, second_prompt, 8)).decode("utf-8", errors="replace"), 8,
+                          "length")
+        assert first_final.cached_tokens == 0
+    cached, uncached = engines[True], engines[False]
+    # The slot holds the first prompt and the 7 answer tokens fed back to the model (the 8th was never decoded).
+    assert cached.prefix_hits == len(first_prompt) + 7
+    assert cached.prefix_queries == len(first_prompt) + len(second_prompt)
+    assert (uncached.prefix_hits, uncached.prefix_queries) == (0, 0)
+    assert max(load.kv_usage for load in loads) > 0 and loads[-1].kv_usage == 0 and loads[-1].running == 0
+
+
+def test_a_short_shared_prefix_is_not_reused(model):
+    """Prompts sharing only BOS and a few bytes (under PREFIX_MIN_TOKENS) are prefilled whole and count no hit."""
+    engine = make_engine(model)
+    try:
+        async def run():
+            params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
+            await collect(engine, [256, *b"hello there"], params)
+            return await collect(engine, [256, *b"hello world"], params)
+
+        text, _, _ = asyncio.run(run())
+    finally:
+        engine.stop()
+    assert engine.prefix_hits == 0 and engine.prefix_queries == 24
+    assert text == bytes(greedy_reference(model, [256, *b"hello world"], 4)).decode("utf-8", errors="replace")
+
+
+def test_a_vanishing_temperature_samples_the_greedy_token_instead_of_failing(model):
+    """temperature 1e-300 is within the API's [0, 2]: logits / t overflowed to inf and the softmax to NaN (found
+    by the schema fuzz test); sampling now sees the greedy token with probability 1."""
+    engine = make_engine(model)
+    try:
+        async def run():
+            return await collect(engine, [256, *b"tiny"], SamplingParams(max_tokens=4, temperature=1e-300, seed=1,
+                                                                          ignore_eos=True))
+
+        text, tokens, finish = asyncio.run(run())
+    finally:
+        engine.stop()
+    greedy = bytes(greedy_reference(model, [256, *b"tiny"], 4)).decode("utf-8", errors="replace")
+    assert (text, tokens, finish) == (greedy, 4, "length")

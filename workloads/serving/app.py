@@ -24,16 +24,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from workloads.serving import metrics
 from workloads.serving.engine import BatchingEngine, EngineOverloaded, SamplingParams, load_model, resolve_device
 from workloads.serving.engine_process import EngineProcess, EngineUnavailable
-from workloads.serving.protocol import (APIError, ChatCompletionRequest, CompletionRequest, TextChunkEncoder,
-                                        chat_body, chat_chunk, completion_body, completion_chunk, new_id, sse,
-                                        usage_chunk, validation_message)
+from workloads.serving.protocol import (DEFAULT_MAX_TOKENS, APIError, ChatCompletionRequest, CompletionRequest, TextChunkEncoder,
+                                        chat_body, chat_chunk, completion_body, completion_chunk, new_id,
+                                        published_schema, sse, usage_chunk, validation_message)
 from workloads.records import REPLICA_HEADER, mark_ready
 from workloads.serving.settings import LimitSettings, ServerSettings, replica_id
 
 ServingEngine = BatchingEngine | EngineProcess
 """What the routes submit to: the same interface in a thread (`BatchingEngine`) or in a process of its own."""
 
-_ROUTES = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/ready", "/metrics"}
+_ROUTES = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/ready", "/metrics", "/openapi.json"}
 
 
 class BodyTooLarge(Exception):
@@ -102,7 +102,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.engine.isolation == "process":
         engine: ServingEngine = EngineProcess(settings.model, settings.engine, str(device),
                                               max_pending=settings.limits.max_pending, observer=metrics.observe_step,
-                                              load_observer=metrics.observe_load,
+                                              load_observer=metrics.LoadMetrics(settings.model.served_name),
                                               on_lost=getattr(app.state, "exit_replica", None))
         await engine.start()
     else:
@@ -127,7 +127,8 @@ async def start_engine_thread(settings: ServerSettings, device: torch.device) ->
     model, config = await asyncio.to_thread(load_model, settings.model)
     model = model.to(device)
     engine = BatchingEngine(model, config, settings.engine, max_pending=settings.limits.max_pending,
-                            observer=metrics.observe_step, load_observer=metrics.observe_load)
+                            observer=metrics.observe_step,
+                            load_observer=metrics.LoadMetrics(settings.model.served_name))
     await asyncio.to_thread(engine.warm_up)
     engine.start()
     return engine
@@ -215,6 +216,8 @@ def submit(engine: ServingEngine, limits: LimitSettings, body: CompletionRequest
     """The request checked against the limits and the context, queued on the engine (429 when it is full)."""
     prompt_ids = body.prompt_ids(engine.tokenizer)
     max_tokens = body.requested_max_tokens()
+    if max_tokens is None:  # left to the server: a default it accepts itself, within the limit and the context
+        max_tokens = max(1, min(DEFAULT_MAX_TOKENS, limits.max_tokens, engine.max_context - len(prompt_ids)))
     if not 1 <= max_tokens <= limits.max_tokens:
         raise APIError(400, f"max_tokens must be between 1 and {limits.max_tokens}, got {max_tokens}",
                        param="max_tokens")
@@ -259,7 +262,7 @@ async def respond(engine: ServingEngine, settings: ServerSettings, body: Complet
         raise APIError(500, "generation failed on the server", "server_error")
     build = chat_body if chat else completion_body
     return JSONResponse(build(request_id, served, "".join(pieces), event.finish_reason, handle.prompt_tokens,
-                              event.completion_tokens))
+                              event.completion_tokens, event.cached_tokens))
 
 
 async def stream(handle, request_id: str, served: str, body: CompletionRequest | ChatCompletionRequest, chat: bool,
@@ -284,7 +287,8 @@ async def stream(handle, request_id: str, served: str, body: CompletionRequest |
                 yield sse(chat_chunk(request_id, served, {}, event.finish_reason) if chat
                           else completion_chunk(request_id, served, "", event.finish_reason))
                 if body.include_usage_in_stream():
-                    yield sse(usage_chunk(request_id, served, kind, handle.prompt_tokens, event.completion_tokens))
+                    yield sse(usage_chunk(request_id, served, kind, handle.prompt_tokens, event.completion_tokens,
+                                          event.cached_tokens))
         yield sse("[DONE]")
     finally:
         handle.cancel()  # a client that went away frees its batch slot at the next step
@@ -347,7 +351,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     if not settings.api_key:
         raise ValueError("an API key is required: set DCFORGE_API_KEY or DCFORGE_API_KEY_FILE")
     app = FastAPI(title="dcforge OpenAI-compatible server", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+                  openapi_url="/openapi.json")
     app.state.settings = settings
     app.add_middleware(ServingMiddleware, max_body_bytes=settings.limits.max_body_bytes,
                        close_connections=settings.balance == "requests", replica_tag=settings.replica_tag)
@@ -356,4 +360,16 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.add_exception_handler(Exception, unexpected_error)
     app.add_exception_handler(RequestValidationError, request_validation_error)
     app.include_router(router)
+    app.openapi = lambda: openapi(app)
     return app
+
+
+def openapi(app: FastAPI) -> dict[str, Any]:
+    """`/openapi.json`: FastAPI's paths with the request bodies the routes parse themselves (`published_schema`)."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        settings: ServerSettings = app.state.settings
+        paths = get_openapi(title=app.title, version="1", routes=app.routes)["paths"]
+        app.openapi_schema = published_schema(app.title, paths, settings.model.served_name, settings.limits.max_tokens)
+    return app.openapi_schema

@@ -10,6 +10,12 @@ default), over a socket: the engine reports each step's events to whatever `deli
 Slots are handed out first-freed-first-reused, so the active sequences stay in runs of consecutive slots ordered
 by age (hence by length); the model then reads their keys straight from the cache and attends each run only up to
 its own longest sequence (see `workloads.model.CachedBatch`).
+
+Prefix caching: a freed slot keeps the keys and values of the tokens it held until it is reused. A new request
+whose prompt starts with at least `PREFIX_MIN_TOKENS` of a free slot's tokens takes that slot and prefills only the
+rest of its prompt (the next turn of a chat carries the previous turn's prompt and answer). The engine counts, as
+vLLM does, prompt tokens looked up (`prefix_queries`) and prompt tokens found (`prefix_hits`); it never preempts
+a running sequence (a request waits for a slot instead), so its preemption count is 0 by construction.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 
@@ -60,6 +66,8 @@ class TokenEvent:
     """Tokens generated so far."""
     finish_reason: str | None = None
     """None while generating; then "stop", "length" or "error"."""
+    cached_tokens: int = 0
+    """On the final event: prompt tokens served from the prefix cache (OpenAI's usage.prompt_tokens_details)."""
 
 
 class Handle(Protocol):
@@ -150,6 +158,8 @@ class _Sequence:
     decoder: StreamDecoder
     length: int = 0
     """Tokens of this sequence already in the KV cache."""
+    reused: int = 0
+    """Prompt tokens whose keys and values were already in the slot (prefix cache): prefill starts after them."""
     last_token: int = 0
     generated: int = 0
     emitted: str = ""
@@ -197,8 +207,48 @@ def load_model(settings: ModelSettings) -> tuple[GPT, GPTConfig]:
 
 StepObserver = Callable[[str, int, float], None]
 """(phase "prefill"|"decode", batch size, seconds) after every forward pass."""
-LoadObserver = Callable[[int, int], None]
-"""(queue depth, active sequences) whenever either changes in the engine thread."""
+
+_TINY = torch.finfo(torch.float32).tiny
+"""Smallest temperature the sampler divides by (float32's smallest normal number; see `_sample`)."""
+
+PREFIX_MIN_TOKENS = 16
+"""Shortest cached prefix worth a slot (vLLM's default KV block size): shorter matches -- every prompt starts with
+BOS and most chats with the same role tag -- are neither reused nor counted as hits."""
+
+
+class EngineLoad(NamedTuple):
+    """The engine's state after a step, as the server's metrics publish it (vLLM's names in
+    `workloads.serving.metrics`)."""
+
+    waiting: int
+    """Requests queued for a slot."""
+    running: int
+    """Sequences being generated."""
+    kv_usage: float
+    """Tokens held by running sequences / (slots x context): the share of the KV cache in use, 0-1."""
+    prefix_queries: int
+    """Prompt tokens looked up in the prefix cache since the engine started."""
+    prefix_hits: int
+    """Prompt tokens of those found cached (not prefilled again)."""
+
+
+IDLE = EngineLoad(0, 0, 0.0, 0, 0)
+
+LoadObserver = Callable[[EngineLoad], None]
+"""Called with the engine's `EngineLoad` after a step that changed it (in the engine thread)."""
+
+
+def shared_prefix(cached: list[int], prompt: list[int]) -> int:
+    """Length of the longest common prefix of two token lists: a binary search over slice comparisons (C speed),
+    not a Python loop over tokens, since it runs for every free slot at every admission."""
+    low, high = 0, min(len(cached), len(prompt))
+    while low < high:
+        middle = (low + high + 1) // 2
+        if cached[:middle] == prompt[:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 class BatchingEngine:
@@ -218,6 +268,12 @@ class BatchingEngine:
         self.device = next(model.parameters()).device
         self._cache = KVCache(config, settings.max_batch, self.max_context, device=self.device)
         self._free_slots = deque(range(settings.max_batch))  # FIFO: see the module docstring
+        self._slot_tokens: list[list[int]] = [[] for _ in range(settings.max_batch)]
+        """The tokens whose keys and values each slot holds, position by position (kept after release)."""
+        self._kv_tokens = 0
+        self._kv_capacity = settings.max_batch * self.max_context
+        self.prefix_queries = 0
+        self.prefix_hits = 0
         self._pending: deque[Handle] = deque()
         self._active: list[_Sequence] = []
         self._cond = threading.Condition()
@@ -318,9 +374,28 @@ class BatchingEngine:
                 if handle.cancelled:
                     continue
                 seed = handle.params.seed if handle.params.seed is not None else random.getrandbits(63)
-                admitted.append(_Sequence(handle, self._free_slots.popleft(), torch.Generator().manual_seed(seed),
-                                          self.tokenizer.stream_decoder()))
+                slot, reused = self._take_slot(handle.prompt_ids)
+                admitted.append(_Sequence(handle, slot, torch.Generator().manual_seed(seed),
+                                          self.tokenizer.stream_decoder(), reused=reused))
             return admitted
+
+    def _take_slot(self, prompt_ids: list[int]) -> tuple[int, int]:
+        """A free slot for this prompt and how many of its first tokens that slot already holds: the free slot
+        with the longest cached prefix of at least PREFIX_MIN_TOKENS (one prompt token is always prefilled, for
+        its logits), else the first freed (FIFO)."""
+        slot, reused = self._free_slots[0], 0
+        if self.settings.prefix_caching:
+            self.prefix_queries += len(prompt_ids)
+            for candidate in self._free_slots:
+                found = shared_prefix(self._slot_tokens[candidate], prompt_ids)
+                if found > reused:
+                    slot, reused = candidate, found
+            reused = min(reused, len(prompt_ids) - 1)
+            if reused < PREFIX_MIN_TOKENS:
+                slot, reused = self._free_slots[0], 0
+            self.prefix_hits += reused
+        self._free_slots.remove(slot)
+        return slot, reused
 
     def _wait(self, timeout_s: float | None) -> None:
         if self._receive is not None:
@@ -339,25 +414,31 @@ class BatchingEngine:
                 self._release(sequence)
 
     def _prefill(self, sequences: list[_Sequence]) -> None:
-        """All admitted prompts in one forward: rows right-padded to the longest prompt. A pad token sits after
-        its row's prompt, so no prompt token attends to it; the junk it writes into the cache lies past the
-        sequence's length and is overwritten by the first decode step before anything can attend to it."""
+        """All admitted prompts in one forward, each from its first uncached token (`reused`): rows right-padded
+        to the longest. A pad token sits after its row's prompt, so no prompt token attends to it; the junk it
+        writes into the cache lies past the sequence's length (its position clamped into the cache) and is
+        overwritten by a decode step before anything can attend to it."""
         sequences.sort(key=lambda sequence: sequence.slot)
-        lengths = [len(sequence.handle.prompt_ids) for sequence in sequences]
-        longest = max(lengths)
+        for sequence in sequences:  # the slot now holds only the reused prefix; the rest is overwritten below
+            del self._slot_tokens[sequence.slot][sequence.reused:]
+        new = [len(sequence.handle.prompt_ids) - sequence.reused for sequence in sequences]
+        longest = max(new)
         tokens = torch.zeros((len(sequences), longest), dtype=torch.long)
         for row, sequence in enumerate(sequences):
-            tokens[row, :lengths[row]] = torch.tensor(sequence.handle.prompt_ids)
+            tokens[row, :new[row]] = torch.tensor(sequence.handle.prompt_ids[sequence.reused:])
+        offsets = torch.tensor([sequence.reused for sequence in sequences])[:, None]
+        positions = (offsets + torch.arange(longest)[None, :]).clamp(max=self.max_context - 1)
         started = time.perf_counter()
         logits = self.model(tokens.to(self.device), cache=self._cache,
-                            slots=self._tensor([s.slot for s in sequences]),
-                            positions=torch.arange(longest, device=self.device).expand(len(sequences), longest))
+                            slots=self._tensor([s.slot for s in sequences]), positions=positions.to(self.device))
         self._observe("prefill", len(sequences), started)
-        for sequence, length in zip(sequences, lengths):
-            sequence.length = length
+        for sequence in sequences:
+            sequence.length = len(sequence.handle.prompt_ids)
+            self._slot_tokens[sequence.slot] = list(sequence.handle.prompt_ids)
+            self._kv_tokens += sequence.length
             self._active.append(sequence)
         self._load_changed()
-        last = logits[torch.arange(len(sequences), device=self.device), self._tensor(lengths) - 1]
+        last = logits[torch.arange(len(sequences), device=self.device), self._tensor(new) - 1]
         for sequence, token in zip(sequences, self._sample(last, sequences)):
             self._advance(sequence, token)
 
@@ -374,7 +455,10 @@ class BatchingEngine:
                             positions=self._tensor([[s.length] for s in live]))
         self._observe("decode", len(live), started)
         for sequence in live:
+            self._slot_tokens[sequence.slot].append(sequence.last_token)
             sequence.length += 1
+        self._kv_tokens += len(live)
+        self._load_changed()
         for sequence, token in zip(live, self._sample(logits[:, -1], live)):
             self._advance(sequence, token)
 
@@ -390,7 +474,11 @@ class BatchingEngine:
             temperature = sequence.handle.params.temperature
             if temperature > 0:
                 # on the CPU: each request's generator is a CPU generator (its seed fixes its tokens anywhere)
-                probabilities = torch.softmax(logits[row].float().cpu() / temperature, dim=-1)
+                # Shifted by the row's maximum and divided by at least float32's smallest normal number: the same
+                # distribution, but a tiny temperature (1e-300, which the API admits, is 0 in float32) gives the
+                # largest logit 0 and the others -inf instead of inf/NaN, which the sampler cannot draw from.
+                row_logits = logits[row].float().cpu()
+                probabilities = torch.softmax((row_logits - row_logits.max()) / max(temperature, _TINY), dim=-1)
                 tokens[row] = int(torch.multinomial(probabilities, 1, generator=sequence.generator))
         return tokens
 
@@ -420,12 +508,13 @@ class BatchingEngine:
 
     def _finish(self, sequence: _Sequence, reason: str, tail: str, *, flush: bool = True) -> None:
         text = (sequence.pending + tail) if flush else tail
-        sequence.handle.publish(TokenEvent(text, sequence.generated, reason))
+        sequence.handle.publish(TokenEvent(text, sequence.generated, reason, sequence.reused))
         self._release(sequence)
 
     def _release(self, sequence: _Sequence) -> None:
         if sequence in self._active:
             self._active.remove(sequence)
+            self._kv_tokens -= sequence.length
         with self._cond:
             if sequence.slot not in self._free_slots:
                 self._free_slots.append(sequence.slot)
@@ -435,6 +524,11 @@ class BatchingEngine:
         if self._observer:
             self._observer(phase, batch, time.perf_counter() - started)
 
+    @property
+    def load(self) -> EngineLoad:
+        return EngineLoad(len(self._pending), len(self._active), self._kv_tokens / self._kv_capacity,
+                          self.prefix_queries, self.prefix_hits)
+
     def _load_changed(self) -> None:
         if self._load_observer:
-            self._load_observer(len(self._pending), len(self._active))
+            self._load_observer(self.load)

@@ -39,8 +39,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from workloads.model import ByteTokenizer
-from workloads.serving.engine import (EngineOverloaded, GenerationHandle, LoadObserver, SamplingParams,
-                                      StepObserver, TokenEvent, check_prompt)
+from workloads.serving.engine import (IDLE, EngineLoad, EngineOverloaded, GenerationHandle, LoadObserver,
+                                      SamplingParams, StepObserver, TokenEvent, check_prompt)
 from workloads.serving.settings import EngineSettings, ModelSettings
 
 log = logging.getLogger("dcforge.serve")
@@ -94,7 +94,7 @@ class EngineProcess:
         self._next_id = 0
         self._submitted = 0
         self._received = 0
-        self._load = (0, 0)
+        self._load = IDLE
         self._stopping = False
         self.lost = False
 
@@ -162,11 +162,11 @@ class EngineProcess:
     @property
     def queue_depth(self) -> int:
         """Waiting in the engine at its last report, plus submitted since that report was taken."""
-        return self._load[0] + self._submitted - self._received
+        return self._load.waiting + self._submitted - self._received
 
     @property
     def active_sequences(self) -> int:
-        return self._load[1]
+        return self._load.running
 
     def _cancel(self, handle: RemoteHandle) -> None:
         """A finished request is already forgotten: only a live one costs a message."""
@@ -193,14 +193,14 @@ class EngineProcess:
         if not self._stopping:
             self._engine_lost()
 
-    def _on_step(self, events: list[tuple], load: tuple[int, int], observations: list[tuple],
+    def _on_step(self, events: list[tuple], load: EngineLoad, observations: list[tuple],
                  received: int) -> None:
         handles = self._handles
-        for request_id, text, completion_tokens, finish_reason in events:
+        for request_id, text, completion_tokens, finish_reason, cached_tokens in events:
             handle = handles.get(request_id)
             if handle is None:  # cancelled here meanwhile
                 continue
-            handle._queue.put_nowait(TokenEvent(text, completion_tokens, finish_reason))
+            handle._queue.put_nowait(TokenEvent(text, completion_tokens, finish_reason, cached_tokens))
             if finish_reason is not None:
                 del handles[request_id]
         self._received = received
@@ -210,7 +210,7 @@ class EngineProcess:
         if load != self._load:
             self._load = load
             if self._load_observer:
-                self._load_observer(*load)
+                self._load_observer(load)
 
     def _engine_lost(self) -> None:
         self.lost = True
@@ -219,7 +219,7 @@ class EngineProcess:
                   len(self._handles))
         self._fail_all()
         if self._load_observer:
-            self._load_observer(0, 0)
+            self._load_observer(IDLE)
         if self._on_lost:
             self._on_lost()
 
@@ -319,11 +319,12 @@ class _Link:
         for request in handles:
             while request.outbox:
                 event = request.outbox.popleft()
-                events.append((request.request_id, event.text, event.completion_tokens, event.finish_reason))
+                events.append((request.request_id, event.text, event.completion_tokens, event.finish_reason,
+                               event.cached_tokens))
                 if event.finish_reason is not None:
                     self.requests.pop(request.request_id, None)
         observations, self.observations = self.observations, []
-        load = (self.engine.queue_depth, self.engine.active_sequences)
+        load = self.engine.load
         try:
             self.send(("step", events, load, observations, self.received))
         except OSError:  # the replica is gone; the next `receive` sees the end of the socket and stops the loop

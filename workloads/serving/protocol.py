@@ -8,7 +8,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
 
 from workloads.model import ByteTokenizer
 
@@ -29,8 +29,25 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
 
 
+DEFAULT_MAX_TOKENS = 16
+"""Answer length of a request that gives none (OpenAI's completions default), within the server's limits."""
 MAX_STOP_STRINGS = 4
 """OpenAI's limit on `stop` sequences per request."""
+
+
+def whole_number(value: Any) -> Any:
+    """An integer field's value as the server takes it: JSON Schema's `integer` admits 1.0 (a number whose fraction
+    is zero), so the server does too and the schema it publishes agrees with what it accepts. Booleans, strings and
+    1.5 are still refused. Applied before the field's own type and bounds (`_Request._integers`)."""
+    if value is None:
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("must be an integer")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("must be an integer")
+        return int(value)
+    return value
 
 
 class StreamOptions(BaseModel):
@@ -43,13 +60,13 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: StrictStr
-    max_tokens: StrictInt | None = None
+    max_tokens: int | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
-    seed: StrictInt | None = None
-    stop: StrictStr | list[StrictStr] | None = None
+    seed: Annotated[int, Field(ge=-(2 ** 63), le=2 ** 63 - 1)] | None = None
+    stop: StrictStr | Annotated[list[StrictStr], Field(max_length=MAX_STOP_STRINGS)] | None = None
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    n: Annotated[StrictInt, Field(ge=1, le=1)] = 1
+    n: Annotated[int, Field(ge=1, le=1)] = 1
     """Only one choice per request is supported."""
     ignore_eos: StrictBool = False
     """vLLM's extension: generate exactly max_tokens tokens."""
@@ -61,7 +78,12 @@ class _Request(BaseModel):
             raise ValueError("must be a number")
         return value
 
-    @field_validator("stop")
+    @field_validator("max_tokens", "seed", "n", mode="before")
+    @classmethod
+    def _integers(cls, value: Any) -> Any:
+        return whole_number(value)
+
+    @field_validator("stop", mode="before")  # before the union, so the refusal names the limit
     @classmethod
     def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
         if isinstance(value, list) and len(value) > MAX_STOP_STRINGS:
@@ -74,16 +96,29 @@ class _Request(BaseModel):
         stops = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         return tuple(stop for stop in stops if stop)
 
-    def requested_max_tokens(self) -> int:
-        return 16 if self.max_tokens is None else self.max_tokens
+    def requested_max_tokens(self) -> int | None:
+        """The answer length asked for; None when the request leaves it to the server."""
+        return self.max_tokens
 
     def include_usage_in_stream(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
+TOKENIZER_VOCAB = ByteTokenizer().vocab_size
+"""Token ids a prompt given as ids may use: the served model's byte tokenizer's (bytes, BOS, EOS)."""
+
+
 class CompletionRequest(_Request):
     prompt: StrictStr | Annotated[list[StrictStr], Field(min_length=1, max_length=1)] | \
-        Annotated[list[StrictInt], Field(min_length=1)]
+        Annotated[list[Annotated[int, Field(ge=0, lt=TOKENIZER_VOCAB)]], Field(min_length=1)]
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _token_ids(cls, value: Any) -> Any:
+        """Token ids as any integer field: 1.0 is 1; a list mixing text and numbers is refused."""
+        if isinstance(value, list) and not all(isinstance(item, str) for item in value):
+            return [whole_number(item) for item in value]
+        return value
 
     def prompt_ids(self, tokenizer: ByteTokenizer) -> list[int]:
         if isinstance(self.prompt, str):
@@ -114,9 +149,14 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(_Request):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_completion_tokens: StrictInt | None = None
+    max_completion_tokens: int | None = None
 
-    def requested_max_tokens(self) -> int:
+    @field_validator("max_completion_tokens", mode="before")
+    @classmethod
+    def _integer(cls, value: Any) -> Any:
+        return whole_number(value)
+
+    def requested_max_tokens(self) -> int | None:
         if self.max_completion_tokens is not None:
             return self.max_completion_tokens
         return super().requested_max_tokens()
@@ -125,6 +165,38 @@ class ChatCompletionRequest(_Request):
         # A plain-text chat template: the byte-level model has no special role tokens.
         rendered = "".join(f"<|{message.role}|>\n{message.text()}\n" for message in self.messages)
         return [tokenizer.bos_id, *tokenizer.encode(rendered + "<|assistant|>\n")]
+
+
+def published_schema(title: str, paths: dict[str, Any], served_name: str, max_tokens: int) -> dict[str, Any]:
+    """The server's OpenAPI document: the request models' own JSON Schemas as the request bodies of the two
+    generation routes, narrowed to what this deployment accepts (its model name, its max_tokens limit). A request
+    the schema admits is answered 200, except one whose prompt does not fit the context (400 with code
+    context_length_exceeded: a length in tokens that JSON Schema cannot state)."""
+    components: dict[str, Any] = {}
+    for path, model in (("/v1/completions", CompletionRequest), ("/v1/chat/completions", ChatCompletionRequest)):
+        body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(body.pop("$defs", {}))
+        body["properties"]["model"] = {"type": "string", "enum": [served_name]}
+        for limit in ("max_tokens", "max_completion_tokens"):
+            if limit in body["properties"]:
+                body["properties"][limit] = {"anyOf": [{"type": "integer", "minimum": 1, "maximum": max_tokens},
+                                                       {"type": "null"}]}
+        components[model.__name__] = body
+        paths[path]["post"]["requestBody"] = {
+            "required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/"
+                                                                                   f"{model.__name__}"}}}}
+        paths[path]["post"]["responses"]["200"] = {
+            "description": "the answer: a JSON body, or with `stream: true` server-sent events ending in [DONE]",
+            "content": {"application/json": {"schema": {"type": "object"}},
+                        "text/event-stream": {"schema": {"type": "string"}}}}
+        paths[path]["post"]["responses"].update({str(status): {"description": why} for status, why in (
+            (400, "invalid request, or the prompt does not fit the context (code context_length_exceeded)"),
+            (401, "missing or wrong API key"), (404, "unknown model"), (413, "body too large"),
+            (415, "not application/json"), (429, "too many requests waiting"), (503, "engine unavailable"))})
+    return {"openapi": "3.1.0", "info": {"title": title, "version": "1"}, "paths": paths,
+            "components": {"schemas": components,
+                           "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+            "security": [{"bearer": []}]}
 
 
 def validation_message(error: Exception) -> tuple[str, str | None]:
@@ -143,24 +215,26 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+    """OpenAI's usage object; `prompt_tokens_details.cached_tokens`: prompt tokens served from the prefix cache."""
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
 
 
 def completion_body(request_id: str, model: str, text: str, finish_reason: str, prompt_tokens: int,
-                    completion_tokens: int) -> dict[str, Any]:
+                    completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
     return {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
-            "usage": usage(prompt_tokens, completion_tokens)}
+            "usage": usage(prompt_tokens, completion_tokens, cached_tokens)}
 
 
 def chat_body(request_id: str, model: str, text: str, finish_reason: str, prompt_tokens: int,
-              completion_tokens: int) -> dict[str, Any]:
+              completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
     return {"id": request_id, "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
                          "finish_reason": finish_reason}],
-            "usage": usage(prompt_tokens, completion_tokens)}
+            "usage": usage(prompt_tokens, completion_tokens, cached_tokens)}
 
 
 def completion_chunk(request_id: str, model: str, text: str, finish_reason: str | None) -> dict[str, Any]:
@@ -173,10 +247,11 @@ def chat_chunk(request_id: str, model: str, delta: dict[str, str], finish_reason
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
 
 
-def usage_chunk(request_id: str, model: str, kind: str, prompt_tokens: int, completion_tokens: int) -> dict:
+def usage_chunk(request_id: str, model: str, kind: str, prompt_tokens: int, completion_tokens: int,
+                cached_tokens: int = 0) -> dict:
     """The final chunk of `stream_options.include_usage`: no choices, only usage."""
     return {"id": request_id, "object": kind, "created": int(time.time()), "model": model, "choices": [],
-            "usage": usage(prompt_tokens, completion_tokens)}
+            "usage": usage(prompt_tokens, completion_tokens, cached_tokens)}
 
 
 class TextChunkEncoder:

@@ -37,6 +37,9 @@ class EngineSettings:
     device: str = "auto"
     """`auto` (a CUDA GPU when one is visible, replicas spread over the GPUs; else the CPU), `cpu`, `cuda`,
     `cuda:N`."""
+    prefix_caching: bool = True
+    """Reuse the keys and values a free slot still holds for a prompt that starts with its tokens (vLLM's
+    `--enable-prefix-caching`; `workloads.serving.engine`)."""
     isolation: Isolation = "process"
     """`process`: the engine runs in a child process of the replica (`workloads.serving.engine_process`), so the
     HTTP side never holds the GIL the forward passes need; `thread`: in a thread of the replica's own process (the
