@@ -266,8 +266,9 @@ def _return_for_retest(loaded, dry_run: bool) -> dict[str, str]:
 
 def _drain(report_dir: Path, report: dict, loaded, dry_run: bool, returned: dict[str, str]) -> dict:
     """`--drain-failed`: drain/resume Slurm nodes from the report's node rows (dcforge/remediation.py)."""
-    from dcforge.remediation import drain_failed, summary_line
+    from dcforge.remediation import drain_failed
     from dcforge.report import write_report_files
+    from dcforge.report.nodes import summary_line
 
     report["remediation"] = drain_failed(report, loaded, dry_run, returned).to_dict()
     write_report_files(report, report_dir)

@@ -200,9 +200,9 @@ def test_ctrl_c_cancels_every_job_of_the_run_and_keeps_the_report(cluster, tmp_p
 @pytest.mark.timeout(60)
 def test_clean_cancels_the_environments_leftover_jobs_only(cluster, tmp_path):
     stacks = write_slurm_env(tmp_path, cluster, ["system"], {})
-    mine = subprocess.run(["sbatch", "--parsable", "-J", "left", "--comment=dcforge env=nsslurm run=old",
+    mine = subprocess.run(["sbatch", "--parsable", "-J", "left", "--comment=dcforge env=nsslurm run=old", "--output=/dev/null",
                            "--wrap", "sleep 300"], capture_output=True, text=True, env=cluster.env, check=True)
-    other = subprocess.run(["sbatch", "--parsable", "-J", "theirs", "--comment=dcforge env=other run=x",
+    other = subprocess.run(["sbatch", "--parsable", "-J", "theirs", "--comment=dcforge env=other run=x", "--output=/dev/null",
                             "--wrap", "sleep 300"], capture_output=True, text=True, env=cluster.env, check=True)
     try:
         done = subprocess.run([sys.executable, "-m", "dcforge.cli", "clean", "--env", "nsslurm"], cwd=tmp_path,
