@@ -200,18 +200,21 @@ def test_ctrl_c_cancels_every_job_of_the_run_and_keeps_the_report(cluster, tmp_p
 @pytest.mark.timeout(60)
 def test_clean_cancels_the_environments_leftover_jobs_only(cluster, tmp_path):
     stacks = write_slurm_env(tmp_path, cluster, ["system"], {})
-    mine = subprocess.run(["sbatch", "--parsable", "-J", "left", "--comment=dcforge env=nsslurm run=old", "--output=/dev/null",
-                           "--wrap", "sleep 300"], capture_output=True, text=True, env=cluster.env, check=True)
-    other = subprocess.run(["sbatch", "--parsable", "-J", "theirs", "--comment=dcforge env=other run=x", "--output=/dev/null",
-                            "--wrap", "sleep 300"], capture_output=True, text=True, env=cluster.env, check=True)
+
+    def submit(name: str, comment: str) -> str:
+        return subprocess.run(["sbatch", "--parsable", "-J", name, f"--comment={comment}", "--output=/dev/null",
+                               "--wrap", "sleep 300"], capture_output=True, text=True, env=cluster.env,
+                              check=True).stdout.strip()
+
+    mine, other = submit("left", "dcforge env=nsslurm run=old"), submit("theirs", "dcforge env=other run=x")
     try:
         done = subprocess.run([sys.executable, "-m", "dcforge.cli", "clean", "--env", "nsslurm"], cwd=tmp_path,
                               capture_output=True, text=True, timeout=60,
                               env={**cluster.env, "DCFORGE_STACKS_DIR": str(stacks)})
         assert done.returncode == 0, done.stdout + done.stderr
-        assert f"cancelled job {mine.stdout.strip()} left" in done.stdout
+        assert f"cancelled job {mine} left" in done.stdout
         ids = [line.split()[0] for line in no_job_left(cluster, 5)]
-        assert ids == [other.stdout.strip()]
+        assert ids == [other]
     finally:
-        subprocess.run(["scancel", other.stdout.strip()], env=cluster.env)
+        subprocess.run(["scancel", other], env=cluster.env)
     assert no_job_left(cluster) == []
