@@ -92,11 +92,15 @@ class SlurmCluster:
         """The node dies: SIGKILL to its slurmd, the slurmstepd of its jobs and their processes (everything in its
         namespace but the sshd listener)."""
         index = self.nodes.index(node) + 1
-        for pid in self.hosts.pids(index):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        pids = self.hosts.pids(index)
+        # frozen first, so that no process sees another die (a job's shell would record its task's exit status):
+        # the whole machine stops at once, as a crash does
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
         self.daemons[f"slurmd-{node}"].wait(timeout=10)
 
     def limit_rate(self, node: str, rate: str) -> None:
