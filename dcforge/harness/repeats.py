@@ -68,7 +68,7 @@ def add_repeat_statistics(result: CheckResult, repeats: Sequence[CheckResult],
     metric that all of them reported becomes its mean, with `<key>.ci95_low` / `<key>.ci95_high`; the per-repeat
     values go into `details.repeats`. A metric missing from some repeat keeps the first repeat's value and is
     named in `details.repeats.not_in_every_repeat`. `per_repeat_details`: details keys (a verdict such as the client
-    saturation) listed per repeat in `details.repeats`."""
+    saturation) listed per repeat in `details.repeats`. A repeat's artefacts are kept as `<name>_repeat_<K>`."""
     if not repeats:
         return
     runs = [result, *repeats]
@@ -90,6 +90,7 @@ def add_repeat_statistics(result: CheckResult, repeats: Sequence[CheckResult],
     result.details["repeats"] = {"count": len(runs), "values": per_repeat, "not_in_every_repeat": partial,
                                  "interval": "Student t 95 %: mean ± t(0.975, N−1)·s/√N",
                                  **{key: [run.details.get(key) for run in runs] for key in per_repeat_details}}
-    for run in repeats:  # a repeat that failed a verdict fails the check too
-        if run.reason:
+    for index, run in enumerate(repeats, start=2):
+        result.artefacts.update({f"{name}_repeat_{index}": path for name, path in run.artefacts.items()})
+        if run.reason:  # a repeat that failed a verdict fails the check too
             result.fail(run.reason)

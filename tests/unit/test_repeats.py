@@ -47,8 +47,10 @@ def _run(ttft: float, saturation: str = "not saturated", extra: dict | None = No
 
 def test_repeats_report_mean_bounds_and_per_repeat_values_and_an_slo_judges_the_bound():
     first = _run(400.0, extra={"decode_batch_mean": 3.0})
-    add_repeat_statistics(first, [_run(500.0), _run(600.0, saturation="cpu 0.97 core")],
-                          per_repeat_details=("client_saturation",))
+    third = _run(600.0, saturation="cpu 0.97 core")
+    third.artefacts["request_log"] = "artefacts/inference/repeat-3/requests.jsonl"
+    add_repeat_statistics(first, [_run(500.0), third], per_repeat_details=("client_saturation",))
+    assert first.artefacts == {"request_log_repeat_3": "artefacts/inference/repeat-3/requests.jsonl"}
     half = 4.3027 * 100.0 / math.sqrt(3)
     assert first.metrics["p95_ttft_ms"].value == pytest.approx(500.0)
     assert first.metrics["p95_ttft_ms.ci95_high"].value == pytest.approx(500.0 + half, abs=0.05)
