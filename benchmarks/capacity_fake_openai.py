@@ -8,6 +8,10 @@ TTFT of most requests rises past the known rate: a median-TTFT SLO between the t
 it, up to the noise of the measured rate (and for the first WINDOW_S of a load point, which the window carries over
 from the previous point and then fills up). Every answer streams ANSWER_TOKENS one-token chunks, a usage
 chunk and `[DONE]`.
+
+It also counts what it answered, for the many-workers benchmark: `GET /stats` returns the chat requests received
+and every `x-request-id` header they carried, in arrival order (so a merged client log can be matched to it,
+request by request).
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ class RateMeter:
 
 
 _meter = RateMeter()
+_received_ids: list[str] = []
+"""The x-request-id of every chat request received ("" when a request had none)."""
 
 
 async def _reply(send, status: int, headers, body: bytes) -> None:
@@ -63,7 +69,11 @@ async def app(scope, receive, send) -> None:
         await _reply(send, 200, _JSON, b'{"status":"ok"}')
     elif route == ("GET", "/v1/models"):
         await _reply(send, 200, _JSON, b'{"object":"list","data":[{"id":"fake","object":"model"}]}')
+    elif route == ("GET", "/stats"):
+        await _reply(send, 200, _JSON, json.dumps({"chat_requests": len(_received_ids),
+                                                    "request_ids": _received_ids}).encode())
     elif route == ("POST", "/v1/chat/completions"):
+        _received_ids.append(dict(scope["headers"]).get(b"x-request-id", b"").decode())
         rate = _meter.arrive(time.monotonic())
         await send({"type": "http.response.start", "status": 200, "headers": _SSE})
         await asyncio.sleep(FAST_TTFT_S if rate <= CAPACITY_RPS else SLOW_TTFT_S)
