@@ -25,6 +25,9 @@ from pathlib import Path
 from benchmarks.capacity_search import FakeEndpoint, fake_capacity_server
 
 USERS = 8
+STARVE_THINK_S = 0.05
+"""Think time of the starvation runs: a light load, so an unstarved worker is far from a core (the verdict's CPU
+rule would otherwise fire on a quiet machine, rightly)."""
 FAKE_CAPACITY_RPS = 1e6
 """Never slow: the fake answers every request fast, so the run measures the load generator's bookkeeping."""
 
@@ -56,9 +59,10 @@ def server_ids(base_url: str) -> list[str]:
         return json.load(response)["request_ids"]
 
 
-def run_workers(base_url: str, report_dir: Path, workers: int, seconds: float, during=None) -> WorkersRun:
-    """One load run of `workers` Locust workers through the check's load path; `during(t_start, log_dir)` runs
-    while it does (the starvation step)."""
+def run_workers(base_url: str, report_dir: Path, workers: int, seconds: float, during=None,
+                think_time_s: float = 0.0) -> WorkersRun:
+    """One load run of `workers` Locust workers (USERS closed-loop users in all) through the check's load path;
+    `during(t_start, log_dir)` runs while it does (the starvation step)."""
     from dcforge.checks.inference import InferenceCheck, InferenceConfig
     from dcforge.checks.serving.load import REQUEST_LOG_DIR, ServingSession, run_load
     from dcforge.harness.check import CheckContext
@@ -75,7 +79,7 @@ def run_workers(base_url: str, report_dir: Path, workers: int, seconds: float, d
                        log=lambda line: None)
     config = InferenceConfig.model_validate({"users": USERS, "spawnRate": 100, "maxTokens": 4, "replicas": 1,
                                              "warmupPerReplica": 1, "durationS": seconds, "workers": workers,
-                                             "thinkTimeS": 0, "startJitterS": 0, "stopGraceS": 2})
+                                             "thinkTimeS": think_time_s, "startJitterS": 0, "stopGraceS": 2})
     before = len(server_ids(base_url))
     result = CheckResult("inference", declared=InferenceCheck.metrics)
     records, _ = run_load(ctx, config, session, result, during=during)
@@ -112,8 +116,11 @@ def main() -> None:
         if args.starve:
             from benchmarks.cpu_starvation import starve_first_worker
 
+            run = run_workers(base_url, work / "not-starved", 2, args.seconds, think_time_s=STARVE_THINK_S)
+            print(f"2 workers, none starved: client saturation: {run.client_saturation}")
             with starve_first_worker() as during:
-                run = run_workers(base_url, work / "starved", 2, args.seconds, during=during)
+                run = run_workers(base_url, work / "starved", 2, args.seconds, during=during,
+                                  think_time_s=STARVE_THINK_S)
             print(f"2 workers, first starved to {during.quota:.0%} of a core: client saturation: "
                   f"{run.client_saturation}; merged {run.logged}, server {run.server_counted}, "
                   f"{'exact' if run.exact else 'MISMATCH'}")
