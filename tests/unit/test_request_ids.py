@@ -47,3 +47,11 @@ def test_workers_run_locust_master_worker_mode_and_the_old_key_names_the_new_one
         InferenceConfig.model_validate({"locustProcesses": 4})
     with pytest.raises(ValidationError):
         InferenceConfig.model_validate({"workers": 0})
+
+
+def test_the_aiperf_export_carries_the_request_id():
+    from loadtests.aiperf_export import profile_export_line
+
+    sent = RequestRecord(start=1.0, end=2.0, ok=True, request_id="vm-11-7")
+    assert profile_export_line(sent, 0)["metadata"]["x_request_id"] == "vm-11-7"
+    assert profile_export_line(RequestRecord(start=1.0, end=2.0, ok=True), 0)["metadata"]["x_request_id"] is None
