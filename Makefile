@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 ENV    ?= local
 PYTEST_ARGS ?=
 
-.PHONY: accept test test-fast install bench clean system-deps gpu-check e2e
+.PHONY: accept test test-fast install bench clean system-deps gpu-check e2e e2e-cluster e2e-cluster-down e2e-cluster-deps \
+	pulumi-tools e2e-pulumi
 
 $(BIN)/dcforge: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +59,39 @@ gpu-check: install
 # the acceptance image loaded there. Without DCFORGE_E2E_KUBECONFIG every test skips and says why.
 e2e: install
 	$(BIN)/python -m pytest -m e2e -v tests/e2e $(PYTEST_ARGS)
+
+# A throwaway multi-node cluster for `make e2e` (docs/e2e-cluster.md; root, no Docker): Kubernetes built from the
+# k8s.io/kubernetes module (cached in $(E2E_CLUSTER_CACHE), 30-60 min the first time), etcd/containerd/runc/CNI
+# from Debian, the acceptance image from a debootstrap root filesystem; E2E_WORKERS worker nodes. It prints the
+# kubeconfig: DCFORGE_E2E_KUBECONFIG=<it> make e2e. Not part of `make test`.
+E2E_WORKERS ?= 3
+E2E_CLUSTER_CACHE ?= $(HOME)/.cache/dcforge-cluster
+export DCFORGE_CLUSTER_CACHE = $(E2E_CLUSTER_CACHE)
+e2e-cluster-deps:
+	@missing=""; for p in etcd-server:etcd containerd:containerd runc:runc containernetworking-plugins:/usr/lib/cni/bridge \
+		iptables:iptables debootstrap:debootstrap gcc:gcc bc:bc openssl:openssl iproute2:tc; do \
+		command -v $${p#*:} >/dev/null || [ -x $${p#*:} ] || missing="$$missing $${p%%:*}"; done; \
+	if [ -n "$$missing" ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; fi
+
+e2e-cluster: install e2e-cluster-deps
+	tests/e2e/cluster/build.sh
+	tests/e2e/cluster/images.sh $(abspath $(VENV))
+	tests/e2e/cluster/up.sh $(E2E_WORKERS)
+
+e2e-cluster-down:
+	tests/e2e/cluster/down.sh
+
+# The Pulumi engine `dcforge preview|up|destroy` drive (docs/pulumi.md): the CLI and the Kubernetes provider built
+# with Go from the module versions pinned in tools/pulumi/ into $DCFORGE_PULUMI_HOME (default ~/.cache/dcforge-pulumi),
+# outside git; a second run reuses them. Opt-in: `make test` runs the stack under Pulumi's mocks and needs no engine.
+pulumi-tools:
+	tools/pulumi/build.sh
+
+# The real-engine suite (tests/e2e_pulumi/): the engine of `make pulumi-tools` against the cluster of
+# DCFORGE_E2E_KUBECONFIG, or a throw-away control plane on loopback when its binaries are found (etcd-server from
+# Debian, kube-apiserver in $DCFORGE_KUBE_BIN). In `make test` these tests skip and say so.
+e2e-pulumi: install pulumi-tools
+	DCFORGE_E2E_PULUMI=1 $(BIN)/python -m pytest -m e2e -v tests/e2e_pulumi $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python -m benchmarks

@@ -123,8 +123,13 @@ def _sweep_run(state) -> None:
                      markup=False, highlight=False)
 
 
+DEPLOY_RECORD = "deploy"
+"""Key of the `dcforge up` record that `accept` writes as the report's deploy section (in the click context obj)."""
+
+
 @app.command()
 def accept(
+    ctx: typer.Context,
     env: str = EnvOption,
     env_file: Optional[Path] = EnvFileOption,
     only: Optional[list[str]] = typer.Option(None, "--only", help="Run only these checks (repeat or comma-separate)."),
@@ -180,7 +185,7 @@ def accept(
     report_dir = _new_report_dir(reports, loaded.spec.name)
     # checks hand artefact paths to child processes with other working directories: keep them absolute
     state = RunState(env=loaded, report_dir=report_dir.resolve(), selected=selected, started_at=utc_now(),
-                     cluster=cluster)
+                     cluster=cluster, deploy=(ctx.obj or {}).get(DEPLOY_RECORD))
     writer = ReportWriter(report_dir, baseline_report, baseline, tolerance)
     console.print(f"dcforge accept: environment [bold]{loaded.spec.name}[/] ({loaded.path}), "
                   f"{len(selected)} checks → {report_dir}")
@@ -439,7 +444,23 @@ def synth(env: str = EnvOption, env_file: Optional[Path] = EnvFileOption,
     raise typer.Exit(synth_command(env, out, env_file))
 
 
-PolicyOption = typer.Option(True, "--policy/--no-policy", help="Run the compliance policy pack in stacks/policy.")
+PolicyOption = typer.Option(True, "--policy-pack/--no-policy-pack", "--policy/--no-policy",
+                            help="Run the compliance policy pack of stacks/policy inside the engine.")
+BackendOption = typer.Option(None, "--backend", help="Pulumi state backend URL (default: $PULUMI_BACKEND_URL, "
+                             "else file://<repo>/.pulumi-state).")
+SecretsOption = typer.Option("passphrase", "--secrets-provider", help="Pulumi secrets provider of a new stack "
+                             "(passphrase: $PULUMI_CONFIG_PASSPHRASE or _FILE).")
+RefreshOption = typer.Option(False, "--refresh", help="Read the cluster's objects first, so objects deleted or "
+                             "changed by hand show in the plan (and `up` restores them).")
+
+
+def _deploy(operation: str, env: str, policy: bool, backend: Optional[str], secrets: str, refresh: bool,
+            kubeconfig: Optional[Path], context: Optional[str]):
+    from dcforge.deploy import DeployOptions, deploy_command
+
+    options = DeployOptions(backend_url=backend, secrets_provider=secrets, policy_pack=policy, refresh=refresh,
+                            kubeconfig=Path(_kubeconfig_file(kubeconfig)) if kubeconfig else None, context=context)
+    return deploy_command(operation, env, options)
 
 
 @app.command()
@@ -449,28 +470,32 @@ def up(
     policy: bool = PolicyOption,
     run_accept: bool = typer.Option(True, "--accept/--no-accept", help="After a successful update, run "
                                     "`dcforge accept --env X` (on the cluster for target kubernetes)."),
+    backend: Optional[str] = BackendOption,
+    secrets: str = SecretsOption,
+    refresh: bool = RefreshOption,
     kubeconfig: Optional[Path] = KubeconfigOption,
     context: Optional[str] = ContextOption,
 ) -> None:
-    """Deploy the environment's cluster platform (`pulumi up` of stacks/ through the Automation API), then prove it:
-    the environment's acceptance runs after a successful update. Exit 0 when both succeeded, 1 when the update
-    or the acceptance failed (a failed update runs no acceptance), 2 on bad input."""
-    from dcforge.deploy import deploy_command
+    """Deploy the environment's cluster platform (`pulumi up` of stacks/ by the real engine, through the Automation
+    API), then prove it: the environment's acceptance runs after a successful update, its report gains a deploy
+    section. Exit 0 when both succeeded, 1 when the update or the acceptance failed (a failed update runs no
+    acceptance), 2 on bad input or no engine (`make pulumi-tools`), 130 when interrupted."""
+    result = _deploy("up", env, policy, backend, secrets, refresh, kubeconfig, context)
+    if not run_accept:
+        raise typer.Exit(0)
+    raise typer.Exit(_accept_after_update(ctx, env, kubeconfig, context, result.to_dict()))
 
-    code = deploy_command(env, preview=False, policy_pack=policy)
-    if code != 0 or not run_accept:
-        raise typer.Exit(code)
-    raise typer.Exit(_accept_after_update(ctx, env, kubeconfig, context))
 
-
-def _accept_after_update(ctx: typer.Context, env: str, kubeconfig: Optional[Path], context: Optional[str]) -> int:
-    """`dcforge accept --env X` with its defaults, then one line covering the update and the acceptance."""
+def _accept_after_update(ctx: typer.Context, env: str, kubeconfig: Optional[Path], context: Optional[str],
+                         deploy: dict) -> int:
+    """`dcforge accept --env X` with its defaults (the update's record as the report's deploy section), then one
+    line covering the update and the acceptance."""
     command = typer.main.get_command(app).commands["accept"]  # type: ignore[attr-defined]
     args = ["--env", env, *(["--kubeconfig", str(kubeconfig)] if kubeconfig else []),
             *(["--context", context] if context else [])]
     console.print(f"dcforge up: stack {env!r} updated; running its acceptance")
     try:  # parsed like `dcforge accept --env X ...`: every other option at its default
-        with command.make_context("accept", args, parent=ctx) as accept_ctx:
+        with command.make_context("accept", args, parent=ctx, obj={DEPLOY_RECORD: deploy}) as accept_ctx:
             command.invoke(accept_ctx)
         code = 0
     except typer.Exit as done:
@@ -482,11 +507,20 @@ def _accept_after_update(ctx: typer.Context, env: str, kubeconfig: Optional[Path
 
 
 @app.command()
-def preview(env: str = EnvOption, policy: bool = PolicyOption) -> None:
-    """Show what `dcforge up` would change (`pulumi preview` of stacks/), policy pack included."""
-    from dcforge.deploy import deploy_command
+def preview(env: str = EnvOption, policy: bool = PolicyOption, backend: Optional[str] = BackendOption,
+            secrets: str = SecretsOption, refresh: bool = RefreshOption,
+            kubeconfig: Optional[Path] = KubeconfigOption, context: Optional[str] = ContextOption) -> None:
+    """Show what `dcforge up` would change (the engine's plan per resource type), policy pack included. Exit 1
+    when the engine refuses it (a policy violation, an unreachable cluster)."""
+    _deploy("preview", env, policy, backend, secrets, refresh, kubeconfig, context)
 
-    raise typer.Exit(deploy_command(env, preview=True, policy_pack=policy))
+
+@app.command()
+def destroy(env: str = EnvOption, backend: Optional[str] = BackendOption, secrets: str = SecretsOption,
+            refresh: bool = RefreshOption, kubeconfig: Optional[Path] = KubeconfigOption,
+            context: Optional[str] = ContextOption) -> None:
+    """Delete every object the stack created (`pulumi destroy`), nothing else; a second destroy changes nothing."""
+    _deploy("destroy", env, False, backend, secrets, refresh, kubeconfig, context)
 
 
 @app.command()

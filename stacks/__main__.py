@@ -25,7 +25,7 @@ def main() -> None:
         # RunError: the engine prints the message alone, without a Python traceback.
         raise pulumi.RunError(str(error)) from None
     try:
-        components = build_platform(spec)
+        components = build_platform(spec, local_charts=pulumi.Config("charts").get("localDir"))
     except ManifestError as error:
         raise pulumi.RunError(f"dcforge manifests: {error}") from None
     pulumi.export("environment", spec.name)

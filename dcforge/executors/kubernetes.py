@@ -67,6 +67,9 @@ REQUEST_TIMEOUT = (5.0, 30.0)
 """(connect, read) seconds of every request but the watches."""
 WATCH_S = 60
 """Server-side timeout of one watch request; the watch is then resumed from where it was."""
+EVENTS_WATCH_AFTER_S = 2.0
+"""A node with no pod this long after the start: watch the namespace's events for its controller's FailedCreate
+(Pod Security, a quota). Not from the start: the events of a busy namespace are many, and most pods come at once."""
 WATCH_FAILURE_S = 30.0
 """A watch failing this long (the API server unreachable) is an error, not a wait until the run's timeout."""
 
@@ -235,12 +238,14 @@ class LabelledObjects:
             if getattr(error, "status", None) != 404:  # already gone is what we wanted
                 raise api_error(f"deleting {kind}/{name} in namespace {self.namespace}", error) from None
 
-    def delete_all(self, timeout_s: float, grace_s: float) -> tuple[list[str], list[str]]:
-        """Delete every labelled object in DELETE_ORDER and wait until none is left, at most `timeout_s`.
-        Returns (deleted, leftovers) as `Kind/name`; never raises (a failure leaves the kind in leftovers)."""
+    def delete_all(self, timeout_s: float, grace_s: float,
+                   kinds: Collection[str] = DELETE_ORDER) -> tuple[list[str], list[str]]:
+        """Delete every labelled object of `kinds` (DELETE_ORDER's order) and wait until none is left, at most
+        `timeout_s`. Returns (deleted, leftovers) as `Kind/name`; never raises (a failure leaves the kind in
+        leftovers)."""
         deadline = time.monotonic() + timeout_s
         deleted: list[str] = []
-        remaining = list(DELETE_ORDER)
+        remaining = [kind for kind in DELETE_ORDER if kind in kinds]
         while remaining and time.monotonic() < deadline:
             kind = remaining[0]
             try:
@@ -401,6 +406,9 @@ class KubernetesExecution:
         """The execution's Secret, once created: deleted by name (the executor may not list Secrets)."""
         self._pods: _Watch | None = None
         self._events: _Watch | None = None
+        self._made: list[tuple[str, str]] = []
+        """(kind, name) of every object this execution created: `stop` deletes them by name and its pods as the
+        pod watch sees them, rather than listing every kind (most of node_level's requests at 1,000 nodes)."""
 
     # --- API plumbing ------------------------------------------------------------------------------------------
 
@@ -414,6 +422,8 @@ class KubernetesExecution:
 
     def _create(self, obj: dict[str, Any]) -> dict[str, Any]:
         what = f"creating {obj['kind']}/{obj['metadata']['name']} in namespace {self.target.namespace}"
+        # before the request: one that times out may still have made it
+        self._made.append((obj["kind"], obj["metadata"]["name"]))
         try:
             response = self.call(self.objects.method("create", obj["kind"]), self.target.namespace, obj,
                                  _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
@@ -437,7 +447,6 @@ class KubernetesExecution:
                             self.leader_addresses[declared.name] = address
             core = self._apis["CoreV1Api"]
             self._pods = _Watch(self, "pods", core.list_namespaced_pod, self._selector).start()
-            self._events = _Watch(self, "events", core.list_namespaced_event, "", keep=self._is_our_event).start()
             controllers = [self._create(obj) for obj in
                            workload_objects(self.target, self.workload, self.leader_addresses)]
             secret = workload_secret(self.target, self.workload, controllers[0])
@@ -478,6 +487,11 @@ class KubernetesExecution:
         return is_server(next(r for r in self.workload.roles if r.name == role_name))
 
     def _rejection(self, role_name: str) -> str:
+        if self._events is None:  # needed only while a pod is missing: most executions never list the events
+            if self._stopped or time.monotonic() - self._started < EVENTS_WATCH_AFTER_S:
+                return ""
+            self._events = _Watch(self, "events", self._apis["CoreV1Api"].list_namespaced_event, "",
+                                  keep=self._is_our_event).start()
         role = next(r for r in self.workload.roles if r.name == role_name)
         names = job_names(self.target, role)
         for event in (self._events.objects.values() if self._events else ()):
@@ -678,7 +692,7 @@ class KubernetesExecution:
                     self._killed_nodes.add((status.role, status.index))
                     if status.host in (self._pods.objects if self._pods else {}):
                         self._killed_pods.add(status.host)
-        for kind in ("Job", "Deployment", "Pod"):
+        for kind in [kind for kind in ("Job", "Deployment", "Pod") if kind in self._kinds_made()]:
             for name in self.objects.names(kind):
                 self.objects.delete(kind, name, grace_s=self.grace_s if kind == "Pod" else None)
 
@@ -699,12 +713,53 @@ class KubernetesExecution:
                 self.objects.delete("Secret", self._secret)
             except ExecutorError:  # its owner's deletion removes it too (garbage collector)
                 leftover_secret = [f"Secret/{self._secret}"]
-        _, self.leftovers = self.objects.delete_all(self.stop_timeout_s, self.grace_s)
+        if self._pods is not None and self._pods.error is None and self._pods.thread.is_alive():
+            self.leftovers = self._delete_made()
+        else:  # the pod watch cannot tell which pods are left: list every kind this execution may have labelled
+            _, self.leftovers = self.objects.delete_all(self.stop_timeout_s, self.grace_s, kinds=self._kinds_made())
         self.leftovers += leftover_secret
         self.cleanup_s = time.monotonic() - cleanup_started
         for watcher in (self._pods, self._events):
             if watcher is not None:
                 watcher.stop()
+
+    def _kinds_made(self) -> set[str]:
+        """The kinds this execution may have labelled objects of: what it created, and its controllers' pods."""
+        return {"Pod"} | {kind for kind, _ in self._made}
+
+    def _delete_made(self) -> list[str]:
+        """`stop` with a working pod watch: the controllers by name, then every pod the watch shows until it shows
+        none, then the rest by name (in DELETE_ORDER), without listing anything; what is left after
+        `stop_timeout_s`, as `Kind/name`. The run's own cleanup at its end lists every kind once more."""
+        deadline = time.monotonic() + self.stop_timeout_s
+        made = sorted((o for o in self._made if o[0] in DELETE_ORDER), key=lambda o: DELETE_ORDER.index(o[0]))
+        failed: list[str] = []
+
+        def delete(kind: str, name: str) -> None:
+            try:
+                self.objects.delete(kind, name, grace_s=self.grace_s if kind == "Pod" else None)
+            except ExecutorError:
+                failed.append(f"{kind}/{name}")
+
+        for kind, name in made:
+            if kind in ("Job", "Deployment"):
+                delete(kind, name)
+        asked: set[str] = set()
+        while True:
+            with self.lock:
+                # the selector, also where the server did not apply it (as `_pods_of`)
+                pods = {name for name, pod in (self._pods.objects.items() if self._pods is not None else ())
+                        if self.objects.matches(pod)}
+            for pod in sorted(pods - asked):
+                asked.add(pod)
+                delete("Pod", pod)
+            if not pods or time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)  # the watch reports each pod's deletion; no request while waiting
+        for kind, name in made:
+            if kind not in ("Job", "Deployment"):
+                delete(kind, name)
+        return failed + [f"Pod/{pod}" for pod in sorted(pods)]
 
     def __enter__(self) -> "KubernetesExecution":
         return self

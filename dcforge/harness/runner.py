@@ -61,6 +61,8 @@ class RunState:
     """Which threshold profile filled default SLOs, and how it was chosen."""
     cluster: ClusterAccess = field(default_factory=ClusterAccess)
     """The cluster of target kubernetes (`dcforge accept --kubeconfig --context`)."""
+    deploy: dict | None = None
+    """What `dcforge up` did before this acceptance (dcforge.deploy.DeployResult.to_dict), else None."""
 
     @property
     def interrupted(self) -> bool:

@@ -158,7 +158,9 @@ def storage_class(spec: Environment, cls: StorageClassSpec) -> dict[str, Any]:
         "kind": "StorageClass",
         "metadata": metadata(cls.name, labels={STORAGE_PURPOSE_LABEL: cls.purpose}, annotations=annotations),
         "provisioner": provisioner,
-        "parameters": parameters,
+        # Never `parameters: {}`: the API server stores it as absent and, parameters being immutable, refuses a
+        # second server-side apply of the same manifest ("updates to parameters are forbidden").
+        **({"parameters": parameters} if parameters else {}),
         "reclaimPolicy": cls.reclaim_policy,
         "allowVolumeExpansion": provisioner != LOCAL_PATH_PROVISIONER,
         "volumeBindingMode": binding,

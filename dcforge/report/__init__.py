@@ -60,6 +60,7 @@ def build_report(state, *, baseline: dict | None = None, baseline_path: str | No
         "checks": checks,
         "slos": [slo.to_dict() for slo in state.slo_results],
         "baseline": None,
+        "deploy": state.deploy,
         "provenance": provenance(state.report_dir, Path(env.path).resolve()),
     }
     if baseline is not None:

@@ -111,7 +111,8 @@ def render_html(report: dict) -> str:
     metrics = {f"{check['name']}.{name}": metric
                for check in report.get("checks", []) for name, metric in check.get("metrics", {}).items()}
     declared = _declared_definitions()
-    parts = _header(report) + _checks_table(report) + _remediation_section(report.get("remediation"))
+    parts = _header(report) + _deploy_section(report.get("deploy")) + _checks_table(report)
+    parts += _remediation_section(report.get("remediation"))
     parts += _slo_section(report, metrics, declared)
     parts += _baseline_section(report.get("baseline"), metrics, declared)
     plot_ids = (f"plot-{number}" for number in itertools.count(1))
@@ -150,6 +151,24 @@ def _checks_table(report: dict) -> list[str]:
                      f"<td>{badge(check['status'])}</td><td class='num'>{check.get('duration_s', 0):.1f} s</td>"
                      f"<td>{e(check.get('reason', ''))}</td></tr>")
     parts.append("</table>")
+    return parts
+
+
+def _deploy_section(deploy: dict | None) -> list[str]:
+    """`dcforge up`: the engine's versions, what it changed, how long it took, the stack's outputs."""
+    if not deploy:
+        return []
+    e = html.escape
+    changes = ", ".join(f"{count} {op}" for op, count in sorted(deploy["changes"].items()) if count) or "no changes"
+    versions = " · ".join(f"{e(name)} <code>{e(version)}</code>" for name, version in deploy["versions"].items())
+    parts = [f"<h2>Deploy</h2><p>pulumi {e(deploy['operation'])} of stack <code>{e(deploy['env_name'])}</code> in "
+             f"{deploy['duration_s']:.1f} s ({e(deploy['backend_url'])}): {e(changes)}</p>",
+             f"<p class='muted'>{versions}</p>"]
+    if deploy.get("outputs"):
+        parts.append("<table><tr><th>output</th><th>value</th></tr>")
+        parts += [f"<tr><td>{e(name)}</td><td><code>{e(str(value))}</code></td></tr>"
+                  for name, value in deploy["outputs"].items()]
+        parts.append("</table>")
     return parts
 
 

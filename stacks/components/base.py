@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pulumi
@@ -51,6 +52,15 @@ class StackRegistry:
     """API group -> the Helm releases / CRD objects that install it."""
     owners: dict[ObjectKey, str] = field(default_factory=dict)
     """Every declared object -> the component that declared it (one object, one owner)."""
+    local_charts: str | None = None
+    """A folder of charts (`<folder>/<chart>/Chart.yaml`) installed instead of their repositories' (air-gapped
+    clusters, the engine tests): stack config `charts:localDir`."""
+
+    def local_chart(self, chart: str) -> str | None:
+        if self.local_charts is None:
+            return None
+        folder = Path(self.local_charts).expanduser().resolve() / chart
+        return str(folder) if (folder / "Chart.yaml").is_file() else None
 
     def claim(self, key: ObjectKey, owner: str) -> None:
         if key in self.owners:
@@ -101,7 +111,9 @@ class ManifestComponent(pulumi.ComponentResource):
     def _declare_release(self, release: Any) -> k8s.helm.v3.Release:
         self.registry.claim(_release_key(release), self.owner)
         namespace = self.registry.namespaces.get(release.namespace)
-        if release.repository.startswith("oci://"):
+        if local := self.registry.local_chart(release.chart):
+            chart, repository_opts = local, None
+        elif release.repository.startswith("oci://"):
             chart, repository_opts = f"{release.repository.rstrip('/')}/{release.chart}", None
         else:
             chart, repository_opts = release.chart, k8s.helm.v3.RepositoryOptsArgs(repo=release.repository)

@@ -84,10 +84,10 @@ COMPONENTS: dict[str, type[ManifestComponent]] = {
 }
 
 
-def declare_platform(component_manifests: list[Any],
-                     opts: pulumi.ResourceOptions | None = None) -> list[ManifestComponent]:
+def declare_platform(component_manifests: list[Any], opts: pulumi.ResourceOptions | None = None,
+                     local_charts: str | None = None) -> list[ManifestComponent]:
     """Declare already-built `ComponentManifests` in dependency order; returns the components in that order."""
-    registry = StackRegistry()
+    registry = StackRegistry(local_charts=local_charts)
     declared = []
     for manifests in component_order(component_manifests):
         cls = COMPONENTS.get(manifests.component)
@@ -98,8 +98,9 @@ def declare_platform(component_manifests: list[Any],
     return declared
 
 
-def build_platform(spec: Any, opts: pulumi.ResourceOptions | None = None) -> list[ManifestComponent]:
+def build_platform(spec: Any, opts: pulumi.ResourceOptions | None = None,
+                   local_charts: str | None = None) -> list[ManifestComponent]:
     """Every component of an environment, from the same pure builders `dcforge synth` uses."""
     from dcforge.manifests import build_all
 
-    return declare_platform(build_all(spec), opts)
+    return declare_platform(build_all(spec), opts, local_charts)

@@ -542,3 +542,24 @@ def test_a_job_node_with_replacements_comes_back_in_the_jobs_new_pod(spec, clust
         assert execution.wait(10).nodes[0].state is NodeState.KILLED
     assert labelled(cluster) == []
 
+
+
+def test_stop_deletes_what_it_made_by_name_and_lists_nothing_while_its_pod_watch_works(spec, cluster, tmp_path):
+    """Issue 24: at 1,000 nodes, listing every kind at each execution's end was most of node_level's requests.
+    With a working pod watch, `stop` deletes the Job and the pods the watch shows by name and waits on the watch;
+    the events are not watched at all when the pods came at once."""
+    with executor(spec, cluster).start(training(), tmp_path / "run") as execution:
+        pods = cluster.start_job_pods(NS, job_name(execution))
+        for pod in pods:
+            cluster.set_pod_status(NS, pod, {"phase": "Succeeded"})
+        assert execution.wait(10).succeeded
+        before = len(cluster.api.requests_seen)
+    stop = [(verb, plural) for agent, verb, _, plural in cluster.api.requests_seen[before:]
+            if agent != "fake-controller"]
+    assert {verb for verb, _ in stop} == {"delete"}, stop  # nothing listed
+    assert stop.count(("delete", "jobs")) == 1 and stop.count(("delete", "pods")) == len(pods), stop
+    # what the run made beside its Job (its leader Service, the checkpoint claim, the network policy), by name
+    assert {plural for _, plural in stop} == {"jobs", "pods", "services", "persistentvolumeclaims",
+                                              "networkpolicies"}, stop
+    assert not [r for r in cluster.api.requests_seen if r[3] == "events"]
+    assert labelled(cluster) == []

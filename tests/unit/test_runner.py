@@ -227,3 +227,19 @@ def test_terminating_signal_interrupts_the_running_check(registry, env_file, tmp
     assert checks["second"]["details"]["interrupted_by"] == sig.name
     assert checks["third"]["reason"] == f"not run: interrupted by {Interrupted(sig).description}"
     assert signal.getsignal(sig) == handler_before  # the run's handlers are gone with the run
+
+
+def test_the_deploy_record_of_dcforge_up_is_the_reports_deploy_section(registry, env_file, tmp_path):
+    from dcforge.report.html import render_html
+
+    env = make_env(env_file, {"first": {"value": 5}}, {})
+    record = {"env_name": "harness", "operation": "up", "backend_url": "file:///state", "secrets_provider": "passphrase",
+              "versions": {"pulumi": "v3.274.0", "pulumi-resource-kubernetes": "v4.0.0-20260115033456-f47bc2d6f199"},
+              "changes": {"create": 3, "same": 1}, "by_type": {"kubernetes:core/v1:Namespace": {"create": 3}},
+              "duration_s": 12.5, "outputs": {"environment": "harness"}}
+    plain = build_report(RunState(env=env, report_dir=tmp_path, started_at=utc_now(), selected=[]))
+    assert plain["deploy"] is None and "<h2>Deploy</h2>" not in render_html(plain)
+    report = build_report(RunState(env=env, report_dir=tmp_path, started_at=utc_now(), selected=[], deploy=record))
+    assert report["deploy"] == record
+    page = render_html(json.loads(json.dumps(report)))
+    assert "<h2>Deploy</h2>" in page and "3 create, 1 same" in page and "v4.0.0-20260115033456-f47bc2d6f199" in page

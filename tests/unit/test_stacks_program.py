@@ -274,3 +274,16 @@ def test_a_stack_without_dcforge_config_is_refused():
 def test_preview_declares_the_same_graph_as_an_update(dev):
     preview = run_stack_program("dev", stack_config(dev.loaded.raw_config), preview=True)
     assert graph_snapshot(preview) == graph_snapshot(dev.resources)
+
+
+def test_a_chart_found_in_the_local_charts_folder_is_installed_from_it(tmp_path):
+    """Stack config `charts:localDir` (air-gapped clusters, the engine tests): a release whose chart is there installs
+    from that folder, with no repository; the others keep their repositories."""
+    (tmp_path / "cert-manager").mkdir()
+    (tmp_path / "cert-manager" / "Chart.yaml").write_text("apiVersion: v2\nname: cert-manager\nversion: 1.16.2\n")
+    loaded = load_environment("dev")
+    config = {**stack_config(loaded.raw_config), "charts:localDir": str(tmp_path)}
+    releases = {r.name: r.inputs for r in run_stack_program("dev", config) if r.type.endswith(":Release")}
+    assert releases["cert-manager/cert-manager"]["chart"] == str(tmp_path / "cert-manager")
+    assert "repositoryOpts" not in releases["cert-manager/cert-manager"]
+    assert releases["gpu-operator/gpu-operator"]["repositoryOpts"]["repo"].startswith("https://")
