@@ -25,10 +25,9 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from benchmarks.capacity_search import FakeEndpoint, fake_capacity_server
+from benchmarks.capacity_search import fake_capacity_server
 
 AIPERF_VERSION = "0.13.0"
 AIPERF_VENV = Path(os.environ.get("AIPERF_VENV", Path.home() / ".cache" / "dcforge" / "aiperf-venv"))
@@ -71,25 +70,11 @@ def local_tokenizer(folder: Path) -> Path:
 
 def ours(base_url: str, work: Path, seconds: float) -> tuple[dict[str, float], int]:
     """The inference check's load path: (summary, measured requests)."""
-    from dcforge.checks.inference import InferenceCheck, InferenceConfig
-    from dcforge.checks.serving.load import ServingSession, run_load
-    from dcforge.harness.check import CheckContext
-    from dcforge.harness.result import CheckResult
-    from dcforge.spec.loader import load_environment
+    from benchmarks.load_workers import load_on_fake
     from loadtests.metrics import summarize
 
-    secrets = work / "secrets"
-    secrets.mkdir(parents=True)
-    (secrets / "api-key").write_text("test-key\n")
-    session = ServingSession(FakeEndpoint(base_url), "test-key", secrets, work / "inference", None,
-                             prompt_tokens=8, served_name="fake")
-    session.workdir.mkdir(parents=True)
-    ctx = CheckContext(env=load_environment("local"), report_dir=work, deadline=time.monotonic() + 600,
-                       log=lambda line: None)
-    config = InferenceConfig.model_validate({"users": CONCURRENCY, "spawnRate": 100, "maxTokens": ANSWER_TOKENS,
-                                             "replicas": 1, "warmupPerReplica": 2, "durationS": seconds,
-                                             "thinkTimeS": 0, "startJitterS": 0})
-    records, _ = run_load(ctx, config, session, CheckResult("inference", declared=InferenceCheck.metrics))
+    records, _, _ = load_on_fake(base_url, work, {"users": CONCURRENCY, "maxTokens": ANSWER_TOKENS,
+                                                  "warmupPerReplica": 2, "durationS": seconds, "thinkTimeS": 0})
     return summarize(records), len(records)
 
 

@@ -59,10 +59,9 @@ def server_ids(base_url: str) -> list[str]:
         return json.load(response)["request_ids"]
 
 
-def run_workers(base_url: str, report_dir: Path, workers: int, seconds: float, during=None,
-                think_time_s: float = 0.0) -> WorkersRun:
-    """One load run of `workers` Locust workers (USERS closed-loop users in all) through the check's load path;
-    `during(t_start, log_dir)` runs while it does (the starvation step)."""
+def load_on_fake(base_url: str, report_dir: Path, settings: dict, during=None):
+    """The inference check's load path (run_load) against a fake endpoint with the check's `settings` (camelCase,
+    as in an environment file): (records, check result, request log folder)."""
     from dcforge.checks.inference import InferenceCheck, InferenceConfig
     from dcforge.checks.serving.load import REQUEST_LOG_DIR, ServingSession, run_load
     from dcforge.harness.check import CheckContext
@@ -77,16 +76,24 @@ def run_workers(base_url: str, report_dir: Path, workers: int, seconds: float, d
     session.workdir.mkdir(parents=True)
     ctx = CheckContext(env=load_environment("local"), report_dir=report_dir, deadline=time.monotonic() + 600,
                        log=lambda line: None)
-    config = InferenceConfig.model_validate({"users": USERS, "spawnRate": 100, "maxTokens": 4, "replicas": 1,
-                                             "warmupPerReplica": 1, "durationS": seconds, "workers": workers,
-                                             "thinkTimeS": think_time_s, "startJitterS": 0, "stopGraceS": 2})
-    before = len(server_ids(base_url))
+    config = InferenceConfig.model_validate({"spawnRate": 100, "replicas": 1, "startJitterS": 0, **settings})
     result = CheckResult("inference", declared=InferenceCheck.metrics)
     records, _ = run_load(ctx, config, session, result, during=during)
+    return records, result, session.workdir / REQUEST_LOG_DIR
+
+
+def run_workers(base_url: str, report_dir: Path, workers: int, seconds: float, during=None,
+                think_time_s: float = 0.0) -> WorkersRun:
+    """One load run of `workers` Locust workers (USERS closed-loop users in all) through the check's load path;
+    `during(t_start, log_dir)` runs while it does (the starvation step)."""
+    before = len(server_ids(base_url))
+    records, result, log_dir = load_on_fake(base_url, report_dir, {
+        "users": USERS, "maxTokens": 4, "warmupPerReplica": 1, "durationS": seconds, "workers": workers,
+        "thinkTimeS": think_time_s, "stopGraceS": 2}, during=during)
     received = server_ids(base_url)[before:]
     from loadtests.llm_protocol import read_records
 
-    log_paths = sorted((session.workdir / REQUEST_LOG_DIR).glob("*.jsonl"))
+    log_paths = sorted(log_dir.glob("*.jsonl"))
     logged = [record for record in read_records(log_paths) if not record.error.startswith("dropped")]
     logged_ids, received_ids = {record.request_id for record in logged}, set(received)
     from loadtests.metrics import summarize
