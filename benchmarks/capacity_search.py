@@ -42,7 +42,7 @@ def fake_capacity_server(log_dir: Path, capacity_rps: float = CAPACITY_RPS, **pa
     """The fake server under uvicorn on a free loopback port; yields its base URL, stops it on exit. `pace`: more
     of its environment (FAKE_TTFT_S=..., FAKE_TOKEN_GAP_S=..., FAKE_ANSWER_TOKENS=...)."""
     from benchmarks.inference_loadgen import wait_until_up
-    from dcforge.checks.serving.server import free_port
+    from dcforge.steps.serving.server import free_port
     from dcforge.harness.processes import ManagedProcess
     from dcforge.paths import REPO_ROOT
 
@@ -61,8 +61,8 @@ def measure(base_url: str, report_dir: Path, capacity: dict, slos: dict[str, str
     """The inference check's capacity step against a running endpoint; returns the capacity report and the check
     result it fills."""
     from dcforge.checks.inference import InferenceCheck, InferenceConfig
-    from dcforge.checks.serving.capacity import measure_capacity
-    from dcforge.checks.serving.load import ServingSession
+    from dcforge.steps.serving.capacity import measure_capacity
+    from dcforge.steps.serving.load import ServingSession
     from dcforge.harness.check import CheckContext
     from dcforge.harness.result import CheckResult
     from dcforge.harness.slo import parse_slos

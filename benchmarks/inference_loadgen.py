@@ -30,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from dcforge.checks.serving.server import free_port
+from dcforge.steps.serving.server import free_port
 from dcforge.harness.processes import ManagedProcess
 from dcforge.paths import REPO_ROOT
 

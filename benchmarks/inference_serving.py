@@ -46,7 +46,7 @@ import httpx
 import torch
 
 from benchmarks.inference_loadgen import process_cpu_s, summary
-from dcforge.checks.serving.server import child_pids, free_port
+from dcforge.steps.serving.server import child_pids, free_port
 from dcforge.harness.processes import ManagedProcess
 from dcforge.paths import REPO_ROOT
 from workloads.model import GPT, KVCache, get_preset

@@ -63,7 +63,7 @@ def load_on_fake(base_url: str, report_dir: Path, settings: dict, during=None):
     """The inference check's load path (run_load) against a fake endpoint with the check's `settings` (camelCase,
     as in an environment file): (records, check result, request log folder)."""
     from dcforge.checks.inference import InferenceCheck, InferenceConfig
-    from dcforge.checks.serving.load import REQUEST_LOG_DIR, ServingSession, run_load
+    from dcforge.steps.serving.load import REQUEST_LOG_DIR, ServingSession, run_load
     from dcforge.harness.check import CheckContext
     from dcforge.harness.result import CheckResult
     from dcforge.spec.loader import load_environment

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import httpx
 
-from dcforge.checks.serving.credentials import private_dir
-from dcforge.checks.serving.server import LocalServer
-from dcforge.checks.serving.settings import ModelChoice, ServingLoadConfig
+from dcforge.steps.serving.credentials import private_dir
+from dcforge.steps.serving.server import LocalServer
+from dcforge.steps.serving.settings import ModelChoice, ServingLoadConfig
 from loadtests.server_metrics import Scraper
 
 KEY = "bench-key-0123456789abcdef"

@@ -65,7 +65,7 @@ def plain_worker(rank: int, world: int, port: int) -> None:
 
 def plain_tokens_per_s(ddp: bool) -> float:
     """Tokens/s per process of two plain processes at once: a DDP group, or two independent loops."""
-    from dcforge.checks.serving.server import free_port
+    from dcforge.steps.serving.server import free_port
 
     # The check's ranks inherit OMP_NUM_THREADS=1 from its torchrun launcher; the plain workers get the same.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

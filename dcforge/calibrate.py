@@ -96,7 +96,8 @@ def profile_document(name: str, calibrations: list[Calibration], *, k: float, gp
 def calibrate(loaded, selected: list[str], runs: int, k: float, out: Path, reports_dir: Path,
               log: Callable[[str], None] = print) -> tuple[Path, list[Calibration], list[str]]:
     from dcforge import __version__
-    from dcforge.checks.system import git_commit, torch_versions
+    from dcforge.report.provenance import git_commit
+    from dcforge.steps.system import torch_versions
     from dcforge.harness.node import visible_gpus
     from dcforge.harness.runner import RunState, run_acceptance, utc_now
     from dcforge.report import build_report, write_report_files

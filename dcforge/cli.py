@@ -86,7 +86,7 @@ ContextOption = typer.Option(None, "--context", help="Target kubernetes: the kub
 def _cluster_access(loaded, kubeconfig: Optional[Path], context: Optional[str]):
     """Where target kubernetes runs the workloads; bad input (exit 2) before any check runs: no acceptance image,
     or a kubeconfig file that does not exist."""
-    from dcforge.checks.multinode import IMAGE_MISSING
+    from dcforge.placement.targets import IMAGE_MISSING
     from dcforge.errors import ConfigError
     from dcforge.harness.check import ClusterAccess
 
@@ -210,7 +210,8 @@ def accept(
 def _remediate(report_dir: Path, report: dict, dry_run: bool, cluster, taint: bool, mark: bool) -> dict:
     """`--taint-failed`/`--mark-nodes`: taints, conditions and events from the report's node rows
     (dcforge/remediation.py, dcforge/node_health.py)."""
-    from dcforge.remediation import apply_to_report, summary_line
+    from dcforge.remediation import apply_to_report
+    from dcforge.report.nodes import summary_line
 
     done = apply_to_report(report_dir, report, dry_run, cluster=cluster, taint=taint, mark=mark)
     console.print(escape(summary_line(done)), highlight=False)

@@ -34,3 +34,19 @@ class ConfigErrors(DcforgeError):
 
     def __str__(self) -> str:
         return "\n".join(str(error) for error in self.errors)
+
+
+def pydantic_message(detail: dict) -> str:
+    """One line for one pydantic error detail, naming the value it refused."""
+    message = str(detail.get("msg", "invalid value"))
+    message = message.removeprefix("Value error, ")
+    kind = detail.get("type")
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if "input" in detail and kind not in ("model_type", "dict_type", "list_type"):
+        value = detail["input"]
+        if not isinstance(value, (dict, list)) and repr(value) not in message:
+            message = f"{message} (got {value!r})"
+    return message

@@ -22,20 +22,14 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from dcforge.executors.kubernetes_objects import TAINT, TAINT_TEXT
 from dcforge.harness.check import ClusterAccess
 from dcforge.manifests.gpu_node_pool import GATE_TAINT
 from dcforge.report.nodes import judge_nodes
 
-TAINT = {"key": "dcforge.io/acceptance", "value": "failed", "effect": "NoSchedule"}
-TAINT_TEXT = f"{TAINT['key']}={TAINT['value']}:{TAINT['effect']}"
-QUARANTINE_TOLERATION = {**TAINT, "operator": "Equal"}
-"""What node_level's pods carry on target kubernetes: a tainted node is tested again, and untainted once it passes
-(every other workload keeps off it)."""
 GATE_TAINT_TEXT = f"{GATE_TAINT['key']}={GATE_TAINT['value']}:{GATE_TAINT['effect']}"
 """A node of a pool with `gateNewNodes: true` joins with it (dcforge/manifests/gpu_node_pool.py); a passing node is
 released (the taint removed), a failing one gets TAINT in its place."""
-QUARANTINE_TOLERATIONS = [QUARANTINE_TOLERATION, {**GATE_TAINT, "operator": "Equal"}]
-"""Node-level acceptance runs on quarantined and on gated nodes alike."""
 
 
 def node_verdicts(report: dict[str, Any]) -> dict[str, list[str]]:
@@ -74,22 +68,6 @@ class Remediation:
                 "unchanged": self.nodes("unchanged"),
                 "errors": [a.reason for a in self.actions if a.action == "error"], "skipped": self.skipped,
                 "marks": self.marks, "actions": [asdict(a) for a in self.actions]}
-
-
-def summary_line(remediation: dict[str, Any]) -> str:
-    """One line for the console and the HTML report, from report.json's `remediation`."""
-    if remediation.get("skipped"):
-        return f"remediation skipped: {remediation['skipped']}"
-    would = "would " if remediation["dry_run"] else ""
-    parts = [f"{would}taint {', '.join(remediation['tainted'])}" if remediation["tainted"] else "",
-             f"{would}untaint {', '.join(remediation['untainted'])}" if remediation["untainted"] else "",
-             f"{would}release {', '.join(remediation['released'])}" if remediation.get("released") else "",
-             f"{len(remediation['unchanged'])} unchanged" if remediation["unchanged"] else "",
-             (f"{'would mark' if would else 'marked'} {len(remediation['marks'])} node(s)" if remediation.get("marks")
-              else ""),
-             f"{len(remediation['errors'])} error(s)" if remediation["errors"] else ""]
-    text = "; ".join(p for p in parts if p) or "no node with per-node results"
-    return f"remediation{' (dry run)' if remediation['dry_run'] else ''} [{remediation['taint']}]: {text}"
 
 
 def remediate(report: dict[str, Any], api_client: Any, dry_run: bool, taint: bool = True,

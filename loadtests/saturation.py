@@ -1,6 +1,6 @@
 """Is a load point over-saturated (stop it early), and was the load generator itself saturated (the point is then
 invalid: it measured the client, not the server)? Pure rules over what a point has recorded so far; the check's
-watcher (dcforge/checks/serving/point_watch.py) feeds them while the point runs (docs/serving.md#early-stop).
+watcher (dcforge/steps/serving/point_watch.py) feeds them while the point runs (docs/serving.md#early-stop).
 
 Over-saturation, each judged once a point has `min_requests` answered requests (or server samples):
 - error rate: failed / requests so far > `error_rate`;

@@ -38,7 +38,7 @@ ALLREDUCE_RESULT_FILE = "sweep.json"
 CHECKPOINT_RESULT_FILE = "checkpoint.json"
 """`checkpoint`: the CheckpointResult line of workloads/train_checkpoint_bench.py."""
 LOAD_POD_RESULT_FILE = "load.json"
-"""`inference` on Kubernetes: the LoadPodResult line of `python -m dcforge.checks.serving.load_pod`."""
+"""`inference` on Kubernetes: the LoadPodResult line of `python -m dcforge.steps.serving.load_pod`."""
 LOAD_POD_REQUESTS_FILE = "requests.jsonl"
 """`inference` on Kubernetes: every RequestRecord the load pod's Locust processes logged, merged."""
 STORAGE_CLASS_FILE = "storage.json"
@@ -46,7 +46,7 @@ STORAGE_CLASS_FILE = "storage.json"
 GPU_HEALTH_FILE = "gpu_health.json"
 """`gpu_health` on Kubernetes: the GpuHealthResult line of `python -m dcforge.checks.gpu_health` on a node."""
 SYSTEM_FACTS_FILE = "system.json"
-"""`node_level`: the SystemFacts line of `python -m dcforge.checks.system` run on a node."""
+"""`node_level`: the SystemFacts line of `python -m dcforge.steps.system` run on a node."""
 READY_FILE_PREFIX = "ready-"
 """A serving replica writes `<state dir>/ready-<pid>` (a ReplicaReady line) once its model is loaded."""
 REQUEST_LOG_TEMPLATE = "requests-{pid}.jsonl"
@@ -401,7 +401,7 @@ class CheckpointResult(Record):
     directory: str
 
 
-# --- System facts: `python -m dcforge.checks.system` on a node -> dcforge/checks/node_level.py ------------------
+# --- System facts: `python -m dcforge.steps.system` on a node -> dcforge/checks/node_level.py ------------------
 
 @dataclass
 class SystemFacts(Record):
@@ -456,7 +456,7 @@ class GpuHealthResult(Record):
     """dcforge.gpu.readings.NodeHealth as `dataclasses.asdict` gives it (GPUs, XIDs, DCGM diagnostics, notes)."""
 
 
-# --- Serving: workloads/serving -> dcforge/checks/serving/ --------------------------------------------------------
+# --- Serving: workloads/serving -> dcforge/steps/serving/ --------------------------------------------------------
 
 @dataclass
 class ReplicaReady(Record):

@@ -1,10 +1,7 @@
 """`checkpoint`: how fast training state goes to and comes back from the checkpoint storage, intact.
 
-save/load GB/s = checkpoint bytes / wall time (docs/metrics.md; median over rounds for the save), compared with a raw
-sequential fsynced write of the same bytes to the same directory (both sides fsync their data and directory, each
-timed after `os.sync()` and an untimed warm-up so neither pays for the other's write-back or for first-use costs;
-see workloads/train_checkpoint_bench.py); integrity = a CRC-32 of every tensor, compared after the round trip; a
-deliberately corrupted checkpoint must be refused.
+The settings, metrics and judge are the checkpoint step's (dcforge/steps/checkpoint.py, which says how save, load
+and the raw write are timed).
 """
 
 from __future__ import annotations
@@ -12,30 +9,15 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from pydantic import Field
-
-from dcforge.checks._torchrun import ModelTorchCheckConfig, run_torchrun
-from dcforge.checks.on_pool import run_check_on_pool
-from dcforge.checks.train import settings_error
-from dcforge.harness.check import CheckContext, runs_on_pool
-from dcforge.harness.metrics import MetricSpec
+from dcforge.harness.check import CheckContext, settings_error
 from dcforge.harness.result import CheckResult, Plot, Series
+from dcforge.placement.pool import on_a_pool_machine
+from dcforge.placement.scope import single_node
+from dcforge.steps.checkpoint import (CHECKPOINT_METRICS, CheckpointCheckConfig, checkpoint_args, checkpoint_step,
+                                      record_checkpoint)
+from dcforge.steps.step import CLAIM_VOLUMES
+from dcforge.steps.torchrun import run_torchrun
 from workloads.records import CHECKPOINT_RESULT_FILE, CheckpointResult, read_result_file
-
-BANDWIDTH_FORMULA = "GB/s = checkpoint bytes / wall time"
-
-
-class CheckpointCheckConfig(ModelTorchCheckConfig):
-    directory: str | None = None
-    """Checkpoint directory on the storage under test (a mounted volume); default: the run's artefact dir."""
-    preset: str = "125m"
-    """Model whose state is saved (workloads.model.PRESETS; validated by the base class)."""
-    with_optimizer: bool = True
-    """Include AdamW state (3x the model's bytes), as a training checkpoint does."""
-    rounds: int = Field(default=3, ge=1)
-    """Save and raw-write rounds, order alternating; figures are medians over rounds."""
-    corruption_test: bool = True
-    """Corrupt the saved checkpoint at the end and require that loading it fails."""
 
 
 class CheckpointCheck:
@@ -43,30 +25,22 @@ class CheckpointCheck:
     description = "DCP checkpoint save/load GB/s against a raw write to the same storage; checksums round trip."
     Config = CheckpointCheckConfig
     requires_declared_gpus = True
-    on_pool = True  # target kubernetes: runs on a machine of the acceptance pool (dcforge/checks/on_pool.py)
-    metrics = (
-        MetricSpec("save_gbps", "GB/s", "higher", BANDWIDTH_FORMULA + " (save+commit), median over rounds",
-                   "how fast training state is written to the checkpoint storage"),
-        MetricSpec("load_gbps", "GB/s", "higher", BANDWIDTH_FORMULA + " (load, page cache dropped)",
-                   "how fast training state is read back"),
-        MetricSpec("raw_write_gbps", "GB/s", "higher",
-                   BANDWIDTH_FORMULA + " (sequential write + fsync of file and directory, same bytes, same "
-                                       "directory)",
-                   "what the storage gives a plain sequential writer: the yardstick for save_gbps"),
-        MetricSpec("save_ratio_to_raw", "ratio", "higher",
-                   "median over rounds of save GB/s / raw write GB/s, measured back to back",
-                   "share of the raw write bandwidth the checkpoint save achieves"),
-        MetricSpec("checkpoint_gb", "GB", None, "bytes in the checkpoint's files / 1e9", "size of one checkpoint"),
-        MetricSpec("checksum_match", "bool", "higher",
-                   "every tensor's CRC-32 after load equals the one recorded at save",
-                   "integrity: 1 when the round trip returned every tensor intact"),
-        MetricSpec("corruption_detected", "bool", "higher", "loading a checkpoint with flipped bytes fails",
-                   "integrity: 1 when a corrupted checkpoint is refused (reported when corruptionTest is on)"),
-    )
+    on_pool = True  # target kubernetes: runs on a machine of the acceptance pool (dcforge/placement/pool.py)
+    metrics = CHECKPOINT_METRICS
 
     def run(self, ctx: CheckContext, config: CheckpointCheckConfig) -> CheckResult:
-        if runs_on_pool(self, ctx.env.spec):  # target kubernetes: a machine of the acceptance pool
-            return run_check_on_pool(ctx, self.name, config)
+        return single_node(ctx, self, here=lambda: self.here(ctx, config), pool=lambda: self._on_pool(ctx, config))
+
+    def _on_pool(self, ctx: CheckContext, config: CheckpointCheckConfig) -> CheckResult:
+        """On a machine of the acceptance pool, writing to a claim of the checkpoints StorageClass."""
+        if config.directory:
+            raise settings_error(ctx, self.name, "directory", "target kubernetes writes the checkpoints to a "
+                                 "claim of the spec's checkpoints StorageClass (purpose: checkpoints); remove "
+                                 "directory")
+        return on_a_pool_machine(ctx, self.name, lambda ranked: checkpoint_step(
+            ranked, "{volume[checkpoints]}/checkpoint", CLAIM_VOLUMES), config)
+
+    def here(self, ctx: CheckContext, config: CheckpointCheckConfig) -> CheckResult:
         from workloads.checkpointing import CheckpointError, ensure_writable
 
         result = CheckResult(self.name, declared=self.metrics)
@@ -100,22 +74,3 @@ class CheckpointCheck:
         return result
 
 
-def checkpoint_args(config: CheckpointCheckConfig, directory: str, output: str) -> list[str]:
-    """workloads/train_checkpoint_bench.py's arguments for these settings (paths may be executor templates)."""
-    return ["--preset", config.preset, "--directory", directory, "--output", output, "--rounds", str(config.rounds),
-            "--with-optimizer" if config.with_optimizer else "--no-with-optimizer",
-            "--corruption-test" if config.corruption_test else "--no-corruption-test"]
-
-
-def record_checkpoint(result: CheckResult, measured: CheckpointResult) -> None:
-    """Metrics and integrity verdicts of one checkpoint benchmark (the checkpoint check's, and each node's)."""
-    for key in ("save_gbps", "load_gbps", "raw_write_gbps", "save_ratio_to_raw"):
-        result.add_metric(key, getattr(measured, key))
-    result.add_metric("checkpoint_gb", measured.bytes / 1e9)
-    result.add_metric("checksum_match", 1.0 if measured.checksum_match else 0.0)
-    if not measured.checksum_match:
-        result.fail("loaded tensors differ from their checksums recorded at save time")
-    if measured.corruption_detected is not None:
-        result.add_metric("corruption_detected", 1.0 if measured.corruption_detected else 0.0)
-        if not measured.corruption_detected:
-            result.fail("a corrupted checkpoint was loaded without an error")

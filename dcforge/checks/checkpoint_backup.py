@@ -161,18 +161,17 @@ class CheckpointBackupCheck:
 
     def _resume(self, ctx: CheckContext, config: CheckpointBackupConfig, result: CheckResult, restore_root: Path,
                 step: int, workdir: Path) -> None:
-        from dcforge.checks._torchrun import run_torchrun
+        from dcforge.steps.torchrun import run_torchrun
+        from dcforge.steps.train import workload_config
         from workloads.records import TrainStart, TrainStep, read_records_file
-        from workloads.train_config import TrainConfig
 
         trained = ctx.results["train"].details
         metrics_file = workdir / "resume-metrics.jsonl"
         metrics_file.unlink(missing_ok=True)
-        train_config = TrainConfig(preset=trained["preset"], seq_len=trained["seq_len"],
-                                   global_batch_size=trained["global_batch_size"],
-                                   steps=step + config.resume_steps, metrics_file=str(metrics_file),
-                                   checkpoint_dir=str(restore_root), checkpoint_every=step + config.resume_steps,
-                                   keep_checkpoints=2, resume=True, log_every=1)
+        train_config = workload_config(trained["preset"], trained["seq_len"], trained["global_batch_size"],
+                                       step + config.resume_steps, metrics_file=str(metrics_file),
+                                       checkpoint_dir=str(restore_root), checkpoint_every=step + config.resume_steps,
+                                       keep_checkpoints=2, resume=True, log_every=1)
         ctx.log(f"resuming training from the restored step {step}")
         run_torchrun(ctx, "train.py", train_config.to_args(), nproc=1, log_path=workdir / "resume-torchrun.log")
         result.artefacts["resume_metrics"] = ctx.relative(metrics_file)

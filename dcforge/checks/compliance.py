@@ -80,12 +80,13 @@ class ComplianceCheck:
 def _judge(ctx: CheckContext, config: ComplianceConfig, files: dict) -> tuple[str, list[dict], Verification]:
     """The objects judged (synthesized, or the live ones in dcforge's scope) and the rules' and schema's verdict."""
     from dcforge.compliance import evaluate, exceptions_for
+    from dcforge.placement.scope import targets_a_cluster
     from dcforge.synth import verify_objects
 
     spec = ctx.env.spec
     objects = [obj for chunk in files.values() for obj in chunk]
     source = config.source if config.source != "auto" else (
-        "cluster" if spec.acceptance.target == "kubernetes" else "synth")
+        "cluster" if targets_a_cluster(spec) else "synth")
     verification = verify_objects(spec, objects)  # the schema is always judged on the synthesized manifests
     if source == "cluster":
         from dcforge.compliance.live import cluster_objects, managed_scope

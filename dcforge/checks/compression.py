@@ -19,7 +19,7 @@ import time
 
 from pydantic import Field, field_validator
 
-from dcforge.checks._torchrun import check_preset
+from dcforge.steps.torchrun import check_preset
 from dcforge.harness.check import CheckConfig, CheckContext
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult

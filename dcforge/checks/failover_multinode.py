@@ -21,13 +21,14 @@ from pathlib import Path
 
 from pydantic import Field
 
-from dcforge.checks._torchrun import TORCHRUN_STOP_MARGIN_S
-from dcforge.checks.multinode import default_nproc, executor_for
-from dcforge.checks.train import settings_error, train_config_error
-from dcforge.checks.train_failover import (FailoverTrainingConfig, TrainFailoverCheck, judge_recovery, when_held,
+from dcforge.steps.torchrun import TORCHRUN_STOP_MARGIN_S
+from dcforge.placement.targets import executor_for, machine_resources, ranks_per_node
+from dcforge.harness.check import settings_error
+from dcforge.steps.train import train_config_error, workload_config
+from dcforge.steps.train_failover import (TRAIN_FAILOVER_METRICS, FailoverTrainingConfig, judge_recovery, when_held,
                                            with_pod_loss)
 from dcforge.executors.base import Execution, ExecutionOutcome, ExecutorError, NodeState, NodeStatus
-from dcforge.executors.torchrun import Elastic, TorchrunJob, node_records, torchrun_workload
+from dcforge.placement.torchrun import Elastic, TorchrunJob, node_records, torchrun_workload
 from dcforge.harness.check import CheckContext
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult, Status
@@ -71,16 +72,15 @@ class TrainFailoverMultinodeCheck:
                    "others from the last checkpoint: steps lost, time to resume.")
     Config = TrainFailoverMultinodeConfig
     requires_declared_gpus = False  # the nodes are the hosts (target hosts), not necessarily this machine
-    metrics = tuple(m for m in TrainFailoverCheck.metrics if m.name != "final_params_match") + (
+    metrics = tuple(m for m in TRAIN_FAILOVER_METRICS if m.name != "final_params_match") + (
         MetricSpec("nodes_after", "nodes", "higher", "nodes in the worker group that resumed",
                    "the nodes training went on with: every node but the isolated one"),
     )
 
     def run(self, ctx: CheckContext, config: TrainFailoverMultinodeConfig) -> CheckResult:
         result = CheckResult(self.name, declared=self.metrics)
-        local = ctx.env.spec.acceptance.target == "local"
-        executor, nodes, ifname = executor_for(ctx, self.name, config.nodes or (LOCAL_NODES if local else None))
-        nproc = config.nproc_per_node or default_nproc(executor)  # a pool machine's GPUs on target kubernetes
+        executor, nodes, ifname = executor_for(ctx, self.name, config.nodes, local_nodes=LOCAL_NODES)
+        nproc = config.nproc_per_node or ranks_per_node(executor)  # a pool machine's GPUs on target kubernetes
         victim = config.fail_node if config.fail_node is not None else nodes - 1
         if nodes < 2:
             raise settings_error(ctx, self.name, "nodes", f"{nodes} node: at least 2 are needed (node 0 hosts the "
@@ -119,16 +119,16 @@ class TrainFailoverMultinodeCheck:
         """`hold` (target kubernetes, where the check cannot read the shared records while they are written): the
         ranks hold after step failAtStep − 1 for the check to delete the node's pod, and every node hands the
         records back through its results."""
-        from workloads.train_config import TrainConfig, TrainConfigError
+        from workloads.train_config import TrainConfigError
 
         metrics = f"{{volume[checkpoints]}}/{TRAIN_METRICS_FILE}"
-        train = TrainConfig(preset=config.preset, seq_len=config.seq_len, global_batch_size=config.global_batch_size,
-                            steps=config.steps, checkpoint_dir="{volume[checkpoints]}/train",
-                            checkpoint_every=config.checkpoint_every, resume=True, log_every=1,
-                            metrics_file=metrics,
-                            # a peer lost without a word (no FIN: link down first) ends a step at most this late
-                            collective_timeout_s=30.0,
-                            hold_at_step=config.fail_at_step - 1 if hold else None, hold_s=HOLD_S)
+        train = workload_config(config.preset, config.seq_len, config.global_batch_size, config.steps,
+                                checkpoint_dir="{volume[checkpoints]}/train",
+                                checkpoint_every=config.checkpoint_every, resume=True, log_every=1,
+                                metrics_file=metrics,
+                                # a peer lost without a word (no FIN: link down first) ends a step at most this late
+                                collective_timeout_s=30.0,
+                                hold_at_step=config.fail_at_step - 1 if hold else None, hold_s=HOLD_S)
         try:
             for world in (nodes * nproc, (nodes - 1) * nproc):  # before and after the loss
                 train.validate(world)
@@ -195,7 +195,7 @@ def train_with_pod_loss(ctx: CheckContext, executor, job: TorchrunJob, config: T
         ctx.log(f"deleted pod {pod} (node {victim}) as the ranks held after step {config.fail_at_step - 1}")
         return pod
 
-    workload = torchrun_workload(TrainFailoverMultinodeCheck.name, job, getattr(executor, "node_resources", None))
+    workload = torchrun_workload(TrainFailoverMultinodeCheck.name, job, machine_resources(executor))
     with executor.start(workload, run_dir) as execution:
         lost = when_held(ctx, execution, "torchrun", config.fail_at_step - 1, strike)
         outcome = execution.wait(max(1.0, ctx.remaining_s() - TORCHRUN_STOP_MARGIN_S),

@@ -19,9 +19,11 @@ from typing import Literal
 from pydantic import Field
 
 from dcforge.findings import Action, most_urgent
-from dcforge.harness.check import CheckConfig, CheckContext, runs_on_pool
+from dcforge.harness.check import CheckConfig, CheckContext
 from dcforge.harness.metrics import MetricSpec
+from dcforge.harness.node import gpu_shortfall, no_gpu_reason
 from dcforge.harness.result import CheckResult, CheckSkipped
+from dcforge.placement.scope import single_node
 
 # DCGM diagnostic level per stage of a node's life (DCGM's guidance: short after deploy, medium before acceptance,
 # long for burn-in).
@@ -38,14 +40,6 @@ class GpuHealthConfig(CheckConfig):
     dcgm_timeout_s: float = Field(default=1800.0, gt=0)
     xid_listen_ms: int = Field(default=1000, ge=0)
     """How long to listen for NVML XID events; history since boot comes from the kernel log."""
-
-
-def no_gpu_reason() -> str | None:
-    from dcforge.harness.node import visible_gpus
-
-    if visible_gpus():
-        return None
-    return "no GPU visible (nvidia-smi and torch.cuda see none): GPU health cannot be read on this machine"
 
 
 class GpuHealthCheck:
@@ -80,10 +74,9 @@ class GpuHealthCheck:
     on_pool = True  # target kubernetes: a pod on every node of the acceptance pool (this module's docstring)
 
     def run(self, ctx: CheckContext, config: GpuHealthConfig) -> CheckResult:
-        from dcforge.harness.node import gpu_shortfall
+        return single_node(ctx, self, here=lambda: self.here(ctx, config), pool=lambda: self._on_pool(ctx, config))
 
-        if runs_on_pool(self, ctx.env.spec):
-            return self._on_pool(ctx, config)
+    def here(self, ctx: CheckContext, config: GpuHealthConfig) -> CheckResult:
         # fewer GPUs than declared fails (the readers still run: the kernel log may say why, XID 79); "no GPU
         # visible" is a skip only where this machine is declared to have none (docs/skips.md)
         shortfall = gpu_shortfall(ctx.env.spec)
@@ -104,22 +97,23 @@ class GpuHealthCheck:
 
     def _on_pool(self, ctx: CheckContext, config: GpuHealthConfig) -> CheckResult:
         """Every Ready node of the acceptance pool at once, a pinned pod each; a row per node."""
-        from dcforge.checks.multinode import executor_for
-        from dcforge.checks.node_level import node_executors, run_on_nodes
-        from dcforge.checks.slow_node import SlowNodeCheck
+        from dcforge.placement.naming import name_kubernetes_nodes
+        from dcforge.placement.nodes import node_executors, run_on_nodes
+        from dcforge.placement.targets import executor_for, machine_resources
         from dcforge.report.nodes import node_problem
 
         executor, count, _ = executor_for(ctx, self.name, None, pin=True, min_nodes=1, retest_quarantined=True)
-        if not executor.node_resources.gpus:
+        gpus = machine_resources(executor).gpus
+        if not gpus:
             raise CheckSkipped("the acceptance pool's machines have no GPUs: no GPU health to read")
         nodes = node_executors(executor, count)
-        step = gpu_health_step(config, executor.node_resources.gpus, ctx.env.spec.acceptance_pool)
+        step = gpu_health_step(config, gpus, ctx.env.spec.acceptance_pool)
         workdir = ctx.artefact_dir(self.name)
         ctx.log(f"GPU health on {len(nodes)} nodes of the acceptance pool, a pod each")
         rows = run_on_nodes(nodes, {host: [step] for host, _ in nodes}, workdir, ctx)
         result = CheckResult(self.name, declared=self.metrics)
         result.details.update(nodes=rows, executor=executor.name, dcgm_level=dcgm_level(config))
-        SlowNodeCheck.name_kubernetes_nodes(executor, result)
+        name_kubernetes_nodes(executor, result)
         for figure in ("gpus_checked", "gpus_failing", "fatal_xids"):
             result.add_metric(figure, sum(row.get(figure, 0) for row in rows), context=f"{len(rows)} nodes")
         failed = [row for row in rows if row["state"] != "succeeded"]
@@ -185,12 +179,12 @@ def fail_shortfall(result: CheckResult, shortfall) -> CheckResult:
 
 
 def gpu_health_step(config: GpuHealthConfig, expected_gpus: int, pool=None):
-    """The readers as a node step (`dcforge/checks/node_steps.py`): the pod writes a GpuHealthResult; judged by
+    """The readers as a node step (`dcforge/steps/step.py`): the pod writes a GpuHealthResult; judged by
     the local verdict, and the node fails when its pod sees fewer GPUs than the pool declares per node (`pool`:
     the spec's GpuPool of those nodes, which names the shortfall)."""
     from dcforge.harness.node import GpuShortfall
-    from dcforge.checks.node_steps import Step
     from dcforge.executors.base import literal
+    from dcforge.steps.step import Step
     from dcforge.gpu.readings import node_health_from_dict
     from workloads.records import GPU_HEALTH_FILE, GpuHealthResult, read_result
 

@@ -5,7 +5,7 @@ a key, TLS >= 1.2 when TLS is on).
 N replicas run on 127.0.0.1 under gunicorn; Locust runs headless in a subprocess with a hard timeout, warms every
 replica up, and writes a per-request log (warm-up requests marked) from which every figure is computed exactly
 (docs/metrics.md), also exported in AIPerf's per-request form. Every process is stopped at the end. On target
-kubernetes the server and Locust run in the cluster instead (dcforge/checks/serving/on_cluster.py) and the same
+kubernetes the server and Locust run in the cluster instead (dcforge/placement/serving.py) and the same
 figures are computed from the load pod's request log.
 """
 
@@ -15,27 +15,28 @@ from dataclasses import replace
 
 from pydantic import Field
 
-from dcforge.checks._load_metrics import LOAD_METRICS
-from dcforge.checks.serving.capacity import CAPACITY_METRICS, CapacitySettings, measure_capacity
-from dcforge.checks.serving.load import RUN_METRICS, run_load, serving_session
-from dcforge.checks.serving.plots import latency_plots
-from dcforge.checks.serving.replicas import REPLICA_SHARE_METRICS, add_share_metrics, replica_shares
-from dcforge.checks.serving.scraping import decode_batch_mean
-from dcforge.checks.serving.server_metrics import SERVER_METRICS, report_server_metrics, scraper_for
-from dcforge.checks.serving.settings import ServingLoadConfig
-from dcforge.checks.serving.summary import add_summary_metrics, load_summary
-from dcforge.harness.check import CheckContext, runs_on_pool
+from dcforge.harness.check import CheckContext
 from dcforge.harness.metrics import MetricSpec
-from dcforge.harness.repeats import add_repeat_statistics
 from dcforge.harness.power import ENERGY_METRICS, OUTPUT_TOKENS_PER_JOULE, record_energy, sample_power
+from dcforge.harness.repeats import add_repeat_statistics
 from dcforge.harness.result import CheckResult
+from dcforge.placement.scope import single_node
+from dcforge.steps.serving.capacity import CAPACITY_METRICS, CapacitySettings, measure_capacity
+from dcforge.steps.serving.load import RUN_METRICS, run_load, serving_session
+from dcforge.steps.serving.load_metrics import LOAD_METRICS
+from dcforge.steps.serving.plots import latency_plots
+from dcforge.steps.serving.replicas import REPLICA_SHARE_METRICS, add_share_metrics, replica_shares
+from dcforge.steps.serving.scraping import decode_batch_mean
+from dcforge.steps.serving.server_metrics import SERVER_METRICS, report_server_metrics, scraper_for
+from dcforge.steps.serving.settings import ServingLoadConfig
+from dcforge.steps.serving.summary import add_summary_metrics, load_summary
 
 
 class InferenceConfig(ServingLoadConfig):
     """Everything else is shared with inference_failover (see ServingLoadConfig)."""
 
     capacity: CapacitySettings | None = None
-    """Sweeps and the SLA search after the main measurement (dcforge/checks/serving/capacity.py)."""
+    """Sweeps and the SLA search after the main measurement (dcforge/steps/serving/capacity.py)."""
     repeats: int = Field(default=1, ge=1, le=20)
     """Measure the load run this many times on the same server; with 2 or more every load figure is the mean over
     the repeats with its Student-t 95 % interval as `<key>.ci95_low` / `<key>.ci95_high` (docs/metrics.md#repeats).
@@ -47,7 +48,7 @@ class InferenceCheck:
     description = "OpenAI-compatible serving under Locust load: TTFT, TPOT, throughput, goodput, endpoint security."
     Config = InferenceConfig
     requires_declared_gpus = True
-    on_pool = True  # target kubernetes: server and Locust run on the inference pool (serving/on_cluster.py)
+    on_pool = True  # target kubernetes: server and Locust run on the inference pool (dcforge/placement/serving.py)
     metrics = (
         *LOAD_METRICS,
         *RUN_METRICS,
@@ -65,12 +66,14 @@ class InferenceCheck:
     )
 
     def run(self, ctx: CheckContext, config: InferenceConfig) -> CheckResult:
+        result = CheckResult(self.name, declared=self.metrics)
+        return single_node(ctx, self, here=lambda: self.here(ctx, config, result),
+                           pool=lambda: self.run_on_cluster(ctx, config, result))
+
+    def here(self, ctx: CheckContext, config: InferenceConfig, result: CheckResult) -> CheckResult:
         from dcforge.compliance.endpoint import check_endpoint
         from dcforge.harness.slo import acceptance_slos
 
-        result = CheckResult(self.name, declared=self.metrics)
-        if runs_on_pool(self, ctx.env.spec):
-            return self.run_on_cluster(ctx, config, result)
         with serving_session(ctx, config, self.name, result) as session:
             add_endpoint_findings(result, check_endpoint(session.server.base_url, session.served_name))
             scraper = scraper_for(session.server.base_url, config.server_metrics_interval_s)
@@ -100,7 +103,7 @@ class InferenceCheck:
     def run_on_cluster(self, ctx: CheckContext, config: InferenceConfig, result: CheckResult) -> CheckResult:
         """Server and Locust in the cluster; the same figures and verdicts as on this machine, from the load pod's
         records (no energy: a restricted pod reads no power)."""
-        from dcforge.checks.serving.on_cluster import run_load_on_cluster
+        from dcforge.placement.serving import run_load_on_cluster
         from dcforge.compliance.endpoint import EndpointFinding
 
         ran = run_load_on_cluster(ctx, config, self.name, result)

@@ -21,14 +21,17 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
-from dcforge.checks._load_metrics import LOAD_METRICS
-from dcforge.checks.serving.load import RUN_METRICS, ServingSession, run_load, serving_session
-from dcforge.checks.serving.plots import latency_plots
-from dcforge.checks.serving.replicas import (REPLICA_SHARE_METRICS, IdleVictim, add_share_metrics, replica_shares,
+from dcforge.steps.serving.load_metrics import LOAD_METRICS
+from dcforge.placement.scope import single_node
+from dcforge.placement.serving import failover_on_cluster
+from dcforge.steps.serving.failover import Kill
+from dcforge.steps.serving.load import RUN_METRICS, ServingSession, run_load, serving_session
+from dcforge.steps.serving.plots import latency_plots
+from dcforge.steps.serving.replicas import (REPLICA_SHARE_METRICS, IdleVictim, add_share_metrics, replica_shares,
                                              wait_for_busiest_replica)
-from dcforge.checks.serving.settings import ServingLoadConfig
-from dcforge.checks.serving.summary import add_summary_metrics
-from dcforge.harness.check import CheckContext, runs_on_pool
+from dcforge.steps.serving.settings import ServingLoadConfig
+from dcforge.steps.serving.summary import add_summary_metrics
+from dcforge.harness.check import CheckContext
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult
 from workloads.records import REPLICA_HEADER, RequestRecord
@@ -53,22 +56,6 @@ def _p95(values: list[float]) -> float:
 
 
 @dataclass
-class Kill:
-    """What happened to the victim replica during the load."""
-
-    t_kill: float
-    """SIGKILL time, seconds since the epoch (the request log's clock)."""
-    victim: str
-    """The killed replica as the replica header names it (its pid; `<pod address>/<pid>` on target kubernetes)."""
-    respawned: str
-    """The replica that took its place: the one gunicorn started, or the Deployment's new pod's."""
-    respawn_s: float
-    """SIGKILL -> the new replica announced readiness."""
-    what: str
-    """The kill in words, for the plot's marker."""
-
-
-@dataclass
 class Recovery:
     """The failover figures, computed from the request log and the kill (no processes involved)."""
 
@@ -90,7 +77,7 @@ class InferenceFailoverCheck:
     description = "A replica is SIGKILLed under load: time to recover, requests lost, respawn, latency impact."
     Config = InferenceFailoverConfig
     requires_declared_gpus = True
-    on_pool = True  # target kubernetes: a pod per replica on the inference pool, one deleted (serving/on_cluster.py)
+    on_pool = True  # target kubernetes: a pod per replica on the inference pool, one deleted (dcforge/placement/serving.py)
     metrics = (
         *LOAD_METRICS,
         *RUN_METRICS,
@@ -124,15 +111,19 @@ class InferenceFailoverCheck:
     def run(self, ctx: CheckContext, config: InferenceFailoverConfig) -> CheckResult:
         result = CheckResult(self.name, declared=self.metrics)
         self._refuse_a_kill_too_late(ctx, config)
-        if runs_on_pool(self, ctx.env.spec):  # target kubernetes: a server pod deleted (serving/on_cluster.py)
-            from dcforge.checks.serving.on_cluster import failover_on_cluster
+        return single_node(ctx, self, here=lambda: self.here(ctx, config, result),
+                           pool=lambda: self.on_cluster(ctx, config, result))
 
-            ran = failover_on_cluster(ctx, config, self.name, result)
-            if ran is None:
-                return result
-            records, t_start, kill, replicas_after = ran
-            served_by_new = sum(r.replica == kill.respawned for r in records)
-            return self._judge(ctx, config, result, records, t_start, kill, served_by_new, replicas_after)
+    def on_cluster(self, ctx: CheckContext, config: InferenceFailoverConfig, result: CheckResult) -> CheckResult:
+        """Target kubernetes: a server pod deleted (dcforge/placement/serving.py)."""
+        ran = failover_on_cluster(ctx, config, self.name, result)
+        if ran is None:
+            return result
+        records, t_start, kill, replicas_after = ran
+        served_by_new = sum(r.replica == kill.respawned for r in records)
+        return self._judge(ctx, config, result, records, t_start, kill, served_by_new, replicas_after)
+
+    def here(self, ctx: CheckContext, config: InferenceFailoverConfig, result: CheckResult) -> CheckResult:
         with serving_session(ctx, config, self.name, result) as session:
             records, t_start, kill = self._load_with_a_kill(ctx, config, session, result)
             if isinstance(kill, IdleVictim):

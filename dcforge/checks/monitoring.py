@@ -171,10 +171,10 @@ class MonitoringCheck:
         return result
 
     def _with_bundled_server(self, ctx: CheckContext, config: MonitoringConfig, result: CheckResult) -> None:
-        from dcforge.checks.serving.credentials import new_api_key, private_dir
-        from dcforge.checks.serving.load import ServingSession
-        from dcforge.checks.serving.server import LocalServer, send_completions
-        from dcforge.checks.serving.settings import ServingLoadConfig, choose_model
+        from dcforge.steps.serving.credentials import new_api_key, private_dir
+        from dcforge.steps.serving.load import ServingSession
+        from dcforge.steps.serving.server import LocalServer, send_completions
+        from dcforge.steps.serving.settings import ServingLoadConfig, choose_model
 
         serving = ServingLoadConfig(replicas=1, model_source="random", preset=config.preset, warmup_per_replica=0,
                                     max_tokens=config.max_tokens)

@@ -6,7 +6,7 @@ server listens. Bandwidth = iperf3's received bits/s of the whole test; RTT = th
 sending TCP socket (iperf3's `mean_rtt`, Linux). Per node: the best bandwidth of the pairs it is in (a pair is
 as slow as its slower end, so a sound node has at least one fast pair); a node more than outlierFraction below
 the median of those is an outlier. Where the spec declares RDMA for the acceptance pool, every pair is also
-measured with ib_write_bw (dcforge/checks/network_rdma.py); a pair whose node has no RDMA device or no perftest is
+measured with ib_write_bw (dcforge/steps/network_rdma.py); a pair whose node has no RDMA device or no perftest is
 not measured, and that node fails the check with the reason and a recommended action (declared but absent is never
 a pass).
 """
@@ -19,14 +19,15 @@ import statistics
 
 from pydantic import Field
 
-from dcforge.checks import network_rdma as rdma
-from dcforge.checks._rdma import UNMEASURED_RDMA_ACTION, declared_rdma_pool
-from dcforge.checks.multinode import executor_for
-from dcforge.checks.slow_node import SlowNodeCheck
 from dcforge.executors.base import ExecutorError, Role, VolumePurpose, Workload
 from dcforge.harness.check import CheckConfig, CheckContext
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult, CheckSkipped, Status
+from dcforge.placement.naming import name_kubernetes_nodes, node_names
+from dcforge.placement.naming import pair_executor as executor_for_pair
+from dcforge.placement.targets import executor_for
+from dcforge.steps import network_rdma as rdma
+from dcforge.steps.rdma import UNMEASURED_RDMA_ACTION, declared_rdma_pool
 
 IPERF_PORT = "iperf"
 
@@ -82,7 +83,7 @@ class NetworkCheck:
         executor, count, _ = executor_for(ctx, self.name, config.nodes, pin=True)
         if executor.name == "local" and shutil.which("iperf3") is None:
             raise CheckSkipped("iperf3 is not installed (make system-deps)")
-        names = SlowNodeCheck._names(executor, count)
+        names = node_names(executor, count)
         workdir = ctx.artefact_dir(self.name)
         pairs = []
         try:
@@ -103,7 +104,7 @@ class NetworkCheck:
         result.details["pairs"] = pairs
         result.details["nodes"] = [{"node": n, "host": names[n], "tcp_gbps_best": per_node[n],
                                     "outlier": n in outliers} for n in range(count)]
-        SlowNodeCheck.name_kubernetes_nodes(executor, result)
+        name_kubernetes_nodes(executor, result)
         if outliers:
             result.fail("outliers: " + ", ".join(f"{names[n]} ({per_node[n]:.3g} Gbit/s, median {median:.3g})"
                                                  for n in outliers))
@@ -182,7 +183,7 @@ class NetworkCheck:
         workload = Workload(f"{role.name}{client}-{server}", (role,), volumes=(VolumePurpose.RESULTS,),
                             timeout_s=config.pair_timeout_s)
         # node 0 (the server) on the pair's second host, node 1 (the client) on its first
-        pair_executor = SlowNodeCheck._pair_executor(executor, (server, client))
+        pair_executor = executor_for_pair(executor, (server, client))
         with pair_executor.start(workload, workdir / f"{role.name}-pair{client}-{server}") as execution:
             outcome = execution.wait(min(config.pair_timeout_s, max(1.0, ctx.remaining_s())))
             if not outcome.succeeded:

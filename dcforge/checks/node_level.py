@@ -15,39 +15,29 @@ nodes fail the check (docs/metrics.md#node_level).
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from dcforge.checks._torchrun import TORCHRUN_STOP_MARGIN_S
-from dcforge.checks.allreduce import AllreduceCheckConfig
-from dcforge.checks.checkpoint import CheckpointCheckConfig
-from dcforge.checks.multinode import executor_for
-from dcforge.checks.node_steps import (OpenExecutions, Step, allreduce_step, checkpoint_step, run_step, system_step,
-                                       train_step)
-from dcforge.checks.on_pool import pool_ranks
-from dcforge.checks.slow_node import SlowNodeCheck, outliers
-from dcforge.checks.system import SystemConfig
-from dcforge.checks.train import TrainCheckConfig
-from dcforge.executors.base import Executor, ExecutorError, NodeState
-from dcforge.findings import Action, most_urgent
+from dcforge.executors.base import Executor, NodeState
+from dcforge.placement.naming import name_kubernetes_nodes
+from dcforge.placement.nodes import node_executors, run_on_nodes
+from dcforge.placement.pool import pool_ranks
+from dcforge.placement.targets import executor_for
+from dcforge.steps.allreduce import AllreduceCheckConfig, allreduce_step
+from dcforge.steps.checkpoint import CheckpointCheckConfig, checkpoint_step
+from dcforge.steps.stats import outliers
+from dcforge.steps.step import Step
+from dcforge.steps.system import SystemConfig, system_step
+from dcforge.steps.train import TrainCheckConfig, train_step
 from dcforge.harness.check import CheckConfig, CheckContext
 from dcforge.harness.metrics import MetricSpec
-from dcforge.harness.result import CheckResult, CheckSkipped, Status
+from dcforge.harness.result import CheckResult
 from dcforge.report.nodes import node_problem
-from workloads.records import RecordError
 
 NodeWorkload = Literal["system", "train", "allreduce", "checkpoint"]
 WORKLOADS: tuple[NodeWorkload, ...] = ("system", "train", "allreduce", "checkpoint")
 
-ROW_FIGURES: dict[str, tuple[str, ...]] = {"system": ("cpu_count", "memory_gi", "gpu_count"),
-                                           "train": ("tokens_per_s",), "allreduce": ("busbw_gbps",),
-                                           "checkpoint": ("save_gbps", "load_gbps"),
-                                           "gpu_health": ("gpus_checked", "gpus_failing", "fatal_xids")}
-"""The metrics of each step's single-node result that become columns of the node's row."""
 POOL_FIGURES = ("tokens_per_s", "busbw_gbps", "save_gbps", "load_gbps")
 """Row figures judged over the pool (min, median, outliers): throughputs, higher is better, so a pool minimum
 that meets an SLO means every node meets it."""
@@ -144,89 +134,6 @@ def ranks_per_pool_node(config: NodeLevelConfig, executor: Executor) -> NodeLeve
                                      for name in ("train", "allreduce", "checkpoint")})
 
 
-# --- Running the steps on a node ---------------------------------------------------------------------------------
-
-def node_executors(executor: Executor, count: int) -> list[tuple[str, Executor]]:
-    """(name, an executor placing one node there) for each of the first `count` nodes."""
-    from dcforge.executors.hosts import HostsExecutor
-    from dcforge.executors.local import LocalExecutor
-
-    if isinstance(executor, HostsExecutor):
-        return [(host.name, HostsExecutor([host], executor.options)) for host in executor.hosts[:count]]
-    if isinstance(executor, LocalExecutor):
-        return [(f"local-{i}", executor) for i in range(count)]
-    if getattr(executor, "nodes", None):  # kubernetes, pinned to the pool's nodes by name (`executor_for`)
-        return [(node, executor.pinned([node])) for node in executor.nodes[:count]]
-    # an unpinned kubernetes executor: the spec declares no GPU pool, so there are no nodes to name
-    raise CheckSkipped(f"node_level on target {executor.name} pins one pod to each node of the acceptance pool, "
-                       "and the spec declares no GPU pool (dcforge:gpuPools)")
-
-
-def run_node(host: str, executor: Executor, steps: list[Step], workdir: Path, executions: OpenExecutions,
-             remaining_s: Callable[[], float], log: Callable[[str], None]) -> dict[str, Any]:
-    """Every step on one node, in order; the node's row. A step that fails does not stop the next (its figures
-    are independent); an unreachable node stops."""
-    row: dict[str, Any] = {"host": host, "state": NodeState.SUCCEEDED.value}
-    problems: list[str] = []
-    for step in steps:
-        try:
-            outcome, data = run_step(executions, executor, step, workdir / host / step.name,
-                                     max(1.0, remaining_s() - TORCHRUN_STOP_MARGIN_S))
-        except ExecutorError as error:
-            if row["state"] == NodeState.SUCCEEDED.value:
-                row["state"] = NodeState.FAILED.value
-            problems.append(str(error))
-            log(f"{host}: {error}")
-            break
-        problem = _judge(step, outcome, data, row, workdir / host)
-        if problem:
-            if row["state"] == NodeState.SUCCEEDED.value and outcome["state"] == NodeState.SUCCEEDED.value:
-                row["state"] = NodeState.FAILED.value  # the process succeeded, a verdict did not hold
-            elif row["state"] == NodeState.SUCCEEDED.value:
-                row["state"], row["exit_code"] = outcome["state"], outcome["exit_code"]
-            problems.append(problem)
-        log(f"{host}: {problem or step.name + ' ok'}")
-    if problems:
-        row["reason"] = "; ".join(problems)
-    return row
-
-
-def run_on_nodes(chosen: list[tuple[str, Executor]], steps: dict[str, list[Step]], workdir: Path,
-                 ctx: CheckContext) -> list[dict[str, Any]]:
-    """Each chosen node's steps (`steps[host]`), every node at once, a thread each; the nodes' rows in `chosen`'s
-    order."""
-    executions = OpenExecutions()
-    threads = ThreadPoolExecutor(max_workers=len(chosen))
-    try:
-        futures = [threads.submit(run_node, host, node_executor, steps[host], workdir, executions,
-                                  ctx.remaining_s, ctx.log) for host, node_executor in chosen]
-        return [future.result() for future in futures]
-    except BaseException:  # interrupted or out of time: stop every node now, not when each one ends
-        executions.stop_all()
-        raise
-    finally:
-        threads.shutdown(wait=True)
-
-
-def _judge(step: Step, outcome: dict[str, Any], data: bytes | None, row: dict[str, Any], node_dir: Path) -> str:
-    """Put the step's figures into the node's row; what went wrong, or ''."""
-    if data is None:
-        reason = f": {outcome['reason']}" if outcome["reason"] else ""
-        return f"{step.name} {outcome['state']}{reason}"
-    node_dir.mkdir(parents=True, exist_ok=True)
-    (node_dir / step.result_file).write_bytes(data)
-    try:
-        judged = step.judge(data)
-    except RecordError as error:
-        return f"{step.name}: {error}"
-    for figure in ROW_FIGURES[step.name]:
-        if figure in judged.metrics:
-            row[figure] = judged.metrics[figure].value
-    if judged.details.get("action"):  # the node's recommended action (dcforge.findings), most urgent of its steps'
-        row["action"] = most_urgent([Action(row.get("action", "none")), Action(judged.details["action"])]).value
-    return f"{step.name}: {judged.reason}" if judged.status is not Status.PASS else ""
-
-
 class NodeLevelCheck:
     name = "node_level"
     description = ("system, single-node train, all-reduce and checkpoint on every node (or a sample) in parallel: "
@@ -274,7 +181,7 @@ class NodeLevelCheck:
         for row in rows:
             row["logs"] = ctx.relative(workdir / row["host"])  # <step>/<role>-0*.log per step
         self._record(result, rows, config)
-        SlowNodeCheck.name_kubernetes_nodes(executor, result)
+        name_kubernetes_nodes(executor, result)
         result.details.update({"pool_size": len(pool), "sampled": [name for name, _ in chosen],
                                "workloads": list(config.workloads), "executor": executor.name,
                                "outlier_fraction": config.outlier_fraction})

@@ -17,24 +17,23 @@ more than outlierFraction below the median of the per-node figures is an outlier
 
 from __future__ import annotations
 
-import statistics
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 from pydantic import Field
 
-from dcforge.checks.multinode import executor_for
 from dcforge.executors.base import ExecutorError
-from dcforge.executors.torchrun import TorchrunJob, run_torchrun_job
+from dcforge.placement.naming import Pair, name_kubernetes_nodes, pair_executor
+from dcforge.placement.naming import node_names as names_of
+from dcforge.placement.targets import executor_for
+from dcforge.steps.stats import outliers
+from dcforge.placement.torchrun import TorchrunJob, run_torchrun_job
 from dcforge.harness.check import CheckConfig, CheckContext
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult, Status
 from workloads.records import ALLREDUCE_RESULT_FILE, AllreduceResult, read_result
 
-Pair = tuple[int, int]
-K = TypeVar("K", bound=Hashable)
 
 
 @dataclass
@@ -117,14 +116,6 @@ def node_figures(state: Search) -> dict[int, float]:
     return best
 
 
-def outliers(figures: Mapping[K, float], fraction: float) -> list[K]:
-    """Nodes (indices or names) more than `fraction` below the median of the per-node figures."""
-    if len(figures) < 2:
-        return []
-    median = statistics.median(figures.values())
-    return sorted(node for node, value in figures.items() if value < (1 - fraction) * median)
-
-
 class SlowNodeConfig(CheckConfig):
     nodes: int | None = Field(default=None, ge=2)
     """Nodes to search; default every host of acceptance.hosts, every Ready node of the acceptance pool on target
@@ -166,7 +157,7 @@ class SlowNodeCheck:
         # target kubernetes: too few Ready nodes in the pool is an ExecutorError, the check's error (the runner)
         executor, count, ifname = executor_for(ctx, self.name, config.nodes, pin=True)
         workdir = ctx.artefact_dir(self.name)
-        node_names = self._names(executor, count)
+        node_names = names_of(executor, count)
 
         def one(pair: Pair, round_index: int) -> float:
             job = TorchrunJob("allreduce.py", ("--min-bytes", config.message_bytes, "--max-bytes", config.message_bytes,
@@ -177,7 +168,7 @@ class SlowNodeCheck:
                               rendezvous_timeout_s=config.rendezvous_timeout_s,
                               timeout_s=min(config.round_timeout_s, max(1.0, ctx.remaining_s())),
                               result_files=(ALLREDUCE_RESULT_FILE,))
-            run = run_torchrun_job(self._pair_executor(executor, pair), f"pair{pair[0]}-{pair[1]}", job,
+            run = run_torchrun_job(pair_executor(executor, pair), f"pair{pair[0]}-{pair[1]}", job,
                                    workdir / f"round{round_index}" / f"pair{pair[0]}-{pair[1]}")
             if not run.outcome.succeeded:
                 raise ExecutorError(f"pair {node_names[pair[0]]}+{node_names[pair[1]]}: "
@@ -200,7 +191,7 @@ class SlowNodeCheck:
             result.status, result.reason = Status.ERROR, str(error)
             return result
         self._record(result, state, node_names, config)
-        self.name_kubernetes_nodes(executor, result)
+        name_kubernetes_nodes(executor, result)
         return result
 
     @staticmethod
@@ -234,32 +225,3 @@ class SlowNodeCheck:
                         + ", ".join(node_names[n] for n in sorted(state.suspects())))
         if named_outliers:
             result.fail("outliers: " + ", ".join(node_names[n] for n in named_outliers))
-
-    @staticmethod
-    def _names(executor, count: int) -> list[str]:
-        """What node i is called: its host (target hosts), its Kubernetes node (pinned, target kubernetes)."""
-        hosts = getattr(executor, "hosts", None)
-        if hosts:
-            return [h.name for h in hosts[:count]]
-        pinned = getattr(executor, "nodes", None)
-        return list(pinned[:count]) if pinned else [f"local-{i}" for i in range(count)]
-
-    @staticmethod
-    def _pair_executor(executor, pair: Pair):
-        """An executor over just the pair's nodes (hosts: those two hosts; kubernetes: pinned to those two nodes;
-        local: this machine)."""
-        from dcforge.executors.hosts import HostsExecutor
-
-        if isinstance(executor, HostsExecutor):
-            return HostsExecutor([executor.hosts[pair[0]], executor.hosts[pair[1]]], executor.options)
-        if getattr(executor, "nodes", None):
-            return executor.pinned([executor.nodes[pair[0]], executor.nodes[pair[1]]])
-        return executor
-
-    @staticmethod
-    def name_kubernetes_nodes(executor, result: CheckResult) -> None:
-        """On a pinned kubernetes executor, each node row's host is a Kubernetes node: say so in `kubernetes_node`,
-        which `accept --taint-failed` taints (dcforge/remediation.py)."""
-        if getattr(executor, "nodes", None):
-            for row in result.details.get("nodes") or []:
-                row["kubernetes_node"] = row["host"]

@@ -36,12 +36,12 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from dcforge.checks.fio import (FioError, FioJob, FioJobResult, FioNotFound, FioVerifyFailed, fio_executable,
+from dcforge.steps.fio import (FioError, FioJob, FioJobResult, FioNotFound, FioVerifyFailed, fio_executable,
                                 fio_version, run_fio)
-from dcforge.checks.train import settings_error
-from dcforge.harness.check import CheckConfig, CheckContext
+from dcforge.harness.check import CheckConfig, CheckContext, settings_error
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult, CheckSkipped, Plot, Series
+from dcforge.placement.scope import single_node
 
 MIB = 2**20
 # Below this a class cannot hold the sequential file with any meaning (a few 1 MiB blocks per client).
@@ -399,6 +399,7 @@ class StorageCheck:
     Config = StorageCheckConfig
     metrics = FIGURES
     requires_declared_gpus = False  # measures storage, whether or not this node's GPUs are visible
+    on_pool = True  # target kubernetes: a pod per class on a claim of it (`_kubernetes`)
 
     def run(self, ctx: CheckContext, config: StorageCheckConfig) -> CheckResult:
         spec = ctx.env.spec
@@ -407,8 +408,11 @@ class StorageCheck:
         names = config.classes or [cls.name for cls in spec.storage.classes]
         if not names:
             raise CheckSkipped("no storage classes declared (dcforge:storage.classes)")
-        if spec.acceptance.target == "kubernetes":
-            return self._kubernetes(ctx, config, names)
+        return single_node(ctx, self, here=lambda: self.here(ctx, config, names),
+                           pool=lambda: self._kubernetes(ctx, config, names))
+
+    def here(self, ctx: CheckContext, config: StorageCheckConfig, names: list[str]) -> CheckResult:
+        """fio on this machine, in each class's path (default: a scratch folder of the run)."""
         try:
             fio = fio_executable()
         except FioNotFound as missing:
@@ -431,8 +435,9 @@ class StorageCheck:
 
     def _kubernetes(self, ctx: CheckContext, config: StorageCheckConfig, names: list[str]) -> CheckResult:
         """One pod per class on a claim of it (pvcSizeGi), in the acceptance image, one class after the other."""
-        from dcforge.checks.multinode import kubernetes_executor, live_view
-        from dcforge.checks.node_steps import CLAIM_VOLUMES, OpenExecutions, Step, run_step
+        from dcforge.placement.nodes import OpenExecutions, run_step
+        from dcforge.placement.targets import kubernetes_executor, live_view
+        from dcforge.steps.step import CLAIM_VOLUMES, Step
         from dcforge.executors.base import ExecutorError, literal
         from dcforge.harness.result import Status
         from workloads.records import STORAGE_CLASS_FILE, StorageClassResult, read_result

@@ -6,7 +6,7 @@ engine (or the CrossGuard pack, when those pods are visible) waives, and what th
 
 from __future__ import annotations
 
-from dcforge.compliance import RuleException
+from dcforge.compliance.model import RuleException
 from dcforge.manifests.common import (
     GPU_OPERATOR_NAMESPACE,
     NETWORK_OPERATOR_NAMESPACE,

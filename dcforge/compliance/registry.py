@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from dcforge.compliance import Rule, Severity, Violation, resource_id
+from dcforge.compliance.model import Rule, Severity, Violation, resource_id
 
 Manifest = dict[str, Any]
 # Where each workload kind keeps its pod spec.

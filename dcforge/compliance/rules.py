@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dcforge.compliance import Rule
+from dcforge.compliance.model import Rule
 from dcforge.compliance import rules_cluster, rules_pods  # noqa: F401  (registration happens on import)
 from dcforge.compliance.registry import RULES as _REGISTERED
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dcforge.compliance import Violation, resource_id
+from dcforge.compliance.model import Violation, resource_id
 from dcforge.compliance.registry import Manifest, dig, labels_of, namespace_of, pod_spec, resource_rule, set_rule
 from dcforge.manifests.common import (
     HOST_ENCRYPTION_ANNOTATION,

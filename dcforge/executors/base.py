@@ -26,7 +26,7 @@ from __future__ import annotations
 import enum
 import socket
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -260,6 +260,40 @@ class Executor(Protocol):
         """Place and start every node of every role; logs go under `run_dir`. Raises ExecutorError (one line,
         naming the host) when a node cannot be placed or reached."""
         ...
+
+
+@runtime_checkable
+class PoolMachines(Protocol):
+    """Optional capability of an executor that places nodes on the named machines of a pool (the kubernetes
+    executor; a Slurm executor would be the next), as kueue's jobframework has optional interfaces beside its
+    generic one. Placement asks for it once (`pool_machines`), never probes attributes one by one."""
+
+    @property
+    def node_resources(self) -> Resources:
+        """What each node asks for: a whole machine of the pool (its GPUs, a share of its CPUs and memory)."""
+        ...
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """The machines the workloads are pinned to, by name; empty when not pinned."""
+        ...
+
+    def pool_nodes(self) -> list[str]:
+        """The pool's machines that can take a node now, by name."""
+        ...
+
+    def pinned(self, nodes: Sequence[str]) -> "PoolMachines":
+        """The same executor with every role on exactly `nodes`, one node on each."""
+        ...
+
+    def tolerating(self, tolerations: Sequence[dict[str, str]]) -> "PoolMachines":
+        """The same executor whose nodes also go to machines with these taints."""
+        ...
+
+
+def pool_machines(executor: object) -> PoolMachines | None:
+    """`executor` as a placer on a pool's machines, or None where it places nodes otherwise (local, hosts)."""
+    return executor if isinstance(executor, PoolMachines) else None
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ pod) and waits, bounded, until none is left. Every API call is one of `EXECUTOR_
 Acceptance component's Role grants and nothing more, or (`pool_nodes`, listing the pool's nodes to pin a workload
 to them: `pinned`) `NODE_LIST_ACCESS`, its ClusterRole.
 
-Selected by `acceptance.target: kubernetes` (dcforge/checks/multinode.py `executor_for`); `clean_runs` is
+Selected by `acceptance.target: kubernetes` (dcforge/placement/targets.py `executor_for`); `clean_runs` is
 `dcforge clean`: it deletes what earlier runs left behind.
 """
 

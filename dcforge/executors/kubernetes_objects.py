@@ -36,7 +36,7 @@ from typing import Any
 from dcforge.executors.base import Resources, Role, VolumePurpose, Workload
 from dcforge.manifests.common import (ACCEPTANCE_SERVICE_ACCOUNT, MANAGED_BY, POOL_LABEL, acceptance_namespace,
                                      namespaces_with_purpose)
-from dcforge.manifests.gpu_node_pool import gpu_resource_name, pool_tolerations, queue_namespaces
+from dcforge.manifests.gpu_node_pool import GATE_TAINT, gpu_resource_name, pool_tolerations, queue_namespaces
 from dcforge.spec.models import Environment, GpuPool
 
 RUN_LABEL = "dcforge.io/run"
@@ -80,6 +80,16 @@ _NODE_INDEX_VAR = "DCFORGE_NODE_INDEX"
 _NODE_ADDRESS_VAR = "DCFORGE_NODE_ADDRESS"
 _IS_LEADER_VAR = "DCFORGE_IS_LEADER"
 _SHELL_VAR = re.compile("\0(\\w+)\0")
+
+
+# The taint `dcforge accept --taint-failed` puts on a node that failed (dcforge/remediation.py).
+TAINT = {"key": "dcforge.io/acceptance", "value": "failed", "effect": "NoSchedule"}
+TAINT_TEXT = f"{TAINT['key']}={TAINT['value']}:{TAINT['effect']}"
+QUARANTINE_TOLERATION = {**TAINT, "operator": "Equal"}
+QUARANTINE_TOLERATIONS = [QUARANTINE_TOLERATION, {**GATE_TAINT, "operator": "Equal"}]
+"""What node_level's pods carry on target kubernetes: a quarantined (TAINT) or gated (GATE_TAINT, a new node of a
+pool with `gateNewNodes`) node is tested again, and untainted or released once it passes (every other workload keeps
+off it)."""
 
 
 class ObjectError(ValueError):

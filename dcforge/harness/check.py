@@ -10,6 +10,7 @@ from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic.alias_generators import to_camel
 
+from dcforge.errors import ConfigError
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.result import CheckResult
 from dcforge.spec.loader import LoadedEnvironment
@@ -129,7 +130,7 @@ class Check(Protocol):
     (or, like gpu_health, judge the shortfall themselves)."""
     # Optional: `outputs = ("trained_checkpoint_dir", ...)`: the RunOutputs fields this check sets for later ones.
     # Optional: `on_pool = True`: on target kubernetes the check runs its workload on a machine of the acceptance
-    # pool (dcforge/checks/on_pool.py), so the GPUs it needs are the pool's, not this machine's (`runs_on_pool`).
+    # pool (dcforge/placement/scope.py `single_node`), so the GPUs it needs are the pool's, not this machine's.
 
     def run(self, ctx: CheckContext, config: Any) -> CheckResult:
         """Measure, fill a CheckResult; raise CheckSkipped(reason) when the check cannot apply here."""
@@ -140,3 +141,8 @@ def runs_on_pool(check: object, spec: Any) -> bool:
     """Whether `check` (a check class, with the optional `on_pool`) runs its workload on a machine of the
     acceptance pool in this environment rather than on the machine running dcforge: on target kubernetes."""
     return bool(getattr(check, "on_pool", False)) and spec.acceptance.target == "kubernetes"
+
+
+def settings_error(ctx: CheckContext, check: str, key: str, message: str) -> ConfigError:
+    """A refusal of the check's settings, naming the key (`dcforge:acceptance.settings.<check>.<key>`)."""
+    return ConfigError(ctx.env.path, f"dcforge:acceptance.settings.{check}.{key}", message)

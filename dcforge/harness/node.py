@@ -89,3 +89,9 @@ def gpu_shortfall(spec: Environment, visible: int | None = None, where: str = "o
     if seen >= pool.gpus_per_node:
         return None
     return GpuShortfall(pool.name, pool.gpu_model, pool.gpus_per_node, seen, where)
+
+
+def no_gpu_reason() -> str | None:
+    if visible_gpus():
+        return None
+    return "no GPU visible (nvidia-smi and torch.cuda see none): GPU health cannot be read on this machine"

@@ -6,7 +6,7 @@ from typing import Any
 
 from dcforge.executors.kubernetes_access import (EXECUTOR_API_ACCESS, NODE_EVENT_ACCESS, NODE_HEALTH_API_ACCESS,
                                                    NODE_LIST_ACCESS, REMEDIATION_API_ACCESS, rbac_rules)
-from dcforge.manifests import ComponentManifests
+from dcforge.manifests.components import ComponentManifests
 from dcforge.manifests.common import (
     ACCEPTANCE_SERVICE_ACCOUNT,
     acceptance_namespace,

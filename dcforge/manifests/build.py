@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dcforge.manifests import ComponentManifests
+from dcforge.manifests.components import ComponentManifests
 from dcforge.manifests.gpu_operator import gpu_operator
 from dcforge.manifests.acceptance import acceptance
 from dcforge.manifests.cluster_network import cluster_network

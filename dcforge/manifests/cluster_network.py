@@ -7,7 +7,7 @@ import ipaddress
 import json
 from typing import Any
 
-from dcforge.manifests import ComponentManifests, HelmRelease
+from dcforge.manifests.components import ComponentManifests, HelmRelease
 from dcforge.manifests.common import (
     NETWORK_OPERATOR_NAMESPACE,
     POOL_LABEL,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dcforge.manifests import ComponentManifests, HelmRelease
+from dcforge.manifests.components import ComponentManifests, HelmRelease
 from dcforge.manifests.common import (
     HOST_ENCRYPTION_ANNOTATION,
     NFS_CSI_NAMESPACE,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dcforge.manifests import ComponentManifests
+from dcforge.manifests.components import ComponentManifests
 from dcforge.manifests.common import POOL_LABEL, PURPOSE_LABEL, metadata, namespaces_with_purpose
 from dcforge.spec.models import Environment, GpuPool
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from dcforge.manifests import ComponentManifests, HelmRelease
+from dcforge.manifests.components import ComponentManifests, HelmRelease
 from dcforge.manifests.common import GPU_OPERATOR_NAMESPACE, KUEUE_NAMESPACE, metadata, platform_namespace
 from dcforge.spec.models import Environment
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from dcforge.manifests import ComponentManifests, HelmRelease
+from dcforge.manifests.components import ComponentManifests, HelmRelease
 from dcforge.manifests.common import CERT_MANAGER_NAMESPACE, gateway_namespaces, metadata, platform_namespace
 from dcforge.spec.models import Environment, Team
 

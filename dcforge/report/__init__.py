@@ -7,15 +7,14 @@ readable report of everything measured so far.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import socket
 import sys
-import tempfile
 from pathlib import Path
 
 from dcforge import __version__
 from dcforge.report.baseline import DEFAULT_TOLERANCE, compare
+from dcforge.report.files import load_report, write_atomic
 from dcforge.report.html import render_html
 from dcforge.report.junit import junit_xml
 from dcforge.report.provenance import provenance
@@ -27,7 +26,7 @@ FILES = ("report.json", "junit.xml", "report.html")
 def build_report(state, *, baseline: dict | None = None, baseline_path: str | None = None,
                  tolerance: float = DEFAULT_TOLERANCE) -> dict:
     """The report.json document of a RunState (see dcforge.harness.runner)."""
-    from dcforge.checks.system import git_commit
+    from dcforge.report.provenance import git_commit
 
     env = state.env
     checks = [state.results[name].to_dict() for name in env.spec.acceptance.checks if name in state.results]
@@ -78,32 +77,12 @@ def _count(statuses) -> dict[str, int]:
     return counts
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600; reports are meant to be shared and served
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def write_report_files(report: dict, directory: Path, *, html: bool = True) -> None:
     """Write report.json first (the source of truth), then what is rendered from it."""
     write_atomic(directory / "report.json", json.dumps(report, indent=2, default=str) + "\n")
     write_atomic(directory / "junit.xml", junit_xml(report))
     if html:
         write_atomic(directory / "report.html", render_html(report))
-
-
-def load_report(directory_or_file: Path) -> dict:
-    from dcforge.report.baseline import load_baseline
-
-    path = Path(directory_or_file)
-    return load_baseline(path / "report.json" if path.is_dir() else path, what="report")
 
 
 def rerender(directory_or_file: Path) -> Path:

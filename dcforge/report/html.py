@@ -7,7 +7,7 @@ import itertools
 import json
 from functools import lru_cache
 
-from dcforge.report.nodes import node_action, node_problem, node_rows
+from dcforge.report.nodes import node_action, node_problem, node_rows, summary_line
 
 STATUS_COLOURS = {"pass": "#1a7f37", "fail": "#cf222e", "error": "#bf3989", "skipped": "#6e7781",
                   "running": "#9a6700", "interrupted": "#bc4c00", "nothing_verified": "#cf222e"}
@@ -177,7 +177,6 @@ def _remediation_section(remediation: dict | None) -> list[str]:
     released, and why; the conditions set."""
     if not remediation:
         return []
-    from dcforge.remediation import summary_line
 
     e = html.escape
     parts = [f"<h2>Remediation</h2><p>{e(summary_line(remediation))}</p>"]

@@ -123,3 +123,19 @@ def judge_nodes(report: dict[str, Any]) -> dict[str, NodeJudgement]:
             if problem:
                 judged.problems.append(f"{check['name']}: {problem}")
     return nodes
+
+
+def summary_line(remediation: dict[str, Any]) -> str:
+    """One line for the console and the HTML report, from report.json's `remediation`."""
+    if remediation.get("skipped"):
+        return f"remediation skipped: {remediation['skipped']}"
+    would = "would " if remediation["dry_run"] else ""
+    parts = [f"{would}taint {', '.join(remediation['tainted'])}" if remediation["tainted"] else "",
+             f"{would}untaint {', '.join(remediation['untainted'])}" if remediation["untainted"] else "",
+             f"{would}release {', '.join(remediation['released'])}" if remediation.get("released") else "",
+             f"{len(remediation['unchanged'])} unchanged" if remediation["unchanged"] else "",
+             (f"{'would mark' if would else 'marked'} {len(remediation['marks'])} node(s)" if remediation.get("marks")
+              else ""),
+             f"{len(remediation['errors'])} error(s)" if remediation["errors"] else ""]
+    text = "; ".join(p for p in parts if p) or "no node with per-node results"
+    return f"remediation{' (dry run)' if remediation['dry_run'] else ''} [{remediation['taint']}]: {text}"

@@ -21,14 +21,17 @@ but any change of a value does.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import importlib.util
 import json
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dcforge.errors import DcforgeError
+from dcforge.paths import REPO_ROOT
 
 ALGORITHM = "sha256"
 CODE_PACKAGES = ("dcforge", "workloads", "loadtests")
@@ -39,6 +42,20 @@ _CHUNK = 1 << 20
 # (path, size, mtime_ns) -> sha256: the report is rewritten after every check; files already hashed and not
 # touched since are not read again.
 _digest_cache: dict[tuple[str, int, int], str] = {}
+
+
+@functools.lru_cache(maxsize=None)
+def git_commit(repo: Path = REPO_ROOT) -> str:
+    """The checkout's commit (`-dirty` with uncommitted changes); asked once per process, since the report that
+    records it is rewritten after every check."""
+    try:
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return f"{commit}{'-dirty' if dirty else ''}" if commit else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def file_sha256(path: Path) -> str:
@@ -153,7 +170,7 @@ def _read_key_file(path: Path, option: str) -> bytes:
 
 def sign_report(report_dir: Path, private_key) -> Path:
     """Write `report.json.sig` beside report.json: base64 of the Ed25519 signature of its canonical bytes."""
-    from dcforge.report import load_report, write_atomic
+    from dcforge.report.files import load_report, write_atomic
 
     report = load_report(report_dir)
     signature = private_key.sign(canonical_bytes(report))
@@ -193,7 +210,7 @@ def _compare(kind: str, recorded: dict[str, str], current: dict[str, str]) -> li
 def verify_report(directory: Path, public_key_path: Path | None = None) -> Verdict:
     """Recompute every digest in the report's provenance block and, with a public key, check the signature.
     Bad input (no report.json, no provenance block, unreadable key) raises DcforgeError (exit 2)."""
-    from dcforge.report import load_report
+    from dcforge.report.files import load_report
 
     directory = Path(directory)
     if not directory.is_dir():

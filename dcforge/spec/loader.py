@@ -18,7 +18,8 @@ from pydantic import ValidationError
 from dcforge.errors import ConfigError, ConfigErrors
 from dcforge.paths import REPO_ROOT, STACKS_DIR  # noqa: F401  (REPO_ROOT: re-exported for older imports)
 from dcforge.spec.models import Environment, FieldValueError
-from dcforge.spec.validation import CheckCatalog, _pydantic_message, cross_field_problems
+from dcforge.errors import pydantic_message
+from dcforge.spec.validation import CheckCatalog, cross_field_problems
 
 NAMESPACE = "dcforge"
 
@@ -98,7 +99,7 @@ def validate_spec(config: dict[str, Any], env_name: str, source: str,
         spec = Environment.model_validate({"name": env_name, **config})
     except ValidationError as error:
         raise ConfigErrors([
-            _located(source, lines, _key_path(detail["loc"], _refused_field(detail)), _pydantic_message(detail))
+            _located(source, lines, _key_path(detail["loc"], _refused_field(detail)), pydantic_message(detail))
             for detail in error.errors()
         ]) from None
     problems = cross_field_problems(spec, checks)

@@ -113,9 +113,9 @@ def load_profile_file(path: Path, display: str | None = None, known_checks: Sequ
     try:
         profile = Profile.model_validate(document)
     except ValidationError as error:
-        from dcforge.spec.validation import _pydantic_message
+        from dcforge.errors import pydantic_message
 
-        raise ConfigErrors([ConfigError(display, _key(detail["loc"]) or None, _pydantic_message(detail))
+        raise ConfigErrors([ConfigError(display, _key(detail["loc"]) or None, pydantic_message(detail))
                             for detail in error.errors()]) from None
     if known_checks is not None and (unknown := profile.unknown_checks(known_checks)):
         raise ConfigError(display, f"thresholds.{unknown[0]}",

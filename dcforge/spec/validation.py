@@ -16,6 +16,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, ValidationError
 
+from dcforge.errors import pydantic_message
 from dcforge.spec.compat import version_problems
 from dcforge.spec.gpus import GPU_MODELS
 from dcforge.spec.models import Environment
@@ -191,7 +192,7 @@ def check_catalog_rules(env: Environment, checks: CheckCatalog) -> Iterator[Prob
         except ValidationError as error:  # one line per field
             for detail in error.errors():
                 loc = ".".join(str(part) for part in detail["loc"])
-                yield f"{key}.{loc}" if loc else key, _pydantic_message(detail)
+                yield f"{key}.{loc}" if loc else key, pydantic_message(detail)
             continue
         # Settings that must agree with the rest of the environment (e.g. storage paths of declared classes).
         for loc, message in getattr(validated, "environment_problems", lambda spec: ())(env):
@@ -234,21 +235,6 @@ def _repeats(settings) -> int:
     """A check's `repeats` setting as written (1 when unset or not a number: settings validation names that)."""
     value = (settings or {}).get("repeats", 1)
     return value if isinstance(value, int) else 1
-
-
-def _pydantic_message(detail: dict) -> str:
-    message = str(detail.get("msg", "invalid value"))
-    message = message.removeprefix("Value error, ")
-    kind = detail.get("type")
-    if kind == "missing":
-        return "required key is missing"
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if "input" in detail and kind not in ("model_type", "dict_type", "list_type"):
-        value = detail["input"]
-        if not isinstance(value, (dict, list)) and repr(value) not in message:
-            message = f"{message} (got {value!r})"
-    return message
 
 
 RULES: list[Callable[[Environment], Iterator[Problem]]] = [

@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from dcforge.checks import load_check
-from dcforge.checks.serving.server import free_port
+from dcforge.steps.serving.server import free_port
 from dcforge.checks.checkpoint_backup import CheckpointBackupConfig
 from dcforge.checks.train import TrainCheckConfig
 from dcforge.harness.check import CheckContext

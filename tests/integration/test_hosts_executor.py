@@ -20,7 +20,7 @@ from benchmarks.netns_hosts import (IFNAME, accept_on_hosts, cpu_limit_missing, 
                                     section_for, write_hosts_env)
 from dcforge.executors.base import ExecutorError, NodeState, Role, Workload
 from dcforge.executors.hosts import Host, HostsExecutor, HostUnreachable, SshOptions
-from dcforge.executors.torchrun import TorchrunJob, run_torchrun_job
+from dcforge.placement.torchrun import TorchrunJob, run_torchrun_job
 from workloads.records import TrainStep, read_records
 
 pytestmark = [pytest.mark.slow]

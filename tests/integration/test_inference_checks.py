@@ -10,8 +10,8 @@ import pytest
 
 from dcforge.checks import load_check
 from dcforge.checks.inference import InferenceConfig
-from dcforge.checks.serving.load import REQUEST_LOG_DIR, run_load, serving_session
-from dcforge.checks.serving.replicas import replica_shares
+from dcforge.steps.serving.load import REQUEST_LOG_DIR, run_load, serving_session
+from dcforge.steps.serving.replicas import replica_shares
 from dcforge.harness.check import CheckContext
 from dcforge.harness.result import CheckResult, Status
 from dcforge.harness.slo import parse_slos

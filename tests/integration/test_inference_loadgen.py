@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from benchmarks.inference_loadgen import wait_until_up
-from dcforge.checks.serving.server import free_port
+from dcforge.steps.serving.server import free_port
 from dcforge.harness.processes import ManagedProcess
 from dcforge.paths import REPO_ROOT
 from loadtests.llm_protocol import read_records

@@ -11,9 +11,9 @@ schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is a dev
 from hypothesis import HealthCheck, given, settings  # noqa: E402  (installed with schemathesis)
 from hypothesis import strategies as st  # noqa: E402
 
-from dcforge.checks.serving.credentials import private_dir  # noqa: E402
-from dcforge.checks.serving.server import LocalServer  # noqa: E402
-from dcforge.checks.serving.settings import ModelChoice, ServingLoadConfig  # noqa: E402
+from dcforge.steps.serving.credentials import private_dir  # noqa: E402
+from dcforge.steps.serving.server import LocalServer  # noqa: E402
+from dcforge.steps.serving.settings import ModelChoice, ServingLoadConfig  # noqa: E402
 
 pytestmark = pytest.mark.slow
 KEY = "fuzz-key-0123456789abcdef"

@@ -14,9 +14,9 @@ import httpx
 import openai
 import pytest
 
-from dcforge.checks.serving.credentials import private_dir
-from dcforge.checks.serving.server import LocalServer, child_pids
-from dcforge.checks.serving.settings import ModelChoice, ServingLoadConfig
+from dcforge.steps.serving.credentials import private_dir
+from dcforge.steps.serving.server import LocalServer, child_pids
+from dcforge.steps.serving.settings import ModelChoice, ServingLoadConfig
 from dcforge.compliance.endpoint import check_endpoint
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from dcforge.checks import load_check
-from dcforge.checks.serving.server import free_port
+from dcforge.steps.serving.server import free_port
 from dcforge.checks.monitoring import MonitoringConfig, family_totals
 from dcforge.harness.check import CheckContext
 from dcforge.harness.result import Status

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from dcforge.checks.node_steps import CLAIM_VOLUMES, NODE_ENV, node_torchrun
+from dcforge.steps.step import CLAIM_VOLUMES, NODE_ENV, node_torchrun
 from dcforge.checks.train_failover import (TRAIN_RECORDS, TrainFailoverCheck, TrainFailoverConfig, held_run,
                                            judge_recovery, with_pod_loss)
 from dcforge.executors.base import NodeState, Role, Workload
@@ -62,7 +62,7 @@ def test_an_elastic_run_held_and_missing_a_node_goes_on_with_the_others(tmp_path
     step-4 checkpoint with two nodes and hand back the records every node appended."""
     from dcforge.checks.failover_multinode import (TrainFailoverMultinodeCheck, TrainFailoverMultinodeConfig,
                                                    train_with_pod_loss)
-    from dcforge.checks.multinode import LOOPBACK_IFNAME
+    from dcforge.steps.step import LOOPBACK_IFNAME
 
     config = TrainFailoverMultinodeConfig.model_validate({"preset": "tiny", "seqLen": 32, "steps": 10,
                                                           "checkpointEvery": 4, "failAtStep": 7})

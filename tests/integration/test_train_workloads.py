@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dcforge.checks._torchrun import (TORCHRUN_STOP_MARGIN_S, TorchrunFailed, run_torchrun, torchrun_command,
+from dcforge.steps.torchrun import (TORCHRUN_STOP_MARGIN_S, TorchrunFailed, run_torchrun, torchrun_command,
                                       torchrun_env)
 from dcforge.harness.check import CheckContext
 from dcforge.paths import WORKLOADS_DIR

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from dcforge.checks._load_metrics import LOAD_METRICS
-from dcforge.checks.serving.capacity import (CapacitySettings, LoadPoint, PointOutcome, StoppingRule, StopSearch,
+from dcforge.steps.serving.load_metrics import LOAD_METRICS
+from dcforge.steps.serving.capacity import (CapacitySettings, LoadPoint, PointOutcome, StoppingRule, StopSearch,
                                              next_load, point_slos, search_capacity)
-from dcforge.checks.serving.load import RUN_METRICS
+from dcforge.steps.serving.load import RUN_METRICS
 from dcforge.harness.slo import SloResult, parse_slos
 from dcforge.spec.loader import load_environment
 
@@ -142,7 +142,7 @@ def test_a_malformed_sweep_setting_is_one_line_naming_the_key_and_exit_2(env_fil
 
 def test_a_concurrency_search_reports_its_users_and_the_rate_served_there():
     from dcforge.checks.inference import InferenceCheck
-    from dcforge.checks.serving.capacity import CapacityReport
+    from dcforge.steps.serving.capacity import CapacityReport
     from dcforge.harness.result import CheckResult
 
     def outcome(users: float) -> PointOutcome:

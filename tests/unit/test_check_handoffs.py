@@ -11,7 +11,7 @@ import pytest
 
 from dcforge import checks
 from dcforge.checks import CHECKS, load_check
-from dcforge.checks.serving.settings import choose_model
+from dcforge.steps.serving.settings import choose_model
 from dcforge.checks.inference import InferenceConfig
 from dcforge.harness.check import CheckContext, RunOutputs
 from dcforge.harness.result import CheckSkipped

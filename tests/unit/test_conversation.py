@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from dcforge.checks.inference import InferenceConfig
-from dcforge.checks.serving.settings import fitted_prompt_tokens
+from dcforge.steps.serving.settings import fitted_prompt_tokens
 from loadtests.conversation import MESSAGE_OVERHEAD_TOKENS, Conversation
 from loadtests.llm_protocol import request_body
 from loadtests.metrics import prefix_reuse

@@ -15,7 +15,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from dcforge.checks.gpu_health import GpuHealthCheck, GpuHealthConfig, no_gpu_reason
+from dcforge.checks.gpu_health import GpuHealthCheck, GpuHealthConfig
+from dcforge.harness.node import no_gpu_reason
 from dcforge.gpu.dcgm import DcgmOutputError, parse_diag
 from dcforge.gpu.kernel_log import parse_xid_lines
 from dcforge.gpu.nvml import NvmlReader, throttle_reason_names

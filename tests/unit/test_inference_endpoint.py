@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 
-from dcforge.checks.serving.credentials import self_signed_certificate
+from dcforge.steps.serving.credentials import self_signed_certificate
 from dcforge.compliance.endpoint import legacy_tls_refused
 
 

@@ -130,7 +130,7 @@ def test_bad_quantize_flag_is_one_line_and_exit_2(flags, named):
 def test_inference_check_settings_pass_quantize_and_refuse_int8_on_cuda():
     from pydantic import ValidationError
 
-    from dcforge.checks.serving.settings import ServingLoadConfig
+    from dcforge.steps.serving.settings import ServingLoadConfig
 
     assert ServingLoadConfig(quantize="int8").quantize == "int8"
     with pytest.raises(ValidationError, match="quantize int8 runs on the CPU only"):

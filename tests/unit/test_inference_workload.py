@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from dcforge.checks.inference import InferenceConfig
-from dcforge.checks.serving.settings import fitted_prompt_tokens
+from dcforge.steps.serving.settings import fitted_prompt_tokens
 from loadtests.aiperf_export import profile_export_line, write_profile_export
 from loadtests.llm_protocol import (PromptFileError, Workload, read_prompt_file, request_body, shared_prefixes,
                                     uniform_length)
@@ -189,7 +189,7 @@ def test_an_slo_on_an_alias_is_refused_naming_the_canonical_key(env_file, alias,
 def test_prompt_file_is_found_beside_the_environment_file_and_a_bad_one_names_the_setting(env_file, tmp_path):
     import time
 
-    from dcforge.checks.serving.load import describe_workload, resolved_prompt_file
+    from dcforge.steps.serving.load import describe_workload, resolved_prompt_file
     from dcforge.errors import ConfigError
     from dcforge.harness.check import CheckContext
     from dcforge.spec.loader import load_environment

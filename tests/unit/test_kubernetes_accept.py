@@ -388,7 +388,7 @@ def test_node_level_pins_each_node_workload_to_its_node_and_names_the_outlier(cl
     gpu-node-b's sweep is a tenth of the others', so its row is the outlier, named as host and kubernetes_node.
     gpu-node-c, quarantined by an earlier `--taint-failed`, is tested again (node_level's pods tolerate that taint,
     so it can pass and be untainted); a node with another taint is not."""
-    from dcforge.remediation import QUARANTINE_TOLERATION, TAINT
+    from dcforge.executors.kubernetes_objects import QUARANTINE_TOLERATION, TAINT
 
     for name in ("gpu-node-a", "gpu-node-b"):
         cluster.add_node(name, POOL_LABELS)

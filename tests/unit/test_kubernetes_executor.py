@@ -21,8 +21,8 @@ from dcforge.executors.kubernetes import EXECUTOR_API_ACCESS, KubernetesExecutor
 from dcforge.executors.kubernetes_access import NODE_LIST_ACCESS, rbac_rules  # noqa: E402
 from dcforge.executors.kubernetes_objects import EXECUTION_LABEL, RUN_LABEL, object_name, pool_selector  # noqa: E402
 from dcforge.executors.pod_results import result_lines  # noqa: E402
-from dcforge.executors.torchrun import TorchrunJob, torchrun_workload  # noqa: E402
 from dcforge.manifests.acceptance import HARNESS_NAME  # noqa: E402
+from dcforge.placement.torchrun import TorchrunJob, torchrun_workload  # noqa: E402
 from dcforge.manifests.build import acceptance  # noqa: E402
 from dcforge.spec import load_environment  # noqa: E402
 from dcforge.spec.models import Environment  # noqa: E402

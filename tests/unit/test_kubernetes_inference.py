@@ -20,8 +20,8 @@ import pytest
 kmock = pytest.importorskip("kmock", reason="kmock (the fake Kubernetes API) needs Python 3.11+")
 
 from dcforge.checks.inference import InferenceConfig  # noqa: E402
-from dcforge.checks.serving.load_pod import EXIT_NOT_READY, KILL_LINE  # noqa: E402
-from dcforge.checks.serving.on_cluster import LOAD_ROLE, inference_workload  # noqa: E402
+from dcforge.steps.serving.load_pod import EXIT_NOT_READY, KILL_LINE  # noqa: E402
+from dcforge.placement.serving import LOAD_ROLE, inference_workload  # noqa: E402
 from dcforge.executors.local import LocalExecutor, free_port  # noqa: E402
 from dcforge.executors.pod_results import result_lines  # noqa: E402
 from dcforge.paths import REPO_ROOT  # noqa: E402
@@ -150,7 +150,7 @@ def test_the_load_pod_says_in_one_line_when_the_server_never_gets_ready(tmp_path
     """Nothing listens at the URL: exit 3 within the readiness limit, one line naming the URL."""
     url = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "dcforge.checks.serving.load_pod", "--url", url, "--replicas", "2",
+    done = subprocess.run([sys.executable, "-m", "dcforge.steps.serving.load_pod", "--url", url, "--replicas", "2",
                            "--ready-timeout", "1", "--logs", str(tmp_path / "logs"), "--results",
                            str(tmp_path / "results"), "--timeout", "5", "--", sys.executable, "-c", "pass"],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)

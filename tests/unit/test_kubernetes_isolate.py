@@ -8,7 +8,7 @@ import pytest
 kmock = pytest.importorskip("kmock", reason="kmock (the fake Kubernetes API) needs Python 3.11+")
 
 from dcforge.executors.base import ExecutorError, NodeState  # noqa: E402
-from dcforge.executors.torchrun import Elastic, TorchrunJob, torchrun_workload  # noqa: E402
+from dcforge.placement.torchrun import Elastic, TorchrunJob, torchrun_workload  # noqa: E402
 from tests.unit.test_kubernetes_executor import (NS, cluster, executor, job_name, labelled, spec,  # noqa: E402,F401
                                                  until)
 

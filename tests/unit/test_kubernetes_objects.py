@@ -32,7 +32,7 @@ from dcforge.executors.kubernetes_objects import (
     workload_secret,
 )
 from dcforge.executors.pod_results import parse_results, result_lines
-from dcforge.executors.torchrun import TorchrunJob, torchrun_workload
+from dcforge.placement.torchrun import TorchrunJob, torchrun_workload
 from dcforge.spec import load_environment
 from dcforge.spec.models import Environment
 from dcforge.synth import schema_validate, synthesize
@@ -66,7 +66,7 @@ def serving(replicas: int = 2) -> Workload:
 def cluster_inference() -> Workload:
     """What `inference` runs on target kubernetes: the server Deployment, the load Job, the API key Secret."""
     from dcforge.checks.inference import InferenceConfig
-    from dcforge.checks.serving.on_cluster import inference_workload
+    from dcforge.placement.serving import inference_workload
 
     return inference_workload(InferenceConfig(), 32, "test-key", 0, 120.0, 300.0)
 

@@ -63,7 +63,7 @@ def workload_logs(folder: Path, gpus: int) -> dict[str, str]:
                                    for a in range(gpus) for b in range(gpus) if a != b],
                  "gemm": [{"gpu": i, "name": "NVIDIA H100 80GB HBM3", "tflops": 700.0} for i in range(gpus)]}
     return {"workloads/gpu_bandwidth.py": records(folder / "bandwidth", GPU_BANDWIDTH_FILE, [json.dumps(bandwidth)]),
-            "dcforge.checks.system": records(folder / "system", SYSTEM_FACTS_FILE, [facts.to_json()]),
+            "dcforge.steps.system": records(folder / "system", SYSTEM_FACTS_FILE, [facts.to_json()]),
             "train.py": records(folder / "train", TRAIN_METRICS_FILE, [step.to_json() for step in steps]),
             "allreduce.py": records(folder / "allreduce", ALLREDUCE_RESULT_FILE, [sweep_line().strip()]),
             "train_checkpoint_bench.py": records(folder / "checkpoint", CHECKPOINT_RESULT_FILE,

@@ -1,5 +1,5 @@
 """The metric catalogue: every check declares what it reports, results take their entries from the declarations,
-`dcforge metrics` prints them, the README's table is generated from them and the report carries them."""
+`dcforge metrics` prints them, docs/metrics.md's table is generated from them and the report carries them."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from dcforge.checks import CHECKS, load_check
-from dcforge.checks._load_metrics import LOAD_METRICS
-from dcforge.checks.serving.summary import add_summary_metrics
+from dcforge.steps.serving.load_metrics import LOAD_METRICS
+from dcforge.steps.serving.summary import add_summary_metrics
 from dcforge.harness.metrics import MetricSpec, UndeclaredMetric, find_spec
 from dcforge.harness.result import CheckResult
-from dcforge.metrics_catalogue import README_BEGIN, README_END, catalogue, readme_section, render_markdown
+from dcforge.metrics_catalogue import METRICS_DOC, TABLE_BEGIN, TABLE_END, catalogue, render_markdown, table_section
 from dcforge.report.html import render_html
 from dcforge.paths import REPO_ROOT
 from loadtests.metrics import LATENCY_STATS, RequestSlo, summarize
@@ -169,13 +169,13 @@ def test_every_check_has_a_section_in_the_metric_definitions():
     assert all(entry.to_dict()["definition"] == f"docs/metrics.md#{entry.check}" for entry in catalogue())
 
 
-def test_readme_metric_table_is_generated_from_the_declarations():
-    readme = (REPO_ROOT / "README.md").read_text()
-    section = readme_section(readme)
-    assert section is not None, f"README.md lacks the markers {README_BEGIN!r} ... {README_END!r}"
-    assert section == render_markdown(catalogue()), (
-        "README.md's metric table differs from `dcforge metrics --format markdown`; regenerate it with "
-        "`.venv/bin/python -m dcforge.metrics_catalogue README.md`")
+def test_the_metric_table_of_docs_metrics_md_is_generated_from_the_declarations():
+    section = table_section(METRICS_DOC.read_text())
+    assert section is not None, f"docs/metrics.md lacks the markers {TABLE_BEGIN!r} ... {TABLE_END!r}"
+    assert section == render_markdown(catalogue(), in_metrics_doc=True), (
+        "docs/metrics.md's metric table differs from the checks' declarations; regenerate it with "
+        "`.venv/bin/python -m dcforge.metrics_catalogue`")
+    assert f"](#{catalogue()[0].check})" in section  # links to its own sections, not to docs/docs/metrics.md
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

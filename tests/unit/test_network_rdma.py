@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from dcforge.checks.network_rdma import (RdmaProbe, pair_command, pair_problem, parse_ib_write_bw, parse_probe,
+from dcforge.steps.network_rdma import (RdmaProbe, pair_command, pair_problem, parse_ib_write_bw, parse_probe,
                                          probe_command)
 
 CLIENT_IB = """\
@@ -77,7 +77,7 @@ def test_commands_are_executor_templates():
 
 
 def test_rdma_is_declared_by_the_acceptance_pool():
-    from dcforge.checks._rdma import declared_rdma_pool
+    from dcforge.steps.rdma import declared_rdma_pool
     from dcforge.spec import load_environment
     from dcforge.spec.models import Environment
 

@@ -15,7 +15,8 @@ kmock = pytest.importorskip("kmock", reason="kmock (the fake Kubernetes API) nee
 from dcforge.executors.kubernetes_access import (NODE_EVENT_ACCESS, NODE_HEALTH_API_ACCESS,  # noqa: E402
                                                  REMEDIATION_API_ACCESS, rbac_rules)
 from dcforge.node_health import ACTION_ANNOTATION, CONDITION, condition_for  # noqa: E402
-from dcforge.remediation import GATE_TAINT, TAINT, remediate, summary_line  # noqa: E402
+from dcforge.remediation import GATE_TAINT, TAINT, remediate  # noqa: E402
+from dcforge.report.nodes import summary_line  # noqa: E402
 from dcforge.report.nodes import judge_nodes  # noqa: E402
 from tests.kube_fake import FakeCluster  # noqa: E402
 from tests.unit.test_remediation import report_with  # noqa: E402

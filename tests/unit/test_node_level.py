@@ -12,14 +12,17 @@ import pytest
 from pydantic import ValidationError
 
 from dcforge.checks.node_level import (NodeLevelCheck, NodeLevelConfig, NodeTrainConfig, mark_outliers, pool_summary,
-                                       run_node, sample_indices, shared_threads)
-from dcforge.checks.node_steps import OpenExecutions, Step, train_step
-from dcforge.checks.system import SystemCheck, record_facts
+                                       sample_indices, shared_threads)
+from dcforge.checks.system import SystemCheck
 from dcforge.executors.local import LocalExecutor
 from dcforge.harness.result import CheckResult, Status
 from dcforge.report.html import render_html
 from dcforge.report.junit import junit_xml
+from dcforge.placement.nodes import OpenExecutions, run_node
 from dcforge.report.nodes import node_problem
+from dcforge.steps.step import Step
+from dcforge.steps.system import record_facts
+from dcforge.steps.train import train_step
 from workloads.records import SYSTEM_FACTS_FILE, SystemFacts, read_result
 
 

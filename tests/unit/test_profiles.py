@@ -115,7 +115,7 @@ def test_profile_yaml_syntax_error_names_file_and_line(tmp_path):
 
 @pytest.mark.slow
 def test_accept_prod_on_cpu_fails_gpu_checks_with_the_shortfall_and_reports_threshold_sources(tmp_path):
-    from dcforge.checks.gpu_health import no_gpu_reason
+    from dcforge.harness.node import no_gpu_reason
 
     if no_gpu_reason() is None:
         pytest.skip("a GPU is visible: the CPU skip path does not apply")

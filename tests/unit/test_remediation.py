@@ -17,7 +17,8 @@ kmock = pytest.importorskip("kmock", reason="kmock (the fake Kubernetes API) nee
 from dcforge.executors.kubernetes_access import REMEDIATION_API_ACCESS, rbac_rules  # noqa: E402
 from dcforge.harness.check import CheckConfig  # noqa: E402
 from dcforge.harness.result import CheckResult  # noqa: E402
-from dcforge.remediation import TAINT, apply_to_report, node_verdicts, remediate, summary_line  # noqa: E402
+from dcforge.remediation import TAINT, apply_to_report, node_verdicts, remediate  # noqa: E402
+from dcforge.report.nodes import summary_line  # noqa: E402
 from tests.kube_fake import FakeCluster  # noqa: E402
 
 AGENT = "dcforge-remediation"

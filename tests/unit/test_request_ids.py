@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from dcforge.checks.inference import InferenceConfig
-from dcforge.checks.serving.load import locust_arguments
+from dcforge.steps.serving.load import locust_arguments
 from loadtests.llm_protocol import DuplicateRequestError, read_records
 from workloads.records import RequestRecord
 

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from dcforge.checks import load_check
-from dcforge.checks.serving.server_metrics import add_server_metrics, server_state_plot
+from dcforge.steps.serving.server_metrics import add_server_metrics, server_state_plot
 from dcforge.harness.result import CheckResult
 from loadtests.server_metrics import Sample, Scraper, parse_exposition, summarize
 from workloads.serving import metrics

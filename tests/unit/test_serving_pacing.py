@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from dcforge.checks.serving.replicas import IdleVictim, busiest_replica, replica_shares
+from dcforge.steps.serving.replicas import IdleVictim, busiest_replica, replica_shares
 from loadtests import pacing
 from workloads.records import RequestRecord
 
@@ -84,7 +84,7 @@ def test_the_failover_victim_is_the_busiest_ready_replica_and_never_an_idle_one(
 def test_the_victim_picker_reads_the_request_log_and_gives_up_on_idle_replicas(tmp_path):
     import time
 
-    from dcforge.checks.serving.replicas import wait_for_busiest_replica
+    from dcforge.steps.serving.replicas import wait_for_busiest_replica
 
     log = tmp_path / "requests-1.jsonl"
     log.write_text("".join(answered(replica, start=i).to_json() + "\n"

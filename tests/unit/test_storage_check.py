@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from dcforge.checks import CATALOG
-from dcforge.checks.fio import FioJob, FioVerifyFailed, parse_fio_json, run_fio
+from dcforge.steps.fio import FioJob, FioVerifyFailed, parse_fio_json, run_fio
 from dcforge.checks.storage import (FIGURES, StorageCheck, StorageCheckConfig, StorageError, class_plan, figure_name,
                                     measure_class, prepare_directory, supports_direct_io)
 from dcforge.errors import ConfigError, ConfigErrors

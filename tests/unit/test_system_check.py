@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import time
 
-from dcforge.checks.system import SystemCheck, SystemConfig, facts_problems, main, visible_gpus
+from dcforge.checks.system import SystemCheck
+from dcforge.harness.node import visible_gpus
+from dcforge.steps.system import SystemConfig, facts_problems, main
 from dcforge.harness.check import CheckContext
 from dcforge.harness.result import Status
 from dcforge.spec import load_environment
@@ -58,7 +60,7 @@ def test_gpu_shortfall_names_declared_and_visible_counts_and_the_action():
 
 
 def test_a_nodes_facts_come_back_as_one_record_and_are_judged_like_the_checks(tmp_path):
-    # what node_level runs on every node: `python -m dcforge.checks.system --output FILE`
+    # what node_level runs on every node: `python -m dcforge.steps.system --output FILE`
     output = tmp_path / "system.json"
     assert main(["--output", str(output)]) == 0
     facts = read_result_file(output, SystemFacts)

@@ -146,7 +146,7 @@ def test_checkpoint_ratio_is_the_median_of_paired_rounds():
 
 
 def test_elastic_torchrun_command_names_min_max_nodes_restarts_and_the_rendezvous_timings():
-    from dcforge.executors.torchrun import Elastic, TorchrunJob, torchrun_workload
+    from dcforge.placement.torchrun import Elastic, TorchrunJob, torchrun_workload
 
     plain = torchrun_workload("t", TorchrunJob("train.py", (), nnodes=3)).roles[0]
     assert "--nnodes=3" in plain.command and "--max-restarts=0" in plain.command and plain.min_nodes is None

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from dcforge.checks.serving.credentials import new_api_key, private_dir
-from dcforge.checks.serving.server import LocalServer
-from dcforge.checks.serving.settings import ModelChoice, ServingLoadConfig, choose_model, fitted_prompt_tokens
+from dcforge.steps.serving.credentials import new_api_key, private_dir
+from dcforge.steps.serving.server import LocalServer
+from dcforge.steps.serving.settings import ModelChoice, ServingLoadConfig, choose_model, fitted_prompt_tokens
 from dcforge.harness.check import CheckContext
 from dcforge.harness.metrics import MetricSpec
 from dcforge.harness.processes import ManagedProcess

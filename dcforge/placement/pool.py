@@ -1,9 +1,10 @@
-"""The single-node checks on target kubernetes: `system`, `gpu_bandwidth`, `train`, `allreduce`, `checkpoint` and
-`train_failover` run their workload on a machine of the acceptance pool, not on the machine running dcforge.
+"""Placement on one machine of the acceptance pool (target kubernetes): where the single-node checks `system`,
+`gpu_bandwidth`, `train`, `allreduce`, `checkpoint` and `train_failover` run their step, not on the machine running
+dcforge.
 
 Each is one pod (a single-node workload through the kubernetes executor) asking for a whole machine of the pool
 (`node_resources`: every GPU, half the CPUs and memory), its ranks defaulting to the pool's GPUs per node; the
-command and the judge are the `Step` that `node_level` runs on every node (`dcforge/checks/node_steps.py`), so the
+command and the judge are the `Step` that `node_level` runs on every node (`dcforge/steps/`), so the
 figures and verdicts are the single-node check's own. The checkpoint check writes to a claim of the spec's
 checkpoints StorageClass, so its figure is the cluster's storage. The report entry names the Kubernetes node the
 pod ran on (`details.kubernetes_node`) and counts the API requests of the wait (a watch, not polling).
@@ -11,11 +12,12 @@ pod ran on (`details.kubernetes_node`) and counts the API requests of the wait (
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
-    from dcforge.checks._torchrun import TorchCheckConfig
-    from dcforge.checks.node_steps import Step
+    from dcforge.steps.step import Step
+    from dcforge.steps.torchrun import TorchCheckConfig
     from dcforge.harness.check import CheckContext
     from dcforge.harness.result import CheckResult
     from dcforge.spec.models import Environment
@@ -29,52 +31,43 @@ def pool_ranks(config: Config, executor: object) -> Config:
     """`config` with its ranks defaulting to one machine the executor places rather than this machine: one per GPU
     of the pool's nodes, or two CPU ranks on a pool without GPUs. Unchanged where nprocPerNode is set, or where
     the executor places no machine of a pool (target local or hosts: the check's own default stands)."""
-    placed = getattr(executor, "node_resources", None)
+    from dcforge.placement.targets import machine_resources
+
+    placed = machine_resources(executor)
     if placed is None or config.nproc_per_node:
         return config
     return config.model_copy(update={"nproc_per_node": placed.gpus or CPU_RANKS})
 
 
-def run_check_on_pool(ctx: CheckContext, check: str, config) -> CheckResult:
-    """The single-node check `check` (a check with `on_pool`) with its settings `config`, on a machine of the
-    pool."""
-    from dcforge.checks.multinode import kubernetes_executor
-    from dcforge.checks.node_steps import (CLAIM_VOLUMES, allreduce_step, checkpoint_step, gpu_bandwidth_step,
-                                           system_step, train_step)
-    from dcforge.checks.train import settings_error
-    from dcforge.harness.result import CheckSkipped
+def pool_machine(ctx: CheckContext, config: Config) -> tuple[Config, object]:
+    """`config` with its ranks defaulting to one machine of the pool (`pool_ranks`), and the executor that places
+    workloads there: for a check that builds its own workload on that machine (train_failover's replaced pod)."""
+    from dcforge.placement.targets import kubernetes_executor
 
     executor = kubernetes_executor(ctx)
-    after = None
-    if check == "system":
-        step = system_step(ctx.env.spec, config)
-    elif check == "train":
-        step = train_step(ctx, pool_ranks(config, executor), None, check)
-    elif check == "allreduce":
-        step = allreduce_step(pool_ranks(config, executor))
-        after = transport_from_log(ctx.env.spec)
-    elif check == "checkpoint":
-        if config.directory:
-            raise settings_error(ctx, check, "directory", "target kubernetes writes the checkpoints to a claim of "
-                                 "the spec's checkpoints StorageClass (purpose: checkpoints); remove directory")
-        step = checkpoint_step(pool_ranks(config, executor), "{volume[checkpoints]}/checkpoint", CLAIM_VOLUMES)
-    elif check == "train_failover":
-        from dcforge.checks.train_failover import failover_on_pool
+    return pool_ranks(config, executor), executor
 
-        return failover_on_pool(ctx, pool_ranks(config, executor), executor)
-    elif check == "gpu_bandwidth":
-        if not executor.node_resources.gpus:
-            raise CheckSkipped("the acceptance pool's machines have no GPUs: no GPU bandwidth to measure")
-        step = gpu_bandwidth_step(config)
-    else:
-        raise ValueError(f"{check} has no workload to run on the pool")
+
+def on_a_pool_machine(ctx: CheckContext, check: str, step_for: Callable[[Config | None], Step],
+                      config: Config | None = None, *, skip_without_gpus: str | None = None,
+                      after=None) -> CheckResult:
+    """The single-node check `check` on a machine of the pool: the step `step_for` builds for `config` (its ranks
+    defaulting to the pool machine's, `pool_ranks`), run and judged by `run_on_pool`. `skip_without_gpus`: the
+    reason the check is skipped on a pool whose machines have no GPUs (None: it runs there too)."""
+    from dcforge.harness.result import CheckSkipped
+    from dcforge.placement.targets import kubernetes_executor
+
+    executor = kubernetes_executor(ctx)
+    if skip_without_gpus and not executor.node_resources.gpus:
+        raise CheckSkipped(skip_without_gpus)
+    step = step_for(pool_ranks(config, executor) if config is not None else None)
     return run_on_pool(ctx, check, step, executor, after)
 
 
 def transport_from_log(spec: Environment):
     """What the all-reduce adds from its pod's log: the transport NCCL used, and the RDMA rule."""
-    from dcforge.checks._rdma import declared_rdma_pool
     from dcforge.nccl_transport import record_transport
+    from dcforge.steps.rdma import declared_rdma_pool
     from workloads.records import AllreduceResult, read_result
 
     def after(judged: CheckResult, data: bytes, pod: str, log) -> None:
@@ -87,10 +80,10 @@ def run_on_pool(ctx: CheckContext, check: str, step: Step, executor, after=None)
     """Run `step` as one pod on the acceptance pool and judge it; a pod that could not run (unschedulable, image
     not pulled, refused at admission, OOMKilled) is the check's error in one line naming the pod and the reason,
     a workload that failed is its failure. `after(judged, data, pod, log)` adds what the pod's log says."""
-    from dcforge.checks._torchrun import TORCHRUN_STOP_MARGIN_S
-    from dcforge.checks.multinode import live_view
-    from dcforge.checks.node_steps import OpenExecutions, run_step
     from dcforge.executors.base import ExecutorError
+    from dcforge.placement.nodes import OpenExecutions, run_step
+    from dcforge.placement.targets import live_view
+    from dcforge.steps.torchrun import TORCHRUN_STOP_MARGIN_S
     from dcforge.harness.result import CheckResult, Status
     from workloads.records import RecordError
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from dcforge.checks._rdma import SYS_INFINIBAND
+from dcforge.steps.rdma import SYS_INFINIBAND
 from dcforge.executors.base import ExecutorError, Role, VolumePurpose, Workload
 
 RDMA_PORT = "rdma"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from dcforge.checks.serving.settings import ServingLoadConfig
+from dcforge.steps.serving.settings import ServingLoadConfig
 from dcforge.harness.result import CheckResult
 from workloads.records import RequestRecord
 
@@ -17,6 +17,6 @@ def load_summary(config: ServingLoadConfig, records: Sequence[RequestRecord]) ->
 
 
 def add_summary_metrics(result: CheckResult, summary: dict[str, float]) -> None:
-    """Every entry of `loadtests.metrics.summarize` as a metric declared in `_load_metrics.LOAD_METRICS`."""
+    """Every entry of `loadtests.metrics.summarize` as a metric declared in `load_metrics.LOAD_METRICS`."""
     for key, value in summary.items():
         result.add_metric(key, value)

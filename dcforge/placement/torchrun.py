@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dcforge.executors.base import (ExecutionOutcome, Executor, ExecutorError, NodeStatus, Resources, Role,
-                                    StatusCallback, VolumePurpose, Workload)
+                                    StatusCallback, VolumePurpose, Workload, pool_machines)
+from dcforge.steps.torchrun import TORCHRUN_ENV, socket_env
 
 RENDEZVOUS_PORT = "rendezvous"
-TORCHRUN_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "OMP_NUM_THREADS": "1"}
-"""What every torchrun an executor starts gets (the module docstring says why)."""
 
 
 @dataclass(frozen=True)
@@ -79,10 +78,6 @@ class TorchrunRun:
         raise ExecutorError(f"no node wrote {name}")
 
 
-def socket_env(ifname: str | None) -> dict[str, str]:
-    return {"GLOO_SOCKET_IFNAME": ifname, "NCCL_SOCKET_IFNAME": ifname} if ifname else {}
-
-
 def torchrun_workload(name: str, job: TorchrunJob, resources: Resources | None = None) -> Workload:
     """`resources`: what each node asks for (the kubernetes executor's `node_resources`: a whole machine of the
     pool); the local and hosts executors place nodes on machines that are theirs anyway."""
@@ -111,7 +106,8 @@ def run_torchrun_job(executor: Executor, name: str, job: TorchrunJob, run_dir: P
                      on_status: StatusCallback | None = None) -> TorchrunRun:
     """Start every node, wait (the first failure stops the rest), read back the result files of each node;
     every process is gone when this returns or raises."""
-    workload = torchrun_workload(name, job, getattr(executor, "node_resources", None))
+    machines = pool_machines(executor)
+    workload = torchrun_workload(name, job, machines.node_resources if machines is not None else None)
     with executor.start(workload, run_dir) as execution:
         outcome = execution.wait(job.timeout_s, on_status)
         run = TorchrunRun(outcome, api_requests=getattr(execution, "api_requests", None))

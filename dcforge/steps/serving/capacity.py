@@ -1,7 +1,7 @@
 """Capacity of the serving pool: load sweeps and the SLA search (the `capacity:` settings of `inference`).
 
 A *point* is one full measurement at one load -- a Locust run of `pointDurationS` through the check's own load
-path (dcforge.checks.serving.load) against the running server -- judged by the check's SLOs: the environment's
+path (dcforge.steps.serving.load) against the running server -- judged by the check's SLOs: the environment's
 and its profile's SLOs of the `inference` check on the figures a load run reports, except floors on a throughput
 (`request_throughput >= 3`: more load only makes them easier, so they say nothing about where the pool breaks). A
 point where requests were still unanswered `stopGraceS` after its window does not hold either: the slowest requests
@@ -30,14 +30,14 @@ from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
-from dcforge.checks.serving.point_watch import EarlyStopSettings, PointWatch
+from dcforge.steps.serving.point_watch import EarlyStopSettings, PointWatch
 from dcforge.harness.check import CheckConfig
 from dcforge.harness.metrics import CI_BOUNDS, MetricSpec, find_spec
 from dcforge.harness.result import Plot, Series
 
 if TYPE_CHECKING:
-    from dcforge.checks.serving.load import ServingSession
-    from dcforge.checks.serving.settings import ServingLoadConfig
+    from dcforge.steps.serving.load import ServingSession
+    from dcforge.steps.serving.settings import ServingLoadConfig
     from dcforge.harness.check import CheckContext
     from dcforge.harness.result import CheckResult
     from dcforge.harness.slo import Slo, SloResult
@@ -135,7 +135,7 @@ class CapacitySettings(_Settings):
     search: SearchSettings | None = None
     early_stop: EarlyStopSettings = Field(default_factory=EarlyStopSettings)
     """A point that is plainly over-saturated (errors, latency or the server's queue growing without bound) stops
-    before its window ends and breaks, its reason recorded (dcforge/checks/serving/point_watch.py)."""
+    before its window ends and breaks, its reason recorded (dcforge/steps/serving/point_watch.py)."""
 
     @field_validator("sweep")
     @classmethod
@@ -362,8 +362,8 @@ class PointRunner:
         self.measured = 0
 
     def measure(self, point: LoadPoint, phase: str) -> PointOutcome:
-        from dcforge.checks.serving.load import run_load
-        from dcforge.checks.serving.summary import add_summary_metrics, load_summary
+        from dcforge.steps.serving.load import run_load
+        from dcforge.steps.serving.summary import add_summary_metrics, load_summary
         from dcforge.harness.result import CheckResult
         from dcforge.harness.slo import evaluate
 
@@ -483,8 +483,8 @@ def measure_capacity(ctx: "CheckContext", config: "ServingLoadConfig", settings:
     """Run the configured sweeps, then the search, against `session`; `slos` are the check's SLOs, of which those on
     a load run's figures judge each point (`point_slos`). `main_summary` (the check's main run) gives the default
     start of a rate search."""
-    from dcforge.checks._load_metrics import LOAD_METRICS
-    from dcforge.checks.serving.load import RUN_METRICS
+    from dcforge.steps.serving.load_metrics import LOAD_METRICS
+    from dcforge.steps.serving.load import RUN_METRICS
 
     started = time.monotonic()
     judged, not_judged = point_slos(slos, (*LOAD_METRICS, *RUN_METRICS))

@@ -20,6 +20,8 @@ from dcforge.harness.check import CheckConfig, CheckContext
 from dcforge.harness.processes import ManagedProcess
 from dcforge.paths import WORKLOADS_DIR
 
+TORCHRUN_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "OMP_NUM_THREADS": "1"}
+"""What every torchrun an executor starts gets (the module docstring says why)."""
 TORCHRUN_STOP_MARGIN_S = 10.0
 """Kept from the check's remaining time when torchrun is started: the SIGTERM grace of its process group (5 s)
 plus reading its log, so torchrun's own timeout fires before the runner's."""
@@ -71,8 +73,8 @@ class TorchrunFailed(RuntimeError):
     """torchrun exited non-zero or ran out of time; the message carries the tail of its log."""
 
 
-def default_nproc() -> int:
-    """One rank per visible GPU, else two CPU ranks (enough to exercise collectives on a small machine)."""
+def default_nproc(cpu_ranks: int = 2) -> int:
+    """One rank per visible GPU, else `cpu_ranks` (two: enough to exercise collectives on a small machine)."""
     try:
         import torch
 
@@ -80,7 +82,7 @@ def default_nproc() -> int:
             return torch.cuda.device_count()
     except ImportError:
         pass
-    return 2
+    return cpu_ranks
 
 
 def torchrun_command(script: str, args: list[str], nproc: int, max_restarts: int = 0,
@@ -89,6 +91,11 @@ def torchrun_command(script: str, args: list[str], nproc: int, max_restarts: int
     relative to `{workdir}`) for a node elsewhere."""
     return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
             f"--max-restarts={max_restarts}", "--monitor-interval=0.2", f"{workloads_dir}/{script}", *args]
+
+
+def socket_env(ifname: str | None) -> dict[str, str]:
+    """Pins gloo's and NCCL's sockets to one interface (None: their own choice)."""
+    return {"GLOO_SOCKET_IFNAME": ifname, "NCCL_SOCKET_IFNAME": ifname} if ifname else {}
 
 
 def torchrun_env() -> dict[str, str]:
@@ -125,13 +132,6 @@ def log_tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
     errors = [line for line in text if "error" in line.lower()]
     return "\n".join((errors[-3:] if errors else []) + text[-lines:])
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Exact percentile with linear interpolation (numpy's default)."""
-    import numpy
-
-    return float(numpy.percentile(numpy.asarray(values, dtype=float), q))
 
 
 MATMUL_PEAK_FORMULA = "peak = max over n of 2·n³ / t(matmul n×n, fp32)"

@@ -1,7 +1,7 @@
 """The load pod of `inference` on Kubernetes: what the check does around Locust on this machine, done inside the
-cluster, next to the server it loads (dcforge/checks/serving/on_cluster.py builds the pod).
+cluster, next to the server it loads (dcforge/placement/serving.py builds the pod).
 
-    python -m dcforge.checks.serving.load_pod --url http://10.96.0.12:29400 --replicas 2 --ready-timeout 120 \\
+    python -m dcforge.steps.serving.load_pod --url http://10.96.0.12:29400 --replicas 2 --ready-timeout 120 \\
         --logs /dcforge/scratch/requests --results /dcforge/results --timeout 300 -- python -m locust ...
 
 1. waits until every replica of the server answers `/ready` (the server pod starts with this one; the
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: load_pod [options] -- <locust command>", file=sys.stderr)
         return 2
     split = argv.index("--")
-    parser = argparse.ArgumentParser(prog="python -m dcforge.checks.serving.load_pod")
+    parser = argparse.ArgumentParser(prog="python -m dcforge.steps.serving.load_pod")
     parser.add_argument("--url", required=True)
     parser.add_argument("--served-name", default="dcforge-gpt")
     parser.add_argument("--replicas", type=int, required=True)

@@ -7,7 +7,7 @@ One workload through the kubernetes executor (docs/executors.md), on the inferen
 - **server**: a Deployment + Service of `python -m workloads.serve` (its `replicas` worker processes in one pod,
   as on this machine, so requests per replica and the warm-up mean the same), its API key a Secret mounted
   read-only, on the pool's GPUs (one per replica, at most a node's) unless `device: cpu`;
-- **load**: a Job of `python -m dcforge.checks.serving.load_pod` reaching the server through its Service's
+- **load**: a Job of `python -m dcforge.steps.serving.load_pod` reaching the server through its Service's
   cluster IP: it waits for every replica, checks the endpoint's rules, runs Locust with the check's own options
   (`locust_arguments`, `load_settings`) and hands back the request log and a `LoadPodResult`.
 
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from dcforge.executors.base import Readiness, Resources, Role, VolumePurpose, Workload, literal
 
 if TYPE_CHECKING:
-    from dcforge.checks.serving.settings import ServingLoadConfig
+    from dcforge.steps.serving.settings import ServingLoadConfig
     from dcforge.harness.check import CheckContext
     from dcforge.harness.result import CheckResult
     from dcforge.spec.models import Environment
@@ -58,7 +58,7 @@ def inference_pool(spec: Environment) -> str | None:
 
 def refuse_unsupported(ctx: CheckContext, check: str, config: ServingLoadConfig) -> None:
     """A setting that has no meaning on the cluster is a ConfigError naming it, never silently dropped."""
-    from dcforge.checks.train import settings_error
+    from dcforge.harness.check import settings_error
 
     unsupported = [
         (config.tls, "tls", "the server and the load pod talk plain HTTP inside the acceptance namespace, where only "
@@ -95,7 +95,7 @@ class ClusterRun:
 
 def inference_workload(config: ServingLoadConfig, prompt_tokens: int, api_key: str, gpus_per_node: int,
                        ready_timeout_s: float, load_limit_s: float, layout: ClusterRun = ClusterRun()) -> Workload:
-    from dcforge.checks.serving.load import load_settings, locust_arguments
+    from dcforge.steps.serving.load import load_settings, locust_arguments
     from loadtests import pacing
     from workloads.model import get_preset
     from workloads.records import REQUEST_LOG_TEMPLATE, LoadEnv
@@ -122,7 +122,7 @@ def inference_workload(config: ServingLoadConfig, prompt_tokens: int, api_key: s
                      LoadEnv.WINDOW_FILE: f"{logs}/{literal(pacing.WINDOW_FILE_TEMPLATE)}"})
     kill = ("--kill-at", f"{layout.kill_at_s:g}") if layout.kill_at_s is not None else ()
     load = Role(LOAD_ROLE, (
-        "{python}", "-m", "dcforge.checks.serving.load_pod", "--url", SERVER_URL, "--served-name", SERVED_NAME,
+        "{python}", "-m", "dcforge.steps.serving.load_pod", "--url", SERVER_URL, "--served-name", SERVED_NAME,
         "--replicas", str(config.replicas), "--ready-timeout", f"{ready_timeout_s:g}", "--logs", logs,
         "--results", "{volume[results]}", "--timeout", f"{load_limit_s:g}", *kill, "--",
         "{python}", "-m", "locust", "-f", "{workdir}/loadtests/locustfile.py",
@@ -141,9 +141,10 @@ def run_load_on_cluster(ctx: CheckContext, config: ServingLoadConfig, check: str
     `during(execution)` runs while the load does (the failover's kill) and returns what the caller wants back.
     Returns (request records, the LoadPodResult, what `during` returned); None when the run could not complete
     (the result says why)."""
-    from dcforge.checks.multinode import kubernetes_executor, live_view, platform_failure
-    from dcforge.checks.serving.credentials import new_api_key
-    from dcforge.checks.serving.load import REQUEST_LOG_DIR, collect_load, run_details, warmup_allowance_s
+    from dcforge.placement.targets import kubernetes_executor, live_view
+    from dcforge.steps.step import platform_failure
+    from dcforge.steps.serving.credentials import new_api_key
+    from dcforge.steps.serving.load import REQUEST_LOG_DIR, collect_load, run_details, warmup_allowance_s
     from dcforge.executors.base import ExecutorError, NodeState
     from dcforge.harness.result import Status
     from workloads.records import LOAD_POD_REQUESTS_FILE, LOAD_POD_RESULT_FILE, LoadPodResult, read_result
@@ -190,7 +191,7 @@ def run_load_on_cluster(ctx: CheckContext, config: ServingLoadConfig, check: str
 
 def cluster_prompt_tokens(ctx: CheckContext, check: str, config: ServingLoadConfig) -> int:
     """The prompt length that fits the preset's context; settings the cluster cannot honour are refused first."""
-    from dcforge.checks.serving.settings import fitted_prompt_tokens
+    from dcforge.steps.serving.settings import fitted_prompt_tokens
     from dcforge.errors import ConfigError
     from workloads.model import get_preset
 
@@ -238,7 +239,7 @@ def delete_a_server_pod(ctx: CheckContext, execution, config, load_limit_s: floa
     or never asked within `load_limit_s`."""
     import time
 
-    from dcforge.checks.serving.load_pod import KILL_LINE
+    from dcforge.steps.serving.load_pod import KILL_LINE
     from dcforge.executors.base import wait_for_log_line
 
     execution.wait_ready(SERVER_ROLE)
@@ -274,8 +275,8 @@ def failover_on_cluster(ctx: CheckContext, config, check: str, result: CheckResu
     the load pod asks (killAtS after Locust started), the Deployment's replacement awaited. Returns (records, load
     start, Kill, replicas Ready after the respawn); None when the run or the kill could not happen (the result
     says why)."""
-    from dcforge.checks.inference_failover import Kill
-    from dcforge.checks.serving.load import warmup_allowance_s
+    from dcforge.steps.serving.failover import Kill
+    from dcforge.steps.serving.load import warmup_allowance_s
 
     limit = config.duration_s + warmup_allowance_s(config) + config.ready_timeout_s
     ran = run_load_on_cluster(ctx, config, check, result, ClusterRun(config.replicas, config.kill_at_s),

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dcforge.checks.serving.credentials import self_signed_certificate, write_secret
-from dcforge.checks.serving.settings import ModelChoice, ServingLoadConfig
+from dcforge.steps.serving.credentials import self_signed_certificate, write_secret
+from dcforge.steps.serving.settings import ModelChoice, ServingLoadConfig
 from dcforge.harness.processes import ManagedProcess
 from dcforge.paths import REPO_ROOT
 from workloads.records import ready_replicas
