@@ -64,3 +64,24 @@ def test_client_side_prompt_reuse_figures():
     assert figures == {"cached_prompt_fraction": pytest.approx(150 / 300), "ttft_first_turn_ms.mean": 200.0,
                        "ttft_later_turns_ms.mean": pytest.approx(75.0)}
     assert prefix_reuse([record(0, 10, None, 0.1)]) == {}
+
+
+def test_every_environment_s_inference_fits_the_model_it_serves_on_a_full_run():
+    """On a full run the inference checks serve train's model (modelSource auto): its context (train's seqLen) must
+    hold every turn's question and answer, or `make accept` errors at the inference check."""
+    from dcforge.checks import load_check
+    from dcforge.spec import load_environment
+    from workloads.model import get_preset
+
+    for name in ("local", "cluster", "dev", "prod", "gpu"):
+        acceptance = load_environment(name).spec.acceptance
+        train = acceptance.settings.get("train", {})
+        for check in ("inference", "inference_failover"):
+            if check not in acceptance.checks:
+                continue
+            config = load_check(check).Config.model_validate(acceptance.settings.get(check, {}))
+            contexts = [get_preset(config.preset).max_seq_len]
+            if "train" in acceptance.checks and config.model_source != "random":
+                contexts.append(train.get("seqLen", get_preset(train.get("preset", config.preset)).max_seq_len))
+            for context in contexts:
+                assert fitted_prompt_tokens(config, context) >= 1, (name, check, context)
