@@ -106,6 +106,9 @@ class InferenceCheck:
         from dcforge.placement.serving import run_load_on_cluster
         from dcforge.compliance.endpoint import EndpointFinding
 
+        if config.repeats > 1:  # one load pod run; said, never silently dropped
+            result.details["repeats"] = f"{config.repeats} asked, measured once: repeats run on this machine only"
+            ctx.log(result.details["repeats"])
         ran = run_load_on_cluster(ctx, config, self.name, result)
         if ran is None:
             return result
