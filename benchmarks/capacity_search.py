@@ -38,8 +38,9 @@ class FakeEndpoint:
 
 
 @contextlib.contextmanager
-def fake_capacity_server(log_dir: Path, capacity_rps: float = CAPACITY_RPS) -> Iterator[str]:
-    """The fake server under uvicorn on a free loopback port; yields its base URL, stops it on exit."""
+def fake_capacity_server(log_dir: Path, capacity_rps: float = CAPACITY_RPS, **pace: str) -> Iterator[str]:
+    """The fake server under uvicorn on a free loopback port; yields its base URL, stops it on exit. `pace`: more
+    of its environment (FAKE_TTFT_S=..., FAKE_TOKEN_GAP_S=..., FAKE_ANSWER_TOKENS=...)."""
     from benchmarks.inference_loadgen import wait_until_up
     from dcforge.steps.serving.server import free_port
     from dcforge.harness.processes import ManagedProcess
@@ -48,7 +49,7 @@ def fake_capacity_server(log_dir: Path, capacity_rps: float = CAPACITY_RPS) -> I
     port = free_port()
     with ManagedProcess([sys.executable, "-m", "uvicorn", "benchmarks.capacity_fake_openai:app", "--host",
                          "127.0.0.1", "--port", str(port), "--log-level", "warning"], cwd=REPO_ROOT,
-                        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "FAKE_CAPACITY_RPS": str(capacity_rps)},
+                        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "FAKE_CAPACITY_RPS": str(capacity_rps), **pace},
                         log_path=log_dir / "server.log"):
         host = f"http://127.0.0.1:{port}"
         wait_until_up(host)

@@ -3,8 +3,9 @@ AIPerf run record by record (the mapping: docs/metrics.md#aiperf-export).
 
 One JSON object per request, `{"metadata": {...}, "metrics": {...}, "error": ...}`, with AIPerf's field names:
 metadata `session_num` (the request's index by send time), `request_start_ns`, `request_end_ns` (epoch ns),
-`benchmark_phase` (`warmup` or `profiling`), `was_cancelled` (false), and null for what this load generator does
-not have (`x_request_id`, `x_correlation_id`, `conversation_id`, `request_ack_ns`, `record_processor_id`,
+`benchmark_phase` (`warmup` or `profiling`), `was_cancelled` (false), `x_request_id` (the request id sent as
+`x-request-id`), and null for what this load generator does
+not have (`x_correlation_id`, `conversation_id`, `request_ack_ns`, `record_processor_id`,
 `cancellation_time_ns`); `worker_id` is `locust`. Metrics, each `{"value", "unit"}`: `time_to_first_token`,
 `request_latency`, `inter_token_latency` (AIPerf's name for TPOT), `inter_chunk_latency` (the gaps, a list),
 `output_sequence_length`, `input_sequence_length`, `output_token_count` -- only those a request has. A failed
@@ -60,8 +61,8 @@ def profile_export_line(record: RequestRecord, session_num: int) -> dict[str, An
     """One request as an AIPerf profile_export.jsonl object."""
     return {
         "metadata": {
-            "session_num": session_num, "x_request_id": None, "x_correlation_id": None, "conversation_id": None,
-            "turn_index": 0, "request_start_ns": round(record.start * 1e9), "request_ack_ns": None,
+            "session_num": session_num, "x_request_id": record.request_id or None, "x_correlation_id": None,
+            "conversation_id": None, "turn_index": 0, "request_start_ns": round(record.start * 1e9), "request_ack_ns": None,
             "request_end_ns": round(record.end * 1e9), "worker_id": "locust", "record_processor_id": None,
             "benchmark_phase": "warmup" if record.warmup else "profiling", "was_cancelled": False,
             "cancellation_time_ns": None,

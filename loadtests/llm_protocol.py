@@ -293,9 +293,22 @@ def _non_yielding_lock():
     return get_original("_thread", "allocate_lock")()
 
 
+class DuplicateRequestError(ValueError):
+    """A request id appears twice in the logs being merged: a request would be counted twice."""
+
+
 def read_records(paths: list[Path]) -> list[RequestRecord]:
-    """Every record of the given request logs, sorted by send time; a torn last line (killed writer) is skipped."""
+    """Every record of the given request logs (one per load-generator process), merged and sorted by send time; a
+    torn last line (killed writer) is skipped. A request id logged twice is refused (DuplicateRequestError naming
+    it and the files), so the merged log counts every request once."""
     records: list[RequestRecord] = []
+    seen: dict[str, Path] = {}
     for path in paths:
-        records += read_records_file(path, RequestRecord)
+        for record in read_records_file(path, RequestRecord):
+            if record.request_id:
+                if record.request_id in seen:
+                    raise DuplicateRequestError(f"request {record.request_id} is logged twice ({seen[record.request_id]}"
+                                                f" and {path}); the merged log would count it twice")
+                seen[record.request_id] = path
+            records.append(record)
     return sorted(records, key=lambda record: record.start)

@@ -29,10 +29,12 @@ long shared system prompts (--llm-shared-prefixes) for prefix caching.
 from __future__ import annotations
 
 import atexit
+import itertools
 import json
 import os
 import random
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -60,7 +62,7 @@ except ImportError:  # `locust -f path/to/locustfile.py` outside an install: Loc
                               chunk_has_text_fast, endpoint_path, parse_sse_line, read_prompt_file, request_body,
                               shared_prefixes, time_per_output_token_s)
     from warmup import WarmupPlan  # type: ignore[no-redef]
-from workloads.records import LOAD_API_KEY_ENV, LOAD_DEFAULTS, REPLICA_HEADER, LoadEnv  # found once llm_protocol is
+from workloads.records import LOAD_API_KEY_ENV, LOAD_DEFAULTS, REPLICA_HEADER, REQUEST_ID_HEADER, LoadEnv  # found once llm_protocol is
 
 _request_log: RequestLog | None = None
 _workload: Workload | None = None
@@ -77,6 +79,14 @@ _in_flight = 0
 """Requests sent and not yet logged, over all users of this process: those left at the end are abandoned."""
 _sent = 0
 """Requests sent by this process."""
+_request_numbers = itertools.count(1)
+_HOST = socket.gethostname()
+
+
+def next_request_id() -> str:
+    """`<host>-<pid>-<n>`: unique across the worker processes of a run (a fork copies the counter, not the pid) and
+    across load pods (whose pids repeat, their host names do not)."""
+    return f"{_HOST}-{os.getpid()}-{next(_request_numbers)}"
 DRAIN_TIMEOUT_S = 1.0
 """How long a finished stream waits for the end of its HTTP body so its connection can be reused."""
 LOG_FLUSH_INTERVAL_S = 1.0
@@ -326,7 +336,8 @@ class LlmUser(FastHttpUser):
             return  # the window ended while this arrival was pending: nothing is sent after it
         if self.inflight >= self.options.llm_max_inflight:
             now = time.time()
-            self._record(RequestRecord(start=now, end=now, ok=False, error="dropped: client at max in-flight"))
+            self._record(RequestRecord(start=now, end=now, ok=False, error="dropped: client at max in-flight",
+                                       request_id=next_request_id()))
             return
         self.inflight += 1
         gevent.spawn(self._send_counted)
@@ -353,11 +364,13 @@ class LlmUser(FastHttpUser):
         body = request_body(options.llm_endpoint, self.model, prompt.text, prompt.max_tokens, stream,
                             options.llm_temperature, system=system, history=history)
         path = endpoint_path(options.llm_endpoint)
-        record = RequestRecord(start=time.time(), end=0.0, ok=False, stream=stream, warmup=warmup, turn=turn)
+        record = RequestRecord(start=time.time(), end=0.0, ok=False, stream=stream, warmup=warmup, turn=turn,
+                               request_id=next_request_id())
         started = time.perf_counter()
         _in_flight += 1
         _sent += 1
-        with self.client.post(path, data=json.dumps(body), headers=self.post_headers, stream=stream,
+        with self.client.post(path, data=json.dumps(body), stream=stream,
+                              headers={**self.post_headers, REQUEST_ID_HEADER: record.request_id},
                               catch_response=True, name=path) as resp:
             record.status = resp.status_code or 0
             record.replica = (resp.headers or {}).get(REPLICA_HEADER, "") if record.status else ""

@@ -53,6 +53,9 @@ REQUEST_LOG_TEMPLATE = "requests-{pid}.jsonl"
 """The per-request log of one Locust process; `{pid}` is replaced by the writer."""
 
 REPLICA_HEADER = "x-dcforge-replica"
+REQUEST_ID_HEADER = "x-request-id"
+"""Sent with every request: its RequestRecord.request_id (vLLM and most servers take it as the request's id), so a
+server-side count can be matched to the merged request log."""
 """Response header naming the server process (pid) that answered; the failover check counts on it."""
 
 
@@ -545,6 +548,9 @@ class RequestRecord(Record):
     cached_tokens: int | None = None
     """The server's `usage.prompt_tokens_details.cached_tokens` (prompt tokens served from its prefix cache) when
     it returned one."""
+    request_id: str = ""
+    """Unique across every load-generator process of a run: `<host>-<pid>-<n>` (loadtests/locustfile.py), also sent
+    as REQUEST_ID_HEADER; merging the per-process logs refuses an id seen twice. Empty in logs written before."""
 
     def to_json(self) -> str:
         # Written per request by Locust, under a lock: the fields are flat, so a shallow copy of __dict__ gives

@@ -11,7 +11,16 @@ figures are computed from the load pod's request log.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from pydantic import Field
+
 from dcforge.harness.check import CheckContext
+from dcforge.harness.metrics import MetricSpec
+from dcforge.harness.power import ENERGY_METRICS, OUTPUT_TOKENS_PER_JOULE, record_energy, sample_power
+from dcforge.harness.repeats import add_repeat_statistics
+from dcforge.harness.result import CheckResult
+from dcforge.placement.scope import single_node
 from dcforge.steps.serving.capacity import CAPACITY_METRICS, CapacitySettings, measure_capacity
 from dcforge.steps.serving.load import RUN_METRICS, run_load, serving_session
 from dcforge.steps.serving.load_metrics import LOAD_METRICS
@@ -21,10 +30,6 @@ from dcforge.steps.serving.scraping import decode_batch_mean
 from dcforge.steps.serving.server_metrics import SERVER_METRICS, report_server_metrics, scraper_for
 from dcforge.steps.serving.settings import ServingLoadConfig
 from dcforge.steps.serving.summary import add_summary_metrics, load_summary
-from dcforge.harness.metrics import MetricSpec
-from dcforge.harness.power import ENERGY_METRICS, OUTPUT_TOKENS_PER_JOULE, record_energy, sample_power
-from dcforge.harness.result import CheckResult
-from dcforge.placement.scope import single_node
 
 
 class InferenceConfig(ServingLoadConfig):
@@ -32,6 +37,10 @@ class InferenceConfig(ServingLoadConfig):
 
     capacity: CapacitySettings | None = None
     """Sweeps and the SLA search after the main measurement (dcforge/steps/serving/capacity.py)."""
+    repeats: int = Field(default=1, ge=1, le=20)
+    """Measure the load run this many times on the same server; with 2 or more every load figure is the mean over
+    the repeats with its Student-t 95 % interval as `<key>.ci95_low` / `<key>.ci95_high` (docs/metrics.md#repeats).
+    Each repeat takes durationS and its own warm-up."""
 
 
 class InferenceCheck:
@@ -70,6 +79,8 @@ class InferenceCheck:
             scraper = scraper_for(session.server.base_url, config.server_metrics_interval_s)
             with sample_power() as power:
                 records, t_start = run_load(ctx, config, session, result, scraper=scraper)
+            repeated = [measure_repeat(ctx, config, session, self.metrics, index)
+                        for index in range(2, config.repeats + 1)]
             batch = decode_batch_mean(session.server.scrape_metrics())
             summary = load_summary(config, records)
             capacity = None if config.capacity is None else measure_capacity(
@@ -83,6 +94,7 @@ class InferenceCheck:
         add_share_metrics(result, replica_shares(records, config.replicas), "all requests")
         result.plots.extend(latency_plots(records, t_start))
         report_server_metrics(result, scraper, records, t_start)
+        add_repeat_statistics(result, repeated, per_repeat_details=("client_saturation",))
         log_summary(ctx, summary)
         if capacity is not None:
             capacity.report(result)
@@ -94,6 +106,9 @@ class InferenceCheck:
         from dcforge.placement.serving import run_load_on_cluster
         from dcforge.compliance.endpoint import EndpointFinding
 
+        if config.repeats > 1:  # one load pod run; said, never silently dropped
+            result.details["repeats"] = f"{config.repeats} asked, measured once: repeats run on this machine only"
+            ctx.log(result.details["repeats"])
         ran = run_load_on_cluster(ctx, config, self.name, result)
         if ran is None:
             return result
@@ -109,6 +124,20 @@ class InferenceCheck:
         result.plots.extend(latency_plots(records, min(record.start for record in records)))
         log_summary(ctx, summary)
         return result
+
+
+def measure_repeat(ctx: CheckContext, config: InferenceConfig, session, declared, index: int) -> CheckResult:
+    """Repeat `index` (2, 3, ...) of the load run on the running server, in its own artefact folder: a scratch
+    result with the same load figures as the first run (dcforge.harness.repeats combines them)."""
+    scratch = CheckResult(f"inference repeat {index}", declared=declared)
+    workdir = session.workdir / f"repeat-{index}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    scraper = scraper_for(session.server.base_url, config.server_metrics_interval_s)
+    ctx.log(f"repeat {index} of {config.repeats}")
+    records, t_start = run_load(ctx, config, replace(session, workdir=workdir), scratch, scraper=scraper)
+    add_summary_metrics(scratch, load_summary(config, records))
+    report_server_metrics(scratch, scraper, records, t_start)
+    return scratch
 
 
 def add_endpoint_findings(result: CheckResult, findings) -> None:

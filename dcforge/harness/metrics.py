@@ -16,6 +16,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from dcforge.spec.slo import CI_BOUNDS, CI_HIGH, CI_LOW
+
+__all__ = ["CI_BOUNDS", "CI_HIGH", "CI_LOW", "FORMER_NAME", "METRICS_DOC", "Better", "Direction", "MetricAlias",
+           "MetricSpec", "UndeclaredMetric", "alias_index", "definition_link", "find_spec"]
+
 Better = Literal["higher", "lower"]
 Direction = Literal["higher", "lower", "none"]
 
@@ -89,12 +94,19 @@ class MetricSpec:
 
     def aliases_of(self, key: str) -> dict[str, str]:
         """Source -> that source's name for `key` (one of `keys`): `{"aiperf": "time_to_first_token.p95"}`."""
+        base, _, bound = key.rpartition(".")
+        if bound in CI_BOUNDS:
+            return {source: f"{name}.{bound}" for source, name in self.aliases_of(base).items()}
         stat = self.stat_of(key)
         return {alias.source: alias.key(stat) for alias in self.aliases}
 
 
 def find_spec(specs: Iterable[MetricSpec], key: str) -> MetricSpec | None:
-    """The declaration that allows `key` (`ttft_ms.p95` -> the `ttft_ms` spec with stat p95), or None."""
+    """The declaration that allows `key` (`ttft_ms.p95` -> the `ttft_ms` spec with stat p95; a confidence bound
+    `ttft_ms.p95.ci95_high` -> the same spec), or None."""
+    base, _, suffix = key.rpartition(".")
+    if suffix in CI_BOUNDS:
+        key = base
     return next((spec for spec in specs if key in spec.keys), None)
 
 

@@ -127,8 +127,8 @@ def inference_workload(config: ServingLoadConfig, prompt_tokens: int, api_key: s
         "--results", "{volume[results]}", "--timeout", f"{load_limit_s:g}", *kill, "--",
         "{python}", "-m", "locust", "-f", "{workdir}/loadtests/locustfile.py",
         *(literal(arg) for arg in locust_arguments(config)), "--host", SERVER_URL),
-        env=settings, resources=Resources(cpus=0.25 * config.locust_processes,  # a floor, as the server's
-                                          memory_mib=512 * (config.locust_processes + 1)))
+        env=settings, resources=Resources(cpus=0.25 * config.workers,  # a floor, as the server's
+                                          memory_mib=512 * (config.workers + 1)))
     return Workload("inference", (server, load), volumes=(VolumePurpose.SCRATCH, VolumePurpose.RESULTS,
                                                           VolumePurpose.SECRETS),
                     timeout_s=ready_timeout_s + load_limit_s + LOAD_POD_MARGIN_S,

@@ -20,6 +20,10 @@ OPERATORS = {
     "<": operator.lt,
     ">": operator.gt,
 }
+CI_LOW, CI_HIGH = "ci95_low", "ci95_high"
+CI_BOUNDS = (CI_LOW, CI_HIGH)
+"""Suffixes of a repeated measurement's 95 % confidence bounds (`repeats`, dcforge.harness.repeats): the key
+`inference.p95_ttft_ms.ci95_high` is the upper bound of `p95_ttft_ms`, judged with the same expressions."""
 _EXPRESSION = re.compile(r"^\s*(<=|>=|==|!=|<|>)\s*([-+]?(\d[\d_]*\.?\d*|\.\d+)([eE][-+]?\d+)?)\s*$")
 
 

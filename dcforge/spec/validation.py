@@ -20,7 +20,7 @@ from dcforge.errors import pydantic_message
 from dcforge.spec.compat import version_problems
 from dcforge.spec.gpus import GPU_MODELS
 from dcforge.spec.models import Environment
-from dcforge.spec.slo import SloSyntaxError, parse_slo
+from dcforge.spec.slo import CI_BOUNDS, SloSyntaxError, parse_slo
 
 Problem = tuple[str, str]
 
@@ -227,6 +227,9 @@ def check_catalog_rules(env: Environment, checks: CheckCatalog) -> Iterator[Prob
         if alias is not None:
             canonical, source = alias
             yield key, f"{metric.split('.', 1)[1]!r} is the {source} name of this metric; write {check}.{canonical}"
+        if metric.rpartition(".")[2] in CI_BOUNDS and _repeats(acceptance.settings.get(check)) < 2:
+            yield key, (f"a confidence bound needs dcforge:acceptance.settings.{check}.repeats >= 2 "
+                        "(one measurement has no interval)")
     for name in acceptance.timeouts_s:
         if name not in known:
             yield f"dcforge:acceptance.timeoutsS.{name}", f"timeout for unknown check {name!r}"
@@ -242,6 +245,12 @@ def check_catalog_rules(env: Environment, checks: CheckCatalog) -> Iterator[Prob
             for threshold_key in profile.unknown_checks(known):
                 yield ("dcforge:acceptance.profile", f"malformed profile {profile.name} (dcforge/spec/data/profiles): "
                        f"thresholds.{threshold_key}: unknown check {threshold_key.split('.', 1)[0]!r}")
+
+
+def _repeats(settings) -> int:
+    """A check's `repeats` setting as written (1 when unset or not a number: settings validation names that)."""
+    value = (settings or {}).get("repeats", 1)
+    return value if isinstance(value, int) else 1
 
 
 RULES: list[Callable[[Environment], Iterator[Problem]]] = [

@@ -121,6 +121,27 @@ def test_shared_prefix_workload_from_a_prompt_file_reports_its_lengths(tmp_path)
     assert "prompts from" in result.details["workload"] and "2 shared 64-token" in result.details["workload"]
 
 
+def test_repeats_measure_the_load_again_and_report_means_with_intervals(tmp_path):
+    """Three short real load runs on one server: each repeat has its own request log; the reported figure is the
+    mean of the per-repeat values and its interval contains it."""
+    check = load_check("inference")
+    config = check.Config.model_validate({"replicas": 1, "users": 2, "durationS": 2, "maxTokens": 8,
+                                          "warmupPerReplica": 1, "repeats": 3})
+    result = check.run(context(tmp_path), config)
+    assert result.status == Status.PASS, result.reason
+    repeats = result.details["repeats"]
+    per_repeat = repeats["values"]["requests"]
+    assert repeats["count"] == 3 and len(per_repeat) == 3 and min(per_repeat) > 0
+    assert result.metrics["requests"].value == pytest.approx(sum(per_repeat) / 3)
+    for key in ("requests", "p95_ttft_ms", "request_throughput"):
+        low, high = result.metrics[f"{key}.ci95_low"].value, result.metrics[f"{key}.ci95_high"].value
+        assert low <= result.metrics[key].value <= high
+    for index in (2, 3):
+        logged = read_records([tmp_path / result.artefacts[f"request_log_repeat_{index}"]])
+        assert len([r for r in logged if not r.warmup]) == per_repeat[index - 1]
+    assert len(repeats["client_saturation"]) == 3
+
+
 def test_failover_check_kills_a_replica_and_sees_it_respawn(tmp_path):
     check = load_check("inference_failover")
     config = check.Config.model_validate({"replicas": 2, "users": 4, "durationS": 12, "killAtS": 4,

@@ -32,7 +32,7 @@ from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_va
 
 from dcforge.steps.serving.point_watch import EarlyStopSettings, PointWatch
 from dcforge.harness.check import CheckConfig
-from dcforge.harness.metrics import MetricSpec, find_spec
+from dcforge.harness.metrics import CI_BOUNDS, MetricSpec, find_spec
 from dcforge.harness.result import Plot, Series
 
 if TYPE_CHECKING:
@@ -329,6 +329,9 @@ def point_slos(slos: list["Slo"], point_specs: tuple[MetricSpec, ...]) -> tuple[
         spec = find_spec(point_specs, slo.metric_name)
         if spec is None:
             not_judged.append({"slo": f"{slo.metric} {slo.expression}", "why": "not a figure of a load run"})
+        elif slo.metric_name.rpartition(".")[2] in CI_BOUNDS:
+            not_judged.append({"slo": f"{slo.metric} {slo.expression}",
+                               "why": "a confidence bound of repeats: a load point is measured once"})
         elif is_throughput_floor(slo, spec.unit):
             not_judged.append({"slo": f"{slo.metric} {slo.expression}",
                                "why": "a throughput floor: more load only makes it easier to meet"})

@@ -75,13 +75,13 @@ def locust_arguments(config: ServingLoadConfig) -> list[str]:
     """Locust's options after `-f <locustfile>`, less `--host` (where it runs decides the address).
 
     One process measures exactly durationS after the warm-up and ends the run itself; -t is the hard limit. With
-    locustProcesses > 1 the processes cannot agree on when the warm-up ended, so -t is durationS and the warm-up
+    workers > 1 the processes cannot agree on when the warm-up ended, so -t is durationS and the warm-up
     is part of it."""
-    single = config.locust_processes == 1
+    single = config.workers == 1
     run_time = config.duration_s + (warmup_allowance_s(config) if single else 0.0)
     args = ["--headless", "--only-summary", "-u", str(config.users), "-r", str(config.spawn_rate),
             "-t", f"{run_time:.0f}s", "--stop-timeout", f"{config.stop_grace_s:g}", "--exit-code-on-error", "0"]
-    return args if single else [*args, "--processes", str(config.locust_processes)]
+    return args if single else [*args, "--processes", str(config.workers)]
 
 
 def load_settings(config: ServingLoadConfig, prompt_tokens: int, model: str, prompt_file: str,
@@ -89,7 +89,7 @@ def load_settings(config: ServingLoadConfig, prompt_tokens: int, model: str, pro
     """The load generator's settings (loadtests/locustfile.py's environment), less where its files are: the API
     key file, the request log and the window file (where it runs decides the paths). `conversation_tokens`: the
     model's context, which a conversation's turn must fit (0: not limited)."""
-    single = config.locust_processes == 1
+    single = config.workers == 1
     return {LoadEnv.MODEL: model, LoadEnv.ENDPOINT: config.endpoint, LoadEnv.PROMPT_TOKENS: str(prompt_tokens),
             LoadEnv.MAX_TOKENS: str(config.max_tokens), LoadEnv.ARRIVAL: config.arrival,
             LoadEnv.RATE: str(config.rate), LoadEnv.TIMEOUT: str(config.request_timeout_s),

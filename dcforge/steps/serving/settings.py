@@ -71,8 +71,10 @@ class ServingLoadConfig(CheckConfig):
     e2el:MS" (any of them); None: every successful request counts."""
     tls: bool = False
     """Serve HTTPS with a self-signed certificate (and check the TLS 1.2 floor)."""
-    locust_processes: int = Field(default=1, ge=1)
-    """Locust worker processes (--processes); 1 runs Locust in a single process."""
+    workers: int = Field(default=1, ge=1, le=64)
+    """Load-generator worker processes: Locust's own master/worker mode (`--processes N`: one master, N forked
+    workers, users and open-loop rate split among them), each worker writing its own request log, merged after the
+    run (request ids unique across workers, docs/serving.md#many-workers); 1 runs Locust in a single process."""
     ready_timeout_s: float = Field(default=120.0, gt=0)
     """Limit for all replicas to load their model."""
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
@@ -103,6 +105,7 @@ class ServingLoadConfig(CheckConfig):
         "warmupRequests": "dcforge:acceptance.settings.{check}.warmupPerReplica",
         "goodputTtftMs": "dcforge:acceptance.settings.{check}.goodput (\"ttft:MS tpot:MS\")",
         "goodputTpotMs": "dcforge:acceptance.settings.{check}.goodput (\"ttft:MS tpot:MS\")",
+        "locustProcesses": "dcforge:acceptance.settings.{check}.workers",
     }
 
     @field_validator("goodput")
