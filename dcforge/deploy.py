@@ -213,7 +213,7 @@ def run(operation: str, env_name: str, options: DeployOptions = DeployOptions(),
     """
     from dcforge.checks import CATALOG
     from dcforge.paths import STACKS_DIR
-    from dcforge.spec import load_environment
+    from dcforge.spec import environment_file, load_environment
     from dcforge.spec import stacks_dir as environments_dir
 
     if operation not in OPERATIONS:
@@ -221,11 +221,10 @@ def run(operation: str, env_name: str, options: DeployOptions = DeployOptions(),
     # The program (stacks/__main__.py, components, policy pack) is this checkout's; the environment file is found
     # like every command's (`$DCFORGE_STACKS_DIR`, ./stacks, the checkout's).
     stacks = Path(stacks_dir or STACKS_DIR).resolve()
-    env_file = Path(stacks_dir or environments_dir()).resolve() / f"Pulumi.{env_name}.yaml"
+    # an unknown name is the same one line as for every command: the file it looked for and the known names
+    env_file = environment_file(env_name, Path(stacks_dir or environments_dir())).resolve()
     if operation != "destroy":  # destroy runs no program: a stack whose file no longer validates can still go
         load_environment(path=env_file, checks=CATALOG)
-    elif not env_file.is_file():
-        raise DcforgeError(f"{env_file}: no such environment file (the stack's config)")
     engine = find()
     engine.kubernetes_provider()
     url = options.backend_url or default_backend_url(stacks)

@@ -100,7 +100,7 @@ def test_a_bad_spec_fails_before_looking_for_the_engine(tmp_path):
 
 
 def test_destroy_of_an_unknown_environment_names_the_file(tmp_path):
-    with pytest.raises(DcforgeError, match=r"Pulumi.nope.yaml: no such environment file"):
+    with pytest.raises(DcforgeError, match=r"Pulumi.nope.yaml: no environment 'nope': expected one of"):
         deploy.run("destroy", "nope", stacks_dir=tmp_path)
 
 
