@@ -336,6 +336,10 @@ class _Watch:
             self.deleted.update(set(self.objects) - set(fresh))
             self.objects = fresh
         self._watch = watch.Watch()
+        if self._stopped.is_set():
+            # stopped while listing (an execution whose start failed): a watch opened now would hold its connection
+            # for WATCH_S, since Watch.stop only ends a stream at its next event -- and none would come
+            return
         self._execution.count_request()
         for event in self._watch.stream(
                 self._list, namespace, label_selector=self._selector,
