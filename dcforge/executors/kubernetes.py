@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import threading
 import time
@@ -301,6 +302,8 @@ class _Watch:
         self._keep = keep
         self._stopped = threading.Event()
         self._watch: Any = None
+        self._response: Any = None
+        """The watch stream's HTTP response, so that `stop` can end a blocked read."""
         self.thread = threading.Thread(target=self._run, name=f"watch-{what}", daemon=True)
 
     def start(self) -> "_Watch":
@@ -311,6 +314,15 @@ class _Watch:
         self._stopped.set()
         if self._watch is not None:
             self._watch.stop()
+        # Watch.stop ends a stream only at its next event: where none comes (an execution whose start failed before
+        # any pod), the open stream would hold its connection for WATCH_S. Shutting the response down ends the
+        # blocked read now (urllib3's shutdown is made for a read in another thread).
+        response = self._response
+        if response is not None:
+            try:
+                response.shutdown()
+            except Exception:  # noqa: BLE001 (already closed or finished: nothing left to end)
+                pass
 
     def _run(self) -> None:
         namespace = self._execution.target.namespace
@@ -336,13 +348,19 @@ class _Watch:
             self.deleted.update(set(self.objects) - set(fresh))
             self.objects = fresh
         self._watch = watch.Watch()
-        if self._stopped.is_set():
-            # stopped while listing (an execution whose start failed): a watch opened now would hold its connection
-            # for WATCH_S, since Watch.stop only ends a stream at its next event -- and none would come
+        if self._stopped.is_set():  # stopped while listing (an execution whose start failed): open no watch
             return
+
+        @functools.wraps(self._list)  # the Watch reads the list method's docstring for its return type
+        def list_keeping_the_response(*args: Any, **kwargs: Any) -> Any:
+            self._response = self._list(*args, **kwargs)
+            if self._stopped.is_set():  # stopped while the request was on its way
+                self._response.shutdown()
+            return self._response
+
         self._execution.count_request()
         for event in self._watch.stream(
-                self._list, namespace, label_selector=self._selector,
+                list_keeping_the_response, namespace, label_selector=self._selector,
                 resource_version=(listing.get("metadata") or {}).get("resourceVersion"),
                 timeout_seconds=WATCH_S, deserialize=False, _request_timeout=(5.0, WATCH_S + 10.0)):
             self.error, self.fatal, self.failing_since = None, False, None  # the watch works
