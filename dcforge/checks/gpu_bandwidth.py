@@ -61,10 +61,6 @@ class GpuBandwidthCheck:
         if code != 0:
             raise RuntimeError(f"gpu_bandwidth.py exited with {code}; log tail:\n{log_tail(log_path)}")
         result.artefacts["measurements"] = ctx.relative(output)
-        findings = result.details.get("findings")
-        measurements_result(result, json.loads(output.read_text()))  # its details replace these
-        if findings:
-            result.details["findings"] = findings
-        return result
+        return measurements_result(result, json.loads(output.read_text()))
 
 

@@ -97,8 +97,9 @@ def measurements_result(result: CheckResult, measured: dict) -> CheckResult:
     no_peer = [f"{r['source']}→{r['destination']}" for r in pairs if not r["peer_access"]]
     if no_peer:
         result.fail(f"no peer access between GPUs {', '.join(no_peer[:8])}: device copies go through the host")
-    result.details = {key: measured[key] for key in ("bytes", "iters", "gemm_size", "gemm_iters", "torch",
-                                                     "cuda")}
+    # added to what the result already carries (a GPU shortfall's finding on this machine)
+    result.details.update({key: measured[key] for key in ("bytes", "iters", "gemm_size", "gemm_iters", "torch",
+                                                          "cuda")})
     gpus = [float(r["gpu"]) for r in per_gpu]
     result.plots.append(Plot("Host↔device copy bandwidth (pinned)", "GPU", "GB/s",
                              [Series("H2D", gpus, [r["h2d_gbps"] for r in per_gpu]),
